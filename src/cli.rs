@@ -1,0 +1,67 @@
+//! The command line: clap definitions only. Turning them into work is `main`'s job.
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::alloc::PortRange;
+use crate::name::Name;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wharf",
+    version,
+    about = "Named local servers with pre-bound sockets, routed at http://NAME.localhost",
+    long_about = None,
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a server as instance NAME, with its socket bound by wharf and passed in
+    Run(RunCli),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+        wharf run --name api -- gunicorn app:app        # fd mode: gunicorn reads LISTEN_FDS\n  \
+        wharf run --name docs -- python3 -m http.server {port}\n  \
+        wharf run --name web -- npm run dev            # vite etc.: env mode, flags added\n\n\
+        Placeholders in the command: {port} {fd} and, per --socket SUB, {port:SUB} {fd:SUB}.")]
+pub struct RunCli {
+    /// Instance name: one DNS label, served at http://NAME.localhost
+    #[arg(long, short = 'n')]
+    pub name: Name,
+    /// Pass the socket as an inherited fd (LISTEN_FDS) instead of choosing by the command
+    #[arg(long, conflicts_with = "env")]
+    pub fd: bool,
+    /// Give the server PORT (and {port}) to bind itself instead of choosing by the command
+    #[arg(long)]
+    pub env: bool,
+    /// Preferred port; if it is taken wharf says so and goes on. 0 = any free port
+    #[arg(long, short = 'p')]
+    pub port: Option<u16>,
+    /// Ports to choose from, LO-HI
+    #[arg(long, value_name = "LO-HI", default_value = "4000-4999")]
+    pub range: PortRange,
+    /// Another named socket (repeatable): routed at SUB.NAME.localhost, passed as fd 4… or PORT_SUB
+    #[arg(long = "socket", value_name = "SUB")]
+    pub sockets: Vec<Name>,
+    /// Restart the server when it exits, on the same socket (connections wait, none is refused)
+    #[arg(long)]
+    pub restart: bool,
+    /// Replace a running instance of the same name
+    #[arg(long)]
+    pub force: bool,
+    /// Leave LISTEN_PID unset, for servers started through wrappers (npm run, sh -c) that
+    /// read LISTEN_FDS leniently
+    #[arg(long)]
+    pub no_pid: bool,
+    /// Print only the URL line and errors
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// The server command and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}

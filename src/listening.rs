@@ -1,0 +1,158 @@
+//! Finding where an env-mode child really listens: a dev server may move to another port than
+//! the `PORT` it was given. Linux reads `/proc`; elsewhere only the expected port is probed.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Loopback addresses on which `root`'s process tree accepts TCP connections, lowest port
+/// first; wildcard binds are reported as their loopback address. `expected` is the port the
+/// child was told to use (the only one probed where `/proc` is missing).
+pub fn listening(root: i32, expected: u16) -> Vec<SocketAddr> {
+    let mut found = imp::listening(root, expected);
+    found.sort_by_key(|a| (a.port(), a.is_ipv6()));
+    found.dedup();
+    found
+}
+
+/// The address to connect to for a socket bound at `addr`, if it is reachable over loopback.
+fn reachable(addr: SocketAddr) -> Option<SocketAddr> {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip if ip.is_loopback() => ip,
+        IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(v4) if v4.is_loopback() => IpAddr::V4(v4),
+            _ => return None,
+        },
+        IpAddr::V4(_) => return None,
+    };
+    Some(SocketAddr::new(ip, addr.port()))
+}
+
+#[cfg(target_os = "linux")]
+mod imp {
+    use super::*;
+    use std::collections::HashSet;
+
+    const LISTEN: &str = "0A";
+
+    pub fn listening(root: i32, _expected: u16) -> Vec<SocketAddr> {
+        let inodes = socket_inodes(root);
+        if inodes.is_empty() {
+            return Vec::new();
+        }
+        ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .flat_map(|table| parse_table(&table))
+            .filter(|(_, inode)| inodes.contains(inode))
+            .filter_map(|(addr, _)| reachable(addr))
+            .collect()
+    }
+
+    fn socket_inodes(root: i32) -> HashSet<u64> {
+        let mut inodes = HashSet::new();
+        for pid in crate::process::tree(root) {
+            let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(target) = std::fs::read_link(entry.path()) else {
+                    continue;
+                };
+                let target = target.to_string_lossy();
+                if let Some(inode) = target
+                    .strip_prefix("socket:[")
+                    .and_then(|s| s.strip_suffix(']'))
+                    && let Ok(inode) = inode.parse()
+                {
+                    inodes.insert(inode);
+                }
+            }
+        }
+        inodes
+    }
+
+    /// Listening sockets of a `/proc/net/tcp{,6}` table: (local address, inode).
+    pub fn parse_table(table: &str) -> Vec<(SocketAddr, u64)> {
+        table
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                if fields.get(3) != Some(&LISTEN) {
+                    return None;
+                }
+                let addr = parse_addr(fields.get(1)?)?;
+                let inode = fields.get(9)?.parse().ok()?;
+                Some((addr, inode))
+            })
+            .collect()
+    }
+
+    /// `0100007F:0FA1` (IPv4) or 32 hex digits + port (IPv6), each 32-bit word in host order.
+    fn parse_addr(field: &str) -> Option<SocketAddr> {
+        let (ip, port) = field.split_once(':')?;
+        let port = u16::from_str_radix(port, 16).ok()?;
+        let mut bytes = Vec::with_capacity(16);
+        for chunk in ip.as_bytes().chunks(8) {
+            let word = u32::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+            bytes.extend_from_slice(&word.to_ne_bytes());
+        }
+        let ip = match bytes.len() {
+            4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+            16 => IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+            _ => return None,
+        };
+        Some(SocketAddr::new(ip, port))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn finds_our_own_listener_and_not_a_closed_one() {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let me = std::process::id() as i32;
+            assert!(super::super::listening(me, 0).contains(&addr));
+            drop(listener);
+            assert!(!super::super::listening(me, 0).contains(&addr));
+        }
+
+        #[test]
+        fn wildcard_and_v6_loopback_map_to_loopback() {
+            let v4 = "  0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000 0 42 1";
+            let table = format!("header\n{v4}\n");
+            let parsed = parse_table(&table);
+            assert_eq!(parsed, vec![("0.0.0.0:8080".parse().unwrap(), 42)]);
+            assert_eq!(
+                reachable(parsed[0].0),
+                Some("127.0.0.1:8080".parse().unwrap())
+            );
+            assert_eq!(
+                reachable("[::]:80".parse().unwrap()),
+                Some("[::1]:80".parse().unwrap())
+            );
+            assert_eq!(reachable("192.0.2.1:80".parse().unwrap()), None);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod imp {
+    use super::*;
+    use std::time::Duration;
+
+    pub fn listening(_root: i32, expected: u16) -> Vec<SocketAddr> {
+        [
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ]
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, expected))
+        .filter(|a| std::net::TcpStream::connect_timeout(a, Duration::from_millis(100)).is_ok())
+        .filter_map(reachable)
+        .collect()
+    }
+}

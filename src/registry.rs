@@ -1,0 +1,255 @@
+//! The on-disk port registry: which ports each name had last time (sticky) and which live
+//! process holds which ports now (leases). Shared by every `wharf` process, serialised by a lock.
+//! It records; it binds nothing (see `alloc`).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dirs;
+use crate::name::Name;
+use crate::process::ProcessId;
+
+const FILE: &str = "registry.json";
+const LOCK: &str = "registry.lock";
+/// Holders keep the lock for a bind loop at most; anything longer is a stuck process.
+const LOCK_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The document stored in `registry.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    /// Last port of each socket of each name: name → socket → port.
+    #[serde(default)]
+    pub sticky: BTreeMap<Name, BTreeMap<String, u16>>,
+    /// Ports held right now by a live wharf process.
+    #[serde(default)]
+    pub leases: BTreeMap<Name, Lease>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lease {
+    /// The `wharf run` process that holds the ports.
+    pub holder: ProcessId,
+    /// socket name → port.
+    pub ports: BTreeMap<String, u16>,
+    /// Unix seconds when the lease was taken.
+    pub since: u64,
+}
+
+impl Registry {
+    /// The live instance holding `port`, if any.
+    pub fn holder_of(&self, port: u16) -> Option<&Name> {
+        self.leases
+            .iter()
+            .find(|(_, lease)| lease.ports.values().any(|p| *p == port))
+            .map(|(name, _)| name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot open the registry lock {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "another wharf process has held {0} for over {secs}s; if none is running, delete the file",
+        secs = LOCK_PATIENCE.as_secs()
+    )]
+    Busy(PathBuf),
+    #[error("cannot read or write {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The registry in a directory; `lock` gives exclusive access to its contents.
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// Exclusive access to the registry until dropped; `commit` writes changes.
+pub struct Locked {
+    _lock: File,
+    path: PathBuf,
+    data: Registry,
+    /// Things worth telling the user that did not stop us (a corrupt file moved aside).
+    pub warnings: Vec<String>,
+}
+
+impl Store {
+    pub fn new(dir: &Path) -> Store {
+        Store {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Wait (bounded) for the lock, then load the registry, dropping leases of dead processes.
+    /// A file that does not parse is moved aside and replaced by an empty registry.
+    pub fn lock(&self) -> Result<Locked, RegistryError> {
+        let lock_path = self.dir.join(LOCK);
+        let lock = dirs::open_private(&lock_path).map_err(|source| RegistryError::Open {
+            path: lock_path.clone(),
+            source,
+        })?;
+        let deadline = Instant::now() + LOCK_PATIENCE;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(RegistryError::Busy(lock_path));
+                }
+                Err(std::fs::TryLockError::Error(source)) => {
+                    return Err(RegistryError::Open {
+                        path: lock_path,
+                        source,
+                    });
+                }
+            }
+        }
+        let path = self.dir.join(FILE);
+        let io_err = |source| RegistryError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut warnings = Vec::new();
+        let data = match dirs::read_private(&path).map_err(io_err)? {
+            None => Registry::default(),
+            Some(bytes) => match serde_json::from_slice::<Registry>(&bytes) {
+                Ok(data) => data,
+                Err(e) => {
+                    let aside = path.with_extension(format!("json.corrupt-{}", unix_now()));
+                    std::fs::rename(&path, &aside).map_err(io_err)?;
+                    warnings.push(format!(
+                        "{} was unreadable ({e}); moved it to {} and started afresh \
+                         (sticky ports are forgotten, running instances re-register)",
+                        path.display(),
+                        aside.display()
+                    ));
+                    Registry::default()
+                }
+            },
+        };
+        let mut locked = Locked {
+            _lock: lock,
+            path,
+            data,
+            warnings,
+        };
+        locked
+            .data
+            .leases
+            .retain(|_, lease| lease.holder.is_alive());
+        Ok(locked)
+    }
+}
+
+impl Locked {
+    /// Write the registry back atomically. The lock stays held until drop.
+    pub fn commit(&self) -> Result<(), RegistryError> {
+        let bytes = serde_json::to_vec_pretty(&self.data).expect("registry serialises");
+        dirs::write_atomic(&self.path, &bytes).map_err(|source| RegistryError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+impl Deref for Locked {
+    type Target = Registry;
+    fn deref(&self) -> &Registry {
+        &self.data
+    }
+}
+
+impl DerefMut for Locked {
+    fn deref_mut(&mut self) -> &mut Registry {
+        &mut self.data
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> Name {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn leases_of_dead_processes_are_dropped_and_sticky_ports_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = ProcessId::of(child.id() as i32).unwrap();
+        child.wait().unwrap();
+        {
+            let mut reg = store.lock().unwrap();
+            for (n, holder, port) in [("dead", dead, 4000), ("live", ProcessId::current(), 4001)] {
+                let ports = BTreeMap::from([("http".to_string(), port)]);
+                reg.sticky.insert(name(n), ports.clone());
+                reg.leases.insert(
+                    name(n),
+                    Lease {
+                        holder,
+                        ports,
+                        since: 0,
+                    },
+                );
+            }
+            reg.commit().unwrap();
+        }
+        let reg = store.lock().unwrap();
+        assert_eq!(reg.leases.keys().collect::<Vec<_>>(), [&name("live")]);
+        assert_eq!(reg.holder_of(4001), Some(&name("live")));
+        assert_eq!(reg.holder_of(4000), None);
+        assert_eq!(reg.sticky.len(), 2);
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside_not_fatal() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(FILE), b"{\"leases\": [oops").unwrap();
+        let reg = Store::new(tmp.path()).lock().unwrap();
+        assert!(reg.leases.is_empty());
+        assert_eq!(reg.warnings.len(), 1, "{:?}", reg.warnings);
+        let aside: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("corrupt"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+    }
+
+    #[test]
+    fn symlinked_registry_is_an_error_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("elsewhere");
+        std::fs::write(&target, b"{}").unwrap();
+        std::os::unix::fs::symlink(&target, tmp.path().join(FILE)).unwrap();
+        assert!(Store::new(tmp.path()).lock().is_err());
+    }
+}

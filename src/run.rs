@@ -1,0 +1,547 @@
+//! `wharf run`: bind an instance's sockets, start its server with them, supervise it (signals,
+//! readiness, restarts on the same socket) and keep its route registered while it lives.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures_util::StreamExt;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::iterator::exfiltrator::WithOrigin;
+use signal_hook::low_level::siginfo::{Cause, Origin};
+use signal_hook_tokio::SignalsInfo;
+
+use crate::alloc::{self, BoundSocket, MAIN_SOCKET, PortRange};
+use crate::control::{self, Instance, State};
+use crate::dirs::Dirs;
+use crate::handoff::{self, Handoff};
+use crate::listening;
+use crate::mode::{self, Mode};
+use crate::name::Name;
+use crate::notify::{Notice, NotifySocket};
+use crate::registry::Store;
+
+/// A child that lived shorter than this before exiting counts as a fast exit.
+const FAST_EXIT: Duration = Duration::from_secs(2);
+/// Give up after this many fast failures in a row (the route is removed, then the socket closed).
+const GIVE_UP_AFTER: u32 = 5;
+/// Fast clean exits restarted at once before backoff starts (servers that recycle themselves).
+const FREE_RESTARTS: u32 = 10;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Stop requests before wharf stops asking and kills the server.
+const KILL_ON_REQUEST: u32 = 3;
+
+/// What `wharf run` was asked to do.
+#[derive(Debug)]
+pub struct RunArgs {
+    pub name: Name,
+    pub mode: Option<Mode>,
+    pub port: Option<u16>,
+    /// `None`: any free port.
+    pub range: Option<PortRange>,
+    pub sockets: Vec<Name>,
+    pub restart: bool,
+    pub force: bool,
+    pub no_pid: bool,
+    pub quiet: bool,
+    pub command: Vec<String>,
+}
+
+/// What the process around the library knows: directories, this binary, the environment.
+pub struct Env {
+    pub dirs: Dirs,
+    pub self_exe: PathBuf,
+    pub cwd: PathBuf,
+    pub path_var: Option<OsString>,
+}
+
+/// Run the instance until its server exits for good; returns the exit code for wharf
+/// (the server's, or 128+signal).
+pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
+    let out = Output {
+        name: args.name.clone(),
+        quiet: args.quiet,
+    };
+    let socket_names = socket_names(&args.sockets)?;
+    let plan = mode::choose(args.mode, &args.command, &package_scripts(&ctx.cwd));
+    out.say(format!("{} mode: {}", plan.mode, plan.reason));
+    let program = &plan.argv[0];
+    if handoff::resolve_program(program, ctx.path_var.clone(), &ctx.cwd).is_none() {
+        bail!("cannot find `{program}`: not an executable file, nor a command in $PATH");
+    }
+
+    let state_dir = ctx.dirs.state()?.to_path_buf();
+    let runtime_dir = ctx.dirs.runtime()?.to_path_buf();
+    let request = alloc::Request {
+        name: &args.name,
+        sockets: &socket_names,
+        prefer: args.port,
+        range: args.range,
+        force: args.force,
+    };
+    let (bound, _lease) =
+        alloc::allocate(Store::new(&state_dir), &request, &mut |line| out.say(line))?;
+    let ports: Vec<(String, u16)> = bound.iter().map(|b| (b.name.clone(), b.port)).collect();
+    let argv = mode::substitute(&plan.argv, &ports);
+
+    let mut route = Route::connect(&runtime_dir, &args.name, plan.mode, &bound).await;
+    let url = route.url(bound[0].port);
+    let expected = bound[0].port;
+    let notify =
+        NotifySocket::bind(&runtime_dir.join(format!("notify-{}.sock", std::process::id())))
+            .context("creating the notify socket for the server")?;
+
+    let mut env = vec![
+        ("WHARF_NAME".to_string(), args.name.to_string()),
+        ("WHARF_URL".to_string(), url.clone()),
+        (
+            "NOTIFY_SOCKET".to_string(),
+            notify.path().display().to_string(),
+        ),
+    ];
+    let fds: Vec<_> = match plan.mode {
+        Mode::Fd => bound
+            .iter()
+            .map(|b| (b.socket.as_raw_fd(), b.name.clone()))
+            .collect(),
+        Mode::Env => {
+            env.push(("HOST".into(), "127.0.0.1".into()));
+            for b in &bound {
+                let key = match b.name.as_str() {
+                    MAIN_SOCKET => "PORT".to_string(),
+                    sub => format!("PORT_{}", sub.to_ascii_uppercase().replace('-', "_")),
+                };
+                env.push((key, b.port.to_string()));
+            }
+            Vec::new()
+        }
+    };
+    for (i, b) in bound.iter().enumerate() {
+        let how = match plan.mode {
+            Mode::Fd => format!("passed as fd {} ({})", 3 + i, b.name),
+            Mode::Env if b.name == MAIN_SOCKET => "given as PORT".to_string(),
+            Mode::Env => format!(
+                "given as PORT_{}",
+                b.name.to_ascii_uppercase().replace('-', "_")
+            ),
+        };
+        out.say(format!("{} {how}", b.addr()));
+    }
+    out.url(&url);
+    // Our copy of the sockets: kept for the instance's life in fd mode (restarts reuse them),
+    // dropped at the first start in env mode.
+    let mut held = Some(bound);
+
+    let handoff = Handoff {
+        self_exe: &ctx.self_exe,
+        argv: &argv,
+        env: &env,
+        fds: &fds,
+        set_pid: !args.no_pid,
+    };
+    let mut signals =
+        SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2])
+            .context("installing signal handlers")?;
+    let mut supervisor = Supervisor {
+        out: &out,
+        restart: args.restart,
+        stop_requests: 0,
+        fast_exits: 0,
+        fast_failures: 0,
+    };
+
+    let code = loop {
+        let started = Instant::now();
+        let mut child = handoff
+            .command()
+            .spawn()
+            .with_context(|| format!("starting {}", argv.join(" ")))?;
+        let child_pid = child.id().expect("a child just spawned has a pid") as i32;
+        if plan.mode == Mode::Env {
+            // Held until this moment so that nobody else could take the port.
+            held = None;
+        }
+        route.started(child_pid).await;
+        let mut looking = plan.mode == Mode::Env;
+        let mut look_pause = Duration::from_millis(20);
+
+        let status: ExitStatus = loop {
+            tokio::select! {
+                status = child.wait() => break status.context("waiting for the server")?,
+                Some(origin) = signals.next() => supervisor.on_signal(&origin, child_pid),
+                notices = notify.recv(|pid| pid.is_none_or(|p| crate::process::in_tree(p, child_pid))) => {
+                    for notice in notices.unwrap_or_default() {
+                        match notice {
+                            Notice::Ready => {
+                                out.say("ready (READY=1)".to_string());
+                                route.set_state(State::Ready).await;
+                            }
+                            Notice::Status(s) => out.say(format!("status: {s}")),
+                            Notice::Stopping => out.say("stopping (STOPPING=1)".to_string()),
+                            Notice::Reloading => out.say("reloading (RELOADING=1)".to_string()),
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(look_pause), if looking => {
+                    if let Some(addr) = pick_listener(&listening::listening(child_pid, expected), expected) {
+                        looking = false;
+                        if addr.port() == expected {
+                            out.say(format!("listening on {addr}"));
+                        } else {
+                            out.say(format!("listens on {addr}, not on port {expected} as asked; routing there"));
+                        }
+                        route.set_main_addr(addr).await;
+                        route.set_state(State::Ready).await;
+                    }
+                    look_pause = (look_pause * 2).min(Duration::from_millis(500));
+                }
+                _ = route.lost(), if route.is_connected() => {
+                    out.say("the front proxy went away; this instance is still reachable directly".to_string());
+                }
+            }
+        };
+        let code = exit_code(status);
+        let ran = started.elapsed();
+        match supervisor.after_exit(status, ran) {
+            Next::Stop => break code,
+            Next::GiveUp => {
+                out.say(format!(
+                    "giving up after {GIVE_UP_AFTER} fast failures in a row; the last exit was {}",
+                    describe(status)
+                ));
+                route.remove().await;
+                drop(held.take());
+                break code;
+            }
+            Next::RestartAfter(delay) => {
+                out.say(format!(
+                    "server {} after {:.1}s; restarting{} on the same socket",
+                    describe(status),
+                    ran.as_secs_f64(),
+                    if delay.is_zero() {
+                        String::new()
+                    } else {
+                        format!(" in {:.1}s", delay.as_secs_f64())
+                    }
+                ));
+                route.set_state(State::Restarting).await;
+                let deadline = tokio::time::sleep(delay);
+                tokio::pin!(deadline);
+                let stopped = loop {
+                    tokio::select! {
+                        _ = &mut deadline => break false,
+                        Some(origin) = signals.next() => {
+                            if is_stop(origin.signal) {
+                                break true;
+                            }
+                        }
+                    }
+                };
+                if stopped {
+                    break code;
+                }
+            }
+        }
+    };
+    route.remove().await;
+    Ok(code)
+}
+
+/// The restart policy and stop bookkeeping of one instance.
+struct Supervisor<'a> {
+    out: &'a Output,
+    restart: bool,
+    stop_requests: u32,
+    fast_exits: u32,
+    fast_failures: u32,
+}
+
+enum Next {
+    Stop,
+    GiveUp,
+    RestartAfter(Duration),
+}
+
+impl Supervisor<'_> {
+    /// Pass a signal on. SIGINT/SIGQUIT typed at the terminal already reached the server (same
+    /// process group), so they are only noted; repeated stop requests end in SIGKILL.
+    fn on_signal(&mut self, origin: &Origin, child: i32) {
+        let signal = Signal::try_from(origin.signal).expect("only real signals are registered");
+        let from_terminal = matches!(origin.cause, Cause::Kernel)
+            && matches!(signal, Signal::SIGINT | Signal::SIGQUIT);
+        let mut send = (!from_terminal).then_some(signal);
+        if is_stop(origin.signal) {
+            self.stop_requests += 1;
+            if self.stop_requests >= KILL_ON_REQUEST {
+                self.out.say(format!(
+                    "asked to stop {} times; killing the server",
+                    self.stop_requests
+                ));
+                send = Some(Signal::SIGKILL);
+            }
+        }
+        if let Some(signal) = send {
+            let _ = kill(Pid::from_raw(child), signal);
+        }
+    }
+
+    fn after_exit(&mut self, status: ExitStatus, ran: Duration) -> Next {
+        if !self.restart || self.stop_requests > 0 {
+            return Next::Stop;
+        }
+        if ran >= FAST_EXIT {
+            self.fast_exits = 0;
+            self.fast_failures = 0;
+            return Next::RestartAfter(Duration::ZERO);
+        }
+        self.fast_exits += 1;
+        if status.success() {
+            self.fast_failures = 0;
+        } else {
+            self.fast_failures += 1;
+            if self.fast_failures >= GIVE_UP_AFTER {
+                return Next::GiveUp;
+            }
+        }
+        let over = if status.success() {
+            self.fast_exits.saturating_sub(FREE_RESTARTS)
+        } else {
+            self.fast_failures
+        };
+        Next::RestartAfter(backoff(over))
+    }
+}
+
+/// 0 for the first, then 100 ms doubling up to `MAX_BACKOFF`.
+fn backoff(n: u32) -> Duration {
+    if n == 0 {
+        return Duration::ZERO;
+    }
+    (Duration::from_millis(100) * 2u32.saturating_pow(n.min(16) - 1)).min(MAX_BACKOFF)
+}
+
+fn is_stop(signal: i32) -> bool {
+    matches!(signal, SIGINT | SIGTERM | SIGQUIT)
+}
+
+/// The expected port if the server listens there, else the lowest port it listens on.
+fn pick_listener(found: &[SocketAddr], expected: u16) -> Option<SocketAddr> {
+    found
+        .iter()
+        .find(|a| a.port() == expected)
+        .or(found.first())
+        .copied()
+}
+
+/// Shell convention: the exit code, or 128 + the signal that killed it.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(sig)) => {
+            let name = Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("?");
+            format!("was killed by {name}")
+        }
+        _ => "ended".to_string(),
+    }
+}
+
+fn socket_names(subs: &[Name]) -> anyhow::Result<Vec<String>> {
+    let mut names = vec![MAIN_SOCKET.to_string()];
+    for sub in subs {
+        if names.iter().any(|n| n == sub.as_str()) {
+            bail!("--socket {sub} is given twice, or is the main socket's name; pick another name");
+        }
+        names.push(sub.to_string());
+    }
+    Ok(names)
+}
+
+/// `scripts` of ./package.json, for seeing through `npm run dev`; empty if there is none.
+fn package_scripts(dir: &Path) -> BTreeMap<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Package {
+        #[serde(default)]
+        scripts: BTreeMap<String, String>,
+    }
+    std::fs::read(dir.join("package.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Package>(&bytes).ok())
+        .map(|p| p.scripts)
+        .unwrap_or_default()
+}
+
+/// wharf's messages go to stderr, prefixed, so the server's own output stays its own.
+struct Output {
+    name: Name,
+    quiet: bool,
+}
+
+impl Output {
+    fn say(&self, line: String) {
+        if !self.quiet {
+            eprintln!("wharf: {}: {line}", self.name);
+        }
+    }
+
+    /// The one line a script looks for: always printed, even with --quiet.
+    fn url(&self, url: &str) {
+        eprintln!("wharf: {} is at {url}", self.name);
+    }
+}
+
+/// The instance's registration with the front proxy, if one runs. Without a proxy the instance
+/// is served directly on its own port and every call here is a no-op.
+struct Route {
+    client: Option<control::Client>,
+    http_port: Option<u16>,
+    instance: Instance,
+}
+
+impl Route {
+    async fn connect(runtime: &Path, name: &Name, mode: Mode, bound: &[BoundSocket]) -> Route {
+        let instance = Instance {
+            name: name.clone(),
+            pid: std::process::id() as i32,
+            child_pid: None,
+            mode,
+            state: State::Starting,
+            sockets: bound.iter().map(|b| (b.name.clone(), b.addr())).collect(),
+        };
+        let mut route = Route {
+            client: None,
+            http_port: None,
+            instance,
+        };
+        if let Ok(Some(mut client)) = control::Client::connect(&control::socket_path(runtime)).await
+            && let Ok(hello) = client.call(&control::Request::Hello).await
+        {
+            route.http_port = hello.http_port;
+            route.client = Some(client);
+        }
+        route
+    }
+
+    /// `http://NAME.localhost[:PORT]`: through the proxy if there is one, else direct.
+    fn url(&self, direct_port: u16) -> String {
+        match self.http_port.or(Some(direct_port)) {
+            Some(80) => format!("http://{}.localhost", self.instance.name),
+            Some(port) => format!("http://{}.localhost:{port}", self.instance.name),
+            None => unreachable!(),
+        }
+    }
+
+    fn is_connected(&self) -> bool {
+        self.client.is_some()
+    }
+
+    async fn started(&mut self, child: i32) {
+        self.instance.child_pid = Some(child);
+        self.instance.state = State::Starting;
+        let registered = self.instance.mode == Mode::Fd;
+        self.send(registered).await;
+    }
+
+    async fn set_state(&mut self, state: State) {
+        self.instance.state = state;
+        self.send(true).await;
+    }
+
+    async fn set_main_addr(&mut self, addr: SocketAddr) {
+        self.instance.sockets.insert(MAIN_SOCKET.to_string(), addr);
+    }
+
+    async fn send(&mut self, live: bool) {
+        if !live {
+            return;
+        }
+        let request = control::Request::Register {
+            instance: self.instance.clone(),
+        };
+        if let Some(client) = self.client.as_mut()
+            && client.call(&request).await.is_err()
+        {
+            self.client = None;
+        }
+    }
+
+    /// Resolves when the proxy connection closes; pending forever without one.
+    async fn lost(&mut self) {
+        match self.client.as_mut() {
+            Some(client) => {
+                client.closed().await;
+                self.client = None;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Deregister: closing the connection removes the route.
+    async fn remove(&mut self) {
+        self.client = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(raw: i32) -> ExitStatus {
+        ExitStatus::from_raw(raw)
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(exit_code(status(3 << 8)), 3);
+        assert_eq!(exit_code(status(libc::SIGTERM)), 128 + libc::SIGTERM);
+    }
+
+    #[test]
+    fn fast_failures_back_off_then_give_up_and_slow_ones_reset() {
+        let out = Output {
+            name: "t".parse().unwrap(),
+            quiet: true,
+        };
+        let mut s = Supervisor {
+            out: &out,
+            restart: true,
+            stop_requests: 0,
+            fast_exits: 0,
+            fast_failures: 0,
+        };
+        let fail = status(1 << 8);
+        let quick = Duration::from_millis(10);
+        let mut delays = Vec::new();
+        for _ in 0..GIVE_UP_AFTER - 1 {
+            match s.after_exit(fail, quick) {
+                Next::RestartAfter(d) => delays.push(d),
+                _ => panic!("gave up too early"),
+            }
+        }
+        assert!(delays.windows(2).all(|w| w[0] < w[1]), "{delays:?}");
+        assert!(matches!(s.after_exit(fail, quick), Next::GiveUp));
+        s.fast_failures = 0;
+        assert!(matches!(s.after_exit(fail, FAST_EXIT * 2), Next::RestartAfter(d) if d.is_zero()));
+        for _ in 0..50 {
+            assert!(
+                matches!(s.after_exit(status(0), quick), Next::RestartAfter(d) if d <= MAX_BACKOFF)
+            );
+        }
+        s.stop_requests = 1;
+        assert!(matches!(s.after_exit(status(0), quick), Next::Stop));
+    }
+}
