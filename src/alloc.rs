@@ -68,7 +68,7 @@ pub struct Request<'a> {
     pub name: &'a Name,
     /// Socket names, `MAIN_SOCKET` first.
     pub sockets: &'a [String],
-    /// `--port`: tried first for the main socket; 0 means "any free port".
+    /// `--port`: tried first for the main socket; 0 means "any free port" for every socket.
     pub prefer: Option<u16>,
     /// Ports to scan; `None` means "any free port".
     pub range: Option<PortRange>,
@@ -206,7 +206,7 @@ pub fn allocate(
         if let Some(p) = prefer.filter(|p| *p != 0) {
             found = attempt(p, " (--port)", &mut tried).map(|s| (p, s));
         }
-        let ephemeral = prefer == Some(0) || req.range.is_none();
+        let ephemeral = req.prefer == Some(0) || req.range.is_none();
         if found.is_none()
             && !ephemeral
             && let Some(p) = last

@@ -1,0 +1,331 @@
+//! `wharf run`: socket handoff to strict and plain readers, env mode, allocation, restarts,
+//! signals and exit codes.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::util::*;
+
+fn py_server<'a>(extra: &[&'a str], py: &'a str, script: &'a str) -> Vec<&'a str> {
+    let mut v = vec!["--", py, script];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn gunicorn_accepts_the_socket_with_its_strict_listen_pid_check() {
+    let Some(gunicorn) = need("gunicorn") else { return };
+    let sb = Sandbox::new();
+    let servers = repo().join("tests/servers");
+    let p = sb.spawn(&[
+        "run", "--name", "api", "--port", "0", "--",
+        path_str(&gunicorn), "--chdir", path_str(&servers), "wsgi:app",
+    ]);
+    p.expect("fd mode: gunicorn takes an inherited socket");
+    let port = p.url_port();
+    // gunicorn ignores LISTEN_FDS unless LISTEN_PID is its own pid; it would then bind
+    // 127.0.0.1:8000 and nothing would ever accept on our port.
+    let body = get_json(port, "api");
+    assert_eq!(body["host"], format!("api.localhost:{port}"));
+    p.expect("ready (READY=1)");
+    let listens = p.expect("Listening at:");
+    assert!(listens.contains(&format!("127.0.0.1:{port}")), "{listens}");
+}
+
+#[test]
+fn fd_mode_child_sees_exactly_stdio_and_its_socket_with_its_own_pid() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let mut args = vec!["run", "--name", "plain", "--fd", "--port", "0"];
+    args.extend(py_server(&[], path_str(&py), path_str(&script)));
+    let p = sb.spawn(&args);
+    let report = p.report();
+    assert_eq!(report["fds"], serde_json::json!([0, 1, 2, 3]));
+    let env = &report["env"];
+    assert_eq!(env["LISTEN_FDS"], "1");
+    assert_eq!(env["LISTEN_FDNAMES"], "http");
+    assert_eq!(env["LISTEN_PID"], report["pid"].to_string());
+    assert_eq!(env["WHARF_NAME"], "plain");
+    assert!(env.get("PORT").is_none(), "fd mode gives no PORT: {env}");
+    let port = p.url_port();
+    assert_eq!(env["WHARF_URL"], format!("http://plain.localhost:{port}"));
+    assert_eq!(get_json(port, "plain")["socket"], "http");
+}
+
+#[test]
+fn inherited_socket_variables_are_scrubbed_and_no_pid_leaves_listen_pid_out() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let mut args = vec!["run", "--name", "scrub", "--fd", "--no-pid", "--port", "0"];
+    args.extend(py_server(&[], path_str(&py), path_str(&script)));
+    let mut cmd = sb.wharf(&args);
+    cmd.env("LISTEN_FDS", "4").env("LISTEN_PID", "1").env("LISTEN_FDNAMES", "a:b:c:d");
+    cmd.env("NOTIFY_SOCKET", "/nonexistent/notify").env("WATCHDOG_USEC", "100");
+    let p = Proc::spawn(cmd, "wharf run with stale socket variables");
+    let env = p.report()["env"].clone();
+    assert_eq!(env["LISTEN_FDS"], "1");
+    assert_eq!(env["LISTEN_FDNAMES"], "http");
+    assert!(env.get("LISTEN_PID").is_none(), "{env}");
+    assert!(env.get("WATCHDOG_USEC").is_none(), "{env}");
+    assert_ne!(env["NOTIFY_SOCKET"], "/nonexistent/notify");
+}
+
+#[test]
+fn env_mode_python_http_server_gets_its_port() {
+    let sb = Sandbox::new();
+    let py = python();
+    let p = sb.spawn(&["run", "--name", "docs", "--port", "0", "--", path_str(&py), "-m", "http.server", "{port}", "--bind", "127.0.0.1"]);
+    p.expect("env mode: the command has a {port} placeholder");
+    let port = p.url_port();
+    p.expect(&format!("listening on 127.0.0.1:{port}"));
+    let (status, body) = get(([127, 0, 0, 1], port).into(), "docs.localhost", "/").unwrap();
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn env_mode_finds_a_server_that_binds_elsewhere() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let mut args = vec!["run", "--name", "mover", "--env", "--port", "0"];
+    args.extend(py_server(&["--bind-elsewhere"], path_str(&py), path_str(&script)));
+    let p = sb.spawn(&args);
+    let asked = p.url_port();
+    let env = p.report()["env"].clone();
+    assert_eq!(env["PORT"], asked.to_string());
+    assert_eq!(env["HOST"], "127.0.0.1");
+    let bound: u16 = p.expect("BOUND ").trim_start_matches("BOUND ").parse().unwrap();
+    assert_ne!(bound, asked);
+    p.expect(&format!("listens on 127.0.0.1:{bound}, not on port {asked} as asked; routing there"));
+    assert_eq!(get_json(bound, "mover")["socket"], "http");
+}
+
+#[test]
+fn named_sockets_are_passed_in_order_with_their_names() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let mut args = vec!["run", "--name", "multi", "--fd", "--port", "0", "--socket", "admin"];
+    args.extend(py_server(&[], path_str(&py), path_str(&script)));
+    let p = sb.spawn(&args);
+    let report = p.report();
+    assert_eq!(report["fds"], serde_json::json!([0, 1, 2, 3, 4]));
+    assert_eq!(report["env"]["LISTEN_FDNAMES"], "http:admin");
+    let admin_line = p.expect("passed as fd 4 (admin)");
+    let admin_port: u16 = admin_line.split("127.0.0.1:").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert_eq!(get_json(admin_port, "admin.multi")["socket"], "admin");
+
+    let mut args = vec!["run", "--name", "multi-env", "--env", "--port", "0", "--socket", "admin-api"];
+    args.extend(py_server(&[], path_str(&py), path_str(&script)));
+    let p = sb.spawn(&args);
+    let env = p.report()["env"].clone();
+    assert!(env["PORT_ADMIN_API"].as_str().unwrap().parse::<u16>().is_ok(), "{env}");
+}
+
+#[test]
+fn twenty_concurrent_runs_get_twenty_distinct_ports() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let (base, _hold) = os_port();
+    let range = format!("{}-{}", base + 1, base + 60);
+    let procs: Vec<Proc> = (0..20)
+        .map(|i| {
+            let name = format!("svc{i}");
+            let mut args = vec!["run", "--name", &name, "--fd", "--range", &range];
+            args.extend(py_server(&[], path_str(&py), path_str(&script)));
+            sb.spawn(&args)
+        })
+        .collect();
+    let ports: BTreeSet<u16> = procs.iter().map(|p| p.url_port()).collect();
+    assert_eq!(ports.len(), 20, "{ports:?}");
+    assert_eq!(sb.registry()["leases"].as_object().unwrap().len(), 20);
+    for (i, p) in procs.iter().enumerate() {
+        let port = p.url_port();
+        assert_eq!(get_json(port, &format!("svc{i}"))["socket"], "http");
+    }
+}
+
+#[test]
+fn taken_preferred_port_moves_on_and_says_so_and_the_port_is_sticky() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let (taken, _hold) = os_port();
+    let range = format!("{taken}-{}", taken + 20);
+    let port_arg = taken.to_string();
+    let mut args = vec!["run", "--name", "sticky", "--fd", "--port", &port_arg, "--range", &range];
+    args.extend(py_server(&[], path_str(&py), path_str(&script)));
+    let mut p = sb.spawn(&args);
+    p.expect(&format!("port {taken} (--port) is in use by another process"));
+    let got = p.url_port();
+    p.report();
+    assert_ne!(got, taken);
+    assert!((taken..=taken + 20).contains(&got));
+    p.signal(libc::SIGTERM);
+    assert!(p.wait(PATIENCE).success());
+    assert!(sb.registry()["leases"].as_object().unwrap().is_empty(), "lease given back");
+
+    // Next time the name gets its last port back, before the range.
+    let range = format!("{}-{}", got + 1, got + 20);
+    let mut args = vec!["run", "--name", "sticky", "--fd", "--range", &range];
+    args.extend(py_server(&[], path_str(&py), path_str(&script)));
+    let p = sb.spawn(&args);
+    assert_eq!(p.url_port(), got);
+}
+
+#[test]
+fn exhausted_range_is_a_clear_error_that_leaves_nothing_behind() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let (a, _hold_a) = os_port();
+    let range = format!("{a}-{a}");
+    let mut args = vec!["run", "--name", "full", "--fd", "--range", &range];
+    args.extend(py_server(&[], path_str(&py), path_str(&script)));
+    let (status, log) = sb.output(&args);
+    assert!(!status.success());
+    assert!(log.contains(&format!("no free port in {range}")), "{log}");
+    assert!(log.contains("in use by other processes"), "{log}");
+    assert!(log.contains("--port 0"), "says how to fix it: {log}");
+    assert!(!log.contains("REPORT"), "the server never started: {log}");
+    assert!(sb.registry()["leases"].as_object().is_none_or(|l| l.is_empty()));
+
+    // A range held by another instance names it.
+    let mut args = vec!["run", "--name", "holder", "--fd", "--port", "0"];
+    args.extend(py_server(&[], path_str(&py), path_str(&script)));
+    let holder = sb.spawn(&args);
+    let held = holder.url_port();
+    let range = format!("{held}-{held}");
+    let mut args = vec!["run", "--name", "late", "--fd", "--range", &range];
+    args.extend(py_server(&[], path_str(&py), path_str(&script)));
+    let (status, log) = sb.output(&args);
+    assert!(!status.success());
+    assert!(log.contains(&format!("'holder' holds {held}")), "{log}");
+}
+
+#[test]
+fn a_second_run_of_a_name_is_refused_unless_forced() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let mut args = vec!["run", "--name", "dup", "--fd", "--port", "0"];
+    args.extend(py_server(&[], path_str(&py), path_str(&script)));
+    let mut first = sb.spawn(&args);
+    let first_port = first.url_port();
+    let (status, log) = sb.output(&args);
+    assert!(!status.success());
+    assert!(log.contains("already running") && log.contains("--force"), "{log}");
+
+    let mut forced = args.clone();
+    forced.insert(3, "--force");
+    let second = sb.spawn(&forced);
+    second.expect("as --force asks");
+    assert!(!first.wait(PATIENCE).success(), "the first one was stopped");
+    assert_eq!(get_json(second.url_port(), "dup")["socket"], "http");
+    assert_ne!(second.url_port(), 0);
+    let _ = first_port;
+}
+
+#[test]
+fn bad_names_are_refused_with_the_rule() {
+    let sb = Sandbox::new();
+    for bad in ["Api", "a_b", "-x", "a.b"] {
+        let name = format!("--name={bad}");
+        let (status, log) = sb.output(&["run", &name, "--", "true"]);
+        assert_eq!(status.code(), Some(2), "{log}");
+        assert!(log.contains("lowercase letters, digits and '-'"), "{log}");
+    }
+    let (status, log) = sb.output(&["run", "--name", "ok", "--", "no-such-program-wharf"]);
+    assert!(!status.success());
+    assert!(log.contains("cannot find `no-such-program-wharf`"), "{log}");
+}
+
+#[test]
+fn restart_keeps_the_socket_and_refuses_no_connection() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let mut args = vec!["run", "--name", "flaky", "--fd", "--restart", "--port", "0"];
+    args.extend(py_server(&["--exit-after", "1"], path_str(&py), path_str(&script)));
+    let p = sb.spawn(&args);
+    let port = p.url_port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut pids = BTreeSet::new();
+    for i in 0..15 {
+        let (status, body) = get(addr, "flaky.localhost", "/").unwrap_or_else(|e| panic!("request {i}: {e}\n{}", p.log()));
+        assert_eq!(status, 200);
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        pids.insert(body["pid"].as_i64().unwrap());
+    }
+    assert_eq!(pids.len(), 15, "a new server process each time, same socket");
+    p.expect("restarting on the same socket");
+}
+
+#[test]
+fn restart_gives_up_after_fast_crashes_route_first_then_socket() {
+    let sb = Sandbox::new();
+    let mut p = sb.spawn(&["run", "--name", "crash", "--restart", "--port", "0", "--", "sh", "-c", "exit 3"]);
+    let status = p.wait(PATIENCE);
+    assert_eq!(status.code(), Some(3));
+    assert!(p.log().contains("giving up after 5 fast failures"), "{}", p.log());
+}
+
+#[test]
+fn exit_codes_and_signals_pass_through() {
+    let sb = Sandbox::new();
+    let (status, _) = sb.output(&["run", "--name", "seven", "--port", "0", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(status.code(), Some(7));
+    let (status, _) = sb.output(&["run", "--name", "killed", "--port", "0", "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(status.code(), Some(128 + 9));
+
+    let (py, script) = (python(), server_py());
+    let mut args = vec!["run", "--name", "sig", "--fd", "--port", "0"];
+    args.extend(py_server(&[], path_str(&py), path_str(&script)));
+    let mut p = sb.spawn(&args);
+    p.report();
+    p.signal(libc::SIGHUP);
+    p.expect("got SIGHUP");
+    p.signal(libc::SIGTERM);
+    p.expect("got SIGTERM");
+    assert_eq!(p.wait(PATIENCE).code(), Some(0));
+
+    let mut p = sb.spawn(&args);
+    p.report();
+    p.signal(libc::SIGINT);
+    p.expect("got SIGINT");
+    assert_eq!(p.wait(PATIENCE).code(), Some(0));
+}
+
+#[test]
+fn killing_wharf_kills_the_server() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let mut args = vec!["run", "--name", "orphan", "--fd", "--port", "0"];
+    args.extend(py_server(&[], path_str(&py), path_str(&script)));
+    let mut p = sb.spawn(&args);
+    let child = p.report()["pid"].as_i64().unwrap() as i32;
+    p.signal(libc::SIGKILL);
+    p.wait(PATIENCE);
+    eventually("the server dies with wharf", PATIENCE, || gone(child));
+}
+
+#[test]
+fn notify_ready_and_status_are_reported() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let mut args = vec!["run", "--name", "ready", "--fd", "--port", "0"];
+    args.extend(py_server(&["--notify-ready"], path_str(&py), path_str(&script)));
+    let p = sb.spawn(&args);
+    p.expect("ready (READY=1)");
+    p.expect("status: serving");
+}
+
+#[test]
+fn a_corrupt_registry_is_moved_aside_and_the_run_goes_on() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.state_dir()).unwrap();
+    std::fs::write(sb.state_dir().join("registry.json"), "{ not json").unwrap();
+    let (py, script) = (python(), server_py());
+    let mut args = vec!["run", "--name", "fresh", "--fd", "--port", "0"];
+    args.extend(py_server(&[], path_str(&py), path_str(&script)));
+    let p = sb.spawn(&args);
+    p.expect("was unreadable");
+    let port = p.url_port();
+    assert_eq!(get_json(port, "fresh")["socket"], "http");
+    assert_eq!(sb.registry()["leases"]["fresh"]["ports"]["http"], port);
+}

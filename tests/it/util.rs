@@ -1,0 +1,286 @@
+//! The test harness: each test gets its own state and runtime directories, runs the real
+//! `wharf` binary with a scrubbed environment, reads its output line by line with a deadline,
+//! kills what it started on drop, and prints everything it saw when a test fails.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Long enough for a loaded CI machine; every wait in the tests is bounded by it.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn server_py() -> PathBuf {
+    repo().join("tests/servers/server.py")
+}
+
+/// The test venv (made by tests/run.sh) holds gunicorn and websockets.
+pub fn venv_bin(tool: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("WHARF_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/test-venv"));
+    let path = dir.join("bin").join(tool);
+    path.exists().then_some(path)
+}
+
+/// A tool the test needs, or `None` after saying the test is skipped. Under CI nothing may skip.
+pub fn need(tool: &str) -> Option<PathBuf> {
+    let found = venv_bin(tool).or_else(|| which(tool));
+    if found.is_none() {
+        let msg = format!("skipped: `{tool}` not found (bash tests/run.sh installs it)");
+        if std::env::var_os("CI").is_some() {
+            panic!("{msg}; CI must not skip");
+        }
+        eprintln!("{msg}");
+    }
+    found
+}
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+pub fn python() -> PathBuf {
+    venv_bin("python3").or_else(|| which("python3")).expect("python3 is needed")
+}
+
+/// Private directories for one test, and the way to run wharf inside them.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let dir = tempfile::Builder::new().prefix("wharf-test-").tempdir().unwrap();
+        Sandbox { dir }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// `wharf ARGS` with this sandbox's directories and none of the caller's socket variables.
+    pub fn wharf(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wharf"));
+        cmd.args(args)
+            .env("WHARF_STATE_DIR", self.state_dir())
+            .env("WHARF_RUNTIME_DIR", self.runtime_dir())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC"] {
+            cmd.env_remove(var);
+        }
+        cmd
+    }
+
+    /// Start `wharf ARGS` in the background.
+    pub fn spawn(&self, args: &[&str]) -> Proc {
+        Proc::spawn(self.wharf(args), &args.join(" "))
+    }
+
+    /// Run `wharf ARGS` to completion (bounded).
+    pub fn output(&self, args: &[&str]) -> (ExitStatus, String) {
+        let mut p = self.spawn(args);
+        let status = p.wait(PATIENCE);
+        (status, p.log())
+    }
+
+    pub fn registry(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.state_dir().join("registry.json")).unwrap_or("{}".into());
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+#[derive(Default)]
+struct Lines {
+    all: Vec<String>,
+    open_streams: usize,
+}
+
+/// A process under test: its output lines (stdout and stderr interleaved), readable with a
+/// deadline. Killed on drop; its output is printed if the test is failing.
+pub struct Proc {
+    child: Child,
+    what: String,
+    lines: Arc<(Mutex<Lines>, Condvar)>,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, what: &str) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let lines = Arc::new((Mutex::new(Lines { open_streams: 2, ..Default::default() }), Condvar::new()));
+        let streams: [Box<dyn Read + Send>; 2] =
+            [Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
+        for stream in streams {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let mut l = lines.0.lock().unwrap();
+                    l.all.push(line);
+                    lines.1.notify_all();
+                }
+                lines.0.lock().unwrap().open_streams -= 1;
+                lines.1.notify_all();
+            });
+        }
+        Proc {
+            child,
+            what: what.to_string(),
+            lines,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The first line so far (or, waiting up to `PATIENCE`, to come) matching `pred`.
+    pub fn expect_line(&self, pred: impl Fn(&str) -> bool, what: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        let (lock, cv) = &*self.lines;
+        let mut l = lock.lock().unwrap();
+        loop {
+            if let Some(line) = l.all.iter().find(|line| pred(line)) {
+                return line.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline || l.open_streams == 0 {
+                drop(l);
+                panic!("{}: no line {what} within {PATIENCE:?}\n{}", self.what, self.log());
+            }
+            l = cv.wait_timeout(l, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Lines seen so far matching `pred`.
+    pub fn count_lines(&self, pred: impl Fn(&str) -> bool) -> usize {
+        self.lines.0.lock().unwrap().all.iter().filter(|l| pred(l)).count()
+    }
+
+    pub fn expect(&self, needle: &str) -> String {
+        self.expect_line(|l| l.contains(needle), &format!("containing {needle:?}"))
+    }
+
+    /// Waits for `wharf: NAME is at http://NAME.localhost:PORT` and returns PORT.
+    pub fn url_port(&self) -> u16 {
+        let line = self.expect(" is at http://");
+        line.rsplit(':').next().unwrap().trim().parse().unwrap()
+    }
+
+    /// The server's `REPORT {json}` line.
+    pub fn report(&self) -> serde_json::Value {
+        let line = self.expect("REPORT ");
+        serde_json::from_str(line.split_once("REPORT ").unwrap().1).unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        self.lines.0.lock().unwrap().all.join("\n")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill with a pid of our own child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Wait for exit, bounded; panics (after killing it) if it does not exit in time.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader threads drain what is left.
+                let (lock, cv) = &*self.lines;
+                let mut l = lock.lock().unwrap();
+                while l.open_streams > 0 && Instant::now() < deadline + Duration::from_secs(2) {
+                    l = cv.wait_timeout(l, Duration::from_millis(100)).unwrap().0;
+                }
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("{} did not exit within {limit:?}\n{}", self.what, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- output of {} ----\n{}\n----", self.what, self.log());
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET with `Connection: close`: (status, body). Bounded by `PATIENCE`.
+pub fn get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, PATIENCE)?;
+    stream.set_read_timeout(Some(PATIENCE))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {response:?}")))?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// GET http://127.0.0.1:PORT/ as Host NAME.localhost:PORT, expecting 200; the JSON body.
+pub fn get_json(port: u16, name: &str) -> serde_json::Value {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let (status, body) = get(addr, &format!("{name}.localhost:{port}"), "/")
+        .unwrap_or_else(|e| panic!("GET {name} on {port}: {e}"));
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Is a process gone (or a zombie nobody reaped)?
+pub fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Wait (bounded) until `cond` holds, polling; panics with `what` otherwise.
+pub fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: still not true after {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A port nobody listens on right now, from the OS (bind port 0). Held while the guard lives.
+pub fn os_port() -> (u16, std::net::TcpListener) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (l.local_addr().unwrap().port(), l)
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}

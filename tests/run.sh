@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run wharf's whole test suite on a fresh machine: provision the real peers the tests use
+# (curl, systemd's tools, a project-local Python venv with gunicorn and websockets), then
+# `cargo test`. Extra arguments go to cargo test.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+missing=()
+command -v curl >/dev/null || missing+=(curl)
+command -v systemd-socket-activate >/dev/null || missing+=(systemd)
+command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+if ((${#missing[@]})); then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "tests/run.sh: installing ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "tests/run.sh: the tests need ${missing[*]}; install them (e.g. sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+fi
+
+venv=target/test-venv
+stamp=$venv/.requirements
+if ! cmp -s tests/requirements.txt "$stamp" 2>/dev/null; then
+  echo "tests/run.sh: preparing $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
+  cp tests/requirements.txt "$stamp"
+fi
+
+exec cargo test "$@"

@@ -1,0 +1,111 @@
+"""A small HTTP server for wharf's tests.
+
+It takes its sockets the way wharf passes them (LISTEN_FDS, else HOST/PORT), reports what it
+inherited as one JSON line, and answers every request with JSON describing itself and the
+request. Options make it misbehave the ways real dev servers do.
+"""
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--exit-after", type=int, default=0, help="exit after N requests")
+parser.add_argument("--bind-elsewhere", action="store_true", help="ignore PORT, bind any port")
+parser.add_argument("--notify-ready", action="store_true", help="send READY=1 to NOTIFY_SOCKET")
+parser.add_argument("--exit-code", type=int, default=0, help="code for --exit-after exits")
+args = parser.parse_args()
+
+# Before anything opens an fd: which fds did we inherit?
+open_fds = []
+for fd in range(0, 64):
+    try:
+        os.fstat(fd)
+        open_fds.append(fd)
+    except OSError:
+        pass
+
+report = {
+    "fds": open_fds,
+    "pid": os.getpid(),
+    "env": {k: v for k, v in os.environ.items()
+            if k.startswith(("LISTEN_", "WHARF_", "PORT", "NOTIFY_", "WATCHDOG")) or k == "HOST"},
+}
+print("REPORT " + json.dumps(report), flush=True)
+
+count = 0
+lock = threading.Lock()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        global count
+        body = json.dumps({
+            "pid": os.getpid(),
+            "socket": self.server.wharf_name,
+            "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+        }).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if args.exit_after:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+        with lock:
+            count += 1
+            done = args.exit_after and count >= args.exit_after
+        if done:
+            self.close_connection = True
+            threading.Thread(target=lambda: os._exit(args.exit_code)).start()
+
+    def log_message(self, fmt, *a):
+        pass
+
+
+def serve(sock, name):
+    server = HTTPServer(sock.getsockname(), Handler, bind_and_activate=False)
+    server.socket = sock
+    server.wharf_name = name
+    server.serve_forever()
+
+
+def on_signal(signum, frame):
+    print(f"got {signal.Signals(signum).name}", flush=True)
+    if signum != signal.SIGHUP:
+        os._exit(0)
+
+
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, on_signal)
+
+sockets = []
+n = int(os.environ.get("LISTEN_FDS", "0"))
+if n:
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+    for i in range(n):
+        sockets.append((socket.socket(fileno=3 + i), names[i] if i < len(names) else ""))
+else:
+    port = 0 if args.bind_elsewhere else int(os.environ["PORT"])
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((os.environ.get("HOST", "127.0.0.1"), port))
+    sock.listen(128)
+    print(f"BOUND {sock.getsockname()[1]}", flush=True)
+    sockets.append((sock, "http"))
+
+if args.notify_ready and os.environ.get("NOTIFY_SOCKET"):
+    n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    n.sendto(b"READY=1\nSTATUS=serving", os.environ["NOTIFY_SOCKET"])
+
+for sock, name in sockets[1:]:
+    threading.Thread(target=serve, args=(sock, name), daemon=True).start()
+serve(*sockets[0])

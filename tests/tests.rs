@@ -1,0 +1,3 @@
+//! wharf's integration tests: one binary, a module per area, real processes and real peers.
+
+mod it;
