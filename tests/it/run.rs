@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use super::util::*;
 
@@ -15,12 +14,22 @@ fn py_server<'a>(extra: &[&'a str], py: &'a str, script: &'a str) -> Vec<&'a str
 
 #[test]
 fn gunicorn_accepts_the_socket_with_its_strict_listen_pid_check() {
-    let Some(gunicorn) = need("gunicorn") else { return };
+    let Some(gunicorn) = need("gunicorn") else {
+        return;
+    };
     let sb = Sandbox::new();
     let servers = repo().join("tests/servers");
     let p = sb.spawn(&[
-        "run", "--name", "api", "--port", "0", "--",
-        path_str(&gunicorn), "--chdir", path_str(&servers), "wsgi:app",
+        "run",
+        "--name",
+        "api",
+        "--port",
+        "0",
+        "--",
+        path_str(&gunicorn),
+        "--chdir",
+        path_str(&servers),
+        "wsgi:app",
     ]);
     p.expect("fd mode: gunicorn takes an inherited socket");
     let port = p.url_port();
@@ -60,8 +69,11 @@ fn inherited_socket_variables_are_scrubbed_and_no_pid_leaves_listen_pid_out() {
     let mut args = vec!["run", "--name", "scrub", "--fd", "--no-pid", "--port", "0"];
     args.extend(py_server(&[], path_str(&py), path_str(&script)));
     let mut cmd = sb.wharf(&args);
-    cmd.env("LISTEN_FDS", "4").env("LISTEN_PID", "1").env("LISTEN_FDNAMES", "a:b:c:d");
-    cmd.env("NOTIFY_SOCKET", "/nonexistent/notify").env("WATCHDOG_USEC", "100");
+    cmd.env("LISTEN_FDS", "4")
+        .env("LISTEN_PID", "1")
+        .env("LISTEN_FDNAMES", "a:b:c:d");
+    cmd.env("NOTIFY_SOCKET", "/nonexistent/notify")
+        .env("WATCHDOG_USEC", "100");
     let p = Proc::spawn(cmd, "wharf run with stale socket variables");
     let env = p.report()["env"].clone();
     assert_eq!(env["LISTEN_FDS"], "1");
@@ -75,7 +87,20 @@ fn inherited_socket_variables_are_scrubbed_and_no_pid_leaves_listen_pid_out() {
 fn env_mode_python_http_server_gets_its_port() {
     let sb = Sandbox::new();
     let py = python();
-    let p = sb.spawn(&["run", "--name", "docs", "--port", "0", "--", path_str(&py), "-m", "http.server", "{port}", "--bind", "127.0.0.1"]);
+    let p = sb.spawn(&[
+        "run",
+        "--name",
+        "docs",
+        "--port",
+        "0",
+        "--",
+        path_str(&py),
+        "-m",
+        "http.server",
+        "{port}",
+        "--bind",
+        "127.0.0.1",
+    ]);
     p.expect("env mode: the command has a {port} placeholder");
     let port = p.url_port();
     p.expect(&format!("listening on 127.0.0.1:{port}"));
@@ -88,15 +113,25 @@ fn env_mode_finds_a_server_that_binds_elsewhere() {
     let sb = Sandbox::new();
     let (py, script) = (python(), server_py());
     let mut args = vec!["run", "--name", "mover", "--env", "--port", "0"];
-    args.extend(py_server(&["--bind-elsewhere"], path_str(&py), path_str(&script)));
+    args.extend(py_server(
+        &["--bind-elsewhere"],
+        path_str(&py),
+        path_str(&script),
+    ));
     let p = sb.spawn(&args);
     let asked = p.url_port();
     let env = p.report()["env"].clone();
     assert_eq!(env["PORT"], asked.to_string());
     assert_eq!(env["HOST"], "127.0.0.1");
-    let bound: u16 = p.expect("BOUND ").trim_start_matches("BOUND ").parse().unwrap();
+    let bound: u16 = p
+        .expect("BOUND ")
+        .trim_start_matches("BOUND ")
+        .parse()
+        .unwrap();
     assert_ne!(bound, asked);
-    p.expect(&format!("listens on 127.0.0.1:{bound}, not on port {asked} as asked; routing there"));
+    p.expect(&format!(
+        "listens on 127.0.0.1:{bound}, not on port {asked} as asked; routing there"
+    ));
     assert_eq!(get_json(bound, "mover")["socket"], "http");
 }
 
@@ -104,21 +139,47 @@ fn env_mode_finds_a_server_that_binds_elsewhere() {
 fn named_sockets_are_passed_in_order_with_their_names() {
     let sb = Sandbox::new();
     let (py, script) = (python(), server_py());
-    let mut args = vec!["run", "--name", "multi", "--fd", "--port", "0", "--socket", "admin"];
+    let mut args = vec![
+        "run", "--name", "multi", "--fd", "--port", "0", "--socket", "admin",
+    ];
     args.extend(py_server(&[], path_str(&py), path_str(&script)));
     let p = sb.spawn(&args);
     let report = p.report();
     assert_eq!(report["fds"], serde_json::json!([0, 1, 2, 3, 4]));
     assert_eq!(report["env"]["LISTEN_FDNAMES"], "http:admin");
     let admin_line = p.expect("passed as fd 4 (admin)");
-    let admin_port: u16 = admin_line.split("127.0.0.1:").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let admin_port: u16 = admin_line
+        .split("127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(get_json(admin_port, "admin.multi")["socket"], "admin");
 
-    let mut args = vec!["run", "--name", "multi-env", "--env", "--port", "0", "--socket", "admin-api"];
+    let mut args = vec![
+        "run",
+        "--name",
+        "multi-env",
+        "--env",
+        "--port",
+        "0",
+        "--socket",
+        "admin-api",
+    ];
     args.extend(py_server(&[], path_str(&py), path_str(&script)));
     let p = sb.spawn(&args);
     let env = p.report()["env"].clone();
-    assert!(env["PORT_ADMIN_API"].as_str().unwrap().parse::<u16>().is_ok(), "{env}");
+    assert!(
+        env["PORT_ADMIN_API"]
+            .as_str()
+            .unwrap()
+            .parse::<u16>()
+            .is_ok(),
+        "{env}"
+    );
 }
 
 #[test]
@@ -151,17 +212,24 @@ fn taken_preferred_port_moves_on_and_says_so_and_the_port_is_sticky() {
     let (taken, _hold) = os_port();
     let range = format!("{taken}-{}", taken + 20);
     let port_arg = taken.to_string();
-    let mut args = vec!["run", "--name", "sticky", "--fd", "--port", &port_arg, "--range", &range];
+    let mut args = vec![
+        "run", "--name", "sticky", "--fd", "--port", &port_arg, "--range", &range,
+    ];
     args.extend(py_server(&[], path_str(&py), path_str(&script)));
     let mut p = sb.spawn(&args);
-    p.expect(&format!("port {taken} (--port) is in use by another process"));
+    p.expect(&format!(
+        "port {taken} (--port) is in use by another process"
+    ));
     let got = p.url_port();
     p.report();
     assert_ne!(got, taken);
     assert!((taken..=taken + 20).contains(&got));
     p.signal(libc::SIGTERM);
     assert!(p.wait(PATIENCE).success());
-    assert!(sb.registry()["leases"].as_object().unwrap().is_empty(), "lease given back");
+    assert!(
+        sb.registry()["leases"].as_object().unwrap().is_empty(),
+        "lease given back"
+    );
 
     // Next time the name gets its last port back, before the range.
     let range = format!("{}-{}", got + 1, got + 20);
@@ -185,7 +253,11 @@ fn exhausted_range_is_a_clear_error_that_leaves_nothing_behind() {
     assert!(log.contains("in use by other processes"), "{log}");
     assert!(log.contains("--port 0"), "says how to fix it: {log}");
     assert!(!log.contains("REPORT"), "the server never started: {log}");
-    assert!(sb.registry()["leases"].as_object().is_none_or(|l| l.is_empty()));
+    assert!(
+        sb.registry()["leases"]
+            .as_object()
+            .is_none_or(|l| l.is_empty())
+    );
 
     // A range held by another instance names it.
     let mut args = vec!["run", "--name", "holder", "--fd", "--port", "0"];
@@ -210,7 +282,10 @@ fn a_second_run_of_a_name_is_refused_unless_forced() {
     let first_port = first.url_port();
     let (status, log) = sb.output(&args);
     assert!(!status.success());
-    assert!(log.contains("already running") && log.contains("--force"), "{log}");
+    assert!(
+        log.contains("already running") && log.contains("--force"),
+        "{log}"
+    );
 
     let mut forced = args.clone();
     forced.insert(3, "--force");
@@ -241,36 +316,72 @@ fn restart_keeps_the_socket_and_refuses_no_connection() {
     let sb = Sandbox::new();
     let (py, script) = (python(), server_py());
     let mut args = vec!["run", "--name", "flaky", "--fd", "--restart", "--port", "0"];
-    args.extend(py_server(&["--exit-after", "1"], path_str(&py), path_str(&script)));
+    args.extend(py_server(
+        &["--exit-after", "1"],
+        path_str(&py),
+        path_str(&script),
+    ));
     let p = sb.spawn(&args);
     let port = p.url_port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut pids = BTreeSet::new();
     for i in 0..15 {
-        let (status, body) = get(addr, "flaky.localhost", "/").unwrap_or_else(|e| panic!("request {i}: {e}\n{}", p.log()));
+        let (status, body) = get(addr, "flaky.localhost", "/")
+            .unwrap_or_else(|e| panic!("request {i}: {e}\n{}", p.log()));
         assert_eq!(status, 200);
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();
         pids.insert(body["pid"].as_i64().unwrap());
     }
-    assert_eq!(pids.len(), 15, "a new server process each time, same socket");
+    assert_eq!(
+        pids.len(),
+        15,
+        "a new server process each time, same socket"
+    );
     p.expect("restarting on the same socket");
 }
 
 #[test]
 fn restart_gives_up_after_fast_crashes_route_first_then_socket() {
     let sb = Sandbox::new();
-    let mut p = sb.spawn(&["run", "--name", "crash", "--restart", "--port", "0", "--", "sh", "-c", "exit 3"]);
+    let mut p = sb.spawn(&[
+        "run",
+        "--name",
+        "crash",
+        "--restart",
+        "--port",
+        "0",
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
     let status = p.wait(PATIENCE);
     assert_eq!(status.code(), Some(3));
-    assert!(p.log().contains("giving up after 5 fast failures"), "{}", p.log());
+    assert!(
+        p.log().contains("giving up after 5 fast failures"),
+        "{}",
+        p.log()
+    );
 }
 
 #[test]
 fn exit_codes_and_signals_pass_through() {
     let sb = Sandbox::new();
-    let (status, _) = sb.output(&["run", "--name", "seven", "--port", "0", "--", "sh", "-c", "exit 7"]);
+    let (status, _) = sb.output(&[
+        "run", "--name", "seven", "--port", "0", "--", "sh", "-c", "exit 7",
+    ]);
     assert_eq!(status.code(), Some(7));
-    let (status, _) = sb.output(&["run", "--name", "killed", "--port", "0", "--", "sh", "-c", "kill -9 $$"]);
+    let (status, _) = sb.output(&[
+        "run",
+        "--name",
+        "killed",
+        "--port",
+        "0",
+        "--",
+        "sh",
+        "-c",
+        "kill -9 $$",
+    ]);
     assert_eq!(status.code(), Some(128 + 9));
 
     let (py, script) = (python(), server_py());
@@ -309,7 +420,11 @@ fn notify_ready_and_status_are_reported() {
     let sb = Sandbox::new();
     let (py, script) = (python(), server_py());
     let mut args = vec!["run", "--name", "ready", "--fd", "--port", "0"];
-    args.extend(py_server(&["--notify-ready"], path_str(&py), path_str(&script)));
+    args.extend(py_server(
+        &["--notify-ready"],
+        path_str(&py),
+        path_str(&script),
+    ));
     let p = sb.spawn(&args);
     p.expect("ready (READY=1)");
     p.expect("status: serving");

@@ -51,7 +51,9 @@ pub fn which(tool: &str) -> Option<PathBuf> {
 }
 
 pub fn python() -> PathBuf {
-    venv_bin("python3").or_else(|| which("python3")).expect("python3 is needed")
+    venv_bin("python3")
+        .or_else(|| which("python3"))
+        .expect("python3 is needed")
 }
 
 /// Private directories for one test, and the way to run wharf inside them.
@@ -61,7 +63,10 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        let dir = tempfile::Builder::new().prefix("wharf-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("wharf-test-")
+            .tempdir()
+            .unwrap();
         Sandbox { dir }
     }
 
@@ -81,7 +86,13 @@ impl Sandbox {
             .env("WHARF_RUNTIME_DIR", self.runtime_dir())
             .current_dir(self.dir.path())
             .stdin(Stdio::null());
-        for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC"] {
+        for var in [
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LISTEN_FDNAMES",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+        ] {
             cmd.env_remove(var);
         }
         cmd
@@ -100,7 +111,8 @@ impl Sandbox {
     }
 
     pub fn registry(&self) -> serde_json::Value {
-        let text = std::fs::read_to_string(self.state_dir().join("registry.json")).unwrap_or("{}".into());
+        let text =
+            std::fs::read_to_string(self.state_dir().join("registry.json")).unwrap_or("{}".into());
         serde_json::from_str(&text).unwrap()
     }
 }
@@ -126,9 +138,17 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        let lines = Arc::new((Mutex::new(Lines { open_streams: 2, ..Default::default() }), Condvar::new()));
-        let streams: [Box<dyn Read + Send>; 2] =
-            [Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
+        let lines = Arc::new((
+            Mutex::new(Lines {
+                open_streams: 2,
+                ..Default::default()
+            }),
+            Condvar::new(),
+        ));
+        let streams: [Box<dyn Read + Send>; 2] = [
+            Box::new(child.stdout.take().unwrap()),
+            Box::new(child.stderr.take().unwrap()),
+        ];
         for stream in streams {
             let lines = lines.clone();
             std::thread::spawn(move || {
@@ -165,7 +185,11 @@ impl Proc {
             let now = Instant::now();
             if now >= deadline || l.open_streams == 0 {
                 drop(l);
-                panic!("{}: no line {what} within {PATIENCE:?}\n{}", self.what, self.log());
+                panic!(
+                    "{}: no line {what} within {PATIENCE:?}\n{}",
+                    self.what,
+                    self.log()
+                );
             }
             l = cv.wait_timeout(l, deadline - now).unwrap().0;
         }
@@ -173,7 +197,14 @@ impl Proc {
 
     /// Lines seen so far matching `pred`.
     pub fn count_lines(&self, pred: impl Fn(&str) -> bool) -> usize {
-        self.lines.0.lock().unwrap().all.iter().filter(|l| pred(l)).count()
+        self.lines
+            .0
+            .lock()
+            .unwrap()
+            .all
+            .iter()
+            .filter(|l| pred(l))
+            .count()
     }
 
     pub fn expect(&self, needle: &str) -> String {
@@ -216,7 +247,11 @@ impl Proc {
             }
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
-                panic!("{} did not exit within {limit:?}\n{}", self.what, self.log());
+                panic!(
+                    "{} did not exit within {limit:?}\n{}",
+                    self.what,
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -237,7 +272,10 @@ impl Drop for Proc {
 pub fn get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, PATIENCE)?;
     stream.set_read_timeout(Some(PATIENCE))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response
@@ -245,7 +283,10 @@ pub fn get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<(u16, St
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not HTTP: {response:?}")))?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -262,7 +303,9 @@ pub fn get_json(port: u16, name: &str) -> serde_json::Value {
 pub fn gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }
 
@@ -270,7 +313,10 @@ pub fn gone(pid: i32) -> bool {
 pub fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
-        assert!(Instant::now() < deadline, "{what}: still not true after {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still not true after {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
