@@ -21,6 +21,16 @@ pub struct Cli {
 pub enum Command {
     /// Run a server as instance NAME, with its socket bound by wharf and passed in
     Run(RunCli),
+    /// List instances: NAME URL PORT PID MODE STATE UPTIME REQUESTS
+    Ls(LsCli),
+    /// Stop an instance (SIGTERM, wait, SIGKILL); its route goes at once
+    Stop(StopCli),
+    /// Run the front proxy in the foreground (what the service units run)
+    Proxy(ProxyCli),
+    /// Route NAME.localhost to a server wharf did not start
+    Alias(AliasCli),
+    /// Print `export NAME_URL=…` lines for the running instances
+    Env(EnvCli),
 }
 
 #[derive(Debug, Args)]
@@ -64,4 +74,52 @@ pub struct RunCli {
     /// The server command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyCli {
+    /// Address to listen on (repeatable): 127.0.0.1:7080, [::1]:7080, or a port for both.
+    /// Default: $WHARF_LISTEN, then `[proxy] listen` in config.toml, then port 80 if allowed,
+    /// else 7080, on 127.0.0.1 and [::1]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsCli {
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").required(true))]
+pub struct StopCli {
+    /// The instance to stop
+    #[arg(group = "what")]
+    pub name: Option<Name>,
+    /// Stop every instance
+    #[arg(long, group = "what")]
+    pub all: bool,
+    /// Stop the front proxy (instances keep running and re-register when it is back)
+    #[arg(long, group = "what")]
+    pub proxy: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AliasCli {
+    /// The name to route: http://NAME.localhost
+    pub name: Name,
+    /// Where to: PORT, 127.0.0.1:PORT, [::1]:PORT or localhost:PORT
+    #[arg(required_unless_present = "rm")]
+    pub addr: Option<String>,
+    /// Remove the alias instead
+    #[arg(long, conflicts_with = "addr")]
+    pub rm: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EnvCli {
+    /// Only this instance
+    pub name: Option<Name>,
 }

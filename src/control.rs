@@ -1,15 +1,24 @@
 //! The control protocol between `wharf` commands and the front proxy: JSON, one object per
-//! line, over a Unix stream socket in the private runtime directory. This file owns the message
-//! types and the client; the proxy serves them.
+//! line, over a Unix stream socket in the private runtime directory (same user only). This
+//! file owns the messages, the client, and the proxy's side.
 //!
-//! Requests (`op`): `hello`, `register`, `update`, `list`, `stop`. Every request gets one
+//! Requests (`op`): `hello`, `register`, `list`, `stop`, `alias`. Every request gets one
 //! response line: `{"ok":true,…}` or `{"ok":false,"error":"…"}`. A `register`ed route lives as
-//! long as the connection that registered it.
+//! long as the connection that registered it; on shutdown the proxy sends
+//! `{"ok":true,"event":"stopping"}` before closing.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::StreamExt;
+use tokio::net::UnixListener;
+use tokio_util::codec::{FramedRead, LinesCodec};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -18,6 +27,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::mode::Mode;
 use crate::name::Name;
+use crate::routes::{AliasMap, Owner, Route, Routes, alias_instance};
 
 pub const SOCKET_FILE: &str = "control.sock";
 
@@ -54,11 +64,30 @@ pub struct Instance {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
+    /// Who are you: the proxy's HTTP port and pid.
     Hello,
+    /// Add or replace an instance; it lives as long as this connection.
     Register { instance: Instance },
-    Update { instance: Instance },
+    /// Every route.
     List,
+    /// Remove a route at once; answers with the pid of the `wharf run` that held it.
     Stop { name: Name },
+    /// Route `name` to a server wharf did not start (`addr: null` removes the alias).
+    Alias {
+        name: Name,
+        addr: Option<SocketAddr>,
+    },
+}
+
+/// One route as `list` and the dashboard show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listed {
+    #[serde(flatten)]
+    pub instance: Instance,
+    pub url: String,
+    pub alias: bool,
+    pub uptime_secs: u64,
+    pub requests: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -73,7 +102,36 @@ pub struct Response {
     pub pid: Option<i32>,
     /// `list`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instances: Option<Vec<Instance>>,
+    pub instances: Option<Vec<Listed>>,
+    /// Unprompted news on a registration connection: `"stopping"` when the proxy shuts down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+}
+
+impl Response {
+    pub fn ok() -> Response {
+        Response {
+            ok: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn error(msg: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            error: Some(msg.into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Why a registration connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// The proxy said it is shutting down on purpose: do not start another.
+    Stopping,
+    /// The connection just broke (the proxy crashed or was killed).
+    Lost,
 }
 
 /// A connection to the proxy's control socket.
@@ -132,17 +190,268 @@ impl Client {
         Ok(response)
     }
 
-    /// Resolves when the proxy closes the connection (it stopped or restarted).
-    pub async fn closed(&mut self) {
+    /// Resolves when the proxy closes the connection, saying whether it meant to.
+    pub async fn closed(&mut self) -> Closed {
         let mut buf = String::new();
+        let mut how = Closed::Lost;
         loop {
             buf.clear();
             match self.reader.read_line(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+                Ok(0) | Err(_) => return how,
+                Ok(_) => {
+                    if let Ok(r) = serde_json::from_str::<Response>(&buf)
+                        && r.event.as_deref() == Some("stopping")
+                    {
+                        how = Closed::Stopping;
+                    }
+                }
             }
         }
     }
+}
+
+/// The proxy's side of the control socket: what it knows and how it answers.
+pub struct ControlPlane {
+    pub routes: Arc<Routes>,
+    /// The port URLs use (the first HTTP listener's).
+    pub http_port: u16,
+    /// Where aliases are kept between proxy runs.
+    pub aliases_path: PathBuf,
+    next_connection: AtomicU64,
+}
+
+/// Longest request line accepted on the control socket.
+const MAX_LINE: usize = 64 * 1024;
+
+impl ControlPlane {
+    pub fn new(routes: Arc<Routes>, http_port: u16, aliases_path: PathBuf) -> ControlPlane {
+        ControlPlane {
+            routes,
+            http_port,
+            aliases_path,
+            next_connection: AtomicU64::new(1),
+        }
+    }
+
+    /// Route the stored aliases; a broken alias file is reported and left for the user.
+    pub fn load_aliases(&self) -> Result<usize, String> {
+        let aliases = self.read_aliases()?;
+        for (name, addr) in &aliases {
+            let _ = self
+                .routes
+                .register(Owner::Alias, alias_instance(name.clone(), *addr));
+        }
+        Ok(aliases.len())
+    }
+
+    fn read_aliases(&self) -> Result<AliasMap, String> {
+        let path = &self.aliases_path;
+        match crate::dirs::read_private(path) {
+            Ok(None) => Ok(AliasMap::new()),
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "{} is not a valid alias file ({e}); fix or delete it",
+                    path.display()
+                )
+            }),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    fn write_aliases(&self, edit: impl FnOnce(&mut AliasMap)) -> Result<(), String> {
+        let mut aliases = self.read_aliases()?;
+        edit(&mut aliases);
+        let bytes = serde_json::to_vec_pretty(&aliases).expect("aliases serialise");
+        crate::dirs::write_atomic(&self.aliases_path, &bytes)
+            .map_err(|e| format!("cannot write {}: {e}", self.aliases_path.display()))
+    }
+
+    /// Every route, as `list` and the dashboard show them, by name.
+    pub fn listed(&self) -> Vec<Listed> {
+        let table = self.routes.snapshot();
+        let mut out: Vec<Listed> = table.values().map(|r| listed(r, self.http_port)).collect();
+        out.sort_by(|a, b| a.instance.name.cmp(&b.instance.name));
+        out
+    }
+
+    /// Answer one request line from `owner`.
+    pub fn handle(&self, owner: Owner, line: &str) -> Response {
+        let request: Request = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(e) => return Response::error(format!("bad request: {e}")),
+        };
+        match request {
+            Request::Hello => Response {
+                http_port: Some(self.http_port),
+                pid: Some(std::process::id() as i32),
+                ..Response::ok()
+            },
+            Request::Register { instance } => {
+                if let Some(addr) = instance.sockets.values().find(|a| !a.ip().is_loopback()) {
+                    return Response::error(format!(
+                        "{addr} is not a loopback address; wharf routes to this machine only"
+                    ));
+                }
+                match self.routes.register(owner, instance) {
+                    Ok(()) => Response::ok(),
+                    Err(e) => Response::error(e.to_string()),
+                }
+            }
+            Request::List => Response {
+                instances: Some(self.listed()),
+                ..Response::ok()
+            },
+            Request::Stop { name } => match self.routes.remove(&name) {
+                None => Response::error(format!("no instance named '{name}' is routed")),
+                Some(route) if route.owner == Owner::Alias => match self.write_aliases(|a| {
+                    a.remove(&name);
+                }) {
+                    Ok(()) => Response::ok(),
+                    Err(e) => Response::error(e),
+                },
+                Some(route) => Response {
+                    pid: Some(route.instance.pid),
+                    ..Response::ok()
+                },
+            },
+            Request::Alias { name, addr } => self.alias(name, addr),
+        }
+    }
+
+    fn alias(&self, name: Name, addr: Option<SocketAddr>) -> Response {
+        let Some(addr) = addr else {
+            if self
+                .routes
+                .get(&name)
+                .is_some_and(|r| r.owner == Owner::Alias)
+            {
+                self.routes.remove(&name);
+            }
+            return match self.write_aliases(|a| {
+                a.remove(&name);
+            }) {
+                Ok(()) => Response::ok(),
+                Err(e) => Response::error(e),
+            };
+        };
+        if !addr.ip().is_loopback() {
+            return Response::error(format!(
+                "{addr} is not a loopback address; wharf routes to this machine only"
+            ));
+        }
+        if let Some(route) = self.routes.get(&name).filter(|r| r.owner != Owner::Alias) {
+            return Response::error(format!(
+                "'{name}' is a running instance (wharf pid {}); stop it first",
+                route.instance.pid
+            ));
+        }
+        self.routes.remove(&name);
+        if let Err(e) = self
+            .routes
+            .register(Owner::Alias, alias_instance(name.clone(), addr))
+        {
+            return Response::error(e.to_string());
+        }
+        match self.write_aliases(|a| {
+            a.insert(name, addr);
+        }) {
+            Ok(()) => Response::ok(),
+            Err(e) => Response::error(e),
+        }
+    }
+}
+
+fn listed(route: &Route, http_port: u16) -> Listed {
+    Listed {
+        instance: route.instance.clone(),
+        url: url(&route.instance.name, http_port),
+        alias: route.owner == Owner::Alias,
+        uptime_secs: route.since.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+        requests: route.requests.load(Ordering::Relaxed),
+    }
+}
+
+/// `http://NAME.localhost[:PORT]`, without the port when it is 80.
+pub fn url(name: &Name, port: u16) -> String {
+    match port {
+        80 => format!("http://{name}.localhost"),
+        port => format!("http://{name}.localhost:{port}"),
+    }
+}
+
+/// Serve the control socket until `shutdown`; then tell every connection the proxy is
+/// stopping on purpose and close it.
+pub async fn serve(
+    listener: UnixListener,
+    plane: Arc<ControlPlane>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                tasks.spawn(connection(stream, plane.clone(), shutdown.clone()));
+            }
+            Err(e) => {
+                eprintln!("wharf proxy: control socket accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, plane: Arc<ControlPlane>, shutdown: CancellationToken) {
+    let (reader, mut writer) = stream.into_split();
+    let same_user = reader
+        .as_ref()
+        .peer_cred()
+        .is_ok_and(|cred| cred.uid() == nix::unistd::getuid().as_raw());
+    if !same_user {
+        let _ = send(
+            &mut writer,
+            &Response::error("the control socket serves its own user only"),
+        )
+        .await;
+        return;
+    }
+    let owner = Owner::Connection(plane.next_connection.fetch_add(1, Ordering::Relaxed));
+    let mut lines = FramedRead::new(reader, LinesCodec::new_with_max_length(MAX_LINE));
+    loop {
+        let line = tokio::select! {
+            _ = shutdown.cancelled() => {
+                let bye = Response { event: Some("stopping".into()), ..Response::ok() };
+                let _ = send(&mut writer, &bye).await;
+                break;
+            }
+            line = lines.next() => line,
+        };
+        let response = match line {
+            None => break,
+            Some(Ok(line)) => plane.handle(owner, &line),
+            Some(Err(e)) => {
+                let _ = send(
+                    &mut writer,
+                    &Response::error(format!("unreadable request: {e}")),
+                )
+                .await;
+                break;
+            }
+        };
+        if send(&mut writer, &response).await.is_err() {
+            break;
+        }
+    }
+    plane.routes.remove_owner(owner);
+}
+
+async fn send(writer: &mut OwnedWriteHalf, response: &Response) -> io::Result<()> {
+    let mut line = serde_json::to_vec(response).expect("responses serialise");
+    line.push(b'\n');
+    writer.write_all(&line).await
 }
 
 #[cfg(test)]

@@ -1,13 +1,14 @@
-//! The `wharf` binary: handles the exec step, parses arguments, builds the runtime, dispatches,
-//! and prints errors. Everything else lives in the library.
+//! The `wharf` binary: handles the exec step, reads inherited sockets, parses arguments, builds
+//! the runtime, dispatches, and prints errors. Everything else lives in the library.
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser;
-use wharf::cli::{Cli, Command, RunCli};
+use wharf::cli::{Cli, Command, ProxyCli, RunCli};
 use wharf::dirs::Dirs;
 use wharf::mode::Mode;
-use wharf::{handoff, run};
+use wharf::{commands, config, handoff, listeners, proxy, run};
 
 fn main() -> ExitCode {
     // The exec step between wharf and a server runs before anything else, single-threaded.
@@ -31,20 +32,77 @@ fn exit(code: i32) -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<i32> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let dirs = Dirs::from_env(|k| std::env::var_os(k))?;
+    let self_exe = std::env::current_exe().context("finding the wharf binary")?;
+    let current_thread = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
     match cli.command {
         Command::Run(args) => {
-            let ctx = run::Env {
-                dirs: Dirs::from_env(|k| std::env::var_os(k))?,
-                self_exe: std::env::current_exe()?,
+            let env = run::Env {
+                dirs,
+                self_exe,
                 cwd: std::env::current_dir()?,
                 path_var: std::env::var_os("PATH"),
             };
-            runtime.block_on(run::run(&ctx, run_args(args)))
+            current_thread()?.block_on(run::run(&env, run_args(args)))
+        }
+        Command::Proxy(args) => {
+            // SAFETY: no other thread exists yet (the runtime is built below).
+            let inherited = unsafe { listeners::inherited() }?;
+            let args = proxy_args(args, inherited, &dirs)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(proxy::run(args))?;
+            Ok(0)
+        }
+        Command::Ls(args) => {
+            current_thread()?.block_on(commands::ls(&commands::Ctx { dirs, self_exe }, args.json))
+        }
+        Command::Stop(args) => {
+            let ctx = commands::Ctx { dirs, self_exe };
+            current_thread()?.block_on(commands::stop(&ctx, args.name, args.all, args.proxy))
+        }
+        Command::Alias(args) => {
+            let ctx = commands::Ctx { dirs, self_exe };
+            let addr = if args.rm { None } else { args.addr };
+            current_thread()?.block_on(commands::alias(&ctx, args.name, addr))
+        }
+        Command::Env(args) => {
+            current_thread()?.block_on(commands::env(&commands::Ctx { dirs, self_exe }, args.name))
         }
     }
+}
+
+/// Where the proxy listens: `--listen`, else `$WHARF_LISTEN`, else config.toml, else default.
+fn proxy_args(
+    cli: ProxyCli,
+    inherited: Option<listeners::Inherited>,
+    dirs: &Dirs,
+) -> anyhow::Result<proxy::ProxyArgs> {
+    let listen = if !cli.listen.is_empty() {
+        config::parse_listen(&cli.listen)
+            .map_err(anyhow::Error::msg)
+            .context("--listen")?
+    } else if let Some(env) = std::env::var("WHARF_LISTEN").ok().filter(|v| !v.is_empty()) {
+        config::parse_listen(&[env])
+            .map_err(anyhow::Error::msg)
+            .context("$WHARF_LISTEN")?
+    } else {
+        match config::default_path(|k| std::env::var_os(k)) {
+            Some(path) => config::load(&path)?.proxy_listen,
+            None => Vec::new(),
+        }
+    };
+    Ok(proxy::ProxyArgs {
+        inherited,
+        listen,
+        runtime_dir: dirs.runtime()?.to_path_buf(),
+        state_dir: dirs.state()?.to_path_buf(),
+    })
 }
 
 fn run_args(cli: RunCli) -> run::RunArgs {

@@ -20,9 +20,10 @@ use signal_hook::low_level::siginfo::{Cause, Origin};
 use signal_hook_tokio::SignalsInfo;
 
 use crate::alloc::{self, BoundSocket, MAIN_SOCKET, PortRange};
-use crate::control::{self, Instance, State};
+use crate::control::{self, Closed, Instance, State};
 use crate::dirs::Dirs;
 use crate::handoff::{self, Handoff};
+use crate::launch;
 use crate::listening;
 use crate::mode::{self, Mode};
 use crate::name::Name;
@@ -92,7 +93,8 @@ pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
     let ports: Vec<(String, u16)> = bound.iter().map(|b| (b.name.clone(), b.port)).collect();
     let argv = mode::substitute(&plan.argv, &ports);
 
-    let mut route = Route::connect(&runtime_dir, &args.name, plan.mode, &bound).await;
+    let mut route = Route::new(&runtime_dir, &ctx.self_exe, &args.name, plan.mode, &bound);
+    route.connect(&out).await?;
     let url = route.url(bound[0].port);
     let expected = bound[0].port;
     let notify =
@@ -203,9 +205,7 @@ pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
                     }
                     look_pause = (look_pause * 2).min(Duration::from_millis(500));
                 }
-                _ = route.lost(), if route.is_connected() => {
-                    out.say("the front proxy went away; this instance is still reachable directly".to_string());
-                }
+                event = route.next_event() => route.on_event(event, &out).await,
             }
         };
         let code = exit_code(status);
@@ -404,71 +404,108 @@ impl Output {
     }
 }
 
-/// The instance's registration with the front proxy, if one runs. Without a proxy the instance
-/// is served directly on its own port and every call here is a no-op.
+/// The instance's registration with the front proxy. The route lives as long as the control
+/// connection; if the proxy goes away, the route is re-registered with its successor (started
+/// here if it crashed, waited for if it was stopped on purpose). Without any proxy the instance
+/// is served directly on its own port.
 struct Route {
+    runtime: PathBuf,
+    self_exe: PathBuf,
     client: Option<control::Client>,
     http_port: Option<u16>,
     instance: Instance,
+    /// Why the last connection ended, and when to try again.
+    closed: Closed,
+    retry_at: Option<tokio::time::Instant>,
+    retry_pause: Duration,
 }
 
+enum RouteEvent {
+    Closed(Closed),
+    RetryDue,
+}
+
+/// Retry pace while the proxy is away: fast enough to be back within a second or two.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_millis(500);
+
 impl Route {
-    async fn connect(runtime: &Path, name: &Name, mode: Mode, bound: &[BoundSocket]) -> Route {
-        let instance = Instance {
-            name: name.clone(),
-            pid: std::process::id() as i32,
-            child_pid: None,
-            mode,
-            state: State::Starting,
-            sockets: bound.iter().map(|b| (b.name.clone(), b.addr())).collect(),
-        };
-        let mut route = Route {
+    fn new(
+        runtime: &Path,
+        self_exe: &Path,
+        name: &Name,
+        mode: Mode,
+        bound: &[BoundSocket],
+    ) -> Route {
+        Route {
+            runtime: runtime.to_path_buf(),
+            self_exe: self_exe.to_path_buf(),
             client: None,
             http_port: None,
-            instance,
-        };
-        if let Ok(Some(mut client)) = control::Client::connect(&control::socket_path(runtime)).await
-            && let Ok(hello) = client.call(&control::Request::Hello).await
-        {
-            route.http_port = hello.http_port;
-            route.client = Some(client);
+            instance: Instance {
+                name: name.clone(),
+                pid: std::process::id() as i32,
+                child_pid: None,
+                mode,
+                state: State::Starting,
+                sockets: bound.iter().map(|b| (b.name.clone(), b.addr())).collect(),
+            },
+            closed: Closed::Lost,
+            retry_at: None,
+            retry_pause: RETRY_FIRST,
         }
-        route
+    }
+
+    /// Find (or start) the proxy and register. A proxy that refuses the name is an error; a
+    /// proxy that cannot be started leaves the instance served directly.
+    async fn connect(&mut self, out: &Output) -> anyhow::Result<()> {
+        match launch::connect_or_start(&self.runtime, &self.self_exe).await {
+            Ok(connected) => {
+                if connected.started {
+                    out.say(format!(
+                        "started the front proxy (log: {})",
+                        self.runtime.join("proxy.log").display()
+                    ));
+                }
+                self.http_port = connected.hello.http_port;
+                self.client = Some(connected.client);
+                let register = control::Request::Register {
+                    instance: self.instance.clone(),
+                };
+                if let Some(client) = self.client.as_mut() {
+                    client
+                        .call(&register)
+                        .await
+                        .context("the front proxy refused this instance")?;
+                }
+            }
+            Err(e) => out.say(format!(
+                "{e:#}; serving directly on the instance's own port"
+            )),
+        }
+        Ok(())
     }
 
     /// `http://NAME.localhost[:PORT]`: through the proxy if there is one, else direct.
     fn url(&self, direct_port: u16) -> String {
-        match self.http_port.or(Some(direct_port)) {
-            Some(80) => format!("http://{}.localhost", self.instance.name),
-            Some(port) => format!("http://{}.localhost:{port}", self.instance.name),
-            None => unreachable!(),
-        }
-    }
-
-    fn is_connected(&self) -> bool {
-        self.client.is_some()
+        control::url(&self.instance.name, self.http_port.unwrap_or(direct_port))
     }
 
     async fn started(&mut self, child: i32) {
         self.instance.child_pid = Some(child);
-        self.instance.state = State::Starting;
-        let registered = self.instance.mode == Mode::Fd;
-        self.send(registered).await;
+        self.set_state(State::Starting).await;
     }
 
     async fn set_state(&mut self, state: State) {
         self.instance.state = state;
-        self.send(true).await;
+        self.send().await;
     }
 
     async fn set_main_addr(&mut self, addr: SocketAddr) {
         self.instance.sockets.insert(MAIN_SOCKET.to_string(), addr);
     }
 
-    async fn send(&mut self, live: bool) {
-        if !live {
-            return;
-        }
+    async fn send(&mut self) {
         let request = control::Request::Register {
             instance: self.instance.clone(),
         };
@@ -476,23 +513,72 @@ impl Route {
             && client.call(&request).await.is_err()
         {
             self.client = None;
+            self.schedule_retry();
         }
     }
 
-    /// Resolves when the proxy connection closes; pending forever without one.
-    async fn lost(&mut self) {
-        match self.client.as_mut() {
-            Some(client) => {
-                client.closed().await;
-                self.client = None;
+    /// The next thing to act on: the connection closing, or a retry falling due. Pending
+    /// forever when there is neither (no proxy, none expected).
+    async fn next_event(&mut self) -> RouteEvent {
+        match (self.client.as_mut(), self.retry_at) {
+            (Some(client), _) => RouteEvent::Closed(client.closed().await),
+            (None, Some(at)) => {
+                tokio::time::sleep_until(at).await;
+                RouteEvent::RetryDue
             }
-            None => std::future::pending().await,
+            (None, None) => std::future::pending().await,
+        }
+    }
+
+    async fn on_event(&mut self, event: RouteEvent, out: &Output) {
+        match event {
+            RouteEvent::Closed(closed) => self.on_lost(closed, out),
+            RouteEvent::RetryDue => self.reconnect(out).await,
+        }
+    }
+
+    fn on_lost(&mut self, closed: Closed, out: &Output) {
+        self.client = None;
+        self.closed = closed;
+        match closed {
+            Closed::Stopping => {
+                out.say("the front proxy stopped; waiting for it to come back".to_string())
+            }
+            Closed::Lost => out.say("lost the front proxy; restarting it".to_string()),
+        }
+        self.retry_pause = RETRY_FIRST;
+        self.schedule_retry();
+    }
+
+    fn schedule_retry(&mut self) {
+        self.retry_at = Some(tokio::time::Instant::now() + self.retry_pause);
+        self.retry_pause = (self.retry_pause * 2).min(RETRY_MAX);
+    }
+
+    /// One reconnect attempt: start a proxy only if the last one did not stop on purpose.
+    async fn reconnect(&mut self, out: &Output) {
+        let connected = match self.closed {
+            Closed::Lost => launch::connect_or_start(&self.runtime, &self.self_exe)
+                .await
+                .ok(),
+            Closed::Stopping => launch::connect(&self.runtime).await,
+        };
+        let Some(connected) = connected else {
+            self.schedule_retry();
+            return;
+        };
+        self.client = Some(connected.client);
+        self.retry_at = None;
+        self.send().await;
+        if self.client.is_some() {
+            out.say("registered again with the front proxy".to_string());
         }
     }
 
     /// Deregister: closing the connection removes the route.
     async fn remove(&mut self) {
         self.client = None;
+        self.retry_at = None;
     }
 }
 

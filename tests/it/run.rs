@@ -32,7 +32,7 @@ fn gunicorn_accepts_the_socket_with_its_strict_listen_pid_check() {
         "wsgi:app",
     ]);
     p.expect("fd mode: gunicorn takes an inherited socket");
-    let port = p.url_port();
+    let port = p.instance_port();
     // gunicorn ignores LISTEN_FDS unless LISTEN_PID is its own pid; it would then bind
     // 127.0.0.1:8000 and nothing would ever accept on our port.
     let body = get_json(port, "api");
@@ -102,7 +102,7 @@ fn env_mode_python_http_server_gets_its_port() {
         "127.0.0.1",
     ]);
     p.expect("env mode: the command has a {port} placeholder");
-    let port = p.url_port();
+    let port = p.instance_port();
     p.expect(&format!("listening on 127.0.0.1:{port}"));
     let (status, body) = get(([127, 0, 0, 1], port).into(), "docs.localhost", "/").unwrap();
     assert_eq!(status, 200, "{body}");
@@ -119,7 +119,7 @@ fn env_mode_finds_a_server_that_binds_elsewhere() {
         path_str(&script),
     ));
     let p = sb.spawn(&args);
-    let asked = p.url_port();
+    let asked = p.instance_port();
     let env = p.report()["env"].clone();
     assert_eq!(env["PORT"], asked.to_string());
     assert_eq!(env["HOST"], "127.0.0.1");
@@ -196,11 +196,11 @@ fn twenty_concurrent_runs_get_twenty_distinct_ports() {
             sb.spawn(&args)
         })
         .collect();
-    let ports: BTreeSet<u16> = procs.iter().map(|p| p.url_port()).collect();
+    let ports: BTreeSet<u16> = procs.iter().map(|p| p.instance_port()).collect();
     assert_eq!(ports.len(), 20, "{ports:?}");
     assert_eq!(sb.registry()["leases"].as_object().unwrap().len(), 20);
     for (i, p) in procs.iter().enumerate() {
-        let port = p.url_port();
+        let port = p.instance_port();
         assert_eq!(get_json(port, &format!("svc{i}"))["socket"], "http");
     }
 }
@@ -220,7 +220,7 @@ fn taken_preferred_port_moves_on_and_says_so_and_the_port_is_sticky() {
     p.expect(&format!(
         "port {taken} (--port) is in use by another process"
     ));
-    let got = p.url_port();
+    let got = p.instance_port();
     p.report();
     assert_ne!(got, taken);
     assert!((taken..=taken + 20).contains(&got));
@@ -236,7 +236,7 @@ fn taken_preferred_port_moves_on_and_says_so_and_the_port_is_sticky() {
     let mut args = vec!["run", "--name", "sticky", "--fd", "--range", &range];
     args.extend(py_server(&[], path_str(&py), path_str(&script)));
     let p = sb.spawn(&args);
-    assert_eq!(p.url_port(), got);
+    assert_eq!(p.instance_port(), got);
 }
 
 #[test]
@@ -263,7 +263,7 @@ fn exhausted_range_is_a_clear_error_that_leaves_nothing_behind() {
     let mut args = vec!["run", "--name", "holder", "--fd", "--port", "0"];
     args.extend(py_server(&[], path_str(&py), path_str(&script)));
     let holder = sb.spawn(&args);
-    let held = holder.url_port();
+    let held = holder.instance_port();
     let range = format!("{held}-{held}");
     let mut args = vec!["run", "--name", "late", "--fd", "--range", &range];
     args.extend(py_server(&[], path_str(&py), path_str(&script)));
@@ -322,7 +322,7 @@ fn restart_keeps_the_socket_and_refuses_no_connection() {
         path_str(&script),
     ));
     let p = sb.spawn(&args);
-    let port = p.url_port();
+    let port = p.instance_port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut pids = BTreeSet::new();
     for i in 0..15 {
@@ -440,7 +440,7 @@ fn a_corrupt_registry_is_moved_aside_and_the_run_goes_on() {
     args.extend(py_server(&[], path_str(&py), path_str(&script)));
     let p = sb.spawn(&args);
     p.expect("was unreadable");
-    let port = p.url_port();
+    let port = p.instance_port();
     assert_eq!(get_json(port, "fresh")["socket"], "http");
     assert_eq!(sb.registry()["leases"]["fresh"]["ports"]["http"], port);
 }

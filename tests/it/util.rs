@@ -84,6 +84,8 @@ impl Sandbox {
         cmd.args(args)
             .env("WHARF_STATE_DIR", self.state_dir())
             .env("WHARF_RUNTIME_DIR", self.runtime_dir())
+            .env("WHARF_LISTEN", "127.0.0.1:0")
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
             .current_dir(self.dir.path())
             .stdin(Stdio::null());
         for var in [
@@ -110,10 +112,50 @@ impl Sandbox {
         (status, p.log())
     }
 
+    /// The pid and HTTP port of the newest proxy this sandbox started (from its log).
+    pub fn proxy(&self) -> Option<(i32, u16)> {
+        let log = std::fs::read_to_string(self.runtime_dir().join("proxy.log")).ok()?;
+        let line = log.lines().rev().find(|l| l.contains(" serving http://"))?;
+        let pid = line.split("pid ").nth(1)?.split(' ').next()?.parse().ok()?;
+        let port = line
+            .split("http://127.0.0.1:")
+            .nth(1)?
+            .split([' ', ','])
+            .next()?
+            .parse()
+            .ok()?;
+        Some((pid, port))
+    }
+
+    /// `wharf ls --json`.
+    pub fn ls(&self) -> Vec<serde_json::Value> {
+        let out = self.wharf(&["ls", "--json"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     pub fn registry(&self) -> serde_json::Value {
         let text =
             std::fs::read_to_string(self.state_dir().join("registry.json")).unwrap_or("{}".into());
         serde_json::from_str(&text).unwrap()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.runtime_dir().join("proxy.log")).unwrap_or_default();
+            eprintln!("---- proxy.log ----\n{log}\n----");
+        }
+        if let Some((pid, _)) = self.proxy() {
+            // SAFETY: kill on a pid this sandbox's proxy wrote; it is ours.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
 }
 
@@ -217,6 +259,23 @@ impl Proc {
         line.rsplit(':').next().unwrap().trim().parse().unwrap()
     }
 
+    /// The instance's own (main socket) port, from `127.0.0.1:PORT passed as fd 3` or
+    /// `127.0.0.1:PORT given as PORT`.
+    pub fn instance_port(&self) -> u16 {
+        let line = self.expect_line(
+            |l| l.contains("passed as fd 3 (") || l.contains(" given as PORT"),
+            "naming the instance's port",
+        );
+        line.split("127.0.0.1:")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     /// The server's `REPORT {json}` line.
     pub fn report(&self) -> serde_json::Value {
         let line = self.expect("REPORT ");
@@ -288,6 +347,33 @@ pub fn get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<(u16, St
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// Read one response with a Content-Length body from a keep-alive stream: (head, body).
+pub fn read_response(s: &mut TcpStream) -> (String, String) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            1,
+            "connection closed mid-head: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    (head, String::from_utf8_lossy(&body).to_string())
 }
 
 /// GET http://127.0.0.1:PORT/ as Host NAME.localhost:PORT, expecting 200; the JSON body.

@@ -46,6 +46,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         global count
+        print(f"REQ {self.command} {self.path}", flush=True)
         body = json.dumps({
             "pid": os.getpid(),
             "socket": self.server.wharf_name,
@@ -66,6 +67,22 @@ class Handler(BaseHTTPRequestHandler):
         if done:
             self.close_connection = True
             threading.Thread(target=lambda: os._exit(args.exit_code)).start()
+
+    def do_POST(self):
+        print(f"REQ {self.command} {self.path}", flush=True)
+        length = int(self.headers.get("Content-Length", "0"))
+        received = 0
+        while received < length:
+            chunk = self.rfile.read(min(65536, length - received))
+            if not chunk:
+                break
+            received += len(chunk)
+        body = json.dumps({"received": received}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, fmt, *a):
         pass

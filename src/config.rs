@@ -1,0 +1,125 @@
+//! The user's configuration file (`~/.config/wharf/config.toml`): read in two layers, a raw
+//! serde shape that refuses unknown keys, then validated types. Errors name the file and line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    proxy: RawProxy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    #[serde(default)]
+    listen: Vec<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Where the proxy listens; empty means the default (port 80 if allowed, else 7080).
+    pub proxy_listen: Vec<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error("cannot read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `$XDG_CONFIG_HOME/wharf/config.toml`, or `~/.config/wharf/config.toml`.
+pub fn default_path(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
+    let nonempty = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    nonempty("XDG_CONFIG_HOME")
+        .or_else(|| nonempty("HOME").map(|h| h.join(".config")))
+        .map(|d| d.join("wharf/config.toml"))
+}
+
+/// Read `path`; a missing file is the default configuration.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+        Err(source) => Err(ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Parse configuration text; the error says where and what.
+pub fn parse(text: &str) -> Result<Config, String> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+    Ok(Config {
+        proxy_listen: parse_listen(&raw.proxy.listen).map_err(|e| format!("proxy.listen: {e}"))?,
+    })
+}
+
+/// Listen addresses as written by people: `127.0.0.1:7080`, `[::1]:7080`, `localhost:7080`
+/// (both loopbacks) or a bare port (both loopbacks). Comma-separated lists are split.
+pub fn parse_listen(items: &[String]) -> Result<Vec<SocketAddr>, String> {
+    let mut out = Vec::new();
+    for item in items
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let port_only = item.strip_prefix("localhost:").unwrap_or(item);
+        if let Ok(port) = port_only.parse::<u16>() {
+            out.push(SocketAddr::from(([127, 0, 0, 1], port)));
+            out.push(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)));
+            continue;
+        }
+        let addr: SocketAddr = item.parse().map_err(|_| {
+            format!("{item:?} is not an address; write 127.0.0.1:7080, [::1]:7080 or 7080")
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "{addr} is not a loopback address; wharf listens on this machine only"
+            ));
+        }
+        out.push(addr);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_in_every_spelling() {
+        let c = parse("[proxy]\nlisten = [\"127.0.0.1:7080\", \"[::1]:7081\"]\n").unwrap();
+        assert_eq!(c.proxy_listen.len(), 2);
+        assert_eq!(parse_listen(&["8080".into()]).unwrap().len(), 2);
+        assert_eq!(parse_listen(&["localhost:0".into()]).unwrap()[0].port(), 0);
+        assert!(
+            parse_listen(&["0.0.0.0:80".into()])
+                .unwrap_err()
+                .contains("loopback")
+        );
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_name_the_line() {
+        let err = parse("[proxy]\nlisten = []\nlisten_on = 3\n").unwrap_err();
+        assert!(err.contains("line 3") && err.contains("listen_on"), "{err}");
+    }
+}

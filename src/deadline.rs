@@ -1,0 +1,203 @@
+//! Deadlines for the I/O phases hyper leaves unbounded: a client writing nothing after connect,
+//! a client not reading our response, a request body that stops arriving. Each wraps a
+//! stream or body and fails it with `TimedOut` when its phase overruns.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Wait until `stream` has a first byte to read, for at most `limit`. False if it did not
+/// (timeout, closed, error): the connection should be dropped without a word.
+pub async fn first_byte(stream: &tokio::net::TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(tokio::time::timeout(limit, stream.peek(&mut buf)).await, Ok(Ok(n)) if n > 0)
+}
+
+/// A stream whose writes fail once one has made no progress for `limit`. `exempt` turns the
+/// deadline off (an upgraded WebSocket has no HTTP timers).
+pub struct WriteDeadline<S> {
+    inner: S,
+    limit: Duration,
+    stalled: Option<Pin<Box<Sleep>>>,
+    exempt: Arc<AtomicBool>,
+}
+
+impl<S> WriteDeadline<S> {
+    pub fn new(inner: S, limit: Duration) -> (Self, Arc<AtomicBool>) {
+        let exempt = Arc::new(AtomicBool::new(false));
+        let stream = WriteDeadline {
+            inner,
+            limit,
+            stalled: None,
+            exempt: exempt.clone(),
+        };
+        (stream, exempt)
+    }
+
+    /// Called with the result of a write-side poll: arm the timer on `Pending`, disarm it on
+    /// progress, and turn a timer that ran out into an error.
+    fn check<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() || self.exempt.load(Ordering::Relaxed) {
+            self.stalled = None;
+            return poll;
+        }
+        let limit = self.limit;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading the response",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.check(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.check(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.check(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The error a request body gives when the client stops sending it.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body stalled for {0:?}")]
+pub struct BodyStalled(pub Duration);
+
+/// A body that fails with `BodyStalled` when no frame arrives for `limit`.
+pub struct IdleBody<B> {
+    inner: B,
+    limit: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<B> IdleBody<B> {
+    pub fn new(inner: B, limit: Duration) -> Self {
+        IdleBody {
+            inner,
+            limit,
+            timer: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+}
+
+impl<B> Body for IdleBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<crate::forward::BoxError>,
+{
+    type Data = Bytes;
+    type Error = crate::forward::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = Instant::now() + this.limit;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                ready!(this.timer.as_mut().poll(cx));
+                Poll::Ready(Some(Err(Box::new(BodyStalled(this.limit)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_write_fails_after_the_limit_unless_exempt() {
+        let (a, _b) = tokio::io::duplex(16);
+        let (mut w, exempt) = WriteDeadline::new(a, Duration::from_secs(60));
+        w.write_all(&[0; 16]).await.unwrap();
+        let err = w.write_all(&[0; 16]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+
+        let (a, _b) = tokio::io::duplex(16);
+        let (mut w, _) = WriteDeadline::new(a, Duration::from_secs(60));
+        exempt.store(true, Ordering::Relaxed);
+        w.exempt.store(true, Ordering::Relaxed);
+        w.write_all(&[0; 16]).await.unwrap();
+        let stalled = tokio::time::timeout(Duration::from_secs(600), w.write_all(&[0; 16])).await;
+        assert!(
+            stalled.is_err(),
+            "an exempt stream waits for as long as it takes"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_body_errors_with_body_stalled() {
+        let (mut tx, body) =
+            http_body_util::channel::Channel::<Bytes, crate::forward::BoxError>::new(1);
+        tx.send_data(Bytes::from_static(b"x")).await.unwrap();
+        let mut body = IdleBody::new(body, Duration::from_secs(60));
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "x");
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is::<BodyStalled>());
+    }
+}

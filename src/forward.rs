@@ -1,0 +1,617 @@
+//! The proxy's request handling: check and route each request before any upstream I/O, then
+//! forward it to the instance over a pooled HTTP/1.1 connection, streaming both bodies, and
+//! pass WebSocket upgrades through. Accepting connections is `server`'s job.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::deadline::{BodyStalled, IdleBody};
+use crate::host::{self, HostError, Target};
+use crate::name::Name;
+use crate::pages;
+use crate::routes::{Route, Routes};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type on both sides of the proxy.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Longest request target [nginx: 8 KiB].
+pub const MAX_URI: usize = 8 * 1024;
+/// Longest single header line [Envoy-like].
+pub const MAX_HEADER_LINE: usize = 16 * 1024;
+/// A request body that sends nothing for this long is abandoned with 408.
+pub const BODY_IDLE: Duration = Duration::from_secs(60);
+/// Loopback connects either work at once or not at all.
+pub const UPSTREAM_CONNECT: Duration = Duration::from_secs(2);
+/// Dev servers may compile on their first hit.
+pub const UPSTREAM_HEAD: Duration = Duration::from_secs(120);
+/// Below Node's 5 s keep-alive, so we rarely reuse a connection the server is closing.
+pub const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
+/// How long a request waits for an env-mode server that is (re)starting to listen.
+pub const STARTING_WAIT: Duration = Duration::from_secs(60);
+/// Marks requests that went through wharf, to catch routes that point back at the proxy.
+const VIA: &str = "1.1 wharf";
+
+/// Why a request was not forwarded, or failed upstream. Each maps to one status.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("CONNECT is refused: wharf is not an open proxy")]
+    Connect,
+    #[error("the request target is longer than {MAX_URI} bytes")]
+    UriTooLong,
+    #[error("a header line is longer than {MAX_HEADER_LINE} bytes")]
+    HeaderTooLarge,
+    #[error("the request has no Host")]
+    NoHost,
+    #[error("the request has more than one Host")]
+    DuplicateHost,
+    #[error("the absolute URI's host does not match the Host header")]
+    HostMismatch,
+    #[error("only http:// absolute URIs are served")]
+    BadScheme,
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error("no instance is named {0}")]
+    Unknown(String),
+    #[error("this request already went through wharf: a route points back at the proxy")]
+    Loop,
+    #[error("{0} did not start listening within {secs}s", secs = STARTING_WAIT.as_secs())]
+    NotListening(Name),
+    #[error("{name} ({addr}) is not answering: {source}")]
+    Unreachable {
+        name: Name,
+        addr: SocketAddr,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("{name} ({addr}) sent no response head within {secs}s", secs = UPSTREAM_HEAD.as_secs())]
+    UpstreamTimeout { name: Name, addr: SocketAddr },
+    #[error("the request body stalled for {secs}s", secs = BODY_IDLE.as_secs())]
+    BodyStalled,
+}
+
+impl From<&ProxyError> for StatusCode {
+    fn from(e: &ProxyError) -> StatusCode {
+        match e {
+            ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::NoHost
+            | ProxyError::DuplicateHost
+            | ProxyError::HostMismatch
+            | ProxyError::BadScheme => StatusCode::BAD_REQUEST,
+            ProxyError::Host(HostError::Invalid(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::Host(HostError::Foreign(_)) => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::Host(HostError::Unroutable(_)) | ProxyError::Unknown(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ProxyError::Loop => StatusCode::LOOP_DETECTED,
+            ProxyError::NotListening(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BodyStalled => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+}
+
+impl ProxyError {
+    fn hint(&self) -> &'static str {
+        match self {
+            ProxyError::Host(HostError::Foreign(_)) | ProxyError::Connect => {
+                "Ask for http://NAME.localhost instead; `wharf ls` lists the names."
+            }
+            ProxyError::Unreachable { .. } => {
+                "The server is not accepting connections: is it still running? `wharf ls` shows its state."
+            }
+            ProxyError::Loop => "Check `wharf alias` entries: one points at the proxy itself.",
+            ProxyError::NotListening(_) | ProxyError::UpstreamTimeout { .. } => {
+                "The server is slow to start or answer; see its output where `wharf run` runs."
+            }
+            _ => "Check the request; curl, browsers and http_proxy=http://127.0.0.1:PORT all work.",
+        }
+    }
+}
+
+/// What a request asked for, once checked.
+enum Routed {
+    Dashboard,
+    Instance {
+        route: Arc<Route>,
+        sub: Option<Name>,
+        host: HeaderValue,
+    },
+}
+
+/// The proxy's request handler, shared by every connection.
+pub struct Forwarder {
+    routes: Arc<Routes>,
+    client: Client<HttpConnector, ProxyBody>,
+    /// The dashboard's data (the control plane's view of the routes).
+    list: Box<dyn Fn() -> Vec<crate::control::Listed> + Send + Sync>,
+}
+
+impl Forwarder {
+    pub fn new(
+        routes: Arc<Routes>,
+        list: Box<dyn Fn() -> Vec<crate::control::Listed> + Send + Sync>,
+    ) -> Forwarder {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(UPSTREAM_CONNECT));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(UPSTREAM_IDLE)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .set_host(false)
+            .build(connector);
+        Forwarder {
+            routes,
+            client,
+            list,
+        }
+    }
+
+    /// Answer one request. `exempt` turns the connection's HTTP write deadline off once it
+    /// becomes a WebSocket.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        exempt: &Arc<AtomicBool>,
+    ) -> Response<ProxyBody> {
+        let result = match self.route(&req) {
+            Ok(Routed::Dashboard) => {
+                let wants_json = req
+                    .headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("application/json"));
+                return pages::dashboard(&(self.list)(), wants_json);
+            }
+            Ok(Routed::Instance { route, sub, host }) => {
+                self.forward(req, route, sub, host, peer, exempt).await
+            }
+            Err(e) => Err(e),
+        };
+        result.unwrap_or_else(|e| self.error_page(&e))
+    }
+
+    fn error_page(&self, e: &ProxyError) -> Response<ProxyBody> {
+        match e {
+            ProxyError::Unknown(host) | ProxyError::Host(HostError::Unroutable(host)) => {
+                pages::unknown_name(host, &(self.list)())
+            }
+            e => pages::error(StatusCode::from(e), &e.to_string(), e.hint()),
+        }
+    }
+
+    /// Every check that happens before any upstream I/O.
+    fn route(&self, req: &Request<Incoming>) -> Result<Routed, ProxyError> {
+        if req.method() == Method::CONNECT {
+            return Err(ProxyError::Connect);
+        }
+        let uri = req.uri();
+        let target_len = uri.path_and_query().map_or(0, |p| p.as_str().len())
+            + uri.authority().map_or(0, |a| a.as_str().len());
+        if target_len > MAX_URI {
+            return Err(ProxyError::UriTooLong);
+        }
+        if req
+            .headers()
+            .iter()
+            .any(|(k, v)| k.as_str().len() + v.len() + 2 > MAX_HEADER_LINE)
+        {
+            return Err(ProxyError::HeaderTooLarge);
+        }
+        if req
+            .headers()
+            .get_all(header::VIA)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.contains("wharf")))
+        {
+            return Err(ProxyError::Loop);
+        }
+        let host = request_host(req)?;
+        let host_str = host.to_str().map_err(|_| ProxyError::NoHost)?;
+        match host::parse(host_str)? {
+            Target::Dashboard => Ok(Routed::Dashboard),
+            Target::Instance { name, sub } => {
+                let route = self.routes.get(&name).ok_or_else(|| {
+                    ProxyError::Unknown(
+                        Target::Instance {
+                            name,
+                            sub: sub.clone(),
+                        }
+                        .to_string(),
+                    )
+                })?;
+                Ok(Routed::Instance { route, sub, host })
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        route: Arc<Route>,
+        sub: Option<Name>,
+        host: HeaderValue,
+        peer: SocketAddr,
+        exempt: &Arc<AtomicBool>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let route = if route.not_listening() {
+            self.wait_listening(&route.instance.name).await?
+        } else {
+            route
+        };
+        let name = route.instance.name.clone();
+        let (addr, authority) = route
+            .upstream(sub.as_ref())
+            .cloned()
+            .ok_or_else(|| ProxyError::Unknown(name.to_string()))?;
+        route.count_request();
+
+        let websocket = is_websocket(req.headers());
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let upgrade_value = req.headers().get(header::UPGRADE).cloned();
+        let (parts, body) = req.into_parts();
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        if let (true, Some(upgrade)) = (websocket, upgrade_value) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, upgrade);
+        }
+        add_forwarded(&mut headers, &host, peer);
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = upstream_uri(&authority, path);
+
+        let body: ProxyBody = if body.is_end_stream() {
+            Empty::new().map_err(|never| match never {}).boxed_unsync()
+        } else {
+            IdleBody::new(body, BODY_IDLE).boxed_unsync()
+        };
+        // A pooled connection the server closed just as we reused it fails before any answer;
+        // requests that can be repeated safely get one more try.
+        let retry = (is_idempotent(&parts.method) && body.is_end_stream())
+            .then(|| (parts.method.clone(), uri.clone(), headers.clone()));
+        let mut response = match self
+            .send(build(parts.method, uri, headers, body), &name, addr)
+            .await
+        {
+            Err(ProxyError::Unreachable { source, .. })
+                if retry.is_some() && !source.is_connect() =>
+            {
+                let (method, uri, headers) = retry.expect("checked");
+                let empty = Empty::new().map_err(|never| match never {}).boxed_unsync();
+                self.send(build(method, uri, headers, empty), &name, addr)
+                    .await?
+            }
+            other => other?,
+        };
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            exempt.store(true, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade)
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(
+                    &mut TokioIo::new(client),
+                    &mut TokioIo::new(upstream),
+                )
+                .await;
+            });
+            let (parts, _) = response.into_parts();
+            return Ok(Response::from_parts(
+                parts,
+                Empty::new().map_err(|never| match never {}).boxed_unsync(),
+            ));
+        }
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(BoxError::from).boxed_unsync(),
+        ))
+    }
+
+    async fn send(
+        &self,
+        req: Request<ProxyBody>,
+        name: &Name,
+        addr: SocketAddr,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(UPSTREAM_HEAD, self.client.request(req)).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout {
+                name: name.clone(),
+                addr,
+            }),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) if caused_by::<BodyStalled>(&e) => Err(ProxyError::BodyStalled),
+            Ok(Err(source)) => Err(ProxyError::Unreachable {
+                name: name.clone(),
+                addr,
+                source,
+            }),
+        }
+    }
+
+    /// Wait (bounded) until an env-mode server listens; its route may be replaced meanwhile.
+    async fn wait_listening(&self, name: &Name) -> Result<Arc<Route>, ProxyError> {
+        let mut changes = self.routes.subscribe();
+        let deadline = tokio::time::Instant::now() + STARTING_WAIT;
+        loop {
+            match self.routes.get(name) {
+                None => return Err(ProxyError::Unknown(format!("{name}.localhost"))),
+                Some(route) if !route.not_listening() => return Ok(route),
+                Some(_) => {}
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Err(ProxyError::NotListening(name.clone())),
+            }
+        }
+    }
+}
+
+fn build(method: Method, uri: Uri, headers: HeaderMap, body: ProxyBody) -> Request<ProxyBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    req
+}
+
+fn upstream_uri(authority: &Authority, path: PathAndQuery) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(path);
+    Uri::from_parts(parts).expect("scheme, authority and path make a URI")
+}
+
+/// The request's Host: exactly one Host header, which an absolute-form URI must agree with
+/// (HTTP/1.0 requests may carry only the URI's authority).
+fn request_host<B>(req: &Request<B>) -> Result<HeaderValue, ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let header = hosts.next().cloned();
+    if hosts.next().is_some() {
+        return Err(ProxyError::DuplicateHost);
+    }
+    let authority = req.uri().authority();
+    if authority.is_some() && req.uri().scheme() != Some(&Scheme::HTTP) {
+        return Err(ProxyError::BadScheme);
+    }
+    match (header, authority) {
+        (Some(h), Some(a)) => {
+            let same = h.to_str().ok().map(host::parse) == Some(host::parse(a.as_str()));
+            if same {
+                Ok(h)
+            } else {
+                Err(ProxyError::HostMismatch)
+            }
+        }
+        (Some(h), None) => Ok(h),
+        (None, Some(a)) if req.version() < Version::HTTP_11 => {
+            HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::NoHost)
+        }
+        (None, _) => Err(ProxyError::NoHost),
+    }
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Remove hop-by-hop headers, the ones `Connection` names, and `Upgrade` (re-added for
+/// WebSockets only: `h2c` and other upgrades never reach a backend).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+fn is_websocket(headers: &HeaderMap) -> bool {
+    let has = |name, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
+}
+
+fn add_forwarded(headers: &mut HeaderMap, host: &HeaderValue, peer: SocketAddr) {
+    let ip = peer.ip().to_canonical().to_string();
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert("x-forwarded-host", host.clone());
+    headers.insert(header::HOST, host.clone());
+    headers.append(header::VIA, HeaderValue::from_static(VIA));
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.is::<E>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, hosts: &[&str], version: Version) -> Request<()> {
+        let mut b = Request::builder().uri(uri).version(version);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn every_error_has_its_status() {
+        let name: Name = "api".parse().unwrap();
+        let cases: Vec<(ProxyError, u16)> = vec![
+            (ProxyError::Connect, 405),
+            (ProxyError::UriTooLong, 414),
+            (ProxyError::HeaderTooLarge, 431),
+            (ProxyError::DuplicateHost, 400),
+            (ProxyError::HostMismatch, 400),
+            (
+                ProxyError::Host(HostError::Foreign("example.com".into())),
+                421,
+            ),
+            (ProxyError::Host(HostError::Invalid("a/b".into())), 400),
+            (ProxyError::Unknown("x.localhost".into()), 404),
+            (ProxyError::Loop, 508),
+            (ProxyError::NotListening(name.clone()), 503),
+            (
+                ProxyError::UpstreamTimeout {
+                    name,
+                    addr: "127.0.0.1:1".parse().unwrap(),
+                },
+                504,
+            ),
+            (ProxyError::BodyStalled, 408),
+        ];
+        for (e, status) in cases {
+            assert_eq!(StatusCode::from(&e).as_u16(), status, "{e}");
+        }
+    }
+
+    #[test]
+    fn host_rules() {
+        let v11 = Version::HTTP_11;
+        assert_eq!(
+            request_host(&req("/", &["a.localhost"], v11)).unwrap(),
+            "a.localhost"
+        );
+        assert!(matches!(
+            request_host(&req("/", &["a.localhost", "b.localhost"], v11)),
+            Err(ProxyError::DuplicateHost)
+        ));
+        assert!(matches!(
+            request_host(&req("/", &[], v11)),
+            Err(ProxyError::NoHost)
+        ));
+        let abs = "http://a.localhost:7080/x";
+        assert!(request_host(&req(abs, &["A.localhost:7080"], v11)).is_ok());
+        assert!(matches!(
+            request_host(&req(abs, &["b.localhost"], v11)),
+            Err(ProxyError::HostMismatch)
+        ));
+        assert!(matches!(
+            request_host(&req(abs, &[], v11)),
+            Err(ProxyError::NoHost)
+        ));
+        assert_eq!(
+            request_host(&req(abs, &[], Version::HTTP_10)).unwrap(),
+            "a.localhost:7080"
+        );
+        assert!(matches!(
+            request_host(&req("https://a.localhost/", &["a.localhost"], v11)),
+            Err(ProxyError::BadScheme)
+        ));
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go_websocket_detected() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret, Upgrade"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.append(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.append(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        assert!(is_websocket(&h));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+        let mut h2c = HeaderMap::new();
+        h2c.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        h2c.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(!is_websocket(&h2c));
+    }
+
+    #[test]
+    fn forwarded_headers_append_and_preserve_host() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.1.1.1"));
+        let host = HeaderValue::from_static("api.localhost:7080");
+        add_forwarded(&mut h, &host, "[::ffff:127.0.0.1]:5000".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "10.1.1.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "api.localhost:7080");
+        assert_eq!(h[header::HOST], "api.localhost:7080");
+        assert_eq!(h[header::VIA], VIA);
+    }
+}

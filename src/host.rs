@@ -1,0 +1,167 @@
+//! Turning a request's Host into a routing target, once, at the edge: ASCII only, lowercase,
+//! port and one trailing dot stripped, every label checked. Only `*.localhost` names route.
+
+use std::fmt;
+
+use crate::name::Name;
+
+/// What a Host asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Bare `localhost`: the dashboard.
+    Dashboard,
+    /// `NAME.localhost`, or `SUB.NAME.localhost` (socket SUB of NAME if it has one).
+    Instance { name: Name, sub: Option<Name> },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HostError {
+    #[error("the Host {0:?} is not a valid host name")]
+    Invalid(String),
+    /// A real host name or an IP address: wharf is not an open proxy.
+    #[error("{0} is not a local name; wharf routes only NAME.localhost")]
+    Foreign(String),
+    /// Under `.localhost` but deeper than `SUB.NAME.localhost`.
+    #[error("{0} is not a name wharf routes (NAME.localhost or SUB.NAME.localhost)")]
+    Unroutable(String),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Dashboard => f.write_str("localhost"),
+            Target::Instance { name, sub: None } => write!(f, "{name}.localhost"),
+            Target::Instance {
+                name,
+                sub: Some(sub),
+            } => write!(f, "{sub}.{name}.localhost"),
+        }
+    }
+}
+
+/// Parse a Host header value (or an absolute URI's authority) into a target.
+pub fn parse(raw: &str) -> Result<Target, HostError> {
+    let invalid = || HostError::Invalid(raw.chars().take(100).collect());
+    if raw.is_empty() || !raw.is_ascii() || raw.contains(['/', '\\', '@', ' ', '\t']) {
+        return Err(invalid());
+    }
+    if raw.starts_with('[') {
+        return Err(HostError::Foreign(raw.to_string()));
+    }
+    let host = match raw.rsplit_once(':') {
+        Some((host, port)) => {
+            if port.parse::<u16>().is_err() {
+                return Err(invalid());
+            }
+            host
+        }
+        None => raw,
+    };
+    let host = host.to_ascii_lowercase();
+    let host = host.strip_suffix('.').unwrap_or(&host);
+    if host == "localhost" {
+        return Ok(Target::Dashboard);
+    }
+    let Some(rest) = host.strip_suffix(".localhost") else {
+        if host.split('.').any(str::is_empty) {
+            return Err(invalid());
+        }
+        return Err(HostError::Foreign(host.to_string()));
+    };
+    let labels: Vec<&str> = rest.split('.').collect();
+    let label = |s: &str| s.parse::<Name>().map_err(|_| invalid());
+    match labels.as_slice() {
+        [name] => Ok(Target::Instance {
+            name: label(name)?,
+            sub: None,
+        }),
+        [sub, name] => Ok(Target::Instance {
+            name: label(name)?,
+            sub: Some(label(sub)?),
+        }),
+        more => {
+            for l in more {
+                label(l)?;
+            }
+            Err(HostError::Unroutable(host.to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(name: &str, sub: Option<&str>) -> Target {
+        Target::Instance {
+            name: name.parse().unwrap(),
+            sub: sub.map(|s| s.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn normalises_case_port_and_one_trailing_dot() {
+        for host in [
+            "api.localhost",
+            "API.LocalHost",
+            "api.localhost.",
+            "api.localhost:7080",
+            "Api.localhost.:80",
+        ] {
+            assert_eq!(parse(host), Ok(inst("api", None)), "{host}");
+        }
+        assert_eq!(
+            parse("admin.api.localhost:7080"),
+            Ok(inst("api", Some("admin")))
+        );
+        assert_eq!(parse("localhost"), Ok(Target::Dashboard));
+        assert_eq!(parse("LOCALHOST.:7080"), Ok(Target::Dashboard));
+    }
+
+    #[test]
+    fn foreign_hosts_and_ip_literals_are_not_local() {
+        for host in [
+            "example.com",
+            "127.0.0.1:7080",
+            "[::1]:7080",
+            "localhost.example.com",
+            "evil.com:80",
+        ] {
+            assert!(matches!(parse(host), Err(HostError::Foreign(_))), "{host}");
+        }
+    }
+
+    #[test]
+    fn malformed_hosts_are_invalid() {
+        let long = format!("{}.localhost", "a".repeat(64));
+        for host in [
+            "",
+            "a/b.localhost",
+            "..localhost",
+            "a..localhost",
+            "api.localhost..",
+            "xn--é.localhost",
+            "api.localhost:http",
+            "api.localhost:99999",
+            "-a.localhost",
+            "a_b.localhost",
+            &long,
+            "user@api.localhost",
+            "a b.localhost",
+        ] {
+            assert!(
+                matches!(parse(host), Err(HostError::Invalid(_))),
+                "{host:?} gave {:?}",
+                parse(host)
+            );
+        }
+        assert!(matches!(
+            parse("a.b.c.localhost"),
+            Err(HostError::Unroutable(_))
+        ));
+        assert_eq!(
+            parse(&format!("{}.localhost", "a".repeat(63))),
+            Ok(inst(&"a".repeat(63), None))
+        );
+    }
+}

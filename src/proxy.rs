@@ -1,0 +1,151 @@
+//! `wharf proxy`: the front proxy in the foreground. Gathers its listeners (inherited or
+//! bound), serves HTTP and the control socket, talks to the service manager (READY, STATUS,
+//! STOPPING, watchdog), and shuts down in order on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use sd_notify::NotifyState;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::control::{self, ControlPlane};
+use crate::forward::Forwarder;
+use crate::listeners::{self, Inherited};
+use crate::routes::Routes;
+use crate::server;
+
+/// What the proxy needs from the outside world.
+pub struct ProxyArgs {
+    /// Sockets from a service manager, read in `main` before any thread existed.
+    pub inherited: Option<Inherited>,
+    /// Where to listen when nothing was inherited (empty: the default).
+    pub listen: Vec<SocketAddr>,
+    pub runtime_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let Inherited {
+        http: inherited_http,
+        control: inherited_control,
+        ignored,
+    } = args.inherited.unwrap_or_default();
+    for name in ignored {
+        eprintln!("wharf proxy: ignoring the inherited socket named {name:?} (not served yet)");
+    }
+    let http = if inherited_http.is_empty() {
+        listeners::bind_http(&args.listen)?
+    } else {
+        inherited_http
+    };
+    let control_path = control::socket_path(&args.runtime_dir);
+    let (control_listener, own_control_file) = match inherited_control {
+        Some(l) => (l, false),
+        None => (listeners::bind_control(&control_path)?, true),
+    };
+
+    let addrs: Vec<SocketAddr> = http.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let http_port = addrs
+        .first()
+        .map(|a| a.port())
+        .context("no HTTP listener")?;
+    let routes = Arc::new(Routes::default());
+    let plane = Arc::new(ControlPlane::new(
+        routes.clone(),
+        http_port,
+        args.state_dir.join("aliases.json"),
+    ));
+    if let Err(e) = plane.load_aliases() {
+        eprintln!("wharf proxy: {e}");
+    }
+    let list_plane = plane.clone();
+    let forwarder = Arc::new(Forwarder::new(
+        routes.clone(),
+        Box::new(move || list_plane.listed()),
+    ));
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let http_listeners = http
+        .into_iter()
+        .map(tokio::net::TcpListener::from_std)
+        .collect::<Result<Vec<_>, _>>()
+        .context("registering the HTTP listeners")?;
+    let control_listener = tokio::net::UnixListener::from_std(control_listener)
+        .context("registering the control socket")?;
+    let http_task = tokio::spawn(server::serve(
+        http_listeners,
+        forwarder,
+        server::connection_cap(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(control::serve(
+        control_listener,
+        plane.clone(),
+        shutdown.clone(),
+        tasks.clone(),
+    ));
+    tasks.spawn(report_status(routes.clone(), shutdown.clone()));
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        tasks.spawn(watchdog(interval / 2, shutdown.clone()));
+    }
+
+    let shown: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    eprintln!(
+        "wharf proxy: pid {} serving {} (control {})",
+        std::process::id(),
+        shown.join(", "),
+        control_path.display()
+    );
+    let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("0 instances")]);
+
+    wait_for_stop_signal().await?;
+    eprintln!("wharf proxy: stopping");
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    shutdown.cancel();
+    tasks.close();
+    let _ = http_task.await;
+    tasks.wait().await;
+    if own_control_file {
+        let _ = std::fs::remove_file(&control_path);
+    }
+    Ok(())
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Keep the service manager's STATUS= line current: how many instances are routed.
+async fn report_status(routes: Arc<Routes>, shutdown: CancellationToken) {
+    let mut changes = routes.subscribe();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        let n = routes.snapshot().len();
+        let status = format!("{n} instance{}", if n == 1 { "" } else { "s" });
+        let _ = sd_notify::notify(&[NotifyState::Status(&status)]);
+    }
+}
+
+async fn watchdog(every: std::time::Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => { let _ = sd_notify::notify(&[NotifyState::Watchdog]); }
+        }
+    }
+}

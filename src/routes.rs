@@ -1,0 +1,302 @@
+//! The route table: instance name → where its sockets are. Readers take a snapshot (an `Arc`)
+//! and never wait on writers; writers build a new table and swap it in, then announce it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use http::uri::Authority;
+use tokio::sync::watch;
+
+use crate::control::{Instance, State};
+use crate::mode::Mode;
+use crate::name::Name;
+
+/// Who registered a route: a control connection, or the alias file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    Connection(u64),
+    Alias,
+}
+
+/// One routable instance.
+#[derive(Debug)]
+pub struct Route {
+    pub instance: Instance,
+    pub owner: Owner,
+    /// When the name was first registered (kept across re-registrations).
+    pub since: SystemTime,
+    /// Requests forwarded to it (shared across re-registrations).
+    pub requests: Arc<AtomicU64>,
+    /// Each socket's address as an URI authority, built once.
+    authorities: HashMap<String, (SocketAddr, Authority)>,
+}
+
+impl Route {
+    fn new(instance: Instance, owner: Owner, since: SystemTime, requests: Arc<AtomicU64>) -> Route {
+        let authorities = instance
+            .sockets
+            .iter()
+            .map(|(name, addr)| {
+                let authority = addr
+                    .to_string()
+                    .parse()
+                    .expect("a socket address is an authority");
+                (name.clone(), (*addr, authority))
+            })
+            .collect();
+        Route {
+            instance,
+            owner,
+            since,
+            requests,
+            authorities,
+        }
+    }
+
+    /// The socket for `sub` if the instance has one by that name, else its main socket.
+    pub fn upstream(&self, sub: Option<&Name>) -> Option<&(SocketAddr, Authority)> {
+        sub.and_then(|s| self.authorities.get(s.as_str()))
+            .or_else(|| self.authorities.get(crate::alloc::MAIN_SOCKET))
+    }
+
+    /// True when requests must wait: an env-mode server that does not listen yet (in fd mode
+    /// the kernel queues connections on the held socket, so they can go straight through).
+    pub fn not_listening(&self) -> bool {
+        self.instance.mode == Mode::Env && self.instance.state != State::Ready
+    }
+
+    pub fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub type Table = HashMap<Name, Arc<Route>>;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteError {
+    #[error(
+        "the name '{name}' is already served by wharf pid {pid}; stop it first (`wharf stop {name}`)"
+    )]
+    Taken { name: Name, pid: i32 },
+    #[error("the name '{0}' is an alias; remove it first (`wharf alias --rm {0}`)")]
+    Alias(Name),
+}
+
+/// The shared route table.
+pub struct Routes {
+    table: RwLock<Arc<Table>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Routes {
+            table: RwLock::new(Arc::new(Table::new())),
+            changed: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Routes {
+    pub fn snapshot(&self) -> Arc<Table> {
+        self.table.read().expect("route table lock").clone()
+    }
+
+    pub fn get(&self, name: &Name) -> Option<Arc<Route>> {
+        self.table
+            .read()
+            .expect("route table lock")
+            .get(name)
+            .cloned()
+    }
+
+    /// A receiver that changes whenever the table does (for requests waiting on a start).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Add or replace `instance` for `owner`. A name held by another live owner is refused;
+    /// one whose registering process is dead is taken over.
+    pub fn register(&self, owner: Owner, instance: Instance) -> Result<(), RouteError> {
+        self.update(|table| {
+            let (since, requests) = match table.get(&instance.name) {
+                Some(old) if old.owner == owner => (old.since, old.requests.clone()),
+                Some(old) if old.owner == Owner::Alias => {
+                    return Err(RouteError::Alias(instance.name.clone()));
+                }
+                Some(old)
+                    if owner != Owner::Alias
+                        && crate::process::ProcessId::of(old.instance.pid).is_some() =>
+                {
+                    return Err(RouteError::Taken {
+                        name: instance.name.clone(),
+                        pid: old.instance.pid,
+                    });
+                }
+                _ => (SystemTime::now(), Arc::default()),
+            };
+            table.insert(
+                instance.name.clone(),
+                Arc::new(Route::new(instance, owner, since, requests)),
+            );
+            Ok(())
+        })
+    }
+
+    /// Remove `name` (whoever owns it); returns what was there.
+    pub fn remove(&self, name: &Name) -> Option<Arc<Route>> {
+        let mut removed = None;
+        let _ = self.update(|table| {
+            removed = table.remove(name);
+            Ok::<_, RouteError>(())
+        });
+        removed
+    }
+
+    /// Remove every route `owner` registered (its connection closed).
+    pub fn remove_owner(&self, owner: Owner) {
+        let _ = self.update(|table| {
+            table.retain(|_, route| route.owner != owner);
+            Ok::<_, RouteError>(())
+        });
+    }
+
+    fn update<E>(&self, edit: impl FnOnce(&mut Table) -> Result<(), E>) -> Result<(), E> {
+        let mut guard = self.table.write().expect("route table lock");
+        let mut next = Table::clone(&guard);
+        edit(&mut next)?;
+        *guard = Arc::new(next);
+        drop(guard);
+        self.changed.send_modify(|generation| *generation += 1);
+        Ok(())
+    }
+}
+
+/// The alias routes as stored on disk: name → address.
+pub type AliasMap = BTreeMap<Name, SocketAddr>;
+
+/// An alias as a route: an instance with only a main socket, always ready.
+pub fn alias_instance(name: Name, addr: SocketAddr) -> Instance {
+    Instance {
+        name,
+        pid: 0,
+        child_pid: None,
+        mode: Mode::Fd,
+        state: State::Ready,
+        sockets: BTreeMap::from([(crate::alloc::MAIN_SOCKET.to_string(), addr)]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(name: &str, pid: i32, sockets: &[(&str, &str)]) -> Instance {
+        Instance {
+            name: name.parse().unwrap(),
+            pid,
+            child_pid: None,
+            mode: Mode::Fd,
+            state: State::Starting,
+            sockets: sockets
+                .iter()
+                .map(|(n, a)| (n.to_string(), a.parse().unwrap()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn sub_socket_falls_back_to_the_main_one() {
+        let routes = Routes::default();
+        let me = std::process::id() as i32;
+        let inst = instance(
+            "api",
+            me,
+            &[("http", "127.0.0.1:4001"), ("admin", "127.0.0.1:4002")],
+        );
+        routes.register(Owner::Connection(1), inst).unwrap();
+        let route = routes.get(&"api".parse().unwrap()).unwrap();
+        let admin: Name = "admin".parse().unwrap();
+        let other: Name = "other".parse().unwrap();
+        assert_eq!(
+            route.upstream(Some(&admin)).unwrap().1.as_str(),
+            "127.0.0.1:4002"
+        );
+        assert_eq!(
+            route.upstream(Some(&other)).unwrap().1.as_str(),
+            "127.0.0.1:4001"
+        );
+        assert_eq!(route.upstream(None).unwrap().0.port(), 4001);
+    }
+
+    #[test]
+    fn live_owners_keep_their_names_dead_ones_lose_them() {
+        let routes = Routes::default();
+        let me = std::process::id() as i32;
+        routes
+            .register(Owner::Connection(1), instance("api", me, &[]))
+            .unwrap();
+        let err = routes
+            .register(Owner::Connection(2), instance("api", me, &[]))
+            .unwrap_err();
+        assert!(matches!(err, RouteError::Taken { .. }));
+        // Re-registering by the same owner keeps the counters.
+        routes.get(&"api".parse().unwrap()).unwrap().count_request();
+        routes
+            .register(Owner::Connection(1), instance("api", me, &[]))
+            .unwrap();
+        assert_eq!(
+            routes
+                .get(&"api".parse().unwrap())
+                .unwrap()
+                .requests
+                .load(Ordering::Relaxed),
+            1
+        );
+        // A dead owner's name is free.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id() as i32;
+        child.wait().unwrap();
+        routes
+            .register(Owner::Connection(3), instance("web", dead, &[]))
+            .unwrap();
+        routes
+            .register(Owner::Connection(4), instance("web", me, &[]))
+            .unwrap();
+        routes.remove_owner(Owner::Connection(1));
+        assert!(routes.get(&"api".parse().unwrap()).is_none());
+        assert!(routes.get(&"web".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn aliases_are_not_taken_over() {
+        let routes = Routes::default();
+        let name: Name = "db".parse().unwrap();
+        routes
+            .register(
+                Owner::Alias,
+                alias_instance(name.clone(), "127.0.0.1:5432".parse().unwrap()),
+            )
+            .unwrap();
+        let err = routes
+            .register(Owner::Connection(1), instance("db", 1, &[]))
+            .unwrap_err();
+        assert_eq!(err, RouteError::Alias(name));
+    }
+
+    #[tokio::test]
+    async fn changes_are_announced() {
+        let routes = Routes::default();
+        let mut rx = routes.subscribe();
+        routes
+            .register(Owner::Connection(1), instance("a", 1, &[]))
+            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

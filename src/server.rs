@@ -1,0 +1,186 @@
+//! Accepting HTTP connections: the accept loop that survives errors, the connection cap, the
+//! first-byte and write deadlines, hyper's header limits, and a graceful drain on shutdown.
+//! What happens to each request is `forward`'s job.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::deadline::{self, WriteDeadline};
+use crate::forward::Forwarder;
+
+/// A client that connects and sends nothing is dropped after this.
+pub const FIRST_BYTE: Duration = Duration::from_secs(10);
+/// The whole request head, and the idle time between keep-alive requests.
+pub const HEADER_READ: Duration = Duration::from_secs(15);
+/// A client that stops reading our response for this long is dropped.
+pub const WRITE_STALL: Duration = Duration::from_secs(60);
+/// Largest request head [Envoy: 60 KiB].
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Most header lines in one request [hyper, Envoy, Apache: 100].
+pub const MAX_HEADERS: usize = 100;
+/// How long shutdown waits for requests in flight.
+pub const DRAIN: Duration = Duration::from_secs(10);
+
+const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+content-length: 38\r\nconnection: close\r\nretry-after: 1\r\n\r\nwharf: too many connections; try again\n";
+
+/// Serve `listeners` until `shutdown`, then stop accepting and drain for at most `DRAIN`.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    forwarder: Arc<Forwarder>,
+    max_connections: usize,
+    shutdown: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    let open = Arc::new(AtomicUsize::new(0));
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            let ctx = Accept {
+                forwarder: forwarder.clone(),
+                open: open.clone(),
+                max_connections,
+                connections: connections.clone(),
+            };
+            tokio::spawn(accept_loop(listener, ctx, shutdown.clone()))
+        })
+        .collect();
+    for l in loops {
+        let _ = l.await;
+    }
+    connections.close();
+    if tokio::time::timeout(DRAIN, connections.wait())
+        .await
+        .is_err()
+    {
+        eprintln!("wharf proxy: requests still open after {DRAIN:?}; closing them");
+    }
+}
+
+struct Accept {
+    forwarder: Arc<Forwarder>,
+    open: Arc<AtomicUsize>,
+    max_connections: usize,
+    connections: TaskTracker,
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Accept, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let open = OpenGuard::new(&ctx.open);
+                if open.count > ctx.max_connections {
+                    tokio::spawn(refuse(stream, open));
+                    continue;
+                }
+                let forwarder = ctx.forwarder.clone();
+                let shutdown = shutdown.clone();
+                ctx.connections.spawn(async move {
+                    connection(stream, peer, forwarder, shutdown).await;
+                    drop(open);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: the listener is fine, the process is short of something.
+                eprintln!("wharf proxy: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Counts open client connections while it lives.
+struct OpenGuard {
+    open: Arc<AtomicUsize>,
+    count: usize,
+}
+
+impl OpenGuard {
+    fn new(open: &Arc<AtomicUsize>) -> OpenGuard {
+        let count = open.fetch_add(1, Ordering::Relaxed) + 1;
+        OpenGuard {
+            open: open.clone(),
+            count,
+        }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn refuse(mut stream: TcpStream, _open: OpenGuard) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(OVERLOADED)).await;
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    forwarder: Arc<Forwarder>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    tokio::select! {
+        ready = deadline::first_byte(&stream, FIRST_BYTE) => if !ready { return },
+        _ = shutdown.cancelled() => return,
+    }
+    let (io, exempt) = WriteDeadline::new(stream, WRITE_STALL);
+    let service = service_fn(move |req| {
+        let forwarder = forwarder.clone();
+        let exempt = exempt.clone();
+        async move { Ok::<_, std::convert::Infallible>(forwarder.handle(req, peer, &exempt).await) }
+    });
+    let mut conn = std::pin::pin!(
+        http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ)
+            .max_headers(MAX_HEADERS)
+            .max_header_size(MAX_HEAD)
+            .max_buf_size(MAX_HEAD + 8 * 1024)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades()
+    );
+    // Errors end here: a client that went away is not the proxy's problem.
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = shutdown.cancelled() => {}
+    }
+    // Finish the request in flight, then close instead of waiting for the next one.
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// Raise the soft open-file limit to the hard one; the connection cap is half of it (each
+/// proxied connection needs a client and an upstream fd), at most 10 000.
+pub fn connection_cap() -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Err(_) => 1024,
+    };
+    usize::try_from(soft / 2)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 10_000)
+}

@@ -1,0 +1,524 @@
+//! The front proxy: routing by name, forwarding rules, WebSockets, auto-start, restarts, and
+//! the bad inputs of HARDENING.md.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use super::util::*;
+
+fn server_args<'a>(name: &'a str, py: &'a str, script: &'a str) -> Vec<&'a str> {
+    vec![
+        "run", "--name", name, "--fd", "--port", "0", "--", py, script,
+    ]
+}
+
+/// Send raw bytes to the proxy and return the status code of the answer (0 if none).
+fn raw(port: u16, request: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let _ = s.write_all(request);
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n") && matches!(s.read(&mut byte), Ok(1)) {
+        buf.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn proxy_get(port: u16, host: &str, path: &str) -> (u16, String) {
+    get(SocketAddr::from(([127, 0, 0, 1], port)), host, path).unwrap()
+}
+
+#[test]
+fn two_instances_answer_by_name_with_host_and_forwarded_headers() {
+    let Some(gunicorn) = need("gunicorn") else {
+        return;
+    };
+    let Some(curl) = need("curl") else { return };
+    let sb = Sandbox::new();
+    let servers = repo().join("tests/servers");
+    let a = sb.spawn(&[
+        "run",
+        "--name",
+        "a",
+        "--port",
+        "0",
+        "--",
+        path_str(&gunicorn),
+        "--chdir",
+        path_str(&servers),
+        "wsgi:app",
+    ]);
+    let (py, script) = (python(), server_py());
+    let b = sb.spawn(&server_args("b", path_str(&py), path_str(&script)));
+    let port = a.url_port();
+    assert_eq!(b.url_port(), port, "both behind the same proxy");
+    let (_, proxy_port) = sb.proxy().expect("a proxy was started");
+    assert_eq!(port, proxy_port);
+
+    // curl resolves *.localhost to loopback by itself.
+    let out = std::process::Command::new(curl)
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            &format!("http://a.localhost:{port}/"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["host"], format!("a.localhost:{port}"));
+    assert_eq!(body["forwarded_for"], "127.0.0.1");
+    assert_eq!(body["forwarded_proto"], "http");
+    assert_eq!(body["forwarded_host"], format!("a.localhost:{port}"));
+
+    let (status, body) = proxy_get(port, &format!("B.LOCALHOST.:{port}"), "/x?y=1");
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["path"], "/x?y=1");
+    assert_eq!(
+        body["headers"]["host"],
+        format!("B.LOCALHOST.:{port}"),
+        "Host preserved as sent"
+    );
+    assert!(
+        body["headers"]
+            .get("connection")
+            .is_none_or(|c| c != "keep-alive, x-hop")
+    );
+
+    // Absolute form works for local names, so http_proxy= users can reach instances.
+    let req = format!(
+        "GET http://b.localhost:{port}/abs HTTP/1.1\r\nHost: b.localhost:{port}\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(raw(port, req.as_bytes()), 200);
+
+    let listed = sb.ls();
+    let names: Vec<&str> = listed.iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(listed[1]["requests"].as_u64().unwrap() >= 2);
+}
+
+#[test]
+fn dashboard_for_bare_localhost_and_404_lists_known_names() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let p = sb.spawn(&server_args("known", path_str(&py), path_str(&script)));
+    let port = p.url_port();
+    let (status, page) = proxy_get(port, &format!("localhost:{port}"), "/");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(&format!("http://known.localhost:{port}")),
+        "{page}"
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(json["instances"][0]["name"], "known");
+    assert!(
+        !text.to_ascii_lowercase().contains("access-control-"),
+        "no CORS headers"
+    );
+
+    let (status, page) = proxy_get(port, "nope.localhost", "/");
+    assert_eq!(status, 404);
+    assert!(page.contains("known.localhost"), "{page}");
+    let (status, _) = proxy_get(port, "admin.known.localhost", "/");
+    assert_eq!(
+        status, 200,
+        "an unknown socket name falls back to the main socket"
+    );
+}
+
+#[test]
+fn websocket_echo_round_trips_through_the_proxy() {
+    if need("python3").is_none() || venv_bin("python3").is_none() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let py = python();
+    let ws = repo().join("tests/servers/ws.py");
+    let server = sb.spawn(&[
+        "run",
+        "--name",
+        "ws",
+        "--env",
+        "--port",
+        "0",
+        "--",
+        path_str(&py),
+        path_str(&ws),
+        "server",
+    ]);
+    server.expect("WS ready");
+    let port = server.url_port();
+    let out = std::process::Command::new(&py)
+        .args([
+            path_str(&ws),
+            "client",
+            &port.to_string(),
+            &format!("ws.localhost:{port}"),
+            "hello through wharf",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ECHO hello through wharf"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn thirty_cold_runs_start_one_proxy_and_get_thirty_routes() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let names: Vec<String> = (0..30).map(|i| format!("cold{i}")).collect();
+    let procs: Vec<Proc> = names
+        .iter()
+        .map(|n| sb.spawn(&server_args(n, path_str(&py), path_str(&script))))
+        .collect();
+    let urls: BTreeSet<u16> = procs.iter().map(|p| p.url_port()).collect();
+    assert_eq!(urls.len(), 1, "one proxy port for all: {urls:?}");
+    let starters = procs
+        .iter()
+        .filter(|p| p.count_lines(|l| l.contains("started the front proxy")) > 0)
+        .count();
+    assert_eq!(starters, 1);
+    let port = *urls.iter().next().unwrap();
+    for p in &procs {
+        p.report();
+    }
+    eventually("30 routes", PATIENCE, || sb.ls().len() == 30);
+    let ports: BTreeSet<u64> = sb
+        .ls()
+        .iter()
+        .map(|l| {
+            l["sockets"]["http"]
+                .as_str()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ports.len(), 30);
+    for n in &names {
+        let (status, body) = proxy_get(port, &format!("{n}.localhost"), "/");
+        assert_eq!(status, 200, "{n}: {body}");
+    }
+}
+
+#[test]
+fn a_killed_instance_gives_502_or_404_then_404_within_a_second() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let mut p = sb.spawn(&server_args("doomed", path_str(&py), path_str(&script)));
+    let port = p.url_port();
+    let child = p.report()["pid"].as_i64().unwrap() as i32;
+    assert_eq!(proxy_get(port, "doomed.localhost", "/").0, 200);
+    // SAFETY: killing the server this test started.
+    unsafe { libc::kill(child, libc::SIGKILL) };
+    let killed = Instant::now();
+    loop {
+        let (status, _) = proxy_get(port, "doomed.localhost", "/");
+        if status == 404 {
+            break;
+        }
+        assert!([200, 502].contains(&status), "got {status}");
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "route still there after 1 s"
+        );
+    }
+    assert_eq!(p.wait(PATIENCE).code(), Some(128 + 9));
+}
+
+#[test]
+fn a_dead_backend_is_a_clear_502_within_two_seconds() {
+    let sb = Sandbox::new();
+    let (dead_port, listener) = os_port();
+    drop(listener);
+    let (status, log) = sb.output(&["alias", "gone", &dead_port.to_string()]);
+    assert!(status.success(), "{log}");
+    let (_, port) = sb.proxy().unwrap();
+    let started = Instant::now();
+    let (status, page) = proxy_get(port, "gone.localhost", "/");
+    assert_eq!(status, 502, "{page}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(page.contains("is not answering"), "{page}");
+    let (status, log) = sb.output(&["alias", "--rm", "gone"]);
+    assert!(status.success(), "{log}");
+    assert_eq!(proxy_get(port, "gone.localhost", "/").0, 404);
+}
+
+#[test]
+fn a_killed_proxy_comes_back_and_every_instance_is_routed_again() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let a = sb.spawn(&server_args("first", path_str(&py), path_str(&script)));
+    let b = sb.spawn(&server_args("second", path_str(&py), path_str(&script)));
+    a.url_port();
+    b.url_port();
+    let (pid, _) = sb.proxy().unwrap();
+    // SAFETY: the proxy this sandbox started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let killed = Instant::now();
+    eventually(
+        "a new proxy routes both instances",
+        Duration::from_secs(3),
+        || {
+            let Some((new_pid, port)) = sb.proxy() else {
+                return false;
+            };
+            new_pid != pid
+                && ["first", "second"].iter().all(|n| {
+                    get(
+                        SocketAddr::from(([127, 0, 0, 1], port)),
+                        &format!("{n}.localhost"),
+                        "/",
+                    )
+                    .is_ok_and(|(s, _)| s == 200)
+                })
+        },
+    );
+    assert!(killed.elapsed() < Duration::from_secs(3));
+    a.expect("registered again with the front proxy");
+}
+
+#[test]
+fn bad_requests_get_their_status_and_never_reach_the_backend() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let p = sb.spawn(&server_args("api", path_str(&py), path_str(&script)));
+    let port = p.url_port();
+    p.report();
+    let long_uri = format!("/{}", "a".repeat(9 * 1024));
+    let long_header = "x".repeat(17 * 1024);
+    let many: String = (0..101).map(|i| format!("X-{i}: 1\r\n")).collect();
+    let big_head: String = (0..10)
+        .map(|i| format!("X-{i}: {}\r\n", "y".repeat(7 * 1024)))
+        .collect();
+    let cases: Vec<(String, u16)> = vec![
+        (
+            "CONNECT api.localhost:80 HTTP/1.1\r\nHost: api.localhost:80\r\n\r\n".into(),
+            405,
+        ),
+        ("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n".into(), 421),
+        (
+            "GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n".into(),
+            421,
+        ),
+        (
+            "GET http://example.com/ HTTP/1.1\r\nHost: api.localhost\r\n\r\n".into(),
+            400,
+        ),
+        ("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".into(), 421),
+        (
+            "GET / HTTP/1.1\r\nHost: api.localhost\r\nHost: api.localhost\r\n\r\n".into(),
+            400,
+        ),
+        ("GET / HTTP/1.1\r\n\r\n".into(), 400),
+        (
+            "GET / HTTP/1.1\r\nHost: api/b.localhost\r\n\r\n".into(),
+            400,
+        ),
+        ("GET / HTTP/1.1\r\nHost: ..localhost\r\n\r\n".into(), 400),
+        (
+            "GET / HTTP/1.1\r\nHost: a.b.api.localhost\r\n\r\n".into(),
+            404,
+        ),
+        (
+            format!(
+                "GET / HTTP/1.1\r\nHost: {}.localhost\r\n\r\n",
+                "a".repeat(64)
+            ),
+            400,
+        ),
+        (
+            format!("GET {long_uri} HTTP/1.1\r\nHost: api.localhost\r\n\r\n"),
+            414,
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nHost: api.localhost\r\nX-Long: {long_header}\r\n\r\n"),
+            431,
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nHost: api.localhost\r\n{many}\r\n"),
+            431,
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nHost: api.localhost\r\n{big_head}\r\n"),
+            431,
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: api.localhost\r\nVia: 1.1 wharf\r\n\r\n".into(),
+            508,
+        ),
+    ];
+    for (request, want) in &cases {
+        let got = raw(port, request.as_bytes());
+        assert_eq!(got, *want, "{}", request.lines().next().unwrap());
+    }
+    assert_eq!(
+        p.count_lines(|l| l.starts_with("REQ ")),
+        0,
+        "the backend was contacted:\n{}",
+        p.log()
+    );
+    // A good request still goes through afterwards.
+    assert_eq!(proxy_get(port, "api.localhost", "/").0, 200);
+    assert_eq!(p.count_lines(|l| l.starts_with("REQ ")), 1);
+}
+
+#[test]
+fn h2c_upgrades_and_hop_by_hop_headers_do_not_reach_the_backend() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let p = sb.spawn(&server_args("api", path_str(&py), path_str(&script)));
+    let port = p.url_port();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: api.localhost\r\nConnection: Upgrade, HTTP2-Settings, X-Hop\r\n\
+         Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nX-Hop: secret\r\nTE: trailers\r\n\
+         Proxy-Authorization: Basic eA==\r\nX-Kept: yes\r\n\r\n"
+    )
+    .unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "served as plain HTTP/1.1: {head}"
+    );
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let headers = body["headers"].as_object().unwrap();
+    for gone in [
+        "upgrade",
+        "http2-settings",
+        "x-hop",
+        "te",
+        "proxy-authorization",
+    ] {
+        assert!(
+            !headers.contains_key(gone),
+            "{gone} reached the backend: {headers:?}"
+        );
+    }
+    assert_eq!(headers["x-kept"], "yes");
+    assert_eq!(headers["via"], "1.1 wharf");
+}
+
+#[test]
+fn bodies_stream_both_ways_and_keep_alive_is_reused() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let p = sb.spawn(&server_args("up", path_str(&py), path_str(&script)));
+    let port = p.url_port();
+    let body = vec![b'z'; 3 * 1024 * 1024];
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    for _ in 0..3 {
+        write!(
+            s,
+            "POST /upload HTTP/1.1\r\nHost: up.localhost\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body).unwrap();
+        let (head, answer) = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(answer, format!("{{\"received\": {}}}", body.len()));
+    }
+}
+
+#[test]
+fn a_silent_client_is_closed_after_the_first_byte_deadline() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let p = sb.spawn(&server_args("quiet", path_str(&py), path_str(&script)));
+    let port = p.url_port();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1];
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "closed without a word");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(20),
+        "{waited:?}"
+    );
+    // Everyone else was served meanwhile.
+    assert_eq!(proxy_get(port, "quiet.localhost", "/").0, 200);
+}
+
+#[test]
+fn control_socket_refuses_another_user() {
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let (Some(setpriv), true) = (
+        which("setpriv"),
+        std::path::Path::new("/usr/bin/python3").exists(),
+    ) else {
+        eprintln!("skipped: setpriv or /usr/bin/python3 not found");
+        return;
+    };
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let p = sb.spawn(&server_args("mine", path_str(&py), path_str(&script)));
+    p.url_port();
+    // Open the path to others so that only the peer check stands in the way.
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [sb.dir.path().to_path_buf(), sb.runtime_dir()] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    let sock = sb.runtime_dir().join("control.sock");
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // The proxy answers a stranger at once and hangs up, so the request may meet a closed pipe.
+    let client = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n\
+                  try:\n  s.sendall(b'{\"op\":\"list\"}\\n')\nexcept OSError:\n  pass\n\
+                  print(s.makefile().readline())";
+    let out = std::process::Command::new(setpriv)
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            client,
+            path_str(&sock),
+        ])
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        answer.contains("\"ok\":false") && answer.contains("own user"),
+        "{answer}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!answer.contains("mine"));
+}

@@ -1,0 +1,28 @@
+"""WebSocket peers for wharf's tests, using the `websockets` library.
+
+server: echoes every message back, on PORT (env mode).
+client PORT HOST MSG: connects to 127.0.0.1:PORT asking for HOST, sends MSG, prints the echo.
+"""
+import os
+import socket
+import sys
+
+from websockets.sync.client import connect
+from websockets.sync.server import serve
+
+
+def echo(ws):
+    for message in ws:
+        ws.send(message)
+
+
+if sys.argv[1] == "server":
+    with serve(echo, "127.0.0.1", int(os.environ["PORT"])) as server:
+        print("WS ready", flush=True)
+        server.serve_forever()
+else:
+    port, host, message = sys.argv[2], sys.argv[3], sys.argv[4]
+    sock = socket.create_connection(("127.0.0.1", int(port)), timeout=10)
+    with connect(f"ws://{host}/", sock=sock, open_timeout=10, close_timeout=5) as ws:
+        ws.send(message)
+        print("ECHO " + ws.recv(timeout=10), flush=True)
