@@ -522,3 +522,178 @@ fn control_socket_refuses_another_user() {
     );
     assert!(!answer.contains("mine"));
 }
+
+#[test]
+fn a_request_for_a_starting_instance_waits_for_it() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let args = [
+        "run",
+        "--name",
+        "slow",
+        "--env",
+        "--port",
+        "0",
+        "--",
+        path_str(&py),
+        path_str(&script),
+        "--bind-delay",
+        "1",
+    ];
+    let p = sb.spawn(&args);
+    let port = p.url_port();
+    let (status, body) = proxy_get(port, "slow.localhost", "/");
+    assert_eq!(status, 200, "waited instead of failing: {body}");
+    assert!(p.count_lines(|l| l.starts_with("BOUND ")) == 1);
+}
+
+#[test]
+fn a_half_sent_head_is_closed_after_the_header_deadline() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let p = sb.spawn(&server_args("hr", path_str(&py), path_str(&script)));
+    let port = p.url_port();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: hr.loc").unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(14) && waited < Duration::from_secs(30),
+        "{waited:?}"
+    );
+    assert_eq!(p.count_lines(|l| l.starts_with("REQ ")), 0);
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_header_deadline() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let p = sb.spawn(&server_args("idle", path_str(&py), path_str(&script)));
+    let port = p.url_port();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: idle.localhost\r\n\r\n")
+        .unwrap();
+    let (head, _) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(14) && waited < Duration::from_secs(30),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn connections_over_the_cap_get_503_and_others_still_work() {
+    use std::os::unix::process::CommandExt;
+    let sb = Sandbox::new();
+    let mut cmd = sb.wharf(&["proxy", "--listen", "127.0.0.1:0"]);
+    // SAFETY: setrlimit is async-signal-safe. 64 fds → a cap of 32 connections.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let proxy = Proc::spawn(cmd, "wharf proxy with 64 fds");
+    let line = proxy.expect(" serving http://127.0.0.1:");
+    let port: u16 = line
+        .split("127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+        held.push(s);
+    }
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    held.truncate(20);
+    eventually("a freed slot serves again", PATIENCE, || {
+        raw(port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n") == 200
+    });
+}
+
+#[test]
+fn stop_removes_the_route_and_ends_the_instance() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let mut a = sb.spawn(&server_args("one", path_str(&py), path_str(&script)));
+    let mut b = sb.spawn(&server_args("two", path_str(&py), path_str(&script)));
+    let port = a.url_port();
+    b.report();
+    a.report();
+    let (status, log) = sb.output(&["stop", "one"]);
+    assert!(status.success(), "{log}");
+    assert!(log.contains("stopped one"), "{log}");
+    assert_eq!(proxy_get(port, "one.localhost", "/").0, 404);
+    a.wait(PATIENCE);
+    assert_eq!(proxy_get(port, "two.localhost", "/").0, 200);
+
+    let (status, log) = sb.output(&["stop", "nope"]);
+    assert!(!status.success());
+    assert!(log.contains("no instance named 'nope'"), "{log}");
+
+    let (status, log) = sb.output(&["env"]);
+    assert!(status.success());
+    assert!(
+        log.contains(&format!("export TWO_URL=http://two.localhost:{port}")),
+        "{log}"
+    );
+
+    let (status, log) = sb.output(&["stop", "--all"]);
+    assert!(status.success(), "{log}");
+    b.wait(PATIENCE);
+    assert!(sb.ls().is_empty());
+}
+
+#[test]
+fn a_proxy_stopped_on_purpose_is_not_restarted_and_ls_still_answers() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let a = sb.spawn(&server_args("stays", path_str(&py), path_str(&script)));
+    a.url_port();
+    let direct = a.instance_port();
+    let (pid, _) = sb.proxy().unwrap();
+    let (status, log) = sb.output(&["stop", "--proxy"]);
+    assert!(status.success(), "{log}");
+    a.expect("the front proxy stopped; waiting for it to come back");
+    assert!(gone(pid));
+    let (status, log) = sb.output(&["ls"]);
+    assert!(status.success());
+    assert!(log.contains("no front proxy is running"), "{log}");
+    assert!(
+        log.contains(&format!("http://stays.localhost:{direct}")),
+        "{log}"
+    );
+    assert_eq!(
+        get_json(direct, "stays")["socket"],
+        "http",
+        "still served directly"
+    );
+    // The next command that needs a proxy starts one, and the instance joins it.
+    let (status, log) = sb.output(&["alias", "other", "1"]);
+    assert!(status.success(), "{log}");
+    a.expect("registered again with the front proxy");
+}

@@ -18,6 +18,7 @@ parser.add_argument("--exit-after", type=int, default=0, help="exit after N requ
 parser.add_argument("--bind-elsewhere", action="store_true", help="ignore PORT, bind any port")
 parser.add_argument("--notify-ready", action="store_true", help="send READY=1 to NOTIFY_SOCKET")
 parser.add_argument("--exit-code", type=int, default=0, help="code for --exit-after exits")
+parser.add_argument("--bind-delay", type=float, default=0, help="env mode: wait before binding")
 args = parser.parse_args()
 
 # Before anything opens an fd: which fds did we inherit?
@@ -111,6 +112,9 @@ if n:
     for i in range(n):
         sockets.append((socket.socket(fileno=3 + i), names[i] if i < len(names) else ""))
 else:
+    if args.bind_delay:
+        import time
+        time.sleep(args.bind_delay)
     port = 0 if args.bind_elsewhere else int(os.environ["PORT"])
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
