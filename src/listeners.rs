@@ -119,7 +119,7 @@ pub unsafe fn inherited() -> Result<Option<Inherited>, ListenError> {
 }
 
 /// Bind the HTTP listeners. `addrs` empty means the default: 127.0.0.1 and [::1] on port 80
-/// when allowed, else 7080 (IPv6 is skipped where the machine has none). A port 0 is chosen
+/// when allowed and free, else 7080 (IPv6 is skipped where the machine has none). A port 0 is chosen
 /// once, by the first address, and shared by the rest.
 pub fn bind_http(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ListenError> {
     if addrs.is_empty() {
@@ -129,9 +129,13 @@ pub fn bind_http(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ListenError> 
                 SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
             ]
         };
+        // Port 80 needs privileges and may belong to a system web server: either way, 7080.
         return match bind_all(&defaults(PRIVILEGED_PORT), true) {
             Err(ListenError::Bind { source, .. })
-                if source.kind() == io::ErrorKind::PermissionDenied =>
+                if matches!(
+                    source.kind(),
+                    io::ErrorKind::PermissionDenied | io::ErrorKind::AddrInUse
+                ) =>
             {
                 bind_all(&defaults(FALLBACK_PORT), true)
             }
