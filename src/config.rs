@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -18,13 +19,25 @@ struct RawConfig {
 struct RawProxy {
     #[serde(default)]
     listen: Vec<String>,
+    upstream_timeout: Option<u64>,
 }
 
 /// The validated configuration.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Config {
     /// Where the proxy listens; empty means the default (port 80 if allowed, else 7080).
     pub proxy_listen: Vec<SocketAddr>,
+    /// How long the proxy waits for an instance's response head before answering 504.
+    pub upstream_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            proxy_listen: Vec::new(),
+            upstream_timeout: crate::forward::UPSTREAM_HEAD,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +78,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Parse configuration text; the error says where and what.
 pub fn parse(text: &str) -> Result<Config, String> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+    let upstream_timeout = match raw.proxy.upstream_timeout {
+        None => crate::forward::UPSTREAM_HEAD,
+        Some(secs @ 1..=86_400) => Duration::from_secs(secs),
+        Some(secs) => {
+            return Err(format!(
+                "proxy.upstream_timeout: {secs} is not 1 to 86400 seconds"
+            ));
+        }
+    };
     Ok(Config {
         proxy_listen: parse_listen(&raw.proxy.listen).map_err(|e| format!("proxy.listen: {e}"))?,
+        upstream_timeout,
     })
 }
 
@@ -121,5 +144,9 @@ mod tests {
     fn unknown_keys_name_the_line() {
         let err = parse("[proxy]\nlisten = []\nlisten_on = 3\n").unwrap_err();
         assert!(err.contains("line 3") && err.contains("listen_on"), "{err}");
+        let err = parse("[proxy]\nupstream_timeout = 0\n").unwrap_err();
+        assert!(err.contains("upstream_timeout"), "{err}");
+        let c = parse("[proxy]\nupstream_timeout = 5\n").unwrap();
+        assert_eq!(c.upstream_timeout, Duration::from_secs(5));
     }
 }

@@ -78,8 +78,12 @@ pub enum ProxyError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
-    #[error("{name} ({addr}) sent no response head within {secs}s", secs = UPSTREAM_HEAD.as_secs())]
-    UpstreamTimeout { name: Name, addr: SocketAddr },
+    #[error("{name} ({addr}) sent no response head within {secs}s", secs = after.as_secs())]
+    UpstreamTimeout {
+        name: Name,
+        addr: SocketAddr,
+        after: Duration,
+    },
     #[error("the request body stalled for {secs}s", secs = BODY_IDLE.as_secs())]
     BodyStalled,
 }
@@ -142,12 +146,15 @@ pub struct Forwarder {
     client: Client<HttpConnector, ProxyBody>,
     /// The dashboard's data (the control plane's view of the routes).
     list: Box<dyn Fn() -> Vec<crate::control::Listed> + Send + Sync>,
+    /// How long to wait for a response head (`UPSTREAM_HEAD` unless configured).
+    upstream_timeout: Duration,
 }
 
 impl Forwarder {
     pub fn new(
         routes: Arc<Routes>,
         list: Box<dyn Fn() -> Vec<crate::control::Listed> + Send + Sync>,
+        upstream_timeout: Duration,
     ) -> Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(UPSTREAM_CONNECT));
@@ -162,6 +169,7 @@ impl Forwarder {
             routes,
             client,
             list,
+            upstream_timeout,
         }
     }
 
@@ -343,10 +351,11 @@ impl Forwarder {
         name: &Name,
         addr: SocketAddr,
     ) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(UPSTREAM_HEAD, self.client.request(req)).await {
+        match tokio::time::timeout(self.upstream_timeout, self.client.request(req)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout {
                 name: name.clone(),
                 addr,
+                after: self.upstream_timeout,
             }),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) if caused_by::<BodyStalled>(&e) => Err(ProxyError::BodyStalled),
@@ -527,6 +536,7 @@ mod tests {
                 ProxyError::UpstreamTimeout {
                     name,
                     addr: "127.0.0.1:1".parse().unwrap(),
+                    after: UPSTREAM_HEAD,
                 },
                 504,
             ),

@@ -83,6 +83,10 @@ fn proxy_args(
     inherited: Option<listeners::Inherited>,
     dirs: &Dirs,
 ) -> anyhow::Result<proxy::ProxyArgs> {
+    let config = match config::default_path(|k| std::env::var_os(k)) {
+        Some(path) => config::load(&path)?,
+        None => config::Config::default(),
+    };
     let listen = if !cli.listen.is_empty() {
         config::parse_listen(&cli.listen)
             .map_err(anyhow::Error::msg)
@@ -92,16 +96,14 @@ fn proxy_args(
             .map_err(anyhow::Error::msg)
             .context("$WHARF_LISTEN")?
     } else {
-        match config::default_path(|k| std::env::var_os(k)) {
-            Some(path) => config::load(&path)?.proxy_listen,
-            None => Vec::new(),
-        }
+        config.proxy_listen
     };
     Ok(proxy::ProxyArgs {
         inherited,
         listen,
         runtime_dir: dirs.runtime()?.to_path_buf(),
         state_dir: dirs.state()?.to_path_buf(),
+        upstream_timeout: config.upstream_timeout,
     })
 }
 

@@ -25,6 +25,8 @@ pub struct ProxyArgs {
     pub listen: Vec<SocketAddr>,
     pub runtime_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// How long to wait for an instance's response head.
+    pub upstream_timeout: std::time::Duration,
 }
 
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
@@ -65,6 +67,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let forwarder = Arc::new(Forwarder::new(
         routes.clone(),
         Box::new(move || list_plane.listed()),
+        args.upstream_timeout,
     ));
 
     let shutdown = CancellationToken::new();

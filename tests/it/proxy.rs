@@ -697,3 +697,158 @@ fn a_proxy_stopped_on_purpose_is_not_restarted_and_ls_still_answers() {
     assert!(status.success(), "{log}");
     a.expect("registered again with the front proxy");
 }
+
+#[test]
+fn a_backend_without_an_answer_gets_504_after_the_configured_timeout() {
+    let sb = Sandbox::new();
+    let config = sb.dir.path().join("config/wharf");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.toml"),
+        "[proxy]\nupstream_timeout = 1\n",
+    )
+    .unwrap();
+    let (py, script) = (python(), server_py());
+    let p = sb.spawn(&server_args("hangs", path_str(&py), path_str(&script)));
+    let port = p.url_port();
+    let started = Instant::now();
+    let (status, page) = proxy_get(port, "hangs.localhost", "/hang");
+    assert_eq!(status, 504, "{page}");
+    assert!(page.contains("no response head within 1s"), "{page}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn a_stalled_request_body_gets_408_after_a_minute() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let p = sb.spawn(&server_args("slowpost", path_str(&py), path_str(&script)));
+    let port = p.url_port();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: slowpost.localhost\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let (head, _) = read_response(&mut s);
+    let waited = started.elapsed();
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(
+        waited >= Duration::from_secs(59) && waited < Duration::from_secs(90),
+        "{waited:?}"
+    );
+    p.expect("BODY ended early at 10");
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_after_a_minute() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let p = sb.spawn(&server_args("stall", path_str(&py), path_str(&script)));
+    let port = p.url_port();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /big/512 HTTP/1.1\r\nHost: stall.localhost\r\n\r\n")
+        .unwrap();
+    // Read nothing; the proxy gives up on us and aborts the upstream response.
+    let started = Instant::now();
+    p.expect_line_within(
+        |l| l == "BIG aborted",
+        "BIG aborted",
+        Duration::from_secs(120),
+    );
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(55), "{waited:?}");
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut total = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    while let Ok(n @ 1..) = s.read(&mut buf) {
+        total += n;
+    }
+    assert!(total < 512 << 20, "the response was cut short");
+    assert_eq!(
+        proxy_get(port, "stall.localhost", "/").0,
+        200,
+        "others are still served"
+    );
+}
+
+#[test]
+fn socket_activated_proxy_uses_inherited_sockets_and_notifies() {
+    let Some(activate) = need("systemd-socket-activate") else {
+        return;
+    };
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.runtime_dir()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(sb.runtime_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let notify_path = sb.dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(PATIENCE)).unwrap();
+    let (port, hold) = os_port();
+    drop(hold);
+    let control = sb.runtime_dir().join("control.sock");
+    // The sandbox's environment, for the activated proxy as for `wharf run`.
+    let sandbox_env = sb.wharf(&[]);
+    let mut activated = std::process::Command::new(activate);
+    activated
+        .args([
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "-l",
+            path_str(&control),
+            "--fdname=http:control",
+        ])
+        .args(["-E", &format!("NOTIFY_SOCKET={}", notify_path.display())])
+        .args([
+            "-E",
+            &format!("WHARF_RUNTIME_DIR={}", sb.runtime_dir().display()),
+        ])
+        .args([
+            "-E",
+            &format!("WHARF_STATE_DIR={}", sb.state_dir().display()),
+        ])
+        .arg(sandbox_env.get_program())
+        .arg("proxy");
+    for (k, v) in sandbox_env.get_envs() {
+        if let Some(v) = v {
+            activated.env(k, v);
+        }
+    }
+    let mut proxy = Proc::spawn(activated, "systemd-socket-activate wharf proxy");
+    proxy.expect("Listening on");
+    // The first connection starts the proxy; a `wharf run` makes it.
+    let (py, script) = (python(), server_py());
+    let inst = sb.spawn(&server_args("act", path_str(&py), path_str(&script)));
+    assert_eq!(
+        inst.url_port(),
+        port,
+        "the inherited port, not WHARF_LISTEN's"
+    );
+    assert_eq!(
+        inst.count_lines(|l| l.contains("started the front proxy")),
+        0
+    );
+    let mut buf = [0u8; 4096];
+    let n = notify.recv(&mut buf).unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(first.contains("READY=1"), "{first}");
+    assert_eq!(proxy_get(port, "act.localhost", "/").0, 200);
+    proxy.signal(libc::SIGTERM);
+    let mut saw_stopping = false;
+    while let Ok(n) = notify.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            saw_stopping = true;
+            break;
+        }
+    }
+    assert!(saw_stopping, "STOPPING=1 after SIGTERM");
+    assert!(proxy.wait(PATIENCE).success());
+    assert!(
+        proxy
+            .log()
+            .contains(&format!("serving http://127.0.0.1:{port}")),
+        "{}",
+        proxy.log()
+    );
+}

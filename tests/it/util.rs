@@ -217,7 +217,17 @@ impl Proc {
 
     /// The first line so far (or, waiting up to `PATIENCE`, to come) matching `pred`.
     pub fn expect_line(&self, pred: impl Fn(&str) -> bool, what: &str) -> String {
-        let deadline = Instant::now() + PATIENCE;
+        self.expect_line_within(pred, what, PATIENCE)
+    }
+
+    /// `expect_line` for things that take longer than `PATIENCE` by design.
+    pub fn expect_line_within(
+        &self,
+        pred: impl Fn(&str) -> bool,
+        what: &str,
+        limit: Duration,
+    ) -> String {
+        let deadline = Instant::now() + limit;
         let (lock, cv) = &*self.lines;
         let mut l = lock.lock().unwrap();
         loop {

@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--exit-after", type=int, default=0, help="exit after N requests")
@@ -48,6 +48,10 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         global count
         print(f"REQ {self.command} {self.path}", flush=True)
+        if self.path == "/hang":
+            threading.Event().wait()
+        if self.path.startswith("/big/"):
+            return self.big(int(self.path.split("/")[2]))
         body = json.dumps({
             "pid": os.getpid(),
             "socket": self.server.wharf_name,
@@ -69,14 +73,27 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             threading.Thread(target=lambda: os._exit(args.exit_code)).start()
 
+    def big(self, mib):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(mib << 20))
+        self.end_headers()
+        chunk = b"b" * (1 << 20)
+        try:
+            for _ in range(mib):
+                self.wfile.write(chunk)
+        except OSError:
+            print("BIG aborted", flush=True)
+
     def do_POST(self):
         print(f"REQ {self.command} {self.path}", flush=True)
         length = int(self.headers.get("Content-Length", "0"))
         received = 0
         while received < length:
-            chunk = self.rfile.read(min(65536, length - received))
+            chunk = self.rfile.read1(min(65536, length - received))
             if not chunk:
-                break
+                print(f"BODY ended early at {received}", flush=True)
+                return
             received += len(chunk)
         body = json.dumps({"received": received}).encode()
         self.send_response(200)
@@ -90,7 +107,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def serve(sock, name):
-    server = HTTPServer(sock.getsockname(), Handler, bind_and_activate=False)
+    server = ThreadingHTTPServer(sock.getsockname(), Handler, bind_and_activate=False)
+    server.daemon_threads = True
     server.socket = sock
     server.wharf_name = name
     server.serve_forever()
