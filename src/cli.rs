@@ -31,6 +31,12 @@ pub enum Command {
     Alias(AliasCli),
     /// Print `export NAME_URL=…` lines for the running instances
     Env(EnvCli),
+    /// Run the proxy as a service: systemd user units (Linux) or a LaunchAgent (macOS)
+    Install(InstallCli),
+    /// Remove what `wharf install` wrote
+    Uninstall(UninstallCli),
+    /// Check name resolution, the proxy, the units, port 80 and file privacy; say how to fix
+    Doctor,
 }
 
 #[derive(Debug, Args)]
@@ -122,4 +128,44 @@ pub struct AliasCli {
 pub struct EnvCli {
     /// Only this instance
     pub name: Option<Name>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    wharf install --dry-run                 # show the units, write nothing\n  \
+    wharf install                           # proxy on 7080, socket-activated by your systemd\n  \
+    wharf install --port 80 --sysctl        # port 80 by lowering ip_unprivileged_port_start\n  \
+    wharf install --instance api --port 4100 -- gunicorn app:app")]
+pub struct InstallCli {
+    /// The proxy's port (or the instance's, with --instance)
+    #[arg(long, short = 'p')]
+    pub port: Option<u16>,
+    /// Print what would be written and run, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Port < 1024 on Linux: lower net.ipv4.ip_unprivileged_port_start (writes /etc/sysctl.d)
+    #[arg(long, conflicts_with = "system_socket")]
+    pub sysctl: bool,
+    /// Port < 1024 on Linux: a system socket unit that starts the proxy as you (writes /etc/systemd)
+    #[arg(long)]
+    pub system_socket: bool,
+    /// Write a launchd LaunchAgent instead of systemd units (the default on macOS)
+    #[arg(long, conflicts_with_all = ["sysctl", "system_socket", "instance"])]
+    pub launchd: bool,
+    /// Export a server as its own socket-activated unit pair instead (wharf-NAME.socket/.service)
+    #[arg(long, value_name = "NAME", requires = "command")]
+    pub instance: Option<Name>,
+    /// With --instance: the server command, which gets the socket as fd 3 (LISTEN_FDS)
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallCli {
+    /// Print what would be removed, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove an exported instance's units instead of the proxy's
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<Name>,
 }

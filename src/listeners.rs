@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -78,44 +78,117 @@ pub unsafe fn inherited() -> Result<Option<Inherited>, ListenError> {
     for (fd, name) in fds {
         // SAFETY: LISTEN_FDS hands these fds to us; nothing else in the process owns them.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        let listening = getsockopt(&owned, sockopt::AcceptConn).unwrap_or(false);
-        let stream = getsockopt(&owned, sockopt::SockType).is_ok_and(|t| t == SockType::Stream);
-        if !listening || !stream {
-            return Err(ListenError::NotListening { fd, name });
-        }
-        let family = getsockname::<SockaddrStorage>(fd)
-            .ok()
-            .and_then(|a| a.family());
-        let is_ip = matches!(family, Some(AddressFamily::Inet | AddressFamily::Inet6));
-        match name.as_str() {
-            "http" | "unknown" | "" => {
-                if !is_ip {
-                    return Err(ListenError::WrongFamily {
-                        fd,
-                        name,
-                        want: "TCP",
-                    });
-                }
-                let listener = TcpListener::from(owned);
-                listener.set_nonblocking(true).map_err(ListenError::Env)?;
-                out.http.push(listener);
-            }
-            "control" => {
-                if family != Some(AddressFamily::Unix) {
-                    return Err(ListenError::WrongFamily {
-                        fd,
-                        name,
-                        want: "Unix",
-                    });
-                }
-                let listener = UnixListener::from(owned);
-                listener.set_nonblocking(true).map_err(ListenError::Env)?;
-                out.control = Some(listener);
-            }
-            _ => out.ignored.push(name),
-        }
+        adopt(owned, name, &mut out)?;
     }
     Ok(Some(out))
+}
+
+/// Check one passed socket (listening, stream, the family its name implies), make it
+/// non-blocking and file it under its name.
+fn adopt(owned: OwnedFd, name: String, out: &mut Inherited) -> Result<(), ListenError> {
+    let fd = owned.as_raw_fd();
+    let listening = getsockopt(&owned, sockopt::AcceptConn).unwrap_or(false);
+    let stream = getsockopt(&owned, sockopt::SockType).is_ok_and(|t| t == SockType::Stream);
+    if !listening || !stream {
+        return Err(ListenError::NotListening { fd, name });
+    }
+    let family = getsockname::<SockaddrStorage>(fd)
+        .ok()
+        .and_then(|a| a.family());
+    let is_ip = matches!(family, Some(AddressFamily::Inet | AddressFamily::Inet6));
+    match name.as_str() {
+        "http" | "unknown" | "" => {
+            if !is_ip {
+                return Err(ListenError::WrongFamily {
+                    fd,
+                    name,
+                    want: "TCP",
+                });
+            }
+            let listener = TcpListener::from(owned);
+            listener.set_nonblocking(true).map_err(ListenError::Env)?;
+            out.http.push(listener);
+        }
+        "control" => {
+            if family != Some(AddressFamily::Unix) {
+                return Err(ListenError::WrongFamily {
+                    fd,
+                    name,
+                    want: "Unix",
+                });
+            }
+            let listener = UnixListener::from(owned);
+            listener.set_nonblocking(true).map_err(ListenError::Env)?;
+            out.control = Some(listener);
+        }
+        _ => out.ignored.push(name),
+    }
+    Ok(())
+}
+
+/// The sockets launchd holds for this job (`http`, `control`), checked in with
+/// `launch_activate_socket`. `None` when not started by launchd, and always outside macOS.
+pub fn launchd() -> Result<Option<Inherited>, ListenError> {
+    let mut out = Inherited::default();
+    let mut any = false;
+    for name in ["http", "control"] {
+        for owned in imp::activate(name)
+            .map_err(ListenError::Env)?
+            .unwrap_or_default()
+        {
+            any = true;
+            adopt(owned, name.to_string(), &mut out)?;
+        }
+    }
+    Ok(any.then_some(out))
+}
+
+#[cfg(target_os = "macos")]
+mod imp {
+    use std::ffi::CString;
+    use std::io;
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    unsafe extern "C" {
+        fn launch_activate_socket(
+            name: *const libc::c_char,
+            fds: *mut *mut libc::c_int,
+            cnt: *mut libc::size_t,
+        ) -> libc::c_int;
+    }
+
+    /// launchd's fds for socket `name`; `None` if we were not started by launchd (ESRCH) or
+    /// the job has no such socket (ENOENT).
+    pub fn activate(name: &str) -> io::Result<Option<Vec<OwnedFd>>> {
+        let cname = CString::new(name).expect("socket names have no NUL");
+        let mut fds: *mut libc::c_int = std::ptr::null_mut();
+        let mut cnt: libc::size_t = 0;
+        // SAFETY: launch_activate_socket fills `fds` with a malloc'd array of `cnt` fds.
+        let err = unsafe { launch_activate_socket(cname.as_ptr(), &mut fds, &mut cnt) };
+        match err {
+            0 => {
+                // SAFETY: the array holds `cnt` fds that are now ours; it is freed right after.
+                let owned = unsafe { std::slice::from_raw_parts(fds, cnt) }
+                    .iter()
+                    .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+                    .collect();
+                unsafe { libc::free(fds.cast()) };
+                Ok(Some(owned))
+            }
+            libc::ESRCH | libc::ENOENT => Ok(None),
+            e => Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+#[cfg(not(target_os = "macos"))]
+mod imp {
+    use std::io;
+    use std::os::fd::OwnedFd;
+
+    pub fn activate(_name: &str) -> io::Result<Option<Vec<OwnedFd>>> {
+        Ok(None)
+    }
 }
 
 /// Bind the HTTP listeners. `addrs` empty means the default: 127.0.0.1 and [::1] on port 80

@@ -8,7 +8,7 @@ use clap::Parser;
 use wharf::cli::{Cli, Command, ProxyCli, RunCli};
 use wharf::dirs::Dirs;
 use wharf::mode::Mode;
-use wharf::{commands, config, handoff, listeners, proxy, run};
+use wharf::{commands, config, handoff, listeners, proxy, run, service};
 
 fn main() -> ExitCode {
     // The exec step between wharf and a server runs before anything else, single-threaded.
@@ -51,7 +51,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Proxy(args) => {
             // SAFETY: no other thread exists yet (the runtime is built below).
-            let inherited = unsafe { listeners::inherited() }?;
+            let inherited = match unsafe { listeners::inherited() }? {
+                Some(passed) => Some(passed),
+                None => listeners::launchd()?,
+            };
             let args = proxy_args(args, inherited, &dirs)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -73,6 +76,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Env(args) => {
             current_thread()?.block_on(commands::env(&commands::Ctx { dirs, self_exe }, args.name))
+        }
+        Command::Install(args) => service::install(&service_ctx(dirs, self_exe)?, args),
+        Command::Uninstall(args) => service::uninstall(&service_ctx(dirs, self_exe)?, args),
+        Command::Doctor => {
+            current_thread()?.block_on(service::doctor(&service_ctx(dirs, self_exe)?))
         }
     }
 }
@@ -104,6 +112,18 @@ fn proxy_args(
         runtime_dir: dirs.runtime()?.to_path_buf(),
         state_dir: dirs.state()?.to_path_buf(),
         upstream_timeout: config.upstream_timeout,
+    })
+}
+
+fn service_ctx(dirs: Dirs, self_exe: std::path::PathBuf) -> anyhow::Result<service::Ctx> {
+    let (unit_dir, agents_dir) = service::dirs_from_env(|k| std::env::var_os(k));
+    Ok(service::Ctx {
+        dirs,
+        self_exe,
+        cwd: std::env::current_dir()?,
+        path_var: std::env::var_os("PATH"),
+        unit_dir,
+        agents_dir,
     })
 }
 

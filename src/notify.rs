@@ -35,6 +35,8 @@ impl NotifySocket {
             Err(e) => return Err(e),
         }
         let socket = UnixDatagram::bind(path)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         imp::pass_credentials(&socket)?;
         Ok(NotifySocket {
             socket,

@@ -1,3 +1,4 @@
 mod proxy;
 mod run;
+mod service;
 pub mod util;

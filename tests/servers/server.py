@@ -36,6 +36,18 @@ report = {
     "env": {k: v for k, v in os.environ.items()
             if k.startswith(("LISTEN_", "WHARF_", "PORT", "NOTIFY_", "WATCHDOG")) or k == "HOST"},
 }
+
+
+def on_signal(signum, frame):
+    print(f"got {signal.Signals(signum).name}", flush=True)
+    if signum != signal.SIGHUP:
+        os._exit(0)
+
+
+# Handlers first, so a test that signals us after REPORT finds them in place.
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(sig, on_signal)
+
 print("REPORT " + json.dumps(report), flush=True)
 
 count = 0
@@ -113,15 +125,6 @@ def serve(sock, name):
     server.wharf_name = name
     server.serve_forever()
 
-
-def on_signal(signum, frame):
-    print(f"got {signal.Signals(signum).name}", flush=True)
-    if signum != signal.SIGHUP:
-        os._exit(0)
-
-
-for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-    signal.signal(s, on_signal)
 
 sockets = []
 n = int(os.environ.get("LISTEN_FDS", "0"))

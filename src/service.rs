@@ -1,0 +1,344 @@
+//! `wharf install`, `uninstall` and `doctor` as commands: gather the facts (binary, user,
+//! directories), let `install` plan, then write, print, and run only what was asked.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, bail};
+
+use crate::cli::{InstallCli, UninstallCli};
+use crate::dirs::Dirs;
+use crate::install::{self, File, Outcome, Plan, Port80};
+
+pub struct Ctx {
+    pub dirs: Dirs,
+    pub self_exe: PathBuf,
+    pub cwd: PathBuf,
+    pub path_var: Option<std::ffi::OsString>,
+    /// `~/.config/systemd/user`, if a home is known.
+    pub unit_dir: Option<PathBuf>,
+    /// `~/Library/LaunchAgents`, if a home is known.
+    pub agents_dir: Option<PathBuf>,
+}
+
+fn user() -> (String, u32) {
+    let uid = nix::unistd::getuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string());
+    (name, uid.as_raw())
+}
+
+fn unprivileged_port_start() -> u16 {
+    if nix::unistd::geteuid().is_root() {
+        return 0;
+    }
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024)
+}
+
+fn binary(ctx: &Ctx, warn: bool) -> anyhow::Result<PathBuf> {
+    let bin = ctx
+        .self_exe
+        .canonicalize()
+        .context("finding the wharf binary")?;
+    let s = bin.to_string_lossy();
+    if warn && (s.contains("/target/debug/") || s.contains("/target/release/")) {
+        eprintln!(
+            "wharf: note: {s} is inside a build directory; `cargo install --path .` gives the units a \
+             binary that `cargo clean` will not remove"
+        );
+    }
+    Ok(bin)
+}
+
+pub fn install(ctx: &Ctx, cli: InstallCli) -> anyhow::Result<i32> {
+    let bin = binary(ctx, cli.instance.is_none())?;
+    let (user, uid) = user();
+    let plan = if let Some(name) = &cli.instance {
+        let unit_dir = ctx
+            .unit_dir
+            .as_deref()
+            .context("no home directory to install units into")?;
+        let mut command = cli.command.clone();
+        let program = crate::handoff::resolve_program(&command[0], ctx.path_var.clone(), &ctx.cwd)
+            .with_context(|| format!("cannot find `{}`", command[0]))?;
+        command[0] = program.display().to_string();
+        let port = cli
+            .port
+            .context("--instance needs --port: systemd binds that port for the instance")?;
+        install::plan_instance(&install::InstanceTarget {
+            name,
+            port,
+            command: &command,
+            dir: &ctx.cwd,
+            unit_dir,
+        })?
+    } else if cli.launchd || cfg!(target_os = "macos") {
+        let agents_dir = ctx
+            .agents_dir
+            .as_deref()
+            .context("no home directory for LaunchAgents")?;
+        install::plan_launchd(&install::LaunchdTarget {
+            binary: &bin,
+            port: cli.port.unwrap_or(crate::listeners::PRIVILEGED_PORT),
+            agents_dir,
+            runtime_dir: &ctx.dirs.runtime,
+            state_dir: &ctx.dirs.state,
+            uid,
+        })
+    } else {
+        let unit_dir = ctx
+            .unit_dir
+            .as_deref()
+            .context("no home directory to install units into")?;
+        let port80 = match (cli.sysctl, cli.system_socket) {
+            (true, _) => Some(Port80::Sysctl),
+            (_, true) => Some(Port80::SystemSocket),
+            _ => None,
+        };
+        install::plan_systemd(&install::SystemdTarget {
+            binary: &bin,
+            port: cli.port.unwrap_or(install::DEFAULT_PORT),
+            unit_dir,
+            unprivileged_start: unprivileged_port_start(),
+            port80,
+            user: &user,
+            uid,
+        })?
+    };
+    if cli.dry_run {
+        print!("{}", install::describe(&plan, true));
+        print_next(&plan);
+        return Ok(0);
+    }
+    for (path, outcome) in install::write(&plan.files)? {
+        let what = match outcome {
+            Outcome::Created => "wrote",
+            Outcome::Updated => "updated",
+            Outcome::Unchanged => "unchanged",
+        };
+        println!("{what} {}", path.display());
+    }
+    apply_privileged(&plan.privileged, &plan.privileged_commands)?;
+    for n in &plan.notes {
+        println!("note: {n}");
+    }
+    print_next(&plan);
+    Ok(0)
+}
+
+fn print_next(plan: &Plan) {
+    if !plan.next.is_empty() {
+        println!("next:");
+        for n in &plan.next {
+            println!("  {n}");
+        }
+    }
+}
+
+/// Write files and run commands as root: directly when we are root, else through sudo (the
+/// user asked for it with --sysctl / --system-socket and sees each step first).
+fn apply_privileged(files: &[File], commands: &[Vec<String>]) -> anyhow::Result<()> {
+    if files.is_empty() && commands.is_empty() {
+        return Ok(());
+    }
+    let root = nix::unistd::geteuid().is_root();
+    for f in files {
+        println!("writing {} (as root)", f.path.display());
+        if root {
+            std::fs::write(&f.path, &f.content)
+                .with_context(|| format!("writing {}", f.path.display()))?;
+        } else {
+            let mut child = Command::new("sudo")
+                .args(["tee", &f.path.display().to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .context("running sudo")?;
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(f.content.as_bytes())?;
+            if !child.wait()?.success() {
+                bail!("sudo tee {} failed", f.path.display());
+            }
+        }
+    }
+    for c in commands {
+        run_root(c, root)?;
+    }
+    Ok(())
+}
+
+fn run_root(command: &[String], root: bool) -> anyhow::Result<()> {
+    println!("running {} (as root)", command.join(" "));
+    let mut cmd = if root {
+        Command::new(&command[0])
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(&command[0]);
+        c
+    };
+    let status = cmd
+        .args(&command[1..])
+        .status()
+        .with_context(|| format!("running {}", command[0]))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", command.join(" "));
+    }
+    Ok(())
+}
+
+pub fn uninstall(ctx: &Ctx, cli: UninstallCli) -> anyhow::Result<i32> {
+    let (user, uid) = user();
+    let root = nix::unistd::geteuid().is_root();
+    let (user_files, system_files, stop) = if let Some(name) = &cli.instance {
+        let dir = ctx.unit_dir.as_deref().context("no home directory")?;
+        let files = vec![
+            dir.join(format!("wharf-{name}.socket")),
+            dir.join(format!("wharf-{name}.service")),
+        ];
+        let stop = vec![
+            "systemctl".into(),
+            "--user".into(),
+            "disable".into(),
+            "--now".into(),
+            format!("wharf-{name}.socket"),
+            format!("wharf-{name}.service"),
+        ];
+        (files, Vec::new(), stop)
+    } else if cfg!(target_os = "macos") {
+        let dir = ctx.agents_dir.as_deref().context("no home directory")?;
+        let files = vec![dir.join(format!("{}.plist", install::LAUNCHD_LABEL))];
+        let stop = vec![
+            "launchctl".into(),
+            "bootout".into(),
+            format!("gui/{uid}/{}", install::LAUNCHD_LABEL),
+        ];
+        (files, Vec::new(), stop)
+    } else {
+        let dir = ctx.unit_dir.as_deref().context("no home directory")?;
+        let (u, s) = install::installed_paths(dir, &user);
+        let stop = [
+            "systemctl",
+            "--user",
+            "disable",
+            "--now",
+            "wharf.socket",
+            "wharf-control.socket",
+            "wharf.service",
+        ]
+        .map(String::from)
+        .to_vec();
+        (u, s, stop)
+    };
+    let present: Vec<&PathBuf> = user_files
+        .iter()
+        .chain(&system_files)
+        .filter(|p| p.exists())
+        .collect();
+    if present.is_empty() {
+        println!("nothing to remove: wharf's service files are not installed");
+        return Ok(0);
+    }
+    if cli.dry_run {
+        println!("would run: {}", stop.join(" "));
+        for p in &present {
+            println!("would remove {}", p.display());
+        }
+        return Ok(0);
+    }
+    // Stop first, so no socket is left listening for a unit that is gone.
+    match Command::new(&stop[0])
+        .args(&stop[1..])
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => println!("ran {}", stop.join(" ")),
+        _ => println!(
+            "could not run `{}` (no user service manager here?); removing the files anyway",
+            stop.join(" ")
+        ),
+    }
+    for (path, removed) in install::remove(&user_files)? {
+        if removed {
+            println!("removed {}", path.display());
+        } else {
+            println!("left {} alone: wharf did not write it", path.display());
+        }
+    }
+    // The directories install created, if nothing else lives there now.
+    if let Some(dir) = user_files.first().and_then(|p| p.parent()) {
+        let _ = std::fs::remove_dir(dir)
+            .and_then(|()| dir.parent().map_or(Ok(()), std::fs::remove_dir));
+    }
+    remove_privileged(&system_files, &user, root)?;
+    Ok(0)
+}
+
+fn remove_privileged(files: &[PathBuf], user: &str, root: bool) -> anyhow::Result<()> {
+    let ours: Vec<&PathBuf> = files
+        .iter()
+        .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("wharf install")))
+        .collect();
+    if ours.is_empty() {
+        return Ok(());
+    }
+    let socket_unit = format!("wharf-{user}.socket");
+    if ours.iter().any(|p| p.ends_with(&socket_unit)) {
+        let _ = run_root(
+            &[
+                "systemctl".into(),
+                "disable".into(),
+                "--now".into(),
+                socket_unit.clone(),
+            ],
+            root,
+        );
+    }
+    for p in &ours {
+        run_root(&["rm".into(), "-f".into(), p.display().to_string()], root)?;
+    }
+    if ours.iter().any(|p| p.starts_with("/etc/sysctl.d")) {
+        run_root(
+            &[
+                "sysctl".into(),
+                "-w".into(),
+                "net.ipv4.ip_unprivileged_port_start=1024".into(),
+            ],
+            root,
+        )?;
+    }
+    if ours.iter().any(|p| p.starts_with("/etc/systemd")) {
+        run_root(&["systemctl".into(), "daemon-reload".into()], root)?;
+    }
+    Ok(())
+}
+
+pub async fn doctor(ctx: &Ctx) -> anyhow::Result<i32> {
+    let unit_dir = if cfg!(target_os = "linux") {
+        ctx.unit_dir.as_deref()
+    } else {
+        None
+    };
+    let findings = crate::doctor::examine(&ctx.dirs, unit_dir).await;
+    Ok(crate::doctor::report(&findings))
+}
+
+/// The directories the service commands need, from the environment (read by `main`).
+pub fn dirs_from_env(
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> (Option<PathBuf>, Option<PathBuf>) {
+    let home = var("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+    let agents = home
+        .as_deref()
+        .map(|h: &Path| h.join("Library/LaunchAgents"));
+    (install::systemd_user_dir(&var), agents)
+}
