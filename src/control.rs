@@ -138,6 +138,8 @@ pub enum Closed {
 pub struct Client {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
+    /// The proxy said it is stopping on purpose (an `event` line, possibly mid-call).
+    stopping: bool,
 }
 
 impl Client {
@@ -149,6 +151,7 @@ impl Client {
                 Ok(Some(Client {
                     reader: BufReader::new(r),
                     writer: w,
+                    stopping: false,
                 }))
             }
             Err(e)
@@ -168,19 +171,17 @@ impl Client {
         let mut line = serde_json::to_vec(request).expect("requests serialise");
         line.push(b'\n');
         self.writer.write_all(&line).await?;
-        let mut answer = String::new();
-        if self.reader.read_line(&mut answer).await? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the proxy closed the connection",
-            ));
-        }
-        let response: Response = serde_json::from_str(&answer).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("bad answer from the proxy: {e}"),
-            )
-        })?;
+        let response = loop {
+            let response = self.read_response().await?.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the proxy closed the connection",
+                )
+            })?;
+            if response.event.is_none() {
+                break response;
+            }
+        };
         if !response.ok {
             let msg = response
                 .error
@@ -190,23 +191,37 @@ impl Client {
         Ok(response)
     }
 
+    /// The next line as a response (`None` at the end); events are noted on the way.
+    async fn read_response(&mut self) -> io::Result<Option<Response>> {
+        let mut answer = String::new();
+        if self.reader.read_line(&mut answer).await? == 0 {
+            return Ok(None);
+        }
+        let response: Response = serde_json::from_str(&answer).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad answer from the proxy: {e}"),
+            )
+        })?;
+        if response.event.as_deref() == Some("stopping") {
+            self.stopping = true;
+        }
+        Ok(Some(response))
+    }
+
+    /// How this connection ended (or would, if it is broken now): on purpose or not.
+    pub fn how_closed(&self) -> Closed {
+        if self.stopping {
+            Closed::Stopping
+        } else {
+            Closed::Lost
+        }
+    }
+
     /// Resolves when the proxy closes the connection, saying whether it meant to.
     pub async fn closed(&mut self) -> Closed {
-        let mut buf = String::new();
-        let mut how = Closed::Lost;
-        loop {
-            buf.clear();
-            match self.reader.read_line(&mut buf).await {
-                Ok(0) | Err(_) => return how,
-                Ok(_) => {
-                    if let Ok(r) = serde_json::from_str::<Response>(&buf)
-                        && r.event.as_deref() == Some("stopping")
-                    {
-                        how = Closed::Stopping;
-                    }
-                }
-            }
-        }
+        while let Ok(Some(_)) = self.read_response().await {}
+        self.how_closed()
     }
 }
 
@@ -425,6 +440,11 @@ async fn connection(stream: UnixStream, plane: Arc<ControlPlane>, shutdown: Canc
             _ = shutdown.cancelled() => {
                 let bye = Response { event: Some("stopping".into()), ..Response::ok() };
                 let _ = send(&mut writer, &bye).await;
+                // Read what the client already sent: closing over unread data would reset
+                // the connection and lose the news just sent.
+                let _ = writer.shutdown().await;
+                let drain = async { while let Some(Ok(_)) = lines.next().await {} };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
                 break;
             }
             line = lines.next() => line,

@@ -93,8 +93,15 @@ pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
     let ports: Vec<(String, u16)> = bound.iter().map(|b| (b.name.clone(), b.port)).collect();
     let argv = mode::substitute(&plan.argv, &ports);
 
-    let mut route = Route::new(&runtime_dir, &ctx.self_exe, &args.name, plan.mode, &bound);
-    route.connect(&out).await?;
+    let mut route = Route::new(
+        &out,
+        &runtime_dir,
+        &ctx.self_exe,
+        &args.name,
+        plan.mode,
+        &bound,
+    );
+    route.connect().await?;
     let url = route.url(bound[0].port);
     let expected = bound[0].port;
     let notify =
@@ -205,7 +212,7 @@ pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
                     }
                     look_pause = (look_pause * 2).min(Duration::from_millis(500));
                 }
-                event = route.next_event() => route.on_event(event, &out).await,
+                event = route.next_event() => route.on_event(event).await,
             }
         };
         let code = exit_code(status);
@@ -386,6 +393,7 @@ fn package_scripts(dir: &Path) -> BTreeMap<String, String> {
 }
 
 /// wharf's messages go to stderr, prefixed, so the server's own output stays its own.
+#[derive(Clone)]
 struct Output {
     name: Name,
     quiet: bool,
@@ -409,6 +417,7 @@ impl Output {
 /// here if it crashed, waited for if it was stopped on purpose). Without any proxy the instance
 /// is served directly on its own port.
 struct Route {
+    out: Output,
     runtime: PathBuf,
     self_exe: PathBuf,
     client: Option<control::Client>,
@@ -431,6 +440,7 @@ const RETRY_MAX: Duration = Duration::from_millis(500);
 
 impl Route {
     fn new(
+        out: &Output,
         runtime: &Path,
         self_exe: &Path,
         name: &Name,
@@ -438,6 +448,7 @@ impl Route {
         bound: &[BoundSocket],
     ) -> Route {
         Route {
+            out: out.clone(),
             runtime: runtime.to_path_buf(),
             self_exe: self_exe.to_path_buf(),
             client: None,
@@ -458,7 +469,8 @@ impl Route {
 
     /// Find (or start) the proxy and register. A proxy that refuses the name is an error; a
     /// proxy that cannot be started leaves the instance served directly.
-    async fn connect(&mut self, out: &Output) -> anyhow::Result<()> {
+    async fn connect(&mut self) -> anyhow::Result<()> {
+        let out = self.out.clone();
         match launch::connect_or_start(&self.runtime, &self.self_exe).await {
             Ok(connected) => {
                 if connected.started {
@@ -512,8 +524,8 @@ impl Route {
         if let Some(client) = self.client.as_mut()
             && client.call(&request).await.is_err()
         {
-            self.client = None;
-            self.schedule_retry();
+            let closed = client.how_closed();
+            self.on_lost(closed);
         }
     }
 
@@ -530,14 +542,15 @@ impl Route {
         }
     }
 
-    async fn on_event(&mut self, event: RouteEvent, out: &Output) {
+    async fn on_event(&mut self, event: RouteEvent) {
         match event {
-            RouteEvent::Closed(closed) => self.on_lost(closed, out),
-            RouteEvent::RetryDue => self.reconnect(out).await,
+            RouteEvent::Closed(closed) => self.on_lost(closed),
+            RouteEvent::RetryDue => self.reconnect().await,
         }
     }
 
-    fn on_lost(&mut self, closed: Closed, out: &Output) {
+    fn on_lost(&mut self, closed: Closed) {
+        let out = &self.out;
         self.client = None;
         self.closed = closed;
         match closed {
@@ -556,7 +569,7 @@ impl Route {
     }
 
     /// One reconnect attempt: start a proxy only if the last one did not stop on purpose.
-    async fn reconnect(&mut self, out: &Output) {
+    async fn reconnect(&mut self) {
         let connected = match self.closed {
             Closed::Lost => launch::connect_or_start(&self.runtime, &self.self_exe)
                 .await
@@ -571,7 +584,8 @@ impl Route {
         self.retry_at = None;
         self.send().await;
         if self.client.is_some() {
-            out.say("registered again with the front proxy".to_string());
+            self.out
+                .say("registered again with the front proxy".to_string());
         }
     }
 
