@@ -8,12 +8,6 @@ use std::time::{Duration, Instant};
 
 use super::util::*;
 
-fn server_args<'a>(name: &'a str, py: &'a str, script: &'a str) -> Vec<&'a str> {
-    vec![
-        "run", "--name", name, "--fd", "--port", "0", "--", py, script,
-    ]
-}
-
 /// Send raw bytes to the proxy and return the status code of the answer (0 if none).
 fn raw(port: u16, request: &[u8]) -> u16 {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -37,26 +31,10 @@ fn proxy_get(port: u16, host: &str, path: &str) -> (u16, String) {
 
 #[test]
 fn two_instances_answer_by_name_with_host_and_forwarded_headers() {
-    let Some(gunicorn) = need("gunicorn") else {
-        return;
-    };
     let Some(curl) = need("curl") else { return };
     let sb = Sandbox::new();
-    let servers = repo().join("tests/servers");
-    let a = sb.spawn(&[
-        "run",
-        "--name",
-        "a",
-        "--port",
-        "0",
-        "--",
-        path_str(&gunicorn),
-        "--chdir",
-        path_str(&servers),
-        "wsgi:app",
-    ]);
-    let (py, script) = (python(), server_py());
-    let b = sb.spawn(&server_args("b", path_str(&py), path_str(&script)));
+    let Some(a) = sb.gunicorn("a") else { return };
+    let b = sb.serve("b", &[]);
     let port = a.url_port();
     assert_eq!(b.url_port(), port, "both behind the same proxy");
     let (_, proxy_port) = sb.proxy().expect("a proxy was started");
@@ -113,8 +91,7 @@ fn two_instances_answer_by_name_with_host_and_forwarded_headers() {
 #[test]
 fn dashboard_for_bare_localhost_and_404_lists_known_names() {
     let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
-    let p = sb.spawn(&server_args("known", path_str(&py), path_str(&script)));
+    let p = sb.serve("known", &[]);
     let port = p.url_port();
     let (status, page) = proxy_get(port, &format!("localhost:{port}"), "/");
     assert_eq!(status, 200);
@@ -191,12 +168,8 @@ fn websocket_echo_round_trips_through_the_proxy() {
 #[test]
 fn thirty_cold_runs_start_one_proxy_and_get_thirty_routes() {
     let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
     let names: Vec<String> = (0..30).map(|i| format!("cold{i}")).collect();
-    let procs: Vec<Proc> = names
-        .iter()
-        .map(|n| sb.spawn(&server_args(n, path_str(&py), path_str(&script))))
-        .collect();
+    let procs: Vec<Proc> = names.iter().map(|n| sb.serve(n, &[])).collect();
     let urls: BTreeSet<u16> = procs.iter().map(|p| p.url_port()).collect();
     assert_eq!(urls.len(), 1, "one proxy port for all: {urls:?}");
     let starters = procs
@@ -233,8 +206,7 @@ fn thirty_cold_runs_start_one_proxy_and_get_thirty_routes() {
 #[test]
 fn a_killed_instance_gives_502_or_404_then_404_within_a_second() {
     let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
-    let mut p = sb.spawn(&server_args("doomed", path_str(&py), path_str(&script)));
+    let mut p = sb.serve("doomed", &[]);
     let port = p.url_port();
     let child = p.report()["pid"].as_i64().unwrap() as i32;
     assert_eq!(proxy_get(port, "doomed.localhost", "/").0, 200);
@@ -276,9 +248,8 @@ fn a_dead_backend_is_a_clear_502_within_two_seconds() {
 #[test]
 fn a_killed_proxy_comes_back_and_every_instance_is_routed_again() {
     let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
-    let a = sb.spawn(&server_args("first", path_str(&py), path_str(&script)));
-    let b = sb.spawn(&server_args("second", path_str(&py), path_str(&script)));
+    let a = sb.serve("first", &[]);
+    let b = sb.serve("second", &[]);
     a.url_port();
     b.url_port();
     let (pid, _) = sb.proxy().unwrap();
@@ -310,8 +281,7 @@ fn a_killed_proxy_comes_back_and_every_instance_is_routed_again() {
 #[test]
 fn bad_requests_get_their_status_and_never_reach_the_backend() {
     let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
-    let p = sb.spawn(&server_args("api", path_str(&py), path_str(&script)));
+    let p = sb.serve("api", &[]);
     let port = p.url_port();
     p.report();
     let long_uri = format!("/{}", "a".repeat(9 * 1024));
@@ -395,8 +365,7 @@ fn bad_requests_get_their_status_and_never_reach_the_backend() {
 #[test]
 fn h2c_upgrades_and_hop_by_hop_headers_do_not_reach_the_backend() {
     let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
-    let p = sb.spawn(&server_args("api", path_str(&py), path_str(&script)));
+    let p = sb.serve("api", &[]);
     let port = p.url_port();
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(PATIENCE)).unwrap();
@@ -433,8 +402,7 @@ fn h2c_upgrades_and_hop_by_hop_headers_do_not_reach_the_backend() {
 #[test]
 fn bodies_stream_both_ways_and_keep_alive_is_reused() {
     let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
-    let p = sb.spawn(&server_args("up", path_str(&py), path_str(&script)));
+    let p = sb.serve("up", &[]);
     let port = p.url_port();
     let body = vec![b'z'; 3 * 1024 * 1024];
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -456,8 +424,7 @@ fn bodies_stream_both_ways_and_keep_alive_is_reused() {
 #[test]
 fn a_silent_client_is_closed_after_the_first_byte_deadline() {
     let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
-    let p = sb.spawn(&server_args("quiet", path_str(&py), path_str(&script)));
+    let p = sb.serve("quiet", &[]);
     let port = p.url_port();
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -488,8 +455,7 @@ fn control_socket_refuses_another_user() {
         return;
     };
     let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
-    let p = sb.spawn(&server_args("mine", path_str(&py), path_str(&script)));
+    let p = sb.serve("mine", &[]);
     p.url_port();
     // Open the path to others so that only the peer check stands in the way.
     use std::os::unix::fs::PermissionsExt;
@@ -550,8 +516,7 @@ fn a_request_for_a_starting_instance_waits_for_it() {
 #[test]
 fn a_half_sent_head_is_closed_after_the_header_deadline() {
     let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
-    let p = sb.spawn(&server_args("hr", path_str(&py), path_str(&script)));
+    let p = sb.serve("hr", &[]);
     let port = p.url_port();
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
@@ -570,8 +535,7 @@ fn a_half_sent_head_is_closed_after_the_header_deadline() {
 #[test]
 fn an_idle_keep_alive_connection_is_closed_after_the_header_deadline() {
     let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
-    let p = sb.spawn(&server_args("idle", path_str(&py), path_str(&script)));
+    let p = sb.serve("idle", &[]);
     let port = p.url_port();
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
@@ -609,15 +573,7 @@ fn connections_over_the_cap_get_503_and_others_still_work() {
     }
     let proxy = Proc::spawn(cmd, "wharf proxy with 64 fds");
     let line = proxy.expect(" serving http://127.0.0.1:");
-    let port: u16 = line
-        .split("127.0.0.1:")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port = port_after(&line, "127.0.0.1:");
     let mut held = Vec::new();
     for _ in 0..32 {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -638,9 +594,8 @@ fn connections_over_the_cap_get_503_and_others_still_work() {
 #[test]
 fn stop_removes_the_route_and_ends_the_instance() {
     let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
-    let mut a = sb.spawn(&server_args("one", path_str(&py), path_str(&script)));
-    let mut b = sb.spawn(&server_args("two", path_str(&py), path_str(&script)));
+    let mut a = sb.serve("one", &[]);
+    let mut b = sb.serve("two", &[]);
     let port = a.url_port();
     b.report();
     a.report();
@@ -671,8 +626,7 @@ fn stop_removes_the_route_and_ends_the_instance() {
 #[test]
 fn a_proxy_stopped_on_purpose_is_not_restarted_and_ls_still_answers() {
     let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
-    let a = sb.spawn(&server_args("stays", path_str(&py), path_str(&script)));
+    let a = sb.serve("stays", &[]);
     a.url_port();
     let direct = a.instance_port();
     let (pid, _) = sb.proxy().unwrap();
@@ -708,8 +662,7 @@ fn a_backend_without_an_answer_gets_504_after_the_configured_timeout() {
         "[proxy]\nupstream_timeout = 1\n",
     )
     .unwrap();
-    let (py, script) = (python(), server_py());
-    let p = sb.spawn(&server_args("hangs", path_str(&py), path_str(&script)));
+    let p = sb.serve("hangs", &[]);
     let port = p.url_port();
     let started = Instant::now();
     let (status, page) = proxy_get(port, "hangs.localhost", "/hang");
@@ -721,8 +674,7 @@ fn a_backend_without_an_answer_gets_504_after_the_configured_timeout() {
 #[test]
 fn a_stalled_request_body_gets_408_after_a_minute() {
     let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
-    let p = sb.spawn(&server_args("slowpost", path_str(&py), path_str(&script)));
+    let p = sb.serve("slowpost", &[]);
     let port = p.url_port();
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
@@ -744,8 +696,7 @@ fn a_stalled_request_body_gets_408_after_a_minute() {
 #[test]
 fn a_client_that_stops_reading_is_dropped_after_a_minute() {
     let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
-    let p = sb.spawn(&server_args("stall", path_str(&py), path_str(&script)));
+    let p = sb.serve("stall", &[]);
     let port = p.url_port();
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"GET /big/512 HTTP/1.1\r\nHost: stall.localhost\r\n\r\n")
@@ -818,8 +769,7 @@ fn socket_activated_proxy_uses_inherited_sockets_and_notifies() {
     let mut proxy = Proc::spawn(activated, "systemd-socket-activate wharf proxy");
     proxy.expect("Listening on");
     // The first connection starts the proxy; a `wharf run` makes it.
-    let (py, script) = (python(), server_py());
-    let inst = sb.spawn(&server_args("act", path_str(&py), path_str(&script)));
+    let inst = sb.serve("act", &[]);
     assert_eq!(
         inst.url_port(),
         port,

@@ -14,23 +14,8 @@ fn py_server<'a>(extra: &[&'a str], py: &'a str, script: &'a str) -> Vec<&'a str
 
 #[test]
 fn gunicorn_accepts_the_socket_with_its_strict_listen_pid_check() {
-    let Some(gunicorn) = need("gunicorn") else {
-        return;
-    };
     let sb = Sandbox::new();
-    let servers = repo().join("tests/servers");
-    let p = sb.spawn(&[
-        "run",
-        "--name",
-        "api",
-        "--port",
-        "0",
-        "--",
-        path_str(&gunicorn),
-        "--chdir",
-        path_str(&servers),
-        "wsgi:app",
-    ]);
+    let Some(p) = sb.gunicorn("api") else { return };
     p.expect("fd mode: gunicorn takes an inherited socket");
     let port = p.instance_port();
     // gunicorn ignores LISTEN_FDS unless LISTEN_PID is its own pid; it would then bind
@@ -45,10 +30,7 @@ fn gunicorn_accepts_the_socket_with_its_strict_listen_pid_check() {
 #[test]
 fn fd_mode_child_sees_exactly_stdio_and_its_socket_with_its_own_pid() {
     let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
-    let mut args = vec!["run", "--name", "plain", "--fd", "--port", "0"];
-    args.extend(py_server(&[], path_str(&py), path_str(&script)));
-    let p = sb.spawn(&args);
+    let p = sb.serve("plain", &[]);
     let report = p.report();
     assert_eq!(report["fds"], serde_json::json!([0, 1, 2, 3]));
     let env = &report["env"];
@@ -260,9 +242,7 @@ fn exhausted_range_is_a_clear_error_that_leaves_nothing_behind() {
     );
 
     // A range held by another instance names it.
-    let mut args = vec!["run", "--name", "holder", "--fd", "--port", "0"];
-    args.extend(py_server(&[], path_str(&py), path_str(&script)));
-    let holder = sb.spawn(&args);
+    let holder = sb.serve("holder", &[]);
     let held = holder.instance_port();
     let range = format!("{held}-{held}");
     let mut args = vec!["run", "--name", "late", "--fd", "--range", &range];
@@ -275,11 +255,20 @@ fn exhausted_range_is_a_clear_error_that_leaves_nothing_behind() {
 #[test]
 fn a_second_run_of_a_name_is_refused_unless_forced() {
     let sb = Sandbox::new();
+    let mut first = sb.serve("dup", &[]);
+    first.url_port();
     let (py, script) = (python(), server_py());
-    let mut args = vec!["run", "--name", "dup", "--fd", "--port", "0"];
-    args.extend(py_server(&[], path_str(&py), path_str(&script)));
-    let mut first = sb.spawn(&args);
-    let first_port = first.url_port();
+    let mut args = vec![
+        "run",
+        "--name",
+        "dup",
+        "--fd",
+        "--port",
+        "0",
+        "--",
+        path_str(&py),
+        path_str(&script),
+    ];
     let (status, log) = sb.output(&args);
     assert!(!status.success());
     assert!(
@@ -287,14 +276,11 @@ fn a_second_run_of_a_name_is_refused_unless_forced() {
         "{log}"
     );
 
-    let mut forced = args.clone();
-    forced.insert(3, "--force");
-    let second = sb.spawn(&forced);
+    args.insert(3, "--force");
+    let second = sb.spawn(&args);
     second.expect("as --force asks");
     assert!(!first.wait(PATIENCE).success(), "the first one was stopped");
     assert_eq!(get_json(second.url_port(), "dup")["socket"], "http");
-    assert_ne!(second.url_port(), 0);
-    let _ = first_port;
 }
 
 #[test]
@@ -384,10 +370,7 @@ fn exit_codes_and_signals_pass_through() {
     ]);
     assert_eq!(status.code(), Some(128 + 9));
 
-    let (py, script) = (python(), server_py());
-    let mut args = vec!["run", "--name", "sig", "--fd", "--port", "0"];
-    args.extend(py_server(&[], path_str(&py), path_str(&script)));
-    let mut p = sb.spawn(&args);
+    let mut p = sb.serve("sig", &[]);
     p.report();
     p.signal(libc::SIGHUP);
     p.expect("got SIGHUP");
@@ -395,7 +378,7 @@ fn exit_codes_and_signals_pass_through() {
     p.expect("got SIGTERM");
     assert_eq!(p.wait(PATIENCE).code(), Some(0));
 
-    let mut p = sb.spawn(&args);
+    let mut p = sb.serve("sig", &[]);
     p.report();
     p.signal(libc::SIGINT);
     p.expect("got SIGINT");
@@ -405,10 +388,7 @@ fn exit_codes_and_signals_pass_through() {
 #[test]
 fn killing_wharf_kills_the_server() {
     let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
-    let mut args = vec!["run", "--name", "orphan", "--fd", "--port", "0"];
-    args.extend(py_server(&[], path_str(&py), path_str(&script)));
-    let mut p = sb.spawn(&args);
+    let mut p = sb.serve("orphan", &[]);
     let child = p.report()["pid"].as_i64().unwrap() as i32;
     p.signal(libc::SIGKILL);
     p.wait(PATIENCE);
@@ -435,10 +415,7 @@ fn a_corrupt_registry_is_moved_aside_and_the_run_goes_on() {
     let sb = Sandbox::new();
     std::fs::create_dir_all(sb.state_dir()).unwrap();
     std::fs::write(sb.state_dir().join("registry.json"), "{ not json").unwrap();
-    let (py, script) = (python(), server_py());
-    let mut args = vec!["run", "--name", "fresh", "--fd", "--port", "0"];
-    args.extend(py_server(&[], path_str(&py), path_str(&script)));
-    let p = sb.spawn(&args);
+    let p = sb.serve("fresh", &[]);
     p.expect("was unreadable");
     let port = p.instance_port();
     assert_eq!(get_json(port, "fresh")["socket"], "http");

@@ -221,18 +221,7 @@ print("ok")
 #[test]
 fn doctor_checks_everything_and_flags_a_loose_runtime_dir() {
     let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
-    let p = sb.spawn(&[
-        "run",
-        "--name",
-        "doc",
-        "--fd",
-        "--port",
-        "0",
-        "--",
-        path_str(&py),
-        path_str(&script),
-    ]);
+    let p = sb.serve("doc", &[]);
     let port = p.url_port();
     let out = sb.wharf(&["doctor"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -105,6 +105,45 @@ impl Sandbox {
         Proc::spawn(self.wharf(args), &args.join(" "))
     }
 
+    /// `wharf run --name NAME --fd --port 0 -- python3 server.py EXTRA…`: the test server as an
+    /// instance, its socket passed as fd 3.
+    pub fn serve(&self, name: &str, extra: &[&str]) -> Proc {
+        let (py, script) = (python(), server_py());
+        let mut args = vec![
+            "run",
+            "--name",
+            name,
+            "--fd",
+            "--port",
+            "0",
+            "--",
+            path_str(&py),
+            path_str(&script),
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(&args)
+    }
+
+    /// `wharf run --name NAME --port 0 -- gunicorn --chdir tests/servers wsgi:app`, or `None`
+    /// (skipped) without gunicorn.
+    pub fn gunicorn(&self, name: &str) -> Option<Proc> {
+        let gunicorn = need("gunicorn")?;
+        let servers = repo().join("tests/servers");
+        let args = [
+            "run",
+            "--name",
+            name,
+            "--port",
+            "0",
+            "--",
+            path_str(&gunicorn),
+            "--chdir",
+            path_str(&servers),
+            "wsgi:app",
+        ];
+        Some(self.spawn(&args))
+    }
+
     /// Run `wharf ARGS` to completion (bounded).
     pub fn output(&self, args: &[&str]) -> (ExitStatus, String) {
         let mut p = self.spawn(args);
@@ -276,14 +315,7 @@ impl Proc {
             |l| l.contains("passed as fd 3 (") || l.contains(" given as PORT"),
             "naming the instance's port",
         );
-        line.split("127.0.0.1:")
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+        port_after(&line, "127.0.0.1:")
     }
 
     /// The server's `REPORT {json}` line.
@@ -393,6 +425,18 @@ pub fn get_json(port: u16, name: &str) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("GET {name} on {port}: {e}"));
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// The port number that follows `prefix` in `line`.
+pub fn port_after(line: &str, prefix: &str) -> u16 {
+    let rest = line
+        .split(prefix)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {prefix:?} in {line:?}"));
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no port after {prefix:?} in {line:?}"))
 }
 
 /// Is a process gone (or a zombie nobody reaped)?
