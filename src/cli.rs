@@ -4,6 +4,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::alloc::PortRange;
 use crate::name::Name;
+use crate::project::{Ready, Restart};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,6 +38,29 @@ pub enum Command {
     Uninstall(UninstallCli),
     /// Check name resolution, the proxy, the units, port 80 and file privacy; say how to fix
     Doctor,
+    /// Start the instances declared in wharf.toml (or only NAMES), applying any changes
+    Up(UpCli),
+    /// Stop the instances declared in wharf.toml (or only NAMES)
+    Down(UpCli),
+    /// Show the output of an instance started by `wharf up`
+    Logs(LogsCli),
+}
+
+#[derive(Debug, Args)]
+pub struct UpCli {
+    /// The project file (default: the nearest wharf.toml at or above this directory)
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub file: Option<std::path::PathBuf>,
+    /// Only these instances
+    pub names: Vec<Name>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsCli {
+    pub name: Name,
+    /// Keep printing what is written
+    #[arg(long, short = 'f')]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args)]
@@ -64,9 +88,30 @@ pub struct RunCli {
     /// Another named socket (repeatable): routed at SUB.NAME.localhost, passed as fd 4… or PORT_SUB
     #[arg(long = "socket", value_name = "SUB")]
     pub sockets: Vec<Name>,
-    /// Restart the server when it exits, on the same socket (connections wait, none is refused)
+    /// Restart the server when it exits, on the same socket (connections wait, none is
+    /// refused): always (the default of a bare --restart), on-failure, or no
+    #[arg(long, value_name = "POLICY", num_args = 0..=1, default_missing_value = "always")]
+    pub restart: Option<Restart>,
+    /// Start the server on the first connection, with the socket wharf already holds; stop it
+    /// again after --idle-timeout without connections (fd mode)
     #[arg(long)]
-    pub restart: bool,
+    pub on_demand: bool,
+    /// With --on-demand: how long without connections before the server is stopped (90, 90s,
+    /// 15m, 2h; default 15m)
+    #[arg(long, value_name = "DURATION", value_parser = crate::project::parse_duration_str)]
+    pub idle_timeout: Option<std::time::Duration>,
+    /// When the server counts as ready: notify (READY=1), connect, or http:/PATH (any answer)
+    #[arg(long, value_name = "HOW")]
+    pub ready: Option<Ready>,
+    /// Write wharf's and the server's output to FILE (rotated at 1 MiB) instead of the terminal
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<std::path::PathBuf>,
+    /// Set by `wharf up`: the wharf.toml this instance is declared in
+    #[arg(long, hide = true, requires = "fingerprint")]
+    pub declared_in: Option<std::path::PathBuf>,
+    /// Set by `wharf up`: a digest of the declaration
+    #[arg(long, hide = true)]
+    pub fingerprint: Option<String>,
     /// Replace a running instance of the same name
     #[arg(long)]
     pub force: bool,
@@ -128,6 +173,16 @@ pub struct AliasCli {
 pub struct EnvCli {
     /// Only this instance
     pub name: Option<Name>,
+    /// shell (`export NAME_URL=…`), dotenv (`NAME_URL=…`) or json
+    #[arg(long, value_enum, default_value = "shell")]
+    pub format: EnvFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EnvFormat {
+    Shell,
+    Dotenv,
+    Json,
 }
 
 #[derive(Debug, Args)]

@@ -58,6 +58,8 @@ async fn instances(ctx: &Ctx) -> anyhow::Result<(Vec<Listed>, bool)> {
                     mode: Mode::Fd,
                     state: State::Ready,
                     sockets,
+                    last_exit: None,
+                    declared: None,
                 },
                 alias: false,
                 uptime_secs: now.saturating_sub(lease.since),
@@ -259,7 +261,12 @@ pub fn parse_alias_addr(s: &str) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-pub async fn env(ctx: &Ctx, name: Option<Name>) -> anyhow::Result<i32> {
+pub async fn env(
+    ctx: &Ctx,
+    name: Option<Name>,
+    format: crate::cli::EnvFormat,
+) -> anyhow::Result<i32> {
+    use crate::cli::EnvFormat;
     let (list, _) = instances(ctx).await?;
     let selected: Vec<&Listed> = list
         .iter()
@@ -268,8 +275,19 @@ pub async fn env(ctx: &Ctx, name: Option<Name>) -> anyhow::Result<i32> {
     if let (Some(name), true) = (&name, selected.is_empty()) {
         bail!("no instance named '{name}' is running; `wharf ls` lists them");
     }
-    for l in selected {
-        println!("export {}_URL={}", l.instance.name.env_suffix(), l.url);
+    let vars: BTreeMap<String, &str> = selected
+        .iter()
+        .map(|l| {
+            (
+                format!("{}_URL", l.instance.name.env_suffix()),
+                l.url.as_str(),
+            )
+        })
+        .collect();
+    match format {
+        EnvFormat::Shell => vars.iter().for_each(|(k, v)| println!("export {k}={v}")),
+        EnvFormat::Dotenv => vars.iter().for_each(|(k, v)| println!("{k}={v}")),
+        EnvFormat::Json => println!("{}", serde_json::to_string_pretty(&vars)?),
     }
     Ok(0)
 }

@@ -44,6 +44,10 @@ pub enum State {
     Ready,
     /// Between an exit and the next start (`--restart`).
     Restarting,
+    /// On demand: the socket is held, no server runs; the next connection starts one.
+    Idle,
+    /// Gave up after repeated failures; the proxy answers for it (`wharf logs NAME`).
+    Failed,
 }
 
 /// One instance as registered: where each of its sockets is.
@@ -59,6 +63,19 @@ pub struct Instance {
     pub state: State,
     /// socket name (`http`, or a `--socket` name) → address the proxy forwards to.
     pub sockets: BTreeMap<String, SocketAddr>,
+    /// The last exit of its server, described (`exited with code 3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    /// For instances declared in a wharf.toml: which file, and a digest of the declaration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared: Option<Declaration>,
+}
+
+/// Where a declared instance comes from, so `wharf up` can tell what changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Declaration {
+    pub file: PathBuf,
+    pub fingerprint: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -377,8 +394,13 @@ impl ControlPlane {
 }
 
 fn listed(route: &Route, http_port: u16) -> Listed {
+    let mut instance = route.instance.clone();
+    if instance.state == State::Starting && route.answered.load(Ordering::Relaxed) {
+        // No READY=1, but it answered a request: that is ready enough.
+        instance.state = State::Ready;
+    }
     Listed {
-        instance: route.instance.clone(),
+        instance,
         url: url(&route.instance.name, http_port),
         alias: route.owner == Owner::Alias,
         uptime_secs: route.since.elapsed().map(|d| d.as_secs()).unwrap_or(0),
@@ -487,6 +509,8 @@ mod tests {
             mode: Mode::Fd,
             state: State::Starting,
             sockets: BTreeMap::from([("http".to_string(), "127.0.0.1:4001".parse().unwrap())]),
+            last_exit: None,
+            declared: None,
         };
         let line = serde_json::to_string(&Request::Register { instance }).unwrap();
         assert!(!line.contains('\n'));

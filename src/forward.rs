@@ -71,6 +71,8 @@ pub enum ProxyError {
     Loop,
     #[error("{0} did not start listening within {secs}s", secs = STARTING_WAIT.as_secs())]
     NotListening(Name),
+    #[error("{0} failed and gave up restarting")]
+    Failed(Name),
     #[error("{name} ({addr}) is not answering: {source}")]
     Unreachable {
         name: Name,
@@ -104,7 +106,7 @@ impl From<&ProxyError> for StatusCode {
                 StatusCode::NOT_FOUND
             }
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
-            ProxyError::NotListening(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NotListening(_) | ProxyError::Failed(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyStalled => StatusCode::REQUEST_TIMEOUT,
@@ -122,6 +124,7 @@ impl ProxyError {
                 "The server is not accepting connections: is it still running? `wharf ls` shows its state."
             }
             ProxyError::Loop => "Check `wharf alias` entries: one points at the proxy itself.",
+            ProxyError::Failed(_) => "See why with `wharf logs NAME`; `wharf up` starts it again.",
             ProxyError::NotListening(_) | ProxyError::UpstreamTimeout { .. } => {
                 "The server is slow to start or answer; see its output where `wharf run` runs."
             }
@@ -261,6 +264,9 @@ impl Forwarder {
         peer: SocketAddr,
         exempt: &Arc<AtomicBool>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        if route.failed() {
+            return Err(ProxyError::Failed(route.instance.name.clone()));
+        }
         let route = if route.not_listening() {
             self.wait_listening(&route.instance.name).await?
         } else {
@@ -336,6 +342,12 @@ impl Forwarder {
                 parts,
                 Empty::new().map_err(|never| match never {}).boxed_unsync(),
             ));
+        }
+        if !route.answered.load(Ordering::Relaxed) {
+            // Mark the route as it is now: the server may have re-registered meanwhile.
+            if let Some(current) = self.routes.get(&name) {
+                current.answered.store(true, Ordering::Relaxed);
+            }
         }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);

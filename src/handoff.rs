@@ -38,6 +38,10 @@ pub struct Handoff<'a> {
     pub fds: &'a [(RawFd, String)],
     /// Write `LISTEN_PID` (off with `--no-pid`, for servers behind wrapper chains).
     pub set_pid: bool,
+    /// Start the server in a process group of its own, so that signals reach everything it
+    /// starts (`sh -c` leaves the server a grandchild). Only without a terminal: a background
+    /// group could not read one.
+    pub own_group: bool,
 }
 
 impl Handoff<'_> {
@@ -61,10 +65,14 @@ impl Handoff<'_> {
         }
         let fds: Vec<RawFd> = self.fds.iter().map(|(fd, _)| *fd).collect();
         let parent = std::process::id() as libc::pid_t;
-        // SAFETY: runs between fork and exec; uses only async-signal-safe calls (fcntl, prctl,
-        // getppid) and does not allocate (`fds` was built before the fork).
+        let own_group = self.own_group;
+        // SAFETY: runs between fork and exec; uses only async-signal-safe calls (setpgid, fcntl,
+        // prctl, getppid) and does not allocate (`fds` was built before the fork).
         unsafe {
             cmd.pre_exec(move || {
+                if own_group && libc::setpgid(0, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
                 for &fd in &fds {
                     if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
                         return Err(io::Error::last_os_error());

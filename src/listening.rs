@@ -13,6 +13,12 @@ pub fn listening(root: i32, expected: u16) -> Vec<SocketAddr> {
     found
 }
 
+/// Open TCP connections whose local port is one of `ports` (any process), or `None` where
+/// the platform cannot tell. Tells an idle on-demand instance from a busy one.
+pub fn established(ports: &[u16]) -> Option<usize> {
+    imp::established(ports)
+}
+
 /// The address to connect to for a socket bound at `addr`, if it is reachable over loopback.
 fn reachable(addr: SocketAddr) -> Option<SocketAddr> {
     let ip = match addr.ip() {
@@ -34,6 +40,29 @@ mod imp {
     use std::collections::HashSet;
 
     const LISTEN: &str = "0A";
+    const ESTABLISHED: &str = "01";
+
+    pub fn established(ports: &[u16]) -> Option<usize> {
+        let mut n = 0;
+        for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let Ok(table) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            n += table
+                .lines()
+                .skip(1)
+                .filter(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    fields.get(3) == Some(&ESTABLISHED)
+                        && fields
+                            .get(1)
+                            .and_then(|f| parse_addr(f))
+                            .is_some_and(|a| ports.contains(&a.port()))
+                })
+                .count();
+        }
+        Some(n)
+    }
 
     pub fn listening(root: i32, _expected: u16) -> Vec<SocketAddr> {
         let inodes = socket_inodes(root);
@@ -121,6 +150,16 @@ mod imp {
         }
 
         #[test]
+        fn established_connections_are_counted_by_local_port() {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            assert_eq!(super::super::established(&[port]), Some(0));
+            let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (_server, _) = listener.accept().unwrap();
+            assert_eq!(super::super::established(&[port]), Some(1));
+        }
+
+        #[test]
         fn wildcard_and_v6_loopback_map_to_loopback() {
             let v4 = "  0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000 0 42 1";
             let table = format!("header\n{v4}\n");
@@ -143,6 +182,10 @@ mod imp {
 mod imp {
     use super::*;
     use std::time::Duration;
+
+    pub fn established(_ports: &[u16]) -> Option<usize> {
+        None
+    }
 
     pub fn listening(_root: i32, expected: u16) -> Vec<SocketAddr> {
         [

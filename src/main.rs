@@ -8,7 +8,8 @@ use clap::Parser;
 use wharf::cli::{Cli, Command, ProxyCli, RunCli};
 use wharf::dirs::Dirs;
 use wharf::mode::Mode;
-use wharf::{commands, config, handoff, listeners, proxy, run, service};
+use wharf::project::Restart;
+use wharf::{commands, config, handoff, listeners, proxy, run, service, up};
 
 fn main() -> ExitCode {
     // The exec step between wharf and a server runs before anything else, single-threaded.
@@ -75,13 +76,33 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             current_thread()?.block_on(commands::alias(&ctx, args.name, addr))
         }
         Command::Env(args) => {
-            current_thread()?.block_on(commands::env(&commands::Ctx { dirs, self_exe }, args.name))
+            let ctx = commands::Ctx { dirs, self_exe };
+            current_thread()?.block_on(commands::env(&ctx, args.name, args.format))
         }
         Command::Install(args) => service::install(&service_ctx(dirs, self_exe)?, args),
         Command::Uninstall(args) => service::uninstall(&service_ctx(dirs, self_exe)?, args),
         Command::Doctor => {
             current_thread()?.block_on(service::doctor(&service_ctx(dirs, self_exe)?))
         }
+        Command::Up(args) => {
+            let cwd = std::env::current_dir()?;
+            let ctx = up::Ctx {
+                dirs,
+                self_exe,
+                cwd,
+            };
+            current_thread()?.block_on(up::up(&ctx, args.file.as_deref(), &args.names))
+        }
+        Command::Down(args) => {
+            let cwd = std::env::current_dir()?;
+            let ctx = up::Ctx {
+                dirs,
+                self_exe,
+                cwd,
+            };
+            current_thread()?.block_on(up::down(&ctx, args.file.as_deref(), &args.names))
+        }
+        Command::Logs(args) => up::logs(&dirs, &args.name, args.follow),
     }
 }
 
@@ -139,7 +160,16 @@ fn run_args(cli: RunCli) -> run::RunArgs {
         port: cli.port,
         range: Some(cli.range),
         sockets: cli.sockets,
-        restart: cli.restart,
+        restart: cli.restart.unwrap_or(Restart::No),
+        on_demand: cli.on_demand,
+        idle_timeout: cli.idle_timeout,
+        ready: cli.ready,
+        log: cli.log,
+        declared: cli
+            .declared_in
+            .zip(cli.fingerprint)
+            .map(|(file, fingerprint)| wharf::control::Declaration { file, fingerprint }),
+        env: Vec::new(),
         force: cli.force,
         no_pid: cli.no_pid,
         quiet: cli.quiet,

@@ -30,6 +30,8 @@ pub struct Route {
     pub since: SystemTime,
     /// Requests forwarded to it (shared across re-registrations).
     pub requests: Arc<AtomicU64>,
+    /// Whether it has answered a request since this registration.
+    pub answered: std::sync::atomic::AtomicBool,
     /// Each socket's address as an URI authority, built once.
     authorities: HashMap<String, (SocketAddr, Authority)>,
 }
@@ -52,6 +54,7 @@ impl Route {
             owner,
             since,
             requests,
+            answered: Default::default(),
             authorities,
         }
     }
@@ -66,6 +69,10 @@ impl Route {
     /// the kernel queues connections on the held socket, so they can go straight through).
     pub fn not_listening(&self) -> bool {
         self.instance.mode == Mode::Env && self.instance.state != State::Ready
+    }
+
+    pub fn failed(&self) -> bool {
+        self.instance.state == State::Failed
     }
 
     pub fn count_request(&self) {
@@ -187,6 +194,8 @@ pub fn alias_instance(name: Name, addr: SocketAddr) -> Instance {
         mode: Mode::Fd,
         state: State::Ready,
         sockets: BTreeMap::from([(crate::alloc::MAIN_SOCKET.to_string(), addr)]),
+        last_exit: None,
+        declared: None,
     }
 }
 
@@ -205,6 +214,8 @@ mod tests {
                 .iter()
                 .map(|(n, a)| (n.to_string(), a.parse().unwrap()))
                 .collect(),
+            last_exit: None,
+            declared: None,
         }
     }
 

@@ -20,14 +20,17 @@ use signal_hook::low_level::siginfo::{Cause, Origin};
 use signal_hook_tokio::SignalsInfo;
 
 use crate::alloc::{self, BoundSocket, MAIN_SOCKET, PortRange};
-use crate::control::{self, Closed, Instance, State};
+use crate::control::{self, Closed, Declaration, Instance, State};
+use crate::demand;
 use crate::dirs::Dirs;
 use crate::handoff::{self, Handoff};
 use crate::launch;
 use crate::listening;
+use crate::logs::Log;
 use crate::mode::{self, Mode};
 use crate::name::Name;
 use crate::notify::{Notice, NotifySocket};
+use crate::project::{Ready, Restart};
 use crate::registry::Store;
 
 /// A child that lived shorter than this before exiting counts as a fast exit.
@@ -49,7 +52,17 @@ pub struct RunArgs {
     /// `None`: any free port.
     pub range: Option<PortRange>,
     pub sockets: Vec<Name>,
-    pub restart: bool,
+    pub restart: Restart,
+    /// Start the server on the first connection; stop it after `idle_timeout` without any.
+    pub on_demand: bool,
+    pub idle_timeout: Option<Duration>,
+    pub ready: Option<Ready>,
+    /// Send wharf's and the server's output to this bounded file instead of the terminal.
+    pub log: Option<PathBuf>,
+    /// Set by `wharf up`: the wharf.toml entry this instance comes from.
+    pub declared: Option<Declaration>,
+    /// Extra environment for the server (wharf.toml's `env`).
+    pub env: Vec<(String, String)>,
     pub force: bool,
     pub no_pid: bool,
     pub quiet: bool,
@@ -67,13 +80,21 @@ pub struct Env {
 /// Run the instance until its server exits for good; returns the exit code for wharf
 /// (the server's, or 128+signal).
 pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
+    let log = match &args.log {
+        Some(path) => Some(Log::open(path).with_context(|| format!("opening {}", path.display()))?),
+        None => None,
+    };
     let out = Output {
         name: args.name.clone(),
         quiet: args.quiet,
+        log: log.clone(),
     };
     let socket_names = socket_names(&args.sockets)?;
     let plan = mode::choose(args.mode, &args.command, &package_scripts(&ctx.cwd));
     out.say(format!("{} mode: {}", plan.mode, plan.reason));
+    if args.on_demand && plan.mode != Mode::Fd {
+        bail!("--on-demand needs fd mode: the socket must exist before the server does (add --fd)");
+    }
     let program = &plan.argv[0];
     if handoff::resolve_program(program, ctx.path_var.clone(), &ctx.cwd).is_none() {
         bail!("cannot find `{program}`: not an executable file, nor a command in $PATH");
@@ -91,6 +112,7 @@ pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
     let (bound, _lease) =
         alloc::allocate(Store::new(&state_dir), &request, &mut |line| out.say(line))?;
     let ports: Vec<(String, u16)> = bound.iter().map(|b| (b.name.clone(), b.port)).collect();
+    let port_numbers: Vec<u16> = ports.iter().map(|(_, p)| *p).collect();
     let argv = mode::substitute(&plan.argv, &ports);
 
     let mut route = Route::new(
@@ -101,6 +123,7 @@ pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
         plan.mode,
         &bound,
     );
+    route.instance.declared = args.declared.clone();
     route.connect().await?;
     let url = route.url(bound[0].port);
     let expected = bound[0].port;
@@ -108,14 +131,13 @@ pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
         NotifySocket::bind(&runtime_dir.join(format!("notify-{}.sock", std::process::id())))
             .context("creating the notify socket for the server")?;
 
-    let mut env = vec![
-        ("WHARF_NAME".to_string(), args.name.to_string()),
-        ("WHARF_URL".to_string(), url.clone()),
-        (
-            "NOTIFY_SOCKET".to_string(),
-            notify.path().display().to_string(),
-        ),
-    ];
+    let mut env = args.env.clone();
+    env.push(("WHARF_NAME".to_string(), args.name.to_string()));
+    env.push(("WHARF_URL".to_string(), url.clone()));
+    env.push((
+        "NOTIFY_SOCKET".to_string(),
+        notify.path().display().to_string(),
+    ));
     let fds: Vec<_> = match plan.mode {
         Mode::Fd => bound
             .iter()
@@ -124,11 +146,7 @@ pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
         Mode::Env => {
             env.push(("HOST".into(), "127.0.0.1".into()));
             for b in &bound {
-                let key = match b.name.as_str() {
-                    MAIN_SOCKET => "PORT".to_string(),
-                    sub => format!("PORT_{}", sub.to_ascii_uppercase().replace('-', "_")),
-                };
-                env.push((key, b.port.to_string()));
+                env.push((port_var(&b.name), b.port.to_string()));
             }
             Vec::new()
         }
@@ -136,11 +154,7 @@ pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
     for (i, b) in bound.iter().enumerate() {
         let how = match plan.mode {
             Mode::Fd => format!("passed as fd {} ({})", 3 + i, b.name),
-            Mode::Env if b.name == MAIN_SOCKET => "given as PORT".to_string(),
-            Mode::Env => format!(
-                "given as PORT_{}",
-                b.name.to_ascii_uppercase().replace('-', "_")
-            ),
+            Mode::Env => format!("given as {}", port_var(&b.name)),
         };
         out.say(format!("{} {how}", b.addr()));
     }
@@ -155,24 +169,48 @@ pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
         env: &env,
         fds: &fds,
         set_pid: !args.no_pid,
+        own_group: !std::io::IsTerminal::is_terminal(&std::io::stdin()),
     };
     let mut signals =
         SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2])
             .context("installing signal handlers")?;
     let mut supervisor = Supervisor {
         out: &out,
+        group: handoff.own_group,
         restart: args.restart,
+        on_demand: args.on_demand,
         stop_requests: 0,
         fast_exits: 0,
         fast_failures: 0,
     };
+    let idle_limit = args.idle_timeout.unwrap_or(crate::project::DEFAULT_IDLE);
 
-    let code = loop {
+    let code = 'instance: loop {
+        if args.on_demand {
+            route.set_state(State::Idle).await;
+            let sockets = held.as_ref().expect("on-demand keeps its sockets");
+            tokio::select! {
+                waiting = demand::connection_waiting(sockets) => {
+                    waiting.context("watching the instance's sockets")?;
+                    out.say("a connection is waiting; starting the server".to_string());
+                }
+                () = stop_signal(&mut signals) => break 'instance 0,
+            }
+        }
         let started = Instant::now();
-        let mut child = handoff
-            .command()
+        let mut command = handoff.command();
+        if log.is_some() {
+            command
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+        }
+        let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", argv.join(" ")))?;
+        if let Some(log) = &log {
+            tokio::spawn(log.clone().copy_from(child.stdout.take().expect("piped")));
+            tokio::spawn(log.clone().copy_from(child.stderr.take().expect("piped")));
+        }
         let child_pid = child.id().expect("a child just spawned has a pid") as i32;
         if plan.mode == Mode::Env {
             // Held until this moment so that nobody else could take the port.
@@ -181,6 +219,16 @@ pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
         route.started(child_pid).await;
         let mut looking = plan.mode == Mode::Env;
         let mut look_pause = Duration::from_millis(20);
+        let mut probing = match &args.ready {
+            Some(Ready::Http(path)) => Some(path.clone()),
+            _ => None,
+        };
+        if plan.mode == Mode::Fd && args.ready == Some(Ready::Connect) {
+            // The socket accepts from the start: that is all `connect` asks.
+            route.set_state(State::Ready).await;
+        }
+        let mut idle = demand::IdleClock::new(idle_limit);
+        let mut idle_stop = false;
 
         let status: ExitStatus = loop {
             tokio::select! {
@@ -212,11 +260,28 @@ pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
                     }
                     look_pause = (look_pause * 2).min(Duration::from_millis(500));
                 }
+                ready = demand::http_ready(route.main_addr(), probing.as_deref()), if probing.is_some() => {
+                    if ready {
+                        out.say(format!("ready (GET {} answered)", probing.take().unwrap_or_default()));
+                        route.set_state(State::Ready).await;
+                    }
+                }
+                _ = tokio::time::sleep(demand::IDLE_TICK), if args.on_demand && !idle_stop => {
+                    if idle.tick(listening::established(&port_numbers)) {
+                        out.say(format!("idle for {}s; stopping the server (its socket stays)", idle_limit.as_secs()));
+                        idle_stop = true;
+                        supervisor.signal(child_pid, Signal::SIGTERM);
+                    }
+                }
                 event = route.next_event() => route.on_event(event).await,
             }
         };
         let code = exit_code(status);
         let ran = started.elapsed();
+        route.instance.last_exit = Some(describe(status));
+        if idle_stop && supervisor.stop_requests == 0 {
+            continue 'instance;
+        }
         match supervisor.after_exit(status, ran) {
             Next::Stop => break code,
             Next::GiveUp => {
@@ -224,15 +289,28 @@ pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
                     "giving up after {GIVE_UP_AFTER} fast failures in a row; the last exit was {}",
                     describe(status)
                 ));
-                route.remove().await;
-                drop(held.take());
+                if args.declared.is_some() || args.on_demand {
+                    // Declared instances stay listed as failed; the proxy answers for them
+                    // without contacting anything, so the socket can go.
+                    route.set_state(State::Failed).await;
+                    drop(held.take());
+                    stop_signal(&mut signals).await;
+                } else {
+                    route.remove().await;
+                    drop(held.take());
+                }
                 break code;
             }
             Next::RestartAfter(delay) => {
                 out.say(format!(
-                    "server {} after {:.1}s; restarting{} on the same socket",
+                    "server {} after {:.1}s; {}{} on the same socket",
                     describe(status),
                     ran.as_secs_f64(),
+                    if args.on_demand {
+                        "starting again on demand"
+                    } else {
+                        "restarting"
+                    },
                     if delay.is_zero() {
                         String::new()
                     } else {
@@ -240,20 +318,9 @@ pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
                     }
                 ));
                 route.set_state(State::Restarting).await;
-                let deadline = tokio::time::sleep(delay);
-                tokio::pin!(deadline);
-                let stopped = loop {
-                    tokio::select! {
-                        _ = &mut deadline => break false,
-                        Some(origin) = signals.next() => {
-                            if is_stop(origin.signal) {
-                                break true;
-                            }
-                        }
-                    }
-                };
-                if stopped {
-                    break code;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    () = stop_signal(&mut signals) => break code,
                 }
             }
         }
@@ -262,10 +329,31 @@ pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
     Ok(code)
 }
 
+/// The environment variable that carries a socket's port in env mode: PORT, PORT_SUB.
+fn port_var(socket: &str) -> String {
+    match socket {
+        MAIN_SOCKET => "PORT".to_string(),
+        sub => format!("PORT_{}", sub.to_ascii_uppercase().replace('-', "_")),
+    }
+}
+
+/// Resolves at the first SIGINT/SIGTERM/SIGQUIT (others are ignored while no server runs).
+async fn stop_signal(signals: &mut SignalsInfo<WithOrigin>) {
+    while let Some(origin) = signals.next().await {
+        if is_stop(origin.signal) {
+            return;
+        }
+    }
+    std::future::pending().await
+}
+
 /// The restart policy and stop bookkeeping of one instance.
 struct Supervisor<'a> {
     out: &'a Output,
-    restart: bool,
+    /// The server leads its own process group: signals go to the whole group.
+    group: bool,
+    restart: Restart,
+    on_demand: bool,
     stop_requests: u32,
     fast_exits: u32,
     fast_failures: u32,
@@ -296,13 +384,33 @@ impl Supervisor<'_> {
             }
         }
         if let Some(signal) = send {
-            let _ = kill(Pid::from_raw(child), signal);
+            self.signal(child, signal);
         }
     }
 
+    /// Signal the server (and, when it leads its own group, everything it started).
+    fn signal(&self, child: i32, signal: Signal) {
+        let target = if self.group { -child } else { child };
+        let _ = kill(Pid::from_raw(target), signal);
+    }
+
+    /// What to do after the server exited. An on-demand server that exits cleanly simply
+    /// waits for its next connection; otherwise the restart policy decides.
     fn after_exit(&mut self, status: ExitStatus, ran: Duration) -> Next {
-        if !self.restart || self.stop_requests > 0 {
+        if self.stop_requests > 0 {
             return Next::Stop;
+        }
+        let wants = match self.restart {
+            Restart::No => false,
+            Restart::OnFailure => !status.success(),
+            Restart::Always => true,
+        };
+        if !wants && !(self.on_demand && status.success()) {
+            return if self.on_demand {
+                Next::GiveUp
+            } else {
+                Next::Stop
+            };
         }
         if ran >= FAST_EXIT {
             self.fast_exits = 0;
@@ -318,10 +426,11 @@ impl Supervisor<'_> {
                 return Next::GiveUp;
             }
         }
-        let over = if status.success() {
-            self.fast_exits.saturating_sub(FREE_RESTARTS)
-        } else {
-            self.fast_failures
+        let over = match (status.success(), self.on_demand) {
+            // On demand, a clean exit waits for a connection: no busy loop to slow down.
+            (true, true) => 0,
+            (true, false) => self.fast_exits.saturating_sub(FREE_RESTARTS),
+            (false, _) => self.fast_failures,
         };
         Next::RestartAfter(backoff(over))
     }
@@ -397,18 +506,28 @@ fn package_scripts(dir: &Path) -> BTreeMap<String, String> {
 struct Output {
     name: Name,
     quiet: bool,
+    /// With `--log`, everything goes there too (the terminal may be gone).
+    log: Option<Log>,
 }
 
 impl Output {
     fn say(&self, line: String) {
+        let line = format!("wharf: {}: {line}\n", self.name);
+        if let Some(log) = &self.log {
+            log.write(line.as_bytes());
+        }
         if !self.quiet {
-            eprintln!("wharf: {}: {line}", self.name);
+            eprint!("{line}");
         }
     }
 
     /// The one line a script looks for: always printed, even with --quiet.
     fn url(&self, url: &str) {
-        eprintln!("wharf: {} is at {url}", self.name);
+        let line = format!("wharf: {} is at {url}\n", self.name);
+        if let Some(log) = &self.log {
+            log.write(line.as_bytes());
+        }
+        eprint!("{line}");
     }
 }
 
@@ -460,6 +579,8 @@ impl Route {
                 mode,
                 state: State::Starting,
                 sockets: bound.iter().map(|b| (b.name.clone(), b.addr())).collect(),
+                last_exit: None,
+                declared: None,
             },
             closed: Closed::Lost,
             retry_at: None,
@@ -515,6 +636,10 @@ impl Route {
 
     async fn set_main_addr(&mut self, addr: SocketAddr) {
         self.instance.sockets.insert(MAIN_SOCKET.to_string(), addr);
+    }
+
+    fn main_addr(&self) -> SocketAddr {
+        self.instance.sockets[MAIN_SOCKET]
     }
 
     async fn send(&mut self) {
@@ -615,10 +740,13 @@ mod tests {
         let out = Output {
             name: "t".parse().unwrap(),
             quiet: true,
+            log: None,
         };
         let mut s = Supervisor {
             out: &out,
-            restart: true,
+            group: false,
+            restart: Restart::Always,
+            on_demand: false,
             stop_requests: 0,
             fast_exits: 0,
             fast_failures: 0,

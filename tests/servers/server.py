@@ -83,6 +83,12 @@ class Handler(BaseHTTPRequestHandler):
             done = args.exit_after and count >= args.exit_after
         if done:
             self.close_connection = True
+            # Stop taking connections first: queued ones wait for the next server.
+            for sock, _ in sockets:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
             threading.Thread(target=lambda: os._exit(args.exit_code)).start()
 
     def big(self, mib):

@@ -1,0 +1,120 @@
+//! On-demand instances: noticing a connection waiting on a socket nobody accepts yet, telling
+//! when an instance has gone idle, and probing readiness over HTTP. Starting and stopping the
+//! server is `run`'s job.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+
+use crate::alloc::BoundSocket;
+
+/// How often an on-demand instance looks at its open connections.
+pub const IDLE_TICK: Duration = Duration::from_secs(1);
+/// Pause between readiness probes.
+const PROBE_PAUSE: Duration = Duration::from_millis(100);
+
+/// Resolves when any of `sockets` has a connection waiting in its accept queue. Nothing is
+/// accepted: the server started next takes it. A fresh registration reports a connection that
+/// is already queued, so none is missed between two waits.
+pub async fn connection_waiting(sockets: &[BoundSocket]) -> std::io::Result<()> {
+    let mut watchers = Vec::new();
+    for b in sockets {
+        // A duplicate of the socket, so the shared one keeps its flags (blocking, as handed over).
+        let dup = b.socket.try_clone()?;
+        // SAFETY: the AsyncFd owns `dup`, so its fd stays open and the same for its lifetime.
+        let watcher = unsafe { AsyncFd::register_with_interest(dup, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        watchers.push(watcher);
+    }
+    let waits = watchers.iter().map(|w| Box::pin(w.readable()));
+    let (ready, _, _) = futures_util::future::select_all(waits).await;
+    ready.map(drop)
+}
+
+/// Counts idle time from samples of the open connection count.
+pub struct IdleClock {
+    limit: Duration,
+    idle_for: Duration,
+}
+
+impl IdleClock {
+    pub fn new(limit: Duration) -> IdleClock {
+        IdleClock {
+            limit,
+            idle_for: Duration::ZERO,
+        }
+    }
+
+    /// One `IDLE_TICK` passed with `open` connections (`None`: unknown, never idle). True once
+    /// the instance has been idle for the whole limit.
+    pub fn tick(&mut self, open: Option<usize>) -> bool {
+        match open {
+            Some(0) => self.idle_for += IDLE_TICK,
+            _ => self.idle_for = Duration::ZERO,
+        }
+        self.idle_for >= self.limit
+    }
+}
+
+/// Waits a probe pause, then asks `GET path` at `addr`: true on any HTTP answer. Pending
+/// forever when there is nothing to probe.
+pub async fn http_ready(addr: SocketAddr, path: Option<&str>) -> bool {
+    let Some(path) = path else {
+        return std::future::pending().await;
+    };
+    tokio::time::sleep(PROBE_PAUSE).await;
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 5];
+        stream.read_exact(&mut head).await.ok()?;
+        Some(&head == b"HTTP/")
+    };
+    tokio::time::timeout(Duration::from_secs(2), probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_means_no_connection_for_the_whole_limit() {
+        let mut clock = IdleClock::new(IDLE_TICK * 3);
+        assert!(!clock.tick(Some(0)));
+        assert!(!clock.tick(Some(0)));
+        assert!(!clock.tick(Some(2)), "a connection resets the clock");
+        assert!(!clock.tick(Some(0)));
+        assert!(!clock.tick(Some(0)));
+        assert!(clock.tick(Some(0)));
+        let mut unknown = IdleClock::new(IDLE_TICK);
+        assert!(!unknown.tick(None) && !unknown.tick(None));
+    }
+
+    #[tokio::test]
+    async fn a_queued_connection_is_noticed_and_left_for_the_server() {
+        let socket = crate::alloc::bind_loopback(0).unwrap();
+        let port = crate::alloc::local_port(&socket).unwrap();
+        let bound = [BoundSocket {
+            name: "http".into(),
+            port,
+            socket,
+        }];
+        let early = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), connection_waiting(&bound))
+            .await
+            .unwrap()
+            .unwrap();
+        // Still queued: the server accepts it.
+        let listener = std::net::TcpListener::from(bound[0].socket.try_clone().unwrap());
+        let (_accepted, peer) = listener.accept().unwrap();
+        assert_eq!(peer, early.local_addr().unwrap());
+    }
+}

@@ -1,0 +1,140 @@
+//! Output of instances started in the background (`wharf up`): one file per instance in the
+//! state directory, bounded (rotated to `NAME.log.1` past `LIMIT`), and the reader behind
+//! `wharf logs NAME [-f]`.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A log is rotated when it passes this size; one old generation is kept.
+pub const LIMIT: u64 = 1 << 20;
+
+/// `state/logs/NAME.log`.
+pub fn path(state_dir: &Path, name: &crate::name::Name) -> PathBuf {
+    state_dir.join("logs").join(format!("{name}.log"))
+}
+
+fn rotated(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".1");
+    PathBuf::from(s)
+}
+
+/// An append-only, size-bounded log file shared by the supervisor and its server's output.
+#[derive(Clone)]
+pub struct Log {
+    inner: Arc<Mutex<Inner>>,
+}
+
+struct Inner {
+    path: PathBuf,
+    file: File,
+    size: u64,
+}
+
+impl Log {
+    pub fn open(path: &Path) -> io::Result<Log> {
+        if let Some(dir) = path.parent() {
+            crate::dirs::ensure_private_dir(dir).map_err(io::Error::other)?;
+        }
+        let mut file = crate::dirs::open_private(path)?;
+        let size = file.seek(SeekFrom::End(0))?;
+        Ok(Log {
+            inner: Arc::new(Mutex::new(Inner {
+                path: path.to_path_buf(),
+                file,
+                size,
+            })),
+        })
+    }
+
+    /// Append `bytes`, rotating first if the file would pass `LIMIT`.
+    pub fn write(&self, bytes: &[u8]) {
+        let mut inner = self.inner.lock().expect("log lock");
+        if inner.size + bytes.len() as u64 > LIMIT && inner.size > 0 {
+            let _ = std::fs::rename(&inner.path, rotated(&inner.path));
+            if let Ok(f) = crate::dirs::open_private(&inner.path) {
+                let _ = f.set_len(0);
+                inner.file = f;
+                inner.size = 0;
+            }
+        }
+        if inner.file.write_all(bytes).is_ok() {
+            inner.size += bytes.len() as u64;
+        }
+    }
+
+    /// Copy a child's output stream into the log until it ends.
+    pub async fn copy_from(self, mut stream: impl tokio::io::AsyncRead + Unpin) {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            self.write(&buf[..n]);
+        }
+    }
+}
+
+/// Print an instance's log (the rotated part first); with `follow`, keep printing what is
+/// appended until interrupted.
+pub fn show(path: &Path, follow: bool, out: &mut impl Write) -> io::Result<()> {
+    if let Ok(mut old) = File::open(rotated(path)) {
+        io::copy(&mut old, out)?;
+    }
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && follow => wait_for(path)?,
+        Err(e) => return Err(e),
+    };
+    let mut pos = io::copy(&mut file, out)?;
+    out.flush()?;
+    while follow {
+        std::thread::sleep(Duration::from_millis(200));
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if len < pos {
+            // Rotated: start over with the new file.
+            file = File::open(path)?;
+            pos = 0;
+        }
+        let mut chunk = Vec::new();
+        file.seek(SeekFrom::Start(pos))?;
+        pos += file.read_to_end(&mut chunk)? as u64;
+        out.write_all(&chunk)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn wait_for(path: &Path) -> io::Result<File> {
+    loop {
+        match File::open(path) {
+            Ok(f) => return Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_rotate_at_the_limit_and_show_both_generations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs/api.log");
+        let log = Log::open(&path).unwrap();
+        let line = vec![b'x'; 1000];
+        for _ in 0..(LIMIT / 1000 + 10) {
+            log.write(&line);
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() <= LIMIT);
+        assert!(rotated(&path).exists());
+        let mut shown = Vec::new();
+        show(&path, false, &mut shown).unwrap();
+        assert_eq!(shown.len() as u64, (LIMIT / 1000 + 10) * 1000);
+    }
+}

@@ -1,0 +1,475 @@
+//! The project file, `wharf.toml`: the instances a project declares, read in two layers (a raw
+//! serde shape that refuses unknown keys, then validated types). Every error names the file,
+//! the line and the key. Running the instances is `up`'s job.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::alloc::PortRange;
+use crate::mode::Mode;
+use crate::name::Name;
+
+pub const FILE_NAME: &str = "wharf.toml";
+/// An on-demand instance with no `idle_timeout` is stopped after this long without connections.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProject {
+    #[serde(default)]
+    instances: BTreeMap<Spanned<String>, RawInstance>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawCommand {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInstance {
+    command: Spanned<RawCommand>,
+    dir: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    mode: Option<Spanned<String>>,
+    port: Option<u16>,
+    range: Option<Spanned<String>>,
+    #[serde(default)]
+    sockets: Vec<Spanned<String>>,
+    activation: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<toml::Value>>,
+    restart: Option<Spanned<String>>,
+    ready: Option<Spanned<String>>,
+}
+
+/// How the server is started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    /// On the first connection, with the socket wharf already holds; stopped when idle.
+    OnDemand,
+    /// Right away, by `wharf up`.
+    Start,
+}
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    No,
+    OnFailure,
+    Always,
+}
+
+/// When the server counts as ready.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// It sends `READY=1` to `NOTIFY_SOCKET`.
+    Notify,
+    /// It accepts a connection (env mode: it listens).
+    Connect,
+    /// `GET PATH` gets any HTTP answer.
+    Http(String),
+}
+
+impl std::str::FromStr for Ready {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Ready, String> {
+        match s {
+            "notify" => Ok(Ready::Notify),
+            "connect" => Ok(Ready::Connect),
+            s if s.starts_with("http:/") => Ok(Ready::Http(s["http:".len()..].to_string())),
+            other => Err(format!("{other:?} is not notify, connect or http:/PATH")),
+        }
+    }
+}
+
+impl std::fmt::Display for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ready::Notify => f.write_str("notify"),
+            Ready::Connect => f.write_str("connect"),
+            Ready::Http(path) => write!(f, "http:{path}"),
+        }
+    }
+}
+
+/// One declared instance, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Declared {
+    pub name: Name,
+    /// The argv to run (a string command becomes `sh -c STRING`).
+    pub command: Vec<String>,
+    /// Working directory, absolute.
+    pub dir: PathBuf,
+    pub env: BTreeMap<String, String>,
+    /// `None` = auto.
+    pub mode: Option<Mode>,
+    pub port: Option<u16>,
+    pub range: Option<PortRange>,
+    pub sockets: Vec<Name>,
+    pub activation: Activation,
+    pub idle_timeout: Option<Duration>,
+    pub restart: Restart,
+    pub ready: Option<Ready>,
+    /// The line of its `[instances.NAME]` table, for messages.
+    pub line: usize,
+}
+
+impl Declared {
+    /// A digest of everything that shapes the running instance: a change means restart.
+    pub fn fingerprint(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            &self.command,
+            &self.dir,
+            &self.env,
+            self.mode.map(|m| m.to_string()),
+            self.port,
+        )
+            .hash(&mut h);
+        (
+            self.range.map(|r| r.to_string()),
+            &self.sockets,
+            format!("{:?}", self.activation),
+        )
+            .hash(&mut h);
+        (
+            self.idle_timeout,
+            format!("{:?}{:?}", self.restart, self.ready),
+        )
+            .hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+}
+
+/// A parsed project file.
+#[derive(Debug)]
+pub struct Project {
+    pub path: PathBuf,
+    pub instances: Vec<Declared>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    #[error("no {FILE_NAME} in {0} or any directory above it; write one, or pass -f FILE")]
+    NotFound(PathBuf),
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+/// The nearest `wharf.toml` at or above `dir`.
+pub fn find(dir: &Path) -> Result<PathBuf, ProjectError> {
+    dir.ancestors()
+        .map(|d| d.join(FILE_NAME))
+        .find(|p| p.is_file())
+        .ok_or_else(|| ProjectError::NotFound(dir.to_path_buf()))
+}
+
+/// Read and validate `path`.
+pub fn load(path: &Path) -> Result<Project, ProjectError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ProjectError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    parse(&text, &base).map_err(|(line, message)| ProjectError::Invalid {
+        path,
+        line,
+        message,
+    })
+}
+
+/// Parse project text; relative `dir`s are taken from `base`. The error is (line, message).
+pub fn parse(text: &str, base: &Path) -> Result<Project, (usize, String)> {
+    let line_of = |span: Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let raw: RawProject = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(&line_of).unwrap_or(1);
+        (line, e.message().trim_end().to_string())
+    })?;
+    let mut instances = Vec::new();
+    for (key, raw) in raw.instances {
+        let line = line_of(key.span());
+        let name: Name = key
+            .get_ref()
+            .parse()
+            .map_err(|e| (line, format!("instances.{}: {e}", key.get_ref())))?;
+        let at = |span: Range<usize>, key: &str, msg: String| {
+            (line_of(span), format!("instances.{name}.{key}: {msg}"))
+        };
+        let command = match raw.command.get_ref() {
+            RawCommand::Argv(argv) if argv.is_empty() || argv[0].is_empty() => {
+                return Err(at(
+                    raw.command.span(),
+                    "command",
+                    "is empty; give the program and its arguments".into(),
+                ));
+            }
+            RawCommand::Argv(argv) => argv.clone(),
+            RawCommand::Shell(s) if s.trim().is_empty() => {
+                return Err(at(raw.command.span(), "command", "is empty".into()));
+            }
+            RawCommand::Shell(s) => vec!["sh".into(), "-c".into(), s.clone()],
+        };
+        let mode = match raw.mode.as_ref().map(|m| (m.span(), m.get_ref().as_str())) {
+            None | Some((_, "auto")) => None,
+            Some((_, "fd")) => Some(Mode::Fd),
+            Some((_, "env")) => Some(Mode::Env),
+            Some((span, other)) => {
+                return Err(at(
+                    span,
+                    "mode",
+                    format!("{other:?} is not fd, env or auto"),
+                ));
+            }
+        };
+        let range = match &raw.range {
+            None => None,
+            Some(r) => Some(
+                r.get_ref()
+                    .parse::<PortRange>()
+                    .map_err(|e| at(r.span(), "range", e))?,
+            ),
+        };
+        let mut sockets = Vec::new();
+        for s in &raw.sockets {
+            let sub: Name = s
+                .get_ref()
+                .parse()
+                .map_err(|e| at(s.span(), "sockets", format!("{e}")))?;
+            if sub.as_str() == crate::alloc::MAIN_SOCKET || sockets.contains(&sub) {
+                return Err(at(
+                    s.span(),
+                    "sockets",
+                    format!("{sub:?} is used twice (or is the main socket's name)"),
+                ));
+            }
+            sockets.push(sub);
+        }
+        let activation = match raw
+            .activation
+            .as_ref()
+            .map(|a| (a.span(), a.get_ref().as_str()))
+        {
+            None | Some((_, "start")) => Activation::Start,
+            Some((_, "on-demand")) => Activation::OnDemand,
+            Some((span, other)) => {
+                return Err(at(
+                    span,
+                    "activation",
+                    format!("{other:?} is not on-demand or start"),
+                ));
+            }
+        };
+        if activation == Activation::OnDemand && mode == Some(Mode::Env) {
+            let span = raw.activation.as_ref().map(Spanned::span).unwrap_or(0..0);
+            return Err(at(
+                span,
+                "activation",
+                "on-demand needs fd mode: the socket must exist before the server does (set mode = \"fd\")".into(),
+            ));
+        }
+        let idle_timeout = match &raw.idle_timeout {
+            None => None,
+            Some(v) => {
+                Some(parse_duration(v.get_ref()).map_err(|e| at(v.span(), "idle_timeout", e))?)
+            }
+        };
+        let restart = match raw
+            .restart
+            .as_ref()
+            .map(|r| (r.span(), r.get_ref().as_str()))
+        {
+            None | Some((_, "on-failure")) => Restart::OnFailure,
+            Some((_, "no")) => Restart::No,
+            Some((_, "always")) => Restart::Always,
+            Some((span, other)) => {
+                return Err(at(
+                    span,
+                    "restart",
+                    format!("{other:?} is not no, on-failure or always"),
+                ));
+            }
+        };
+        let ready = match &raw.ready {
+            None => None,
+            Some(r) => Some(
+                r.get_ref()
+                    .parse::<Ready>()
+                    .map_err(|e| at(r.span(), "ready", e))?,
+            ),
+        };
+        let dir = match &raw.dir {
+            None => base.to_path_buf(),
+            Some(d) => base.join(d),
+        };
+        instances.push(Declared {
+            name,
+            command,
+            dir,
+            env: raw.env,
+            mode,
+            port: raw.port,
+            range,
+            sockets,
+            activation,
+            idle_timeout,
+            restart,
+            ready,
+            line,
+        });
+    }
+    Ok(Project {
+        path: base.join(FILE_NAME),
+        instances,
+    })
+}
+
+/// A duration as people write it on the command line: `90`, `90s`, `15m`, `2h`.
+pub fn parse_duration_str(s: &str) -> Result<Duration, String> {
+    let v = match s.parse::<i64>() {
+        Ok(n) => toml::Value::Integer(n),
+        Err(_) => toml::Value::String(s.to_string()),
+    };
+    parse_duration(&v)
+}
+
+/// `90`, `"90s"`, `"15m"`, `"2h"`.
+fn parse_duration(v: &toml::Value) -> Result<Duration, String> {
+    let bad = || format!("{v} is not a duration; write seconds (90) or \"90s\", \"15m\", \"2h\"");
+    match v {
+        toml::Value::Integer(n) if *n > 0 => Ok(Duration::from_secs(*n as u64)),
+        toml::Value::String(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let n: u64 = s[..split].parse().map_err(|_| bad())?;
+            let unit = match &s[split..] {
+                "" | "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                _ => return Err(bad()),
+            };
+            (n > 0)
+                .then(|| Duration::from_secs(n * unit))
+                .ok_or_else(bad)
+        }
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str) -> Project {
+        parse(text, Path::new("/p")).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn parse_err(text: &str) -> (usize, String) {
+        parse(text, Path::new("/p")).unwrap_err()
+    }
+
+    #[test]
+    fn a_full_instance_and_defaults() {
+        let p = parse_ok(
+            r#"
+[instances.api]
+command = ["gunicorn", "app:app"]
+dir = "backend"
+env = { DEBUG = "1" }
+mode = "fd"
+range = "4100-4199"
+sockets = ["admin"]
+activation = "on-demand"
+idle_timeout = "10m"
+restart = "always"
+ready = "http:/health"
+
+[instances.docs]
+command = "python3 -m http.server $PORT"
+"#,
+        );
+        let api = &p.instances[0];
+        assert_eq!(api.name.as_str(), "api");
+        assert_eq!(api.dir, Path::new("/p/backend"));
+        assert_eq!(api.activation, Activation::OnDemand);
+        assert_eq!(api.idle_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(api.ready, Some(Ready::Http("/health".into())));
+        assert_eq!(api.line, 2);
+        let docs = &p.instances[1];
+        assert_eq!(docs.command, ["sh", "-c", "python3 -m http.server $PORT"]);
+        assert_eq!(
+            (docs.activation, docs.restart, docs.mode),
+            (Activation::Start, Restart::OnFailure, None)
+        );
+        assert_ne!(api.fingerprint(), docs.fingerprint());
+    }
+
+    #[test]
+    fn errors_name_the_line_and_key() {
+        let (line, msg) = parse_err("[instances.api]\ncommand = \"x\"\nport = 1\nbogus = 2\n");
+        assert_eq!(line, 4, "{msg}");
+        assert!(msg.contains("bogus"), "{msg}");
+        let (line, msg) =
+            parse_err("[instances.api]\ncommand = \"x\"\n\n[instances.api]\ncommand = \"y\"\n");
+        assert_eq!(line, 4, "{msg}");
+        assert!(
+            msg.contains("duplicate") || msg.contains("defined"),
+            "{msg}"
+        );
+        let (line, msg) = parse_err("[instances.Bad_Name]\ncommand = \"x\"\n");
+        assert_eq!(line, 1);
+        assert!(
+            msg.contains("Bad_Name") && msg.contains("lowercase"),
+            "{msg}"
+        );
+        let (line, msg) = parse_err("[instances.api]\ncommand = \"x\"\nrange = \"9-1\"\n");
+        assert_eq!(line, 3);
+        assert!(msg.contains("instances.api.range"), "{msg}");
+        let (_, msg) = parse_err("[instances.api]\nport = 4000\n");
+        assert!(msg.contains("command"), "{msg}");
+        let (line, msg) = parse_err("[instances.api]\ncommand = []\n");
+        assert_eq!(line, 2);
+        assert!(msg.contains("empty"), "{msg}");
+        let (_, msg) = parse_err(
+            "[instances.api]\ncommand = \"x\"\nmode = \"env\"\nactivation = \"on-demand\"\n",
+        );
+        assert!(msg.contains("on-demand needs fd mode"), "{msg}");
+        let (_, msg) = parse_err("[instances.api]\ncommand = \"x\"\nidle_timeout = \"5 days\"\n");
+        assert!(msg.contains("not a duration"), "{msg}");
+    }
+
+    #[test]
+    fn found_upward() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), "").unwrap();
+        let deep = dir.path().join("a/b");
+        std::fs::create_dir_all(&deep).unwrap();
+        assert_eq!(find(&deep).unwrap(), dir.path().join(FILE_NAME));
+        assert!(matches!(
+            find(Path::new("/proc/self")),
+            Err(ProjectError::NotFound(_))
+        ));
+    }
+}

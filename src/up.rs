@@ -1,0 +1,302 @@
+//! `wharf up`, `down` and `logs`: bring a project's declared instances (wharf.toml) to what the
+//! file says, each run by its own background `wharf run` supervisor, and show their output.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::control::{Listed, Request, State};
+use crate::dirs::Dirs;
+use crate::launch;
+use crate::mode::Mode;
+use crate::name::Name;
+use crate::process::ProcessId;
+use crate::project::{self, Activation, Declared, Project, Restart};
+
+/// How long `up` waits for a started instance to register with the proxy.
+const REGISTER_PATIENCE: Duration = Duration::from_secs(15);
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+pub struct Ctx {
+    pub dirs: Dirs,
+    pub self_exe: PathBuf,
+    pub cwd: PathBuf,
+}
+
+fn load(ctx: &Ctx, file: Option<&Path>) -> anyhow::Result<Project> {
+    let path = match file {
+        Some(f) => ctx.cwd.join(f),
+        None => project::find(&ctx.cwd)?,
+    };
+    Ok(project::load(&path)?)
+}
+
+fn select<'a>(project: &'a Project, names: &[Name]) -> anyhow::Result<Vec<&'a Declared>> {
+    for n in names {
+        if !project.instances.iter().any(|d| d.name == *n) {
+            let known: Vec<&str> = project.instances.iter().map(|d| d.name.as_str()).collect();
+            bail!(
+                "{} declares no instance '{n}' (it declares: {})",
+                project.path.display(),
+                known.join(", ")
+            );
+        }
+    }
+    Ok(project
+        .instances
+        .iter()
+        .filter(|d| names.is_empty() || names.contains(&d.name))
+        .collect())
+}
+
+async fn routes(client: &mut crate::control::Client) -> anyhow::Result<BTreeMap<Name, Listed>> {
+    let list = client
+        .call(&Request::List)
+        .await?
+        .instances
+        .unwrap_or_default();
+    Ok(list
+        .into_iter()
+        .map(|l| (l.instance.name.clone(), l))
+        .collect())
+}
+
+fn declared_here(l: &Listed, project: &Project) -> bool {
+    l.instance
+        .declared
+        .as_ref()
+        .is_some_and(|d| d.file == project.path)
+}
+
+pub async fn up(ctx: &Ctx, file: Option<&Path>, names: &[Name]) -> anyhow::Result<i32> {
+    // A broken file changes nothing: everything is validated before anything is touched.
+    let project = load(ctx, file)?;
+    let selected = select(&project, names)?;
+    let runtime = ctx.dirs.runtime()?.to_path_buf();
+    let state = ctx.dirs.state()?.to_path_buf();
+    let mut proxy = launch::connect_or_start(&runtime, &ctx.self_exe).await?;
+    let http_port = proxy.hello.http_port.unwrap_or(80);
+    let running = routes(&mut proxy.client).await?;
+    let mut failed = 0;
+
+    if names.is_empty() {
+        for l in running.values().filter(|l| declared_here(l, &project)) {
+            if !project.instances.iter().any(|d| d.name == l.instance.name) {
+                stop(&mut proxy.client, l).await;
+                println!(
+                    "{:<12} removed (no longer in {})",
+                    l.instance.name,
+                    project.path.display()
+                );
+            }
+        }
+    }
+    let mut started = Vec::new();
+    for decl in &selected {
+        let fingerprint = decl.fingerprint();
+        match running.get(&decl.name) {
+            Some(l) if !declared_here(l, &project) => {
+                eprintln!(
+                    "wharf: {} is already running outside {} (wharf pid {}); `wharf stop {}` first",
+                    decl.name,
+                    project.path.display(),
+                    l.instance.pid,
+                    decl.name
+                );
+                failed += 1;
+                continue;
+            }
+            Some(l)
+                if l.instance
+                    .declared
+                    .as_ref()
+                    .is_some_and(|d| d.fingerprint == fingerprint)
+                    && l.instance.state != State::Failed =>
+            {
+                println!("{:<12} unchanged  {}", decl.name, l.url);
+                continue;
+            }
+            Some(l) => {
+                stop(&mut proxy.client, l).await;
+                println!("{:<12} changed: restarting", decl.name);
+            }
+            None => {}
+        }
+        let log = crate::logs::path(&state, &decl.name);
+        let child = spawn_supervisor(ctx, decl, &project.path, &fingerprint, &log)
+            .with_context(|| format!("starting {}", decl.name))?;
+        started.push((decl, child, log));
+    }
+
+    let deadline = Instant::now() + REGISTER_PATIENCE;
+    for (decl, mut child, log) in started {
+        let url = crate::control::url(&decl.name, http_port);
+        loop {
+            let now = routes(&mut proxy.client).await?;
+            if now
+                .get(&decl.name)
+                .is_some_and(|l| declared_here(l, &project))
+            {
+                let how = match decl.activation {
+                    Activation::OnDemand => "on demand: starts with its first request",
+                    Activation::Start => "started",
+                };
+                println!("{:<12} {how}  {url}", decl.name);
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let tail = tail(&log, 8);
+                eprintln!(
+                    "wharf: {} did not start ({status}); its log {} ends:\n{tail}",
+                    decl.name,
+                    log.display()
+                );
+                failed += 1;
+                break;
+            }
+            if Instant::now() >= deadline {
+                eprintln!(
+                    "wharf: {} did not register within {REGISTER_PATIENCE:?}; see `wharf logs {}`",
+                    decl.name, decl.name
+                );
+                failed += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        // The supervisor lives on by itself; tokio reaps it if it exits while we run.
+        drop(child);
+    }
+    Ok(i32::from(failed > 0))
+}
+
+fn spawn_supervisor(
+    ctx: &Ctx,
+    decl: &Declared,
+    file: &Path,
+    fingerprint: &str,
+    log: &Path,
+) -> std::io::Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::new(&ctx.self_exe);
+    cmd.arg("run")
+        .arg("--name")
+        .arg(decl.name.as_str())
+        .arg("--quiet");
+    match decl.mode {
+        Some(Mode::Fd) => {
+            cmd.arg("--fd");
+        }
+        Some(Mode::Env) => {
+            cmd.arg("--env");
+        }
+        None if decl.activation == Activation::OnDemand => {
+            cmd.arg("--fd");
+        }
+        None => {}
+    }
+    if let Some(port) = decl.port {
+        cmd.arg("--port").arg(port.to_string());
+    }
+    if let Some(range) = decl.range {
+        cmd.arg("--range").arg(range.to_string());
+    }
+    for sub in &decl.sockets {
+        cmd.arg("--socket").arg(sub.as_str());
+    }
+    if decl.activation == Activation::OnDemand {
+        cmd.arg("--on-demand");
+        let idle = decl.idle_timeout.unwrap_or(project::DEFAULT_IDLE);
+        cmd.arg("--idle-timeout").arg(idle.as_secs().to_string());
+    }
+    let restart = match decl.restart {
+        Restart::No => "no",
+        Restart::OnFailure => "on-failure",
+        Restart::Always => "always",
+    };
+    cmd.arg(format!("--restart={restart}"));
+    if let Some(ready) = &decl.ready {
+        cmd.arg("--ready").arg(ready.to_string());
+    }
+    cmd.arg("--log").arg(log);
+    cmd.arg("--declared-in")
+        .arg(file)
+        .arg("--fingerprint")
+        .arg(fingerprint);
+    cmd.arg("--").args(&decl.command);
+    cmd.current_dir(&decl.dir)
+        .envs(&decl.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(false);
+    // SAFETY: setsid is async-signal-safe; the supervisor must not die with this terminal.
+    unsafe {
+        cmd.as_std_mut().pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd.spawn()
+}
+
+/// Remove the route at once, then stop the supervisor (SIGTERM, wait, SIGKILL).
+async fn stop(client: &mut crate::control::Client, l: &Listed) {
+    let _ = client
+        .call(&Request::Stop {
+            name: l.instance.name.clone(),
+        })
+        .await;
+    if let Some(id) = ProcessId::of(l.instance.pid) {
+        let _ = tokio::task::spawn_blocking(move || id.terminate(STOP_GRACE)).await;
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub async fn down(ctx: &Ctx, file: Option<&Path>, names: &[Name]) -> anyhow::Result<i32> {
+    let project = load(ctx, file)?;
+    let selected = select(&project, names)?;
+    let Some(mut proxy) = launch::connect(ctx.dirs.runtime()?).await else {
+        println!("no front proxy is running, so no declared instance is either");
+        return Ok(0);
+    };
+    let running = routes(&mut proxy.client).await?;
+    for decl in selected {
+        match running.get(&decl.name) {
+            Some(l) if declared_here(l, &project) => {
+                stop(&mut proxy.client, l).await;
+                println!("{:<12} stopped", decl.name);
+            }
+            Some(_) => println!(
+                "{:<12} left alone: not started from {}",
+                decl.name,
+                project.path.display()
+            ),
+            None => println!("{:<12} not running", decl.name),
+        }
+    }
+    Ok(0)
+}
+
+pub fn logs(dirs: &Dirs, name: &Name, follow: bool) -> anyhow::Result<i32> {
+    let path = crate::logs::path(&dirs.state, name);
+    if !path.exists() && !follow {
+        bail!(
+            "no log for '{name}' ({} does not exist); only instances started by `wharf up` keep one",
+            path.display()
+        );
+    }
+    let stdout = std::io::stdout();
+    crate::logs::show(&path, follow, &mut stdout.lock())
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(0)
+}
