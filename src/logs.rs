@@ -89,7 +89,10 @@ pub fn show(path: &Path, follow: bool, out: &mut impl Write) -> io::Result<()> {
     };
     let mut pos = io::copy(&mut file, out)?;
     out.flush()?;
-    while follow {
+    if !follow {
+        return Ok(());
+    }
+    loop {
         std::thread::sleep(Duration::from_millis(200));
         let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         if len < pos {
@@ -103,7 +106,6 @@ pub fn show(path: &Path, follow: bool, out: &mut impl Write) -> io::Result<()> {
         out.write_all(&chunk)?;
         out.flush()?;
     }
-    Ok(())
 }
 
 fn wait_for(path: &Path) -> io::Result<File> {

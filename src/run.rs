@@ -405,7 +405,8 @@ impl Supervisor<'_> {
             Restart::OnFailure => !status.success(),
             Restart::Always => true,
         };
-        if !wants && !(self.on_demand && status.success()) {
+        let idle_again = self.on_demand && status.success();
+        if !(wants || idle_again) {
             return if self.on_demand {
                 Next::GiveUp
             } else {
