@@ -203,8 +203,12 @@ mod tests {
     fn leases_of_dead_processes_are_dropped_and_sticky_ports_kept() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::new(tmp.path());
-        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let dead = ProcessId::of(child.id() as i32).unwrap();
+        child.kill().unwrap();
         child.wait().unwrap();
         {
             let mut reg = store.lock().unwrap();

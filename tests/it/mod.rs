@@ -1,4 +1,5 @@
 mod proxy;
 mod run;
 mod service;
+mod up;
 pub mod util;

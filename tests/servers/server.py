@@ -83,13 +83,9 @@ class Handler(BaseHTTPRequestHandler):
             done = args.exit_after and count >= args.exit_after
         if done:
             self.close_connection = True
-            # Stop taking connections first: queued ones wait for the next server.
-            for sock, _ in sockets:
-                try:
-                    sock.close()
-                except OSError:
-                    pass
-            threading.Thread(target=lambda: os._exit(args.exit_code)).start()
+            # Exit like a well-behaved server: stop accepting, finish what was accepted.
+            # Connections still queued wait for the next server.
+            threading.Thread(target=self.server.shutdown).start()
 
     def big(self, mib):
         self.send_response(200)
@@ -126,10 +122,12 @@ class Handler(BaseHTTPRequestHandler):
 
 def serve(sock, name):
     server = ThreadingHTTPServer(sock.getsockname(), Handler, bind_and_activate=False)
-    server.daemon_threads = True
+    server.daemon_threads = False  # server_close() waits for requests in flight
     server.socket = sock
     server.wharf_name = name
     server.serve_forever()
+    server.server_close()
+    os._exit(args.exit_code)
 
 
 sockets = []

@@ -1,0 +1,216 @@
+//! Declared instances: wharf.toml, `up`/`down`, on-demand start and idle stop, restarts that
+//! refuse nothing, and bad project files that change nothing.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::util::*;
+
+fn write_project(sb: &Sandbox, text: &str) {
+    std::fs::write(sb.dir.path().join("wharf.toml"), text).unwrap();
+}
+
+fn instance<'a>(list: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    list.iter()
+        .find(|l| l["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not listed: {list:?}"))
+}
+
+fn get_via(port: u16, host: &str) -> (u16, String) {
+    get(SocketAddr::from(([127, 0, 0, 1], port)), host, "/")
+        .unwrap_or_else(|e| panic!("GET {host}: {e}"))
+}
+
+#[test]
+fn three_declared_services_with_one_on_demand() {
+    let sb = Sandbox::new();
+    let Some(gunicorn) = need("gunicorn") else {
+        return;
+    };
+    let (py, script) = (python(), server_py());
+    write_project(
+        &sb,
+        &format!(
+            r#"
+[instances.api]
+command = ["{gunicorn}", "--chdir", "{servers}", "wsgi:app"]
+mode = "fd"
+port = 0
+
+[instances.docs]
+command = "{py} -m http.server $PORT --bind 127.0.0.1"
+mode = "env"
+port = 0
+
+[instances.multi]
+command = ["{py}", "{script}"]
+sockets = ["admin"]
+activation = "on-demand"
+idle_timeout = 1
+port = 0
+"#,
+            gunicorn = gunicorn.display(),
+            servers = repo().join("tests/servers").display(),
+            py = py.display(),
+            script = script.display(),
+        ),
+    );
+    let (status, log) = sb.output(&["up"]);
+    assert!(status.success(), "{log}");
+    assert!(log.contains("multi") && log.contains("on demand"), "{log}");
+    let (_, port) = sb.proxy().expect("up started the proxy");
+
+    let listed = sb.ls();
+    let multi = instance(&listed, "multi");
+    assert_eq!(
+        multi["state"], "idle",
+        "not running before its first request: {multi}"
+    );
+    assert!(multi["child_pid"].is_null(), "{multi}");
+    assert!(
+        !std::fs::read_to_string(sb.state_dir().join("logs/multi.log"))
+            .unwrap()
+            .contains("REPORT")
+    );
+
+    for host in [
+        "api.localhost",
+        "docs.localhost",
+        "multi.localhost",
+        "admin.multi.localhost",
+    ] {
+        let (status, body) = get_via(port, host);
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    let (_, body) = get_via(port, "admin.multi.localhost");
+    assert!(body.contains(r#""socket": "admin""#), "{body}");
+    let first: serde_json::Value =
+        serde_json::from_str(&get_via(port, "multi.localhost").1).unwrap();
+
+    // No connection for a second (the proxy's pooled ones expire after 4 s): stopped, socket kept.
+    eventually("multi goes idle again", Duration::from_secs(20), || {
+        instance(&sb.ls(), "multi")["state"] == "idle"
+    });
+    let (status, body) = get_via(port, "multi.localhost");
+    assert_eq!(status, 200, "{body}");
+    let again: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_ne!(
+        first["pid"], again["pid"],
+        "a new server was started on demand"
+    );
+
+    let (status, logs) = sb.output(&["logs", "multi"]);
+    assert!(status.success());
+    assert!(
+        logs.contains("a connection is waiting; starting the server"),
+        "{logs}"
+    );
+    assert!(logs.contains("idle for 1s; stopping the server"), "{logs}");
+    assert!(
+        logs.contains("REQ GET /"),
+        "the server's own output is kept: {logs}"
+    );
+
+    let (status, env) = sb.output(&["env", "--format", "dotenv"]);
+    assert!(status.success());
+    for name in ["API", "DOCS", "MULTI"] {
+        assert!(env.contains(&format!("{name}_URL=http://")), "{env}");
+    }
+
+    let (status, log) = sb.output(&["down"]);
+    assert!(status.success(), "{log}");
+    eventually("all declared instances stopped", PATIENCE, || {
+        sb.ls().is_empty()
+    });
+}
+
+#[test]
+fn an_on_demand_server_that_exits_every_ten_requests_refuses_nothing() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    write_project(
+        &sb,
+        &format!(
+            r#"
+[instances.flaky]
+command = ["{py}", "{script}", "--exit-after", "10"]
+activation = "on-demand"
+restart = "always"
+port = 0
+"#,
+            py = py.display(),
+            script = script.display(),
+        ),
+    );
+    let (status, log) = sb.output(&["up"]);
+    assert!(status.success(), "{log}");
+    let (_, port) = sb.proxy().unwrap();
+    let mut pids = BTreeSet::new();
+    for i in 0..1000 {
+        let (status, body) = get(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            "flaky.localhost",
+            "/",
+        )
+        .unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+        assert_eq!(status, 200, "request {i}: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        pids.insert(body["pid"].as_i64().unwrap());
+    }
+    assert!(
+        pids.len() >= 100,
+        "a server per 10 requests, got {}",
+        pids.len()
+    );
+}
+
+#[test]
+fn bad_project_files_are_explained_and_change_nothing() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let good = format!(
+        "[instances.keep]\ncommand = [\"{}\", \"{}\"]\nmode = \"fd\"\nport = 0\n",
+        py.display(),
+        script.display()
+    );
+    write_project(&sb, &good);
+    let (status, log) = sb.output(&["up"]);
+    assert!(status.success(), "{log}");
+    let (_, port) = sb.proxy().unwrap();
+    let before = instance(&sb.ls(), "keep")["pid"].clone();
+
+    let cases = [
+        ("bogus = 1\n", 5, "unknown field `bogus`"),
+        ("\n[instances.keep]\ncommand = \"true\"\n", 6, "duplicate"),
+        (
+            "\n[instances.Bad_Name]\ncommand = \"true\"\n",
+            6,
+            "lowercase letters",
+        ),
+        ("range = \"5000-4000\"\n", 5, "instances.keep.range"),
+        (
+            "\n[instances.nocmd]\nport = 1\n",
+            6,
+            "missing field `command`",
+        ),
+    ];
+    for (extra, line, what) in cases {
+        write_project(&sb, &format!("{good}{extra}"));
+        let (status, log) = sb.output(&["up"]);
+        assert!(!status.success(), "{extra:?} was accepted: {log}");
+        let at = format!("wharf.toml:{line}:");
+        assert!(
+            log.contains(&at) && log.contains(what),
+            "{extra:?}: want {at} … {what}, got {log}"
+        );
+        let after = sb.ls();
+        assert_eq!(after.len(), 1, "{after:?}");
+        assert_eq!(
+            instance(&after, "keep")["pid"],
+            before,
+            "the running instance was left alone"
+        );
+    }
+    assert_eq!(get_via(port, "keep.localhost").0, 200);
+}
