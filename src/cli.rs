@@ -82,9 +82,9 @@ pub struct RunCli {
     /// Preferred port; if it is taken wharf says so and goes on. 0 = any free port
     #[arg(long, short = 'p')]
     pub port: Option<u16>,
-    /// Ports to choose from, LO-HI
-    #[arg(long, value_name = "LO-HI", default_value = "4000-4999")]
-    pub range: PortRange,
+    /// Ports to choose from, LO-HI (default: `[defaults] range` in config.toml, else 4000-4999)
+    #[arg(long, value_name = "LO-HI")]
+    pub range: Option<PortRange>,
     /// Another named socket (repeatable): routed at SUB.NAME.localhost, passed as fd 4… or PORT_SUB
     #[arg(long = "socket", value_name = "SUB")]
     pub sockets: Vec<Name>,

@@ -83,7 +83,7 @@ pub async fn ls(ctx: &Ctx, json: bool) -> anyhow::Result<i32> {
         eprintln!("wharf: no instances; start one with `wharf run --name NAME -- CMD`");
         return Ok(0);
     }
-    let rows: Vec<[String; 8]> = list
+    let rows: Vec<[String; 9]> = list
         .iter()
         .map(|l| {
             let i = &l.instance;
@@ -92,10 +92,10 @@ pub async fn ls(ctx: &Ctx, json: bool) -> anyhow::Result<i32> {
                 .get(crate::alloc::MAIN_SOCKET)
                 .map(|a| a.port().to_string())
                 .unwrap_or_default();
-            let pid = if l.alias {
-                "-".to_string()
-            } else {
-                i.child_pid.unwrap_or(i.pid).to_string()
+            let pid = match (l.alias, i.child_pid) {
+                (true, _) => "-".to_string(),
+                (false, Some(child)) => child.to_string(),
+                (false, None) => "-".to_string(),
             };
             let (mode, state) = match (l.alias, via_proxy) {
                 (true, _) => ("-".to_string(), "alias".to_string()),
@@ -116,11 +116,20 @@ pub async fn ls(ctx: &Ctx, json: bool) -> anyhow::Result<i32> {
                 state,
                 human_duration(l.uptime_secs),
                 requests,
+                i.last_exit.clone().unwrap_or_default(),
             ]
         })
         .collect();
     let header = [
-        "NAME", "URL", "PORT", "PID", "MODE", "STATE", "UPTIME", "REQUESTS",
+        "NAME",
+        "URL",
+        "PORT",
+        "PID",
+        "MODE",
+        "STATE",
+        "UPTIME",
+        "REQUESTS",
+        "LAST EXIT",
     ]
     .map(String::from);
     let mut widths = header.clone().map(|h| h.len());

@@ -7,11 +7,23 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::alloc::PortRange;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
     proxy: RawProxy,
+    #[serde(default)]
+    defaults: RawDefaults,
+}
+
+/// Defaults for instances (`wharf run` and wharf.toml) that do not say otherwise.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    range: Option<String>,
+    idle_timeout: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -29,6 +41,10 @@ pub struct Config {
     pub proxy_listen: Vec<SocketAddr>,
     /// How long the proxy waits for an instance's response head before answering 504.
     pub upstream_timeout: Duration,
+    /// Ports instances choose from when they name none.
+    pub range: PortRange,
+    /// How long an on-demand instance may stay without connections.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -36,6 +52,8 @@ impl Default for Config {
         Config {
             proxy_listen: Vec::new(),
             upstream_timeout: crate::forward::UPSTREAM_HEAD,
+            range: crate::alloc::DEFAULT_RANGE,
+            idle_timeout: crate::project::DEFAULT_IDLE,
         }
     }
 }
@@ -87,9 +105,21 @@ pub fn parse(text: &str) -> Result<Config, String> {
             ));
         }
     };
+    let range = match &raw.defaults.range {
+        None => crate::alloc::DEFAULT_RANGE,
+        Some(r) => r.parse().map_err(|e| format!("defaults.range: {e}"))?,
+    };
+    let idle_timeout = match &raw.defaults.idle_timeout {
+        None => crate::project::DEFAULT_IDLE,
+        Some(v) => {
+            crate::project::parse_duration(v).map_err(|e| format!("defaults.idle_timeout: {e}"))?
+        }
+    };
     Ok(Config {
         proxy_listen: parse_listen(&raw.proxy.listen).map_err(|e| format!("proxy.listen: {e}"))?,
         upstream_timeout,
+        range,
+        idle_timeout,
     })
 }
 
@@ -148,5 +178,15 @@ mod tests {
         assert!(err.contains("upstream_timeout"), "{err}");
         let c = parse("[proxy]\nupstream_timeout = 5\n").unwrap();
         assert_eq!(c.upstream_timeout, Duration::from_secs(5));
+        let c = parse("[defaults]\nrange = \"5000-5099\"\nidle_timeout = \"2m\"\n").unwrap();
+        assert_eq!(
+            (c.range.lo, c.idle_timeout),
+            (5000, Duration::from_secs(120))
+        );
+        assert!(
+            parse("[defaults]\nrange = \"x\"\n")
+                .unwrap_err()
+                .contains("defaults.range")
+        );
     }
 }

@@ -42,13 +42,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     };
     match cli.command {
         Command::Run(args) => {
+            let config = user_config()?;
             let env = run::Env {
                 dirs,
                 self_exe,
                 cwd: std::env::current_dir()?,
                 path_var: std::env::var_os("PATH"),
             };
-            current_thread()?.block_on(run::run(&env, run_args(args)))
+            current_thread()?.block_on(run::run(&env, run_args(args, &config)))
         }
         Command::Proxy(args) => {
             // SAFETY: no other thread exists yet (the runtime is built below).
@@ -112,10 +113,7 @@ fn proxy_args(
     inherited: Option<listeners::Inherited>,
     dirs: &Dirs,
 ) -> anyhow::Result<proxy::ProxyArgs> {
-    let config = match config::default_path(|k| std::env::var_os(k)) {
-        Some(path) => config::load(&path)?,
-        None => config::Config::default(),
-    };
+    let config = user_config()?;
     let listen = if !cli.listen.is_empty() {
         config::parse_listen(&cli.listen)
             .map_err(anyhow::Error::msg)
@@ -148,7 +146,15 @@ fn service_ctx(dirs: Dirs, self_exe: std::path::PathBuf) -> anyhow::Result<servi
     })
 }
 
-fn run_args(cli: RunCli) -> run::RunArgs {
+/// `~/.config/wharf/config.toml` (or under `$XDG_CONFIG_HOME`); defaults if there is none.
+fn user_config() -> anyhow::Result<config::Config> {
+    Ok(match config::default_path(|k| std::env::var_os(k)) {
+        Some(path) => config::load(&path)?,
+        None => config::Config::default(),
+    })
+}
+
+fn run_args(cli: RunCli, config: &config::Config) -> run::RunArgs {
     let mode = match (cli.fd, cli.env) {
         (true, _) => Some(Mode::Fd),
         (_, true) => Some(Mode::Env),
@@ -158,11 +164,11 @@ fn run_args(cli: RunCli) -> run::RunArgs {
         name: cli.name,
         mode,
         port: cli.port,
-        range: Some(cli.range),
+        range: Some(cli.range.unwrap_or(config.range)),
         sockets: cli.sockets,
         restart: cli.restart.unwrap_or(Restart::No),
         on_demand: cli.on_demand,
-        idle_timeout: cli.idle_timeout,
+        idle_timeout: Some(cli.idle_timeout.unwrap_or(config.idle_timeout)),
         ready: cli.ready,
         log: cli.log,
         declared: cli

@@ -356,7 +356,7 @@ pub fn parse_duration_str(s: &str) -> Result<Duration, String> {
 }
 
 /// `90`, `"90s"`, `"15m"`, `"2h"`.
-fn parse_duration(v: &toml::Value) -> Result<Duration, String> {
+pub fn parse_duration(v: &toml::Value) -> Result<Duration, String> {
     let bad = || format!("{v} is not a duration; write seconds (90) or \"90s\", \"15m\", \"2h\"");
     match v {
         toml::Value::Integer(n) if *n > 0 => Ok(Duration::from_secs(*n as u64)),

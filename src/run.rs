@@ -279,6 +279,7 @@ pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
         let code = exit_code(status);
         let ran = started.elapsed();
         route.instance.last_exit = Some(describe(status));
+        route.instance.child_pid = None;
         if idle_stop && supervisor.stop_requests == 0 {
             continue 'instance;
         }

@@ -209,8 +209,9 @@ fn spawn_supervisor(
     }
     if decl.activation == Activation::OnDemand {
         cmd.arg("--on-demand");
-        let idle = decl.idle_timeout.unwrap_or(project::DEFAULT_IDLE);
-        cmd.arg("--idle-timeout").arg(idle.as_secs().to_string());
+        if let Some(idle) = decl.idle_timeout {
+            cmd.arg("--idle-timeout").arg(idle.as_secs().to_string());
+        }
     }
     let restart = match decl.restart {
         Restart::No => "no",
