@@ -58,9 +58,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 None => listeners::launchd()?,
             };
             let args = proxy_args(args, inherited, &dirs)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            // One CPU to run on (pinned, or a small machine): a single-threaded runtime does the
+            // same work without the work-stealing scheduler's cross-thread wake-ups.
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let runtime = if cpus == 1 {
+                current_thread()?
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?
+            };
             runtime.block_on(proxy::run(args))?;
             Ok(0)
         }
