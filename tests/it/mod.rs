@@ -1,3 +1,4 @@
+mod hostile;
 mod proxy;
 mod run;
 mod service;
