@@ -483,12 +483,15 @@ fn is_websocket(headers: &HeaderMap) -> bool {
 }
 
 fn add_forwarded(headers: &mut HeaderMap, host: &HeaderValue, peer: SocketAddr) {
-    let ip = peer.ip().to_canonical().to_string();
+    let ip = peer.ip().to_canonical();
     let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip,
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {ip}")).ok(),
+        // Every client is local: spare the formatting for the two usual addresses.
+        None if ip == std::net::Ipv4Addr::LOCALHOST => Some(HeaderValue::from_static("127.0.0.1")),
+        None if ip == std::net::Ipv6Addr::LOCALHOST => Some(HeaderValue::from_static("::1")),
+        None => HeaderValue::from_str(&ip.to_string()).ok(),
     };
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(v) = forwarded_for {
         headers.insert("x-forwarded-for", v);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
