@@ -214,3 +214,49 @@ fn bad_project_files_are_explained_and_change_nothing() {
     }
     assert_eq!(get_via(port, "keep.localhost").0, 200);
 }
+
+#[test]
+fn up_again_applies_only_the_difference() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let block = |name: &str, extra: &str| {
+        format!(
+            "[instances.{name}]\ncommand = [\"{}\", \"{}\"{extra}]\nmode = \"fd\"\nport = 0\n\n",
+            py.display(),
+            script.display()
+        )
+    };
+    write_project(
+        &sb,
+        &(block("same", "") + &block("edited", "") + &block("dropped", "")),
+    );
+    let (status, log) = sb.output(&["up"]);
+    assert!(status.success(), "{log}");
+    let pid = |list: &[serde_json::Value], name: &str| instance(list, name)["pid"].clone();
+    let before = sb.ls();
+
+    write_project(
+        &sb,
+        &(block("same", "") + &block("edited", ", \"--bind-delay\", \"0\"")),
+    );
+    let (status, log) = sb.output(&["up"]);
+    assert!(status.success(), "{log}");
+    assert!(log.contains("same") && log.contains("unchanged"), "{log}");
+    assert!(
+        log.contains("edited") && log.contains("changed: restarting"),
+        "{log}"
+    );
+    assert!(log.contains("dropped") && log.contains("removed"), "{log}");
+    let after = sb.ls();
+    assert_eq!(
+        pid(&after, "same"),
+        pid(&before, "same"),
+        "unchanged instances keep running"
+    );
+    assert_ne!(
+        pid(&after, "edited"),
+        pid(&before, "edited"),
+        "changed ones are restarted"
+    );
+    assert!(after.iter().all(|l| l["name"] != "dropped"), "{after:?}");
+}
