@@ -125,3 +125,115 @@ fn smuggling_shapes_never_give_the_backend_a_request_the_proxy_did_not_answer() 
         );
     }
 }
+
+/// Fire requests at `host` through the proxy on `port` until `stop` is set; returns the
+/// status codes seen (0 for a failed connection or read).
+fn load(
+    port: u16,
+    host: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<u16>> {
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+            seen.push(get(([127, 0, 0, 1], port).into(), host, "/").map_or(0, |(s, _)| s));
+        }
+        seen
+    })
+}
+
+#[test]
+fn killing_the_server_under_load_gives_502s_then_service_again() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let p = sb.spawn(&[
+        "run",
+        "--name",
+        "victim",
+        "--fd",
+        "--restart",
+        "--port",
+        "0",
+        "--",
+        path_str(&py),
+        path_str(&script),
+    ]);
+    let port = p.url_port();
+    let child = p.report()["pid"].as_i64().unwrap() as i32;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = load(port, "victim.localhost", stop.clone());
+    std::thread::sleep(Duration::from_millis(300)); // let the load run before the kill
+    // SAFETY: the server this test started.
+    unsafe { libc::kill(child, libc::SIGKILL) };
+    p.expect("was killed by SIGKILL");
+    eventually("served again after the restart", PATIENCE, || {
+        get(([127, 0, 0, 1], port).into(), "victim.localhost", "/").is_ok_and(|(s, _)| s == 200)
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = worker.join().unwrap();
+    assert!(
+        seen.iter().all(|s| [200, 502].contains(s)),
+        "only 200s and 502s: {:?}",
+        seen.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
+    assert!(seen.iter().filter(|s| **s == 200).count() > 10);
+}
+
+#[test]
+fn killing_the_proxy_under_load_interrupts_briefly_and_nothing_hangs() {
+    let sb = Sandbox::new();
+    let p = sb.serve("steady", &[]);
+    p.url_port();
+    let (proxy_pid, port) = sb.proxy().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = load(port, "steady.localhost", stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: the proxy this sandbox started.
+    unsafe { libc::kill(proxy_pid, libc::SIGKILL) };
+    eventually(
+        "a new proxy serves the instance",
+        Duration::from_secs(5),
+        || {
+            sb.proxy().is_some_and(|(pid, new_port)| {
+                pid != proxy_pid
+                    && get(([127, 0, 0, 1], new_port).into(), "steady.localhost", "/")
+                        .is_ok_and(|(s, _)| s == 200)
+            })
+        },
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = worker.join().unwrap();
+    assert!(
+        seen.iter().all(|s| [0, 200].contains(s)),
+        "{:?}",
+        seen.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn proxy_memory_stays_flat_over_a_minute_of_load() {
+    let sb = Sandbox::new();
+    let p = sb.serve("soak", &[]);
+    let port = p.url_port();
+    let (proxy_pid, _) = sb.proxy().unwrap();
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{proxy_pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = load(port, "soak.localhost", stop.clone());
+    std::thread::sleep(Duration::from_secs(10)); // warm-up: pools and buffers reach their size
+    let warm = rss();
+    std::thread::sleep(Duration::from_secs(50));
+    let end = rss();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = worker.join().unwrap();
+    assert!(seen.iter().all(|s| *s == 200));
+    assert!(
+        end <= warm + warm / 10 + 512,
+        "RSS grew from {warm} kB to {end} kB over {} requests",
+        seen.len()
+    );
+}
