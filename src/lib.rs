@@ -24,6 +24,7 @@ pub mod pages;
 pub mod process;
 pub mod project;
 pub mod proxy;
+pub mod registration;
 pub mod registry;
 pub mod routes;
 pub mod run;

@@ -19,18 +19,18 @@ use signal_hook::iterator::exfiltrator::WithOrigin;
 use signal_hook::low_level::siginfo::{Cause, Origin};
 use signal_hook_tokio::SignalsInfo;
 
-use crate::alloc::{self, BoundSocket, MAIN_SOCKET, PortRange};
-use crate::control::{self, Closed, Declaration, Instance, State};
+use crate::alloc::{self, MAIN_SOCKET, PortRange};
+use crate::control::{Declaration, State};
 use crate::demand;
 use crate::dirs::Dirs;
 use crate::handoff::{self, Handoff};
-use crate::launch;
 use crate::listening;
 use crate::logs::Log;
 use crate::mode::{self, Mode};
 use crate::name::Name;
 use crate::notify::{Notice, NotifySocket};
 use crate::project::{Ready, Restart};
+use crate::registration::Registration;
 use crate::registry::Store;
 
 /// A child that lived shorter than this before exiting counts as a fast exit.
@@ -115,7 +115,7 @@ pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
     let port_numbers: Vec<u16> = ports.iter().map(|(_, p)| *p).collect();
     let argv = mode::substitute(&plan.argv, &ports);
 
-    let mut route = Route::new(
+    let mut route = Registration::new(
         &out,
         &runtime_dir,
         &ctx.self_exe,
@@ -255,7 +255,7 @@ pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
                         } else {
                             out.say(format!("listens on {addr}, not on port {expected} as asked; routing there"));
                         }
-                        route.set_main_addr(addr).await;
+                        route.set_main_addr(addr);
                         route.set_state(State::Ready).await;
                     }
                     look_pause = (look_pause * 2).min(Duration::from_millis(500));
@@ -505,7 +505,7 @@ fn package_scripts(dir: &Path) -> BTreeMap<String, String> {
 
 /// wharf's messages go to stderr, prefixed, so the server's own output stays its own.
 #[derive(Clone)]
-struct Output {
+pub(crate) struct Output {
     name: Name,
     quiet: bool,
     /// With `--log`, everything goes there too (the terminal may be gone).
@@ -513,7 +513,7 @@ struct Output {
 }
 
 impl Output {
-    fn say(&self, line: String) {
+    pub(crate) fn say(&self, line: String) {
         let line = format!("wharf: {}: {line}\n", self.name);
         if let Some(log) = &self.log {
             log.write(line.as_bytes());
@@ -530,196 +530,6 @@ impl Output {
             log.write(line.as_bytes());
         }
         eprint!("{line}");
-    }
-}
-
-/// The instance's registration with the front proxy. The route lives as long as the control
-/// connection; if the proxy goes away, the route is re-registered with its successor (started
-/// here if it crashed, waited for if it was stopped on purpose). Without any proxy the instance
-/// is served directly on its own port.
-struct Route {
-    out: Output,
-    runtime: PathBuf,
-    self_exe: PathBuf,
-    client: Option<control::Client>,
-    http_port: Option<u16>,
-    instance: Instance,
-    /// Why the last connection ended, and when to try again.
-    closed: Closed,
-    retry_at: Option<tokio::time::Instant>,
-    retry_pause: Duration,
-}
-
-enum RouteEvent {
-    Closed(Closed),
-    RetryDue,
-}
-
-/// Retry pace while the proxy is away: fast enough to be back within a second or two.
-const RETRY_FIRST: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_millis(500);
-
-impl Route {
-    fn new(
-        out: &Output,
-        runtime: &Path,
-        self_exe: &Path,
-        name: &Name,
-        mode: Mode,
-        bound: &[BoundSocket],
-    ) -> Route {
-        Route {
-            out: out.clone(),
-            runtime: runtime.to_path_buf(),
-            self_exe: self_exe.to_path_buf(),
-            client: None,
-            http_port: None,
-            instance: Instance {
-                name: name.clone(),
-                pid: std::process::id() as i32,
-                child_pid: None,
-                mode,
-                state: State::Starting,
-                sockets: bound.iter().map(|b| (b.name.clone(), b.addr())).collect(),
-                last_exit: None,
-                declared: None,
-            },
-            closed: Closed::Lost,
-            retry_at: None,
-            retry_pause: RETRY_FIRST,
-        }
-    }
-
-    /// Find (or start) the proxy and register. A proxy that refuses the name is an error; a
-    /// proxy that cannot be started leaves the instance served directly.
-    async fn connect(&mut self) -> anyhow::Result<()> {
-        let out = self.out.clone();
-        match launch::connect_or_start(&self.runtime, &self.self_exe).await {
-            Ok(connected) => {
-                if connected.started {
-                    out.say(format!(
-                        "started the front proxy (log: {})",
-                        self.runtime.join("proxy.log").display()
-                    ));
-                }
-                self.http_port = connected.hello.http_port;
-                self.client = Some(connected.client);
-                let register = control::Request::Register {
-                    instance: self.instance.clone(),
-                };
-                if let Some(client) = self.client.as_mut() {
-                    client
-                        .call(&register)
-                        .await
-                        .context("the front proxy refused this instance")?;
-                }
-            }
-            Err(e) => out.say(format!(
-                "{e:#}; serving directly on the instance's own port"
-            )),
-        }
-        Ok(())
-    }
-
-    /// `http://NAME.localhost[:PORT]`: through the proxy if there is one, else direct.
-    fn url(&self, direct_port: u16) -> String {
-        control::url(&self.instance.name, self.http_port.unwrap_or(direct_port))
-    }
-
-    async fn started(&mut self, child: i32) {
-        self.instance.child_pid = Some(child);
-        self.set_state(State::Starting).await;
-    }
-
-    async fn set_state(&mut self, state: State) {
-        self.instance.state = state;
-        self.send().await;
-    }
-
-    async fn set_main_addr(&mut self, addr: SocketAddr) {
-        self.instance.sockets.insert(MAIN_SOCKET.to_string(), addr);
-    }
-
-    fn main_addr(&self) -> SocketAddr {
-        self.instance.sockets[MAIN_SOCKET]
-    }
-
-    async fn send(&mut self) {
-        let request = control::Request::Register {
-            instance: self.instance.clone(),
-        };
-        if let Some(client) = self.client.as_mut()
-            && client.call(&request).await.is_err()
-        {
-            let closed = client.how_closed();
-            self.on_lost(closed);
-        }
-    }
-
-    /// The next thing to act on: the connection closing, or a retry falling due. Pending
-    /// forever when there is neither (no proxy, none expected).
-    async fn next_event(&mut self) -> RouteEvent {
-        match (self.client.as_mut(), self.retry_at) {
-            (Some(client), _) => RouteEvent::Closed(client.closed().await),
-            (None, Some(at)) => {
-                tokio::time::sleep_until(at).await;
-                RouteEvent::RetryDue
-            }
-            (None, None) => std::future::pending().await,
-        }
-    }
-
-    async fn on_event(&mut self, event: RouteEvent) {
-        match event {
-            RouteEvent::Closed(closed) => self.on_lost(closed),
-            RouteEvent::RetryDue => self.reconnect().await,
-        }
-    }
-
-    fn on_lost(&mut self, closed: Closed) {
-        let out = &self.out;
-        self.client = None;
-        self.closed = closed;
-        match closed {
-            Closed::Stopping => {
-                out.say("the front proxy stopped; waiting for it to come back".to_string())
-            }
-            Closed::Lost => out.say("lost the front proxy; restarting it".to_string()),
-        }
-        self.retry_pause = RETRY_FIRST;
-        self.schedule_retry();
-    }
-
-    fn schedule_retry(&mut self) {
-        self.retry_at = Some(tokio::time::Instant::now() + self.retry_pause);
-        self.retry_pause = (self.retry_pause * 2).min(RETRY_MAX);
-    }
-
-    /// One reconnect attempt: start a proxy only if the last one did not stop on purpose.
-    async fn reconnect(&mut self) {
-        let connected = match self.closed {
-            Closed::Lost => launch::connect_or_start(&self.runtime, &self.self_exe)
-                .await
-                .ok(),
-            Closed::Stopping => launch::connect(&self.runtime).await,
-        };
-        let Some(connected) = connected else {
-            self.schedule_retry();
-            return;
-        };
-        self.client = Some(connected.client);
-        self.retry_at = None;
-        self.send().await;
-        if self.client.is_some() {
-            self.out
-                .say("registered again with the front proxy".to_string());
-        }
-    }
-
-    /// Deregister: closing the connection removes the route.
-    async fn remove(&mut self) {
-        self.client = None;
-        self.retry_at = None;
     }
 }
 

@@ -1,0 +1,206 @@
+//! A `wharf run` instance's registration with the front proxy: the route lives as long as the
+//! control connection; if the proxy goes away, the route is registered again with its
+//! successor. Without any proxy the instance is served directly and every call is a no-op.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::alloc::{BoundSocket, MAIN_SOCKET};
+use crate::control::{self, Closed, Instance, State};
+use crate::launch;
+use crate::mode::Mode;
+use crate::name::Name;
+use crate::run::Output;
+
+/// The instance's registration with the front proxy. The route lives as long as the control
+/// connection; if the proxy goes away, the route is re-registered with its successor (started
+/// here if it crashed, waited for if it was stopped on purpose). Without any proxy the instance
+/// is served directly on its own port.
+pub(crate) struct Registration {
+    pub(crate) instance: Instance,
+    out: Output,
+    runtime: PathBuf,
+    self_exe: PathBuf,
+    client: Option<control::Client>,
+    http_port: Option<u16>,
+    /// Why the last connection ended, and when to try again.
+    closed: Closed,
+    retry_at: Option<tokio::time::Instant>,
+    retry_pause: Duration,
+}
+
+pub(crate) enum RouteEvent {
+    Closed(Closed),
+    RetryDue,
+}
+
+/// Retry pace while the proxy is away: fast enough to be back within a second or two.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_millis(500);
+
+impl Registration {
+    pub(crate) fn new(
+        out: &Output,
+        runtime: &Path,
+        self_exe: &Path,
+        name: &Name,
+        mode: Mode,
+        bound: &[BoundSocket],
+    ) -> Registration {
+        Registration {
+            out: out.clone(),
+            runtime: runtime.to_path_buf(),
+            self_exe: self_exe.to_path_buf(),
+            client: None,
+            http_port: None,
+            instance: Instance {
+                name: name.clone(),
+                pid: std::process::id() as i32,
+                child_pid: None,
+                mode,
+                state: State::Starting,
+                sockets: bound.iter().map(|b| (b.name.clone(), b.addr())).collect(),
+                last_exit: None,
+                declared: None,
+            },
+            closed: Closed::Lost,
+            retry_at: None,
+            retry_pause: RETRY_FIRST,
+        }
+    }
+
+    /// Find (or start) the proxy and register. A proxy that refuses the name is an error; a
+    /// proxy that cannot be started leaves the instance served directly.
+    pub(crate) async fn connect(&mut self) -> anyhow::Result<()> {
+        let out = self.out.clone();
+        match launch::connect_or_start(&self.runtime, &self.self_exe).await {
+            Ok(connected) => {
+                if connected.started {
+                    out.say(format!(
+                        "started the front proxy (log: {})",
+                        self.runtime.join("proxy.log").display()
+                    ));
+                }
+                self.http_port = connected.hello.http_port;
+                self.client = Some(connected.client);
+                let register = control::Request::Register {
+                    instance: self.instance.clone(),
+                };
+                if let Some(client) = self.client.as_mut() {
+                    client
+                        .call(&register)
+                        .await
+                        .context("the front proxy refused this instance")?;
+                }
+            }
+            Err(e) => out.say(format!(
+                "{e:#}; serving directly on the instance's own port"
+            )),
+        }
+        Ok(())
+    }
+
+    /// `http://NAME.localhost[:PORT]`: through the proxy if there is one, else direct.
+    pub(crate) fn url(&self, direct_port: u16) -> String {
+        control::url(&self.instance.name, self.http_port.unwrap_or(direct_port))
+    }
+
+    pub(crate) async fn started(&mut self, child: i32) {
+        self.instance.child_pid = Some(child);
+        self.set_state(State::Starting).await;
+    }
+
+    pub(crate) async fn set_state(&mut self, state: State) {
+        self.instance.state = state;
+        self.send().await;
+    }
+
+    pub(crate) fn set_main_addr(&mut self, addr: SocketAddr) {
+        self.instance.sockets.insert(MAIN_SOCKET.to_string(), addr);
+    }
+
+    pub(crate) fn main_addr(&self) -> SocketAddr {
+        self.instance.sockets[MAIN_SOCKET]
+    }
+
+    async fn send(&mut self) {
+        let request = control::Request::Register {
+            instance: self.instance.clone(),
+        };
+        if let Some(client) = self.client.as_mut()
+            && client.call(&request).await.is_err()
+        {
+            let closed = client.how_closed();
+            self.on_lost(closed);
+        }
+    }
+
+    /// The next thing to act on: the connection closing, or a retry falling due. Pending
+    /// forever when there is neither (no proxy, none expected).
+    pub(crate) async fn next_event(&mut self) -> RouteEvent {
+        match (self.client.as_mut(), self.retry_at) {
+            (Some(client), _) => RouteEvent::Closed(client.closed().await),
+            (None, Some(at)) => {
+                tokio::time::sleep_until(at).await;
+                RouteEvent::RetryDue
+            }
+            (None, None) => std::future::pending().await,
+        }
+    }
+
+    pub(crate) async fn on_event(&mut self, event: RouteEvent) {
+        match event {
+            RouteEvent::Closed(closed) => self.on_lost(closed),
+            RouteEvent::RetryDue => self.reconnect().await,
+        }
+    }
+
+    fn on_lost(&mut self, closed: Closed) {
+        let out = &self.out;
+        self.client = None;
+        self.closed = closed;
+        match closed {
+            Closed::Stopping => {
+                out.say("the front proxy stopped; waiting for it to come back".to_string())
+            }
+            Closed::Lost => out.say("lost the front proxy; restarting it".to_string()),
+        }
+        self.retry_pause = RETRY_FIRST;
+        self.schedule_retry();
+    }
+
+    fn schedule_retry(&mut self) {
+        self.retry_at = Some(tokio::time::Instant::now() + self.retry_pause);
+        self.retry_pause = (self.retry_pause * 2).min(RETRY_MAX);
+    }
+
+    /// One reconnect attempt: start a proxy only if the last one did not stop on purpose.
+    async fn reconnect(&mut self) {
+        let connected = match self.closed {
+            Closed::Lost => launch::connect_or_start(&self.runtime, &self.self_exe)
+                .await
+                .ok(),
+            Closed::Stopping => launch::connect(&self.runtime).await,
+        };
+        let Some(connected) = connected else {
+            self.schedule_retry();
+            return;
+        };
+        self.client = Some(connected.client);
+        self.retry_at = None;
+        self.send().await;
+        if self.client.is_some() {
+            self.out
+                .say("registered again with the front proxy".to_string());
+        }
+    }
+
+    /// Deregister: closing the connection removes the route.
+    pub(crate) async fn remove(&mut self) {
+        self.client = None;
+        self.retry_at = None;
+    }
+}
