@@ -1,7 +1,7 @@
 //! Finding the front proxy, and starting one in the background when none answers: exactly
 //! one, even when many `wharf` commands race to be first (they queue on a lock).
 
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -136,8 +136,15 @@ fn spawn_proxy(self_exe: &Path, log: &Path) -> std::io::Result<tokio::process::C
     for var in crate::handoff::SCRUBBED {
         cmd.env_remove(var);
     }
-    // SAFETY: setsid is async-signal-safe; it detaches the proxy from our session and
-    // terminal so a Ctrl-C meant for `wharf run` does not reach it.
+    // A Ctrl-C meant for the `wharf run` that started it must not reach the proxy.
+    detach(&mut cmd);
+    cmd.spawn()
+}
+
+/// Start `cmd` in a session of its own: no controlling terminal, no signals meant for ours,
+/// and it outlives us.
+pub fn detach(cmd: &mut tokio::process::Command) {
+    // SAFETY: setsid is async-signal-safe.
     unsafe {
         cmd.as_std_mut().pre_exec(|| {
             nix::unistd::setsid()
@@ -145,5 +152,4 @@ fn spawn_proxy(self_exe: &Path, log: &Path) -> std::io::Result<tokio::process::C
                 .map_err(std::io::Error::from)
         });
     }
-    cmd.spawn()
 }

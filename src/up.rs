@@ -2,7 +2,6 @@
 //! file says, each run by its own background `wharf run` supervisor, and show their output.
 
 use std::collections::BTreeMap;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -234,14 +233,8 @@ fn spawn_supervisor(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(false);
-    // SAFETY: setsid is async-signal-safe; the supervisor must not die with this terminal.
-    unsafe {
-        cmd.as_std_mut().pre_exec(|| {
-            nix::unistd::setsid()
-                .map(drop)
-                .map_err(std::io::Error::from)
-        });
-    }
+    // The supervisor must not die with this terminal.
+    launch::detach(&mut cmd);
     cmd.spawn()
 }
 
