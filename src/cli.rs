@@ -30,7 +30,7 @@ pub enum Command {
     Proxy(ProxyCli),
     /// Route NAME.localhost to a server wharf did not start
     Alias(AliasCli),
-    /// Print `export NAME_URL=…` lines for the running instances
+    /// Print each instance's URL as NAME_URL=… (shell, dotenv or json), for frontends and scripts
     Env(EnvCli),
     /// Run the proxy as a service: systemd user units (Linux) or a LaunchAgent (macOS)
     Install(InstallCli),
@@ -103,7 +103,7 @@ pub struct RunCli {
     /// When the server counts as ready: notify (READY=1), connect, or http:/PATH (any answer)
     #[arg(long, value_name = "HOW")]
     pub ready: Option<Ready>,
-    /// Write wharf's and the server's output to FILE (rotated at 1 MiB) instead of the terminal
+    /// Send the server's output, and a copy of wharf's, to FILE (rotated at 1 MiB)
     #[arg(long, value_name = "FILE")]
     pub log: Option<std::path::PathBuf>,
     /// Set by `wharf up`: the wharf.toml this instance is declared in
