@@ -92,6 +92,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         tasks.clone(),
     ));
     tasks.spawn(report_status(routes.clone(), shutdown.clone()));
+    tasks.spawn(trim_memory(shutdown.clone()));
     if let Some(interval) = sd_notify::watchdog_enabled() {
         tasks.spawn(watchdog(interval / 2, shutdown.clone()));
     }
@@ -141,6 +142,33 @@ async fn report_status(routes: Arc<Routes>, shutdown: CancellationToken) {
         let status = format!("{n} instance{}", if n == 1 { "" } else { "s" });
         let _ = sd_notify::notify(&[NotifyState::Status(&status)]);
     }
+}
+
+/// After a burst of connections the allocator keeps their buffers; hand free memory back to
+/// the system now and then, so an idle proxy is small again (glibc only).
+async fn trim_memory(shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(TRIM_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => imp::trim(),
+        }
+    }
+}
+
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod imp {
+    pub fn trim() {
+        // SAFETY: malloc_trim only returns unused heap pages to the system.
+        unsafe { libc::malloc_trim(0) };
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+mod imp {
+    pub fn trim() {}
 }
 
 async fn watchdog(every: std::time::Duration, shutdown: CancellationToken) {
