@@ -237,3 +237,33 @@ fn proxy_memory_stays_flat_over_a_minute_of_load() {
         seen.len()
     );
 }
+
+#[test]
+fn killing_wharf_run_under_load_removes_the_route_and_nothing_hangs() {
+    let sb = Sandbox::new();
+    let mut p = sb.serve("gone", &[]);
+    let port = p.url_port();
+    let child = p.report()["pid"].as_i64().unwrap() as i32;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = load(port, "gone.localhost", stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    p.wait(PATIENCE);
+    eventually("the route is gone", Duration::from_secs(2), || {
+        get(([127, 0, 0, 1], port).into(), "gone.localhost", "/").is_ok_and(|(s, _)| s == 404)
+    });
+    assert!(
+        killed.elapsed() < Duration::from_secs(2),
+        "route removed in {:?}",
+        killed.elapsed()
+    );
+    eventually("the server died with wharf", PATIENCE, || gone(child));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = worker.join().unwrap();
+    assert!(
+        seen.iter().all(|s| [200, 404, 502].contains(s)),
+        "{:?}",
+        seen.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
+}
