@@ -124,7 +124,6 @@ impl ProxyError {
                 "The server is not accepting connections: is it still running? `wharf ls` shows its state."
             }
             ProxyError::Loop => "Check `wharf alias` entries: one points at the proxy itself.",
-            ProxyError::Failed(_) => "See why with `wharf logs NAME`; `wharf up` starts it again.",
             ProxyError::NotListening(_) | ProxyError::UpstreamTimeout { .. } => {
                 "The server is slow to start or answer; see its output where `wharf run` runs."
             }
@@ -206,6 +205,11 @@ impl Forwarder {
             ProxyError::Unknown(host) | ProxyError::Host(HostError::Unroutable(host)) => {
                 pages::unknown_name(host, &(self.list)())
             }
+            ProxyError::Failed(name) => pages::error(
+                StatusCode::from(e),
+                &e.to_string(),
+                &format!("See why with `wharf logs {name}`; `wharf up` starts it again."),
+            ),
             e => pages::error(StatusCode::from(e), &e.to_string(), e.hint()),
         }
     }

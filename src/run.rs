@@ -287,7 +287,7 @@ pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
             Next::Stop => break code,
             Next::GiveUp => {
                 out.say(format!(
-                    "giving up after {GIVE_UP_AFTER} fast failures in a row; the last exit was {}",
+                    "giving up after {GIVE_UP_AFTER} fast failures in a row (the last: {})",
                     describe(status)
                 ));
                 if args.declared.is_some() || args.on_demand {
