@@ -3,13 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
+use crate::context::Context;
 use crate::control::{Instance, Listed, Request, State};
-use crate::dirs::Dirs;
 use crate::launch;
 use crate::mode::Mode;
 use crate::name::Name;
@@ -20,14 +19,9 @@ use crate::registry::Store;
 /// How long `stop` waits after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-pub struct Ctx {
-    pub dirs: Dirs,
-    pub self_exe: PathBuf,
-}
-
 /// What is running: from the proxy if it answers (`true`), else from the registry's leases
 /// with direct URLs (`false`).
-async fn instances(ctx: &Ctx) -> anyhow::Result<(Vec<Listed>, bool)> {
+async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, bool)> {
     let runtime = ctx.dirs.runtime()?;
     if let Some(mut c) = launch::connect(runtime).await {
         let list = c.client.call(&Request::List).await?;
@@ -70,7 +64,7 @@ async fn instances(ctx: &Ctx) -> anyhow::Result<(Vec<Listed>, bool)> {
     Ok((listed, false))
 }
 
-pub async fn ls(ctx: &Ctx, json: bool) -> anyhow::Result<i32> {
+pub async fn ls(ctx: &Context, json: bool) -> anyhow::Result<i32> {
     let (list, via_proxy) = instances(ctx).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
@@ -149,7 +143,12 @@ pub async fn ls(ctx: &Ctx, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub async fn stop(ctx: &Ctx, name: Option<Name>, all: bool, proxy: bool) -> anyhow::Result<i32> {
+pub async fn stop(
+    ctx: &Context,
+    name: Option<Name>,
+    all: bool,
+    proxy: bool,
+) -> anyhow::Result<i32> {
     if proxy {
         return stop_proxy(ctx).await;
     }
@@ -205,7 +204,7 @@ pub async fn stop(ctx: &Ctx, name: Option<Name>, all: bool, proxy: bool) -> anyh
     Ok(if failed == 0 { 0 } else { 1 })
 }
 
-async fn stop_proxy(ctx: &Ctx) -> anyhow::Result<i32> {
+async fn stop_proxy(ctx: &Context) -> anyhow::Result<i32> {
     let Some(c) = launch::connect(ctx.dirs.runtime()?).await else {
         eprintln!("wharf: no front proxy is running");
         return Ok(0);
@@ -224,7 +223,7 @@ async fn stop_proxy(ctx: &Ctx) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub async fn alias(ctx: &Ctx, name: Name, addr: Option<String>) -> anyhow::Result<i32> {
+pub async fn alias(ctx: &Context, name: Name, addr: Option<String>) -> anyhow::Result<i32> {
     let addr = addr.map(|a| parse_alias_addr(&a)).transpose()?;
     let runtime = ctx.dirs.runtime()?;
     ctx.dirs.state()?;
@@ -271,7 +270,7 @@ pub fn parse_alias_addr(s: &str) -> anyhow::Result<SocketAddr> {
 }
 
 pub async fn env(
-    ctx: &Ctx,
+    ctx: &Context,
     name: Option<Name>,
     format: crate::cli::EnvFormat,
 ) -> anyhow::Result<i32> {

@@ -2,7 +2,7 @@
 //! serde shape that refuses unknown keys, then validated types. Errors name the file and line.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -68,14 +68,6 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// `$XDG_CONFIG_HOME/wharf/config.toml`, or `~/.config/wharf/config.toml`.
-pub fn default_path(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
-    let nonempty = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    nonempty("XDG_CONFIG_HOME")
-        .or_else(|| nonempty("HOME").map(|h| h.join(".config")))
-        .map(|d| d.join("wharf/config.toml"))
 }
 
 /// Read `path`; a missing file is the default configuration.

@@ -57,14 +57,6 @@ pub struct SystemdTarget<'a> {
     pub uid: u32,
 }
 
-/// `~/.config/systemd/user` (or under `$XDG_CONFIG_HOME`).
-pub fn systemd_user_dir(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
-    let nonempty = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    nonempty("XDG_CONFIG_HOME")
-        .or_else(|| nonempty("HOME").map(|h| h.join(".config")))
-        .map(|d| d.join("systemd/user"))
-}
-
 /// The unit files for a user manager, and what comes next.
 pub fn plan_systemd(t: &SystemdTarget) -> anyhow::Result<Plan> {
     let exec = systemd_exec_path(t.binary)?;

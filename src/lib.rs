@@ -4,6 +4,7 @@ pub mod alloc;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod context;
 pub mod control;
 pub mod deadline;
 pub mod demand;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 use wharf::cli::{Cli, Command, ProxyCli, RunCli};
-use wharf::dirs::Dirs;
+use wharf::context::Context;
 use wharf::mode::Mode;
 use wharf::project::Restart;
 use wharf::{commands, config, handoff, listeners, proxy, run, service, up};
@@ -33,8 +33,11 @@ fn exit(code: i32) -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<i32> {
-    let dirs = Dirs::from_env(|k| std::env::var_os(k))?;
-    let self_exe = std::env::current_exe().context("finding the wharf binary")?;
+    let ctx = Context::new(
+        |k| std::env::var_os(k),
+        std::env::current_exe().context("finding the wharf binary")?,
+        std::env::current_dir().context("finding the current directory")?,
+    )?;
     let current_thread = || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -42,14 +45,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     };
     match cli.command {
         Command::Run(args) => {
-            let config = user_config()?;
-            let env = run::Env {
-                dirs,
-                self_exe,
-                cwd: std::env::current_dir()?,
-                path_var: std::env::var_os("PATH"),
-            };
-            current_thread()?.block_on(run::run(&env, run_args(args, &config)))
+            let config = user_config(&ctx)?;
+            current_thread()?.block_on(run::run(&ctx, run_args(args, &config)))
         }
         Command::Proxy(args) => {
             // SAFETY: no other thread exists yet (the runtime is built below).
@@ -57,7 +54,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 Some(passed) => Some(passed),
                 None => listeners::launchd()?,
             };
-            let args = proxy_args(args, inherited, &dirs)?;
+            let args = proxy_args(args, inherited, &ctx)?;
             // One CPU to run on (pinned, or a small machine): a single-threaded runtime does the
             // same work without the work-stealing scheduler's cross-thread wake-ups.
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -71,46 +68,27 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             runtime.block_on(proxy::run(args))?;
             Ok(0)
         }
-        Command::Ls(args) => {
-            current_thread()?.block_on(commands::ls(&commands::Ctx { dirs, self_exe }, args.json))
-        }
+        Command::Ls(args) => current_thread()?.block_on(commands::ls(&ctx, args.json)),
         Command::Stop(args) => {
-            let ctx = commands::Ctx { dirs, self_exe };
             current_thread()?.block_on(commands::stop(&ctx, args.name, args.all, args.proxy))
         }
         Command::Alias(args) => {
-            let ctx = commands::Ctx { dirs, self_exe };
             let addr = if args.rm { None } else { args.addr };
             current_thread()?.block_on(commands::alias(&ctx, args.name, addr))
         }
         Command::Env(args) => {
-            let ctx = commands::Ctx { dirs, self_exe };
             current_thread()?.block_on(commands::env(&ctx, args.name, args.format))
         }
-        Command::Install(args) => service::install(&service_ctx(dirs, self_exe)?, args),
-        Command::Uninstall(args) => service::uninstall(&service_ctx(dirs, self_exe)?, args),
-        Command::Doctor => {
-            current_thread()?.block_on(service::doctor(&service_ctx(dirs, self_exe)?))
-        }
+        Command::Install(args) => service::install(&ctx, args),
+        Command::Uninstall(args) => service::uninstall(&ctx, args),
+        Command::Doctor => current_thread()?.block_on(service::doctor(&ctx)),
         Command::Up(args) => {
-            let cwd = std::env::current_dir()?;
-            let ctx = up::Ctx {
-                dirs,
-                self_exe,
-                cwd,
-            };
             current_thread()?.block_on(up::up(&ctx, args.file.as_deref(), &args.names))
         }
         Command::Down(args) => {
-            let cwd = std::env::current_dir()?;
-            let ctx = up::Ctx {
-                dirs,
-                self_exe,
-                cwd,
-            };
             current_thread()?.block_on(up::down(&ctx, args.file.as_deref(), &args.names))
         }
-        Command::Logs(args) => up::logs(&dirs, &args.name, args.follow),
+        Command::Logs(args) => up::logs(&ctx.dirs, &args.name, args.follow),
     }
 }
 
@@ -118,9 +96,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 fn proxy_args(
     cli: ProxyCli,
     inherited: Option<listeners::Inherited>,
-    dirs: &Dirs,
+    ctx: &Context,
 ) -> anyhow::Result<proxy::ProxyArgs> {
-    let config = user_config()?;
+    let config = user_config(ctx)?;
     let listen = if !cli.listen.is_empty() {
         config::parse_listen(&cli.listen)
             .map_err(anyhow::Error::msg)
@@ -135,27 +113,15 @@ fn proxy_args(
     Ok(proxy::ProxyArgs {
         inherited,
         listen,
-        runtime_dir: dirs.runtime()?.to_path_buf(),
-        state_dir: dirs.state()?.to_path_buf(),
+        runtime_dir: ctx.dirs.runtime()?.to_path_buf(),
+        state_dir: ctx.dirs.state()?.to_path_buf(),
         upstream_timeout: config.upstream_timeout,
     })
 }
 
-fn service_ctx(dirs: Dirs, self_exe: std::path::PathBuf) -> anyhow::Result<service::Ctx> {
-    let (unit_dir, agents_dir) = service::dirs_from_env(|k| std::env::var_os(k));
-    Ok(service::Ctx {
-        dirs,
-        self_exe,
-        cwd: std::env::current_dir()?,
-        path_var: std::env::var_os("PATH"),
-        unit_dir,
-        agents_dir,
-    })
-}
-
 /// `~/.config/wharf/config.toml` (or under `$XDG_CONFIG_HOME`); defaults if there is none.
-fn user_config() -> anyhow::Result<config::Config> {
-    Ok(match config::default_path(|k| std::env::var_os(k)) {
+fn user_config(ctx: &Context) -> anyhow::Result<config::Config> {
+    Ok(match ctx.config_file() {
         Some(path) => config::load(&path)?,
         None => config::Config::default(),
     })

@@ -2,7 +2,6 @@
 //! readiness, restarts on the same socket) and keep its route registered while it lives.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
@@ -20,9 +19,9 @@ use signal_hook::low_level::siginfo::{Cause, Origin};
 use signal_hook_tokio::SignalsInfo;
 
 use crate::alloc::{self, MAIN_SOCKET, PortRange};
+use crate::context::Context;
 use crate::control::{Declaration, State};
 use crate::demand;
-use crate::dirs::Dirs;
 use crate::handoff::{self, Handoff};
 use crate::listening;
 use crate::logs::Log;
@@ -69,17 +68,9 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-/// What the process around the library knows: directories, this binary, the environment.
-pub struct Env {
-    pub dirs: Dirs,
-    pub self_exe: PathBuf,
-    pub cwd: PathBuf,
-    pub path_var: Option<OsString>,
-}
-
 /// Run the instance until its server exits for good; returns the exit code for wharf
 /// (the server's, or 128+signal).
-pub async fn run(ctx: &Env, args: RunArgs) -> anyhow::Result<i32> {
+pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
     let log = match &args.log {
         Some(path) => Some(Log::open(path).with_context(|| format!("opening {}", path.display()))?),
         None => None,

@@ -2,25 +2,14 @@
 //! directories), let `install` plan, then write, print, and run only what was asked.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 
 use crate::cli::{InstallCli, UninstallCli};
-use crate::dirs::Dirs;
+use crate::context::Context;
 use crate::install::{self, File, Outcome, Plan, Port80};
-
-pub struct Ctx {
-    pub dirs: Dirs,
-    pub self_exe: PathBuf,
-    pub cwd: PathBuf,
-    pub path_var: Option<std::ffi::OsString>,
-    /// `~/.config/systemd/user`, if a home is known.
-    pub unit_dir: Option<PathBuf>,
-    /// `~/Library/LaunchAgents`, if a home is known.
-    pub agents_dir: Option<PathBuf>,
-}
 
 fn user() -> (String, u32) {
     let uid = nix::unistd::getuid();
@@ -42,7 +31,7 @@ fn unprivileged_port_start() -> u16 {
         .unwrap_or(1024)
 }
 
-fn binary(ctx: &Ctx, warn: bool) -> anyhow::Result<PathBuf> {
+fn binary(ctx: &Context, warn: bool) -> anyhow::Result<PathBuf> {
     let bin = ctx
         .self_exe
         .canonicalize()
@@ -57,13 +46,12 @@ fn binary(ctx: &Ctx, warn: bool) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-pub fn install(ctx: &Ctx, cli: InstallCli) -> anyhow::Result<i32> {
+pub fn install(ctx: &Context, cli: InstallCli) -> anyhow::Result<i32> {
     let bin = binary(ctx, cli.instance.is_none())?;
     let (user, uid) = user();
     let plan = if let Some(name) = &cli.instance {
-        let unit_dir = ctx
-            .unit_dir
-            .as_deref()
+        let unit_dir = &ctx
+            .systemd_user_dir()
             .context("no home directory to install units into")?;
         let mut command = cli.command.clone();
         let program = crate::handoff::resolve_program(&command[0], ctx.path_var.clone(), &ctx.cwd)
@@ -80,9 +68,8 @@ pub fn install(ctx: &Ctx, cli: InstallCli) -> anyhow::Result<i32> {
             unit_dir,
         })?
     } else if cli.launchd || cfg!(target_os = "macos") {
-        let agents_dir = ctx
-            .agents_dir
-            .as_deref()
+        let agents_dir = &ctx
+            .launch_agents_dir()
             .context("no home directory for LaunchAgents")?;
         install::plan_launchd(&install::LaunchdTarget {
             binary: &bin,
@@ -93,9 +80,8 @@ pub fn install(ctx: &Ctx, cli: InstallCli) -> anyhow::Result<i32> {
             uid,
         })
     } else {
-        let unit_dir = ctx
-            .unit_dir
-            .as_deref()
+        let unit_dir = &ctx
+            .systemd_user_dir()
             .context("no home directory to install units into")?;
         let port80 = match (cli.sysctl, cli.system_socket) {
             (true, _) => Some(Port80::Sysctl),
@@ -196,11 +182,11 @@ fn run_root(command: &[String], root: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn uninstall(ctx: &Ctx, cli: UninstallCli) -> anyhow::Result<i32> {
+pub fn uninstall(ctx: &Context, cli: UninstallCli) -> anyhow::Result<i32> {
     let (user, uid) = user();
     let root = nix::unistd::geteuid().is_root();
     let (user_files, system_files, stop) = if let Some(name) = &cli.instance {
-        let dir = ctx.unit_dir.as_deref().context("no home directory")?;
+        let dir = &ctx.systemd_user_dir().context("no home directory")?;
         let files = vec![
             dir.join(format!("wharf-{name}.socket")),
             dir.join(format!("wharf-{name}.service")),
@@ -215,7 +201,7 @@ pub fn uninstall(ctx: &Ctx, cli: UninstallCli) -> anyhow::Result<i32> {
         ];
         (files, Vec::new(), stop)
     } else if cfg!(target_os = "macos") {
-        let dir = ctx.agents_dir.as_deref().context("no home directory")?;
+        let dir = &ctx.launch_agents_dir().context("no home directory")?;
         let files = vec![dir.join(format!("{}.plist", install::LAUNCHD_LABEL))];
         let stop = vec![
             "launchctl".into(),
@@ -224,7 +210,7 @@ pub fn uninstall(ctx: &Ctx, cli: UninstallCli) -> anyhow::Result<i32> {
         ];
         (files, Vec::new(), stop)
     } else {
-        let dir = ctx.unit_dir.as_deref().context("no home directory")?;
+        let dir = &ctx.systemd_user_dir().context("no home directory")?;
         let (u, s) = install::installed_paths(dir, &user);
         let stop = [
             "systemctl",
@@ -322,23 +308,8 @@ fn remove_privileged(files: &[PathBuf], user: &str, root: bool) -> anyhow::Resul
     Ok(())
 }
 
-pub async fn doctor(ctx: &Ctx) -> anyhow::Result<i32> {
-    let unit_dir = if cfg!(target_os = "linux") {
-        ctx.unit_dir.as_deref()
-    } else {
-        None
-    };
-    let findings = crate::doctor::examine(&ctx.dirs, unit_dir).await;
+pub async fn doctor(ctx: &Context) -> anyhow::Result<i32> {
+    let unit_dir = ctx.systemd_user_dir().filter(|_| cfg!(target_os = "linux"));
+    let findings = crate::doctor::examine(&ctx.dirs, unit_dir.as_deref()).await;
     Ok(crate::doctor::report(&findings))
-}
-
-/// The directories the service commands need, from the environment (read by `main`).
-pub fn dirs_from_env(
-    var: impl Fn(&str) -> Option<std::ffi::OsString>,
-) -> (Option<PathBuf>, Option<PathBuf>) {
-    let home = var("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
-    let agents = home
-        .as_deref()
-        .map(|h: &Path| h.join("Library/LaunchAgents"));
-    (install::systemd_user_dir(&var), agents)
 }

@@ -2,12 +2,13 @@
 //! file says, each run by its own background `wharf run` supervisor, and show their output.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use crate::context::Context;
 use crate::control::{Listed, Request, State};
 use crate::dirs::Dirs;
 use crate::launch;
@@ -20,13 +21,7 @@ use crate::project::{self, Activation, Declared, Project, Restart};
 const REGISTER_PATIENCE: Duration = Duration::from_secs(15);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-pub struct Ctx {
-    pub dirs: Dirs,
-    pub self_exe: PathBuf,
-    pub cwd: PathBuf,
-}
-
-fn load(ctx: &Ctx, file: Option<&Path>) -> anyhow::Result<Project> {
+fn load(ctx: &Context, file: Option<&Path>) -> anyhow::Result<Project> {
     let path = match file {
         Some(f) => ctx.cwd.join(f),
         None => project::find(&ctx.cwd)?,
@@ -71,7 +66,7 @@ fn declared_here(l: &Listed, project: &Project) -> bool {
         .is_some_and(|d| d.file == project.path)
 }
 
-pub async fn up(ctx: &Ctx, file: Option<&Path>, names: &[Name]) -> anyhow::Result<i32> {
+pub async fn up(ctx: &Context, file: Option<&Path>, names: &[Name]) -> anyhow::Result<i32> {
     // A broken file changes nothing: everything is validated before anything is touched.
     let project = load(ctx, file)?;
     let selected = select(&project, names)?;
@@ -174,7 +169,7 @@ pub async fn up(ctx: &Ctx, file: Option<&Path>, names: &[Name]) -> anyhow::Resul
 }
 
 fn spawn_supervisor(
-    ctx: &Ctx,
+    ctx: &Context,
     decl: &Declared,
     file: &Path,
     fingerprint: &str,
@@ -256,7 +251,7 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-pub async fn down(ctx: &Ctx, file: Option<&Path>, names: &[Name]) -> anyhow::Result<i32> {
+pub async fn down(ctx: &Context, file: Option<&Path>, names: &[Name]) -> anyhow::Result<i32> {
     let project = load(ctx, file)?;
     let selected = select(&project, names)?;
     let Some(mut proxy) = launch::connect(ctx.dirs.runtime()?).await else {

@@ -1,0 +1,59 @@
+//! What the process around the library knows: wharf's directories, this binary, the working
+//! directory, PATH and the user's home. `main` builds it once from the real environment; every
+//! command takes it, so nothing below reads environment variables on its own.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::dirs::{DirError, Dirs};
+
+pub struct Context {
+    pub dirs: Dirs,
+    /// This binary, to run the exec step, the background proxy and supervisors.
+    pub self_exe: PathBuf,
+    pub cwd: PathBuf,
+    pub path_var: Option<OsString>,
+    /// `$HOME`, if set.
+    pub home: Option<PathBuf>,
+    /// `$XDG_CONFIG_HOME`, else `~/.config`.
+    pub config_home: Option<PathBuf>,
+}
+
+impl Context {
+    /// Read everything through `var` (main passes `std::env::var_os`).
+    pub fn new(
+        var: impl Fn(&str) -> Option<OsString>,
+        self_exe: PathBuf,
+        cwd: PathBuf,
+    ) -> Result<Context, DirError> {
+        let nonempty = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let home = nonempty("HOME");
+        let config_home =
+            nonempty("XDG_CONFIG_HOME").or_else(|| home.as_ref().map(|h| h.join(".config")));
+        Ok(Context {
+            dirs: Dirs::from_env(&var)?,
+            self_exe,
+            cwd,
+            path_var: var("PATH"),
+            home,
+            config_home,
+        })
+    }
+
+    /// `~/.config/wharf/config.toml`.
+    pub fn config_file(&self) -> Option<PathBuf> {
+        self.config_home
+            .as_ref()
+            .map(|d| d.join("wharf/config.toml"))
+    }
+
+    /// `~/.config/systemd/user`.
+    pub fn systemd_user_dir(&self) -> Option<PathBuf> {
+        self.config_home.as_ref().map(|d| d.join("systemd/user"))
+    }
+
+    /// `~/Library/LaunchAgents`.
+    pub fn launch_agents_dir(&self) -> Option<PathBuf> {
+        self.home.as_ref().map(|h| h.join("Library/LaunchAgents"))
+    }
+}
