@@ -302,7 +302,7 @@ impl Forwarder {
         let uri = upstream_uri(&authority, path);
 
         let body: ProxyBody = if body.is_end_stream() {
-            Empty::new().map_err(|never| match never {}).boxed_unsync()
+            empty_body()
         } else {
             IdleBody::new(body, BODY_IDLE).boxed_unsync()
         };
@@ -318,7 +318,7 @@ impl Forwarder {
                 if retry.is_some() && !source.is_connect() =>
             {
                 let (method, uri, headers) = retry.expect("checked");
-                let empty = Empty::new().map_err(|never| match never {}).boxed_unsync();
+                let empty = empty_body();
                 self.send(build(method, uri, headers, empty), &name, addr)
                     .await?
             }
@@ -342,10 +342,7 @@ impl Forwarder {
                 .await;
             });
             let (parts, _) = response.into_parts();
-            return Ok(Response::from_parts(
-                parts,
-                Empty::new().map_err(|never| match never {}).boxed_unsync(),
-            ));
+            return Ok(Response::from_parts(parts, empty_body()));
         }
         if !route.answered.load(Ordering::Relaxed) {
             // Mark the route as it is now: the server may have re-registered meanwhile.
@@ -399,6 +396,10 @@ impl Forwarder {
             }
         }
     }
+}
+
+fn empty_body() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 fn build(method: Method, uri: Uri, headers: HeaderMap, body: ProxyBody) -> Request<ProxyBody> {

@@ -505,22 +505,21 @@ pub(crate) struct Output {
 
 impl Output {
     pub(crate) fn say(&self, line: String) {
-        let line = format!("wharf: {}: {line}\n", self.name);
-        if let Some(log) = &self.log {
-            log.write(line.as_bytes());
-        }
-        if !self.quiet {
-            eprint!("{line}");
-        }
+        self.emit(&format!("wharf: {}: {line}\n", self.name), !self.quiet);
     }
 
     /// The one line a script looks for: always printed, even with --quiet.
     fn url(&self, url: &str) {
-        let line = format!("wharf: {} is at {url}\n", self.name);
+        self.emit(&format!("wharf: {} is at {url}\n", self.name), true);
+    }
+
+    fn emit(&self, line: &str, to_terminal: bool) {
         if let Some(log) = &self.log {
             log.write(line.as_bytes());
         }
-        eprint!("{line}");
+        if to_terminal {
+            eprint!("{line}");
+        }
     }
 }
 

@@ -257,18 +257,8 @@ fn a_second_run_of_a_name_is_refused_unless_forced() {
     let sb = Sandbox::new();
     let mut first = sb.serve("dup", &[]);
     first.url_port();
-    let (py, script) = (python(), server_py());
-    let mut args = vec![
-        "run",
-        "--name",
-        "dup",
-        "--fd",
-        "--port",
-        "0",
-        "--",
-        path_str(&py),
-        path_str(&script),
-    ];
+    let mut owned = serve_args("dup", &[]);
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
     let (status, log) = sb.output(&args);
     assert!(!status.success());
     assert!(
@@ -276,7 +266,8 @@ fn a_second_run_of_a_name_is_refused_unless_forced() {
         "{log}"
     );
 
-    args.insert(3, "--force");
+    owned.insert(3, "--force".to_string());
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
     let second = sb.spawn(&args);
     second.expect("as --force asks");
     assert!(!first.wait(PATIENCE).success(), "the first one was stopped");

@@ -108,20 +108,8 @@ impl Sandbox {
     /// `wharf run --name NAME --fd --port 0 -- python3 server.py EXTRA…`: the test server as an
     /// instance, its socket passed as fd 3.
     pub fn serve(&self, name: &str, extra: &[&str]) -> Proc {
-        let (py, script) = (python(), server_py());
-        let mut args = vec![
-            "run",
-            "--name",
-            name,
-            "--fd",
-            "--port",
-            "0",
-            "--",
-            path_str(&py),
-            path_str(&script),
-        ];
-        args.extend_from_slice(extra);
-        self.spawn(&args)
+        let args = serve_args(name, extra);
+        self.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     /// `wharf run --name NAME --port 0 -- gunicorn --chdir tests/servers wsgi:app`, or `None`
@@ -367,6 +355,17 @@ impl Drop for Proc {
             eprintln!("---- output of {} ----\n{}\n----", self.what, self.log());
         }
     }
+}
+
+/// The arguments of `Sandbox::serve`, for tests that change them.
+pub fn serve_args(name: &str, extra: &[&str]) -> Vec<String> {
+    let (py, script) = (python(), server_py());
+    let mut args: Vec<String> = ["run", "--name", name, "--fd", "--port", "0", "--"]
+        .map(String::from)
+        .to_vec();
+    args.extend([path_str(&py).to_string(), path_str(&script).to_string()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 /// A minimal HTTP/1.1 GET with `Connection: close`: (status, body). Bounded by `PATIENCE`.
