@@ -25,6 +25,10 @@ use crate::name::Name;
 use crate::pages;
 use crate::routes::{Route, Routes};
 
+mod chunked;
+pub mod express;
+mod upstream;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type on both sides of the proxy.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -77,8 +81,17 @@ pub enum ProxyError {
     Unreachable {
         name: Name,
         addr: SocketAddr,
+        /// It failed on a pooled connection before any answer: the server may have closed
+        /// it just then, so an idempotent request may go once more on a new one.
+        reused: bool,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
+    },
+    #[error("{name} ({addr}) sent an invalid response: {why}")]
+    BadResponse {
+        name: Name,
+        addr: SocketAddr,
+        why: &'static str,
     },
     #[error("{name} ({addr}) sent no response head within {secs}s", secs = after.as_secs())]
     UpstreamTimeout {
@@ -107,7 +120,9 @@ impl From<&ProxyError> for StatusCode {
             }
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
             ProxyError::NotListening(_) | ProxyError::Failed(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Unreachable { .. } | ProxyError::BadResponse { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyStalled => StatusCode::REQUEST_TIMEOUT,
         }
@@ -122,6 +137,9 @@ impl ProxyError {
             }
             ProxyError::Unreachable { .. } => {
                 "The server is not accepting connections: is it still running? `wharf ls` shows its state."
+            }
+            ProxyError::BadResponse { .. } => {
+                "The server's answer is not valid HTTP/1.1; see its output where `wharf run` runs."
             }
             ProxyError::Loop => "Check `wharf alias` entries: one points at the proxy itself.",
             ProxyError::NotListening(_) | ProxyError::UpstreamTimeout { .. } => {
@@ -146,6 +164,8 @@ enum Routed {
 pub struct Forwarder {
     routes: Arc<Routes>,
     client: Client<HttpConnector, ProxyBody>,
+    /// The express lane's idle upstream connections.
+    pool: upstream::Pool,
     /// The dashboard's data (the control plane's view of the routes).
     list: Box<dyn Fn() -> Vec<crate::control::Listed> + Send + Sync>,
     /// How long to wait for a response head (`UPSTREAM_HEAD` unless configured).
@@ -170,8 +190,23 @@ impl Forwarder {
         Forwarder {
             routes,
             client,
+            pool: upstream::Pool::default(),
             list,
             upstream_timeout,
+        }
+    }
+
+    /// Close idle upstream connections that are too old or that their server closed.
+    pub fn sweep_idle(&self) {
+        self.pool.sweep();
+    }
+
+    /// Mark the route as it is now as answering: the server may have re-registered meanwhile.
+    fn mark_answered(&self, route: &Route) {
+        if !route.answered.load(Ordering::Relaxed)
+            && let Some(current) = self.routes.get(&route.instance.name)
+        {
+            current.answered.store(true, Ordering::Relaxed);
         }
     }
 
@@ -314,9 +349,7 @@ impl Forwarder {
             .send(build(parts.method, uri, headers, body), &name, addr)
             .await
         {
-            Err(ProxyError::Unreachable { source, .. })
-                if retry.is_some() && !source.is_connect() =>
-            {
+            Err(ProxyError::Unreachable { reused: true, .. }) if retry.is_some() => {
                 let (method, uri, headers) = retry.expect("checked");
                 let empty = empty_body();
                 self.send(build(method, uri, headers, empty), &name, addr)
@@ -344,12 +377,7 @@ impl Forwarder {
             let (parts, _) = response.into_parts();
             return Ok(Response::from_parts(parts, empty_body()));
         }
-        if !route.answered.load(Ordering::Relaxed) {
-            // Mark the route as it is now: the server may have re-registered meanwhile.
-            if let Some(current) = self.routes.get(&name) {
-                current.answered.store(true, Ordering::Relaxed);
-            }
-        }
+        self.mark_answered(&route);
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(
@@ -375,7 +403,8 @@ impl Forwarder {
             Ok(Err(source)) => Err(ProxyError::Unreachable {
                 name: name.clone(),
                 addr,
-                source,
+                reused: !source.is_connect(),
+                source: Box::new(source),
             }),
         }
     }
@@ -506,9 +535,13 @@ fn add_forwarded(headers: &mut HeaderMap, host: &HeaderValue, peer: SocketAddr) 
 }
 
 fn is_idempotent(method: &Method) -> bool {
+    is_idempotent_str(method.as_str())
+}
+
+fn is_idempotent_str(method: &str) -> bool {
     matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
     )
 }
 

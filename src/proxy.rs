@@ -79,6 +79,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         .context("registering the HTTP listeners")?;
     let control_listener = tokio::net::UnixListener::from_std(control_listener)
         .context("registering the control socket")?;
+    tasks.spawn(housekeeping(forwarder.clone(), shutdown.clone()));
     let http_task = tokio::spawn(server::serve(
         http_listeners,
         forwarder,
@@ -92,7 +93,6 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         tasks.clone(),
     ));
     tasks.spawn(report_status(routes.clone(), shutdown.clone()));
-    tasks.spawn(trim_memory(shutdown.clone()));
     if let Some(interval) = sd_notify::watchdog_enabled() {
         tasks.spawn(watchdog(interval / 2, shutdown.clone()));
     }
@@ -144,18 +144,23 @@ async fn report_status(routes: Arc<Routes>, shutdown: CancellationToken) {
     }
 }
 
-/// After a burst of connections the allocator keeps their buffers; hand free memory back to
-/// the system now and then, so an idle proxy is small again (glibc only).
-async fn trim_memory(shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(TRIM_EVERY);
+/// Now and then: close idle upstream connections their servers closed (each holds an fd), and
+/// hand free memory back to the system, since after a burst of connections the allocator keeps
+/// their buffers and an idle proxy should be small again (glibc only).
+async fn housekeeping(forwarder: Arc<Forwarder>, shutdown: CancellationToken) {
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    let mut trim = tokio::time::interval(TRIM_EVERY);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => imp::trim(),
+            _ = sweep.tick() => forwarder.sweep_idle(),
+            _ = trim.tick() => imp::trim(),
         }
     }
 }
 
+/// Idle upstream connections live at most `UPSTREAM_IDLE` plus this.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

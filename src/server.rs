@@ -1,5 +1,6 @@
 //! Accepting HTTP connections: the accept loop that survives errors, the connection cap, the
 //! first-byte and write deadlines, hyper's header limits, and a graceful drain on shutdown.
+//! Each connection starts in `forward::express`'s lane; what it does not serve goes to hyper.
 //! What happens to each request is `forward`'s job.
 
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::deadline::{self, WriteDeadline};
 use crate::forward::Forwarder;
+use crate::forward::express::{self, Outcome, Replay};
 
 /// A client that connects and sends nothing is dropped after this.
 pub const FIRST_BYTE: Duration = Duration::from_secs(10);
@@ -140,7 +142,11 @@ async fn connection(
         ready = deadline::first_byte(&stream, FIRST_BYTE) => if !ready { return },
         _ = shutdown.cancelled() => return,
     }
-    let (io, exempt) = WriteDeadline::new(stream, WRITE_STALL);
+    let io = match express::serve(stream, peer, &forwarder, &shutdown).await {
+        Outcome::Closed => return,
+        Outcome::Handoff(stream, read) => Replay::new(read, stream),
+    };
+    let (io, exempt) = WriteDeadline::new(io, WRITE_STALL);
     let service = service_fn(move |req| {
         let forwarder = forwarder.clone();
         let exempt = exempt.clone();

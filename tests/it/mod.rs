@@ -1,3 +1,4 @@
+mod express;
 mod hostile;
 mod proxy;
 mod run;

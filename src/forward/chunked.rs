@@ -1,0 +1,197 @@
+//! Reading a chunked body (RFC 9112 §7.1) from an upstream response, one buffer at a time, so
+//! the express lane can re-frame it for the client: the data goes on, sizes, extensions and
+//! trailers are rebuilt or dropped, never copied (HARDENING.md: rebuild framing).
+
+/// Longest chunk-size line with its extensions, and the whole trailer section.
+const MAX_LINE: usize = 4 * 1024;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid chunked body: {0}")]
+pub struct ChunkError(&'static str);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Hex digits of a chunk size; `digits` so far.
+    Size {
+        size: u64,
+        digits: u8,
+    },
+    /// After the size: extensions up to the line's end (ignored); `len` bytes seen.
+    Extension {
+        size: u64,
+        len: usize,
+    },
+    /// The size line's CR was seen; LF must follow.
+    SizeLf {
+        size: u64,
+    },
+    /// Inside a chunk, this many bytes left.
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// After the last chunk: trailer lines until an empty one; `line` bytes in the current
+    /// line, `total` in all of them.
+    Trailer {
+        line: usize,
+        total: usize,
+    },
+    TrailerLf {
+        empty: bool,
+        total: usize,
+    },
+    Done,
+}
+
+/// Incremental chunked-body reader.
+#[derive(Debug)]
+pub struct Decoder {
+    state: State,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder {
+            state: State::Size { size: 0, digits: 0 },
+        }
+    }
+}
+
+impl Decoder {
+    /// Read what `input` holds, handing each run of body data to `data`. Returns how many
+    /// bytes were used: all of them, or fewer when the body ended inside `input` (the rest is
+    /// whatever the server sent after it).
+    pub fn decode(
+        &mut self,
+        input: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<usize, ChunkError> {
+        let mut i = 0;
+        while i < input.len() && self.state != State::Done {
+            let b = input[i];
+            self.state = match self.state {
+                State::Size { size, digits } => match (b as char).to_digit(16) {
+                    Some(d) if digits < 16 => State::Size {
+                        size: size << 4 | u64::from(d),
+                        digits: digits + 1,
+                    },
+                    Some(_) => return Err(ChunkError("chunk size too large")),
+                    None if digits == 0 => return Err(ChunkError("missing chunk size")),
+                    None => match b {
+                        b'\r' => State::SizeLf { size },
+                        b';' | b' ' | b'\t' => State::Extension { size, len: 0 },
+                        _ => return Err(ChunkError("invalid byte in chunk size")),
+                    },
+                },
+                State::Extension { size, len } => match b {
+                    b'\r' => State::SizeLf { size },
+                    _ if len >= MAX_LINE => return Err(ChunkError("chunk extension too long")),
+                    b'\n' => return Err(ChunkError("bare LF after chunk size")),
+                    _ => State::Extension { size, len: len + 1 },
+                },
+                State::SizeLf { size } => match b {
+                    b'\n' if size == 0 => State::Trailer { line: 0, total: 0 },
+                    b'\n' => State::Data(size),
+                    _ => return Err(ChunkError("expected LF after chunk size")),
+                },
+                State::Data(left) => {
+                    let take = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(input.len() - i);
+                    data(&input[i..i + take]);
+                    i += take;
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        State::DataCr
+                    } else {
+                        State::Data(left)
+                    };
+                    continue;
+                }
+                State::DataCr if b == b'\r' => State::DataLf,
+                State::DataLf if b == b'\n' => State::Size { size: 0, digits: 0 },
+                State::DataCr | State::DataLf => {
+                    return Err(ChunkError("expected CRLF after data"));
+                }
+                State::Trailer { line, total } => match b {
+                    b'\r' => State::TrailerLf {
+                        empty: line == 0,
+                        total,
+                    },
+                    _ if total >= MAX_TRAILERS => return Err(ChunkError("trailers too long")),
+                    b'\n' => return Err(ChunkError("bare LF in trailers")),
+                    _ => State::Trailer {
+                        line: line + 1,
+                        total: total + 1,
+                    },
+                },
+                State::TrailerLf { empty, total } => match b {
+                    b'\n' if empty => State::Done,
+                    b'\n' => State::Trailer { line: 0, total },
+                    _ => return Err(ChunkError("expected LF in trailers")),
+                },
+                State::Done => unreachable!("the loop stops at Done"),
+            };
+            i += 1;
+        }
+        Ok(i)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_in_pieces(input: &[u8], piece: usize) -> Result<(Vec<u8>, usize, bool), ChunkError> {
+        let mut d = Decoder::default();
+        let mut out = Vec::new();
+        let mut used = 0;
+        for part in input.chunks(piece) {
+            let n = d.decode(part, |b| out.extend_from_slice(b))?;
+            used += n;
+            if d.is_done() {
+                break;
+            }
+        }
+        Ok((out, used, d.is_done()))
+    }
+
+    #[test]
+    fn data_comes_out_whatever_the_read_boundaries() {
+        let body =
+            b"5\r\nhello\r\n6;ext=\"x\"\r\n world\r\nA \r\n0123456789\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        for piece in 1..=body.len() {
+            let (out, used, done) = decode_in_pieces(body, piece).unwrap();
+            assert_eq!(out, b"hello world0123456789", "piece {piece}");
+            assert!(done);
+            assert_eq!(&body[used..], b"NEXT", "piece {piece}");
+        }
+    }
+
+    #[test]
+    fn an_unfinished_body_is_not_done() {
+        let (out, used, done) = decode_in_pieces(b"3\r\nab", 64).unwrap();
+        assert_eq!((out.as_slice(), used, done), (&b"ab"[..], 5, false));
+    }
+
+    #[test]
+    fn malformed_framing_is_an_error() {
+        for bad in [
+            &b"\r\n"[..],
+            b"x\r\n",
+            b"3\nabc\r\n",
+            b"3\r\nabcd\r\n",
+            b"11111111111111111\r\n",
+            b"0\r\nX\n",
+            b"3\r\x00",
+        ] {
+            assert!(decode_in_pieces(bad, 64).is_err(), "{bad:?}");
+        }
+        let long_ext = [b"1;".as_slice(), &[b'x'; MAX_LINE + 1]].concat();
+        assert!(decode_in_pieces(&long_ext, 64).is_err());
+    }
+}

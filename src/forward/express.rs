@@ -1,0 +1,775 @@
+//! The express lane. Most requests a dev proxy carries are plain HTTP/1.1 requests without a
+//! body (pages, assets, API reads, HMR polls). For those the lane works on the bytes: it
+//! parses the head with httparse, writes the upstream head straight from it (same rules as
+//! `Forwarder::forward`: origin-form, hop-by-hop headers and those `Connection` names dropped,
+//! `X-Forwarded-*` and `Via` added), and streams the response back over the upstream
+//! connection this client connection keeps, re-framing chunked bodies. No header maps, no
+//! boxed bodies, no connection task: the request is served in the client's own task.
+//!
+//! Anything else — a body, an upgrade, `Expect`, HTTP/1.0, an absolute-form target, a Host
+//! that is not a ready instance, anything odd or over a limit — is handed to hyper, with the
+//! bytes read so far, before the lane has answered or forwarded any of it. hyper then serves
+//! the connection to its end and gives the answers and errors it always gave.
+
+use std::fmt::Write as _;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::chunked::Decoder;
+use super::upstream::Upstream;
+use super::{Forwarder, MAX_HEADER_LINE, MAX_URI, ProxyError, UPSTREAM_IDLE, VIA};
+use crate::host::{self, Target};
+use crate::routes::Route;
+use crate::server::{HEADER_READ, MAX_HEAD, MAX_HEADERS, WRITE_STALL};
+
+/// Largest response head accepted from an instance [nginx's largest proxy_buffer_size in use].
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Read size for heads, and for bodies.
+const HEAD_BUF: usize = 8 * 1024;
+const BODY_BUF: usize = 64 * 1024;
+
+/// How the lane left a client connection.
+pub enum Outcome {
+    /// Served and closed (or the client went away).
+    Closed,
+    /// hyper serves the rest: the connection and what was read from it but not used.
+    Handoff(TcpStream, BytesMut),
+}
+
+/// Serve `client` for as long as its requests fit the lane.
+pub async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    forwarder: &Forwarder,
+    shutdown: &CancellationToken,
+) -> Outcome {
+    let mut lane = Lane {
+        client,
+        peer,
+        forwarder,
+        inbuf: BytesMut::with_capacity(HEAD_BUF),
+        upbuf: BytesMut::new(),
+        request: Vec::new(),
+        out: Vec::new(),
+        upstream: None,
+    };
+    let handoff = lane.run(shutdown).await;
+    if let Some(up) = lane.upstream.take() {
+        forwarder.pool.put(up);
+    }
+    if handoff {
+        Outcome::Handoff(lane.client, lane.inbuf)
+    } else {
+        Outcome::Closed
+    }
+}
+
+struct Lane<'f> {
+    client: TcpStream,
+    peer: SocketAddr,
+    forwarder: &'f Forwarder,
+    /// Bytes from the client not used yet.
+    inbuf: BytesMut,
+    /// Bytes from the instance not used yet.
+    upbuf: BytesMut,
+    /// The upstream request head being sent.
+    request: Vec<u8>,
+    /// What goes to the client next.
+    out: Vec<u8>,
+    /// The connection to the last instance used, between two complete exchanges.
+    upstream: Option<Upstream>,
+}
+
+/// A request the lane takes, once checked and its upstream head written.
+struct Plan {
+    route: Arc<Route>,
+    addr: SocketAddr,
+    /// The client did not ask to close after this response.
+    keep_alive: bool,
+    /// Safe to send again if a reused connection failed before answering.
+    idempotent: bool,
+    /// HEAD: the response has no body whatever its headers say.
+    head: bool,
+}
+
+enum Next {
+    Request(Plan),
+    Handoff,
+    Close,
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the instance closes the connection.
+    UntilClose,
+}
+
+/// What the response head said, once its downstream copy is in `out`.
+struct Answer {
+    framing: Framing,
+    /// The instance keeps the connection open after this response.
+    reusable: bool,
+}
+
+/// Why an exchange with the instance failed before a response head arrived.
+enum Failure {
+    /// Nothing was received: on a reused connection, the server had closed it.
+    Silent(io::Error),
+    Io(io::Error),
+    Invalid(&'static str),
+}
+
+impl Lane<'_> {
+    /// Serve requests until the connection ends (false) or must go to hyper (true).
+    async fn run(&mut self, shutdown: &CancellationToken) -> bool {
+        let mut cancelled = std::pin::pin!(shutdown.cancelled());
+        loop {
+            let plan = match self.next_request(cancelled.as_mut()).await {
+                Next::Request(plan) => plan,
+                Next::Handoff => return true,
+                Next::Close => return false,
+            };
+            match self.exchange(&plan).await {
+                Ok(true) if plan.keep_alive => {}
+                _ => return false,
+            }
+        }
+    }
+
+    /// Read the next request head (within `HEADER_READ`) and plan it.
+    async fn next_request(
+        &mut self,
+        mut cancelled: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+    ) -> Next {
+        let deadline = Instant::now() + HEADER_READ;
+        loop {
+            if !self.inbuf.is_empty() {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut req = httparse::Request::new(&mut headers);
+                match req.parse(&self.inbuf) {
+                    Ok(httparse::Status::Complete(len)) => {
+                        let plan = plan(&req, self.forwarder, self.peer, &mut self.request);
+                        let Some(plan) = plan else {
+                            return Next::Handoff;
+                        };
+                        self.inbuf.advance(len);
+                        return Next::Request(plan);
+                    }
+                    Ok(httparse::Status::Partial) if self.inbuf.len() < MAX_HEAD => {}
+                    // Over a limit, or malformed: hyper gives the answer it always gave.
+                    _ => return Next::Handoff,
+                }
+            }
+            self.inbuf.reserve(HEAD_BUF);
+            // The kept upstream connection is closed once idle for `UPSTREAM_IDLE`, as pooled
+            // ones are, so an on-demand instance sees no connection and may go idle; the
+            // same timer serves both waits.
+            let release = self
+                .upstream
+                .as_ref()
+                .map(|up| up.idle_since + UPSTREAM_IDLE)
+                .filter(|at| *at < deadline);
+            let read = tokio::select! {
+                biased;
+                read = tokio::time::timeout_at(release.unwrap_or(deadline), self.client.read_buf(&mut self.inbuf)) => read,
+                _ = cancelled.as_mut(), if self.inbuf.is_empty() => return Next::Close,
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                Err(_) if release.is_some() => self.upstream = None,
+                // Closed, failed, or too slow: nothing to answer.
+                _ => return Next::Close,
+            }
+        }
+    }
+
+    /// Forward one request and its response. True when both connections are fit for the
+    /// next request.
+    async fn exchange(&mut self, plan: &Plan) -> io::Result<bool> {
+        plan.route.count_request();
+        let answer = match self.send(plan).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.write_error(&e, plan.keep_alive).await?;
+                return Ok(true);
+            }
+        };
+        self.forwarder.mark_answered(&plan.route);
+        let complete = self.relay_body(answer.framing).await?;
+        if complete && answer.reusable && self.upbuf.is_empty() {
+            if let Some(up) = &mut self.upstream {
+                up.idle_since = Instant::now();
+            }
+        } else {
+            self.upstream = None;
+        }
+        // Keep idle connections small after a large response.
+        if self.upbuf.capacity() > HEAD_BUF {
+            self.upbuf = BytesMut::new();
+        }
+        if self.out.capacity() > HEAD_BUF {
+            self.out = Vec::new();
+        }
+        Ok(complete && answer.framing != Framing::UntilClose)
+    }
+
+    /// Send the request head and read the response head, on the kept connection or a pooled
+    /// one (once more on a fresh one if that had been closed), within the upstream timeout.
+    async fn send(&mut self, plan: &Plan) -> Result<Answer, ProxyError> {
+        let deadline = Instant::now() + self.forwarder.upstream_timeout;
+        let name = &plan.route.instance.name;
+        let mut fresh_only = false;
+        loop {
+            // After a failure the kept connection is gone, and only a new one will do.
+            let (mut up, reused) = match self.upstream.take() {
+                Some(up) if up.addr == plan.addr && up.reusable() => (up, true),
+                other => {
+                    // Another instance's connection waits in the pool; a stale one closes.
+                    if let Some(up) = other.filter(|up| up.addr != plan.addr) {
+                        self.forwarder.pool.put(up);
+                    }
+                    let pooled = if fresh_only {
+                        None
+                    } else {
+                        self.forwarder.pool.take(plan.addr)
+                    };
+                    match pooled {
+                        Some(up) => (up, true),
+                        None => match Upstream::connect(plan.addr).await {
+                            Ok(up) => (up, false),
+                            Err(e) => return Err(unreachable(plan, e, false)),
+                        },
+                    }
+                }
+            };
+            self.upbuf.clear();
+            let exchange = self.exchange_heads(&mut up, plan);
+            match tokio::time::timeout_at(deadline, exchange).await {
+                Ok(Ok(answer)) => {
+                    self.upstream = Some(up);
+                    return Ok(answer);
+                }
+                Err(_) => {
+                    return Err(ProxyError::UpstreamTimeout {
+                        name: name.clone(),
+                        addr: plan.addr,
+                        after: self.forwarder.upstream_timeout,
+                    });
+                }
+                Ok(Err(Failure::Silent(_))) if reused && plan.idempotent => fresh_only = true,
+                Ok(Err(Failure::Silent(e) | Failure::Io(e))) => {
+                    return Err(unreachable(plan, e, reused));
+                }
+                Ok(Err(Failure::Invalid(why))) => {
+                    return Err(ProxyError::BadResponse {
+                        name: name.clone(),
+                        addr: plan.addr,
+                        why,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn exchange_heads(&mut self, up: &mut Upstream, plan: &Plan) -> Result<Answer, Failure> {
+        up.stream
+            .write_all(&self.request)
+            .await
+            .map_err(Failure::Silent)?;
+        loop {
+            if !self.upbuf.is_empty() {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut res = httparse::Response::new(&mut headers);
+                match res.parse(&self.upbuf) {
+                    Ok(httparse::Status::Complete(len)) => {
+                        let code = res.code.unwrap_or_default();
+                        if code == 101 {
+                            return Err(Failure::Invalid("101 Switching Protocols unasked"));
+                        }
+                        if code < 200 {
+                            // 100 Continue, 103 Early Hints: the final answer follows.
+                            self.upbuf.advance(len);
+                            continue;
+                        }
+                        let answer = response_head(&res, plan, &mut self.out)?;
+                        self.upbuf.advance(len);
+                        return Ok(answer);
+                    }
+                    Ok(httparse::Status::Partial) if self.upbuf.len() < MAX_RESPONSE_HEAD => {}
+                    Ok(httparse::Status::Partial) => {
+                        return Err(Failure::Invalid("response head over 64 KiB"));
+                    }
+                    Err(_) => return Err(Failure::Invalid("malformed response head")),
+                }
+            }
+            self.upbuf.reserve(HEAD_BUF);
+            let nothing_yet = self.upbuf.is_empty();
+            match up.stream.read_buf(&mut self.upbuf).await {
+                Ok(0) => {
+                    let e = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "closed the connection without answering",
+                    );
+                    return Err(if nothing_yet {
+                        Failure::Silent(e)
+                    } else {
+                        Failure::Io(e)
+                    });
+                }
+                Ok(_) => {}
+                Err(e) if nothing_yet => return Err(Failure::Silent(e)),
+                Err(e) => return Err(Failure::Io(e)),
+            }
+        }
+    }
+
+    /// Send the head in `out` and the body after it. False if the body ended early (the
+    /// client connection must close so the client sees the truncation).
+    async fn relay_body(&mut self, framing: Framing) -> io::Result<bool> {
+        let Some(up) = self.upstream.as_mut() else {
+            return Ok(false);
+        };
+        match framing {
+            Framing::Empty => write_client(&mut self.client, &self.out)
+                .await
+                .map(|()| true),
+            Framing::Length(mut left) => {
+                let take = self
+                    .upbuf
+                    .len()
+                    .min(usize::try_from(left).unwrap_or(usize::MAX));
+                self.out.extend_from_slice(&self.upbuf[..take]);
+                self.upbuf.advance(take);
+                left -= take as u64;
+                write_client(&mut self.client, &self.out).await?;
+                while left > 0 {
+                    self.upbuf.reserve(BODY_BUF);
+                    if up.stream.read_buf(&mut self.upbuf).await? == 0 {
+                        return Ok(false);
+                    }
+                    let take = self
+                        .upbuf
+                        .len()
+                        .min(usize::try_from(left).unwrap_or(usize::MAX));
+                    write_client(&mut self.client, &self.upbuf[..take]).await?;
+                    self.upbuf.advance(take);
+                    left -= take as u64;
+                }
+                Ok(true)
+            }
+            Framing::Chunked => {
+                let mut decoder = Decoder::default();
+                loop {
+                    let out = &mut self.out;
+                    let decoded = decoder.decode(&self.upbuf, |data| {
+                        let _ = write!(Append(out), "{:x}\r\n", data.len());
+                        out.extend_from_slice(data);
+                        out.extend_from_slice(b"\r\n");
+                    });
+                    let Ok(used) = decoded else {
+                        // Pass on the head and what was valid; closing tells the rest.
+                        write_client(&mut self.client, &self.out).await?;
+                        return Ok(false);
+                    };
+                    self.upbuf.advance(used);
+                    if decoder.is_done() {
+                        self.out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    if !self.out.is_empty() {
+                        write_client(&mut self.client, &self.out).await?;
+                        self.out.clear();
+                    }
+                    if decoder.is_done() {
+                        return Ok(true);
+                    }
+                    self.upbuf.reserve(BODY_BUF);
+                    if up.stream.read_buf(&mut self.upbuf).await? == 0 {
+                        return Ok(false);
+                    }
+                }
+            }
+            Framing::UntilClose => {
+                self.out.extend_from_slice(&self.upbuf);
+                self.upbuf.clear();
+                write_client(&mut self.client, &self.out).await?;
+                loop {
+                    self.upbuf.reserve(BODY_BUF);
+                    if up.stream.read_buf(&mut self.upbuf).await? == 0 {
+                        return Ok(true);
+                    }
+                    write_client(&mut self.client, &self.upbuf).await?;
+                    self.upbuf.clear();
+                }
+            }
+        }
+    }
+
+    /// Answer with wharf's own page for `e`, as hyper would have.
+    async fn write_error(&mut self, e: &ProxyError, keep_alive: bool) -> io::Result<()> {
+        let page = self.forwarder.error_page(e);
+        let (parts, body) = page.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        self.out.clear();
+        status_line(
+            &mut self.out,
+            parts.status.as_u16(),
+            parts.status.canonical_reason(),
+        );
+        for (name, value) in &parts.headers {
+            header_line(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        let _ = write!(Append(&mut self.out), "content-length: {}\r\n", body.len());
+        date_line(&mut self.out);
+        if !keep_alive {
+            self.out.extend_from_slice(b"connection: close\r\n");
+        }
+        self.out.extend_from_slice(b"\r\n");
+        self.out.extend_from_slice(&body);
+        write_client(&mut self.client, &self.out).await
+    }
+}
+
+/// Check a request head against everything the lane does not do, and write its upstream head
+/// into `request`. None: hyper takes it.
+fn plan(
+    req: &httparse::Request<'_, '_>,
+    forwarder: &Forwarder,
+    peer: SocketAddr,
+    request: &mut Vec<u8>,
+) -> Option<Plan> {
+    let (method, path) = (req.method?, req.path?);
+    if req.version != Some(1)
+        || method == "CONNECT"
+        || !path.starts_with('/')
+        || path.len() > MAX_URI
+        || !path.bytes().all(|b| b.is_ascii_graphic() && b != b'#')
+    {
+        return None;
+    }
+    let mut host = None;
+    let mut keep_alive = true;
+    let mut names_headers = false;
+    let mut forwarded_for = None;
+    let mut content_length = false;
+    for h in req.headers.iter() {
+        if h.name.len() + h.value.len() + 2 > MAX_HEADER_LINE {
+            return None;
+        }
+        let is = |n: &str| h.name.eq_ignore_ascii_case(n);
+        if is("host") {
+            if host.replace(h.value).is_some() {
+                return None;
+            }
+        } else if is("content-length") {
+            if content_length || h.value != b"0" {
+                return None;
+            }
+            content_length = true;
+        } else if is("transfer-encoding") || is("upgrade") || is("expect") {
+            return None;
+        } else if is("via") {
+            if contains(h.value, b"wharf") {
+                return None;
+            }
+        } else if is("connection") {
+            for token in tokens(h.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return None;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                    names_headers = true;
+                }
+            }
+        } else if is("x-forwarded-for") && forwarded_for.is_none() {
+            forwarded_for = Some(h.value);
+        }
+    }
+    let host = host?;
+    let Ok(Target::Instance { name, sub }) = host::parse(std::str::from_utf8(host).ok()?) else {
+        return None;
+    };
+    let route = forwarder.routes.get(&name)?;
+    if route.failed() || route.not_listening() {
+        return None;
+    }
+    let addr = route.upstream(sub.as_ref())?.0;
+
+    request.clear();
+    request.extend_from_slice(method.as_bytes());
+    request.push(b' ');
+    request.extend_from_slice(path.as_bytes());
+    request.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        let dropped = is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"x-forwarded-for")
+            || name.eq_ignore_ascii_case(b"x-forwarded-proto")
+            || name.eq_ignore_ascii_case(b"x-forwarded-host")
+            || (names_headers && named_by_connection(req.headers, name));
+        if !dropped {
+            header_line(request, name, h.value);
+        }
+    }
+    request.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prior) = forwarded_for {
+        request.extend_from_slice(prior);
+        request.extend_from_slice(b", ");
+    }
+    let _ = write!(Append(request), "{}", peer.ip().to_canonical());
+    request.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    header_line(request, b"x-forwarded-host", host);
+    header_line(request, b"via", VIA.as_bytes());
+    request.extend_from_slice(b"\r\n");
+    Some(Plan {
+        route,
+        addr,
+        keep_alive,
+        idempotent: super::is_idempotent_str(method),
+        head: method == "HEAD",
+    })
+}
+
+/// Read the response head's framing and write its downstream copy into `out`.
+fn response_head(
+    res: &httparse::Response<'_, '_>,
+    plan: &Plan,
+    out: &mut Vec<u8>,
+) -> Result<Answer, Failure> {
+    let code = res.code.unwrap_or_default();
+    let mut reusable = res.version == Some(1);
+    let mut names_headers = false;
+    let mut chunked = None;
+    let mut length: Option<u64> = None;
+    let mut has_date = false;
+    for h in res.headers.iter() {
+        let is = |n: &str| h.name.eq_ignore_ascii_case(n);
+        if is("transfer-encoding") {
+            // The last coding decides; anything but chunked runs until close.
+            chunked = tokens(h.value)
+                .last()
+                .map(|t| t.eq_ignore_ascii_case(b"chunked"))
+                .or(chunked);
+        } else if is("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or(Failure::Invalid("invalid Content-Length"))?;
+            if length.replace(n).is_some_and(|prior| prior != n) {
+                return Err(Failure::Invalid("conflicting Content-Length"));
+            }
+        } else if is("connection") {
+            for token in tokens(h.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    reusable = false;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                    names_headers = true;
+                }
+            }
+        } else if is("date") {
+            has_date = true;
+        }
+    }
+    let framing = if plan.head || code == 204 || code == 304 {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) | (None, None) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+        }
+    };
+    let keep_length = chunked.is_none();
+
+    out.clear();
+    status_line(out, code, res.reason);
+    for h in res.headers.iter() {
+        let name = h.name.as_bytes();
+        let dropped = is_hop_by_hop(name)
+            || (!keep_length && name.eq_ignore_ascii_case(b"content-length"))
+            || (names_headers && named_by_connection(res.headers, name));
+        if !dropped {
+            header_line(out, name, h.value);
+        }
+    }
+    if !has_date {
+        date_line(out);
+    }
+    match framing {
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::UntilClose => out.extend_from_slice(b"connection: close\r\n"),
+        _ if !plan.keep_alive => out.extend_from_slice(b"connection: close\r\n"),
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Answer { framing, reusable })
+}
+
+fn unreachable(plan: &Plan, e: io::Error, reused: bool) -> ProxyError {
+    ProxyError::Unreachable {
+        name: plan.route.instance.name.clone(),
+        addr: plan.addr,
+        reused,
+        source: Box::new(e),
+    }
+}
+
+async fn write_client(client: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    tokio::time::timeout(WRITE_STALL, client.write_all(bytes))
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading the response",
+            ))
+        })
+}
+
+/// The headers hop-by-hop by definition, plus `Upgrade` (the lane never upgrades).
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    super::HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+        || name.eq_ignore_ascii_case(b"upgrade")
+}
+
+fn named_by_connection(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| tokens(h.value))
+        .any(|t| t.eq_ignore_ascii_case(name))
+}
+
+/// The comma-separated tokens of a header value, trimmed, empty ones skipped.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn status_line(out: &mut Vec<u8>, code: u16, reason: Option<&str>) {
+    let _ = write!(
+        Append(out),
+        "HTTP/1.1 {code} {}\r\n",
+        reason.unwrap_or_default()
+    );
+}
+
+fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A `Date` header, formatted at most once a second per thread.
+fn date_line(out: &mut Vec<u8>) {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with_borrow_mut(|(at, text)| {
+        if *at != secs || text.is_empty() {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        header_line(out, b"date", text.as_bytes());
+    });
+}
+
+/// `fmt::Write` into a byte buffer.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Append<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// A stream that first gives back bytes already read from it: how hyper receives a
+/// connection the lane handed over.
+pub struct Replay<S> {
+    buffered: BytesMut,
+    inner: S,
+}
+
+impl<S> Replay<S> {
+    pub fn new(buffered: BytesMut, inner: S) -> Self {
+        Replay { buffered, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.buffered.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.buffered.len().min(buf.remaining());
+        buf.put_slice(&self.buffered[..n]);
+        self.buffered.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,125 @@
+//! Connections to instances for the express lane: each client connection keeps the one it
+//! used last, and gives it to a shared pool of idle ones when it closes. An idle connection is
+//! reused for at most `UPSTREAM_IDLE` (below Node's 5 s keep-alive) and never once the server
+//! has closed or written to it.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::{UPSTREAM_CONNECT, UPSTREAM_IDLE};
+
+/// Idle connections kept per address; more than this many at once are closed.
+const MAX_IDLE_PER_ADDR: usize = 128;
+
+/// One connection to an instance.
+#[derive(Debug)]
+pub struct Upstream {
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+    /// When its last response ended.
+    pub idle_since: Instant,
+}
+
+impl Upstream {
+    /// Connect, failing after `UPSTREAM_CONNECT`.
+    pub async fn connect(addr: SocketAddr) -> io::Result<Upstream> {
+        let stream = tokio::time::timeout(UPSTREAM_CONNECT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        stream.set_nodelay(true)?;
+        Ok(Upstream {
+            stream,
+            addr,
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Fit to carry another request: not idle too long, and nothing (no EOF, no stray bytes)
+    /// waiting to be read. The check costs no system call unless the socket became readable.
+    pub fn reusable(&self) -> bool {
+        if self.idle_since.elapsed() >= UPSTREAM_IDLE {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// Idle connections by address, shared by all client connections.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<Upstream>>>,
+}
+
+impl Pool {
+    /// The most recently used reusable connection to `addr`, if any.
+    pub fn take(&self, addr: SocketAddr) -> Option<Upstream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(&addr)?;
+        while let Some(up) = list.pop() {
+            if up.reusable() {
+                return Some(up);
+            }
+        }
+        None
+    }
+
+    pub fn put(&self, up: Upstream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(up.addr).or_default();
+        if list.len() < MAX_IDLE_PER_ADDR {
+            list.push(up);
+        }
+    }
+
+    /// Close connections idle too long or closed by their server.
+    pub fn sweep(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        for list in idle.values_mut() {
+            list.retain(Upstream::reusable);
+        }
+        idle.retain(|_, list| !list.is_empty());
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let idle = self.idle.lock().unwrap();
+        idle.values().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_or_wrote_to_is_not_reused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = Pool::default();
+        for _ in 0..3 {
+            pool.put(Upstream::connect(addr).await.unwrap());
+        }
+        let (closed, _) = listener.accept().await.unwrap();
+        let (mut chatty, _) = listener.accept().await.unwrap();
+        let (_quiet, _) = listener.accept().await.unwrap();
+        drop(closed);
+        chatty.write_all(b"x").await.unwrap();
+        // Let the proxy side see both events (bounded).
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while pool.len() > 1 && Instant::now() < deadline {
+            tokio::task::yield_now().await;
+            pool.sweep();
+        }
+        assert_eq!(pool.len(), 1);
+        assert!(pool.take(addr).is_some());
+        assert!(pool.take(addr).is_none());
+    }
+}

@@ -1,0 +1,337 @@
+//! The express lane (plain bodyless HTTP/1.1 requests forwarded on bytes): every response
+//! framing, connection reuse and its retry, invalid answers, and the hand-over to hyper in the
+//! middle of a connection. The backend here is scripted byte for byte, so each case is exact.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+use super::util::*;
+
+/// What the scripted backend does with one request.
+enum Reply {
+    Send(&'static [u8]),
+    SendAndClose(&'static [u8]),
+    /// Close the connection without a word.
+    Close,
+}
+
+/// A backend that answers with exactly the bytes its script gives, and records which
+/// connection carried which request line.
+struct Scripted {
+    port: u16,
+    seen: Arc<Mutex<Vec<(usize, String)>>>,
+}
+
+impl Scripted {
+    /// `script(request line, requests before it on this connection)`.
+    fn start(script: fn(&str, usize) -> Reply) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for (conn, stream) in listener.incoming().enumerate() {
+                let Ok(stream) = stream else { return };
+                let log = log.clone();
+                std::thread::spawn(move || serve_scripted(stream, conn, script, &log));
+            }
+        });
+        Scripted { port, seen }
+    }
+
+    fn seen(&self) -> Vec<(usize, String)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn serve_scripted(
+    stream: TcpStream,
+    conn: usize,
+    script: fn(&str, usize) -> Reply,
+    log: &Mutex<Vec<(usize, String)>>,
+) {
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    for nth in 0.. {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                break;
+            }
+        }
+        let line = line.trim_end().to_string();
+        log.lock().unwrap().push((conn, line.clone()));
+        match script(&line, nth) {
+            Reply::Send(bytes) => writer.write_all(bytes).unwrap(),
+            Reply::SendAndClose(bytes) => {
+                let _ = writer.write_all(bytes);
+                return;
+            }
+            Reply::Close => return,
+        }
+    }
+}
+
+/// Route `name` to `backend` with an alias; the proxy's port.
+fn alias(sb: &Sandbox, name: &str, backend: &Scripted) -> u16 {
+    let (status, log) = sb.output(&["alias", name, &backend.port.to_string()]);
+    assert!(status.success(), "{log}");
+    sb.proxy().expect("alias started the proxy").1
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s
+}
+
+fn read_head(s: &mut impl Read) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed mid-head: {buf:?}");
+        buf.push(byte[0]);
+    }
+    String::from_utf8(buf).unwrap()
+}
+
+fn read_line(s: &mut impl Read) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed mid-line: {buf:?}");
+        buf.push(byte[0]);
+    }
+    String::from_utf8(buf).unwrap()
+}
+
+/// A chunked body as the client sees it: the data, and the lines after the last chunk.
+fn read_chunked(s: &mut impl Read) -> (String, String) {
+    let mut body = Vec::new();
+    loop {
+        let size = read_line(s);
+        let size = usize::from_str_radix(size.trim_end(), 16)
+            .unwrap_or_else(|_| panic!("a bare chunk size, not {size:?}"));
+        if size == 0 {
+            break;
+        }
+        let mut data = vec![0u8; size + 2];
+        s.read_exact(&mut data).unwrap();
+        assert!(data.ends_with(b"\r\n"));
+        body.extend_from_slice(&data[..size]);
+    }
+    let mut after = String::new();
+    loop {
+        let line = read_line(s);
+        after.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    (String::from_utf8(body).unwrap(), after)
+}
+
+fn has_header(head: &str, name: &str) -> bool {
+    head.lines()
+        .any(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
+}
+
+fn framings(line: &str, _: usize) -> Reply {
+    match line.split(' ').nth(1).unwrap_or_default() {
+        "/chunked" => Reply::Send(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\
+              X-Kept: 1\r\nConnection: X-Secret\r\nX-Secret: 1\r\n\r\n\
+              5;ext=\"a\"\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+        ),
+        "/early" => Reply::Send(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+              HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+        ),
+        "/head" => Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"),
+        "/cached" => Reply::Send(b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n"),
+        "/close" => Reply::SendAndClose(b"HTTP/1.0 200 OK\r\nX-Old: 1\r\n\r\nuntil close"),
+        _ => Reply::Send(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+    }
+}
+
+#[test]
+fn every_response_framing_reaches_the_client_reframed_on_one_upstream_connection() {
+    let sb = Sandbox::new();
+    let backend = Scripted::start(framings);
+    let port = alias(&sb, "framed", &backend);
+    let mut s = connect(port);
+    let ask = |s: &mut TcpStream, method: &str, path: &str| {
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: framed.localhost\r\n\r\n"
+        )
+        .unwrap();
+    };
+
+    ask(&mut s, "GET", "/chunked");
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("X-Kept: 1"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+    );
+    assert!(!has_header(&head, "content-length"), "TE wins: {head}");
+    assert!(
+        !has_header(&head, "x-secret"),
+        "named by Connection: {head}"
+    );
+    assert!(!has_header(&head, "connection"), "{head}");
+    assert!(has_header(&head, "date"), "a proxy adds the Date: {head}");
+    let (body, after) = read_chunked(&mut s);
+    assert_eq!(body, "hello world");
+    assert_eq!(after, "\r\n", "extensions and trailers are not passed on");
+
+    ask(&mut s, "GET", "/early");
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "103 dropped: {head}");
+    let mut body = [0u8; 5];
+    s.read_exact(&mut body).unwrap();
+    assert_eq!(&body, b"final");
+
+    ask(&mut s, "HEAD", "/head");
+    let head = read_head(&mut s);
+    assert!(head.contains("Content-Length: 10"), "{head}");
+    ask(&mut s, "GET", "/cached");
+    let head = read_head(&mut s);
+    assert!(
+        head.starts_with("HTTP/1.1 304"),
+        "no body after HEAD: {head}"
+    );
+
+    ask(&mut s, "GET", "/close");
+    let head = read_head(&mut s);
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.contains("X-Old: 1"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert_eq!(
+        rest, "until close",
+        "a body that runs until close, then the end"
+    );
+
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert!(
+        seen.iter().all(|(conn, _)| *conn == 0),
+        "one upstream connection carried all five: {seen:?}"
+    );
+}
+
+fn closes_idle_connections(line: &str, nth: usize) -> Reply {
+    match (line.starts_with("POST"), nth) {
+        // A server whose keep-alive timer fired just as the next request arrived.
+        (_, 1..) => Reply::Close,
+        (true, 0) => Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npost"),
+        (false, 0) => Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nget"),
+    }
+}
+
+#[test]
+fn a_reused_connection_closed_by_the_server_is_retried_once_for_idempotent_requests() {
+    let sb = Sandbox::new();
+    let backend = Scripted::start(closes_idle_connections);
+    let port = alias(&sb, "flaky", &backend);
+    let mut s = connect(port);
+    for _ in 0..3 {
+        write!(s, "GET / HTTP/1.1\r\nHost: flaky.localhost\r\n\r\n").unwrap();
+        let (head, body) = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, "get");
+    }
+    // Each GET after the first went out on the kept connection, met a close, and was sent
+    // again on a new one.
+    let connections = backend.seen().iter().map(|(c, _)| *c).max().unwrap() + 1;
+    assert_eq!(connections, 3, "{:?}", backend.seen());
+
+    // A POST is never sent twice: the client gets the 502.
+    write!(s, "POST /once HTTP/1.1\r\nHost: flaky.localhost\r\n\r\n").unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(body.contains("flaky"), "{body}");
+    let posts = backend
+        .seen()
+        .iter()
+        .filter(|(_, l)| l.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 1);
+}
+
+fn invalid_answers(line: &str, _: usize) -> Reply {
+    match line.split(' ').nth(1).unwrap_or_default() {
+        "/garbage" => Reply::SendAndClose(b"HELLO THERE\r\n\r\n"),
+        "/conflict" => {
+            Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd")
+        }
+        "/upgrade" => Reply::Send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"),
+        "/short" => Reply::SendAndClose(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"),
+        "/badchunk" => {
+            Reply::SendAndClose(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        }
+        _ => Reply::Close,
+    }
+}
+
+#[test]
+fn invalid_or_truncated_answers_give_502_or_a_closed_connection() {
+    let sb = Sandbox::new();
+    let backend = Scripted::start(invalid_answers);
+    let port = alias(&sb, "odd", &backend);
+    for path in ["/garbage", "/conflict", "/upgrade"] {
+        let mut s = connect(port);
+        write!(s, "GET {path} HTTP/1.1\r\nHost: odd.localhost\r\n\r\n").unwrap();
+        let (head, body) = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 502"), "{path}: {head}");
+        assert!(body.contains("invalid response"), "{path}: {body}");
+    }
+    // Once the head went out, a short body can only be shown by closing the connection.
+    for path in ["/short", "/badchunk"] {
+        let mut s = connect(port);
+        write!(s, "GET {path} HTTP/1.1\r\nHost: odd.localhost\r\n\r\n").unwrap();
+        let head = read_head(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.len() < 10, "{path}: {rest:?}");
+    }
+}
+
+#[test]
+fn a_connection_goes_to_hyper_mid_stream_and_pipelined_requests_are_all_answered() {
+    let sb = Sandbox::new();
+    let p = sb.serve("mixed", &[]);
+    let port = p.url_port();
+    let mut s = connect(port);
+    // Two GETs in one write (the lane), then a POST with a body (hyper's), then a GET.
+    s.write_all(
+        b"GET /one HTTP/1.1\r\nHost: mixed.localhost\r\n\r\n\
+          GET /two HTTP/1.1\r\nHost: mixed.localhost\r\n\r\n\
+          POST /three HTTP/1.1\r\nHost: mixed.localhost\r\nContent-Length: 5\r\n\r\nhello\
+          GET /four HTTP/1.1\r\nHost: mixed.localhost\r\n\r\n",
+    )
+    .unwrap();
+    for expected in ["/one", "/two", "received", "/four"] {
+        let (head, body) = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200"), "{expected}: {head}");
+        assert!(body.contains(expected), "{expected}: {body}");
+    }
+    let reqs = p.count_lines(|l| l.starts_with("REQ "));
+    assert_eq!(reqs, 4);
+}
