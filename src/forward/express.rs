@@ -201,21 +201,19 @@ impl Lane<'_> {
     /// next request.
     async fn exchange(&mut self, plan: &Plan) -> io::Result<bool> {
         plan.route.count_request();
-        let answer = match self.send(plan).await {
-            Ok(answer) => answer,
+        let (mut up, answer) = match self.send(plan).await? {
+            Ok(sent) => sent,
             Err(e) => {
                 self.write_error(&e, plan.keep_alive).await?;
                 return Ok(true);
             }
         };
         self.forwarder.mark_answered(&plan.route);
-        let complete = self.relay_body(answer.framing).await?;
+        // On any error the connection is dropped here, mid-response: never kept or pooled.
+        let complete = self.relay_body(&mut up, answer.framing).await?;
         if complete && answer.reusable && self.upbuf.is_empty() {
-            if let Some(up) = &mut self.upstream {
-                up.idle_since = Instant::now();
-            }
-        } else {
-            self.upstream = None;
+            up.idle_since = Instant::now();
+            self.upstream = Some(up);
         }
         // Keep idle connections small after a large response.
         if self.upbuf.capacity() > HEAD_BUF {
@@ -229,7 +227,8 @@ impl Lane<'_> {
 
     /// Send the request head and read the response head, on the kept connection or a pooled
     /// one (once more on a fresh one if that had been closed), within the upstream timeout.
-    async fn send(&mut self, plan: &Plan) -> Result<Answer, ProxyError> {
+    /// The outer error: the client went away meanwhile.
+    async fn send(&mut self, plan: &Plan) -> io::Result<Result<(Upstream, Answer), ProxyError>> {
         let deadline = Instant::now() + self.forwarder.upstream_timeout;
         let name = &plan.route.instance.name;
         let mut fresh_only = false;
@@ -251,98 +250,49 @@ impl Lane<'_> {
                         Some(up) => (up, true),
                         None => match Upstream::connect(plan.addr).await {
                             Ok(up) => (up, false),
-                            Err(e) => return Err(unreachable(plan, e, false)),
+                            Err(e) => return Ok(Err(unreachable(plan, e, false))),
                         },
                     }
                 }
             };
             self.upbuf.clear();
-            let exchange = self.exchange_heads(&mut up, plan);
-            match tokio::time::timeout_at(deadline, exchange).await {
+            let exchange =
+                exchange_heads(&mut up, &self.request, &mut self.upbuf, &mut self.out, plan);
+            let result = tokio::select! {
+                biased;
+                result = tokio::time::timeout_at(deadline, exchange) => result,
+                // Nobody is left to answer: drop the request (and its connection).
+                () = client_gone(&self.client) => return Err(went_away()),
+            };
+            match result {
                 Ok(Ok(answer)) => {
-                    self.upstream = Some(up);
-                    return Ok(answer);
+                    return Ok(Ok((up, answer)));
                 }
                 Err(_) => {
-                    return Err(ProxyError::UpstreamTimeout {
+                    return Ok(Err(ProxyError::UpstreamTimeout {
                         name: name.clone(),
                         addr: plan.addr,
                         after: self.forwarder.upstream_timeout,
-                    });
+                    }));
                 }
                 Ok(Err(Failure::Silent(_))) if reused && plan.idempotent => fresh_only = true,
                 Ok(Err(Failure::Silent(e) | Failure::Io(e))) => {
-                    return Err(unreachable(plan, e, reused));
+                    return Ok(Err(unreachable(plan, e, reused)));
                 }
                 Ok(Err(Failure::Invalid(why))) => {
-                    return Err(ProxyError::BadResponse {
+                    return Ok(Err(ProxyError::BadResponse {
                         name: name.clone(),
                         addr: plan.addr,
                         why,
-                    });
+                    }));
                 }
-            }
-        }
-    }
-
-    async fn exchange_heads(&mut self, up: &mut Upstream, plan: &Plan) -> Result<Answer, Failure> {
-        up.stream
-            .write_all(&self.request)
-            .await
-            .map_err(Failure::Silent)?;
-        loop {
-            if !self.upbuf.is_empty() {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut res = httparse::Response::new(&mut headers);
-                match res.parse(&self.upbuf) {
-                    Ok(httparse::Status::Complete(len)) => {
-                        let code = res.code.unwrap_or_default();
-                        if code == 101 {
-                            return Err(Failure::Invalid("101 Switching Protocols unasked"));
-                        }
-                        if code < 200 {
-                            // 100 Continue, 103 Early Hints: the final answer follows.
-                            self.upbuf.advance(len);
-                            continue;
-                        }
-                        let answer = response_head(&res, plan, &mut self.out)?;
-                        self.upbuf.advance(len);
-                        return Ok(answer);
-                    }
-                    Ok(httparse::Status::Partial) if self.upbuf.len() < MAX_RESPONSE_HEAD => {}
-                    Ok(httparse::Status::Partial) => {
-                        return Err(Failure::Invalid("response head over 64 KiB"));
-                    }
-                    Err(_) => return Err(Failure::Invalid("malformed response head")),
-                }
-            }
-            self.upbuf.reserve(HEAD_BUF);
-            let nothing_yet = self.upbuf.is_empty();
-            match up.stream.read_buf(&mut self.upbuf).await {
-                Ok(0) => {
-                    let e = io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "closed the connection without answering",
-                    );
-                    return Err(if nothing_yet {
-                        Failure::Silent(e)
-                    } else {
-                        Failure::Io(e)
-                    });
-                }
-                Ok(_) => {}
-                Err(e) if nothing_yet => return Err(Failure::Silent(e)),
-                Err(e) => return Err(Failure::Io(e)),
             }
         }
     }
 
     /// Send the head in `out` and the body after it. False if the body ended early (the
     /// client connection must close so the client sees the truncation).
-    async fn relay_body(&mut self, framing: Framing) -> io::Result<bool> {
-        let Some(up) = self.upstream.as_mut() else {
-            return Ok(false);
-        };
+    async fn relay_body(&mut self, up: &mut Upstream, framing: Framing) -> io::Result<bool> {
         match framing {
             Framing::Empty => write_client(&mut self.client, &self.out)
                 .await
@@ -357,8 +307,7 @@ impl Lane<'_> {
                 left -= take as u64;
                 write_client(&mut self.client, &self.out).await?;
                 while left > 0 {
-                    self.upbuf.reserve(BODY_BUF);
-                    if up.stream.read_buf(&mut self.upbuf).await? == 0 {
+                    if read_upstream(up, &mut self.upbuf, &self.client).await? == 0 {
                         return Ok(false);
                     }
                     let take = self
@@ -396,8 +345,7 @@ impl Lane<'_> {
                     if decoder.is_done() {
                         return Ok(true);
                     }
-                    self.upbuf.reserve(BODY_BUF);
-                    if up.stream.read_buf(&mut self.upbuf).await? == 0 {
+                    if read_upstream(up, &mut self.upbuf, &self.client).await? == 0 {
                         return Ok(false);
                     }
                 }
@@ -407,8 +355,7 @@ impl Lane<'_> {
                 self.upbuf.clear();
                 write_client(&mut self.client, &self.out).await?;
                 loop {
-                    self.upbuf.reserve(BODY_BUF);
-                    if up.stream.read_buf(&mut self.upbuf).await? == 0 {
+                    if read_upstream(up, &mut self.upbuf, &self.client).await? == 0 {
                         return Ok(true);
                     }
                     write_client(&mut self.client, &self.upbuf).await?;
@@ -444,6 +391,65 @@ impl Lane<'_> {
         self.out.extend_from_slice(b"\r\n");
         self.out.extend_from_slice(&body);
         write_client(&mut self.client, &self.out).await
+    }
+}
+
+/// Send the request head and read the response head, writing its downstream copy into `out`.
+async fn exchange_heads(
+    up: &mut Upstream,
+    request: &[u8],
+    upbuf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    plan: &Plan,
+) -> Result<Answer, Failure> {
+    up.stream
+        .write_all(request)
+        .await
+        .map_err(Failure::Silent)?;
+    loop {
+        if !upbuf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut res = httparse::Response::new(&mut headers);
+            match res.parse(upbuf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let code = res.code.unwrap_or_default();
+                    if code == 101 {
+                        return Err(Failure::Invalid("101 Switching Protocols unasked"));
+                    }
+                    if code < 200 {
+                        // 100 Continue, 103 Early Hints: the final answer follows.
+                        upbuf.advance(len);
+                        continue;
+                    }
+                    let answer = response_head(&res, plan, out)?;
+                    upbuf.advance(len);
+                    return Ok(answer);
+                }
+                Ok(httparse::Status::Partial) if upbuf.len() < MAX_RESPONSE_HEAD => {}
+                Ok(httparse::Status::Partial) => {
+                    return Err(Failure::Invalid("response head over 64 KiB"));
+                }
+                Err(_) => return Err(Failure::Invalid("malformed response head")),
+            }
+        }
+        upbuf.reserve(HEAD_BUF);
+        let nothing_yet = upbuf.is_empty();
+        match up.stream.read_buf(upbuf).await {
+            Ok(0) => {
+                let e = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed the connection without answering",
+                );
+                return Err(if nothing_yet {
+                    Failure::Silent(e)
+                } else {
+                    Failure::Io(e)
+                });
+            }
+            Ok(_) => {}
+            Err(e) if nothing_yet => return Err(Failure::Silent(e)),
+            Err(e) => return Err(Failure::Io(e)),
+        }
     }
 }
 
@@ -622,6 +628,35 @@ fn response_head(
     }
     out.extend_from_slice(b"\r\n");
     Ok(Answer { framing, reusable })
+}
+
+/// Read more of a response body; fails if the client hangs up meanwhile.
+async fn read_upstream(
+    up: &mut Upstream,
+    buf: &mut BytesMut,
+    client: &TcpStream,
+) -> io::Result<usize> {
+    buf.reserve(BODY_BUF);
+    tokio::select! {
+        biased;
+        n = up.stream.read_buf(buf) => n,
+        () = client_gone(client) => Err(went_away()),
+    }
+}
+
+/// Resolves once the client has closed its connection (or it failed). Bytes it sent ahead, a
+/// pipelined request, are not a close: then this never resolves.
+async fn client_gone(client: &TcpStream) {
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    match std::future::poll_fn(|cx| client.poll_peek(cx, &mut buf)).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
+fn went_away() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "the client went away")
 }
 
 fn unreachable(plan: &Plan, e: io::Error, reused: bool) -> ProxyError {

@@ -14,10 +14,12 @@ enum Reply {
     SendAndClose(&'static [u8]),
     /// Close the connection without a word.
     Close,
+    /// Never answer; log "EOF" when the proxy closes the connection.
+    Hang,
 }
 
 /// A backend that answers with exactly the bytes its script gives, and records which
-/// connection carried which request line.
+/// connection carried which request line, and "EOF" when the proxy closes one.
 struct Scripted {
     port: u16,
     seen: Arc<Mutex<Vec<(usize, String)>>>,
@@ -57,6 +59,7 @@ fn serve_scripted(
     for nth in 0.. {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            log.lock().unwrap().push((conn, "EOF".into()));
             return;
         }
         loop {
@@ -74,6 +77,12 @@ fn serve_scripted(
                 return;
             }
             Reply::Close => return,
+            Reply::Hang => {
+                let mut rest = Vec::new();
+                let _ = reader.read_to_end(&mut rest);
+                log.lock().unwrap().push((conn, "EOF".into()));
+                return;
+            }
         }
     }
 }
@@ -334,4 +343,65 @@ fn a_connection_goes_to_hyper_mid_stream_and_pipelined_requests_are_all_answered
     }
     let reqs = p.count_lines(|l| l.starts_with("REQ "));
     assert_eq!(reqs, 4);
+}
+
+#[test]
+fn a_client_that_leaves_ends_its_request_upstream() {
+    let sb = Sandbox::new();
+    let backend = Scripted::start(|line, _| match line.split(' ').nth(1) {
+        Some("/stream") => {
+            Reply::Send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+        }
+        Some("/after") => Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter"),
+        _ => Reply::Hang,
+    });
+    let port = alias(&sb, "slow", &backend);
+    let has = |what: &str| {
+        backend
+            .seen()
+            .iter()
+            .filter(|(_, l)| l.contains(what))
+            .count()
+    };
+
+    // Waiting for a response head, and in the middle of a body that has paused.
+    let mut s = connect(port);
+    write!(s, "GET /compile HTTP/1.1\r\nHost: slow.localhost\r\n\r\n").unwrap();
+    eventually("the backend has the request", PATIENCE, || {
+        has("/compile") == 1
+    });
+    drop(s);
+    eventually("the proxy closed it upstream", PATIENCE, || has("EOF") == 1);
+
+    let mut s = connect(port);
+    write!(s, "GET /stream HTTP/1.1\r\nHost: slow.localhost\r\n\r\n").unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(read_line(&mut s), "1\r\n");
+    drop(s);
+    // Its connection, mid-body, must not serve anyone else.
+    let mut s = connect(port);
+    write!(s, "GET /after HTTP/1.1\r\nHost: slow.localhost\r\n\r\n").unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(
+        head.starts_with("HTTP/1.1 200") && body == "after",
+        "{head}{body}"
+    );
+    let conn_of = |what: &str| {
+        backend
+            .seen()
+            .into_iter()
+            .find(|(_, l)| l.contains(what))
+            .unwrap()
+            .0
+    };
+    assert_ne!(
+        conn_of("/after"),
+        conn_of("/stream"),
+        "{:?}",
+        backend.seen()
+    );
+    eventually("the proxy closed the stream upstream", PATIENCE, || {
+        has("EOF") == 2
+    });
 }
