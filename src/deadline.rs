@@ -1,5 +1,4 @@
-//! Deadlines for the I/O phases hyper leaves unbounded: a client writing nothing after connect,
-//! a client not reading our response, a request body that stops arriving. Each wraps a
+//! Deadlines for the I/O phases hyper leaves unbounded: a client not reading our response, a request body that stops arriving. Each wraps a
 //! stream or body and fails it with `TimedOut` when its phase overruns.
 
 use std::io;
@@ -13,13 +12,6 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
-
-/// Wait until `stream` has a first byte to read, for at most `limit`. False if it did not
-/// (timeout, closed, error): the connection should be dropped without a word.
-pub async fn first_byte(stream: &tokio::net::TcpStream, limit: Duration) -> bool {
-    let mut buf = [0u8; 1];
-    matches!(tokio::time::timeout(limit, stream.peek(&mut buf)).await, Ok(Ok(n)) if n > 0)
-}
 
 /// A stream whose writes fail once one has made no progress for `limit`. `exempt` turns the
 /// deadline off (an upgraded WebSocket has no HTTP timers).

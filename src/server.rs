@@ -1,7 +1,7 @@
 //! Accepting HTTP connections: the accept loop that survives errors, the connection cap, the
-//! first-byte and write deadlines, hyper's header limits, and a graceful drain on shutdown.
-//! Each connection starts in `forward::express`'s lane; what it does not serve goes to hyper.
-//! What happens to each request is `forward`'s job.
+//! deadlines and header limits, and a graceful drain on shutdown. Each connection starts in
+//! `forward::express`'s lane (which keeps the first-byte and header deadlines); what the lane
+//! does not serve goes to hyper. What happens to each request is `forward`'s job.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::deadline::{self, WriteDeadline};
+use crate::deadline::WriteDeadline;
 use crate::forward::Forwarder;
 use crate::forward::express::{self, Outcome, Replay};
 
@@ -138,10 +138,7 @@ async fn connection(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    tokio::select! {
-        ready = deadline::first_byte(&stream, FIRST_BYTE) => if !ready { return },
-        _ = shutdown.cancelled() => return,
-    }
+    // The lane also keeps the first-byte and header deadlines until it hands over.
     let io = match express::serve(stream, peer, &forwarder, &shutdown).await {
         Outcome::Closed => return,
         Outcome::Handoff(stream, read) => Replay::new(read, stream),

@@ -30,7 +30,7 @@ use super::upstream::Upstream;
 use super::{Forwarder, MAX_HEADER_LINE, MAX_URI, ProxyError, UPSTREAM_IDLE, VIA};
 use crate::host::{self, Target};
 use crate::routes::Route;
-use crate::server::{HEADER_READ, MAX_HEAD, MAX_HEADERS, WRITE_STALL};
+use crate::server::{FIRST_BYTE, HEADER_READ, MAX_HEAD, MAX_HEADERS, WRITE_STALL};
 
 /// Largest response head accepted from an instance [nginx's largest proxy_buffer_size in use].
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -62,6 +62,7 @@ pub async fn serve(
         request: Vec::new(),
         out: Vec::new(),
         upstream: None,
+        fresh: true,
     };
     let handoff = lane.run(shutdown).await;
     if let Some(up) = lane.upstream.take() {
@@ -88,6 +89,8 @@ struct Lane<'f> {
     out: Vec<u8>,
     /// The connection to the last instance used, between two complete exchanges.
     upstream: Option<Upstream>,
+    /// Nothing has been read from the client yet.
+    fresh: bool,
 }
 
 /// A request the lane takes, once checked and its upstream head written.
@@ -155,7 +158,9 @@ impl Lane<'_> {
         &mut self,
         mut cancelled: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
     ) -> Next {
-        let deadline = Instant::now() + HEADER_READ;
+        // A new connection gets `FIRST_BYTE` to start talking, then `HEADER_READ` for the head.
+        let first_byte = self.fresh && self.inbuf.is_empty();
+        let mut deadline = Instant::now() + if first_byte { FIRST_BYTE } else { HEADER_READ };
         loop {
             if !self.inbuf.is_empty() {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -189,7 +194,12 @@ impl Lane<'_> {
                 _ = cancelled.as_mut(), if self.inbuf.is_empty() => return Next::Close,
             };
             match read {
-                Ok(Ok(n)) if n > 0 => {}
+                Ok(Ok(n)) if n > 0 => {
+                    if first_byte && self.fresh {
+                        self.fresh = false;
+                        deadline = Instant::now() + HEADER_READ;
+                    }
+                }
                 Err(_) if release.is_some() => self.upstream = None,
                 // Closed, failed, or too slow: nothing to answer.
                 _ => return Next::Close,
