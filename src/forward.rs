@@ -27,6 +27,7 @@ use crate::routes::{Route, Routes};
 
 mod chunked;
 pub mod express;
+mod splice;
 mod upstream;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

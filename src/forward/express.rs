@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::chunked::Decoder;
+use super::splice::Pipe;
 use super::upstream::Upstream;
 use super::{Forwarder, MAX_HEADER_LINE, MAX_URI, ProxyError, UPSTREAM_IDLE, VIA};
 use crate::host::{self, Target};
@@ -316,6 +317,11 @@ impl Lane<'_> {
                 self.upbuf.advance(take);
                 left -= take as u64;
                 write_client(&mut self.client, &self.out).await?;
+                if left > BODY_BUF as u64
+                    && let Some(pipe) = Pipe::open()
+                {
+                    return pipe.relay(&up.stream, &self.client, left).await;
+                }
                 while left > 0 {
                     if read_upstream(up, &mut self.upbuf, &self.client).await? == 0 {
                         return Ok(false);
@@ -656,7 +662,7 @@ async fn read_upstream(
 
 /// Resolves once the client has closed its connection (or it failed). Bytes it sent ahead, a
 /// pipelined request, are not a close: then this never resolves.
-async fn client_gone(client: &TcpStream) {
+pub(super) async fn client_gone(client: &TcpStream) {
     let mut byte = [0u8; 1];
     let mut buf = ReadBuf::new(&mut byte);
     match std::future::poll_fn(|cx| client.poll_peek(cx, &mut buf)).await {
@@ -665,7 +671,7 @@ async fn client_gone(client: &TcpStream) {
     }
 }
 
-fn went_away() -> io::Error {
+pub(super) fn went_away() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "the client went away")
 }
 

@@ -405,3 +405,25 @@ fn a_client_that_leaves_ends_its_request_upstream() {
         has("EOF") == 2
     });
 }
+
+#[test]
+fn a_large_body_arrives_whole_and_the_connection_serves_the_next_request() {
+    let sb = Sandbox::new();
+    let p = sb.serve("large", &[]);
+    let port = p.url_port();
+    let mut s = connect(port);
+    for _ in 0..2 {
+        write!(s, "GET /big/3 HTTP/1.1\r\nHost: large.localhost\r\n\r\n").unwrap();
+        let head = read_head(&mut s);
+        assert!(head.contains("Content-Length: 3145728"), "{head}");
+        let mut body = vec![0u8; 3 << 20];
+        s.read_exact(&mut body).unwrap();
+        assert!(body.iter().all(|&b| b == b'b'));
+    }
+    write!(s, "GET /after HTTP/1.1\r\nHost: large.localhost\r\n\r\n").unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(
+        head.starts_with("HTTP/1.1 200") && body.contains("/after"),
+        "{head}"
+    );
+}

@@ -1,0 +1,98 @@
+//! Relaying a large body of known length from an instance to the client through a pipe with
+//! splice(2): the kernel moves the pages, so the bytes never pass through wharf's memory (two
+//! copies of every byte saved). Linux only; elsewhere, or without a spare fd for the pipe, the
+//! lane copies through its buffer instead.
+
+use std::io;
+use std::os::fd::OwnedFd;
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::express::{client_gone, went_away};
+use crate::server::WRITE_STALL;
+
+/// Bytes moved per splice: the default pipe capacity.
+const CHUNK: usize = 64 * 1024;
+
+/// A pipe, opened for one body.
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    /// None when no pipe can be had (out of fds, or not Linux): copy instead.
+    pub fn open() -> Option<Pipe> {
+        #[cfg(target_os = "linux")]
+        {
+            use nix::fcntl::OFlag;
+            let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).ok()?;
+            Some(Pipe { read, write })
+        }
+        #[cfg(not(target_os = "linux"))]
+        None
+    }
+
+    /// Move `len` bytes from `from` to `to`. False when `from` ended first. Fails when the
+    /// client goes away, or stops reading for `WRITE_STALL`.
+    pub async fn relay(&self, from: &TcpStream, to: &TcpStream, mut len: u64) -> io::Result<bool> {
+        while len > 0 {
+            let want = usize::try_from(len).unwrap_or(usize::MAX).min(CHUNK);
+            let filled = tokio::select! {
+                biased;
+                n = io_op(from, Interest::READABLE, || splice(from, &self.write, want)) => n?,
+                () = client_gone(to) => return Err(went_away()),
+            };
+            if filled == 0 {
+                return Ok(false);
+            }
+            len -= filled as u64;
+            let mut held = filled;
+            while held > 0 {
+                let drain = io_op(to, Interest::WRITABLE, || splice(&self.read, to, held));
+                held -= tokio::time::timeout(WRITE_STALL, drain)
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the client stopped reading the response",
+                        )
+                    })??;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Run a non-blocking `op` on `stream` once it is ready for `interest`, until it does not
+/// answer `WouldBlock`.
+async fn io_op(
+    stream: &TcpStream,
+    interest: Interest,
+    mut op: impl FnMut() -> io::Result<usize>,
+) -> io::Result<usize> {
+    loop {
+        stream.ready(interest).await?;
+        match stream.try_io(interest, &mut op) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            done => return done,
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn splice(
+    from: impl std::os::fd::AsFd,
+    to: impl std::os::fd::AsFd,
+    len: usize,
+) -> io::Result<usize> {
+    use nix::fcntl::SpliceFFlags;
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    Ok(nix::fcntl::splice(from, None, to, None, len, flags)?)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn splice(_: impl std::os::fd::AsFd, _: impl std::os::fd::AsFd, _: usize) -> io::Result<usize> {
+    Err(io::ErrorKind::Unsupported.into())
+}
