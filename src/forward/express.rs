@@ -685,7 +685,16 @@ fn unreachable(plan: &Plan, e: io::Error, reused: bool) -> ProxyError {
 }
 
 async fn write_client(client: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
-    tokio::time::timeout(WRITE_STALL, client.write_all(bytes))
+    // Usually the socket takes it all at once, and no timer is needed.
+    let sent = match client.try_write(bytes) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    if sent == bytes.len() {
+        return Ok(());
+    }
+    tokio::time::timeout(WRITE_STALL, client.write_all(&bytes[sent..]))
         .await
         .unwrap_or_else(|_| {
             Err(io::Error::new(
