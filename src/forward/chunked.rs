@@ -17,7 +17,11 @@ enum State {
         size: u64,
         digits: u8,
     },
-    /// After the size: extensions up to the line's end (ignored); `len` bytes seen.
+    /// Whitespace after the size, before `;` or the line's end.
+    SizeWs {
+        size: u64,
+    },
+    /// Extensions up to the line's end (ignored); `len` bytes seen.
     Extension {
         size: u64,
         len: usize,
@@ -79,9 +83,16 @@ impl Decoder {
                     None if digits == 0 => return Err(ChunkError("missing chunk size")),
                     None => match b {
                         b'\r' => State::SizeLf { size },
-                        b';' | b' ' | b'\t' => State::Extension { size, len: 0 },
+                        b';' => State::Extension { size, len: 0 },
+                        b' ' | b'\t' => State::SizeWs { size },
                         _ => return Err(ChunkError("invalid byte in chunk size")),
                     },
+                },
+                State::SizeWs { size } => match b {
+                    b' ' | b'\t' => State::SizeWs { size },
+                    b';' => State::Extension { size, len: 0 },
+                    b'\r' => State::SizeLf { size },
+                    _ => return Err(ChunkError("invalid byte after chunk size")),
                 },
                 State::Extension { size, len } => match b {
                     b'\r' => State::SizeLf { size },
@@ -188,6 +199,7 @@ mod tests {
             b"11111111111111111\r\n",
             b"0\r\nX\n",
             b"3\r\x00",
+            b"5 junk\r\nhello\r\n",
         ] {
             assert!(decode_in_pieces(bad, 64).is_err(), "{bad:?}");
         }

@@ -167,7 +167,7 @@ impl Lane<'_> {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut req = httparse::Request::new(&mut headers);
                 match req.parse(&self.inbuf) {
-                    Ok(httparse::Status::Complete(len)) => {
+                    Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => {
                         let plan = plan(&req, self.forwarder, self.peer, &mut self.request);
                         let Some(plan) = plan else {
                             return Next::Handoff;
@@ -215,7 +215,7 @@ impl Lane<'_> {
         let (mut up, answer) = match self.send(plan).await? {
             Ok(sent) => sent,
             Err(e) => {
-                self.write_error(&e, plan.keep_alive).await?;
+                self.write_error(&e, plan).await?;
                 return Ok(true);
             }
         };
@@ -232,6 +232,12 @@ impl Lane<'_> {
         }
         if self.out.capacity() > HEAD_BUF {
             self.out = Vec::new();
+        }
+        if self.request.capacity() > HEAD_BUF {
+            self.request = Vec::new();
+        }
+        if self.inbuf.is_empty() && self.inbuf.capacity() > 2 * HEAD_BUF {
+            self.inbuf = BytesMut::with_capacity(HEAD_BUF);
         }
         Ok(complete && answer.framing != Framing::UntilClose)
     }
@@ -381,8 +387,8 @@ impl Lane<'_> {
         }
     }
 
-    /// Answer with wharf's own page for `e`, as hyper would have.
-    async fn write_error(&mut self, e: &ProxyError, keep_alive: bool) -> io::Result<()> {
+    /// Answer with wharf's own page for `e`, as hyper would have (no body after HEAD).
+    async fn write_error(&mut self, e: &ProxyError, plan: &Plan) -> io::Result<()> {
         let page = self.forwarder.error_page(e);
         let (parts, body) = page.into_parts();
         let body = body
@@ -401,11 +407,13 @@ impl Lane<'_> {
         }
         let _ = write!(Append(&mut self.out), "content-length: {}\r\n", body.len());
         date_line(&mut self.out);
-        if !keep_alive {
+        if !plan.keep_alive {
             self.out.extend_from_slice(b"connection: close\r\n");
         }
         self.out.extend_from_slice(b"\r\n");
-        self.out.extend_from_slice(&body);
+        if !plan.head {
+            self.out.extend_from_slice(&body);
+        }
         write_client(&mut self.client, &self.out).await
     }
 }
@@ -482,7 +490,7 @@ fn plan(
         || method == "CONNECT"
         || !path.starts_with('/')
         || path.len() > MAX_URI
-        || !path.bytes().all(|b| b.is_ascii_graphic() && b != b'#')
+        || !path.bytes().all(is_plain_uri_byte)
     {
         return None;
     }
@@ -546,7 +554,9 @@ fn plan(
             || name.eq_ignore_ascii_case(b"x-forwarded-for")
             || name.eq_ignore_ascii_case(b"x-forwarded-proto")
             || name.eq_ignore_ascii_case(b"x-forwarded-host")
-            || (names_headers && named_by_connection(req.headers, name));
+            || (names_headers
+                && !name.eq_ignore_ascii_case(b"host")
+                && named_by_connection(req.headers, name));
         if !dropped {
             header_line(request, name, h.value);
         }
@@ -591,13 +601,16 @@ fn response_head(
                 .map(|t| t.eq_ignore_ascii_case(b"chunked"))
                 .or(chunked);
         } else if is("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or(Failure::Invalid("invalid Content-Length"))?;
-            if length.replace(n).is_some_and(|prior| prior != n) {
-                return Err(Failure::Invalid("conflicting Content-Length"));
+            // One value, or a list of the same value ("5, 5"), as hyper accepts.
+            for token in tokens(h.value) {
+                let n = std::str::from_utf8(token)
+                    .ok()
+                    .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or(Failure::Invalid("invalid Content-Length"))?;
+                if length.replace(n).is_some_and(|prior| prior != n) {
+                    return Err(Failure::Invalid("conflicting Content-Length"));
+                }
             }
         } else if is("connection") {
             for token in tokens(h.value) {
@@ -620,14 +633,16 @@ fn response_head(
             (None, Some(n)) => Framing::Length(n),
         }
     };
-    let keep_length = chunked.is_none();
+    // The framing headers of a response with a body are rebuilt from what was read; a
+    // bodiless one keeps its Content-Length (what a GET would have had) unless chunked.
+    let rebuilt = framing != Framing::Empty || chunked.is_some();
 
     out.clear();
     status_line(out, code, res.reason);
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
         let dropped = is_hop_by_hop(name)
-            || (!keep_length && name.eq_ignore_ascii_case(b"content-length"))
+            || (rebuilt && name.eq_ignore_ascii_case(b"content-length"))
             || (names_headers && named_by_connection(res.headers, name));
         if !dropped {
             header_line(out, name, h.value);
@@ -637,13 +652,20 @@ fn response_head(
         date_line(out);
     }
     match framing {
+        Framing::Length(n) => {
+            let _ = write!(Append(out), "content-length: {n}\r\n");
+        }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Framing::UntilClose => out.extend_from_slice(b"connection: close\r\n"),
-        _ if !plan.keep_alive => out.extend_from_slice(b"connection: close\r\n"),
-        _ => {}
+        Framing::Empty | Framing::UntilClose => {}
+    }
+    if framing == Framing::UntilClose || !plan.keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Ok(Answer { framing, reusable })
+    Ok(Answer {
+        framing,
+        reusable: reusable && framing != Framing::UntilClose,
+    })
 }
 
 /// Read more of a response body; fails if the client hangs up meanwhile.
@@ -718,6 +740,12 @@ fn named_by_connection(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
         .filter(|h| h.name.eq_ignore_ascii_case("connection"))
         .flat_map(|h| tokens(h.value))
         .any(|t| t.eq_ignore_ascii_case(name))
+}
+
+/// Bytes a request target may hold as it is (RFC 3986 unreserved, reserved but `#`, and `%`).
+/// Anything else goes to hyper, whose URI parser decides.
+fn is_plain_uri_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~:/?[]@!$&'()*+,;=%".contains(&b)
 }
 
 /// The comma-separated tokens of a header value, trimmed, empty ones skipped.

@@ -164,6 +164,9 @@ fn framings(line: &str, _: usize) -> Reply {
         ),
         "/head" => Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"),
         "/cached" => Reply::Send(b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n"),
+        "/named" => Reply::Send(
+            b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nnamed",
+        ),
         "/close" => Reply::SendAndClose(b"HTTP/1.0 200 OK\r\nX-Old: 1\r\n\r\nuntil close"),
         _ => Reply::Send(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
     }
@@ -219,6 +222,15 @@ fn every_response_framing_reaches_the_client_reframed_on_one_upstream_connection
         "no body after HEAD: {head}"
     );
 
+    // Framing headers are rebuilt, even when the server's Connection names them.
+    ask(&mut s, "GET", "/named");
+    let (head, body) = read_response(&mut s);
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 5"),
+        "{head}"
+    );
+    assert_eq!(body, "named");
+
     ask(&mut s, "GET", "/close");
     let head = read_head(&mut s);
     assert!(
@@ -237,10 +249,10 @@ fn every_response_framing_reaches_the_client_reframed_on_one_upstream_connection
     );
 
     let seen = backend.seen();
-    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert_eq!(seen.len(), 6, "{seen:?}");
     assert!(
         seen.iter().all(|(conn, _)| *conn == 0),
-        "one upstream connection carried all five: {seen:?}"
+        "one upstream connection carried all six: {seen:?}"
     );
 }
 
@@ -415,7 +427,11 @@ fn a_large_body_arrives_whole_and_the_connection_serves_the_next_request() {
     for _ in 0..2 {
         write!(s, "GET /big/3 HTTP/1.1\r\nHost: large.localhost\r\n\r\n").unwrap();
         let head = read_head(&mut s);
-        assert!(head.contains("Content-Length: 3145728"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-length: 3145728"),
+            "{head}"
+        );
         let mut body = vec![0u8; 3 << 20];
         s.read_exact(&mut body).unwrap();
         assert!(body.iter().all(|&b| b == b'b'));
@@ -426,4 +442,47 @@ fn a_large_body_arrives_whole_and_the_connection_serves_the_next_request() {
         head.starts_with("HTTP/1.1 200") && body.contains("/after"),
         "{head}"
     );
+}
+
+#[test]
+fn an_error_page_for_head_has_no_body_and_the_connection_stays_in_step() {
+    let sb = Sandbox::new();
+    let (dead, held) = os_port();
+    drop(held);
+    let (status, log) = sb.output(&["alias", "down", &dead.to_string()]);
+    assert!(status.success(), "{log}");
+    let port = sb.proxy().expect("alias started the proxy").1;
+    let mut s = connect(port);
+    write!(s, "HEAD / HTTP/1.1\r\nHost: down.localhost\r\n\r\n").unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    write!(s, "GET / HTTP/1.1\r\nHost: down.localhost\r\n\r\n").unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(
+        head.starts_with("HTTP/1.1 502"),
+        "the next answer starts cleanly: {head}"
+    );
+    assert!(body.contains("down"), "{body}");
+}
+
+#[test]
+fn connection_named_headers_are_dropped_but_host_always_reaches_the_server() {
+    let sb = Sandbox::new();
+    let p = sb.serve("named", &[]);
+    let port = p.url_port();
+    let mut s = connect(port);
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: named.localhost\r\nConnection: host, x-private\r\n\
+         X-Private: 1\r\nX-Public: 1\r\n\r\n"
+    )
+    .unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let headers = &seen["headers"];
+    assert_eq!(headers["host"], "named.localhost", "{headers}");
+    assert_eq!(headers["x-public"], "1");
+    assert!(headers.get("x-private").is_none(), "{headers}");
+    assert!(headers.get("connection").is_none(), "{headers}");
 }
