@@ -311,10 +311,23 @@ fn bad_requests_get_their_status_and_never_reach_the_backend() {
         ),
         ("GET / HTTP/1.1\r\n\r\n".into(), 400),
         (
+            "GET /?q=<x> HTTP/1.1\r\nHost: api.localhost\r\n\r\n".into(),
+            400,
+        ),
+        (
             "GET / HTTP/1.1\r\nHost: api/b.localhost\r\n\r\n".into(),
             400,
         ),
         ("GET / HTTP/1.1\r\nHost: ..localhost\r\n\r\n".into(), 400),
+        // IDN: raw UTF-8 is not a host name; its punycode form is an ordinary label.
+        (
+            "GET / HTTP/1.1\r\nHost: bücher.localhost\r\n\r\n".into(),
+            400,
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: xn--bcher-kva.localhost\r\n\r\n".into(),
+            404,
+        ),
         (
             "GET / HTTP/1.1\r\nHost: a.b.api.localhost\r\n\r\n".into(),
             404,
