@@ -328,6 +328,9 @@ impl Lane<'_> {
                 {
                     return pipe.relay(&up.stream, &self.client, left).await;
                 }
+                if left > 0 {
+                    up.ack_now();
+                }
                 while left > 0 {
                     if read_upstream(up, &mut self.upbuf, &self.client).await? == 0 {
                         return Ok(false);
@@ -344,6 +347,7 @@ impl Lane<'_> {
             }
             Framing::Chunked => {
                 let mut decoder = Decoder::default();
+                let mut first_read = true;
                 loop {
                     let out = &mut self.out;
                     let decoded = decoder.decode(&self.upbuf, |data| {
@@ -367,6 +371,10 @@ impl Lane<'_> {
                     if decoder.is_done() {
                         return Ok(true);
                     }
+                    if first_read {
+                        up.ack_now();
+                        first_read = false;
+                    }
                     if read_upstream(up, &mut self.upbuf, &self.client).await? == 0 {
                         return Ok(false);
                     }
@@ -376,6 +384,7 @@ impl Lane<'_> {
                 self.out.extend_from_slice(&self.upbuf);
                 self.upbuf.clear();
                 write_client(&mut self.client, &self.out).await?;
+                up.ack_now();
                 loop {
                     if read_upstream(up, &mut self.upbuf, &self.client).await? == 0 {
                         return Ok(true);
@@ -458,6 +467,9 @@ async fn exchange_heads(
         }
         upbuf.reserve(HEAD_BUF);
         let nothing_yet = upbuf.is_empty();
+        if !nothing_yet {
+            up.ack_now();
+        }
         match up.stream.read_buf(upbuf).await {
             Ok(0) => {
                 let e = io::Error::new(
