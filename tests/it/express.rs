@@ -87,9 +87,9 @@ fn serve_scripted(
     }
 }
 
-/// Route `name` to `backend` with an alias; the proxy's port.
-fn alias(sb: &Sandbox, name: &str, backend: &Scripted) -> u16 {
-    let (status, log) = sb.output(&["alias", name, &backend.port.to_string()]);
+/// Route `name` to `backend_port` with an alias; the proxy's port.
+fn alias(sb: &Sandbox, name: &str, backend_port: u16) -> u16 {
+    let (status, log) = sb.output(&["alias", name, &backend_port.to_string()]);
     assert!(status.success(), "{log}");
     sb.proxy().expect("alias started the proxy").1
 }
@@ -100,24 +100,23 @@ fn connect(port: u16) -> TcpStream {
     s
 }
 
-fn read_head(s: &mut impl Read) -> String {
+/// Read up to and including `end`; the connection must not close before it.
+fn read_until(s: &mut impl Read, end: &[u8]) -> String {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed mid-head: {buf:?}");
+    while !buf.ends_with(end) {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed early: {buf:?}");
         buf.push(byte[0]);
     }
     String::from_utf8(buf).unwrap()
 }
 
+fn read_head(s: &mut impl Read) -> String {
+    read_until(s, b"\r\n\r\n")
+}
+
 fn read_line(s: &mut impl Read) -> String {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n") {
-        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed mid-line: {buf:?}");
-        buf.push(byte[0]);
-    }
-    String::from_utf8(buf).unwrap()
+    read_until(s, b"\r\n")
 }
 
 /// A chunked body as the client sees it: the data, and the lines after the last chunk.
@@ -176,7 +175,7 @@ fn framings(line: &str, _: usize) -> Reply {
 fn every_response_framing_reaches_the_client_reframed_on_one_upstream_connection() {
     let sb = Sandbox::new();
     let backend = Scripted::start(framings);
-    let port = alias(&sb, "framed", &backend);
+    let port = alias(&sb, "framed", backend.port);
     let mut s = connect(port);
     let ask = |s: &mut TcpStream, method: &str, path: &str| {
         write!(
@@ -269,7 +268,7 @@ fn closes_idle_connections(line: &str, nth: usize) -> Reply {
 fn a_reused_connection_closed_by_the_server_is_retried_once_for_idempotent_requests() {
     let sb = Sandbox::new();
     let backend = Scripted::start(closes_idle_connections);
-    let port = alias(&sb, "flaky", &backend);
+    let port = alias(&sb, "flaky", backend.port);
     let mut s = connect(port);
     for _ in 0..3 {
         write!(s, "GET / HTTP/1.1\r\nHost: flaky.localhost\r\n\r\n").unwrap();
@@ -314,7 +313,7 @@ fn invalid_answers(line: &str, _: usize) -> Reply {
 fn invalid_or_truncated_answers_give_502_or_a_closed_connection() {
     let sb = Sandbox::new();
     let backend = Scripted::start(invalid_answers);
-    let port = alias(&sb, "odd", &backend);
+    let port = alias(&sb, "odd", backend.port);
     for path in ["/garbage", "/conflict", "/upgrade"] {
         let mut s = connect(port);
         write!(s, "GET {path} HTTP/1.1\r\nHost: odd.localhost\r\n\r\n").unwrap();
@@ -367,7 +366,7 @@ fn a_client_that_leaves_ends_its_request_upstream() {
         Some("/after") => Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter"),
         _ => Reply::Hang,
     });
-    let port = alias(&sb, "slow", &backend);
+    let port = alias(&sb, "slow", backend.port);
     let has = |what: &str| {
         backend
             .seen()
@@ -449,9 +448,7 @@ fn an_error_page_for_head_has_no_body_and_the_connection_stays_in_step() {
     let sb = Sandbox::new();
     let (dead, held) = os_port();
     drop(held);
-    let (status, log) = sb.output(&["alias", "down", &dead.to_string()]);
-    assert!(status.success(), "{log}");
-    let port = sb.proxy().expect("alias started the proxy").1;
+    let port = alias(&sb, "down", dead);
     let mut s = connect(port);
     write!(s, "HEAD / HTTP/1.1\r\nHost: down.localhost\r\n\r\n").unwrap();
     let head = read_head(&mut s);
