@@ -160,8 +160,7 @@ impl Lane<'_> {
         mut cancelled: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
     ) -> Next {
         // A new connection gets `FIRST_BYTE` to start talking, then `HEADER_READ` for the head.
-        let first_byte = self.fresh && self.inbuf.is_empty();
-        let mut deadline = Instant::now() + if first_byte { FIRST_BYTE } else { HEADER_READ };
+        let mut deadline = Instant::now() + if self.fresh { FIRST_BYTE } else { HEADER_READ };
         loop {
             if !self.inbuf.is_empty() {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -196,7 +195,7 @@ impl Lane<'_> {
             };
             match read {
                 Ok(Ok(n)) if n > 0 => {
-                    if first_byte && self.fresh {
+                    if self.fresh {
                         self.fresh = false;
                         deadline = Instant::now() + HEADER_READ;
                     }
