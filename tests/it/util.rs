@@ -180,6 +180,21 @@ impl Drop for Sandbox {
             eprintln!("---- proxy.log ----\n{log}\n----");
         }
         if let Some((pid, _)) = self.proxy() {
+            // Instances `wharf up` started in the background outlive the test otherwise.
+            if !gone(pid)
+                && let Ok(mut stop) = self
+                    .wharf(&["stop", "--all"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+            {
+                let deadline = Instant::now() + PATIENCE;
+                while matches!(stop.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let _ = stop.kill();
+                let _ = stop.wait();
+            }
             // SAFETY: kill on a pid this sandbox's proxy wrote; it is ours.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
