@@ -1,15 +1,16 @@
 //! The express lane. Most requests a dev proxy carries are plain HTTP/1.1 requests without a
-//! body (pages, assets, API reads, HMR polls). For those the lane works on the bytes: it
-//! parses the head with httparse, writes the upstream head straight from it (same rules as
-//! `Forwarder::forward`: origin-form, hop-by-hop headers and those `Connection` names dropped,
-//! `X-Forwarded-*` and `Via` added), and streams the response back over the upstream
-//! connection this client connection keeps, re-framing chunked bodies. No header maps, no
-//! boxed bodies, no connection task: the request is served in the client's own task.
+//! body or with a `Content-Length` one (pages, assets, API calls, HMR polls). For those the
+//! lane works on the bytes: it parses the head with httparse, writes the upstream head
+//! straight from it (same rules as `Forwarder::forward`: origin-form, hop-by-hop headers and
+//! those `Connection` names dropped, `X-Forwarded-*` and `Via` added), sends the body on, and
+//! streams the response back over the upstream connection this client connection keeps,
+//! re-framing chunked bodies. No header maps, no boxed bodies, no connection task: the request
+//! is served in the client's own task.
 //!
-//! Anything else — a body, an upgrade, `Expect`, HTTP/1.0, an absolute-form target, a Host
-//! that is not a ready instance, anything odd or over a limit — is handed to hyper, with the
-//! bytes read so far, before the lane has answered or forwarded any of it. hyper then serves
-//! the connection to its end and gives the answers and errors it always gave.
+//! Anything else — a chunked body, an upgrade, `Expect`, HTTP/1.0, an absolute-form target, a
+//! Host that is not a ready instance, anything odd or over a limit — is handed to hyper, with
+//! the bytes read so far, before the lane has answered or forwarded any of it. hyper then
+//! serves the connection to its end and gives the answers and errors it always gave.
 
 use std::fmt::Write as _;
 use std::io;
@@ -28,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::chunked::Decoder;
 use super::splice::Pipe;
 use super::upstream::Upstream;
-use super::{Forwarder, MAX_HEADER_LINE, MAX_URI, ProxyError, UPSTREAM_IDLE, VIA};
+use super::{BODY_IDLE, Forwarder, MAX_HEADER_LINE, MAX_URI, ProxyError, UPSTREAM_IDLE, VIA};
 use crate::host::{self, Target};
 use crate::routes::Route;
 use crate::server::{FIRST_BYTE, HEADER_READ, MAX_HEAD, MAX_HEADERS, WRITE_STALL};
@@ -104,6 +105,8 @@ struct Plan {
     idempotent: bool,
     /// HEAD: the response has no body whatever its headers say.
     head: bool,
+    /// The request body's length (`Content-Length`; 0 without one).
+    body: u64,
 }
 
 enum Next {
@@ -127,6 +130,16 @@ struct Answer {
     framing: Framing,
     /// The instance keeps the connection open after this response.
     reusable: bool,
+}
+
+/// Why a request body did not get through.
+enum BodyFailure {
+    /// The head could not be written: nothing of the request was used, it may go again.
+    HeadNotSent(io::Error),
+    Upstream(io::Error),
+    /// The client sent nothing for `BODY_IDLE`.
+    Stalled,
+    ClientGone,
 }
 
 /// Why an exchange with the instance failed before a response head arrived.
@@ -214,8 +227,10 @@ impl Lane<'_> {
         let (mut up, answer) = match self.send(plan).await? {
             Ok(sent) => sent,
             Err(e) => {
-                self.write_error(&e, plan).await?;
-                return Ok(true);
+                // A body cut short leaves the connection mid-request: it closes.
+                let keep_alive = plan.keep_alive && !matches!(e, ProxyError::BodyStalled);
+                self.write_error(&e, plan.head, keep_alive).await?;
+                return Ok(keep_alive);
             }
         };
         self.forwarder.mark_answered(&plan.route);
@@ -245,7 +260,6 @@ impl Lane<'_> {
     /// one (once more on a fresh one if that had been closed), within the upstream timeout.
     /// The outer error: the client went away meanwhile.
     async fn send(&mut self, plan: &Plan) -> io::Result<Result<(Upstream, Answer), ProxyError>> {
-        let deadline = Instant::now() + self.forwarder.upstream_timeout;
         let name = &plan.route.instance.name;
         let mut fresh_only = false;
         loop {
@@ -271,9 +285,25 @@ impl Lane<'_> {
                     }
                 }
             };
+            let mut head = Some(self.request.as_slice());
+            if plan.body > 0 {
+                match self.send_with_body(&mut up, plan.body).await {
+                    Ok(()) => head = None,
+                    Err(BodyFailure::HeadNotSent(_)) if reused => {
+                        fresh_only = true;
+                        continue;
+                    }
+                    Err(BodyFailure::HeadNotSent(e) | BodyFailure::Upstream(e)) => {
+                        return Ok(Err(unreachable(plan, e, reused)));
+                    }
+                    Err(BodyFailure::Stalled) => return Ok(Err(ProxyError::BodyStalled)),
+                    Err(BodyFailure::ClientGone) => return Err(went_away()),
+                }
+            }
+            // The answer's clock starts once the request is all out.
+            let deadline = Instant::now() + self.forwarder.upstream_timeout;
             self.upbuf.clear();
-            let exchange =
-                exchange_heads(&mut up, &self.request, &mut self.upbuf, &mut self.out, plan);
+            let exchange = exchange_heads(&mut up, head, &mut self.upbuf, &mut self.out, plan);
             let result = tokio::select! {
                 biased;
                 result = tokio::time::timeout_at(deadline, exchange) => result,
@@ -302,6 +332,43 @@ impl Lane<'_> {
                         why,
                     }));
                 }
+            }
+        }
+    }
+
+    /// Send the request head and its body: what the head read brought, then the rest from the
+    /// client, each read within `BODY_IDLE`, each write within the upstream timeout.
+    async fn send_with_body(&mut self, up: &mut Upstream, len: u64) -> Result<(), BodyFailure> {
+        let patience = self.forwarder.upstream_timeout;
+        let write = async |up: &mut Upstream, bytes: &[u8]| {
+            tokio::time::timeout(patience, up.stream.write_all(bytes))
+                .await
+                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+        };
+        write(up, &self.request)
+            .await
+            .map_err(BodyFailure::HeadNotSent)?;
+        let mut left = len;
+        loop {
+            let take = self
+                .inbuf
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            if take > 0 {
+                write(up, &self.inbuf[..take])
+                    .await
+                    .map_err(BodyFailure::Upstream)?;
+                self.inbuf.advance(take);
+                left -= take as u64;
+            }
+            if left == 0 {
+                return Ok(());
+            }
+            self.inbuf.reserve(BODY_BUF);
+            match tokio::time::timeout(BODY_IDLE, self.client.read_buf(&mut self.inbuf)).await {
+                Err(_) => return Err(BodyFailure::Stalled),
+                Ok(Ok(0) | Err(_)) => return Err(BodyFailure::ClientGone),
+                Ok(Ok(_)) => {}
             }
         }
     }
@@ -396,7 +463,12 @@ impl Lane<'_> {
     }
 
     /// Answer with wharf's own page for `e`, as hyper would have (no body after HEAD).
-    async fn write_error(&mut self, e: &ProxyError, plan: &Plan) -> io::Result<()> {
+    async fn write_error(
+        &mut self,
+        e: &ProxyError,
+        head: bool,
+        keep_alive: bool,
+    ) -> io::Result<()> {
         let page = self.forwarder.error_page(e);
         let (parts, body) = page.into_parts();
         let body = body
@@ -415,11 +487,11 @@ impl Lane<'_> {
         }
         let _ = write!(Append(&mut self.out), "content-length: {}\r\n", body.len());
         date_line(&mut self.out);
-        if !plan.keep_alive {
+        if !keep_alive {
             self.out.extend_from_slice(b"connection: close\r\n");
         }
         self.out.extend_from_slice(b"\r\n");
-        if !plan.head {
+        if !head {
             self.out.extend_from_slice(&body);
         }
         write_client(&mut self.client, &self.out).await
@@ -429,15 +501,17 @@ impl Lane<'_> {
 /// Send the request head and read the response head, writing its downstream copy into `out`.
 async fn exchange_heads(
     up: &mut Upstream,
-    request: &[u8],
+    request: Option<&[u8]>,
     upbuf: &mut BytesMut,
     out: &mut Vec<u8>,
     plan: &Plan,
 ) -> Result<Answer, Failure> {
-    up.stream
-        .write_all(request)
-        .await
-        .map_err(Failure::Silent)?;
+    if let Some(request) = request {
+        up.stream
+            .write_all(request)
+            .await
+            .map_err(Failure::Silent)?;
+    }
     loop {
         if !upbuf.is_empty() {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -509,7 +583,7 @@ fn plan(
     let mut keep_alive = true;
     let mut names_headers = false;
     let mut forwarded_for = None;
-    let mut content_length = false;
+    let mut content_length = None;
     for h in req.headers.iter() {
         if h.name.len() + h.value.len() + 2 > MAX_HEADER_LINE {
             return None;
@@ -520,10 +594,14 @@ fn plan(
                 return None;
             }
         } else if is("content-length") {
-            if content_length || h.value != b"0" {
+            // One plain length; lists, signs and the rest are hyper's to judge.
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.len() <= 19 && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())?;
+            if content_length.replace(n).is_some() {
                 return None;
             }
-            content_length = true;
         } else if is("transfer-encoding") || is("upgrade") || is("expect") {
             return None;
         } else if is("via") {
@@ -545,6 +623,7 @@ fn plan(
         }
     }
     let host = host?;
+    let body = content_length.unwrap_or(0);
     let Ok(Target::Instance { name, sub }) = host::parse(std::str::from_utf8(host).ok()?) else {
         return None;
     };
@@ -586,8 +665,10 @@ fn plan(
         route,
         addr,
         keep_alive,
-        idempotent: super::is_idempotent_str(method),
+        // A body is read once: such a request is never sent twice.
+        idempotent: super::is_idempotent_str(method) && body == 0,
         head: method == "HEAD",
+        body,
     })
 }
 
