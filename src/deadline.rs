@@ -13,6 +13,20 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+/// Why a write to the client failed: it stopped reading.
+pub const CLIENT_STALLED: &str = "the client stopped reading the response";
+
+/// Run one I/O step within `limit`; past it, fail with `TimedOut` saying `what` stalled.
+pub async fn within<T>(
+    limit: Duration,
+    what: &'static str,
+    step: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::time::timeout(limit, step)
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, what)))
+}
+
 /// A stream whose writes fail once one has made no progress for `limit`. `exempt` turns the
 /// deadline off (an upgraded WebSocket has no HTTP timers).
 pub struct WriteDeadline<S> {
@@ -46,10 +60,9 @@ impl<S> WriteDeadline<S> {
             .stalled
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client stopped reading the response",
-            ))),
+            Poll::Ready(()) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, CLIENT_STALLED)))
+            }
             Poll::Pending => Poll::Pending,
         }
     }

@@ -30,6 +30,7 @@ use super::chunked::Decoder;
 use super::splice::Pipe;
 use super::upstream::Upstream;
 use super::{BODY_IDLE, Forwarder, MAX_HEADER_LINE, MAX_URI, ProxyError, UPSTREAM_IDLE, VIA};
+use crate::deadline::{self, CLIENT_STALLED};
 use crate::host::{self, Target};
 use crate::routes::Route;
 use crate::server::{FIRST_BYTE, HEADER_READ, MAX_HEAD, MAX_HEADERS, WRITE_STALL};
@@ -341,9 +342,8 @@ impl Lane<'_> {
     async fn send_with_body(&mut self, up: &mut Upstream, len: u64) -> Result<(), BodyFailure> {
         let patience = self.forwarder.upstream_timeout;
         let write = async |up: &mut Upstream, bytes: &[u8]| {
-            tokio::time::timeout(patience, up.stream.write_all(bytes))
-                .await
-                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+            let what = "the server stopped reading the request";
+            deadline::within(patience, what, up.stream.write_all(bytes)).await
         };
         write(up, &self.request)
             .await
@@ -808,14 +808,12 @@ async fn write_client(client: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
     if sent == bytes.len() {
         return Ok(());
     }
-    tokio::time::timeout(WRITE_STALL, client.write_all(&bytes[sent..]))
-        .await
-        .unwrap_or_else(|_| {
-            Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client stopped reading the response",
-            ))
-        })
+    deadline::within(
+        WRITE_STALL,
+        CLIENT_STALLED,
+        client.write_all(&bytes[sent..]),
+    )
+    .await
 }
 
 /// The headers hop-by-hop by definition, plus `Upgrade` (the lane never upgrades).

@@ -10,6 +10,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::express::{client_gone, went_away};
+use crate::deadline::{self, CLIENT_STALLED};
 use crate::server::WRITE_STALL;
 
 /// Bytes moved per splice: the default pipe capacity.
@@ -51,14 +52,7 @@ impl Pipe {
             let mut held = filled;
             while held > 0 {
                 let drain = io_op(to, Interest::WRITABLE, || splice(&self.read, to, held));
-                held -= tokio::time::timeout(WRITE_STALL, drain)
-                    .await
-                    .map_err(|_| {
-                        io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "the client stopped reading the response",
-                        )
-                    })??;
+                held -= deadline::within(WRITE_STALL, CLIENT_STALLED, drain).await?;
             }
         }
         Ok(true)

@@ -28,9 +28,9 @@ pub struct Upstream {
 impl Upstream {
     /// Connect, failing after `UPSTREAM_CONNECT`.
     pub async fn connect(addr: SocketAddr) -> io::Result<Upstream> {
-        let stream = tokio::time::timeout(UPSTREAM_CONNECT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        let connect = TcpStream::connect(addr);
+        let stream =
+            crate::deadline::within(UPSTREAM_CONNECT, "connect timed out", connect).await?;
         stream.set_nodelay(true)?;
         Ok(Upstream {
             stream,
