@@ -595,10 +595,7 @@ fn plan(
             }
         } else if is("content-length") {
             // One plain length; lists, signs and the rest are hyper's to judge.
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.len() <= 19 && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())?;
+            let n = decimal(h.value)?;
             if content_length.replace(n).is_some() {
                 return None;
             }
@@ -695,11 +692,7 @@ fn response_head(
         } else if is("content-length") {
             // One value, or a list of the same value ("5, 5"), as hyper accepts.
             for token in tokens(h.value) {
-                let n = std::str::from_utf8(token)
-                    .ok()
-                    .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or(Failure::Invalid("invalid Content-Length"))?;
+                let n = decimal(token).ok_or(Failure::Invalid("invalid Content-Length"))?;
                 if length.replace(n).is_some_and(|prior| prior != n) {
                     return Err(Failure::Invalid("conflicting Content-Length"));
                 }
@@ -836,6 +829,14 @@ fn named_by_connection(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
 /// Anything else goes to hyper, whose URI parser decides.
 fn is_plain_uri_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~:/?[]@!$&'()*+,;=%".contains(&b)
+}
+
+/// A Content-Length value: digits only (no sign, no space), within u64.
+fn decimal(value: &[u8]) -> Option<u64> {
+    if !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// The comma-separated tokens of a header value, trimmed, empty ones skipped.
