@@ -519,12 +519,22 @@ fn is_websocket(headers: &HeaderMap) -> bool {
 
 fn add_forwarded(headers: &mut HeaderMap, host: &HeaderValue, peer: SocketAddr) {
     let ip = peer.ip().to_canonical();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::from_str(&format!("{prior}, {ip}")).ok(),
+    // Prior hops (a tunnel in front of wharf) keep their place, every line of them.
+    let prior: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty())
+        .collect();
+    let forwarded_for = if !prior.is_empty() {
+        HeaderValue::from_str(&format!("{}, {ip}", prior.join(", "))).ok()
+    } else if ip == std::net::Ipv4Addr::LOCALHOST {
         // Every client is local: spare the formatting for the two usual addresses.
-        None if ip == std::net::Ipv4Addr::LOCALHOST => Some(HeaderValue::from_static("127.0.0.1")),
-        None if ip == std::net::Ipv6Addr::LOCALHOST => Some(HeaderValue::from_static("::1")),
-        None => HeaderValue::from_str(&ip.to_string()).ok(),
+        Some(HeaderValue::from_static("127.0.0.1"))
+    } else if ip == std::net::Ipv6Addr::LOCALHOST {
+        Some(HeaderValue::from_static("::1"))
+    } else {
+        HeaderValue::from_str(&ip.to_string()).ok()
     };
     if let Some(v) = forwarded_for {
         headers.insert("x-forwarded-for", v);
@@ -670,9 +680,10 @@ mod tests {
     fn forwarded_headers_append_and_preserve_host() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.1.1.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.2.2.2"));
         let host = HeaderValue::from_static("api.localhost:7080");
         add_forwarded(&mut h, &host, "[::ffff:127.0.0.1]:5000".parse().unwrap());
-        assert_eq!(h["x-forwarded-for"], "10.1.1.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-for"], "10.1.1.1, 10.2.2.2, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.localhost:7080");
         assert_eq!(h[header::HOST], "api.localhost:7080");

@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use http_body_util::BodyExt;
@@ -40,6 +41,8 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Read size for heads, and for bodies.
 const HEAD_BUF: usize = 8 * 1024;
 const BODY_BUF: usize = 64 * 1024;
+/// How long a connection closed mid-request-body keeps draining it (see `linger`).
+const LINGER: Duration = Duration::from_secs(2);
 
 /// How the lane left a client connection.
 pub enum Outcome {
@@ -66,6 +69,7 @@ pub async fn serve(
         out: Vec::new(),
         upstream: None,
         fresh: true,
+        unread: 0,
     };
     let handoff = lane.run(shutdown).await;
     if let Some(up) = lane.upstream.take() {
@@ -94,6 +98,8 @@ struct Lane<'f> {
     upstream: Option<Upstream>,
     /// Nothing has been read from the client yet.
     fresh: bool,
+    /// Bytes of the current request's body not yet sent upstream.
+    unread: u64,
 }
 
 /// A request the lane takes, once checked and its upstream head written.
@@ -225,12 +231,17 @@ impl Lane<'_> {
     /// next request.
     async fn exchange(&mut self, plan: &Plan) -> io::Result<bool> {
         plan.route.count_request();
+        self.unread = plan.body;
         let (mut up, answer) = match self.send(plan).await? {
             Ok(sent) => sent,
             Err(e) => {
-                // A body cut short leaves the connection mid-request: it closes.
-                let keep_alive = plan.keep_alive && !matches!(e, ProxyError::BodyStalled);
+                // Answered before the body was all read: what follows on the connection is
+                // the rest of that body, never a request. It closes.
+                let keep_alive = plan.keep_alive && self.unread == 0;
                 self.write_error(&e, plan.head, keep_alive).await?;
+                if self.unread > 0 {
+                    linger(&mut self.client).await;
+                }
                 return Ok(keep_alive);
             }
         };
@@ -288,7 +299,7 @@ impl Lane<'_> {
             };
             let mut head = Some(self.request.as_slice());
             if plan.body > 0 {
-                match self.send_with_body(&mut up, plan.body).await {
+                match self.send_with_body(&mut up).await {
                     Ok(()) => head = None,
                     Err(BodyFailure::HeadNotSent(_)) if reused => {
                         fresh_only = true;
@@ -339,7 +350,7 @@ impl Lane<'_> {
 
     /// Send the request head and its body: what the head read brought, then the rest from the
     /// client, each read within `BODY_IDLE`, each write within the upstream timeout.
-    async fn send_with_body(&mut self, up: &mut Upstream, len: u64) -> Result<(), BodyFailure> {
+    async fn send_with_body(&mut self, up: &mut Upstream) -> Result<(), BodyFailure> {
         let patience = self.forwarder.upstream_timeout;
         let write = async |up: &mut Upstream, bytes: &[u8]| {
             let what = "the server stopped reading the request";
@@ -348,20 +359,19 @@ impl Lane<'_> {
         write(up, &self.request)
             .await
             .map_err(BodyFailure::HeadNotSent)?;
-        let mut left = len;
         loop {
             let take = self
                 .inbuf
                 .len()
-                .min(usize::try_from(left).unwrap_or(usize::MAX));
+                .min(usize::try_from(self.unread).unwrap_or(usize::MAX));
             if take > 0 {
                 write(up, &self.inbuf[..take])
                     .await
                     .map_err(BodyFailure::Upstream)?;
                 self.inbuf.advance(take);
-                left -= take as u64;
+                self.unread -= take as u64;
             }
-            if left == 0 {
+            if self.unread == 0 {
                 return Ok(());
             }
             self.inbuf.reserve(BODY_BUF);
@@ -512,6 +522,8 @@ async fn exchange_heads(
             .await
             .map_err(Failure::Silent)?;
     }
+    // Once the instance has sent anything (a 1xx, say), the request is not sent again.
+    let mut received = false;
     loop {
         if !upbuf.is_empty() {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -521,6 +533,9 @@ async fn exchange_heads(
                     let code = res.code.unwrap_or_default();
                     if code == 101 {
                         return Err(Failure::Invalid("101 Switching Protocols unasked"));
+                    }
+                    if code < 100 {
+                        return Err(Failure::Invalid("invalid status code"));
                     }
                     if code < 200 {
                         // 100 Continue, 103 Early Hints: the final answer follows.
@@ -539,8 +554,7 @@ async fn exchange_heads(
             }
         }
         upbuf.reserve(HEAD_BUF);
-        let nothing_yet = upbuf.is_empty();
-        if !nothing_yet {
+        if !upbuf.is_empty() {
             up.ack_now();
         }
         match up.stream.read_buf(upbuf).await {
@@ -549,15 +563,15 @@ async fn exchange_heads(
                     io::ErrorKind::UnexpectedEof,
                     "closed the connection without answering",
                 );
-                return Err(if nothing_yet {
-                    Failure::Silent(e)
-                } else {
+                return Err(if received {
                     Failure::Io(e)
+                } else {
+                    Failure::Silent(e)
                 });
             }
-            Ok(_) => {}
-            Err(e) if nothing_yet => return Err(Failure::Silent(e)),
-            Err(e) => return Err(Failure::Io(e)),
+            Ok(_) => received = true,
+            Err(e) if received => return Err(Failure::Io(e)),
+            Err(e) => return Err(Failure::Silent(e)),
         }
     }
 }
@@ -582,7 +596,6 @@ fn plan(
     let mut host = None;
     let mut keep_alive = true;
     let mut names_headers = false;
-    let mut forwarded_for = None;
     let mut content_length = None;
     for h in req.headers.iter() {
         if h.name.len() + h.value.len() + 2 > MAX_HEADER_LINE {
@@ -615,8 +628,6 @@ fn plan(
                     names_headers = true;
                 }
             }
-        } else if is("x-forwarded-for") && forwarded_for.is_none() {
-            forwarded_for = Some(h.value);
         }
     }
     let host = host?;
@@ -635,9 +646,12 @@ fn plan(
     request.push(b' ');
     request.extend_from_slice(path.as_bytes());
     request.extend_from_slice(b" HTTP/1.1\r\n");
+    // The framing is written from what was parsed, never copied: a `Connection` header naming
+    // Content-Length must not leave the body unannounced upstream.
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let dropped = is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"content-length")
             || name.eq_ignore_ascii_case(b"x-forwarded-for")
             || name.eq_ignore_ascii_case(b"x-forwarded-proto")
             || name.eq_ignore_ascii_case(b"x-forwarded-host")
@@ -648,10 +662,16 @@ fn plan(
             header_line(request, name, h.value);
         }
     }
+    if let Some(n) = content_length {
+        let _ = write!(Append(request), "content-length: {n}\r\n");
+    }
+    // Prior hops (a tunnel in front of wharf) keep their place, every line of them.
     request.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prior) = forwarded_for {
-        request.extend_from_slice(prior);
-        request.extend_from_slice(b", ");
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("x-forwarded-for") && !h.value.trim_ascii().is_empty() {
+            request.extend_from_slice(h.value);
+            request.extend_from_slice(b", ");
+        }
     }
     let _ = write!(Append(request), "{}", peer.ip().to_canonical());
     request.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
@@ -684,11 +704,12 @@ fn response_head(
     for h in res.headers.iter() {
         let is = |n: &str| h.name.eq_ignore_ascii_case(n);
         if is("transfer-encoding") {
-            // The last coding decides; anything but chunked runs until close.
-            chunked = tokens(h.value)
-                .last()
-                .map(|t| t.eq_ignore_ascii_case(b"chunked"))
-                .or(chunked);
+            // The last coding decides; anything but chunked (even none) runs until close.
+            chunked = Some(
+                tokens(h.value)
+                    .last()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
+            );
         } else if is("content-length") {
             // One value, or a list of the same value ("5, 5"), as hyper accepts.
             for token in tokens(h.value) {
@@ -719,8 +740,13 @@ fn response_head(
         }
     };
     // The framing headers of a response with a body are rebuilt from what was read; a
-    // bodiless one keeps its Content-Length (what a GET would have had) unless chunked.
-    let rebuilt = framing != Framing::Empty || chunked.is_some();
+    // bodiless one keeps its Content-Length (what a GET would have had) unless chunked, and a
+    // 204 never has one.
+    let rebuilt = framing != Framing::Empty || chunked.is_some() || code == 204;
+    // A 204 that announced a body may send one anyway: its connection serves nobody else.
+    if code == 204 && (chunked.is_some() || length.is_some_and(|n| n > 0)) {
+        reusable = false;
+    }
 
     out.clear();
     status_line(out, code, res.reason);
@@ -807,6 +833,16 @@ async fn write_client(client: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
         client.write_all(&bytes[sent..]),
     )
     .await
+}
+
+/// Close a connection whose request was answered before its body was all read: stop
+/// writing, then discard what the client still sends for up to `LINGER`, so that closing
+/// with unread bytes does not reset the connection before the client has read the answer.
+async fn linger(client: &mut TcpStream) {
+    let _ = client.shutdown().await;
+    let mut sink = [0u8; 8 * 1024];
+    let discard = async { while let Ok(1..) = client.read(&mut sink).await {} };
+    let _ = tokio::time::timeout(LINGER, discard).await;
 }
 
 /// The headers hop-by-hop by definition, plus `Upgrade` (the lane never upgrades).

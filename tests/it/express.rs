@@ -163,6 +163,7 @@ fn framings(line: &str, _: usize) -> Reply {
         ),
         "/head" => Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"),
         "/cached" => Reply::Send(b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n"),
+        "/nocontent" => Reply::Send(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"),
         "/named" => Reply::Send(
             b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nnamed",
         ),
@@ -220,6 +221,13 @@ fn every_response_framing_reaches_the_client_reframed_on_one_upstream_connection
         head.starts_with("HTTP/1.1 304"),
         "no body after HEAD: {head}"
     );
+    ask(&mut s, "DELETE", "/nocontent");
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 204"), "{head}");
+    assert!(
+        !has_header(&head, "content-length"),
+        "never on a 204: {head}"
+    );
 
     // Framing headers are rebuilt, even when the server's Connection names them.
     ask(&mut s, "GET", "/named");
@@ -248,10 +256,10 @@ fn every_response_framing_reaches_the_client_reframed_on_one_upstream_connection
     );
 
     let seen = backend.seen();
-    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert_eq!(seen.len(), 7, "{seen:?}");
     assert!(
         seen.iter().all(|(conn, _)| *conn == 0),
-        "one upstream connection carried all six: {seen:?}"
+        "one upstream connection carried all seven: {seen:?}"
     );
 }
 
@@ -294,6 +302,35 @@ fn a_reused_connection_closed_by_the_server_is_retried_once_for_idempotent_reque
     assert_eq!(posts, 1);
 }
 
+/// A server that sends `103 Early Hints` for a DELETE on a kept connection, then closes.
+fn hints_then_closes(line: &str, nth: usize) -> Reply {
+    match (line.starts_with("DELETE"), nth) {
+        (true, 1..) => Reply::SendAndClose(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"),
+        _ => Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    }
+}
+
+#[test]
+fn a_request_the_server_began_to_answer_is_never_sent_again() {
+    let sb = Sandbox::new();
+    let backend = Scripted::start(hints_then_closes);
+    let port = alias(&sb, "hints", backend.port);
+    let mut s = connect(port);
+    write!(s, "GET / HTTP/1.1\r\nHost: hints.localhost\r\n\r\n").unwrap();
+    let (head, _) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Idempotent, on a reused connection, but the server had already answered with a 103.
+    write!(s, "DELETE /item HTTP/1.1\r\nHost: hints.localhost\r\n\r\n").unwrap();
+    let (head, _) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    let deletes = backend
+        .seen()
+        .iter()
+        .filter(|(_, l)| l.starts_with("DELETE"))
+        .count();
+    assert_eq!(deletes, 1, "{:?}", backend.seen());
+}
+
 fn invalid_answers(line: &str, _: usize) -> Reply {
     match line.split(' ').nth(1).unwrap_or_default() {
         "/garbage" => Reply::SendAndClose(b"HELLO THERE\r\n\r\n"),
@@ -301,6 +338,9 @@ fn invalid_answers(line: &str, _: usize) -> Reply {
             Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd")
         }
         "/upgrade" => Reply::Send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"),
+        "/zero" => {
+            Reply::Send(b"HTTP/1.1 000 Zero\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        }
         "/short" => Reply::SendAndClose(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"),
         "/badchunk" => {
             Reply::SendAndClose(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
@@ -314,7 +354,7 @@ fn invalid_or_truncated_answers_give_502_or_a_closed_connection() {
     let sb = Sandbox::new();
     let backend = Scripted::start(invalid_answers);
     let port = alias(&sb, "odd", backend.port);
-    for path in ["/garbage", "/conflict", "/upgrade"] {
+    for path in ["/garbage", "/conflict", "/upgrade", "/zero"] {
         let mut s = connect(port);
         write!(s, "GET {path} HTTP/1.1\r\nHost: odd.localhost\r\n\r\n").unwrap();
         let (head, body) = read_response(&mut s);
@@ -482,7 +522,8 @@ fn connection_named_headers_are_dropped_but_host_always_reaches_the_server() {
     write!(
         s,
         "GET / HTTP/1.1\r\nHost: named.localhost\r\nConnection: host, x-private\r\n\
-         X-Private: 1\r\nX-Public: 1\r\n\r\n"
+         X-Private: 1\r\nX-Public: 1\r\nX-Forwarded-For: 10.0.0.1\r\n\
+         X-Forwarded-For: 10.0.0.2\r\n\r\n"
     )
     .unwrap();
     let (head, body) = read_response(&mut s);
@@ -491,6 +532,66 @@ fn connection_named_headers_are_dropped_but_host_always_reaches_the_server() {
     let headers = &seen["headers"];
     assert_eq!(headers["host"], "named.localhost", "{headers}");
     assert_eq!(headers["x-public"], "1");
+    assert_eq!(
+        headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1",
+        "every prior hop, then the client"
+    );
     assert!(headers.get("x-private").is_none(), "{headers}");
     assert!(headers.get("connection").is_none(), "{headers}");
+}
+
+#[test]
+fn a_request_body_never_reaches_anyone_as_a_request() {
+    let sb = Sandbox::new();
+    let p = sb.serve("inner", &[]);
+    let port = p.url_port();
+    let hidden = "GET /hidden HTTP/1.1\r\nHost: inner.localhost\r\n\r\n";
+
+    // A Connection header naming Content-Length: the body still goes up as a body.
+    let mut s = connect(port);
+    write!(
+        s,
+        "POST /form HTTP/1.1\r\nHost: inner.localhost\r\nConnection: content-length\r\n\
+         Content-Length: {}\r\n\r\n{hidden}GET /next HTTP/1.1\r\nHost: inner.localhost\r\n\r\n",
+        hidden.len()
+    )
+    .unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        body.contains(&format!("\"received\": {}", hidden.len())),
+        "{body}"
+    );
+    let (_, body) = read_response(&mut s);
+    assert!(
+        body.contains("/next"),
+        "the next answer is the next request's: {body}"
+    );
+
+    // An instance that is down answers before the body is read: the connection closes
+    // rather than read the body as a request to another instance.
+    let (dead, held) = os_port();
+    drop(held);
+    alias(&sb, "down", dead);
+    let mut s = connect(port);
+    write!(
+        s,
+        "POST /upload HTTP/1.1\r\nHost: down.localhost\r\nContent-Length: {}\r\n\r\n{hidden}",
+        hidden.len()
+    )
+    .unwrap();
+    let (head, _) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "nothing after the 502: {rest:?}");
+
+    eventually("the server logged both requests", PATIENCE, || {
+        p.count_lines(|l| l.starts_with("REQ ")) == 2
+    });
+    assert_eq!(p.count_lines(|l| l.contains("/hidden")), 0, "{}", p.log());
 }
