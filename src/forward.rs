@@ -449,8 +449,9 @@ fn upstream_uri(authority: &Authority, path: PathAndQuery) -> Uri {
     Uri::from_parts(parts).expect("scheme, authority and path make a URI")
 }
 
-/// The request's Host: exactly one Host header, which an absolute-form URI must agree with
-/// (HTTP/1.0 requests may carry only the URI's authority).
+/// The request's Host: exactly one Host header, which an absolute-form URI must agree with.
+/// HTTP/1.0 requests may carry only the URI's authority, and HTTP/2 ones usually do
+/// (`:authority`).
 fn request_host<B>(req: &Request<B>) -> Result<HeaderValue, ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let header = hosts.next().cloned();
@@ -471,7 +472,7 @@ fn request_host<B>(req: &Request<B>) -> Result<HeaderValue, ProxyError> {
             }
         }
         (Some(h), None) => Ok(h),
-        (None, Some(a)) if req.version() < Version::HTTP_11 => {
+        (None, Some(a)) if req.version() != Version::HTTP_11 => {
             HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::NoHost)
         }
         (None, _) => Err(ProxyError::NoHost),
@@ -640,6 +641,15 @@ mod tests {
             request_host(&req(abs, &[], Version::HTTP_10)).unwrap(),
             "a.localhost:7080"
         );
+        let h2 = Version::HTTP_2;
+        assert_eq!(
+            request_host(&req(abs, &[], h2)).unwrap(),
+            "a.localhost:7080"
+        );
+        assert!(matches!(
+            request_host(&req(abs, &["b.localhost"], h2)),
+            Err(ProxyError::HostMismatch)
+        ));
         assert!(matches!(
             request_host(&req("https://a.localhost/", &["a.localhost"], v11)),
             Err(ProxyError::BadScheme)

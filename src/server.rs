@@ -20,6 +20,8 @@ use crate::deadline::WriteDeadline;
 use crate::forward::Forwarder;
 use crate::forward::express::{self, Outcome, Replay};
 
+mod http2;
+
 /// A client that connects and sends nothing is dropped after this.
 pub const FIRST_BYTE: Duration = Duration::from_secs(10);
 /// The whole request head, and the idle time between keep-alive requests.
@@ -139,11 +141,18 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     // The lane also keeps the first-byte and header deadlines until it hands over.
-    let io = match express::serve(stream, peer, &forwarder, &shutdown).await {
+    let (io, h2) = match express::serve(stream, peer, &forwarder, &shutdown).await {
         Outcome::Closed => return,
-        Outcome::Handoff(stream, read) => Replay::new(read, stream),
+        // The lane hands HTTP/2's preface over as soon as it reads its version.
+        Outcome::Handoff(stream, read) => {
+            let h2 = read.starts_with(http2::PREFACE);
+            (Replay::new(read, stream), h2)
+        }
     };
     let (io, exempt) = WriteDeadline::new(io, WRITE_STALL);
+    if h2 {
+        return http2::serve(io, peer, forwarder, &shutdown).await;
+    }
     let service = service_fn(move |req| {
         let forwarder = forwarder.clone();
         let exempt = exempt.clone();

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Run wharf's whole test suite on a fresh machine: provision the real peers the tests use
-# (curl, systemd's tools, a project-local Python venv with gunicorn and websockets), then
+# (curl, h2load, systemd's tools, a project-local Python venv with gunicorn and websockets), then
 # `cargo test`. Extra arguments go to cargo test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 missing=()
 command -v curl >/dev/null || missing+=(curl)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v systemd-socket-activate >/dev/null || missing+=(systemd)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)

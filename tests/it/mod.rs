@@ -1,5 +1,6 @@
 mod express;
 mod hostile;
+mod http2;
 mod proxy;
 mod run;
 mod service;
