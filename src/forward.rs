@@ -165,6 +165,8 @@ enum Routed {
 pub struct Forwarder {
     routes: Arc<Routes>,
     client: Client<HttpConnector, ProxyBody>,
+    /// For gRPC, which needs HTTP/2 end to end: the instance is spoken to over h2c.
+    h2c: Client<HttpConnector, ProxyBody>,
     /// The express lane's idle upstream connections.
     pool: upstream::Pool,
     /// The dashboard's data (the control plane's view of the routes).
@@ -182,15 +184,18 @@ impl Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(UPSTREAM_CONNECT));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(UPSTREAM_IDLE)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .set_host(false)
-            .build(connector);
+            .set_host(false);
+        let client = builder.build(connector.clone());
+        let h2c = builder.http2_only(true).build(connector);
         Forwarder {
             routes,
             client,
+            h2c,
             pool: upstream::Pool::default(),
             list,
             upstream_timeout,
@@ -320,16 +325,29 @@ impl Forwarder {
         route.count_request();
 
         let websocket = is_websocket(req.headers());
+        let grpc = is_grpc(&req);
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let upgrade_value = req.headers().get(header::UPGRADE).cloned();
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
+        let te_trailers = headers.get(header::TE).is_some_and(|v| v == "trailers");
         strip_hop_by_hop(&mut headers);
         if let (true, Some(upgrade)) = (websocket, upgrade_value) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, upgrade);
         }
         add_forwarded(&mut headers, &host, peer);
+        let version = if grpc {
+            // The authority goes as :authority (the instance's address, from the URI); a Host
+            // naming something else would contradict it. gRPC servers want `te: trailers`.
+            headers.remove(header::HOST);
+            if te_trailers {
+                headers.insert(header::TE, HeaderValue::from_static("trailers"));
+            }
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
         let path = parts
             .uri
             .path_and_query()
@@ -339,6 +357,9 @@ impl Forwarder {
 
         let body: ProxyBody = if body.is_end_stream() {
             empty_body()
+        } else if grpc {
+            // A gRPC stream may idle as long as it likes, as a WebSocket may.
+            body.map_err(BoxError::from).boxed_unsync()
         } else {
             IdleBody::new(body, BODY_IDLE).boxed_unsync()
         };
@@ -347,13 +368,17 @@ impl Forwarder {
         let retry = (is_idempotent(&parts.method) && body.is_end_stream())
             .then(|| (parts.method.clone(), uri.clone(), headers.clone()));
         let mut response = match self
-            .send(build(parts.method, uri, headers, body), &name, addr)
+            .send(
+                build(parts.method, uri, version, headers, body),
+                &name,
+                addr,
+            )
             .await
         {
             Err(ProxyError::Unreachable { reused: true, .. }) if retry.is_some() => {
                 let (method, uri, headers) = retry.expect("checked");
                 let empty = empty_body();
-                self.send(build(method, uri, headers, empty), &name, addr)
+                self.send(build(method, uri, version, headers, empty), &name, addr)
                     .await?
             }
             other => other?,
@@ -393,7 +418,12 @@ impl Forwarder {
         name: &Name,
         addr: SocketAddr,
     ) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.upstream_timeout, self.client.request(req)).await {
+        let client = if req.version() == Version::HTTP_2 {
+            &self.h2c
+        } else {
+            &self.client
+        };
+        match tokio::time::timeout(self.upstream_timeout, client.request(req)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout {
                 name: name.clone(),
                 addr,
@@ -432,11 +462,17 @@ fn empty_body() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
-fn build(method: Method, uri: Uri, headers: HeaderMap, body: ProxyBody) -> Request<ProxyBody> {
+fn build(
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: ProxyBody,
+) -> Request<ProxyBody> {
     let mut req = Request::new(body);
     *req.method_mut() = method;
     *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
+    *req.version_mut() = version;
     *req.headers_mut() = headers;
     req
 }
@@ -516,6 +552,20 @@ fn is_websocket(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
     has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
+}
+
+/// A gRPC request (not gRPC-Web, which HTTP/1.1 carries): it needs HTTP/2 end to end, for
+/// its trailers. Only an HTTP/2 client can have sent one.
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_2
+        && req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.strip_prefix("application/grpc")
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+            })
 }
 
 fn add_forwarded(headers: &mut HeaderMap, host: &HeaderValue, peer: SocketAddr) {
@@ -684,6 +734,25 @@ mod tests {
         );
         h2c.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
         assert!(!is_websocket(&h2c));
+    }
+
+    #[test]
+    fn grpc_is_told_by_its_content_type_over_http2_only() {
+        let grpc = |version, content_type: &str| {
+            let req = Request::builder()
+                .version(version)
+                .header(header::CONTENT_TYPE, content_type)
+                .body(())
+                .unwrap();
+            is_grpc(&req)
+        };
+        let h2 = Version::HTTP_2;
+        assert!(grpc(h2, "application/grpc"));
+        assert!(grpc(h2, "application/grpc+proto"));
+        assert!(grpc(h2, "application/grpc;charset=utf-8"));
+        assert!(!grpc(h2, "application/grpc-web"), "gRPC-Web is HTTP/1.1's");
+        assert!(!grpc(h2, "application/json"));
+        assert!(!grpc(Version::HTTP_11, "application/grpc"));
     }
 
     #[test]

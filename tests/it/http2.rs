@@ -134,3 +134,54 @@ fn an_idle_http2_connection_is_closed_with_goaway() {
         "GOAWAY after {goaway:?}, closed after {closed:?}; expected ~15 s"
     );
 }
+
+#[test]
+fn grpc_reaches_an_http2_instance_with_its_streams_and_trailers() {
+    let Some(python) = need_venv() else { return };
+    let servers = repo().join("tests/servers");
+    let server = servers.join("grpc_echo.py");
+    let sb = Sandbox::new();
+    let p = sb.spawn(&[
+        "run",
+        "--name",
+        "rpc",
+        "--port",
+        "0",
+        "--",
+        path_str(&python),
+        path_str(&server),
+        "{port}",
+    ]);
+    let port = p.url_port();
+    p.expect("READY");
+    let call = |authority: &str| -> serde_json::Value {
+        let out = Command::new(&python)
+            .arg(servers.join("grpc_call.py"))
+            .args([&port.to_string(), authority])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    let got = call("rpc.localhost");
+    assert_eq!(got["unary"], "hello via rpc.localhost", "{got}");
+    assert_eq!(
+        got["count"],
+        serde_json::json!(["0", "1", "2", "3", "4"]),
+        "a server stream, every message"
+    );
+    assert_eq!(
+        got["fail"],
+        serde_json::json!({"code": "NOT_FOUND", "details": "no such thing"}),
+        "the status travels in the trailers"
+    );
+
+    // Routing rules first: an unknown name is the proxy's 404, which gRPC reads as UNIMPLEMENTED.
+    let got = call("nobody.localhost");
+    assert_eq!(got["unary"]["code"], "UNIMPLEMENTED", "{got}");
+}

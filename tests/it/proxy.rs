@@ -127,11 +127,8 @@ fn dashboard_for_bare_localhost_and_404_lists_known_names() {
 
 #[test]
 fn websocket_echo_round_trips_through_the_proxy() {
-    if need("python3").is_none() || venv_bin("python3").is_none() {
-        return;
-    }
+    let Some(py) = need_venv() else { return };
     let sb = Sandbox::new();
-    let py = python();
     let ws = repo().join("tests/servers/ws.py");
     let server = sb.spawn(&[
         "run",

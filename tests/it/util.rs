@@ -44,6 +44,20 @@ pub fn need(tool: &str) -> Option<PathBuf> {
     found
 }
 
+/// The test venv's Python (with websockets and grpcio), or `None` after saying the test is
+/// skipped. Under CI nothing may skip.
+pub fn need_venv() -> Option<PathBuf> {
+    let found = venv_bin("python3");
+    if found.is_none() {
+        let msg = "skipped: no test venv (bash tests/run.sh makes it)";
+        if std::env::var_os("CI").is_some() {
+            panic!("{msg}; CI must not skip");
+        }
+        eprintln!("{msg}");
+    }
+    found
+}
+
 pub fn which(tool: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(tool))
