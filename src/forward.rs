@@ -266,10 +266,12 @@ impl Forwarder {
         if target_len > MAX_URI {
             return Err(ProxyError::UriTooLong);
         }
-        if req
-            .headers()
-            .iter()
-            .any(|(k, v)| k.as_str().len() + v.len() + 2 > MAX_HEADER_LINE)
+        // hyper's HTTP/1 server counts header lines itself; its HTTP/2 server does not.
+        if req.headers().len() > crate::server::MAX_HEADERS
+            || req
+                .headers()
+                .iter()
+                .any(|(k, v)| k.as_str().len() + v.len() + 2 > MAX_HEADER_LINE)
         {
             return Err(ProxyError::HeaderTooLarge);
         }
@@ -337,6 +339,9 @@ impl Forwarder {
             headers.insert(header::UPGRADE, upgrade);
         }
         add_forwarded(&mut headers, &host, peer);
+        if parts.version == Version::HTTP_2 && !grpc {
+            join_cookies(&mut headers);
+        }
         let version = if grpc {
             // The authority goes as :authority (the instance's address, from the URI); a Host
             // naming something else would contradict it. gRPC servers want `te: trailers`.
@@ -384,9 +389,14 @@ impl Forwarder {
             other => other?,
         };
 
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_upgrade) = client_upgrade
-        {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                return Err(ProxyError::BadResponse {
+                    name,
+                    addr,
+                    why: "101 Switching Protocols unasked",
+                });
+            };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             exempt.store(true, Ordering::Relaxed);
             tokio::spawn(async move {
@@ -552,6 +562,23 @@ fn is_websocket(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
     has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
+}
+
+/// HTTP/2 may split `cookie` into several fields; HTTP/1.1 servers expect one, joined with
+/// "; " (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if cookies.nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, value);
+    }
 }
 
 /// A gRPC request (not gRPC-Web, which HTTP/1.1 carries): it needs HTTP/2 end to end, for

@@ -32,6 +32,8 @@ pub const WRITE_STALL: Duration = Duration::from_secs(60);
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Most header lines in one request [hyper, Envoy, Apache: 100].
 pub const MAX_HEADERS: usize = 100;
+/// What a client speaking HTTP/2 with prior knowledge sends first (RFC 9113 §3.4).
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long shutdown waits for requests in flight.
 pub const DRAIN: Duration = Duration::from_secs(10);
 
@@ -143,9 +145,9 @@ async fn connection(
     // The lane also keeps the first-byte and header deadlines until it hands over.
     let (io, h2) = match express::serve(stream, peer, &forwarder, &shutdown).await {
         Outcome::Closed => return,
-        // The lane hands HTTP/2's preface over as soon as it reads its version.
+        // The lane hands a connection over once it has read HTTP/2's whole preface.
         Outcome::Handoff(stream, read) => {
-            let h2 = read.starts_with(http2::PREFACE);
+            let h2 = read.starts_with(H2_PREFACE);
             (Replay::new(read, stream), h2)
         }
     };

@@ -34,7 +34,7 @@ use super::{BODY_IDLE, Forwarder, MAX_HEADER_LINE, MAX_URI, ProxyError, UPSTREAM
 use crate::deadline::{self, CLIENT_STALLED};
 use crate::host::{self, Target};
 use crate::routes::Route;
-use crate::server::{FIRST_BYTE, HEADER_READ, MAX_HEAD, MAX_HEADERS, WRITE_STALL};
+use crate::server::{FIRST_BYTE, H2_PREFACE, HEADER_READ, MAX_HEAD, MAX_HEADERS, WRITE_STALL};
 
 /// Largest response head accepted from an instance [nginx's largest proxy_buffer_size in use].
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -182,7 +182,13 @@ impl Lane<'_> {
         // A new connection gets `FIRST_BYTE` to start talking, then `HEADER_READ` for the head.
         let mut deadline = Instant::now() + if self.fresh { FIRST_BYTE } else { HEADER_READ };
         loop {
-            if !self.inbuf.is_empty() {
+            // HTTP/2's preface goes to hyper whole, however it was split (httparse stops at
+            // its version, half-way).
+            let preface_so_far = H2_PREFACE.starts_with(&self.inbuf);
+            if self.inbuf.starts_with(H2_PREFACE) {
+                return Next::Handoff;
+            }
+            if !self.inbuf.is_empty() && !preface_so_far {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut req = httparse::Request::new(&mut headers);
                 match req.parse(&self.inbuf) {

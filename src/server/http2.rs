@@ -3,12 +3,14 @@
 //! are routed by `:authority` and forwarded as HTTP/1.1, exactly like HTTP/1.1 ones.
 //!
 //! hyper's HTTP/2 server has no idle timeout and no pings of its own: a connection with no
-//! stream open for `IDLE` is closed with GOAWAY (streams in flight finish first), and a peer
-//! that stops answering pings is dropped.
+//! stream open for `IDLE` is closed with GOAWAY (streams in flight finish first), a peer that
+//! stops answering pings is dropped, and so is one that takes no response data for
+//! `WRITE_STALL` (flow control hides that from the socket's write deadline).
 
+use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,21 +22,23 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{HEADER_READ, MAX_HEAD};
+use super::{HEADER_READ, MAX_HEAD, WRITE_STALL};
 use crate::forward::{BoxError, Forwarder, ProxyBody};
 
-/// What a client speaking HTTP/2 with prior knowledge sends first (the preface's first line).
-pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 /// A connection with no stream open is closed after this, as an idle HTTP/1.1 one is.
 const IDLE: Duration = HEADER_READ;
 /// Ping a quiet peer this often, and drop it if the answer takes longer.
 const PING: Duration = Duration::from_secs(20);
 /// Streams one connection may have open at once [nginx: 128].
 const MAX_STREAMS: u32 = 128;
+/// Response data buffered per stream beyond what the client's window lets out [hyper: 400 KB].
+const SEND_BUF: usize = 64 * 1024;
 
-/// Serve one HTTP/2 connection until the client closes it, it idles, or `shutdown`.
+/// Serve one HTTP/2 connection until the client closes it, it idles, stops reading, or
+/// `shutdown`.
 pub async fn serve<I>(
     io: I,
     peer: std::net::SocketAddr,
@@ -53,9 +57,10 @@ pub async fn serve<I>(
         let open = Open::new(&counted);
         async move {
             let response = forwarder.handle(req, peer, &exempt).await;
-            // The stream stays open until its response body is done.
+            // The stream stays open until its response body is done; hyper owes it a poll.
+            open.owed(true);
             Ok::<_, std::convert::Infallible>(
-                response.map(|body| CountedBody { body, _open: open }.boxed_unsync()),
+                response.map(|body| CountedBody { body, open }.boxed_unsync()),
             )
         }
     });
@@ -66,51 +71,124 @@ pub async fn serve<I>(
             .keep_alive_timeout(PING)
             .max_concurrent_streams(MAX_STREAMS)
             .max_header_list_size(u32::try_from(MAX_HEAD).expect("64 KiB fits"))
+            .max_send_buf_size(SEND_BUF)
             .serve_connection(TokioIo::new(io), service)
     );
+    // Once GOAWAY is sent, streams in flight finish and no new ones start.
+    let mut closing = false;
     loop {
-        let idle = streams.open.load(Ordering::Relaxed) == 0;
+        let (open, oldest_owed) = streams.snapshot();
+        // A poll owed since before the last check is found within a quarter of the limit.
+        let stall_check = oldest_owed.map_or(Instant::now() + WRITE_STALL / 4, |since| {
+            since + WRITE_STALL
+        });
         tokio::select! {
             _ = conn.as_mut() => return,
-            () = shutdown.cancelled() => break,
+            () = shutdown.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
             () = streams.changed.notified() => {}
-            () = tokio::time::sleep(IDLE), if idle => break,
+            () = tokio::time::sleep(IDLE), if open == 0 => {
+                if closing {
+                    // Still no stream and still not closed: a handshake that never ended.
+                    return;
+                }
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep_until(stall_check), if open > 0 => {
+                if streams.stalled() {
+                    // The client takes no more data (no flow-control window, or no reads):
+                    // dropped, as an HTTP/1.1 client that stops reading is.
+                    return;
+                }
+            }
         }
     }
-    // GOAWAY: the streams in flight finish, no new ones start.
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
 }
 
-/// How many streams of one connection are open, and a wake-up when that changes.
+/// The open streams of one connection, each with the time hyper took data from its response
+/// body without coming back for more (a client that grants no window never lets it), and a
+/// wake-up when streams open or close.
 #[derive(Default)]
 struct Streams {
-    open: AtomicUsize,
+    table: Mutex<Table>,
     changed: Notify,
 }
 
+#[derive(Default)]
+struct Table {
+    next: u64,
+    /// Per open stream: since when hyper owes its response body a poll.
+    owed: HashMap<u64, Option<Instant>>,
+}
+
+impl Streams {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many streams are open, and the oldest poll owed.
+    fn snapshot(&self) -> (usize, Option<Instant>) {
+        let table = self.table();
+        (
+            table.owed.len(),
+            table.owed.values().flatten().min().copied(),
+        )
+    }
+
+    fn stalled(&self) -> bool {
+        self.snapshot()
+            .1
+            .is_some_and(|since| since.elapsed() >= WRITE_STALL)
+    }
+}
+
 /// One open stream, from its request until its response body is done or dropped.
-struct Open(Arc<Streams>);
+struct Open {
+    streams: Arc<Streams>,
+    id: u64,
+}
 
 impl Open {
     fn new(streams: &Arc<Streams>) -> Open {
-        streams.open.fetch_add(1, Ordering::Relaxed);
+        let id = {
+            let mut table = streams.table();
+            table.next += 1;
+            let id = table.next;
+            table.owed.insert(id, None);
+            id
+        };
         streams.changed.notify_one();
-        Open(streams.clone())
+        Open {
+            streams: streams.clone(),
+            id,
+        }
+    }
+
+    /// Whether hyper owes the response body a poll (from now on).
+    fn owed(&self, owed: bool) {
+        if let Some(since) = self.streams.table().owed.get_mut(&self.id) {
+            *since = owed.then(Instant::now);
+        }
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-        self.0.changed.notify_one();
+        self.streams.table().owed.remove(&self.id);
+        self.streams.changed.notify_one();
     }
 }
 
-/// A response body that keeps its stream counted as open while it lives.
+/// A response body that keeps its stream counted as open while it lives, and notes when hyper
+/// took data from it.
 struct CountedBody {
     body: ProxyBody,
-    _open: Open,
+    open: Open,
 }
 
 impl Body for CountedBody {
@@ -121,7 +199,11 @@ impl Body for CountedBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let poll = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        // Data handed over: hyper comes back once the client has room for more.
+        self.open
+            .owed(matches!(&poll, Poll::Ready(Some(Ok(frame))) if frame.is_data()));
+        poll
     }
 
     fn is_end_stream(&self) -> bool {

@@ -50,6 +50,15 @@ fn prior_knowledge_http2_reaches_an_http1_instance_by_authority() {
     assert_eq!(headers["x-forwarded-proto"], "http");
     assert_eq!(headers["via"], "1.1 wharf");
 
+    // Cookies split over several fields arrive as one line, as HTTP/1.1 servers expect.
+    let (_, _, body) = curl_h2(
+        &curl,
+        &format!("http://duo.localhost:{port}/"),
+        &["-H", "cookie: a=1", "-H", "cookie: b=2"],
+    );
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["headers"]["cookie"], "a=1; b=2", "{body}");
+
     let (status, _, body) = curl_h2(
         &curl,
         &format!("http://duo.localhost:{port}/upload"),
@@ -60,6 +69,10 @@ fn prior_knowledge_http2_reaches_an_http1_instance_by_authority() {
 
     // The routing rules are the same as for HTTP/1.1, and nothing else reaches the server.
     let before = p.count_lines(|l| l.starts_with("REQ "));
+    let many: Vec<String> = (0..101).map(|i| format!("x-h{i}: v")).collect();
+    let many: Vec<&str> = many.iter().flat_map(|h| ["-H", h.as_str()]).collect();
+    let (status, _, _) = curl_h2(&curl, &format!("http://duo.localhost:{port}/"), &many);
+    assert_eq!(status, 431, "101 header fields, as over HTTP/1.1");
     let cases = [
         (format!("http://nobody.localhost:{port}/"), 404),
         (format!("http://127.0.0.1:{port}/"), 421),
@@ -70,6 +83,14 @@ fn prior_knowledge_http2_reaches_an_http1_instance_by_authority() {
         assert_eq!((status, version.as_str()), (expected, "2"), "{url}: {body}");
     }
     assert_eq!(p.count_lines(|l| l.starts_with("REQ ")), before);
+
+    // HTTP/2 has no 101: one the client did not ask for is the server's error.
+    let (status, _, body) = curl_h2(
+        &curl,
+        &format!("http://duo.localhost:{port}/unasked-101"),
+        &[],
+    );
+    assert_eq!(status, 502, "{body}");
 }
 
 #[test]
@@ -101,8 +122,48 @@ fn read_frame(s: &mut TcpStream) -> Option<(u8, u8, Vec<u8>)> {
     Some((head[3], head[4], payload))
 }
 
+const HEADERS: u8 = 1;
+const SETTINGS: u8 = 4;
 const PING: u8 = 6;
 const GOAWAY: u8 = 7;
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len().to_be_bytes();
+    let mut f = vec![len[5], len[6], len[7], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Read frames until the connection closes (or `limit` after `start`: the proxy's pings would
+/// keep a read timeout from ever firing), answering SETTINGS and PINGs as a live client does:
+/// (frame types in order, when the first GOAWAY came, when it closed or the limit passed).
+fn read_until_closed(
+    s: &mut TcpStream,
+    start: Instant,
+    limit: Duration,
+) -> (Vec<u8>, Option<Duration>, Duration) {
+    let (mut kinds, mut goaway) = (Vec::new(), None);
+    let left = || limit.checked_sub(start.elapsed()).filter(|d| !d.is_zero());
+    while let Some((kind, flags, payload)) = left().and_then(|left| {
+        s.set_read_timeout(Some(left)).unwrap();
+        read_frame(s)
+    }) {
+        kinds.push(kind);
+        match kind {
+            GOAWAY => goaway = goaway.or(Some(start.elapsed())),
+            SETTINGS if flags & 1 == 0 => {
+                let _ = s.write_all(&frame(SETTINGS, 1, 0, &[]));
+            }
+            PING if flags & 1 == 0 => {
+                let _ = s.write_all(&frame(PING, 1, 0, &payload));
+            }
+            _ => {}
+        }
+    }
+    (kinds, goaway, start.elapsed())
+}
 
 #[test]
 fn an_idle_http2_connection_is_closed_with_goaway() {
@@ -110,28 +171,76 @@ fn an_idle_http2_connection_is_closed_with_goaway() {
     let p = sb.serve("quiet", &[]);
     let port = p.url_port();
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
     let start = Instant::now();
-    // The preface and an empty SETTINGS frame, then nothing but answers to pings.
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-        .unwrap();
-    let mut goaway = None;
-    while let Some((kind, flags, payload)) = read_frame(&mut s) {
-        match kind {
-            GOAWAY => goaway = goaway.or(Some(start.elapsed())),
-            PING if flags & 1 == 0 => {
-                let mut ack = vec![0, 0, 8, PING, 1, 0, 0, 0, 0];
-                ack.extend_from_slice(&payload);
-                let _ = s.write_all(&ack);
-            }
-            _ => {}
-        }
-    }
-    let closed = start.elapsed();
+    // The preface and an empty SETTINGS frame, then nothing but answers.
+    s.write_all(PREFACE).unwrap();
+    s.write_all(&frame(SETTINGS, 0, 0, &[])).unwrap();
+    let (_, goaway, closed) = read_until_closed(&mut s, start, Duration::from_secs(40));
     let goaway = goaway.expect("a GOAWAY before the close");
     assert!(
         goaway >= Duration::from_secs(14) && closed < Duration::from_secs(35),
         "GOAWAY after {goaway:?}, closed after {closed:?}; expected ~15 s"
+    );
+}
+
+#[test]
+fn a_preface_that_stops_half_way_is_neither_http1_nor_kept() {
+    let sb = Sandbox::new();
+    let p = sb.serve("half", &[]);
+    let port = p.url_port();
+    // Cut where HTTP/1's parser already rejects the version, and where it does not.
+    let start = Instant::now();
+    let clients: Vec<(usize, TcpStream)> = [13, 20]
+        .map(|cut| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+            s.write_all(&PREFACE[..cut]).unwrap();
+            (cut, s)
+        })
+        .into();
+    for (cut, mut s) in clients {
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        assert!(
+            answer.is_empty(),
+            "cut at {cut}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(35),
+        "closed after {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_client_that_grants_no_window_is_dropped_after_a_minute() {
+    let sb = Sandbox::new();
+    let p = sb.serve("stall", &[]);
+    let port = p.url_port();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let start = Instant::now();
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: no response data may be sent, ever.
+    s.write_all(PREFACE).unwrap();
+    s.write_all(&frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]))
+        .unwrap();
+    // GET /big/50 (50 MiB), in HPACK without Huffman: :method GET, :scheme http (static
+    // table), :path and :authority as literals with indexed names.
+    let mut block = vec![0x82, 0x86];
+    for (index, value) in [(4u8, "/big/50"), (1, "stall.localhost")] {
+        block.extend_from_slice(&[index, u8::try_from(value.len()).unwrap()]);
+        block.extend_from_slice(value.as_bytes());
+    }
+    s.write_all(&frame(HEADERS, 0x5, 1, &block)).unwrap();
+    let (kinds, _, closed) = read_until_closed(&mut s, start, Duration::from_secs(100));
+    assert!(
+        kinds.contains(&HEADERS),
+        "the response head came: {kinds:?}"
+    );
+    assert!(
+        closed >= Duration::from_secs(55) && closed < Duration::from_secs(95),
+        "closed after {closed:?}; expected ~60 s"
     );
 }
 

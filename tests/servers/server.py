@@ -67,6 +67,10 @@ class Handler(BaseHTTPRequestHandler):
             threading.Event().wait()
         if self.path.startswith("/big/"):
             return self.big(int(self.path.split("/")[2]))
+        if self.path == "/unasked-101":
+            self.send_response(101)
+            self.end_headers()
+            return
         body = json.dumps({
             "pid": os.getpid(),
             "socket": self.server.wharf_name,
