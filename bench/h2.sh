@@ -4,7 +4,10 @@
 # targets, medians reported. nginx is tuned as in the shared bench (upstream keep-alive,
 # buffering off) and serves h2c on its own port (`listen ... http2`), the only way nginx
 # 1.22 speaks it. With two or more CPUs, h2load and the backend run on the first and the
-# proxy under test on the second. Everything listens on 127.0.0.1, on ports the OS picks.
+# proxies on the second, except for the one-stream case, where everything shares the first
+# (as in ../shared/bench's one-connection case: with one request in flight nothing runs in
+# parallel, and cross-CPU wake-ups would be most of what is measured). Everything listens
+# on 127.0.0.1, on ports the OS picks.
 #
 #   bash bench/h2.sh [--rounds N]     (needs nginx and h2load: bash ../shared/bench/install.sh)
 set -euo pipefail
@@ -53,16 +56,19 @@ taskset -c $proxy_cpu nginx -p "$work/nginx" -c "$work/nginx/nginx.conf"
 export WHARF_STATE_DIR=$work/wharf/state WHARF_RUNTIME_DIR=$work/wharf/run
 taskset -c $proxy_cpu "$root/target/release/wharf" proxy --listen "127.0.0.1:$wharf_port" >"$work/wharf.log" 2>&1 &
 pids+=($!)
+proxies=("$!" "$(cat "$work/nginx/nginx.pid")" $(pgrep -P "$(cat "$work/nginx/nginx.pid")"))
+repin() { for p in "${proxies[@]}"; do taskset -a -p -c "$1" "$p" >/dev/null; done; }
 for _ in $(seq 100); do curl -s -o /dev/null "127.0.0.1:$wharf_port" && break; sleep 0.1; done
 "$root/target/release/wharf" alias bench "127.0.0.1:$backend" >/dev/null 2>&1
 
-# CASE: name, then h2load arguments. The same :authority for both proxies.
-cases=("32 connections x 10 streams|-n 200000 -c 32 -m 10" "1 connection, 1 stream|-n 20000 -c 1 -m 1")
+# CASE: name|proxy CPU|h2load arguments.
+cases=("32 connections x 10 streams|$proxy_cpu|-n 200000 -c 32 -m 10" "1 connection, 1 stream|$client_cpu|-n 20000 -c 1 -m 1")
 declare -A rps
-echo "h2load $(h2load --version | awk '{print $2}'), nginx $(nginx -v 2>&1 | sed 's/.*\///'), $rounds rounds, client+backend on cpu $client_cpu, proxy on cpu $proxy_cpu"
+echo "h2load $(h2load --version | awk '{print $2}'), nginx $(nginx -v 2>&1 | sed 's/.*\///'), $rounds rounds, client+backend on cpu $client_cpu, proxies on cpu $proxy_cpu (one stream: cpu $client_cpu)"
 for round in $(seq "$rounds"); do
   for c in "${cases[@]}"; do
-    name=${c%%|*} args=${c#*|}
+    IFS='|' read -r name cpu args <<<"$c"
+    repin "$cpu"
     targets=(nginx:$nginx_port wharf:$wharf_port)
     ((round % 2)) || targets=(wharf:$wharf_port nginx:$nginx_port)
     for t in "${targets[@]}"; do
