@@ -567,17 +567,16 @@ fn is_websocket(headers: &HeaderMap) -> bool {
 /// HTTP/2 may split `cookie` into several fields; HTTP/1.1 servers expect one, joined with
 /// "; " (RFC 9113 §8.2.3).
 fn join_cookies(headers: &mut HeaderMap) {
-    let mut cookies = headers.get_all(header::COOKIE).iter();
-    if cookies.nth(1).is_none() {
-        return;
-    }
-    let joined: Vec<&[u8]> = headers
+    let cookies: Vec<&[u8]> = headers
         .get_all(header::COOKIE)
         .iter()
         .map(HeaderValue::as_bytes)
         .collect();
-    if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
-        headers.insert(header::COOKIE, value);
+    if cookies.len() < 2 {
+        return;
+    }
+    if let Ok(joined) = HeaderValue::from_bytes(&cookies.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, joined);
     }
 }
 
