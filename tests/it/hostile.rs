@@ -267,3 +267,91 @@ fn killing_wharf_run_under_load_removes_the_route_and_nothing_hangs() {
         seen.iter().filter(|s| **s != 200).collect::<Vec<_>>()
     );
 }
+
+/// A small deterministic generator (xorshift): the same cases on every run.
+struct Cases(u64);
+
+impl Cases {
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        from[usize::try_from(self.0 % from.len() as u64).unwrap()]
+    }
+}
+
+#[test]
+fn no_mix_of_framing_headers_turns_a_request_body_into_a_request() {
+    let sb = Sandbox::new();
+    let p = sb.serve("fuzz", &[]);
+    let port = p.url_port();
+    let (dead, held) = os_port();
+    drop(held);
+    let (status, log) = sb.output(&["alias", "gone", &dead.to_string()]);
+    assert!(status.success(), "{log}");
+    let mut cases = Cases(0x9e37_79b9_7f4a_7c15);
+    for i in 0..150 {
+        // The body of each POST is a request of its own, pipelined after it another one.
+        let hidden = format!("GET /hidden-{i} HTTP/1.1\r\nHost: fuzz.localhost\r\n\r\n");
+        let host = cases.pick(&["fuzz", "fuzz", "fuzz", "gone"]);
+        let connection = cases.pick(&[
+            "",
+            "keep-alive",
+            "content-length",
+            "Content-Length, x-a",
+            "transfer-encoding",
+            "host",
+            "x-forwarded-for",
+        ]);
+        let framing = cases.pick(&["cl", "cl-zeros", "cl-twice", "te", "te-cl"]);
+        let (len, chunked) = (
+            hidden.len(),
+            format!("{:x}\r\n{hidden}\r\n0\r\n\r\n", hidden.len()),
+        );
+        let (framing_lines, body) = match framing {
+            "cl" => (format!("Content-Length: {len}\r\n"), hidden.as_str()),
+            "cl-zeros" => (format!("Content-Length: 00{len}\r\n"), hidden.as_str()),
+            "cl-twice" => (
+                format!("Content-Length: {len}\r\nContent-Length: {len}\r\n"),
+                hidden.as_str(),
+            ),
+            "te" => (
+                "Transfer-Encoding: chunked\r\n".to_string(),
+                chunked.as_str(),
+            ),
+            _ => (
+                format!("Transfer-Encoding: chunked\r\nContent-Length: {len}\r\n"),
+                chunked.as_str(),
+            ),
+        };
+        let connection_line = if connection.is_empty() {
+            String::new()
+        } else {
+            format!("Connection: {connection}\r\n")
+        };
+        let raw = format!(
+            "POST /case-{i} HTTP/1.1\r\nHost: {host}.localhost\r\n{connection_line}\
+             X-Forwarded-For: 10.0.0.{i}\r\n{framing_lines}\r\n{body}\
+             GET /after-{i} HTTP/1.1\r\nHost: fuzz.localhost\r\nConnection: close\r\n\r\n"
+        );
+        let answer = exchange(port, raw.as_bytes());
+        let case = format!("case {i}:\n{raw}\n--- answer:\n{answer}");
+        assert!(!answer.contains("/hidden"), "{case}");
+        // Either both were answered, in order, or the connection closed after the first.
+        if answer.matches("HTTP/1.1 ").count() == 2 {
+            assert!(answer.contains(&format!("/after-{i}")), "{case}");
+        }
+    }
+    // The server logs in the order it serves: once a last request shows, so has the rest.
+    let (status, _) = get(([127, 0, 0, 1], port).into(), "fuzz.localhost", "/last").unwrap();
+    assert_eq!(status, 200);
+    eventually("the server logged the last request", PATIENCE, || {
+        p.count_lines(|l| l == "REQ GET /last") == 1
+    });
+    assert_eq!(
+        p.count_lines(|l| l.contains("/hidden")),
+        0,
+        "a body reached the server as a request:\n{}",
+        p.log()
+    );
+}

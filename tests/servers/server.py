@@ -108,6 +108,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         print(f"REQ {self.command} {self.path}", flush=True)
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            return self.chunked_body()
         length = int(self.headers.get("Content-Length", "0"))
         received = 0
         while received < length:
@@ -119,6 +121,20 @@ class Handler(BaseHTTPRequestHandler):
         body = json.dumps({"received": received}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def chunked_body(self):
+        received = 0
+        while True:
+            size = int(self.rfile.readline().split(b";")[0], 16)
+            received += len(self.rfile.read(size))
+            self.rfile.readline()
+            if size == 0:
+                break
+        body = json.dumps({"received": received}).encode()
+        self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
