@@ -1,6 +1,7 @@
 //! HTTP/2 with prior knowledge (`h2c`, RFC 9113 §3.3), on the same port as HTTP/1.1: what
-//! `curl --http2-prior-knowledge`, `h2load` and plaintext gRPC-style clients speak. Requests
-//! are routed by `:authority` and forwarded as HTTP/1.1, exactly like HTTP/1.1 ones.
+//! `curl --http2-prior-knowledge`, `h2load` and plaintext gRPC clients speak. Requests are
+//! routed by `:authority` under the same rules as HTTP/1.1 ones and forwarded as HTTP/1.1,
+//! except gRPC, which `forward` sends on over h2c.
 //!
 //! hyper's HTTP/2 server has no idle timeout and no pings of its own: a connection with no
 //! stream open for `IDLE` is closed with GOAWAY (streams in flight finish first), a peer that
