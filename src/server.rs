@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::deadline::WriteDeadline;
 use crate::forward::Forwarder;
-use crate::forward::express::{self, Outcome, Replay};
+use crate::forward::express::{self, Outcome, Protocol, Replay};
 
 mod http2;
 
@@ -32,8 +32,6 @@ pub const WRITE_STALL: Duration = Duration::from_secs(60);
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Most header lines in one request [hyper, Envoy, Apache: 100].
 pub const MAX_HEADERS: usize = 100;
-/// What a client speaking HTTP/2 with prior knowledge sends first (RFC 9113 §3.4).
-pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long shutdown waits for requests in flight.
 pub const DRAIN: Duration = Duration::from_secs(10);
 
@@ -143,16 +141,12 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     // The lane also keeps the first-byte and header deadlines until it hands over.
-    let (io, h2) = match express::serve(stream, peer, &forwarder, &shutdown).await {
+    let (protocol, io) = match express::serve(stream, peer, &forwarder, &shutdown).await {
         Outcome::Closed => return,
-        // The lane hands a connection over once it has read HTTP/2's whole preface.
-        Outcome::Handoff(stream, read) => {
-            let h2 = read.starts_with(H2_PREFACE);
-            (Replay::new(read, stream), h2)
-        }
+        Outcome::Handoff(protocol, stream, read) => (protocol, Replay::new(read, stream)),
     };
     let (io, exempt) = WriteDeadline::new(io, WRITE_STALL);
-    if h2 {
+    if protocol == Protocol::Http2 {
         return http2::serve(io, peer, forwarder, &shutdown).await;
     }
     let service = service_fn(move |req| {

@@ -34,13 +34,15 @@ use super::{BODY_IDLE, Forwarder, MAX_HEADER_LINE, MAX_URI, ProxyError, UPSTREAM
 use crate::deadline::{self, CLIENT_STALLED};
 use crate::host::{self, Target};
 use crate::routes::Route;
-use crate::server::{FIRST_BYTE, H2_PREFACE, HEADER_READ, MAX_HEAD, MAX_HEADERS, WRITE_STALL};
+use crate::server::{FIRST_BYTE, HEADER_READ, MAX_HEAD, MAX_HEADERS, WRITE_STALL};
 
 /// Largest response head accepted from an instance [nginx's largest proxy_buffer_size in use].
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Read size for heads, and for bodies.
 const HEAD_BUF: usize = 8 * 1024;
 const BODY_BUF: usize = 64 * 1024;
+/// What a client speaking HTTP/2 with prior knowledge sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long a connection closed mid-request-body keeps draining it (see `linger`).
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -48,8 +50,17 @@ const LINGER: Duration = Duration::from_secs(2);
 pub enum Outcome {
     /// Served and closed (or the client went away).
     Closed,
-    /// hyper serves the rest: the connection and what was read from it but not used.
-    Handoff(TcpStream, BytesMut),
+    /// hyper serves the rest, in this protocol: the connection and what was read from it but
+    /// not used.
+    Handoff(Protocol, TcpStream, BytesMut),
+}
+
+/// What hyper is to speak on a connection the lane hands over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// The client sent HTTP/2's preface (all of it, in what was read).
+    Http2,
 }
 
 /// Serve `client` for as long as its requests fit the lane.
@@ -75,10 +86,9 @@ pub async fn serve(
     if let Some(up) = lane.upstream.take() {
         forwarder.pool.put(up);
     }
-    if handoff {
-        Outcome::Handoff(lane.client, lane.inbuf)
-    } else {
-        Outcome::Closed
+    match handoff {
+        Some(protocol) => Outcome::Handoff(protocol, lane.client, lane.inbuf),
+        None => Outcome::Closed,
     }
 }
 
@@ -118,7 +128,7 @@ struct Plan {
 
 enum Next {
     Request(Plan),
-    Handoff,
+    Handoff(Protocol),
     Close,
 }
 
@@ -158,18 +168,18 @@ enum Failure {
 }
 
 impl Lane<'_> {
-    /// Serve requests until the connection ends (false) or must go to hyper (true).
-    async fn run(&mut self, shutdown: &CancellationToken) -> bool {
+    /// Serve requests until the connection ends (None) or must go to hyper.
+    async fn run(&mut self, shutdown: &CancellationToken) -> Option<Protocol> {
         let mut cancelled = std::pin::pin!(shutdown.cancelled());
         loop {
             let plan = match self.next_request(cancelled.as_mut()).await {
                 Next::Request(plan) => plan,
-                Next::Handoff => return true,
-                Next::Close => return false,
+                Next::Handoff(protocol) => return Some(protocol),
+                Next::Close => return None,
             };
             match self.exchange(&plan).await {
                 Ok(true) if plan.keep_alive => {}
-                _ => return false,
+                _ => return None,
             }
         }
     }
@@ -186,7 +196,7 @@ impl Lane<'_> {
             // its version, half-way).
             let preface_so_far = H2_PREFACE.starts_with(&self.inbuf);
             if self.inbuf.starts_with(H2_PREFACE) {
-                return Next::Handoff;
+                return Next::Handoff(Protocol::Http2);
             }
             if !self.inbuf.is_empty() && !preface_so_far {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -195,14 +205,14 @@ impl Lane<'_> {
                     Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => {
                         let plan = plan(&req, self.forwarder, self.peer, &mut self.request);
                         let Some(plan) = plan else {
-                            return Next::Handoff;
+                            return Next::Handoff(Protocol::Http1);
                         };
                         self.inbuf.advance(len);
                         return Next::Request(plan);
                     }
                     Ok(httparse::Status::Partial) if self.inbuf.len() < MAX_HEAD => {}
                     // Over a limit, or malformed: hyper gives the answer it always gave.
-                    _ => return Next::Handoff,
+                    _ => return Next::Handoff(Protocol::Http1),
                 }
             }
             self.inbuf.reserve(HEAD_BUF);
