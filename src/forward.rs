@@ -329,30 +329,12 @@ impl Forwarder {
         let websocket = is_websocket(req.headers());
         let grpc = is_grpc(&req);
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-        let upgrade_value = req.headers().get(header::UPGRADE).cloned();
+        let upgrade = websocket
+            .then(|| req.headers().get(header::UPGRADE).cloned())
+            .flatten();
         let (parts, body) = req.into_parts();
-        let mut headers = parts.headers;
-        let te_trailers = headers.get(header::TE).is_some_and(|v| v == "trailers");
-        strip_hop_by_hop(&mut headers);
-        if let (true, Some(upgrade)) = (websocket, upgrade_value) {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, upgrade);
-        }
-        add_forwarded(&mut headers, &host, peer);
-        if parts.version == Version::HTTP_2 && !grpc {
-            join_cookies(&mut headers);
-        }
-        let version = if grpc {
-            // The authority goes as :authority (the instance's address, from the URI); a Host
-            // naming something else would contradict it. gRPC servers want `te: trailers`.
-            headers.remove(header::HOST);
-            if te_trailers {
-                headers.insert(header::TE, HeaderValue::from_static("trailers"));
-            }
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
+        let (headers, version) =
+            upstream_headers(parts.headers, parts.version, grpc, upgrade, &host, peer);
         let path = parts
             .uri
             .path_and_query()
@@ -562,6 +544,38 @@ fn is_websocket(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
     has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
+}
+
+/// The request's headers as the instance gets them, and the version to speak to it: HTTP/1.1,
+/// or HTTP/2 for gRPC. `upgrade`: a WebSocket's `Upgrade`, the only one that passes.
+fn upstream_headers(
+    mut headers: HeaderMap,
+    client_version: Version,
+    grpc: bool,
+    upgrade: Option<HeaderValue>,
+    host: &HeaderValue,
+    peer: SocketAddr,
+) -> (HeaderMap, Version) {
+    let te_trailers = grpc && headers.get(header::TE).is_some_and(|v| v == "trailers");
+    strip_hop_by_hop(&mut headers);
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, upgrade);
+    }
+    add_forwarded(&mut headers, host, peer);
+    if !grpc {
+        if client_version == Version::HTTP_2 {
+            join_cookies(&mut headers);
+        }
+        return (headers, Version::HTTP_11);
+    }
+    // The authority goes as :authority (the instance's address, from the URI); a Host naming
+    // something else would contradict it. gRPC servers want `te: trailers`.
+    headers.remove(header::HOST);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    (headers, Version::HTTP_2)
 }
 
 /// HTTP/2 may split `cookie` into several fields; HTTP/1.1 servers expect one, joined with
