@@ -1,5 +1,6 @@
-//! Deadlines for the I/O phases hyper leaves unbounded: a client not reading our response, a request body that stops arriving. Each wraps a
-//! stream or body and fails it with `TimedOut` when its phase overruns.
+//! Deadlines for the I/O phases hyper leaves unbounded: a client not reading our response, a
+//! request body that stops arriving, and any single I/O step (`within`). Each fails with
+//! `TimedOut` when its phase overruns.
 
 use std::io;
 use std::pin::Pin;

@@ -66,9 +66,16 @@ pub struct Pool {
 }
 
 impl Pool {
+    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Upstream>>> {
+        // A panic elsewhere leaves the map whole: every change to it is one call.
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The most recently used reusable connection to `addr`, if any.
     pub fn take(&self, addr: SocketAddr) -> Option<Upstream> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle();
         let list = idle.get_mut(&addr)?;
         while let Some(up) = list.pop() {
             if up.reusable() {
@@ -79,7 +86,7 @@ impl Pool {
     }
 
     pub fn put(&self, up: Upstream) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle();
         let list = idle.entry(up.addr).or_default();
         if list.len() < MAX_IDLE_PER_ADDR {
             list.push(up);
@@ -88,7 +95,7 @@ impl Pool {
 
     /// Close connections idle too long or closed by their server.
     pub fn sweep(&self) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle();
         for list in idle.values_mut() {
             list.retain(Upstream::reusable);
         }
