@@ -376,10 +376,7 @@ impl Lane<'_> {
             .await
             .map_err(BodyFailure::HeadNotSent)?;
         loop {
-            let take = self
-                .inbuf
-                .len()
-                .min(usize::try_from(self.unread).unwrap_or(usize::MAX));
+            let take = body_part(self.inbuf.len(), self.unread);
             if take > 0 {
                 write(up, &self.inbuf[..take])
                     .await
@@ -407,10 +404,7 @@ impl Lane<'_> {
                 .await
                 .map(|()| true),
             Framing::Length(mut left) => {
-                let take = self
-                    .upbuf
-                    .len()
-                    .min(usize::try_from(left).unwrap_or(usize::MAX));
+                let take = body_part(self.upbuf.len(), left);
                 self.out.extend_from_slice(&self.upbuf[..take]);
                 self.upbuf.advance(take);
                 left -= take as u64;
@@ -427,10 +421,7 @@ impl Lane<'_> {
                     if read_upstream(up, &mut self.upbuf, &self.client).await? == 0 {
                         return Ok(false);
                     }
-                    let take = self
-                        .upbuf
-                        .len()
-                        .min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let take = body_part(self.upbuf.len(), left);
                     write_client(&mut self.client, &self.upbuf[..take]).await?;
                     self.upbuf.advance(take);
                     left -= take as u64;
@@ -881,6 +872,11 @@ fn named_by_connection(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
 /// Anything else goes to hyper, whose URI parser decides.
 fn is_plain_uri_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~:/?[]@!$&'()*+,;=%".contains(&b)
+}
+
+/// How many of `buffered` bytes belong to a body with `left` bytes to go.
+fn body_part(buffered: usize, left: u64) -> usize {
+    usize::try_from(left).map_or(buffered, |left| buffered.min(left))
 }
 
 /// A Content-Length value: digits only (no sign, no space), within u64.
