@@ -8,7 +8,6 @@
 //! stops answering pings is dropped, and so is one that takes no response data for
 //! `WRITE_STALL` (flow control hides that from the socket's write deadline).
 
-use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -21,8 +20,8 @@ use http_body_util::BodyExt as _;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use slab::Slab;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -48,7 +47,7 @@ pub async fn serve<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let streams = Arc::new(Streams::default());
+    let streams = Arc::new(Streams::new());
     let counted = streams.clone();
     // Never set: HTTP/2 has no upgrades (extended CONNECT is not enabled).
     let exempt = Arc::default();
@@ -78,101 +77,130 @@ pub async fn serve<I>(
     // Once GOAWAY is sent, streams in flight finish and no new ones start.
     let mut closing = false;
     loop {
-        let (open, oldest_owed) = streams.snapshot();
-        // A poll owed since before the last check is found within a quarter of the limit.
-        let stall_check = oldest_owed.map_or(Instant::now() + WRITE_STALL / 4, |since| {
-            since + WRITE_STALL
-        });
+        // Streams come and go without waking this loop (that would cost every request two
+        // wake-ups); it looks at them when the next limit could be reached.
+        let check = streams.next_check();
         tokio::select! {
             _ = conn.as_mut() => return,
             () = shutdown.cancelled(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            () = streams.changed.notified() => {}
-            () = tokio::time::sleep(IDLE), if open == 0 => {
-                if closing {
-                    // Still no stream and still not closed: a handshake that never ended.
-                    return;
+            () = tokio::time::sleep_until(check) => match streams.state() {
+                State::Busy => {}
+                // The client takes no more data (no flow-control window, or no reads):
+                // dropped, as an HTTP/1.1 client that stops reading is.
+                State::Stalled => return,
+                // Still no stream and still not closed: a handshake that never ended.
+                State::Idle if closing => return,
+                State::Idle => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                    streams.idle_from_now();
                 }
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            () = tokio::time::sleep_until(stall_check), if open > 0 => {
-                if streams.stalled() {
-                    // The client takes no more data (no flow-control window, or no reads):
-                    // dropped, as an HTTP/1.1 client that stops reading is.
-                    return;
-                }
-            }
+            },
         }
     }
 }
 
 /// The open streams of one connection, each with the time hyper took data from its response
-/// body without coming back for more (a client that grants no window never lets it), and a
-/// wake-up when streams open or close.
-#[derive(Default)]
+/// body without coming back for more (a client that grants no window never lets it), and
+/// since when none has been open.
 struct Streams {
     table: Mutex<Table>,
-    changed: Notify,
 }
 
-#[derive(Default)]
 struct Table {
-    next: u64,
     /// Per open stream: since when hyper owes its response body a poll.
-    owed: HashMap<u64, Option<Instant>>,
+    owed: Slab<Option<Instant>>,
+    /// When the last stream closed, or the connection opened.
+    idle_since: Instant,
+}
+
+/// What the connection's streams say about it.
+enum State {
+    Busy,
+    /// A response body has owed a poll for `WRITE_STALL`.
+    Stalled,
+    /// No stream has been open for `IDLE`.
+    Idle,
 }
 
 impl Streams {
+    fn new() -> Streams {
+        Streams {
+            table: Mutex::new(Table {
+                owed: Slab::new(),
+                idle_since: Instant::now(),
+            }),
+        }
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// How many streams are open, and the oldest poll owed.
-    fn snapshot(&self) -> (usize, Option<Instant>) {
+    /// When a limit could next be reached: the idle one with no stream open; with streams
+    /// open, the oldest owed poll's, but no later than `IDLE` from now, as they may all close
+    /// meanwhile. A stall that starts later is found within a quarter of the limit.
+    fn next_check(&self) -> Instant {
         let table = self.table();
-        (
-            table.owed.len(),
-            table.owed.values().flatten().min().copied(),
-        )
+        if table.owed.is_empty() {
+            return table.idle_since + IDLE;
+        }
+        let soon = Instant::now() + IDLE.min(WRITE_STALL / 4);
+        table
+            .oldest_owed()
+            .map_or(soon, |since| (since + WRITE_STALL).min(soon))
     }
 
-    fn stalled(&self) -> bool {
-        self.snapshot()
-            .1
+    fn state(&self) -> State {
+        let table = self.table();
+        if table.owed.is_empty() {
+            if table.idle_since.elapsed() >= IDLE {
+                return State::Idle;
+            }
+        } else if table
+            .oldest_owed()
             .is_some_and(|since| since.elapsed() >= WRITE_STALL)
+        {
+            return State::Stalled;
+        }
+        State::Busy
+    }
+
+    /// Start the idle period again (after GOAWAY, the connection gets one more to close).
+    fn idle_from_now(&self) {
+        self.table().idle_since = Instant::now();
+    }
+}
+
+impl Table {
+    fn oldest_owed(&self) -> Option<Instant> {
+        self.owed.iter().filter_map(|(_, since)| *since).min()
     }
 }
 
 /// One open stream, from its request until its response body is done or dropped.
 struct Open {
     streams: Arc<Streams>,
-    id: u64,
+    key: usize,
 }
 
 impl Open {
     fn new(streams: &Arc<Streams>) -> Open {
-        let id = {
-            let mut table = streams.table();
-            table.next += 1;
-            let id = table.next;
-            table.owed.insert(id, None);
-            id
-        };
-        streams.changed.notify_one();
+        let key = streams.table().owed.insert(None);
         Open {
             streams: streams.clone(),
-            id,
+            key,
         }
     }
 
     /// Whether hyper owes the response body a poll (from now on).
     fn owed(&self, owed: bool) {
-        if let Some(since) = self.streams.table().owed.get_mut(&self.id) {
+        if let Some(since) = self.streams.table().owed.get_mut(self.key) {
             *since = owed.then(Instant::now);
         }
     }
@@ -180,8 +208,11 @@ impl Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.streams.table().owed.remove(&self.id);
-        self.streams.changed.notify_one();
+        let mut table = self.streams.table();
+        table.owed.try_remove(self.key);
+        if table.owed.is_empty() {
+            table.idle_since = Instant::now();
+        }
     }
 }
 
@@ -213,5 +244,59 @@ impl Body for CountedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idle(streams: &Streams) -> bool {
+        matches!(streams.state(), State::Idle)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_counts_from_the_last_stream_closing() {
+        let streams = Arc::new(Streams::new());
+        let start = Instant::now();
+        assert_eq!(streams.next_check(), start + IDLE);
+        let open = Open::new(&streams);
+        tokio::time::advance(IDLE * 2).await;
+        assert!(!idle(&streams), "a stream is open");
+        assert_eq!(streams.next_check(), Instant::now() + IDLE);
+        drop(open);
+        let closed = Instant::now();
+        assert_eq!(streams.next_check(), closed + IDLE);
+        tokio::time::advance(IDLE - Duration::from_millis(1)).await;
+        assert!(!idle(&streams));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(idle(&streams));
+        streams.idle_from_now();
+        assert!(!idle(&streams));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_owed_for_the_write_stall_limit_is_a_stall() {
+        let streams = Arc::new(Streams::new());
+        let quiet = Open::new(&streams);
+        let stuck = Open::new(&streams);
+        quiet.owed(false);
+        stuck.owed(true);
+        let since = Instant::now();
+        // Checked at least every IDLE, in case every stream closes meanwhile.
+        assert_eq!(streams.next_check(), since + IDLE.min(WRITE_STALL / 4));
+        tokio::time::advance(WRITE_STALL - Duration::from_millis(1)).await;
+        assert_eq!(streams.next_check(), since + WRITE_STALL);
+        assert!(matches!(streams.state(), State::Busy));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(matches!(streams.state(), State::Stalled));
+        // Data taken again: no longer owed.
+        stuck.owed(false);
+        assert!(matches!(streams.state(), State::Busy));
+        drop(stuck);
+        assert!(
+            matches!(streams.state(), State::Busy),
+            "one stream still open"
+        );
     }
 }
