@@ -233,8 +233,10 @@ impl Forwarder {
                     .is_some_and(|v| v.contains("application/json"));
                 return pages::dashboard(&(self.list)(), wants_json);
             }
+            // Boxed: its state is kilobytes, and HTTP/2 moves a stream's future several times
+            // (into its task, and out again when done).
             Ok(Routed::Instance { route, sub, host }) => {
-                self.forward(req, route, sub, host, peer, exempt).await
+                Box::pin(self.forward(req, route, sub, host, peer, exempt)).await
             }
             Err(e) => Err(e),
         };
@@ -517,21 +519,31 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Remove hop-by-hop headers, the ones `Connection` names, and `Upgrade` (re-added for
 /// WebSockets only: `h2c` and other upgrades never reach a backend).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    let hop_by_hop = |name: &HeaderName| name == header::UPGRADE || HOP_BY_HOP.contains(name);
+    // Most messages have none, or only `Connection: keep-alive`: look before touching the map.
+    let mut present: Vec<HeaderName> = headers.keys().filter(|n| hop_by_hop(n)).cloned().collect();
+    if present.is_empty() {
+        return;
+    }
+    present.extend(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !hop_by_hop(name)),
+    );
+    for name in present {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
 }
 
 fn is_websocket(headers: &HeaderMap) -> bool {
@@ -612,7 +624,7 @@ fn add_forwarded(headers: &mut HeaderMap, host: &HeaderValue, peer: SocketAddr) 
     let ip = peer.ip().to_canonical();
     // Prior hops (a tunnel in front of wharf) keep their place, every line of them.
     let prior: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .filter(|v| !v.trim().is_empty())
@@ -628,10 +640,10 @@ fn add_forwarded(headers: &mut HeaderMap, host: &HeaderValue, peer: SocketAddr) 
         HeaderValue::from_str(&ip.to_string()).ok()
     };
     if let Some(v) = forwarded_for {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    headers.insert("x-forwarded-host", host.clone());
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_HOST, host.clone());
     headers.insert(header::HOST, host.clone());
     headers.append(header::VIA, HeaderValue::from_static(VIA));
 }
@@ -767,6 +779,14 @@ mod tests {
         assert!(is_websocket(&h));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+        // Without a Connection header too, each hop-by-hop one is found.
+        for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+            let mut h = HeaderMap::new();
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            h.insert(name, HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"], "{name}");
+        }
         let mut h2c = HeaderMap::new();
         h2c.insert(
             header::CONNECTION,
