@@ -27,6 +27,7 @@ use crate::routes::{Route, Routes};
 
 mod chunked;
 pub mod express;
+mod http1;
 mod splice;
 mod upstream;
 
@@ -164,7 +165,8 @@ enum Routed {
 /// The proxy's request handler, shared by every connection.
 pub struct Forwarder {
     routes: Arc<Routes>,
-    client: Client<HttpConnector, ProxyBody>,
+    /// hyper's HTTP/1.1 connections to instances, for requests the express lane does not carry.
+    http1: Arc<http1::Pool>,
     /// For gRPC, which needs HTTP/2 end to end: the instance is spoken to over h2c.
     h2c: Client<HttpConnector, ProxyBody>,
     /// The express lane's idle upstream connections.
@@ -184,17 +186,16 @@ impl Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(UPSTREAM_CONNECT));
         connector.set_nodelay(true);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
+        let h2c = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(UPSTREAM_IDLE)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .set_host(false);
-        let client = builder.build(connector.clone());
-        let h2c = builder.http2_only(true).build(connector);
+            .set_host(false)
+            .http2_only(true)
+            .build(connector);
         Forwarder {
             routes,
-            client,
+            http1: Arc::default(),
             h2c,
             pool: upstream::Pool::default(),
             list,
@@ -205,6 +206,7 @@ impl Forwarder {
     /// Close idle upstream connections that are too old or that their server closed.
     pub fn sweep_idle(&self) {
         self.pool.sweep();
+        self.http1.sweep();
     }
 
     /// Mark the route as it is now as answering: the server may have re-registered meanwhile.
@@ -342,7 +344,13 @@ impl Forwarder {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let uri = upstream_uri(&authority, path);
+        // gRPC's client picks its connection by the URI's authority; HTTP/1.1 is sent in
+        // origin form.
+        let uri = if grpc {
+            upstream_uri(&authority, path)
+        } else {
+            Uri::from(path)
+        };
 
         let body: ProxyBody = if body.is_end_stream() {
             empty_body()
@@ -400,10 +408,7 @@ impl Forwarder {
         self.mark_answered(&route);
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            body.map_err(BoxError::from).boxed_unsync(),
-        ))
+        Ok(Response::from_parts(parts, body))
     }
 
     async fn send(
@@ -411,25 +416,34 @@ impl Forwarder {
         req: Request<ProxyBody>,
         name: &Name,
         addr: SocketAddr,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let client = if req.version() == Version::HTTP_2 {
-            &self.h2c
-        } else {
-            &self.client
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let response = async {
+            if req.version() != Version::HTTP_2 {
+                return self.http1.send(addr, req).await;
+            }
+            match self.h2c.request(req).await {
+                Ok(response) => {
+                    Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))
+                }
+                Err(e) => Err(http1::SendError {
+                    reused: !e.is_connect(),
+                    source: e.into(),
+                }),
+            }
         };
-        match tokio::time::timeout(self.upstream_timeout, client.request(req)).await {
+        match tokio::time::timeout(self.upstream_timeout, response).await {
             Err(_) => Err(ProxyError::UpstreamTimeout {
                 name: name.clone(),
                 addr,
                 after: self.upstream_timeout,
             }),
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if caused_by::<BodyStalled>(&e) => Err(ProxyError::BodyStalled),
-            Ok(Err(source)) => Err(ProxyError::Unreachable {
+            Ok(Err(e)) if caused_by::<BodyStalled>(&*e.source) => Err(ProxyError::BodyStalled),
+            Ok(Err(e)) => Err(ProxyError::Unreachable {
                 name: name.clone(),
                 addr,
-                reused: !source.is_connect(),
-                source: Box::new(source),
+                reused: e.reused,
+                source: e.source,
             }),
         }
     }

@@ -1,0 +1,326 @@
+//! HTTP/1.1 connections to instances for the requests that take hyper's path: HTTP/2 clients'
+//! requests, and the HTTP/1.1 ones the express lane hands over (chunked bodies, WebSockets).
+//! Each connection is driven by a task of its own; the pool keeps its `SendRequest` while it
+//! idles. A connection goes back to the pool the moment its response body ends, is reused for
+//! at most `UPSTREAM_IDLE`, and only if it is ready for a request when taken.
+//!
+//! hyper-util's pool did this before, at about a tenth of the proxy's instructions per
+//! request on HTTP/2: a SipHash of the key on every checkout and return, and a task spawned
+//! per request to wait for the connection to be ready again.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::{BoxError, ProxyBody, UPSTREAM_CONNECT, UPSTREAM_IDLE};
+
+/// Idle connections kept per address; more than this many at once are closed. Above what a
+/// few HTTP/2 clients at 128 streams each have in flight: a lower cap closes connections that
+/// the next burst has to open again (128 made 8 600 connects for 320 streams, 1024 made 320).
+const MAX_IDLE_PER_ADDR: usize = 1024;
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub struct SendError {
+    /// It failed on a pooled connection, which the server may have closed just then.
+    pub reused: bool,
+    pub source: BoxError,
+}
+
+struct Idle {
+    sender: SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+impl Idle {
+    /// Not idle too long, and waiting for a request (not closed, not still busy with the last
+    /// one's request body).
+    fn usable(&self) -> bool {
+        self.since.elapsed() < UPSTREAM_IDLE && self.sender.is_ready()
+    }
+
+    /// Worth keeping: not idle too long, and not closed.
+    fn keep(&self) -> bool {
+        self.since.elapsed() < UPSTREAM_IDLE && !self.sender.is_closed()
+    }
+}
+
+/// Idle connections by address, shared by all client connections.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+}
+
+impl Pool {
+    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+        // A panic elsewhere leaves the map whole: every change to it is one call.
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Send `req` (in origin form) to `addr` on an idle connection, or a new one. The
+    /// response's body gives the connection back when it ends.
+    pub async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, SendError> {
+        let (mut sender, reused) = match self.take(addr) {
+            Some(sender) => (sender, true),
+            None => {
+                let sender = connect(addr).await.map_err(|source| SendError {
+                    reused: false,
+                    source,
+                })?;
+                (sender, false)
+            }
+        };
+        let response = sender.send_request(req).await.map_err(|e| SendError {
+            reused,
+            source: e.into(),
+        })?;
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            // The upgrade takes the connection over.
+            return Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()));
+        }
+        let home = Home {
+            sender,
+            addr,
+            pool: Arc::clone(self),
+        };
+        Ok(response.map(|body| Returning::boxed(body, home)))
+    }
+
+    /// The most recently used connection to `addr` that is fit for a request, if any. One
+    /// still finishing its last exchange (its task may run on another thread) stays for later;
+    /// `sweep` closes those that never become ready.
+    fn take(&self, addr: SocketAddr) -> Option<SendRequest<ProxyBody>> {
+        let mut idle = self.idle();
+        let list = idle.get_mut(&addr)?;
+        let i = list.iter().rposition(Idle::usable)?;
+        Some(list.remove(i).sender)
+    }
+
+    fn put(&self, addr: SocketAddr, sender: SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle();
+        let list = idle.entry(addr).or_default();
+        if list.len() >= MAX_IDLE_PER_ADDR {
+            list.retain(Idle::keep);
+        }
+        if list.len() < MAX_IDLE_PER_ADDR {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Close connections idle too long or closed by their server.
+    pub fn sweep(&self) {
+        let mut idle = self.idle();
+        for list in idle.values_mut() {
+            list.retain(Idle::keep);
+        }
+        idle.retain(|_, list| !list.is_empty());
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.idle().values().map(Vec::len).sum()
+    }
+}
+
+/// A new connection to `addr`, its task started. WebSocket upgrades take the connection over.
+async fn connect(addr: SocketAddr) -> Result<SendRequest<ProxyBody>, BoxError> {
+    let stream = crate::deadline::within(
+        UPSTREAM_CONNECT,
+        "connect timed out",
+        TcpStream::connect(addr),
+    )
+    .await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn.with_upgrades());
+    Ok(sender)
+}
+
+/// Where a connection goes back to once its response is read.
+struct Home {
+    sender: SendRequest<ProxyBody>,
+    addr: SocketAddr,
+    pool: Arc<Pool>,
+}
+
+/// A response body that returns its connection to the pool when it ends. One dropped before
+/// its end takes the connection with it: hyper closes it.
+struct Returning {
+    body: Incoming,
+    home: Option<Home>,
+}
+
+impl Returning {
+    fn boxed(body: Incoming, home: Home) -> ProxyBody {
+        let mut returning = Returning {
+            body,
+            home: Some(home),
+        };
+        // An empty body may never be polled.
+        returning.settle();
+        returning.boxed_unsync()
+    }
+
+    fn settle(&mut self) {
+        if self.body.is_end_stream()
+            && let Some(home) = self.home.take()
+        {
+            home.pool.put(home.addr, home.sender);
+        }
+    }
+}
+
+impl Body for Returning {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let poll = Pin::new(&mut self.body).poll_frame(cx);
+        match &poll {
+            Poll::Ready(None) => {
+                if let Some(home) = self.home.take() {
+                    home.pool.put(home.addr, home.sender);
+                }
+            }
+            Poll::Ready(Some(Ok(_))) => self.settle(),
+            Poll::Ready(Some(Err(_))) => self.home = None,
+            Poll::Pending => {}
+        }
+        poll.map_err(BoxError::from)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Empty;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn get() -> Request<ProxyBody> {
+        let mut req = Request::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+        *req.uri_mut() = "/".parse().unwrap();
+        req.headers_mut()
+            .insert(http::header::HOST, "a.localhost".parse().unwrap());
+        req
+    }
+
+    /// A server that answers every request on a connection with `response`, counting
+    /// connections.
+    async fn serve(response: &'static [u8]) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 4096];
+                    loop {
+                        let mut got = Vec::new();
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        if s.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_connection_goes_back_when_its_body_ends_and_is_reused() {
+        let (addr, accepted) = serve(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+        let pool = Arc::new(Pool::default());
+        for _ in 0..3 {
+            let response = pool.send(addr, get()).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+            assert_eq!(pool.len(), 1);
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_half_read_or_a_closing_server_keeps_nothing() {
+        let (addr, _) = serve(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nok").await;
+        let pool = Arc::new(Pool::default());
+        let response = pool.send(addr, get()).await.unwrap();
+        drop(response);
+        assert_eq!(pool.len(), 0, "3 bytes of its body were never read");
+
+        let (addr, _) =
+            serve(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok").await;
+        let response = pool.send(addr, get()).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        // hyper closes it after the response: never handed out, and swept once closed.
+        assert!(pool.take(addr).is_none());
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while pool.len() > 0 && Instant::now() < deadline {
+            tokio::task::yield_now().await;
+            pool.sweep();
+        }
+        assert_eq!(pool.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_is_not_a_reused_connection() {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let pool = Arc::new(Pool::default());
+        let err = pool.send(addr, get()).await.unwrap_err();
+        assert!(!err.reused);
+    }
+}
