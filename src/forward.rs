@@ -28,6 +28,7 @@ use crate::routes::{Route, Routes};
 mod chunked;
 pub mod express;
 mod http1;
+mod idle;
 mod splice;
 mod upstream;
 
@@ -170,7 +171,7 @@ pub struct Forwarder {
     /// For gRPC, which needs HTTP/2 end to end: the instance is spoken to over h2c.
     h2c: Client<HttpConnector, ProxyBody>,
     /// The express lane's idle upstream connections.
-    pool: upstream::Pool,
+    pool: idle::Pool<upstream::Upstream>,
     /// The dashboard's data (the control plane's view of the routes).
     list: Box<dyn Fn() -> Vec<crate::control::Listed> + Send + Sync>,
     /// How long to wait for a response head (`UPSTREAM_HEAD` unless configured).
@@ -197,7 +198,7 @@ impl Forwarder {
             routes,
             http1: Arc::default(),
             h2c,
-            pool: upstream::Pool::default(),
+            pool: idle::Pool::new(upstream::MAX_IDLE_PER_ADDR),
             list,
             upstream_timeout,
         }

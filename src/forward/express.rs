@@ -84,7 +84,7 @@ pub async fn serve(
     };
     let handoff = lane.run(shutdown).await;
     if let Some(up) = lane.upstream.take() {
-        forwarder.pool.put(up);
+        forwarder.pool.put(up.addr, up);
     }
     match handoff {
         Some(protocol) => Outcome::Handoff(protocol, lane.client, lane.inbuf),
@@ -297,7 +297,7 @@ impl Lane<'_> {
                 other => {
                     // Another instance's connection waits in the pool; a stale one closes.
                     if let Some(up) = other.filter(|up| up.addr != plan.addr) {
-                        self.forwarder.pool.put(up);
+                        self.forwarder.pool.put(up.addr, up);
                     }
                     let pooled = if fresh_only {
                         None

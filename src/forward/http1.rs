@@ -1,17 +1,16 @@
 //! HTTP/1.1 connections to instances for the requests that take hyper's path: HTTP/2 clients'
 //! requests, and the HTTP/1.1 ones the express lane hands over (chunked bodies, WebSockets).
-//! Each connection is driven by a task of its own; the pool keeps its `SendRequest` while it
-//! idles. A connection goes back to the pool the moment its response body ends, is reused for
+//! Each connection is driven by a task of its own; while it idles, its `SendRequest` waits in
+//! an `idle::Pool`. A connection goes back to the pool the moment its response body ends, is reused for
 //! at most `UPSTREAM_IDLE`, and only if it is ready for a request when taken.
 //!
 //! hyper-util's pool did this before, at about a tenth of the proxy's instructions per
 //! request on HTTP/2: a SipHash of the key on every checkout and return, and a task spawned
 //! per request to wait for the connection to be ready again.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -24,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::idle::{self, Idle};
 use super::{BoxError, ProxyBody, UPSTREAM_CONNECT, UPSTREAM_IDLE};
 
 /// Idle connections kept per address; more than this many at once are closed. Above what a
@@ -39,38 +39,38 @@ pub struct SendError {
     pub source: BoxError,
 }
 
-struct Idle {
+/// A connection waiting for its next request.
+struct Waiting {
     sender: SendRequest<ProxyBody>,
     since: Instant,
 }
 
-impl Idle {
+impl Idle for Waiting {
     /// Not idle too long, and waiting for a request (not closed, not still busy with the last
     /// one's request body).
     fn usable(&self) -> bool {
         self.since.elapsed() < UPSTREAM_IDLE && self.sender.is_ready()
     }
 
-    /// Worth keeping: not idle too long, and not closed.
     fn keep(&self) -> bool {
         self.since.elapsed() < UPSTREAM_IDLE && !self.sender.is_closed()
     }
 }
 
-/// Idle connections by address, shared by all client connections.
-#[derive(Default)]
+/// hyper's idle connections to instances.
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: idle::Pool<Waiting>,
+}
+
+impl Default for Pool {
+    fn default() -> Pool {
+        Pool {
+            idle: idle::Pool::new(MAX_IDLE_PER_ADDR),
+        }
+    }
 }
 
 impl Pool {
-    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
-        // A panic elsewhere leaves the map whole: every change to it is one call.
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Send `req` (in origin form) to `addr` on an idle connection, or a new one. The
     /// response's body gives the connection back when it ends.
     pub async fn send(
@@ -78,8 +78,8 @@ impl Pool {
         addr: SocketAddr,
         req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, SendError> {
-        let (mut sender, reused) = match self.take(addr) {
-            Some(sender) => (sender, true),
+        let (mut sender, reused) = match self.idle.take(addr) {
+            Some(idle) => (idle.sender, true),
             None => {
                 let sender = connect(addr).await.map_err(|source| SendError {
                     reused: false,
@@ -104,45 +104,18 @@ impl Pool {
         Ok(response.map(|body| Returning::boxed(body, home)))
     }
 
-    /// The most recently used connection to `addr` that is fit for a request, if any. One
-    /// still finishing its last exchange (its task may run on another thread) stays for later;
-    /// `sweep` closes those that never become ready.
-    fn take(&self, addr: SocketAddr) -> Option<SendRequest<ProxyBody>> {
-        let mut idle = self.idle();
-        let list = idle.get_mut(&addr)?;
-        let i = list.iter().rposition(Idle::usable)?;
-        Some(list.remove(i).sender)
-    }
-
     fn put(&self, addr: SocketAddr, sender: SendRequest<ProxyBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = self.idle();
-        let list = idle.entry(addr).or_default();
-        if list.len() >= MAX_IDLE_PER_ADDR {
-            list.retain(Idle::keep);
-        }
-        if list.len() < MAX_IDLE_PER_ADDR {
-            list.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+        if !sender.is_closed() {
+            let since = Instant::now();
+            self.idle.put(addr, Waiting { sender, since });
         }
     }
 
-    /// Close connections idle too long or closed by their server.
+    /// Close connections idle too long or closed by their server. One still busy when taken
+    /// (its task may run on another thread) stays for later; this closes those that never
+    /// become ready.
     pub fn sweep(&self) {
-        let mut idle = self.idle();
-        for list in idle.values_mut() {
-            list.retain(Idle::keep);
-        }
-        idle.retain(|_, list| !list.is_empty());
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.idle().values().map(Vec::len).sum()
+        self.idle.sweep();
     }
 }
 
@@ -285,7 +258,7 @@ mod tests {
             let response = pool.send(addr, get()).await.unwrap();
             let body = response.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(&body[..], b"ok");
-            assert_eq!(pool.len(), 1);
+            assert_eq!(pool.idle.len(), 1);
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
@@ -296,20 +269,20 @@ mod tests {
         let pool = Arc::new(Pool::default());
         let response = pool.send(addr, get()).await.unwrap();
         drop(response);
-        assert_eq!(pool.len(), 0, "3 bytes of its body were never read");
+        assert_eq!(pool.idle.len(), 0, "3 bytes of its body were never read");
 
         let (addr, _) =
             serve(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok").await;
         let response = pool.send(addr, get()).await.unwrap();
         response.into_body().collect().await.unwrap();
         // hyper closes it after the response: never handed out, and swept once closed.
-        assert!(pool.take(addr).is_none());
+        assert!(pool.idle.take(addr).is_none());
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
-        while pool.len() > 0 && Instant::now() < deadline {
+        while pool.idle.len() > 0 && Instant::now() < deadline {
             tokio::task::yield_now().await;
             pool.sweep();
         }
-        assert_eq!(pool.len(), 0);
+        assert_eq!(pool.idle.len(), 0);
     }
 
     #[tokio::test]

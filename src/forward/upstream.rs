@@ -1,20 +1,16 @@
 //! Connections to instances for the express lane: each client connection keeps the one it
-//! used last, and gives it to a shared pool of idle ones when it closes. An idle connection is
-//! reused for at most `UPSTREAM_IDLE` (below Node's 5 s keep-alive) and never once the server
-//! has closed or written to it.
+//! used last, and gives it to the shared pool of idle ones (`idle::Pool`) when it closes. An
+//! idle connection is reused for at most `UPSTREAM_IDLE` (below Node's 5 s keep-alive) and
+//! never once the server has closed or written to it.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::idle::Idle;
 use super::{UPSTREAM_CONNECT, UPSTREAM_IDLE};
-
-/// Idle connections kept per address; more than this many at once are closed.
-const MAX_IDLE_PER_ADDR: usize = 128;
 
 /// One connection to an instance.
 #[derive(Debug)]
@@ -59,59 +55,19 @@ impl Upstream {
     }
 }
 
-/// Idle connections by address, shared by all client connections.
-#[derive(Default)]
-pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Upstream>>>,
-}
-
-impl Pool {
-    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Upstream>>> {
-        // A panic elsewhere leaves the map whole: every change to it is one call.
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The most recently used reusable connection to `addr`, if any.
-    pub fn take(&self, addr: SocketAddr) -> Option<Upstream> {
-        let mut idle = self.idle();
-        let list = idle.get_mut(&addr)?;
-        while let Some(up) = list.pop() {
-            if up.reusable() {
-                return Some(up);
-            }
-        }
-        None
-    }
-
-    pub fn put(&self, up: Upstream) {
-        let mut idle = self.idle();
-        let list = idle.entry(up.addr).or_default();
-        if list.len() < MAX_IDLE_PER_ADDR {
-            list.push(up);
-        }
-    }
-
-    /// Close connections idle too long or closed by their server.
-    pub fn sweep(&self) {
-        let mut idle = self.idle();
-        for list in idle.values_mut() {
-            list.retain(Upstream::reusable);
-        }
-        idle.retain(|_, list| !list.is_empty());
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        let idle = self.idle.lock().unwrap();
-        idle.values().map(Vec::len).sum()
+impl Idle for Upstream {
+    fn usable(&self) -> bool {
+        self.reusable()
     }
 }
+
+/// Idle connections kept per address; more than this many at once are closed.
+pub const MAX_IDLE_PER_ADDR: usize = 128;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::forward::idle::Pool;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
@@ -119,9 +75,9 @@ mod tests {
     async fn a_connection_the_server_closed_or_wrote_to_is_not_reused() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let pool = Pool::default();
+        let pool = Pool::new(MAX_IDLE_PER_ADDR);
         for _ in 0..3 {
-            pool.put(Upstream::connect(addr).await.unwrap());
+            pool.put(addr, Upstream::connect(addr).await.unwrap());
         }
         let (closed, _) = listener.accept().await.unwrap();
         let (mut chatty, _) = listener.accept().await.unwrap();

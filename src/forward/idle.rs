@@ -1,0 +1,129 @@
+//! Idle connections to instances, by address, shared by all client connections: the express
+//! lane's raw streams (`upstream`) and hyper's senders (`http1`) wait here between requests.
+//! The most recently used one is handed out first; `sweep` (every second) closes the rest once
+//! they are not worth keeping.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// A connection that can wait in a `Pool`.
+pub trait Idle {
+    /// Fit to carry a request now.
+    fn usable(&self) -> bool;
+    /// Worth keeping for later: not closed by its server, not idle too long. One that is not
+    /// usable but worth keeping (still finishing its last exchange) is passed over for now.
+    fn keep(&self) -> bool {
+        self.usable()
+    }
+}
+
+pub struct Pool<T> {
+    idle: Mutex<HashMap<SocketAddr, Vec<T>>>,
+    /// Idle connections kept per address; more at once are closed.
+    max_per_addr: usize,
+}
+
+impl<T: Idle> Pool<T> {
+    pub fn new(max_per_addr: usize) -> Pool<T> {
+        Pool {
+            idle: Mutex::default(),
+            max_per_addr,
+        }
+    }
+
+    fn idle(&self) -> MutexGuard<'_, HashMap<SocketAddr, Vec<T>>> {
+        // A panic elsewhere leaves the map whole: every change to it is one call.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used usable connection to `addr`, if any. Those found not worth
+    /// keeping on the way are closed.
+    pub fn take(&self, addr: SocketAddr) -> Option<T> {
+        let mut idle = self.idle();
+        let list = idle.get_mut(&addr)?;
+        for i in (0..list.len()).rev() {
+            if list[i].usable() {
+                return Some(list.remove(i));
+            }
+            if !list[i].keep() {
+                list.remove(i);
+            }
+        }
+        None
+    }
+
+    pub fn put(&self, addr: SocketAddr, conn: T) {
+        let mut idle = self.idle();
+        let list = idle.entry(addr).or_default();
+        if list.len() >= self.max_per_addr {
+            list.retain(T::keep);
+        }
+        if list.len() < self.max_per_addr {
+            list.push(conn);
+        }
+    }
+
+    /// Close the connections not worth keeping.
+    pub fn sweep(&self) {
+        let mut idle = self.idle();
+        for list in idle.values_mut() {
+            list.retain(T::keep);
+        }
+        idle.retain(|_, list| !list.is_empty());
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.idle().values().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 0: closed, 1: busy but open, 2: ready.
+    struct Conn(u8);
+
+    impl Idle for Conn {
+        fn usable(&self) -> bool {
+            self.0 == 2
+        }
+        fn keep(&self) -> bool {
+            self.0 > 0
+        }
+    }
+
+    #[test]
+    fn take_hands_out_the_newest_ready_one_closes_the_dead_and_passes_over_the_busy() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let pool = Pool::new(8);
+        for state in [2, 0, 1, 0] {
+            pool.put(addr, Conn(state));
+        }
+        let taken = pool.take(addr).unwrap();
+        assert_eq!(taken.0, 2);
+        assert_eq!(
+            pool.len(),
+            1,
+            "the closed ones are gone, the busy one stays"
+        );
+        assert!(pool.take(addr).is_none());
+        assert!(pool.take("127.0.0.1:2".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn a_full_list_makes_room_by_closing_the_dead_and_then_closes_what_is_put() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let pool = Pool::new(2);
+        pool.put(addr, Conn(0));
+        pool.put(addr, Conn(2));
+        pool.put(addr, Conn(2));
+        assert_eq!(pool.len(), 2);
+        pool.put(addr, Conn(2));
+        assert_eq!(pool.len(), 2);
+        pool.sweep();
+        assert_eq!(pool.len(), 2);
+    }
+}
