@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::util::*;
 
 /// What the scripted backend does with one request.
-enum Reply {
+pub(super) enum Reply {
     Send(&'static [u8]),
     SendAndClose(&'static [u8]),
     /// Close the connection without a word.
@@ -20,14 +20,14 @@ enum Reply {
 
 /// A backend that answers with exactly the bytes its script gives, and records which
 /// connection carried which request line, and "EOF" when the proxy closes one.
-struct Scripted {
-    port: u16,
+pub(super) struct Scripted {
+    pub(super) port: u16,
     seen: Arc<Mutex<Vec<(usize, String)>>>,
 }
 
 impl Scripted {
     /// `script(request line, requests before it on this connection)`.
-    fn start(script: fn(&str, usize) -> Reply) -> Scripted {
+    pub(super) fn start(script: fn(&str, usize) -> Reply) -> Scripted {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -42,7 +42,7 @@ impl Scripted {
         Scripted { port, seen }
     }
 
-    fn seen(&self) -> Vec<(usize, String)> {
+    pub(super) fn seen(&self) -> Vec<(usize, String)> {
         self.seen.lock().unwrap().clone()
     }
 }
@@ -88,7 +88,7 @@ fn serve_scripted(
 }
 
 /// Route `name` to `backend_port` with an alias; the proxy's port.
-fn alias(sb: &Sandbox, name: &str, backend_port: u16) -> u16 {
+pub(super) fn alias(sb: &Sandbox, name: &str, backend_port: u16) -> u16 {
     let (status, log) = sb.output(&["alias", name, &backend_port.to_string()]);
     assert!(status.success(), "{log}");
     sb.proxy().expect("alias started the proxy").1
@@ -263,7 +263,7 @@ fn every_response_framing_reaches_the_client_reframed_on_one_upstream_connection
     );
 }
 
-fn closes_idle_connections(line: &str, nth: usize) -> Reply {
+pub(super) fn closes_idle_connections(line: &str, nth: usize) -> Reply {
     match (line.starts_with("POST"), nth) {
         // A server whose keep-alive timer fired just as the next request arrived.
         (_, 1..) => Reply::Close,

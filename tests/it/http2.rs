@@ -7,6 +7,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::express::{Reply, Scripted, alias, closes_idle_connections};
 use super::util::*;
 
 /// `curl --http2-prior-knowledge`: (status, HTTP version, body).
@@ -293,4 +294,42 @@ fn grpc_reaches_an_http2_instance_with_its_streams_and_trailers() {
     // Routing rules first: an unknown name is the proxy's 404, which gRPC reads as UNIMPLEMENTED.
     let got = call("nobody.localhost");
     assert_eq!(got["unary"]["code"], "UNIMPLEMENTED", "{got}");
+}
+
+/// HTTP/2 requests reach HTTP/1.1 instances through hyper's path and wharf's pool: the
+/// upstream connection is kept between requests, and one the server closed as it was reused
+/// gets one more try for idempotent requests only.
+#[test]
+fn http2_requests_keep_their_upstream_connection_and_retry_a_closed_one_once() {
+    let Some(curl) = need("curl") else { return };
+    let sb = Sandbox::new();
+    let keeps =
+        Scripted::start(|_, _| Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+    let port = alias(&sb, "keep", keeps.port);
+    for _ in 0..6 {
+        let (status, _, body) = curl_h2(&curl, &format!("http://keep.localhost:{port}/"), &[]);
+        assert_eq!((status, body.as_str()), (200, "ok"));
+    }
+    let connections = keeps.seen().iter().map(|(c, _)| *c).max().unwrap() + 1;
+    assert_eq!(connections, 1, "{:?}", keeps.seen());
+
+    let flaky = Scripted::start(closes_idle_connections);
+    let port = alias(&sb, "flaky", flaky.port);
+    let url = format!("http://flaky.localhost:{port}/");
+    for _ in 0..3 {
+        let (status, _, body) = curl_h2(&curl, &url, &[]);
+        assert_eq!((status, body.as_str()), (200, "get"));
+    }
+    // Each GET after the first met a close on the kept connection and went again on a new one.
+    let connections = flaky.seen().iter().map(|(c, _)| *c).max().unwrap() + 1;
+    assert_eq!(connections, 3, "{:?}", flaky.seen());
+    // A POST is never sent twice: the client gets the 502.
+    let (status, _, body) = curl_h2(&curl, &url, &["-X", "POST"]);
+    assert_eq!(status, 502, "{body}");
+    let posts = flaky
+        .seen()
+        .iter()
+        .filter(|(_, l)| l.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 1, "{:?}", flaky.seen());
 }
