@@ -285,6 +285,71 @@ mod tests {
         assert_eq!(pool.idle.len(), 0);
     }
 
+    /// The server closes an idle connection, and the FIN is in the socket before hyper's task
+    /// has seen it, so the connection still looks ready when the next request takes it: hyper
+    /// writes the request, then meets the close. That fails as `reused`, so that `forward`
+    /// sends an idempotent request once more (a POST is never sent twice); the next request
+    /// finds the closed connection gone.
+    #[tokio::test]
+    async fn a_pooled_connection_closed_under_a_request_fails_as_reused() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (close, closing) = std::sync::mpsc::channel::<()>();
+        let (closed, was_closed) = std::sync::mpsc::channel::<()>();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                let mut stream = stream.unwrap();
+                let mut buf = [0; 4096];
+                let read = stream.read(&mut buf).unwrap();
+                let head = String::from_utf8_lossy(&buf[..read]).to_string();
+                log.lock()
+                    .unwrap()
+                    .push((n, head.lines().next().unwrap().to_string()));
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .unwrap();
+                if n == 0 {
+                    closing.recv().unwrap();
+                    drop(stream);
+                    closed.send(()).unwrap();
+                }
+            }
+        });
+        let pool = Arc::new(Pool::default());
+        let response = pool.send(addr, get()).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while pool
+            .idle
+            .take(addr)
+            .map(|w| pool.put(addr, w.sender))
+            .is_none()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the connection never became ready"
+            );
+            tokio::task::yield_now().await;
+        }
+        // Blocking this (single-threaded) runtime: hyper's task cannot see the FIN yet.
+        close.send(()).unwrap();
+        was_closed.recv().unwrap();
+        let err = pool.send(addr, get()).await.unwrap_err();
+        assert!(err.reused, "{}", err.source);
+
+        let response = pool.send(addr, get()).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        let connections: Vec<usize> = seen.lock().unwrap().iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            connections,
+            [0, 1],
+            "the failed request never reached the server"
+        );
+    }
+
     #[tokio::test]
     async fn a_refused_connect_is_not_a_reused_connection() {
         let addr = TcpListener::bind("127.0.0.1:0")
