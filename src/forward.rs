@@ -24,6 +24,7 @@ use crate::host::{self, HostError, Target};
 use crate::name::Name;
 use crate::pages;
 use crate::routes::{Route, Routes};
+use http1::Connection;
 
 mod chunked;
 pub mod express;
@@ -365,19 +366,12 @@ impl Forwarder {
         // requests that can be repeated safely get one more try.
         let retry = (is_idempotent(&parts.method) && body.is_end_stream())
             .then(|| (parts.method.clone(), uri.clone(), headers.clone()));
-        let mut response = match self
-            .send(
-                build(parts.method, uri, version, headers, body),
-                &name,
-                addr,
-            )
-            .await
-        {
+        let request = build(parts.method, uri, version, headers, body);
+        let mut response = match self.send(request, &name, addr, Connection::Any).await {
             Err(ProxyError::Unreachable { reused: true, .. }) if retry.is_some() => {
                 let (method, uri, headers) = retry.expect("checked");
-                let empty = empty_body();
-                self.send(build(method, uri, version, headers, empty), &name, addr)
-                    .await?
+                let request = build(method, uri, version, headers, empty_body());
+                self.send(request, &name, addr, Connection::New).await?
             }
             other => other?,
         };
@@ -417,10 +411,11 @@ impl Forwarder {
         req: Request<ProxyBody>,
         name: &Name,
         addr: SocketAddr,
+        connection: Connection,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let response = async {
             if req.version() != Version::HTTP_2 {
-                return self.http1.send(addr, req).await;
+                return self.http1.send(addr, req, connection).await;
             }
             match self.h2c.request(req).await {
                 Ok(response) => {

@@ -23,13 +23,22 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::idle::{self, Idle};
+use super::idle::{self, Fit, Idle};
 use super::{BoxError, ProxyBody, UPSTREAM_CONNECT, UPSTREAM_IDLE};
 
 /// Idle connections kept per address; more than this many at once are closed. Above what a
 /// few HTTP/2 clients at 128 streams each have in flight: a lower cap closes connections that
 /// the next burst has to open again (128 made 8 600 connects for 320 streams, 1024 made 320).
 const MAX_IDLE_PER_ADDR: usize = 1024;
+
+/// Which connection a request may go on.
+#[derive(Clone, Copy)]
+pub enum Connection {
+    /// An idle one if there is one, else a new one.
+    Any,
+    /// A new one: a retry after a pooled connection failed.
+    New,
+}
 
 /// Why a request got no response.
 #[derive(Debug)]
@@ -46,14 +55,16 @@ struct Waiting {
 }
 
 impl Idle for Waiting {
-    /// Not idle too long, and waiting for a request (not closed, not still busy with the last
-    /// one's request body).
-    fn usable(&self) -> bool {
-        self.since.elapsed() < UPSTREAM_IDLE && self.sender.is_ready()
-    }
-
-    fn keep(&self) -> bool {
-        self.since.elapsed() < UPSTREAM_IDLE && !self.sender.is_closed()
+    /// Ready when not idle too long and waiting for a request; busy while still writing the
+    /// last one's request body (its response came early) or its task has yet to notice.
+    fn fit(&self) -> Fit {
+        if self.since.elapsed() >= UPSTREAM_IDLE || self.sender.is_closed() {
+            Fit::Done
+        } else if self.sender.is_ready() {
+            Fit::Ready
+        } else {
+            Fit::Busy
+        }
     }
 }
 
@@ -77,8 +88,13 @@ impl Pool {
         self: &Arc<Self>,
         addr: SocketAddr,
         req: Request<ProxyBody>,
+        connection: Connection,
     ) -> Result<Response<ProxyBody>, SendError> {
-        let (mut sender, reused) = match self.idle.take(addr) {
+        let idle = match connection {
+            Connection::Any => self.idle.take(addr),
+            Connection::New => None,
+        };
+        let (mut sender, reused) = match idle {
             Some(idle) => (idle.sender, true),
             None => {
                 let sender = connect(addr).await.map_err(|source| SendError {
@@ -255,25 +271,30 @@ mod tests {
         let (addr, accepted) = serve(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
         let pool = Arc::new(Pool::default());
         for _ in 0..3 {
-            let response = pool.send(addr, get()).await.unwrap();
+            let response = pool.send(addr, get(), Connection::Any).await.unwrap();
             let body = response.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(&body[..], b"ok");
             assert_eq!(pool.idle.len(), 1);
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A retry asks for a new connection.
+        let response = pool.send(addr, get(), Connection::New).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(pool.idle.len(), 2);
     }
 
     #[tokio::test]
     async fn a_body_dropped_half_read_or_a_closing_server_keeps_nothing() {
         let (addr, _) = serve(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nok").await;
         let pool = Arc::new(Pool::default());
-        let response = pool.send(addr, get()).await.unwrap();
+        let response = pool.send(addr, get(), Connection::Any).await.unwrap();
         drop(response);
         assert_eq!(pool.idle.len(), 0, "3 bytes of its body were never read");
 
         let (addr, _) =
             serve(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok").await;
-        let response = pool.send(addr, get()).await.unwrap();
+        let response = pool.send(addr, get(), Connection::Any).await.unwrap();
         response.into_body().collect().await.unwrap();
         // hyper closes it after the response: never handed out, and swept once closed.
         assert!(pool.idle.take(addr).is_none());
@@ -319,7 +340,7 @@ mod tests {
             }
         });
         let pool = Arc::new(Pool::default());
-        let response = pool.send(addr, get()).await.unwrap();
+        let response = pool.send(addr, get(), Connection::Any).await.unwrap();
         response.into_body().collect().await.unwrap();
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
         while pool
@@ -337,10 +358,10 @@ mod tests {
         // Blocking this (single-threaded) runtime: hyper's task cannot see the FIN yet.
         close.send(()).unwrap();
         was_closed.recv().unwrap();
-        let err = pool.send(addr, get()).await.unwrap_err();
+        let err = pool.send(addr, get(), Connection::Any).await.unwrap_err();
         assert!(err.reused, "{}", err.source);
 
-        let response = pool.send(addr, get()).await.unwrap();
+        let response = pool.send(addr, get(), Connection::Any).await.unwrap();
         response.into_body().collect().await.unwrap();
         let connections: Vec<usize> = seen.lock().unwrap().iter().map(|(n, _)| *n).collect();
         assert_eq!(
@@ -358,7 +379,7 @@ mod tests {
             .local_addr()
             .unwrap();
         let pool = Arc::new(Pool::default());
-        let err = pool.send(addr, get()).await.unwrap_err();
+        let err = pool.send(addr, get(), Connection::Any).await.unwrap_err();
         assert!(!err.reused);
     }
 }

@@ -9,13 +9,17 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// A connection that can wait in a `Pool`.
 pub trait Idle {
-    /// Fit to carry a request now.
-    fn usable(&self) -> bool;
-    /// Worth keeping for later: not closed by its server, not idle too long. One that is not
-    /// usable but worth keeping (still finishing its last exchange) is passed over for now.
-    fn keep(&self) -> bool {
-        self.usable()
-    }
+    /// Whether it can carry a request now. Asked once per look: finding out may read from the
+    /// connection.
+    fn fit(&self) -> Fit;
+}
+
+pub enum Fit {
+    Ready,
+    /// Still finishing its last exchange: passed over for now, kept for later.
+    Busy,
+    /// Closed by its server, idle too long, or otherwise not to be reused: closed.
+    Done,
 }
 
 pub struct Pool<T> {
@@ -37,17 +41,16 @@ impl<T: Idle> Pool<T> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The most recently used usable connection to `addr`, if any. Those found not worth
-    /// keeping on the way are closed.
+    /// The most recently used connection to `addr` that is ready, if any. Those found done on
+    /// the way are closed.
     pub fn take(&self, addr: SocketAddr) -> Option<T> {
         let mut idle = self.idle();
         let list = idle.get_mut(&addr)?;
         for i in (0..list.len()).rev() {
-            if list[i].usable() {
-                return Some(list.remove(i));
-            }
-            if !list[i].keep() {
-                list.remove(i);
+            match list[i].fit() {
+                Fit::Ready => return Some(list.remove(i)),
+                Fit::Busy => {}
+                Fit::Done => drop(list.remove(i)),
             }
         }
         None
@@ -57,18 +60,18 @@ impl<T: Idle> Pool<T> {
         let mut idle = self.idle();
         let list = idle.entry(addr).or_default();
         if list.len() >= self.max_per_addr {
-            list.retain(T::keep);
+            list.retain(|conn| !matches!(conn.fit(), Fit::Done));
         }
         if list.len() < self.max_per_addr {
             list.push(conn);
         }
     }
 
-    /// Close the connections not worth keeping.
+    /// Close the connections that are done.
     pub fn sweep(&self) {
         let mut idle = self.idle();
         for list in idle.values_mut() {
-            list.retain(T::keep);
+            list.retain(|conn| !matches!(conn.fit(), Fit::Done));
         }
         idle.retain(|_, list| !list.is_empty());
     }
@@ -87,11 +90,12 @@ mod tests {
     struct Conn(u8);
 
     impl Idle for Conn {
-        fn usable(&self) -> bool {
-            self.0 == 2
-        }
-        fn keep(&self) -> bool {
-            self.0 > 0
+        fn fit(&self) -> Fit {
+            match self.0 {
+                0 => Fit::Done,
+                1 => Fit::Busy,
+                _ => Fit::Ready,
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::idle::Idle;
+use super::idle::{Fit, Idle};
 use super::{UPSTREAM_CONNECT, UPSTREAM_IDLE};
 
 /// One connection to an instance.
@@ -50,14 +50,22 @@ impl Upstream {
         if self.idle_since.elapsed() >= UPSTREAM_IDLE {
             return false;
         }
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        // A peek: looking never takes a byte that would make the next look pass.
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        let peek = self.stream.try_io(tokio::io::Interest::READABLE, || {
+            socket2::SockRef::from(&self.stream).peek(&mut probe)
+        });
+        matches!(peek, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
 impl Idle for Upstream {
-    fn usable(&self) -> bool {
-        self.reusable()
+    fn fit(&self) -> Fit {
+        if self.reusable() {
+            Fit::Ready
+        } else {
+            Fit::Done
+        }
     }
 }
 
@@ -92,6 +100,25 @@ mod tests {
         }
         assert_eq!(pool.len(), 1);
         assert!(pool.take(addr).is_some());
+        assert!(pool.take(addr).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_wrote_one_byte_to_is_never_handed_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = Pool::new(MAX_IDLE_PER_ADDR);
+        pool.put(addr, Upstream::connect(addr).await.unwrap());
+        let (mut chatty, _) = listener.accept().await.unwrap();
+        chatty.write_all(b"x").await.unwrap();
+        // Until the proxy side has seen the byte, take hands the connection out; put it back.
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while let Some(up) = pool.take(addr) {
+            assert!(Instant::now() < deadline, "the byte never showed");
+            pool.put(addr, up);
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pool.len(), 0, "seen once, closed at once");
         assert!(pool.take(addr).is_none());
     }
 }
