@@ -1,8 +1,8 @@
 //! HTTP/1.1 connections to instances for the requests that take hyper's path: HTTP/2 clients'
 //! requests, and the HTTP/1.1 ones the express lane hands over (chunked bodies, WebSockets).
 //! Each connection is driven by a task of its own; while it idles, its `SendRequest` waits in
-//! an `idle::Pool`. A connection goes back to the pool the moment its response body ends, is reused for
-//! at most `UPSTREAM_IDLE`, and only if it is ready for a request when taken.
+//! an `idle::Pool`. A connection goes back to the pool the moment its response body ends, is
+//! reused for at most `UPSTREAM_IDLE`, and only if it is ready for a request when taken.
 //!
 //! hyper-util's pool did this before, at about a tenth of the proxy's instructions per
 //! request on HTTP/2: a SipHash of the key on every checkout and return, and a task spawned
@@ -127,9 +127,8 @@ impl Pool {
         }
     }
 
-    /// Close connections idle too long or closed by their server. One still busy when taken
-    /// (its task may run on another thread) stays for later; this closes those that never
-    /// become ready.
+    /// Close connections idle too long or closed by their server (a busy one that never
+    /// becomes ready ages out too).
     pub fn sweep(&self) {
         self.idle.sweep();
     }
@@ -174,10 +173,15 @@ impl Returning {
         returning.boxed_unsync()
     }
 
+    /// Once the body has ended, the connection goes back.
     fn settle(&mut self) {
-        if self.body.is_end_stream()
-            && let Some(home) = self.home.take()
-        {
+        if self.body.is_end_stream() {
+            self.go_home();
+        }
+    }
+
+    fn go_home(&mut self) {
+        if let Some(home) = self.home.take() {
             home.pool.put(home.addr, home.sender);
         }
     }
@@ -193,11 +197,7 @@ impl Body for Returning {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let poll = Pin::new(&mut self.body).poll_frame(cx);
         match &poll {
-            Poll::Ready(None) => {
-                if let Some(home) = self.home.take() {
-                    home.pool.put(home.addr, home.sender);
-                }
-            }
+            Poll::Ready(None) => self.go_home(),
             Poll::Ready(Some(Ok(_))) => self.settle(),
             Poll::Ready(Some(Err(_))) => self.home = None,
             Poll::Pending => {}
