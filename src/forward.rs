@@ -154,6 +154,14 @@ impl ProxyError {
     }
 }
 
+/// Why an instance gave no response, on either client (hyper's HTTP/1.1 pool, or h2c).
+#[derive(Debug)]
+struct SendError {
+    /// It failed on a pooled connection, which the server may have closed just then.
+    reused: bool,
+    source: BoxError,
+}
+
 /// What a request asked for, once checked.
 enum Routed {
     Dashboard,
@@ -421,7 +429,7 @@ impl Forwarder {
                 Ok(response) => {
                     Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))
                 }
-                Err(e) => Err(http1::SendError {
+                Err(e) => Err(SendError {
                     reused: !e.is_connect(),
                     source: e.into(),
                 }),

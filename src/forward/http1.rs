@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::idle::{self, Fit, Idle};
-use super::{BoxError, ProxyBody, UPSTREAM_CONNECT, UPSTREAM_IDLE};
+use super::{BoxError, ProxyBody, SendError, UPSTREAM_CONNECT, UPSTREAM_IDLE};
 
 /// Idle connections kept per address; more than this many at once are closed. Above what a
 /// few HTTP/2 clients at 128 streams each have in flight: a lower cap closes connections that
@@ -38,14 +38,6 @@ pub enum Connection {
     Any,
     /// A new one: a retry after a pooled connection failed.
     New,
-}
-
-/// Why a request got no response.
-#[derive(Debug)]
-pub struct SendError {
-    /// It failed on a pooled connection, which the server may have closed just then.
-    pub reused: bool,
-    pub source: BoxError,
 }
 
 /// A connection waiting for its next request.
