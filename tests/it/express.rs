@@ -45,6 +45,16 @@ impl Scripted {
     pub(super) fn seen(&self) -> Vec<(usize, String)> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// How many connections carried something.
+    pub(super) fn connections(&self) -> usize {
+        self.seen().iter().map(|(c, _)| c + 1).max().unwrap_or(0)
+    }
+
+    /// How many logged lines contain `what`.
+    pub(super) fn count(&self, what: &str) -> usize {
+        self.seen().iter().filter(|(_, l)| l.contains(what)).count()
+    }
 }
 
 fn serve_scripted(
@@ -286,20 +296,14 @@ fn a_reused_connection_closed_by_the_server_is_retried_once_for_idempotent_reque
     }
     // Each GET after the first went out on the kept connection, met a close, and was sent
     // again on a new one.
-    let connections = backend.seen().iter().map(|(c, _)| *c).max().unwrap() + 1;
-    assert_eq!(connections, 3, "{:?}", backend.seen());
+    assert_eq!(backend.connections(), 3, "{:?}", backend.seen());
 
     // A POST is never sent twice: the client gets the 502.
     write!(s, "POST /once HTTP/1.1\r\nHost: flaky.localhost\r\n\r\n").unwrap();
     let (head, body) = read_response(&mut s);
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     assert!(body.contains("flaky"), "{body}");
-    let posts = backend
-        .seen()
-        .iter()
-        .filter(|(_, l)| l.starts_with("POST"))
-        .count();
-    assert_eq!(posts, 1);
+    assert_eq!(backend.count("POST"), 1, "{:?}", backend.seen());
 }
 
 /// A server that sends `103 Early Hints` for a DELETE on a kept connection, then closes.
@@ -323,12 +327,7 @@ fn a_request_the_server_began_to_answer_is_never_sent_again() {
     write!(s, "DELETE /item HTTP/1.1\r\nHost: hints.localhost\r\n\r\n").unwrap();
     let (head, _) = read_response(&mut s);
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
-    let deletes = backend
-        .seen()
-        .iter()
-        .filter(|(_, l)| l.starts_with("DELETE"))
-        .count();
-    assert_eq!(deletes, 1, "{:?}", backend.seen());
+    assert_eq!(backend.count("DELETE"), 1, "{:?}", backend.seen());
 }
 
 fn invalid_answers(line: &str, _: usize) -> Reply {
@@ -418,13 +417,7 @@ fn a_client_that_leaves_ends_its_request_upstream() {
         _ => Reply::Hang,
     });
     let port = alias(&sb, "slow", backend.port);
-    let has = |what: &str| {
-        backend
-            .seen()
-            .iter()
-            .filter(|(_, l)| l.contains(what))
-            .count()
-    };
+    let has = |what: &str| backend.count(what);
 
     // Waiting for a response head, and in the middle of a body that has paused.
     let mut s = connect(port);
