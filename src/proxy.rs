@@ -86,13 +86,15 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         server::connection_cap(),
         shutdown.clone(),
     ));
+    // Subscribed before anything can register, reported after READY: a STATUS= never comes
+    // first, and no registration goes uncounted.
+    let changes = routes.subscribe();
     tasks.spawn(control::serve(
         control_listener,
         plane.clone(),
         shutdown.clone(),
         tasks.clone(),
     ));
-    tasks.spawn(report_status(routes.clone(), shutdown.clone()));
     if let Some(interval) = sd_notify::watchdog_enabled() {
         tasks.spawn(watchdog(interval / 2, shutdown.clone()));
     }
@@ -105,6 +107,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         control_path.display()
     );
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("0 instances")]);
+    tasks.spawn(report_status(routes.clone(), changes, shutdown.clone()));
 
     wait_for_stop_signal().await?;
     eprintln!("wharf proxy: stopping");
@@ -131,8 +134,11 @@ async fn wait_for_stop_signal() -> anyhow::Result<()> {
 }
 
 /// Keep the service manager's STATUS= line current: how many instances are routed.
-async fn report_status(routes: Arc<Routes>, shutdown: CancellationToken) {
-    let mut changes = routes.subscribe();
+async fn report_status(
+    routes: Arc<Routes>,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
