@@ -12,6 +12,8 @@
 #   bash bench/h2.sh [--rounds N]     (needs nginx and h2load: bash ../shared/bench/install.sh)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 rounds=5
 [[ ${1:-} == --rounds ]] && rounds=$2
 for tool in nginx h2load taskset; do
@@ -22,32 +24,18 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   kill "${pids[@]}" 2>/dev/null || true
-  for conf in "$work"/*/nginx.conf; do nginx -p "${conf%/*}" -c "$conf" -s stop 2>/dev/null || true; done
+  nginx_stop_all "$work"
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpus=$(nproc)
 client_cpu=0 proxy_cpu=$((cpus > 1 ? 1 : 0))
 
 backend=$(free_port) nginx_port=$(free_port) wharf_port=$(free_port)
-nginx_conf() { # DIR SERVER-BLOCK
-  mkdir -p "$1/tmp"
-  cat >"$1/nginx.conf" <<CONF
-worker_processes 1; daemon on; pid $1/nginx.pid; error_log $1/error.log warn;
-events { worker_connections 16384; }
-http {
-  access_log off; tcp_nodelay on; keepalive_timeout 75s; keepalive_requests 1000000;
-  http2_max_requests 1000000;
-  client_body_temp_path $1/tmp/body; proxy_temp_path $1/tmp/proxy; fastcgi_temp_path $1/tmp/f;
-  uwsgi_temp_path $1/tmp/u; scgi_temp_path $1/tmp/s;
+backend_conf "$work/backend" "$backend"
+nginx_conf "$work/nginx" "http2_max_requests 1000000;
   upstream backend { server 127.0.0.1:$backend; keepalive 64; keepalive_requests 1000000; }
-  $2
-}
-CONF
-}
-nginx_conf "$work/backend" "server { listen 127.0.0.1:$backend backlog=4096; location / { default_type text/plain; return 200 ok; } }"
-nginx_conf "$work/nginx" "server { listen 127.0.0.1:$nginx_port http2 backlog=4096; location / {
+  server { listen 127.0.0.1:$nginx_port http2 backlog=4096; location / {
     proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\";
     proxy_set_header Host \$host; proxy_buffering off; proxy_request_buffering off; } }"
 taskset -c $client_cpu nginx -p "$work/backend" -c "$work/backend/nginx.conf"

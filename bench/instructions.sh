@@ -13,6 +13,8 @@
 #   WHARF_BIN=/path/to/other/wharf bash bench/instructions.sh     (another build, to compare)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 for tool in valgrind callgrind_control callgrind_annotate nginx wrk h2load curl; do
   command -v $tool >/dev/null || { echo "bench/instructions.sh: needs $tool (apt-get install valgrind nginx wrk nghttp2-client curl)" >&2; exit 1; }
 done
@@ -24,24 +26,13 @@ work=$(mktemp -d)
 pid=
 cleanup() {
   [[ -n $pid ]] && kill "$pid" 2>/dev/null
-  nginx -p "$work/backend" -c "$work/backend/nginx.conf" -s stop 2>/dev/null || true
+  nginx_stop_all "$work"
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 backend=$(free_port) port=$(free_port)
 
-mkdir -p "$work/backend/tmp"
-cat >"$work/backend/nginx.conf" <<CONF
-worker_processes 1; daemon on; pid $work/backend/nginx.pid; error_log $work/backend/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off; keepalive_timeout 75s; keepalive_requests 1000000;
-  client_body_temp_path $work/backend/tmp/body; proxy_temp_path $work/backend/tmp/proxy;
-  fastcgi_temp_path $work/backend/tmp/f; uwsgi_temp_path $work/backend/tmp/u; scgi_temp_path $work/backend/tmp/s;
-  server { listen 127.0.0.1:$backend; location / { default_type text/plain; return 200 ok; } }
-}
-CONF
+backend_conf "$work/backend" "$backend"
 nginx -p "$work/backend" -c "$work/backend/nginx.conf"
 
 export WHARF_STATE_DIR=$work/state WHARF_RUNTIME_DIR=$work/run

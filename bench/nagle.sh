@@ -6,13 +6,14 @@
 # Everything listens on 127.0.0.1, on ports the OS picks; everything started is stopped.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 command -v wrk >/dev/null || { echo "bench/nagle.sh: needs wrk (bash ../shared/bench/install.sh)" >&2; exit 1; }
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
 export WHARF_STATE_DIR=$work/state WHARF_RUNTIME_DIR=$work/run
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 cat >"$work/nagle.py" <<'PY'
 import sys
