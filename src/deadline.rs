@@ -1,6 +1,6 @@
 //! Deadlines for the I/O phases hyper leaves unbounded: a client not reading our response, a
 //! request body that stops arriving, and any single I/O step (`within`). Each fails with
-//! `TimedOut` when its phase overruns.
+//! `TimedOut` when its phase overruns. `Timer` serves a connection's waits one after another.
 
 use std::io;
 use std::pin::Pin;
@@ -112,6 +112,36 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
     }
 }
 
+/// One timer for a connection's waits, which come one after another: for a request head, then
+/// for the response head, then for the next request head. A new timer per wait costs an
+/// insertion into tokio's timer wheel and a removal, two per request. This one stays armed
+/// when a wait's deadline is later than its own (deadlines move forward as requests go by),
+/// fires early, and only then moves to the deadline of the wait in progress. A wait that was
+/// given up leaves it armed: it may wake its task once for nothing.
+#[derive(Default)]
+pub struct Timer {
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Timer {
+    /// Resolves at `deadline`, never before.
+    pub async fn until(&mut self, deadline: Instant) {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() > deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        loop {
+            sleep.as_mut().await;
+            if sleep.deadline() >= deadline {
+                return;
+            }
+            sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
 /// The error a request body gives when the client stops sending it.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body stalled for {0:?}")]
@@ -193,6 +223,29 @@ mod tests {
             stalled.is_err(),
             "an exempt stream waits for as long as it takes"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_ends_each_wait_at_its_own_deadline() {
+        let secs = Duration::from_secs;
+        let start = Instant::now();
+        let mut timer = Timer::default();
+        // A wait given up at 1 s leaves the timer armed for 4 s.
+        let gave_up = tokio::time::timeout(secs(1), timer.until(start + secs(4))).await;
+        assert!(gave_up.is_err());
+        // A later deadline is not cut short by the armed one.
+        timer.until(start + secs(120)).await;
+        assert_eq!(Instant::now() - start, secs(120));
+        // Nor does a wait given up hold back an earlier one that follows.
+        let at = Instant::now();
+        let gave_up = tokio::time::timeout(secs(1), timer.until(at + secs(60))).await;
+        assert!(gave_up.is_err());
+        timer.until(at + secs(3)).await;
+        assert_eq!(Instant::now() - at, secs(3));
+        // A deadline already past ends the wait at once.
+        let at = Instant::now();
+        timer.until(at - secs(1)).await;
+        assert_eq!(Instant::now(), at);
     }
 
     #[tokio::test(start_paused = true)]

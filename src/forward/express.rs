@@ -31,7 +31,7 @@ use super::chunked::Decoder;
 use super::splice::Pipe;
 use super::upstream::Upstream;
 use super::{BODY_IDLE, Forwarder, MAX_HEADER_LINE, MAX_URI, ProxyError, UPSTREAM_IDLE, VIA};
-use crate::deadline::{self, CLIENT_STALLED};
+use crate::deadline::{self, CLIENT_STALLED, Timer};
 use crate::host::{self, Target};
 use crate::routes::Route;
 use crate::server::{FIRST_BYTE, HEADER_READ, MAX_HEAD, MAX_HEADERS, WRITE_STALL};
@@ -74,6 +74,7 @@ pub async fn serve(
         client,
         peer,
         forwarder,
+        timer: Timer::default(),
         inbuf: BytesMut::with_capacity(HEAD_BUF),
         upbuf: BytesMut::new(),
         request: Vec::new(),
@@ -96,6 +97,8 @@ struct Lane<'f> {
     client: TcpStream,
     peer: SocketAddr,
     forwarder: &'f Forwarder,
+    /// The one timer behind the waits for a request head and for a response head.
+    timer: Timer,
     /// Bytes from the client not used yet.
     inbuf: BytesMut,
     /// Bytes from the instance not used yet.
@@ -226,17 +229,18 @@ impl Lane<'_> {
                 .filter(|at| *at < deadline);
             let read = tokio::select! {
                 biased;
-                read = tokio::time::timeout_at(release.unwrap_or(deadline), self.client.read_buf(&mut self.inbuf)) => read,
+                read = self.client.read_buf(&mut self.inbuf) => Some(read),
+                () = self.timer.until(release.unwrap_or(deadline)) => None,
                 _ = cancelled.as_mut(), if self.inbuf.is_empty() => return Next::Close,
             };
             match read {
-                Ok(Ok(n)) if n > 0 => {
+                Some(Ok(n)) if n > 0 => {
                     if self.fresh {
                         self.fresh = false;
                         deadline = Instant::now() + HEADER_READ;
                     }
                 }
-                Err(_) if release.is_some() => self.upstream = None,
+                None if release.is_some() => self.upstream = None,
                 // Closed, failed, or too slow: nothing to answer.
                 _ => return Next::Close,
             }
@@ -334,26 +338,27 @@ impl Lane<'_> {
             let exchange = exchange_heads(&mut up, head, &mut self.upbuf, &mut self.out, plan);
             let result = tokio::select! {
                 biased;
-                result = tokio::time::timeout_at(deadline, exchange) => result,
+                result = exchange => Some(result),
+                () = self.timer.until(deadline) => None,
                 // Nobody is left to answer: drop the request (and its connection).
                 () = client_gone(&self.client) => return Err(went_away()),
             };
             match result {
-                Ok(Ok(answer)) => {
+                Some(Ok(answer)) => {
                     return Ok(Ok((up, answer)));
                 }
-                Err(_) => {
+                None => {
                     return Ok(Err(ProxyError::UpstreamTimeout {
                         name: name.clone(),
                         addr: plan.addr,
                         after: self.forwarder.upstream_timeout,
                     }));
                 }
-                Ok(Err(Failure::Silent(_))) if reused && plan.idempotent => fresh_only = true,
-                Ok(Err(Failure::Silent(e) | Failure::Io(e))) => {
+                Some(Err(Failure::Silent(_))) if reused && plan.idempotent => fresh_only = true,
+                Some(Err(Failure::Silent(e) | Failure::Io(e))) => {
                     return Ok(Err(unreachable(plan, e, reused)));
                 }
-                Ok(Err(Failure::Invalid(why))) => {
+                Some(Err(Failure::Invalid(why))) => {
                     return Ok(Err(ProxyError::BadResponse {
                         name: name.clone(),
                         addr: plan.addr,
