@@ -72,7 +72,8 @@ pub async fn serve(
 ) -> Outcome {
     let mut lane = Lane {
         client,
-        peer,
+        // Rendered once: every request's X-Forwarded-For carries it.
+        peer: peer.ip().to_canonical().to_string(),
         forwarder,
         timer: Timer::default(),
         inbuf: BytesMut::with_capacity(HEAD_BUF),
@@ -95,7 +96,8 @@ pub async fn serve(
 
 struct Lane<'f> {
     client: TcpStream,
-    peer: SocketAddr,
+    /// The client's address, as X-Forwarded-For gives it.
+    peer: String,
     forwarder: &'f Forwarder,
     /// The one timer behind the waits for a request head and for a response head.
     timer: Timer,
@@ -206,7 +208,7 @@ impl Lane<'_> {
                 let mut req = httparse::Request::new(&mut headers);
                 match req.parse(&self.inbuf) {
                     Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => {
-                        let plan = plan(&req, self.forwarder, self.peer, &mut self.request);
+                        let plan = plan(&req, self.forwarder, &self.peer, &mut self.request);
                         let Some(plan) = plan else {
                             return Next::Handoff(Protocol::Http1);
                         };
@@ -507,7 +509,7 @@ impl Lane<'_> {
         for (name, value) in &parts.headers {
             header_line(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
         }
-        let _ = write!(Append(&mut self.out), "content-length: {}\r\n", body.len());
+        content_length_line(&mut self.out, body.len() as u64);
         date_line(&mut self.out);
         if !keep_alive {
             self.out.extend_from_slice(b"connection: close\r\n");
@@ -593,7 +595,7 @@ async fn exchange_heads(
 fn plan(
     req: &httparse::Request<'_, '_>,
     forwarder: &Forwarder,
-    peer: SocketAddr,
+    peer: &str,
     request: &mut Vec<u8>,
 ) -> Option<Plan> {
     let (method, path) = (req.method?, req.path?);
@@ -675,7 +677,7 @@ fn plan(
         }
     }
     if let Some(n) = content_length {
-        let _ = write!(Append(request), "content-length: {n}\r\n");
+        content_length_line(request, n);
     }
     // Prior hops (a tunnel in front of wharf) keep their place, every line of them.
     request.extend_from_slice(b"x-forwarded-for: ");
@@ -685,7 +687,7 @@ fn plan(
             request.extend_from_slice(b", ");
         }
     }
-    let _ = write!(Append(request), "{}", peer.ip().to_canonical());
+    request.extend_from_slice(peer.as_bytes());
     request.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
     header_line(request, b"x-forwarded-host", host);
     header_line(request, b"via", VIA.as_bytes());
@@ -775,9 +777,7 @@ fn response_head(
         date_line(out);
     }
     match framing {
-        Framing::Length(n) => {
-            let _ = write!(Append(out), "content-length: {n}\r\n");
-        }
+        Framing::Length(n) => content_length_line(out, n),
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Empty | Framing::UntilClose => {}
     }
@@ -905,11 +905,16 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 fn status_line(out: &mut Vec<u8>, code: u16, reason: Option<&str>) {
-    let _ = write!(
-        Append(out),
-        "HTTP/1.1 {code} {}\r\n",
-        reason.unwrap_or_default()
-    );
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason.unwrap_or_default().as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn content_length_line(out: &mut Vec<u8>, n: u64) {
+    let mut digits = itoa::Buffer::new();
+    header_line(out, b"content-length", digits.format(n).as_bytes());
 }
 
 fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
