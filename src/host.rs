@@ -1,6 +1,7 @@
 //! Turning a request's Host into a routing target, once, at the edge: ASCII only, lowercase,
 //! port and one trailing dot stripped, every label checked. Only `*.localhost` names route.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::name::Name;
@@ -57,7 +58,12 @@ pub fn parse(raw: &str) -> Result<Target, HostError> {
         }
         None => raw,
     };
-    let host = host.to_ascii_lowercase();
+    // Lowercased only when it has to be: this runs for every request.
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    };
     let host = host.strip_suffix('.').unwrap_or(&host);
     if host == "localhost" {
         return Ok(Target::Dashboard);
@@ -68,19 +74,18 @@ pub fn parse(raw: &str) -> Result<Target, HostError> {
         }
         return Err(HostError::Foreign(host.to_string()));
     };
-    let labels: Vec<&str> = rest.split('.').collect();
     let label = |s: &str| s.parse::<Name>().map_err(|_| invalid());
-    match labels.as_slice() {
-        [name] => Ok(Target::Instance {
-            name: label(name)?,
+    match rest.split_once('.') {
+        None => Ok(Target::Instance {
+            name: label(rest)?,
             sub: None,
         }),
-        [sub, name] => Ok(Target::Instance {
+        Some((sub, name)) if !name.contains('.') => Ok(Target::Instance {
             name: label(name)?,
             sub: Some(label(sub)?),
         }),
-        more => {
-            for l in more {
+        Some(_) => {
+            for l in rest.split('.') {
                 label(l)?;
             }
             Err(HostError::Unroutable(host.to_string()))
