@@ -117,7 +117,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
 /// insertion into tokio's timer wheel and a removal, two per request. This one stays armed
 /// when a wait's deadline is later than its own (deadlines move forward as requests go by),
 /// fires early, and only then moves to the deadline of the wait in progress. A wait that was
-/// given up leaves it armed: it may wake its task once for nothing.
+/// given up leaves it armed: it may wake its task once for nothing. Like `tokio::time::timeout`,
+/// it fires even when what it races has used up the task's cooperative budget (an instance
+/// flooding `100 Continue` lines, say).
 #[derive(Default)]
 pub struct Timer {
     sleep: Option<Pin<Box<Sleep>>>,
@@ -133,7 +135,7 @@ impl Timer {
             sleep.as_mut().reset(deadline);
         }
         loop {
-            sleep.as_mut().await;
+            tokio::task::coop::unconstrained(sleep.as_mut()).await;
             if sleep.deadline() >= deadline {
                 return;
             }
@@ -246,6 +248,28 @@ mod tests {
         let at = Instant::now();
         timer.until(at - secs(1)).await;
         assert_eq!(Instant::now(), at);
+    }
+
+    #[tokio::test]
+    async fn a_timer_fires_while_what_it_races_uses_up_the_budget() {
+        // Ready at every poll until the task's budget is gone, then yields: a select! polls
+        // the timer only in those turns.
+        let busy = async {
+            loop {
+                tokio::task::coop::consume_budget().await;
+            }
+        };
+        let mut timer = Timer::default();
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let raced = async {
+            tokio::select! {
+                biased;
+                () = busy => {}
+                () = timer.until(deadline) => {}
+            }
+        };
+        let outcome = tokio::time::timeout(Duration::from_secs(10), raced).await;
+        assert!(outcome.is_ok(), "the timer never fired");
     }
 
     #[tokio::test(start_paused = true)]
