@@ -30,7 +30,7 @@ cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 work=$(mktemp -d)
 pid=
 cleanup() {
-  [[ -n $pid ]] && kill "$pid" 2>/dev/null
+  if [[ -n $pid ]]; then kill "$pid" 2>/dev/null || true; fi
   nginx_stop_all "$work"
   rm -rf "$work"
 }
@@ -48,10 +48,12 @@ export WHARF_STATE_DIR=$work/wharf/state WHARF_RUNTIME_DIR=$work/wharf/run
 taskset -c 1 "$root/target/release/wharf" proxy --listen "127.0.0.1:$wharf_port" >"$work/wharf.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do curl -s -o /dev/null "127.0.0.1:$wharf_port" && break; sleep 0.1; done
+curl -s -o /dev/null "127.0.0.1:$wharf_port" || { echo "bench/cpus.sh: wharf did not start:" >&2; cat "$work/wharf.log" >&2; exit 1; }
 "$root/target/release/wharf" alias bench "127.0.0.1:$backend" >/dev/null 2>&1
 
-# busy CPU0 CPU1: the two CPUs' busy and total jiffies, from /proc/stat.
-busy() { awk '/^cpu[01] / {t=0; for (i=2;i<=NF;i++) t+=$i; printf "%d %d ", t-$5-$6, t}' /proc/stat; }
+# busy: CPU 0's and CPU 1's busy and total jiffies, from /proc/stat (user to steal; guest time
+# is already in user and nice; steal counts as busy, as the CPU was not free).
+busy() { awk '/^cpu[01] / {t=0; for (i=2;i<=9;i++) t+=$i; printf "%d %d ", t-$5-$6, t}' /proc/stat; }
 # One run: "req/s p50 p99 busy0% busy1% µs0/req µs1/req" (latencies in µs).
 measure() {
   local before after out
@@ -81,7 +83,7 @@ for round in $(seq "$rounds"); do
 done
 
 # median COLUMN: the median of one column of a target's runs.
-median() { awk -v c="$1" 'NF {print $c}' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+median() { awk -v c="$1" 'NF {print $c}' | sort -g | awk '{a[NR]=$1} END {printf "%.3f\n", (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 printf '\n| conns | target | req/s | / direct | p50 µs | p99 µs | cpu 0 busy | cpu 1 busy | cpu 0 µs/req | cpu 1 µs/req |\n'
 printf '|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 for c in $conns; do

@@ -25,7 +25,7 @@ wharf=${WHARF_BIN:-$root/target/release/wharf}
 work=$(mktemp -d)
 pid=
 cleanup() {
-  [[ -n $pid ]] && kill "$pid" 2>/dev/null
+  if [[ -n $pid ]]; then kill "$pid" 2>/dev/null || true; fi
   nginx_stop_all "$work"
   rm -rf "$work"
 }
