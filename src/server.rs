@@ -192,3 +192,25 @@ pub fn connection_cap() -> usize {
         .unwrap_or(usize::MAX)
         .clamp(16, 10_000)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection's future holds its state across awaits; a buffer kept there (an 8 KiB
+    /// array once made it 19 KB) is copied with it on every connection, for every one.
+    #[tokio::test]
+    async fn a_connections_state_stays_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let forwarder = Arc::new(Forwarder::new(
+            Arc::default(),
+            Box::new(Vec::new),
+            Duration::from_secs(1),
+        ));
+        let state = connection(client, addr, forwarder, CancellationToken::new());
+        let size = std::mem::size_of_val(&state);
+        assert!(size <= 4096, "{size} bytes: move buffers to the heap");
+    }
+}

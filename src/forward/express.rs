@@ -852,7 +852,8 @@ async fn write_client(client: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
 /// with unread bytes does not reset the connection before the client has read the answer.
 async fn linger(client: &mut TcpStream) {
     let _ = client.shutdown().await;
-    let mut sink = [0u8; 8 * 1024];
+    // On the heap: in the future, it would be copied with every connection's task.
+    let mut sink = vec![0u8; 8 * 1024];
     let discard = async { while let Ok(1..) = client.read(&mut sink).await {} };
     let _ = tokio::time::timeout(LINGER, discard).await;
 }
