@@ -94,7 +94,9 @@ async fn accept_loop(listener: TcpListener, ctx: Accept, shutdown: CancellationT
                 let forwarder = ctx.forwarder.clone();
                 let shutdown = shutdown.clone();
                 ctx.connections.spawn(async move {
-                    connection(stream, peer, forwarder, shutdown).await;
+                    // Boxed, the connection's state (kilobytes) is written once; spawning moves
+                    // the task's future several times, and each move copies all of it.
+                    Box::pin(connection(stream, peer, forwarder, shutdown)).await;
                     drop(open);
                 });
             }
