@@ -6,6 +6,8 @@
 # The proxy runs under valgrind with one route to an nginx answering "ok" (as in
 # ../shared/bench); after a warm-up, counters are zeroed and each case is measured alone:
 #   http1  wrk, 1 connection, keep-alive GETs (the express lane)
+#   close  wrk, 1 connection at a time, Connection: close GETs (the lane, plus each
+#          connection's accept, set-up and teardown)
 #   http2  h2load, 1 connection, 1 stream, GETs (hyper's HTTP/2 server, then wharf's pool)
 # Everything listens on 127.0.0.1, on ports the OS picks.
 #
@@ -43,7 +45,7 @@ for _ in $(seq 300); do curl -s -o /dev/null "127.0.0.1:$port" && break; sleep 0
 "$wharf" alias bench "127.0.0.1:$backend" >/dev/null
 
 h2() { h2load -n "$1" -c 1 -m 1 -H ':authority: bench.localhost' "http://127.0.0.1:$port/"; }
-h1() { wrk -t 1 -c 1 -d "$1" -H 'Host: bench.localhost' "http://127.0.0.1:$port/"; }
+h1() { local d=$1; shift; wrk -t 1 -c 1 -d "$d" -H 'Host: bench.localhost' "$@" "http://127.0.0.1:$port/"; }
 # Warm-up: connections, pools and caches as in steady state.
 h2 200 >/dev/null
 h1 1 >/dev/null
@@ -56,11 +58,16 @@ out=$(h1 3)
 h1_requests=$(awk '/requests in/ {print $1}' <<<"$out")
 grep -q 'Non-2xx' <<<"$out" && { echo "bench/instructions.sh: HTTP/1.1 requests failed" >&2; exit 1; }
 callgrind_control -d http1 "$pid" >/dev/null 2>&1
+out=$(h1 3 -H 'Connection: close')
+close_requests=$(awk '/requests in/ {print $1}' <<<"$out")
+grep -q 'Non-2xx' <<<"$out" && { echo "bench/instructions.sh: Connection: close requests failed" >&2; exit 1; }
+callgrind_control -d close "$pid" >/dev/null 2>&1
 
 total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'; }
 dumps=("$work"/callgrind.out.*)
 printf '| case | requests | instructions per request |\n|---|---:|---:|\n'
 printf '| HTTP/1.1 keep-alive (express lane) | %d | %d |\n' "$h1_requests" $(($(total "${dumps[1]}") / h1_requests))
+printf '| HTTP/1.1 Connection: close | %d | %d |\n' "$close_requests" $(($(total "${dumps[2]}") / close_requests))
 printf '| HTTP/2, one stream | %d | %d |\n' "$h2_requests" $(($(total "${dumps[0]}") / h2_requests))
 echo "(for a profile: keep the dumps with KEEP=dir; callgrind_annotate --inclusive=yes FILE)"
 [[ -n ${KEEP:-} ]] && mkdir -p "$KEEP" && cp "$work"/callgrind.out.* "$KEEP"/
