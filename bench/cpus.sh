@@ -27,14 +27,7 @@ for tool in nginx wrk taskset; do
 done
 (($(nproc) >= 2)) || { echo "bench/cpus.sh: needs two CPUs (client and proxy apart)" >&2; exit 1; }
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-work=$(mktemp -d)
-pid=
-cleanup() {
-  if [[ -n $pid ]]; then kill "$pid" 2>/dev/null || true; fi
-  nginx_stop_all "$work"
-  rm -rf "$work"
-}
-trap cleanup EXIT
+scratch
 
 backend=$(free_port) nginx_port=$(free_port) wharf_port=$(free_port)
 backend_conf "$work/backend" "$backend"
@@ -46,7 +39,7 @@ taskset -c 0 nginx -p "$work/backend" -c "$work/backend/nginx.conf"
 taskset -c 1 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf"
 export WHARF_STATE_DIR=$work/wharf/state WHARF_RUNTIME_DIR=$work/wharf/run
 taskset -c 1 "$root/target/release/wharf" proxy --listen "127.0.0.1:$wharf_port" >"$work/wharf.log" 2>&1 &
-pid=$!
+pids+=($!)
 for _ in $(seq 100); do curl -s -o /dev/null "127.0.0.1:$wharf_port" && break; sleep 0.1; done
 curl -s -o /dev/null "127.0.0.1:$wharf_port" || { echo "bench/cpus.sh: wharf did not start:" >&2; cat "$work/wharf.log" >&2; exit 1; }
 "$root/target/release/wharf" alias bench "127.0.0.1:$backend" >/dev/null 2>&1

@@ -20,14 +20,7 @@ for tool in nginx h2load taskset; do
   command -v $tool >/dev/null || { echo "bench/h2.sh: needs $tool (bash ../shared/bench/install.sh)" >&2; exit 1; }
 done
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
-  nginx_stop_all "$work"
-  rm -rf "$work"
-}
-trap cleanup EXIT
+scratch
 cpus=$(nproc)
 client_cpu=0 proxy_cpu=$((cpus > 1 ? 1 : 0))
 

@@ -24,14 +24,7 @@ if [[ -z ${WHARF_BIN:-} ]]; then
   cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 fi
 wharf=${WHARF_BIN:-$root/target/release/wharf}
-work=$(mktemp -d)
-pid=
-cleanup() {
-  if [[ -n $pid ]]; then kill "$pid" 2>/dev/null || true; fi
-  nginx_stop_all "$work"
-  rm -rf "$work"
-}
-trap cleanup EXIT
+scratch
 backend=$(free_port) port=$(free_port)
 
 backend_conf "$work/backend" "$backend"
@@ -41,6 +34,7 @@ export WHARF_STATE_DIR=$work/state WHARF_RUNTIME_DIR=$work/run
 valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
   "$wharf" proxy --listen "127.0.0.1:$port" >"$work/wharf.log" 2>&1 &
 pid=$!
+pids+=("$pid")
 for _ in $(seq 300); do curl -s -o /dev/null "127.0.0.1:$port" && break; sleep 0.1; done
 "$wharf" alias bench "127.0.0.1:$backend" >/dev/null
 

@@ -1,5 +1,6 @@
-# Sourced by the repo's bench scripts: ports from the OS, and throwaway nginx instances (the
-# backend answering "ok", as in ../shared/bench, and nginx as a proxy to compare with).
+# Sourced by the repo's bench scripts: a scratch directory cleaned up on exit, ports from the
+# OS, and throwaway nginx instances (the backend answering "ok", as in ../shared/bench, and
+# nginx as a proxy to compare with).
 
 # A free port on 127.0.0.1.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -31,4 +32,13 @@ nginx_stop_all() {
   for conf in "$1"/*/nginx.conf; do
     [[ -e $conf ]] && nginx -p "${conf%/*}" -c "$conf" -s stop 2>/dev/null || true
   done
+}
+
+# scratch: a new directory in $work, and an EXIT trap that stops the processes a script adds
+# to $pids and every nginx configured under $work, then removes it. Nothing in the trap may
+# fail it: a process that already exited is the case where cleaning up matters most.
+scratch() {
+  work=$(mktemp -d)
+  pids=()
+  trap 'kill "${pids[@]}" 2>/dev/null || true; nginx_stop_all "$work"; rm -rf "$work"' EXIT
 }

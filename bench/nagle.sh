@@ -10,9 +10,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$root/bench/lib.sh"
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 command -v wrk >/dev/null || { echo "bench/nagle.sh: needs wrk (bash ../shared/bench/install.sh)" >&2; exit 1; }
-work=$(mktemp -d)
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
+scratch
 export WHARF_STATE_DIR=$work/state WHARF_RUNTIME_DIR=$work/run
 
 cat >"$work/nagle.py" <<'PY'
