@@ -51,9 +51,10 @@ busy() { awk '/^cpu[01] / {t=0; for (i=2;i<=9;i++) t+=$i; printf "%d %d ", t-$5-
 measure() {
   local before after out
   before=$(busy)
-  out=$(taskset -c 0 wrk -t1 -c"$2" -d"$duration" --latency -H 'Host: bench.localhost' "http://127.0.0.1:$1/")
+  out=$(taskset -c 0 wrk -t1 -c"$2" -d"$duration" --latency -H 'Host: bench.localhost' "http://127.0.0.1:$1/" 2>&1) &&
+    ! grep -q 'Non-2xx\|Socket errors' <<<"$out" ||
+    { echo "bench/cpus.sh: failed requests on port $1:" >&2; echo "$out" >&2; exit 1; }
   after=$(busy)
-  grep -q 'Non-2xx\|Socket errors' <<<"$out" && { echo "bench/cpus.sh: failed requests on port $1:" >&2; echo "$out" >&2; exit 1; }
   awk -v b="$before" -v a="$after" -v hz="$(getconf CLK_TCK)" '
     function us(v) { return v ~ /ms$/ ? v * 1000 : v ~ /us$/ ? v + 0 : v * 1e6 }
     /requests in/ { n = $1 } /Requests\/sec/ { rps = $2 } $1 == "50%" { p50 = us($2) } $1 == "99%" { p99 = us($2) }
