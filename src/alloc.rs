@@ -76,6 +76,27 @@ pub struct Request<'a> {
     pub force: bool,
 }
 
+/// Why a port was wished for first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Wish {
+    /// `--port` (a wharf.toml `port`).
+    Asked,
+    /// The instance's port last time.
+    Last,
+}
+
+/// How an instance's main port was chosen, kept with its lease for `wharf up`'s summary.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Choice {
+    /// The port tried first and why; `None` when no port was wished for.
+    pub preferred: Option<(u16, Wish)>,
+    /// Why the preferred port was not got (`is in use by another process`); `None` if it was.
+    pub refused: Option<String>,
+    /// How many ports were tried, the one got included.
+    pub tried: usize,
+}
+
 /// A bound, listening socket on 127.0.0.1, blocking, close-on-exec.
 #[derive(Debug)]
 pub struct BoundSocket {
@@ -177,6 +198,7 @@ pub fn allocate(
 
     let sticky = reg.sticky.get(req.name).cloned().unwrap_or_default();
     let mut bound: Vec<BoundSocket> = Vec::new();
+    let mut choice = None;
     for socket_name in req.sockets {
         let is_main = socket_name == MAIN_SOCKET;
         let prefer = if is_main { req.prefer } else { None };
@@ -188,14 +210,18 @@ pub fn allocate(
             }
             tried.ports.push(port);
             if let Some(holder) = reg.holder_of(port).filter(|h| *h != req.name) {
-                say(format!("port {port}{why} is held by instance '{holder}'"));
+                let refusal = format!("is held by instance '{holder}'");
+                say(format!("port {port}{why} {refusal}"));
+                tried.first_refusal.get_or_insert(refusal);
                 tried.held.push((port, holder.clone()));
                 return None;
             }
             match bind_loopback(port) {
                 Ok(socket) => Some(socket),
                 Err(e) => {
-                    say(format!("port {port}{why} {}", describe_bind_error(&e)));
+                    let refusal = describe_bind_error(&e);
+                    say(format!("port {port}{why} {refusal}"));
+                    tried.first_refusal.get_or_insert(refusal);
                     tried.other += 1;
                     None
                 }
@@ -203,7 +229,9 @@ pub fn allocate(
         };
 
         let mut found = None;
+        let mut preferred = None;
         if let Some(p) = prefer.filter(|p| *p != 0) {
+            preferred = Some((p, Wish::Asked));
             found = attempt(p, " (--port)", &mut tried).map(|s| (p, s));
         }
         let ephemeral = req.prefer == Some(0) || req.range.is_none();
@@ -211,6 +239,7 @@ pub fn allocate(
             && !ephemeral
             && let Some(p) = last
         {
+            preferred.get_or_insert((p, Wish::Last));
             found = attempt(p, &format!(" ({}'s last port)", req.name), &mut tried).map(|s| (p, s));
         }
         if found.is_none() {
@@ -232,11 +261,21 @@ pub fn allocate(
                         bind_loopback(0).map_err(|source| AllocError::Bind { port: 0, source })?;
                     let port = local_port(&socket)
                         .map_err(|source| AllocError::Bind { port: 0, source })?;
+                    tried.ports.push(port);
                     found = Some((port, socket));
                 }
             }
         }
         let (port, socket) = found.expect("every branch binds or returns");
+        if is_main {
+            choice = Some(Choice {
+                preferred,
+                refused: preferred
+                    .filter(|(p, _)| *p != port)
+                    .and(tried.first_refusal.take()),
+                tried: tried.ports.len(),
+            });
+        }
         bound.push(BoundSocket {
             name: socket_name.clone(),
             port,
@@ -252,6 +291,7 @@ pub fn allocate(
             holder: me,
             ports,
             since: registry::unix_now(),
+            choice,
         },
     );
     reg.commit()?;
@@ -270,6 +310,8 @@ struct Tried {
     ports: Vec<u16>,
     held: Vec<(u16, Name)>,
     other: usize,
+    /// Why the first port tried was not got.
+    first_refusal: Option<String>,
 }
 
 impl Tried {

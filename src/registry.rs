@@ -41,6 +41,9 @@ pub struct Lease {
     pub ports: BTreeMap<String, u16>,
     /// Unix seconds when the lease was taken.
     pub since: u64,
+    /// How the main port was chosen (absent in leases older wharfs wrote).
+    #[serde(default)]
+    pub choice: Option<crate::alloc::Choice>,
 }
 
 impl Registry {
@@ -221,6 +224,7 @@ mod tests {
                         holder,
                         ports,
                         since: 0,
+                        choice: None,
                     },
                 );
             }
