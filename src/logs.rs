@@ -1,9 +1,12 @@
 //! Output of instances started in the background (`wharf up`): one file per instance in the
 //! state directory, bounded (rotated to `NAME.log.1` past `LIMIT`), and the reader behind
-//! `wharf logs NAME [-f]`.
+//! `wharf logs NAME [-f]`. A supervisor `wharf up` starts has its own stderr in the same file
+//! (`open_append`), so its errors are kept too.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,22 +35,49 @@ struct Inner {
     path: PathBuf,
     file: File,
     size: u64,
+    /// This process's stderr is this file: it follows the file when it is rotated.
+    is_stderr: bool,
+}
+
+/// Open (creating it 0600, never through a symlink) a log file for appending: every writer,
+/// the supervisor's `Log` and its own stderr alike, adds at the end.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        crate::dirs::ensure_private_dir(dir).map_err(io::Error::other)?;
+    }
+    let file = File::options()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
 }
 
 impl Log {
     pub fn open(path: &Path) -> io::Result<Log> {
-        if let Some(dir) = path.parent() {
-            crate::dirs::ensure_private_dir(dir).map_err(io::Error::other)?;
-        }
-        let mut file = crate::dirs::open_private(path)?;
+        let mut file = open_append(path)?;
         let size = file.seek(SeekFrom::End(0))?;
+        let meta = file.metadata()?;
+        let stderr = std::os::fd::AsFd::as_fd(&io::stderr()).try_clone_to_owned();
+        let is_stderr = stderr
+            .and_then(|fd| File::from(fd).metadata())
+            .is_ok_and(|s| (s.dev(), s.ino()) == (meta.dev(), meta.ino()));
         Ok(Log {
             inner: Arc::new(Mutex::new(Inner {
                 path: path.to_path_buf(),
                 file,
                 size,
+                is_stderr,
             })),
         })
+    }
+
+    /// Whether this process's stderr already goes to this log (so a copy there would be a
+    /// second one).
+    pub fn is_stderr(&self) -> bool {
+        self.inner.lock().expect("log lock").is_stderr
     }
 
     /// Append `bytes`, rotating first if the file would pass `LIMIT`.
@@ -55,8 +85,12 @@ impl Log {
         let mut inner = self.inner.lock().expect("log lock");
         if inner.size + bytes.len() as u64 > LIMIT && inner.size > 0 {
             let _ = std::fs::rename(&inner.path, rotated(&inner.path));
-            if let Ok(f) = crate::dirs::open_private(&inner.path) {
+            if let Ok(f) = open_append(&inner.path) {
                 let _ = f.set_len(0);
+                if inner.is_stderr {
+                    // SAFETY: dup2 onto fd 2 of descriptors this process owns.
+                    unsafe { libc::dup2(f.as_raw_fd(), libc::STDERR_FILENO) };
+                }
                 inner.file = f;
                 inner.size = 0;
             }

@@ -36,7 +36,7 @@ enum RawCommand {
 #[serde(deny_unknown_fields)]
 struct RawInstance {
     command: Spanned<RawCommand>,
-    dir: Option<String>,
+    dir: Option<Spanned<String>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     mode: Option<Spanned<String>>,
@@ -111,6 +111,8 @@ pub struct Declared {
     pub command: Vec<String>,
     /// Working directory, absolute.
     pub dir: PathBuf,
+    /// The line `dir` was set on (else the table's), for messages.
+    pub dir_line: usize,
     pub env: BTreeMap<String, String>,
     /// `None` = auto.
     pub mode: Option<Mode>,
@@ -151,11 +153,32 @@ impl Declared {
             .hash(&mut h);
         format!("{:016x}", h.finish())
     }
+
+    /// Whether its working directory is there to start in; the error names the file (`path`),
+    /// the line and the key.
+    pub fn check_dir(&self, path: &Path) -> Result<(), ProjectError> {
+        let problem = match std::fs::metadata(&self.dir) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) => "is not a directory".to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_string(),
+            Err(e) => format!("cannot be used: {e}"),
+        };
+        Err(ProjectError::Invalid {
+            path: path.to_path_buf(),
+            line: self.dir_line,
+            message: format!(
+                "instances.{}.dir: {} {problem}",
+                self.name,
+                self.dir.display()
+            ),
+        })
+    }
 }
 
 /// A parsed project file.
 #[derive(Debug)]
 pub struct Project {
+    /// The file itself (symlinks resolved): what its instances are declared in.
     pub path: PathBuf,
     pub instances: Vec<Declared>,
 }
@@ -188,21 +211,26 @@ pub fn find(dir: &Path) -> Result<PathBuf, ProjectError> {
 
 /// Read and validate `path`.
 pub fn load(path: &Path) -> Result<Project, ProjectError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ProjectError::Read {
+    let read_err = |source| ProjectError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
-    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-    parse(&text, &base).map_err(|(line, message)| ProjectError::Invalid {
-        path,
-        line,
-        message,
-    })
+    };
+    let text = std::fs::read_to_string(path).map_err(read_err)?;
+    let path = path.canonicalize().map_err(read_err)?;
+    let base = path.parent().unwrap_or(Path::new("/"));
+    match parse(&text, base) {
+        Ok(instances) => Ok(Project { path, instances }),
+        Err((line, message)) => Err(ProjectError::Invalid {
+            path,
+            line,
+            message,
+        }),
+    }
 }
 
-/// Parse project text; relative `dir`s are taken from `base`. The error is (line, message).
-pub fn parse(text: &str, base: &Path) -> Result<Project, (usize, String)> {
+/// Parse project text into its instances; relative `dir`s are taken from `base`. The error
+/// is (line, message).
+pub fn parse(text: &str, base: &Path) -> Result<Vec<Declared>, (usize, String)> {
     let line_of = |span: Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
     let raw: RawProject = toml::from_str(text).map_err(|e| {
         let line = e.span().map(&line_of).unwrap_or(1);
@@ -320,14 +348,15 @@ pub fn parse(text: &str, base: &Path) -> Result<Project, (usize, String)> {
                     .map_err(|e| at(r.span(), "ready", e))?,
             ),
         };
-        let dir = match &raw.dir {
-            None => base.to_path_buf(),
-            Some(d) => base.join(d),
+        let (dir, dir_line) = match &raw.dir {
+            None => (base.to_path_buf(), line),
+            Some(d) => (base.join(d.get_ref()), line_of(d.span())),
         };
         instances.push(Declared {
             name,
             command,
             dir,
+            dir_line,
             env: raw.env,
             mode,
             port: raw.port,
@@ -340,10 +369,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Project, (usize, String)> {
             line,
         });
     }
-    Ok(Project {
-        path: base.join(FILE_NAME),
-        instances,
-    })
+    Ok(instances)
 }
 
 /// A duration as people write it on the command line: `90`, `90s`, `15m`, `2h`.
@@ -382,7 +408,7 @@ pub fn parse_duration(v: &toml::Value) -> Result<Duration, String> {
 mod tests {
     use super::*;
 
-    fn parse_ok(text: &str) -> Project {
+    fn parse_ok(text: &str) -> Vec<Declared> {
         parse(text, Path::new("/p")).unwrap_or_else(|e| panic!("{e:?}"))
     }
 
@@ -410,14 +436,14 @@ ready = "http:/health"
 command = "python3 -m http.server $PORT"
 "#,
         );
-        let api = &p.instances[0];
+        let api = &p[0];
         assert_eq!(api.name.as_str(), "api");
         assert_eq!(api.dir, Path::new("/p/backend"));
         assert_eq!(api.activation, Activation::OnDemand);
         assert_eq!(api.idle_timeout, Some(Duration::from_secs(600)));
         assert_eq!(api.ready, Some(Ready::Http("/health".into())));
-        assert_eq!(api.line, 2);
-        let docs = &p.instances[1];
+        assert_eq!((api.line, api.dir_line), (2, 4));
+        let docs = &p[1];
         assert_eq!(docs.command, ["sh", "-c", "python3 -m http.server $PORT"]);
         assert_eq!(
             (docs.activation, docs.restart, docs.mode),

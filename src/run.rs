@@ -517,7 +517,8 @@ impl Output {
         if let Some(log) = &self.log {
             log.write(line.as_bytes());
         }
-        if to_terminal {
+        // Under `wharf up` the terminal is the log itself: one copy is enough.
+        if to_terminal && !self.log.as_ref().is_some_and(Log::is_stderr) {
             eprint!("{line}");
         }
     }

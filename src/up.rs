@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use crate::alloc::{Choice, MAIN_SOCKET, Wish};
 use crate::context::Context;
 use crate::control::{Listed, Request, State};
 use crate::dirs::Dirs;
@@ -16,6 +17,7 @@ use crate::mode::Mode;
 use crate::name::Name;
 use crate::process::ProcessId;
 use crate::project::{self, Activation, Declared, Project, Restart};
+use crate::registry::Store;
 
 /// How long `up` waits for a started instance to register with the proxy.
 const REGISTER_PATIENCE: Duration = Duration::from_secs(15);
@@ -66,6 +68,17 @@ fn declared_here(l: &Listed, project: &Project) -> bool {
         .is_some_and(|d| d.file == project.path)
 }
 
+/// One line of the summary `up` ends with.
+struct Row {
+    name: Name,
+    /// `started`, `unchanged`, `on demand`, `failed`…
+    outcome: &'static str,
+    /// Whether to look up its port and URL.
+    running: bool,
+}
+
+/// Bring the instances of the project file (`file`, else the nearest wharf.toml) to what it
+/// declares; 1 when any instance failed.
 pub async fn up(ctx: &Context, file: Option<&Path>, names: &[Name]) -> anyhow::Result<i32> {
     // A broken file changes nothing: everything is validated before anything is touched.
     let project = load(ctx, file)?;
@@ -75,7 +88,14 @@ pub async fn up(ctx: &Context, file: Option<&Path>, names: &[Name]) -> anyhow::R
     let mut proxy = launch::connect_or_start(&runtime, &ctx.self_exe).await?;
     let http_port = proxy.hello.http_port.unwrap_or(80);
     let running = routes(&mut proxy.client).await?;
-    let mut failed = 0;
+    let mut rows = Vec::new();
+    let mut row = |decl: &Declared, outcome, running| {
+        rows.push(Row {
+            name: decl.name.clone(),
+            outcome,
+            running,
+        })
+    };
 
     if names.is_empty() {
         for l in running.values().filter(|l| declared_here(l, &project)) {
@@ -92,16 +112,22 @@ pub async fn up(ctx: &Context, file: Option<&Path>, names: &[Name]) -> anyhow::R
     let mut started = Vec::new();
     for decl in &selected {
         let fingerprint = decl.fingerprint();
+        if let Err(e) = decl.check_dir(&project.path) {
+            eprintln!("wharf: {e}");
+            row(decl, "failed", false);
+            continue;
+        }
         match running.get(&decl.name) {
             Some(l) if !declared_here(l, &project) => {
+                let origin = match &l.instance.declared {
+                    Some(d) => format!("from {}", d.file.display()),
+                    None => "by `wharf run`".to_string(),
+                };
                 eprintln!(
-                    "wharf: {} is already running outside {} (wharf pid {}); `wharf stop {}` first",
-                    decl.name,
-                    project.path.display(),
-                    l.instance.pid,
-                    decl.name
+                    "wharf: {} is already running, started {origin} (wharf pid {}); `wharf stop {}` first",
+                    decl.name, l.instance.pid, decl.name
                 );
-                failed += 1;
+                row(decl, "failed", false);
                 continue;
             }
             Some(l)
@@ -111,7 +137,7 @@ pub async fn up(ctx: &Context, file: Option<&Path>, names: &[Name]) -> anyhow::R
                     .is_some_and(|d| d.fingerprint == fingerprint)
                     && l.instance.state != State::Failed =>
             {
-                println!("{:<12} unchanged  {}", decl.name, l.url);
+                row(decl, "unchanged", true);
                 continue;
             }
             Some(l) => {
@@ -121,14 +147,22 @@ pub async fn up(ctx: &Context, file: Option<&Path>, names: &[Name]) -> anyhow::R
             None => {}
         }
         let log = crate::logs::path(&state, &decl.name);
-        let child = spawn_supervisor(ctx, decl, &project.path, &fingerprint, &log)
-            .with_context(|| format!("starting {}", decl.name))?;
-        started.push((decl, child, log));
+        match spawn_supervisor(ctx, decl, &project.path, &fingerprint, &log) {
+            Ok(child) => started.push((decl, child, log)),
+            Err(e) => {
+                eprintln!(
+                    "wharf: {}:{}: cannot start {}: {e:#}",
+                    project.path.display(),
+                    decl.line,
+                    decl.name
+                );
+                row(decl, "failed", false);
+            }
+        }
     }
 
     let deadline = Instant::now() + REGISTER_PATIENCE;
     for (decl, mut child, log) in started {
-        let url = crate::control::url(&decl.name, http_port);
         loop {
             let now = routes(&mut proxy.client).await?;
             if now
@@ -136,20 +170,22 @@ pub async fn up(ctx: &Context, file: Option<&Path>, names: &[Name]) -> anyhow::R
                 .is_some_and(|l| declared_here(l, &project))
             {
                 let how = match decl.activation {
-                    Activation::OnDemand => "on demand: starts with its first request",
+                    Activation::OnDemand => "on demand",
                     Activation::Start => "started",
                 };
-                println!("{:<12} {how}  {url}", decl.name);
+                row(decl, how, true);
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
                 let tail = tail(&log, 8);
                 eprintln!(
-                    "wharf: {} did not start ({status}); its log {} ends:\n{tail}",
+                    "wharf: {} ({}:{}) did not start ({status}); its log {} ends:\n{tail}",
                     decl.name,
+                    project.path.display(),
+                    decl.line,
                     log.display()
                 );
-                failed += 1;
+                row(decl, "failed", false);
                 break;
             }
             if Instant::now() >= deadline {
@@ -157,7 +193,7 @@ pub async fn up(ctx: &Context, file: Option<&Path>, names: &[Name]) -> anyhow::R
                     "wharf: {} did not register within {REGISTER_PATIENCE:?}; see `wharf logs {}`",
                     decl.name, decl.name
                 );
-                failed += 1;
+                row(decl, "failed", false);
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -165,7 +201,57 @@ pub async fn up(ctx: &Context, file: Option<&Path>, names: &[Name]) -> anyhow::R
         // The supervisor lives on by itself; tokio reaps it if it exits while we run.
         drop(child);
     }
-    Ok(i32::from(failed > 0))
+    let failed = rows.iter().any(|r| !r.running);
+    print_summary(&rows, &state, http_port);
+    Ok(i32::from(failed))
+}
+
+/// The table `up` ends with: each instance, what happened, its port and how it was chosen
+/// (preferred or fallback, and why), how many ports were tried, its URL.
+fn print_summary(rows: &[Row], state: &Path, http_port: u16) {
+    if rows.is_empty() {
+        return;
+    }
+    let leases = Store::new(state).lock().map(|reg| reg.leases.clone());
+    let mut table = vec![["NAME", "STATUS", "PORT", "CHOSEN", "TRIED", "URL"].map(String::from)];
+    for r in rows {
+        let lease = leases.as_ref().ok().and_then(|l| l.get(&r.name));
+        let port = lease.and_then(|l| l.ports.get(MAIN_SOCKET));
+        let choice = lease.and_then(|l| l.choice.as_ref());
+        let known = |s: Option<String>| s.filter(|_| r.running).unwrap_or_else(|| "-".into());
+        table.push([
+            r.name.to_string(),
+            r.outcome.to_string(),
+            known(port.map(u16::to_string)),
+            known(choice.map(describe_choice)),
+            known(choice.map(|c| c.tried.to_string())),
+            known(Some(crate::control::url(&r.name, http_port))),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|c| table.iter().map(|row| row[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in &table {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}
+
+/// `preferred (its last port)`, `fallback: 4000 (its port) is in use by another process`.
+fn describe_choice(c: &Choice) -> String {
+    let wish = |w: Wish| match w {
+        Wish::Asked => "its port",
+        Wish::Last => "its last port",
+    };
+    match (c.preferred, &c.refused) {
+        (None, _) => "first free (nothing preferred)".to_string(),
+        (Some((_, w)), None) => format!("preferred ({})", wish(w)),
+        (Some((p, w)), Some(why)) => format!("fallback: {p} ({}) {why}", wish(w)),
+    }
 }
 
 fn spawn_supervisor(
@@ -222,11 +308,13 @@ fn spawn_supervisor(
         .arg("--fingerprint")
         .arg(fingerprint);
     cmd.arg("--").args(&decl.command);
+    // Its own errors (a missing program, no free port) go to the log `wharf logs` shows.
+    let stderr = crate::logs::open_append(log)?;
     cmd.current_dir(&decl.dir)
         .envs(&decl.env)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(false);
     // The supervisor must not die with this terminal.
     launch::detach(&mut cmd);

@@ -262,3 +262,144 @@ fn up_again_applies_only_the_difference() {
     );
     assert!(after.iter().all(|l| l["name"] != "dropped"), "{after:?}");
 }
+
+/// `[instances.NAME]` running the test server on its own free port.
+fn server_block(name: &str, extra: &str) -> String {
+    format!(
+        "[instances.{name}]\ncommand = [\"{}\", \"{}\"]\nmode = \"fd\"\n{extra}\n",
+        python().display(),
+        server_py().display()
+    )
+}
+
+#[test]
+fn up_with_another_file_leaves_the_directory_files_instances_alone() {
+    let sb = Sandbox::new();
+    write_project(&sb, &server_block("main", "port = 0"));
+    std::fs::write(
+        sb.dir.path().join("other.toml"),
+        server_block("side", "port = 0"),
+    )
+    .unwrap();
+    let (status, log) = sb.output(&["up"]);
+    assert!(status.success(), "{log}");
+    let main_pid = instance(&sb.ls(), "main")["pid"].clone();
+
+    let (status, log) = sb.output(&["up", "-f", "other.toml"]);
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("removed"), "{log}");
+    let listed = sb.ls();
+    assert_eq!(
+        instance(&listed, "main")["pid"],
+        main_pid,
+        "wharf.toml's instance still runs: {log}"
+    );
+    let side = instance(&listed, "side");
+    let declared_in = side["declared"]["file"].as_str().unwrap();
+    assert!(declared_in.ends_with("/other.toml"), "{side}");
+
+    // Each file's `up` and `down` touch only its own instances.
+    let (status, log) = sb.output(&["up"]);
+    assert!(status.success() && !log.contains("removed"), "{log}");
+    assert!(sb.ls().iter().any(|l| l["name"] == "side"), "{log}");
+    let (status, log) = sb.output(&["down", "-f", "other.toml"]);
+    assert!(status.success(), "{log}");
+    eventually("side stopped, main kept", PATIENCE, || {
+        let names: Vec<_> = sb.ls().iter().map(|l| l["name"].clone()).collect();
+        names == ["main"]
+    });
+}
+
+#[test]
+fn up_says_why_an_instance_did_not_start_and_starts_the_others() {
+    let sb = Sandbox::new();
+    write_project(
+        &sb,
+        &format!(
+            "{}[instances.nx]\ncommand = [\"nx-no-such-program\"]\n\n\
+             [instances.nd]\ncommand = \"true\"\ndir = \"nope\"\n",
+            server_block("ok", "port = 0")
+        ),
+    );
+    let (status, log) = sb.output(&["up"]);
+    assert!(!status.success(), "{log}");
+    // The supervisor's own error, from its stderr, and where the instance is declared.
+    assert!(
+        log.contains("cannot find `nx-no-such-program`") && log.contains("wharf.toml:5)"),
+        "{log}"
+    );
+    let nope = sb.dir.path().join("nope");
+    assert!(
+        log.contains(&format!(
+            "wharf.toml:10: instances.nd.dir: {} does not exist",
+            nope.display()
+        )),
+        "{log}"
+    );
+    let (status, logs) = sb.output(&["logs", "nx"]);
+    assert!(
+        status.success() && logs.contains("nx-no-such-program"),
+        "{logs}"
+    );
+    let (_, port) = sb.proxy().unwrap();
+    assert_eq!(get_via(port, "ok.localhost").0, 200, "{log}");
+}
+
+/// The row of `name` in the table `up` ends with, split into cells.
+fn summary_row(log: &str, name: &str) -> Vec<String> {
+    let header = log
+        .lines()
+        .position(|l| l.starts_with("NAME ") && l.contains("CHOSEN"))
+        .unwrap_or_else(|| panic!("no summary table: {log}"));
+    let line = log
+        .lines()
+        .skip(header)
+        .find(|l| l.starts_with(&format!("{name} ")));
+    let line = line.unwrap_or_else(|| panic!("no row for {name}: {log}"));
+    line.split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn up_ends_with_a_table_of_ports_how_they_were_chosen_and_urls() {
+    let sb = Sandbox::new();
+    let (taken, _held) = os_port();
+    let free = {
+        let (p, l) = os_port();
+        drop(l);
+        p
+    };
+    write_project(
+        &sb,
+        &(server_block("fb", &format!("port = {taken}"))
+            + &server_block("pref", &format!("port = {free}"))),
+    );
+    let (status, log) = sb.output(&["up"]);
+    assert!(status.success(), "{log}");
+    let (_, http) = sb.proxy().unwrap();
+    let fb = summary_row(&log, "fb");
+    assert_eq!(fb[1], "started", "{log}");
+    assert_ne!(fb[2], taken.to_string(), "{log}");
+    assert_eq!(
+        fb[3],
+        format!("fallback: {taken} (its port) is in use by another process"),
+        "{log}"
+    );
+    assert!(fb[4].parse::<u32>().unwrap() >= 2, "{log}");
+    assert_eq!(fb[5], format!("http://fb.localhost:{http}"), "{log}");
+    assert_eq!(
+        summary_row(&log, "pref")[1..5],
+        ["started", &free.to_string(), "preferred (its port)", "1"],
+        "{log}"
+    );
+
+    let (status, log) = sb.output(&["up"]);
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        summary_row(&log, "pref")[1..4],
+        ["unchanged", &free.to_string(), "preferred (its port)"]
+    );
+}
