@@ -1,13 +1,15 @@
 //! The user's configuration file (`~/.config/wharf/config.toml`): read in two layers, a raw
 //! serde shape that refuses unknown keys, then validated types. Errors name the file and line.
+//! It is read only if nobody else could have written it (see `trust`).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::alloc::PortRange;
+use crate::trust::{Trust, TrustError};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,6 +18,16 @@ struct RawConfig {
     proxy: RawProxy,
     #[serde(default)]
     defaults: RawDefaults,
+    #[serde(default)]
+    trust: RawTrust,
+}
+
+/// Paths read even though another user could have written them (`wharf.toml`s).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    #[serde(default)]
+    paths: Vec<String>,
 }
 
 /// Defaults for instances (`wharf run` and wharf.toml) that do not say otherwise.
@@ -45,6 +57,9 @@ pub struct Config {
     pub range: PortRange,
     /// How long an on-demand instance may stay without connections.
     pub idle_timeout: Duration,
+    /// Project files allowed whoever could have written them: absolute paths (a directory
+    /// allows everything below it) or `*`.
+    pub trust: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -54,6 +69,7 @@ impl Default for Config {
             upstream_timeout: crate::forward::UPSTREAM_HEAD,
             range: crate::alloc::DEFAULT_RANGE,
             idle_timeout: crate::project::DEFAULT_IDLE,
+            trust: Vec::new(),
         }
     }
 }
@@ -62,26 +78,19 @@ impl Default for Config {
 pub enum ConfigError {
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
-    #[error("cannot read {path}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Untrusted(#[from] TrustError),
 }
 
-/// Read `path`; a missing file is the default configuration.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text).map_err(|message| ConfigError::Invalid {
+/// Read `path` if `trust` allows it; a missing file is the default configuration.
+pub fn load(path: &Path, trust: &Trust) -> Result<Config, ConfigError> {
+    match trust.read(path) {
+        Ok((_, text)) => parse(&text).map_err(|message| ConfigError::Invalid {
             path: path.display().to_string(),
             message,
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-        Err(source) => Err(ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        }),
+        Err(e) if e.is_not_found() => Ok(Config::default()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -107,11 +116,21 @@ pub fn parse(text: &str) -> Result<Config, String> {
             crate::project::parse_duration(v).map_err(|e| format!("defaults.idle_timeout: {e}"))?
         }
     };
+    let mut trust = Vec::new();
+    for p in &raw.trust.paths {
+        if p != "*" && !Path::new(p).is_absolute() {
+            return Err(format!(
+                "trust.paths: {p:?} is not an absolute path (or \"*\" for every path)"
+            ));
+        }
+        trust.push(PathBuf::from(p));
+    }
     Ok(Config {
         proxy_listen: parse_listen(&raw.proxy.listen).map_err(|e| format!("proxy.listen: {e}"))?,
         upstream_timeout,
         range,
         idle_timeout,
+        trust,
     })
 }
 
@@ -179,6 +198,13 @@ mod tests {
             parse("[defaults]\nrange = \"x\"\n")
                 .unwrap_err()
                 .contains("defaults.range")
+        );
+        let c = parse("[trust]\npaths = [\"/tmp/shared\", \"*\"]\n").unwrap();
+        assert_eq!(c.trust, [PathBuf::from("/tmp/shared"), PathBuf::from("*")]);
+        assert!(
+            parse("[trust]\npaths = [\"shared\"]\n")
+                .unwrap_err()
+                .contains("not an absolute path")
         );
     }
 }

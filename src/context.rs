@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::dirs::{DirError, Dirs};
+use crate::trust::Trust;
 
 pub struct Context {
     pub dirs: Dirs,
@@ -17,6 +18,8 @@ pub struct Context {
     pub home: Option<PathBuf>,
     /// `$XDG_CONFIG_HOME`, else `~/.config`.
     pub config_home: Option<PathBuf>,
+    /// Paths allowed by `$WHARF_TRUST` though another user could have written them.
+    pub trust: Trust,
 }
 
 impl Context {
@@ -37,6 +40,7 @@ impl Context {
             path_var: var("PATH"),
             home,
             config_home,
+            trust: Trust::from_env(var(crate::trust::ENV).as_deref()),
         })
     }
 

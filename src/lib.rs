@@ -31,4 +31,5 @@ pub mod routes;
 pub mod run;
 pub mod server;
 pub mod service;
+pub mod trust;
 pub mod up;

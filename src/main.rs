@@ -83,10 +83,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Uninstall(args) => service::uninstall(&ctx, args),
         Command::Doctor => current_thread()?.block_on(service::doctor(&ctx)),
         Command::Up(args) => {
-            current_thread()?.block_on(up::up(&ctx, args.file.as_deref(), &args.names))
+            let trust = project_trust(&ctx)?;
+            current_thread()?.block_on(up::up(&ctx, &trust, args.file.as_deref(), &args.names))
         }
         Command::Down(args) => {
-            current_thread()?.block_on(up::down(&ctx, args.file.as_deref(), &args.names))
+            let trust = project_trust(&ctx)?;
+            current_thread()?.block_on(up::down(&ctx, &trust, args.file.as_deref(), &args.names))
         }
         Command::Logs(args) => up::logs(&ctx.dirs, &args.name, args.follow),
     }
@@ -122,8 +124,18 @@ fn proxy_args(
 /// `~/.config/wharf/config.toml` (or under `$XDG_CONFIG_HOME`); defaults if there is none.
 fn user_config(ctx: &Context) -> anyhow::Result<config::Config> {
     Ok(match ctx.config_file() {
-        Some(path) => config::load(&path)?,
+        Some(path) => config::load(&path, &ctx.trust)?,
         None => config::Config::default(),
+    })
+}
+
+/// What may be read though another user could have written it: `$WHARF_TRUST`, and for
+/// project files also `[trust] paths` in config.toml.
+fn project_trust(ctx: &Context) -> anyhow::Result<wharf::trust::Trust> {
+    let config = user_config(ctx)?;
+    Ok(match ctx.config_file() {
+        Some(file) => ctx.trust.with_config(&config.trust, &file),
+        None => ctx.trust.clone(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! The project file, `wharf.toml`: the instances a project declares, read in two layers (a raw
 //! serde shape that refuses unknown keys, then validated types). Every error names the file,
-//! the line and the key. Running the instances is `up`'s job.
+//! the line and the key. It is read only if nobody else could have written it (see `trust`).
+//! Running the instances is `up`'s job.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -13,6 +14,7 @@ use toml::Spanned;
 use crate::alloc::PortRange;
 use crate::mode::Mode;
 use crate::name::Name;
+use crate::trust::{Trust, TrustError};
 
 pub const FILE_NAME: &str = "wharf.toml";
 /// An on-demand instance with no `idle_timeout` is stopped after this long without connections.
@@ -187,12 +189,8 @@ pub struct Project {
 pub enum ProjectError {
     #[error("no {FILE_NAME} in {0} or any directory above it; write one, or pass -f FILE")]
     NotFound(PathBuf),
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Untrusted(#[from] TrustError),
     #[error("{path}:{line}: {message}")]
     Invalid {
         path: PathBuf,
@@ -209,14 +207,9 @@ pub fn find(dir: &Path) -> Result<PathBuf, ProjectError> {
         .ok_or_else(|| ProjectError::NotFound(dir.to_path_buf()))
 }
 
-/// Read and validate `path`.
-pub fn load(path: &Path) -> Result<Project, ProjectError> {
-    let read_err = |source| ProjectError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let text = std::fs::read_to_string(path).map_err(read_err)?;
-    let path = path.canonicalize().map_err(read_err)?;
+/// Read `path` if `trust` allows it, and validate it.
+pub fn load(path: &Path, trust: &Trust) -> Result<Project, ProjectError> {
+    let (path, text) = trust.read(path)?;
     let base = path.parent().unwrap_or(Path::new("/"));
     match parse(&text, base) {
         Ok(instances) => Ok(Project { path, instances }),

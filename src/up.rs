@@ -18,17 +18,18 @@ use crate::name::Name;
 use crate::process::ProcessId;
 use crate::project::{self, Activation, Declared, Project, Restart};
 use crate::registry::Store;
+use crate::trust::Trust;
 
 /// How long `up` waits for a started instance to register with the proxy.
 const REGISTER_PATIENCE: Duration = Duration::from_secs(15);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-fn load(ctx: &Context, file: Option<&Path>) -> anyhow::Result<Project> {
+fn load(ctx: &Context, trust: &Trust, file: Option<&Path>) -> anyhow::Result<Project> {
     let path = match file {
         Some(f) => ctx.cwd.join(f),
         None => project::find(&ctx.cwd)?,
     };
-    Ok(project::load(&path)?)
+    Ok(project::load(&path, trust)?)
 }
 
 fn select<'a>(project: &'a Project, names: &[Name]) -> anyhow::Result<Vec<&'a Declared>> {
@@ -78,10 +79,15 @@ struct Row {
 }
 
 /// Bring the instances of the project file (`file`, else the nearest wharf.toml) to what it
-/// declares; 1 when any instance failed.
-pub async fn up(ctx: &Context, file: Option<&Path>, names: &[Name]) -> anyhow::Result<i32> {
+/// declares, if `trust` allows reading it; 1 when any instance failed.
+pub async fn up(
+    ctx: &Context,
+    trust: &Trust,
+    file: Option<&Path>,
+    names: &[Name],
+) -> anyhow::Result<i32> {
     // A broken file changes nothing: everything is validated before anything is touched.
-    let project = load(ctx, file)?;
+    let project = load(ctx, trust, file)?;
     let selected = select(&project, names)?;
     let runtime = ctx.dirs.runtime()?.to_path_buf();
     let state = ctx.dirs.state()?.to_path_buf();
@@ -339,8 +345,13 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-pub async fn down(ctx: &Context, file: Option<&Path>, names: &[Name]) -> anyhow::Result<i32> {
-    let project = load(ctx, file)?;
+pub async fn down(
+    ctx: &Context,
+    trust: &Trust,
+    file: Option<&Path>,
+    names: &[Name],
+) -> anyhow::Result<i32> {
+    let project = load(ctx, trust, file)?;
     let selected = select(&project, names)?;
     let Some(mut proxy) = launch::connect(ctx.dirs.runtime()?).await else {
         println!("no front proxy is running, so no declared instance is either");

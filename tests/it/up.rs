@@ -272,6 +272,20 @@ fn server_block(name: &str, extra: &str) -> String {
     )
 }
 
+/// `wharf ARGS` run in `dir` with `env` added, to completion (bounded).
+fn output_in(
+    sb: &Sandbox,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (std::process::ExitStatus, String) {
+    let mut cmd = sb.wharf(args);
+    cmd.current_dir(dir).envs(env.iter().copied());
+    let mut p = Proc::spawn(cmd, &args.join(" "));
+    let status = p.wait(PATIENCE);
+    (status, p.log())
+}
+
 #[test]
 fn up_with_another_file_leaves_the_directory_files_instances_alone() {
     let sb = Sandbox::new();
@@ -402,4 +416,106 @@ fn up_ends_with_a_table_of_ports_how_they_were_chosen_and_urls() {
         summary_row(&log, "pref")[1..4],
         ["unchanged", &free.to_string(), "preferred (its port)"]
     );
+}
+
+/// `chown` to nobody, or `None` after saying the test is skipped (only root can give files
+/// away; CI runs as root).
+fn give_away(path: &std::path::Path) -> Option<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    if unsafe { libc::chown(c.as_ptr(), 65534, 65534) } != 0 {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must not skip: chown needs root"
+        );
+        eprintln!("skipped: giving a file to another user needs root");
+        return None;
+    }
+    Some(())
+}
+
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_wharf_toml_another_user_could_have_written_is_refused_unless_allowed() {
+    let sb = Sandbox::new();
+    chmod(sb.dir.path(), 0o755);
+    // Someone else's file in a shared directory, found from a project below it.
+    let shared = sb.dir.path().join("shared");
+    let mine = shared.join("myproject");
+    std::fs::create_dir_all(&mine).unwrap();
+    chmod(&shared, 0o777);
+    let file = shared.join("wharf.toml");
+    std::fs::write(&file, server_block("evil", "port = 0")).unwrap();
+    let (status, log) = output_in(&sb, &mine, &[], &["up"]);
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains(&format!("refusing to read {}", file.display()))
+            && log.contains(&format!(
+                "{} is writable by everyone (mode 0777)",
+                shared.display()
+            ))
+            && log.contains(&format!("WHARF_TRUST={}", file.display()))
+            && log.contains("[trust] paths"),
+        "{log}"
+    );
+    assert!(sb.proxy().is_none(), "nothing was started: {log}");
+
+    // A sticky directory above the project (like /tmp) is fine; the project's own is not.
+    chmod(&shared, 0o1777);
+    let (status, log) = output_in(&sb, &mine, &[], &["up"]);
+    assert!(!status.success() && log.contains("mode 1777"), "{log}");
+    std::fs::rename(&file, mine.join("wharf.toml")).unwrap();
+    let (status, log) = output_in(&sb, &mine, &[], &["up"]);
+    assert!(status.success(), "{log}");
+    let (status, log) = output_in(&sb, &mine, &[], &["down"]);
+    assert!(status.success(), "{log}");
+
+    let Some(()) = give_away(&mine.join("wharf.toml")) else {
+        return;
+    };
+    let (status, log) = output_in(&sb, &mine, &[], &["up"]);
+    assert!(
+        !status.success() && log.contains("belongs to") && log.contains("uid 65534"),
+        "{log}"
+    );
+    // Allowed explicitly: once, or for good in config.toml.
+    let allow = mine.to_str().unwrap();
+    let (status, log) = output_in(&sb, &mine, &[("WHARF_TRUST", allow)], &["up"]);
+    assert!(status.success(), "{log}");
+    let config = sb.dir.path().join("config/wharf");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.toml"),
+        format!("[trust]\npaths = [\"{allow}\"]\n"),
+    )
+    .unwrap();
+    let (status, log) = output_in(&sb, &mine, &[], &["down"]);
+    assert!(status.success() && log.contains("stopped"), "{log}");
+}
+
+#[test]
+fn a_config_toml_another_user_could_have_written_is_refused_unless_allowed() {
+    let sb = Sandbox::new();
+    write_project(&sb, &server_block("app", "port = 0"));
+    let config = sb.dir.path().join("config/wharf/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(&config, "[defaults]\nrange = \"4000-4999\"\n").unwrap();
+    chmod(&config, 0o666);
+    for args in [&["up"][..], &["run", "--name", "x", "--", "true"]] {
+        let (status, log) = sb.output(args);
+        assert!(
+            !status.success()
+                && log.contains(&format!("refusing to read {}", config.display()))
+                && log.contains("writable by everyone (mode 0666)")
+                && log.contains(&format!("WHARF_TRUST={}", config.display())),
+            "{args:?}: {log}"
+        );
+    }
+    let allow = config.to_str().unwrap();
+    let (status, log) = output_in(&sb, sb.dir.path(), &[("WHARF_TRUST", allow)], &["up"]);
+    assert!(status.success(), "{log}");
 }
