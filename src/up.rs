@@ -24,15 +24,19 @@ use crate::trust::Trust;
 const REGISTER_PATIENCE: Duration = Duration::from_secs(15);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-fn load(ctx: &Context, trust: &Trust, file: Option<&Path>) -> anyhow::Result<Project> {
+/// The project file (`file`, else the nearest wharf.toml), read if `trust` allows it, and
+/// the instances `names` pick from it (all of them when `names` is empty).
+fn load(
+    ctx: &Context,
+    trust: &Trust,
+    file: Option<&Path>,
+    names: &[Name],
+) -> anyhow::Result<(Project, Vec<Declared>)> {
     let path = match file {
         Some(f) => ctx.cwd.join(f),
         None => project::find(&ctx.cwd)?,
     };
-    Ok(project::load(&path, trust)?)
-}
-
-fn select<'a>(project: &'a Project, names: &[Name]) -> anyhow::Result<Vec<&'a Declared>> {
+    let project = project::load(&path, trust)?;
     for n in names {
         if !project.instances.iter().any(|d| d.name == *n) {
             let known: Vec<&str> = project.instances.iter().map(|d| d.name.as_str()).collect();
@@ -43,11 +47,13 @@ fn select<'a>(project: &'a Project, names: &[Name]) -> anyhow::Result<Vec<&'a De
             );
         }
     }
-    Ok(project
+    let selected = project
         .instances
         .iter()
         .filter(|d| names.is_empty() || names.contains(&d.name))
-        .collect())
+        .cloned()
+        .collect();
+    Ok((project, selected))
 }
 
 async fn routes(client: &mut crate::control::Client) -> anyhow::Result<BTreeMap<Name, Listed>> {
@@ -72,7 +78,7 @@ fn declared_here(l: &Listed, project: &Project) -> bool {
 /// One line of the summary `up` ends with.
 struct Row {
     name: Name,
-    /// `started`, `unchanged`, `on demand`, `failed`…
+    /// `started`, `restarted`, `unchanged`, `on demand` or `failed`.
     outcome: &'static str,
     /// Whether to look up its port and URL.
     running: bool,
@@ -87,8 +93,7 @@ pub async fn up(
     names: &[Name],
 ) -> anyhow::Result<i32> {
     // A broken file changes nothing: everything is validated before anything is touched.
-    let project = load(ctx, trust, file)?;
-    let selected = select(&project, names)?;
+    let (project, selected) = load(ctx, trust, file, names)?;
     let runtime = ctx.dirs.runtime()?.to_path_buf();
     let state = ctx.dirs.state()?.to_path_buf();
     let mut proxy = launch::connect_or_start(&runtime, &ctx.self_exe).await?;
@@ -116,6 +121,7 @@ pub async fn up(
         }
     }
     let mut started = Vec::new();
+    let mut restarted = Vec::new();
     for decl in &selected {
         let fingerprint = decl.fingerprint();
         if let Err(e) = decl.check_dir(&project.path) {
@@ -149,6 +155,7 @@ pub async fn up(
             Some(l) => {
                 stop(&mut proxy.client, l).await;
                 println!("{:<12} changed: restarting", decl.name);
+                restarted.push(decl.name.clone());
             }
             None => {}
         }
@@ -177,6 +184,7 @@ pub async fn up(
             {
                 let how = match decl.activation {
                     Activation::OnDemand => "on demand",
+                    Activation::Start if restarted.contains(&decl.name) => "restarted",
                     Activation::Start => "started",
                 };
                 row(decl, how, true);
@@ -207,6 +215,7 @@ pub async fn up(
         // The supervisor lives on by itself; tokio reaps it if it exits while we run.
         drop(child);
     }
+    rows.sort_by_key(|r| selected.iter().position(|d| d.name == r.name));
     let failed = rows.iter().any(|r| !r.running);
     print_summary(&rows, &state, http_port);
     Ok(i32::from(failed))
@@ -351,8 +360,7 @@ pub async fn down(
     file: Option<&Path>,
     names: &[Name],
 ) -> anyhow::Result<i32> {
-    let project = load(ctx, trust, file)?;
-    let selected = select(&project, names)?;
+    let (project, selected) = load(ctx, trust, file, names)?;
     let Some(mut proxy) = launch::connect(ctx.dirs.runtime()?).await else {
         println!("no front proxy is running, so no declared instance is either");
         return Ok(0);

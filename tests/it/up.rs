@@ -248,6 +248,8 @@ fn up_again_applies_only_the_difference() {
         log.contains("edited") && log.contains("changed: restarting"),
         "{log}"
     );
+    assert_eq!(summary_row(&log, "edited")[1], "restarted", "{log}");
+    assert_eq!(summary_row(&log, "same")[1], "unchanged", "{log}");
     assert!(log.contains("dropped") && log.contains("removed"), "{log}");
     let after = sb.ls();
     assert_eq!(
