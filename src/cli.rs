@@ -24,7 +24,7 @@ pub enum Command {
     Run(RunCli),
     /// List instances: NAME URL PORT PID MODE STATE UPTIME REQUESTS
     Ls(LsCli),
-    /// Stop an instance (SIGTERM, wait, SIGKILL); its route goes at once
+    /// Stop instances (SIGTERM, wait, SIGKILL everything they started); routes go at once
     Stop(StopCli),
     /// Run the front proxy in the foreground (what the service units run)
     Proxy(ProxyCli),
@@ -98,9 +98,15 @@ pub struct RunCli {
     pub on_demand: bool,
     /// With --on-demand: how long without connections before the server is stopped (90, 90s,
     /// 15m, 2h; default 15m)
-    #[arg(long, value_name = "DURATION", value_parser = crate::project::parse_duration_str)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        value_parser = crate::project::parse_duration_str,
+        requires = "on_demand"
+    )]
     pub idle_timeout: Option<std::time::Duration>,
-    /// When the server counts as ready: notify (READY=1), connect, or http:/PATH (any answer)
+    /// When the server counts as ready: notify (READY=1), connect, or http:/PATH (a 2xx or 3xx
+    /// answer)
     #[arg(long, value_name = "HOW")]
     pub ready: Option<Ready>,
     /// Send the server's output, and a copy of wharf's, to FILE (rotated at 1 MiB)
@@ -146,9 +152,9 @@ pub struct LsCli {
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("what").required(true))]
 pub struct StopCli {
-    /// The instance to stop
-    #[arg(group = "what")]
-    pub name: Option<Name>,
+    /// The instances to stop
+    #[arg(group = "what", value_name = "NAME")]
+    pub names: Vec<Name>,
     /// Stop every instance
     #[arg(long, group = "what")]
     pub all: bool,

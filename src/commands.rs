@@ -13,11 +13,11 @@ use crate::launch;
 use crate::mode::Mode;
 use crate::name::Name;
 use crate::pages::human_duration;
-use crate::process::ProcessId;
+use crate::process::{ProcessId, Stopped};
 use crate::registry::Store;
 
-/// How long `stop` waits after SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long `stop --proxy` waits after SIGTERM before SIGKILL.
+const PROXY_GRACE: Duration = Duration::from_secs(10);
 
 /// What is running: from the proxy if it answers (`true`), else from the registry's leases
 /// with direct URLs (`false`).
@@ -50,10 +50,12 @@ async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, bool)> {
                     pid: lease.holder.pid,
                     child_pid: None,
                     mode: Mode::Fd,
-                    state: State::Ready,
+                    state: State::Running,
                     sockets,
                     last_exit: None,
                     declared: None,
+                    started_at: None,
+                    requests_before: None,
                 },
                 alias: false,
                 uptime_secs: now.saturating_sub(lease.since),
@@ -67,17 +69,17 @@ async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, bool)> {
 pub async fn ls(ctx: &Context, json: bool) -> anyhow::Result<i32> {
     let (list, via_proxy) = instances(ctx).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(0);
     }
     if !via_proxy {
-        eprintln!("wharf: no front proxy is running; URLs below go to each instance directly");
+        crate::errln!("wharf: no front proxy is running; URLs below go to each instance directly");
     }
     if list.is_empty() {
-        eprintln!("wharf: no instances; start one with `wharf run --name NAME -- CMD`");
+        crate::errln!("wharf: no instances; start one with `wharf run --name NAME -- CMD`");
         return Ok(0);
     }
-    let rows: Vec<[String; 9]> = list
+    let rows: Vec<[String; 10]> = list
         .iter()
         .map(|l| {
             let i = &l.instance;
@@ -86,15 +88,18 @@ pub async fn ls(ctx: &Context, json: bool) -> anyhow::Result<i32> {
                 .get(crate::alloc::MAIN_SOCKET)
                 .map(|a| a.port().to_string())
                 .unwrap_or_default();
-            let pid = match (l.alias, i.child_pid) {
-                (true, _) => "-".to_string(),
-                (false, Some(child)) => child.to_string(),
-                (false, None) => "-".to_string(),
+            // PID is JSON's `pid` (the `wharf run` to stop), SERVER PID its `server_pid`.
+            let (pid, server_pid) = match (l.alias, i.child_pid) {
+                (true, _) => ("-".to_string(), "-".to_string()),
+                (false, server) => (
+                    i.pid.to_string(),
+                    server.map_or_else(|| "-".to_string(), |p| p.to_string()),
+                ),
             };
             let (mode, state) = match (l.alias, via_proxy) {
                 (true, _) => ("-".to_string(), "alias".to_string()),
-                (false, true) => (i.mode.to_string(), format!("{:?}", i.state).to_lowercase()),
-                (false, false) => ("-".to_string(), "running".to_string()),
+                (false, true) => (i.mode.to_string(), i.state.to_string()),
+                (false, false) => ("-".to_string(), i.state.to_string()),
             };
             let requests = if via_proxy {
                 l.requests.to_string()
@@ -106,6 +111,7 @@ pub async fn ls(ctx: &Context, json: bool) -> anyhow::Result<i32> {
                 l.url.clone(),
                 port,
                 pid,
+                server_pid,
                 mode,
                 state,
                 human_duration(l.uptime_secs),
@@ -119,6 +125,7 @@ pub async fn ls(ctx: &Context, json: bool) -> anyhow::Result<i32> {
         "URL",
         "PORT",
         "PID",
+        "SERVER PID",
         "MODE",
         "STATE",
         "UPTIME",
@@ -138,67 +145,95 @@ pub async fn ls(ctx: &Context, json: bool) -> anyhow::Result<i32> {
             .zip(widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        crate::outln!("{}", line.join("  ").trim_end())?;
     }
     Ok(0)
 }
 
+/// `wharf stop NAME…` / `--all`: each route goes at once, then each instance is stopped
+/// (all at the same time), its server given `grace` before it and everything it started is
+/// killed. Names that are not running are reported; the others are stopped anyway.
 pub async fn stop(
     ctx: &Context,
-    name: Option<Name>,
+    names: Vec<Name>,
     all: bool,
     proxy: bool,
+    grace: Duration,
 ) -> anyhow::Result<i32> {
     if proxy {
         return stop_proxy(ctx).await;
     }
     let (list, _) = instances(ctx).await?;
-    let mut leases: BTreeMap<Name, i32> = {
+    // name → (supervisor, server): the registry knows every supervisor, the proxy the servers.
+    let mut running: BTreeMap<Name, (i32, Option<i32>)> = {
         let reg = Store::new(ctx.dirs.state()?).lock()?;
         reg.leases
             .iter()
-            .map(|(n, l)| (n.clone(), l.holder.pid))
+            .map(|(n, l)| (n.clone(), (l.holder.pid, None)))
             .collect()
     };
     for l in list.iter().filter(|l| !l.alias) {
-        leases
+        let entry = running
             .entry(l.instance.name.clone())
-            .or_insert(l.instance.pid);
-    }
-    let targets: Vec<Name> = match name {
-        Some(name) => {
-            let is_alias = list.iter().any(|l| l.alias && l.instance.name == name);
-            if is_alias {
-                bail!(
-                    "'{name}' is an alias, not a process; remove it with `wharf alias --rm {name}`"
-                );
-            }
-            if !leases.contains_key(&name) {
-                bail!("no instance named '{name}' is running; `wharf ls` lists them");
-            }
-            vec![name]
+            .or_insert((l.instance.pid, None));
+        if entry.0 == l.instance.pid {
+            entry.1 = l.instance.child_pid;
         }
-        None if all => leases.keys().cloned().collect(),
-        None => unreachable!("clap requires a name, --all or --proxy"),
+    }
+    let mut failed = 0;
+    let targets: Vec<Name> = if all {
+        running.keys().cloned().collect()
+    } else {
+        let mut targets = Vec::new();
+        for name in names {
+            if list.iter().any(|l| l.alias && l.instance.name == name) {
+                crate::errln!(
+                    "wharf: '{name}' is an alias, not a process; remove it with `wharf alias --rm {name}`"
+                );
+                failed += 1;
+            } else if !running.contains_key(&name) {
+                crate::errln!(
+                    "wharf: no instance named '{name}' is running; `wharf ls` lists them"
+                );
+                failed += 1;
+            } else if !targets.contains(&name) {
+                targets.push(name);
+            }
+        }
+        targets
     };
     let runtime = ctx.dirs.runtime()?.to_path_buf();
     let mut proxy = launch::connect(&runtime).await;
-    let mut failed = 0;
-    for name in targets {
-        // The route goes first, so nobody is sent to a server that is shutting down.
-        if let Some(c) = proxy.as_mut() {
+    // The routes go first, so nobody is sent to a server that is shutting down.
+    if let Some(c) = proxy.as_mut() {
+        for name in &targets {
             let _ = c.client.call(&Request::Stop { name: name.clone() }).await;
         }
-        let pid = leases[&name];
-        let stopped = match ProcessId::of(pid) {
-            None => true,
-            Some(id) => tokio::task::spawn_blocking(move || id.terminate(STOP_GRACE)).await?,
-        };
-        if stopped {
-            eprintln!("wharf: stopped {name} (pid {pid})");
-        } else {
-            eprintln!("wharf: {name} (pid {pid}) survived SIGKILL; is it stuck in the kernel?");
-            failed += 1;
+    }
+    let stops: Vec<_> = targets
+        .into_iter()
+        .map(|name| {
+            let (pid, server) = running[&name];
+            let stopping = tokio::task::spawn_blocking(move || match ProcessId::of(pid) {
+                None => Stopped::Cleanly,
+                Some(id) => crate::process::stop_instance(id, server, grace),
+            });
+            (name, pid, stopping)
+        })
+        .collect();
+    for (name, pid, stopping) in stops {
+        match stopping.await? {
+            Stopped::Cleanly => crate::errln!("wharf: stopped {name} (pid {pid})"),
+            Stopped::Forced { killed } => crate::errln!(
+                "wharf: stopped {name} (pid {pid}); {killed} process(es) did not stop within {}s and were killed",
+                grace.as_secs()
+            ),
+            Stopped::Stuck => {
+                crate::errln!(
+                    "wharf: {name} (pid {pid}) survived SIGKILL; is it stuck in the kernel?"
+                );
+                failed += 1;
+            }
         }
     }
     Ok(if failed == 0 { 0 } else { 1 })
@@ -206,7 +241,7 @@ pub async fn stop(
 
 async fn stop_proxy(ctx: &Context) -> anyhow::Result<i32> {
     let Some(c) = launch::connect(ctx.dirs.runtime()?).await else {
-        eprintln!("wharf: no front proxy is running");
+        crate::errln!("wharf: no front proxy is running");
         return Ok(0);
     };
     let pid = c.hello.pid.context("the proxy did not say its pid")?;
@@ -214,12 +249,12 @@ async fn stop_proxy(ctx: &Context) -> anyhow::Result<i32> {
     let id = ProcessId::of(pid);
     let stopped = match id {
         None => true,
-        Some(id) => tokio::task::spawn_blocking(move || id.terminate(STOP_GRACE)).await?,
+        Some(id) => tokio::task::spawn_blocking(move || id.terminate(PROXY_GRACE)).await?,
     };
     if !stopped {
         bail!("the proxy (pid {pid}) did not stop");
     }
-    eprintln!("wharf: stopped the front proxy (pid {pid})");
+    crate::errln!("wharf: stopped the front proxy (pid {pid})");
     Ok(0)
 }
 
@@ -237,10 +272,10 @@ pub async fn alias(ctx: &Context, name: Name, addr: Option<String>) -> anyhow::R
     match addr {
         Some(addr) => {
             let port = c.hello.http_port.unwrap_or(80);
-            eprintln!("wharf: {name} → {addr}");
-            eprintln!("wharf: {name} is at {}", crate::control::url(&name, port));
+            crate::errln!("wharf: {name} → {addr}");
+            crate::errln!("wharf: {name} is at {}", crate::control::url(&name, port));
         }
-        None => eprintln!("wharf: removed the alias {name}"),
+        None => crate::errln!("wharf: removed the alias {name}"),
     }
     Ok(0)
 }
@@ -292,11 +327,15 @@ pub async fn env(
             )
         })
         .collect();
-    match format {
-        EnvFormat::Shell => vars.iter().for_each(|(k, v)| println!("export {k}={v}")),
-        EnvFormat::Dotenv => vars.iter().for_each(|(k, v)| println!("{k}={v}")),
-        EnvFormat::Json => println!("{}", serde_json::to_string_pretty(&vars)?),
-    }
+    let text = match format {
+        EnvFormat::Shell => vars
+            .iter()
+            .map(|(k, v)| format!("export {k}={v}\n"))
+            .collect(),
+        EnvFormat::Dotenv => vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect(),
+        EnvFormat::Json => format!("{}\n", serde_json::to_string_pretty(&vars)?),
+    };
+    crate::stdio::out(&text)?;
     Ok(0)
 }
 

@@ -5,7 +5,9 @@
 //! Requests (`op`): `hello`, `register`, `list`, `stop`, `alias`. Every request gets one
 //! response line: `{"ok":true,…}` or `{"ok":false,"error":"…"}`. A `register`ed route lives as
 //! long as the connection that registered it; on shutdown the proxy sends
-//! `{"ok":true,"event":"stopping"}` before closing.
+//! `{"ok":true,"event":"stopping"}` before closing. While routes live, the proxy sends their
+//! request counts (`{"ok":true,"event":"requests","requests":{"api":12}}`) when they change,
+//! so an instance can carry them to the next proxy if this one dies.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -48,16 +50,33 @@ pub enum State {
     Idle,
     /// Gave up after repeated failures; the proxy answers for it (`wharf logs NAME`).
     Failed,
+    /// Listed from the registry while no proxy runs: its `wharf run` lives, nothing more is
+    /// known. Never registered.
+    Running,
+}
+
+impl std::fmt::Display for State {
+    /// The name `ls`, its JSON and the dashboard all use.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            State::Starting => "starting",
+            State::Ready => "ready",
+            State::Restarting => "restarting",
+            State::Idle => "idle",
+            State::Failed => "failed",
+            State::Running => "running",
+        })
+    }
 }
 
 /// One instance as registered: where each of its sockets is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
     pub name: Name,
-    /// The `wharf run` process that holds the registration.
+    /// The `wharf run` process that holds the registration (`PID` in `ls`).
     pub pid: i32,
-    /// The server's pid, when one runs.
-    #[serde(default)]
+    /// The server's pid, when one runs (`SERVER PID` in `ls`).
+    #[serde(default, rename = "server_pid", alias = "child_pid")]
     pub child_pid: Option<i32>,
     pub mode: Mode,
     pub state: State,
@@ -69,6 +88,13 @@ pub struct Instance {
     /// For instances declared in a wharf.toml: which file, and a digest of the declaration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub declared: Option<Declaration>,
+    /// When the instance started (Unix seconds): its uptime outlives a proxy restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    /// Requests earlier proxies forwarded to it, carried to the next one when it registers
+    /// again; folded into `requests` when listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_before: Option<u64>,
 }
 
 /// Where a declared instance comes from, so `wharf up` can tell what changed.
@@ -120,9 +146,13 @@ pub struct Response {
     /// `list`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instances: Option<Vec<Listed>>,
-    /// Unprompted news on a registration connection: `"stopping"` when the proxy shuts down.
+    /// Unprompted news on a registration connection: `"stopping"` when the proxy shuts down,
+    /// `"requests"` with the counts of the routes it registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
+    /// `requests` event: requests forwarded so far, per name this connection registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<BTreeMap<Name, u64>>,
 }
 
 impl Response {
@@ -157,6 +187,8 @@ pub struct Client {
     writer: OwnedWriteHalf,
     /// The proxy said it is stopping on purpose (an `event` line, possibly mid-call).
     stopping: bool,
+    /// The latest request counts the proxy sent for what this connection registered.
+    requests: BTreeMap<Name, u64>,
 }
 
 impl Client {
@@ -169,6 +201,7 @@ impl Client {
                     reader: BufReader::new(r),
                     writer: w,
                     stopping: false,
+                    requests: BTreeMap::new(),
                 }))
             }
             Err(e)
@@ -220,10 +253,17 @@ impl Client {
                 format!("bad answer from the proxy: {e}"),
             )
         })?;
-        if response.event.as_deref() == Some("stopping") {
-            self.stopping = true;
+        match response.event.as_deref() {
+            Some("stopping") => self.stopping = true,
+            Some("requests") => self.requests = response.requests.clone().unwrap_or_default(),
+            _ => {}
         }
         Ok(Some(response))
+    }
+
+    /// Requests the proxy last said it forwarded to `name` (registered on this connection).
+    pub fn requests(&self, name: &Name) -> Option<u64> {
+        self.requests.get(name).copied()
     }
 
     /// How this connection ended (or would, if it is broken now): on purpose or not.
@@ -254,6 +294,9 @@ pub struct ControlPlane {
 
 /// Longest request line accepted on the control socket.
 const MAX_LINE: usize = 64 * 1024;
+/// How often a registration connection hears its routes' request counts (when they changed):
+/// what a proxy crash can lose.
+const COUNTS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl ControlPlane {
     pub fn new(routes: Arc<Routes>, http_port: u16, aliases_path: PathBuf) -> ControlPlane {
@@ -296,6 +339,16 @@ impl ControlPlane {
         let bytes = serde_json::to_vec_pretty(&aliases).expect("aliases serialise");
         crate::dirs::write_atomic(&self.aliases_path, &bytes)
             .map_err(|e| format!("cannot write {}: {e}", self.aliases_path.display()))
+    }
+
+    /// Request counts of the routes `owner` registered.
+    fn counts(&self, owner: Owner) -> BTreeMap<Name, u64> {
+        self.routes
+            .snapshot()
+            .values()
+            .filter(|r| r.owner == owner)
+            .map(|r| (r.instance.name.clone(), r.requests.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Every route, as `list` and the dashboard show them, by name.
@@ -395,6 +448,8 @@ impl ControlPlane {
 
 fn listed(route: &Route, http_port: u16) -> Listed {
     let mut instance = route.instance.clone();
+    // Already part of `requests`.
+    instance.requests_before = None;
     if instance.state == State::Starting && route.answered.load(Ordering::Relaxed) {
         // No READY=1, but it answered a request: that is ready enough.
         instance.state = State::Ready;
@@ -457,8 +512,26 @@ async fn connection(stream: UnixStream, plane: Arc<ControlPlane>, shutdown: Canc
     }
     let owner = Owner::Connection(plane.next_connection.fetch_add(1, Ordering::Relaxed));
     let mut lines = FramedRead::new(reader, LinesCodec::new_with_max_length(MAX_LINE));
+    let mut tick = tokio::time::interval(COUNTS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut counts_sent = BTreeMap::new();
     loop {
         let line = tokio::select! {
+            _ = tick.tick() => {
+                let counts = plane.counts(owner);
+                if counts != counts_sent {
+                    let news = Response {
+                        event: Some("requests".into()),
+                        requests: Some(counts.clone()),
+                        ..Response::ok()
+                    };
+                    if send(&mut writer, &news).await.is_err() {
+                        break;
+                    }
+                    counts_sent = counts;
+                }
+                continue;
+            }
             _ = shutdown.cancelled() => {
                 let bye = Response { event: Some("stopping".into()), ..Response::ok() };
                 let _ = send(&mut writer, &bye).await;
@@ -511,6 +584,8 @@ mod tests {
             sockets: BTreeMap::from([("http".to_string(), "127.0.0.1:4001".parse().unwrap())]),
             last_exit: None,
             declared: None,
+            started_at: None,
+            requests_before: None,
         };
         let line = serde_json::to_string(&Request::Register { instance }).unwrap();
         assert!(!line.contains('\n'));

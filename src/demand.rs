@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 
 use crate::alloc::BoundSocket;
 
@@ -58,27 +58,73 @@ impl IdleClock {
     }
 }
 
-/// Waits a probe pause, then asks `GET path` at `addr`: true on any HTTP answer. Pending
-/// forever when there is nothing to probe.
-pub async fn http_ready(addr: SocketAddr, path: Option<&str>) -> bool {
+/// What one readiness probe found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// A 2xx or 3xx answer: ready.
+    Ready(http::StatusCode),
+    /// An answer, but not one that says ready (a 404 while routes load, a 503).
+    Answered(http::StatusCode),
+    /// No answer: not listening yet, closed, or slower than the probe's deadline.
+    Silent,
+}
+
+/// How long one probe may take.
+const PROBE_DEADLINE: Duration = Duration::from_secs(2);
+/// A probe reads at most this much of a body before it stops caring.
+const PROBE_BODY_LIMIT: usize = 64 * 1024;
+
+/// Waits a probe pause, then asks `GET path` at `addr` and reads the whole answer, so the
+/// server sees an ordinary client that closes after its response (an abrupt close makes
+/// servers log reset connections). Pending forever when there is nothing to probe.
+pub async fn http_ready(addr: SocketAddr, path: Option<&str>) -> Probe {
     let Some(path) = path else {
         return std::future::pending().await;
     };
     tokio::time::sleep(PROBE_PAUSE).await;
-    let probe = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut head = [0u8; 5];
-        stream.read_exact(&mut head).await.ok()?;
-        Some(&head == b"HTTP/")
-    };
-    tokio::time::timeout(Duration::from_secs(2), probe)
+    tokio::time::timeout(PROBE_DEADLINE, probe(addr, path))
         .await
         .ok()
         .flatten()
-        .unwrap_or(false)
+        .map_or(Probe::Silent, |status| {
+            if status.is_success() || status.is_redirection() {
+                Probe::Ready(status)
+            } else {
+                Probe::Answered(status)
+            }
+        })
+}
+
+/// One `GET path` with `Connection: close`: the status, once the body has been read (up to
+/// `PROBE_BODY_LIMIT`) and the server has closed its side.
+async fn probe(addr: SocketAddr, path: &str) -> Option<http::StatusCode> {
+    use http_body_util::BodyExt as _;
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+    let request = http::Request::get(path)
+        .header(http::header::HOST, "localhost")
+        .header(http::header::CONNECTION, "close")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .ok()?;
+    let exchange = async move {
+        let response = sender.send_request(request).await.ok()?;
+        let status = response.status();
+        let mut body = response.into_body();
+        let mut read = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len());
+            if read > PROBE_BODY_LIMIT {
+                break;
+            }
+        }
+        Some(status)
+    };
+    // The connection does the I/O; after a `Connection: close` exchange it ends by itself.
+    let (status, _) = tokio::join!(exchange, connection);
+    status
 }
 
 #[cfg(test)]

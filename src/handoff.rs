@@ -172,11 +172,16 @@ mod imp {
 
     pub const FD_DIR: &str = "/proc/self/fd";
 
-    /// Ask the kernel to SIGTERM us when wharf dies; if wharf already died, stop here.
+    /// Ask the kernel to SIGKILL us when wharf dies; if wharf already died, stop here.
+    ///
+    /// SIGKILL, not SIGTERM: every way wharf ends on purpose already stops the server politely
+    /// and then firmly. The death signal only fires when wharf itself was killed outright
+    /// (SIGKILL, the OOM killer, a crash), and then nobody is left to follow up a polite signal
+    /// the server ignores: it would live on, re-parented, holding the port.
     pub fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
         // SAFETY: prctl and getppid are async-signal-safe.
         unsafe {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
                 return Err(io::Error::last_os_error());
             }
             if libc::getppid() != parent {

@@ -31,5 +31,6 @@ pub mod routes;
 pub mod run;
 pub mod server;
 pub mod service;
+pub mod stdio;
 pub mod trust;
 pub mod up;

@@ -2,6 +2,7 @@
 //! the runtime, dispatches, and prints errors. Everything else lives in the library.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -9,7 +10,11 @@ use wharf::cli::{Cli, Command, ProxyCli, RunCli};
 use wharf::context::Context;
 use wharf::mode::Mode;
 use wharf::project::Restart;
-use wharf::{commands, config, handoff, listeners, proxy, run, service, up};
+use wharf::{commands, config, handoff, listeners, proxy, run, service, stdio, up};
+
+/// After a stop signal, how long a server has before it and everything it started are
+/// killed; `$WHARF_STOP_TIMEOUT` (90, 90s, 2m) says otherwise.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     // The exec step between wharf and a server runs before anything else, single-threaded.
@@ -21,8 +26,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => exit(code),
+        // Whoever read our output has what they wanted (`wharf ls | head`).
+        Err(e) if stdio::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("wharf: error: {e:#}");
+            stdio::err(&format!("wharf: error: {e:#}\n"));
             ExitCode::FAILURE
         }
     }
@@ -46,7 +53,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run(args) => {
             let config = user_config(&ctx)?;
-            current_thread()?.block_on(run::run(&ctx, run_args(args, &config)))
+            let grace = stop_grace()?;
+            current_thread()?.block_on(run::run(&ctx, run_args(args, &config, grace)))
         }
         Command::Proxy(args) => {
             // SAFETY: no other thread exists yet (the runtime is built below).
@@ -70,7 +78,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Ls(args) => current_thread()?.block_on(commands::ls(&ctx, args.json)),
         Command::Stop(args) => {
-            current_thread()?.block_on(commands::stop(&ctx, args.name, args.all, args.proxy))
+            let grace = stop_grace()?;
+            current_thread()?.block_on(commands::stop(
+                &ctx, args.names, args.all, args.proxy, grace,
+            ))
         }
         Command::Alias(args) => {
             let addr = if args.rm { None } else { args.addr };
@@ -139,7 +150,17 @@ fn project_trust(ctx: &Context) -> anyhow::Result<wharf::trust::Trust> {
     })
 }
 
-fn run_args(cli: RunCli, config: &config::Config) -> run::RunArgs {
+/// `$WHARF_STOP_TIMEOUT`, else `STOP_GRACE`.
+fn stop_grace() -> anyhow::Result<Duration> {
+    match std::env::var("WHARF_STOP_TIMEOUT") {
+        Ok(v) if !v.is_empty() => wharf::project::parse_duration_str(&v)
+            .map_err(anyhow::Error::msg)
+            .context("$WHARF_STOP_TIMEOUT"),
+        _ => Ok(STOP_GRACE),
+    }
+}
+
+fn run_args(cli: RunCli, config: &config::Config, stop_grace: Duration) -> run::RunArgs {
     let mode = match (cli.fd, cli.env) {
         (true, _) => Some(Mode::Fd),
         (_, true) => Some(Mode::Env),
@@ -164,6 +185,7 @@ fn run_args(cli: RunCli, config: &config::Config) -> run::RunArgs {
         force: cli.force,
         no_pid: cli.no_pid,
         quiet: cli.quiet,
+        stop_grace,
         command: cli.command,
     }
 }

@@ -1,5 +1,6 @@
 //! Process identity (pid plus start time, so a recycled pid is never mistaken for ours),
-//! the process tree, and stopping a process politely then firmly.
+//! the process tree, and stopping a process (or a whole instance: its supervisor and every
+//! process its server started) politely then firmly.
 
 use std::time::{Duration, Instant};
 
@@ -43,28 +44,108 @@ impl ProcessId {
     /// SIGTERM, wait up to `grace` for it to go, then SIGKILL and wait a little more.
     /// Returns true if the process is gone.
     pub fn terminate(&self, grace: Duration) -> bool {
-        if !self.is_alive() {
-            return true;
-        }
-        let _ = kill(Pid::from_raw(self.pid), Signal::SIGTERM);
-        if self.wait_gone(grace) {
-            return true;
-        }
-        let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
-        self.wait_gone(Duration::from_secs(2))
+        end_all(std::slice::from_ref(self), Instant::now() + grace).1
     }
 
-    fn wait_gone(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        let mut pause = Duration::from_millis(5);
-        while Instant::now() < deadline {
-            if !self.is_alive() {
-                return true;
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(100));
+    /// Send `signal` if this very process is still alive.
+    pub fn signal(&self, signal: Signal) {
+        if self.is_alive() {
+            let _ = kill(Pid::from_raw(self.pid), signal);
         }
-        !self.is_alive()
+    }
+}
+
+/// After SIGKILL, how long a process may take to disappear.
+const KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// Polls until every process in `procs` is gone or `deadline` passes; true if all are gone.
+fn wait_all_gone(procs: &[ProcessId], deadline: Instant) -> bool {
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if procs.iter().all(|p| !p.is_alive()) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Everything a server started, as it is now: `server`, its descendants, and the members of
+/// the process group it leads (which keeps them findable after their parent died). Empty if
+/// all are gone. Outside Linux only `server` itself: there is no cheap way to walk the tree.
+pub fn family_of(server: i32) -> Vec<ProcessId> {
+    imp::family(server)
+        .into_iter()
+        .filter_map(ProcessId::of)
+        .collect()
+}
+
+/// `a` plus the processes of `b` it does not already hold.
+pub fn union(mut a: Vec<ProcessId>, b: Vec<ProcessId>) -> Vec<ProcessId> {
+    for p in b {
+        if !a.contains(&p) {
+            a.push(p);
+        }
+    }
+    a
+}
+
+/// SIGTERM to each of `procs` still alive, wait until `deadline` for them to go, then SIGKILL
+/// what is left. Returns how many had to be killed and whether all are gone now.
+pub fn end_all(procs: &[ProcessId], deadline: Instant) -> (usize, bool) {
+    procs.iter().for_each(|p| p.signal(Signal::SIGTERM));
+    if wait_all_gone(procs, deadline) {
+        return (0, true);
+    }
+    let left = kill_all(procs);
+    (left, wait_all_gone(procs, Instant::now() + KILL_WAIT))
+}
+
+/// SIGKILL each of `procs` still alive; returns how many were.
+pub fn kill_all(procs: &[ProcessId]) -> usize {
+    let alive: Vec<&ProcessId> = procs.iter().filter(|p| p.is_alive()).collect();
+    alive.iter().for_each(|p| p.signal(Signal::SIGKILL));
+    alive.len()
+}
+
+/// How `stop_instance` went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The supervisor stopped its server and itself within the grace.
+    Cleanly,
+    /// The supervisor had to be killed, or left processes behind: `killed` were SIGKILLed.
+    Forced { killed: usize },
+    /// Something survived SIGKILL (stuck in the kernel).
+    Stuck,
+}
+
+/// How much longer than its grace a supervisor may take to stop: it kills its server at the
+/// grace, then reaps it and deregisters.
+const SUPERVISOR_MARGIN: Duration = Duration::from_secs(5);
+
+/// Stop an instance: SIGTERM to its supervisor (`wharf run`), which stops its server politely
+/// and, after `grace`, firmly. If the supervisor itself does not end in time it is killed,
+/// and whatever is left of the server's process tree (as it was when the stop began) is
+/// killed too, so nothing it started keeps the port.
+pub fn stop_instance(supervisor: ProcessId, server: Option<i32>, grace: Duration) -> Stopped {
+    let tree = server.map(family_of).unwrap_or_default();
+    supervisor.signal(Signal::SIGTERM);
+    let mut killed = 0;
+    if !wait_all_gone(&[supervisor], Instant::now() + grace + SUPERVISOR_MARGIN) {
+        killed += kill_all(&[supervisor]);
+    }
+    killed += kill_all(&tree);
+    if !wait_all_gone(&[supervisor], Instant::now() + KILL_WAIT)
+        || !wait_all_gone(&tree, Instant::now() + KILL_WAIT)
+    {
+        return Stopped::Stuck;
+    }
+    match killed {
+        0 => Stopped::Cleanly,
+        killed => Stopped::Forced { killed },
     }
 }
 
@@ -121,22 +202,55 @@ mod imp {
 
     /// Every process whose ancestry reaches `root`, `root` included.
     pub fn tree(root: i32) -> Vec<i32> {
+        descendants(vec![root], &table())
+    }
+
+    /// `root`'s tree plus the members of the process group numbered `root`, and their trees.
+    pub fn family(root: i32) -> Vec<i32> {
+        let table = table();
+        let mut seeds = vec![root];
+        seeds.extend(
+            table
+                .iter()
+                .filter(|p| p.2 == root && p.0 != root)
+                .map(|p| p.0),
+        );
+        descendants(seeds, &table)
+    }
+
+    /// (pid, parent, process group) of every process.
+    fn table() -> Vec<(i32, i32, i32)> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let pid = entry.file_name().to_str()?.parse().ok()?;
+                let fields = stat_fields(pid)?;
+                Some((
+                    pid,
+                    fields.get(1)?.parse().ok()?,
+                    fields.get(2)?.parse().ok()?,
+                ))
+            })
+            .collect()
+    }
+
+    /// `seeds` and everything below them in `table`, each once.
+    fn descendants(mut out: Vec<i32>, table: &[(i32, i32, i32)]) -> Vec<i32> {
         let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for entry in entries.flatten() {
-                let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-                    continue;
-                };
-                if let Some(ppid) = parent(pid) {
-                    children.entry(ppid).or_default().push(pid);
-                }
-            }
+        for &(pid, ppid, _) in table {
+            children.entry(ppid).or_default().push(pid);
         }
-        let mut out = vec![root];
         let mut i = 0;
         while i < out.len() {
             if let Some(kids) = children.get(&out[i]) {
-                out.extend(kids);
+                for kid in kids {
+                    if !out.contains(kid) {
+                        out.push(*kid);
+                    }
+                }
             }
             i += 1;
         }
@@ -159,9 +273,16 @@ mod imp {
         // already limits senders to our own uid.
         true
     }
+
+    pub fn tree(root: i32) -> Vec<i32> {
+        vec![root]
+    }
+
+    pub fn family(root: i32) -> Vec<i32> {
+        vec![root]
+    }
 }
 
-#[cfg(target_os = "linux")]
 pub use imp::tree;
 
 #[cfg(test)]

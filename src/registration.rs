@@ -65,6 +65,8 @@ impl Registration {
                 sockets: bound.iter().map(|b| (b.name.clone(), b.addr())).collect(),
                 last_exit: None,
                 declared: None,
+                started_at: Some(crate::registry::unix_now()),
+                requests_before: None,
             },
             closed: Closed::Lost,
             retry_at: None,
@@ -160,6 +162,14 @@ impl Registration {
 
     fn on_lost(&mut self, closed: Closed) {
         let out = &self.out;
+        // What this proxy counted goes to the next one.
+        if let Some(n) = self
+            .client
+            .as_ref()
+            .and_then(|c| c.requests(&self.instance.name))
+        {
+            self.instance.requests_before = Some(n);
+        }
         self.client = None;
         self.closed = closed;
         match closed {

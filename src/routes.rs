@@ -143,7 +143,14 @@ impl Routes {
                         pid: old.instance.pid,
                     });
                 }
-                _ => (SystemTime::now(), Arc::default()),
+                // New here (or a proxy restart): the instance says how long it has been up
+                // and what earlier proxies counted.
+                _ => (
+                    instance.started_at.map_or_else(SystemTime::now, |t| {
+                        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t)
+                    }),
+                    Arc::new(AtomicU64::new(instance.requests_before.unwrap_or(0))),
+                ),
             };
             table.insert(
                 instance.name.clone(),
@@ -196,6 +203,8 @@ pub fn alias_instance(name: Name, addr: SocketAddr) -> Instance {
         sockets: BTreeMap::from([(crate::alloc::MAIN_SOCKET.to_string(), addr)]),
         last_exit: None,
         declared: None,
+        started_at: None,
+        requests_before: None,
     }
 }
 
@@ -216,6 +225,8 @@ mod tests {
                 .collect(),
             last_exit: None,
             declared: None,
+            started_at: None,
+            requests_before: None,
         }
     }
 

@@ -28,6 +28,7 @@ use crate::logs::Log;
 use crate::mode::{self, Mode};
 use crate::name::Name;
 use crate::notify::{Notice, NotifySocket};
+use crate::process::{self, ProcessId};
 use crate::project::{Ready, Restart};
 use crate::registration::Registration;
 use crate::registry::Store;
@@ -41,6 +42,8 @@ const FREE_RESTARTS: u32 = 10;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Stop requests before wharf stops asking and kills the server.
 const KILL_ON_REQUEST: u32 = 3;
+/// What is left of a server after it exited gets at least this long to go after SIGTERM.
+const MIN_LEFTOVER_GRACE: Duration = Duration::from_secs(1);
 
 /// What `wharf run` was asked to do.
 #[derive(Debug)]
@@ -65,6 +68,9 @@ pub struct RunArgs {
     pub force: bool,
     pub no_pid: bool,
     pub quiet: bool,
+    /// After a stop signal, how long the server has before it (and everything it started) is
+    /// killed.
+    pub stop_grace: Duration,
     pub command: Vec<String>,
 }
 
@@ -170,6 +176,8 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         group: handoff.own_group,
         restart: args.restart,
         on_demand: args.on_demand,
+        grace: args.stop_grace,
+        stopping: None,
         stop_requests: 0,
         fast_exits: 0,
         fast_failures: 0,
@@ -180,12 +188,17 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         if args.on_demand {
             route.set_state(State::Idle).await;
             let sockets = held.as_ref().expect("on-demand keeps its sockets");
-            tokio::select! {
-                waiting = demand::connection_waiting(sockets) => {
-                    waiting.context("watching the instance's sockets")?;
-                    out.say("a connection is waiting; starting the server".to_string());
+            // While idle the route must outlive a proxy restart like a running one.
+            loop {
+                tokio::select! {
+                    waiting = demand::connection_waiting(sockets) => {
+                        waiting.context("watching the instance's sockets")?;
+                        out.say("a connection is waiting; starting the server".to_string());
+                        break;
+                    }
+                    () = stop_signal(&mut signals) => break 'instance 0,
+                    event = route.next_event() => route.on_event(event).await,
                 }
-                () = stop_signal(&mut signals) => break 'instance 0,
             }
         }
         let started = Instant::now();
@@ -214,12 +227,12 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
             Some(Ready::Http(path)) => Some(path.clone()),
             _ => None,
         };
+        let mut last_answer = None;
         if plan.mode == Mode::Fd && args.ready == Some(Ready::Connect) {
             // The socket accepts from the start: that is all `connect` asks.
             route.set_state(State::Ready).await;
         }
         let mut idle = demand::IdleClock::new(idle_limit);
-        let mut idle_stop = false;
 
         let status: ExitStatus = loop {
             tokio::select! {
@@ -247,57 +260,82 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
                             out.say(format!("listens on {addr}, not on port {expected} as asked; routing there"));
                         }
                         route.set_main_addr(addr);
-                        route.set_state(State::Ready).await;
+                        // With `--ready http:` listening is not enough: the probe decides.
+                        let state = if probing.is_some() { State::Starting } else { State::Ready };
+                        route.set_state(state).await;
                     }
                     look_pause = (look_pause * 2).min(Duration::from_millis(500));
                 }
-                ready = demand::http_ready(route.main_addr(), probing.as_deref()), if probing.is_some() => {
-                    if ready {
-                        out.say(format!("ready (GET {} answered)", probing.take().unwrap_or_default()));
-                        route.set_state(State::Ready).await;
+                probe = demand::http_ready(route.main_addr(), probing.as_deref()), if probing.is_some() => {
+                    let path = probing.as_deref().unwrap_or_default();
+                    match probe {
+                        demand::Probe::Ready(status) => {
+                            out.say(format!("ready (GET {path} answered {status})"));
+                            probing = None;
+                            route.set_state(State::Ready).await;
+                        }
+                        demand::Probe::Answered(status) if last_answer != Some(status) => {
+                            out.say(format!("GET {path} answered {status}; not ready until it answers 2xx or 3xx"));
+                            last_answer = Some(status);
+                        }
+                        _ => {}
                     }
                 }
-                _ = tokio::time::sleep(demand::IDLE_TICK), if args.on_demand && !idle_stop => {
+                _ = tokio::time::sleep(demand::IDLE_TICK), if args.on_demand && supervisor.stopping.is_none() => {
                     if idle.tick(listening::established(&port_numbers)) {
                         out.say(format!("idle for {}s; stopping the server (its socket stays)", idle_limit.as_secs()));
-                        idle_stop = true;
+                        supervisor.begin_stop(StopWhy::Idle, child_pid);
                         supervisor.signal(child_pid, Signal::SIGTERM);
                     }
                 }
+                () = supervisor.kill_due(), if supervisor.kill_pending() => supervisor.kill(child_pid),
                 event = route.next_event() => route.on_event(event).await,
             }
         };
         let code = exit_code(status);
         let ran = started.elapsed();
-        route.instance.last_exit = Some(describe(status));
+        let stop = supervisor.stopping.take();
+        end_leftovers(&out, child_pid, stop.as_ref(), supervisor.grace).await;
+        let how = describe(status, stop.as_ref());
+        route.instance.last_exit = Some(how.clone());
         route.instance.child_pid = None;
-        if idle_stop && supervisor.stop_requests == 0 {
+        if stop.as_ref().is_some_and(|s| s.why == StopWhy::Idle) && supervisor.stop_requests == 0 {
+            out.say(format!(
+                "server {how} (ran {}); starting again on the next connection",
+                ran_for(ran)
+            ));
             continue 'instance;
         }
         match supervisor.after_exit(status, ran) {
-            Next::Stop => break code,
+            Next::Stop => {
+                route.remove().await;
+                out.say(format!(
+                    "server {how} (ran {}); route removed",
+                    ran_for(ran)
+                ));
+                break code;
+            }
             Next::GiveUp => {
                 out.say(format!(
-                    "giving up after {GIVE_UP_AFTER} fast failures in a row (the last: {})",
-                    describe(status)
+                    "giving up after {GIVE_UP_AFTER} fast failures in a row (the last: {how})"
                 ));
                 if args.declared.is_some() || args.on_demand {
                     // Declared instances stay listed as failed; the proxy answers for them
                     // without contacting anything, so the socket can go.
                     route.set_state(State::Failed).await;
                     drop(held.take());
-                    stop_signal(&mut signals).await;
+                    pause(&mut route, &mut signals, None).await;
                 } else {
                     route.remove().await;
                     drop(held.take());
+                    out.say("route removed".to_string());
                 }
                 break code;
             }
             Next::RestartAfter(delay) => {
                 out.say(format!(
-                    "server {} after {:.1}s; {}{} on the same socket",
-                    describe(status),
-                    ran.as_secs_f64(),
+                    "server {how} (ran {}); {}{} on the same socket",
+                    ran_for(ran),
                     if args.on_demand {
                         "starting again on demand"
                     } else {
@@ -310,9 +348,8 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
                     }
                 ));
                 route.set_state(State::Restarting).await;
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    () = stop_signal(&mut signals) => break code,
+                if !pause(&mut route, &mut signals, Some(delay)).await {
+                    break code;
                 }
             }
         }
@@ -326,6 +363,62 @@ fn port_var(socket: &str) -> String {
     match socket {
         MAIN_SOCKET => "PORT".to_string(),
         sub => format!("PORT_{}", sub.to_ascii_uppercase().replace('-', "_")),
+    }
+}
+
+/// Waits `delay` (`None`: until a stop signal) while keeping the route registered through
+/// proxy restarts. False if a stop signal came first.
+async fn pause(
+    route: &mut Registration,
+    signals: &mut SignalsInfo<WithOrigin>,
+    delay: Option<Duration>,
+) -> bool {
+    let until = async {
+        match delay {
+            Some(delay) => tokio::time::sleep(delay).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut until = std::pin::pin!(until);
+    loop {
+        tokio::select! {
+            () = until.as_mut() => return true,
+            () = stop_signal(signals) => return false,
+            event = route.next_event() => route.on_event(event).await,
+        }
+    }
+}
+
+/// After the server exited: whatever it started that still runs (in its process tree when a
+/// stop began, or in the process group it led) is stopped too, SIGTERM then SIGKILL after
+/// the rest of the grace, so nothing keeps the socket or outlives the instance.
+async fn end_leftovers(out: &Output, server: i32, stop: Option<&Stop>, grace: Duration) {
+    let known = stop.map(|s| s.family.clone()).unwrap_or_default();
+    let left: Vec<_> = process::union(known, process::family_of(server))
+        .into_iter()
+        .filter(|p| p.pid != server && p.is_alive())
+        .collect();
+    if left.is_empty() {
+        return;
+    }
+    let deadline = match stop {
+        Some(s) if !s.killed => s
+            .kill_at
+            .into_std()
+            .max(Instant::now() + MIN_LEFTOVER_GRACE),
+        _ => Instant::now() + grace,
+    };
+    out.say(format!(
+        "{} process(es) the server started still run; stopping them",
+        left.len()
+    ));
+    let ended = tokio::task::spawn_blocking(move || process::end_all(&left, deadline)).await;
+    match ended {
+        Ok((0, true)) => {}
+        Ok((killed, true)) => out.say(format!(
+            "killed {killed} of them (SIGKILL): they ignored SIGTERM"
+        )),
+        _ => out.say("some survived SIGKILL; are they stuck in the kernel?".to_string()),
     }
 }
 
@@ -346,9 +439,34 @@ struct Supervisor<'a> {
     group: bool,
     restart: Restart,
     on_demand: bool,
+    /// How long a stopping server has before it is killed.
+    grace: Duration,
+    /// The stop in progress, if any.
+    stopping: Option<Stop>,
     stop_requests: u32,
     fast_exits: u32,
     fast_failures: u32,
+}
+
+/// Why wharf is stopping the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopWhy {
+    /// A stop signal (`wharf stop`, Ctrl-C): this one.
+    Asked(Signal),
+    /// On demand, idle for the whole timeout (SIGTERM).
+    Idle,
+}
+
+/// A stop in progress.
+struct Stop {
+    why: StopWhy,
+    /// When the server and everything it started get SIGKILL if still there.
+    kill_at: tokio::time::Instant,
+    /// Everything the server had started when the stop began (and when it was killed): what
+    /// is left of it after the server exits is stopped too.
+    family: Vec<ProcessId>,
+    /// The grace ran out and SIGKILL was sent.
+    killed: bool,
 }
 
 enum Next {
@@ -367,6 +485,7 @@ impl Supervisor<'_> {
         let mut send = (!from_terminal).then_some(signal);
         if is_stop(origin.signal) {
             self.stop_requests += 1;
+            self.begin_stop(StopWhy::Asked(signal), child);
             if self.stop_requests >= KILL_ON_REQUEST {
                 self.out.say(format!(
                     "asked to stop {} times; killing the server",
@@ -378,6 +497,54 @@ impl Supervisor<'_> {
         if let Some(signal) = send {
             self.signal(child, signal);
         }
+    }
+
+    /// Note that a stop began (the first one counts; a stop request outranks an idle stop)
+    /// and what the server has started by now.
+    fn begin_stop(&mut self, why: StopWhy, child: i32) {
+        match &mut self.stopping {
+            Some(stop) => {
+                if stop.why == StopWhy::Idle {
+                    stop.why = why;
+                }
+            }
+            None => {
+                self.stopping = Some(Stop {
+                    why,
+                    kill_at: tokio::time::Instant::now() + self.grace,
+                    family: process::family_of(child),
+                    killed: false,
+                });
+            }
+        }
+    }
+
+    /// A stop is on and its SIGKILL not sent yet.
+    fn kill_pending(&self) -> bool {
+        self.stopping.as_ref().is_some_and(|s| !s.killed)
+    }
+
+    /// Resolves when the stop in progress runs out of grace (pending without one).
+    async fn kill_due(&self) {
+        match self.stopping.as_ref() {
+            Some(stop) => tokio::time::sleep_until(stop.kill_at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The grace ran out: SIGKILL the server and everything it started.
+    fn kill(&mut self, child: i32) {
+        let Some(stop) = self.stopping.as_mut() else {
+            return;
+        };
+        self.out.say(format!(
+            "the server did not stop within {} of {}; killing it and everything it started (SIGKILL)",
+            ran_for(self.grace),
+            stop.signal().as_str()
+        ));
+        stop.family = process::union(std::mem::take(&mut stop.family), process::family_of(child));
+        process::kill_all(&stop.family);
+        stop.killed = true;
     }
 
     /// Signal the server (and, when it leads its own group, everything it started).
@@ -458,14 +625,57 @@ pub fn exit_code(status: ExitStatus) -> i32 {
         .unwrap_or(1)
 }
 
-fn describe(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
+impl Stop {
+    /// The signal that asked the server to stop.
+    fn signal(&self) -> Signal {
+        match self.why {
+            StopWhy::Asked(signal) => signal,
+            StopWhy::Idle => Signal::SIGTERM,
+        }
+    }
+}
+
+/// How the server's exit reads: a stop wharf made is said as such (`stopped on request`),
+/// with the raw status only when it is not what that stop leads to.
+fn describe(status: ExitStatus, stop: Option<&Stop>) -> String {
+    let plain = match (status.code(), status.signal()) {
         (Some(code), _) => format!("exited with code {code}"),
         (None, Some(sig)) => {
             let name = Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("?");
             format!("was killed by {name}")
         }
         _ => "ended".to_string(),
+    };
+    let Some(stop) = stop else {
+        return plain;
+    };
+    let sent = stop.signal() as i32;
+    if stop.killed && status.signal() == Some(libc::SIGKILL) {
+        return format!(
+            "was killed (SIGKILL) after ignoring {}",
+            stop.signal().as_str()
+        );
+    }
+    let said = match stop.why {
+        StopWhy::Asked(_) => "stopped on request",
+        StopWhy::Idle => "stopped when idle",
+    };
+    // What a server does on the signal: die by it, exit cleanly, or exit 128+signal (shells).
+    let expected =
+        status.success() || status.signal() == Some(sent) || status.code() == Some(128 + sent);
+    if expected {
+        said.to_string()
+    } else {
+        format!("{said} ({plain})")
+    }
+}
+
+/// A run time as people read it: `0.4s`, `12.0s`, then `3m 20s`.
+fn ran_for(d: Duration) -> String {
+    if d < Duration::from_secs(60) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        crate::pages::human_duration(d.as_secs())
     }
 }
 
@@ -519,7 +729,8 @@ impl Output {
         }
         // Under `wharf up` the terminal is the log itself: one copy is enough.
         if to_terminal && !self.log.as_ref().is_some_and(Log::is_stderr) {
-            eprint!("{line}");
+            // A closed terminal or pipe must not take the supervisor (and its server) down.
+            crate::stdio::err(line);
         }
     }
 }
@@ -550,6 +761,8 @@ mod tests {
             group: false,
             restart: Restart::Always,
             on_demand: false,
+            grace: Duration::from_secs(10),
+            stopping: None,
             stop_requests: 0,
             fast_exits: 0,
             fast_failures: 0,

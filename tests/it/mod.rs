@@ -4,5 +4,6 @@ mod http2;
 mod proxy;
 mod run;
 mod service;
+mod stop;
 mod up;
 pub mod util;

@@ -67,7 +67,7 @@ port = 0
         multi["state"], "idle",
         "not running before its first request: {multi}"
     );
-    assert!(multi["child_pid"].is_null(), "{multi}");
+    assert!(multi["server_pid"].is_null(), "{multi}");
     assert!(
         !std::fs::read_to_string(sb.state_dir().join("logs/multi.log"))
             .unwrap()
