@@ -317,6 +317,13 @@ pub fn parse(text: &str, base: &Path) -> Result<Vec<Declared>, (usize, String)> 
                 Some(parse_duration(v.get_ref()).map_err(|e| at(v.span(), "idle_timeout", e))?)
             }
         };
+        if let (Some(v), Activation::Start) = (&raw.idle_timeout, activation) {
+            return Err(at(
+                v.span(),
+                "idle_timeout",
+                "only an on-demand instance is stopped when idle; add activation = \"on-demand\" or remove idle_timeout".into(),
+            ));
+        }
         let restart = match raw
             .restart
             .as_ref()
@@ -477,6 +484,9 @@ command = "python3 -m http.server $PORT"
         assert!(msg.contains("on-demand needs fd mode"), "{msg}");
         let (_, msg) = parse_err("[instances.api]\ncommand = \"x\"\nidle_timeout = \"5 days\"\n");
         assert!(msg.contains("not a duration"), "{msg}");
+        let (line, msg) = parse_err("[instances.api]\ncommand = \"x\"\nidle_timeout = \"5m\"\n");
+        assert!(msg.contains("only an on-demand instance"), "{msg}");
+        assert_eq!(line, 3);
     }
 
     #[test]
