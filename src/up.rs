@@ -336,7 +336,8 @@ fn spawn_supervisor(
     cmd.spawn()
 }
 
-/// Remove the route at once, then stop the supervisor (SIGTERM, wait, SIGKILL).
+/// Remove the route at once, then stop the instance: its supervisor and whatever its server
+/// started (`process::stop_instance`).
 async fn stop(client: &mut crate::control::Client, l: &Listed) {
     let _ = client
         .call(&Request::Stop {
@@ -344,7 +345,11 @@ async fn stop(client: &mut crate::control::Client, l: &Listed) {
         })
         .await;
     if let Some(id) = ProcessId::of(l.instance.pid) {
-        let _ = tokio::task::spawn_blocking(move || id.terminate(STOP_GRACE)).await;
+        let server = l.instance.child_pid;
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::process::stop_instance(id, server, STOP_GRACE)
+        })
+        .await;
     }
 }
 

@@ -89,6 +89,28 @@ fn stop_ends_a_server_that_ignores_sigterm_and_what_it_started() {
 }
 
 #[test]
+fn stop_kills_a_stuck_supervisor_and_everything_its_server_started() {
+    let sb = Sandbox::new();
+    let mut p = stubborn(&sb, "stuck");
+    let port = p.instance_port();
+    let (server, helper) = pids(&p);
+    p.expect("is at http://");
+    // A supervisor that cannot act: `stop` must finish the job itself.
+    p.signal(libc::SIGSTOP);
+    let mut stop = sb.wharf(&["stop", "stuck"]);
+    stop.env("WHARF_STOP_TIMEOUT", "1");
+    let out = stop.output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("were killed"), "{log}");
+    p.wait(PATIENCE);
+    eventually("server and helper gone", PATIENCE, || {
+        gone(server) && gone(helper)
+    });
+    assert!(port_is_free(port), "nothing holds port {port} any more");
+}
+
+#[test]
 fn a_killed_supervisor_takes_its_server_with_it_even_one_that_ignores_sigterm() {
     let sb = Sandbox::new();
     let p = stubborn(&sb, "orphan");
