@@ -253,18 +253,20 @@ fn privacy(dirs: &Dirs) -> Vec<Finding> {
     out
 }
 
-/// Print the findings; the exit code is 1 if any is a problem.
-pub fn report(findings: &[Finding]) -> i32 {
+/// Print the findings; the exit code is 1 if any is a problem. Err if stdout fails.
+pub fn report(findings: &[Finding]) -> std::io::Result<i32> {
     for f in findings {
         let tag = match f.level {
             Level::Ok => "ok     ",
             Level::Note => "note   ",
             Level::Problem => "PROBLEM",
         };
-        println!("{tag} {}", f.what);
+        crate::outln!("{tag} {}", f.what)?;
         if let (Some(fix), false) = (&f.fix, f.level == Level::Ok) {
-            println!("        fix: {fix}");
+            crate::outln!("        fix: {fix}")?;
         }
     }
-    i32::from(findings.iter().any(|f| f.level == Level::Problem))
+    Ok(i32::from(
+        findings.iter().any(|f| f.level == Level::Problem),
+    ))
 }

@@ -38,7 +38,7 @@ fn binary(ctx: &Context, warn: bool) -> anyhow::Result<PathBuf> {
         .context("finding the wharf binary")?;
     let s = bin.to_string_lossy();
     if warn && (s.contains("/target/debug/") || s.contains("/target/release/")) {
-        eprintln!(
+        crate::errln!(
             "wharf: note: {s} is inside a build directory; `cargo install --path .` gives the units a \
              binary that `cargo clean` will not remove"
         );
@@ -99,7 +99,7 @@ pub fn install(ctx: &Context, cli: InstallCli) -> anyhow::Result<i32> {
         })?
     };
     if cli.dry_run {
-        print!("{}", install::describe(&plan, true));
+        crate::stdio::out(&install::describe(&plan, true))?;
         print_next(&plan);
         return Ok(0);
     }
@@ -109,11 +109,11 @@ pub fn install(ctx: &Context, cli: InstallCli) -> anyhow::Result<i32> {
             Outcome::Updated => "updated",
             Outcome::Unchanged => "unchanged",
         };
-        println!("{what} {}", path.display());
+        crate::progressln!("{what} {}", path.display());
     }
     apply_privileged(&plan.privileged, &plan.privileged_commands)?;
     for n in &plan.notes {
-        println!("note: {n}");
+        crate::progressln!("note: {n}");
     }
     print_next(&plan);
     Ok(0)
@@ -121,9 +121,9 @@ pub fn install(ctx: &Context, cli: InstallCli) -> anyhow::Result<i32> {
 
 fn print_next(plan: &Plan) {
     if !plan.next.is_empty() {
-        println!("next:");
+        crate::progressln!("next:");
         for n in &plan.next {
-            println!("  {n}");
+            crate::progressln!("  {n}");
         }
     }
 }
@@ -136,7 +136,7 @@ fn apply_privileged(files: &[File], commands: &[Vec<String>]) -> anyhow::Result<
     }
     let root = nix::unistd::geteuid().is_root();
     for f in files {
-        println!("writing {} (as root)", f.path.display());
+        crate::progressln!("writing {} (as root)", f.path.display());
         if root {
             std::fs::write(&f.path, &f.content)
                 .with_context(|| format!("writing {}", f.path.display()))?;
@@ -164,7 +164,7 @@ fn apply_privileged(files: &[File], commands: &[Vec<String>]) -> anyhow::Result<
 }
 
 fn run_root(command: &[String], root: bool) -> anyhow::Result<()> {
-    println!("running {} (as root)", command.join(" "));
+    crate::progressln!("running {} (as root)", command.join(" "));
     let mut cmd = if root {
         Command::new(&command[0])
     } else {
@@ -231,13 +231,13 @@ pub fn uninstall(ctx: &Context, cli: UninstallCli) -> anyhow::Result<i32> {
         .filter(|p| p.exists())
         .collect();
     if present.is_empty() {
-        println!("nothing to remove: wharf's service files are not installed");
+        crate::progressln!("nothing to remove: wharf's service files are not installed");
         return Ok(0);
     }
     if cli.dry_run {
-        println!("would run: {}", stop.join(" "));
+        crate::progressln!("would run: {}", stop.join(" "));
         for p in &present {
-            println!("would remove {}", p.display());
+            crate::progressln!("would remove {}", p.display());
         }
         return Ok(0);
     }
@@ -247,17 +247,17 @@ pub fn uninstall(ctx: &Context, cli: UninstallCli) -> anyhow::Result<i32> {
         .stderr(Stdio::null())
         .status()
     {
-        Ok(s) if s.success() => println!("ran {}", stop.join(" ")),
-        _ => println!(
+        Ok(s) if s.success() => crate::progressln!("ran {}", stop.join(" ")),
+        _ => crate::progressln!(
             "could not run `{}` (no user service manager here?); removing the files anyway",
             stop.join(" ")
         ),
     }
     for (path, removed) in install::remove(&user_files)? {
         if removed {
-            println!("removed {}", path.display());
+            crate::progressln!("removed {}", path.display());
         } else {
-            println!("left {} alone: wharf did not write it", path.display());
+            crate::progressln!("left {} alone: wharf did not write it", path.display());
         }
     }
     // The directories install created, if nothing else lives there now.
@@ -311,5 +311,5 @@ fn remove_privileged(files: &[PathBuf], user: &str, root: bool) -> anyhow::Resul
 pub async fn doctor(ctx: &Context) -> anyhow::Result<i32> {
     let unit_dir = ctx.systemd_user_dir().filter(|_| cfg!(target_os = "linux"));
     let findings = crate::doctor::examine(&ctx.dirs, unit_dir.as_deref()).await;
-    Ok(crate::doctor::report(&findings))
+    Ok(crate::doctor::report(&findings)?)
 }

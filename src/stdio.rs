@@ -15,6 +15,12 @@ pub fn out(text: &str) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("writing to stdout: {e}")))
 }
 
+/// A line of progress on stdout while a command changes things (`install`, `up`): the work
+/// must not stop halfway because nobody reads any more, so errors are dropped.
+pub fn progress(text: &str) {
+    let _ = out(text);
+}
+
 /// Write `text` to stderr if it is still there.
 pub fn err(text: &str) {
     let _ = io::stderr().lock().write_all(text.as_bytes());
@@ -25,6 +31,14 @@ pub fn err(text: &str) {
 macro_rules! outln {
     ($($arg:tt)*) => {
         $crate::stdio::out(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `progressln!("…", args)`: one line of progress on stdout, never a panic nor an error.
+#[macro_export]
+macro_rules! progressln {
+    ($($arg:tt)*) => {
+        $crate::stdio::progress(&format!("{}\n", format_args!($($arg)*)))
     };
 }
 

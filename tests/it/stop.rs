@@ -277,6 +277,8 @@ fn commands_end_quietly_on_a_closed_pipe_and_fail_clearly_on_a_full_disk() {
         &["ls", "--json"],
         &["env"],
         &["env", "--format", "json"],
+        &["doctor"],
+        &["install", "--dry-run"],
     ] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
