@@ -52,8 +52,26 @@ fn pids(p: &Proc) -> (i32, i32) {
     (it.next().unwrap(), it.next().unwrap())
 }
 
-fn port_is_free(port: u16) -> bool {
-    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+/// `wharf stop NAME` with a one-second grace: whether it succeeded, and what it said.
+fn stop_quickly(sb: &Sandbox, name: &str) -> (bool, String) {
+    let mut stop = sb.wharf(&["stop", name]);
+    stop.env("WHARF_STOP_TIMEOUT", "1");
+    let out = stop.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// The server and its helper are gone, and nothing holds `port` any more.
+fn all_gone(server: i32, helper: i32, port: u16) {
+    eventually("server and helper gone", PATIENCE, || {
+        gone(server) && gone(helper)
+    });
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "nothing holds port {port} any more"
+    );
 }
 
 #[test]
@@ -64,20 +82,14 @@ fn stop_ends_a_server_that_ignores_sigterm_and_what_it_started() {
     let (server, helper) = pids(&p);
 
     let started = Instant::now();
-    let mut stop = sb.wharf(&["stop", "deaf"]);
-    stop.env("WHARF_STOP_TIMEOUT", "1");
-    let out = stop.output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
+    let (stopped, log) = stop_quickly(&sb, "deaf");
+    assert!(stopped, "{log}");
     assert!(
         started.elapsed() < Duration::from_secs(8),
         "the one-second grace was used"
     );
     p.wait(PATIENCE);
-    eventually("server and helper gone", PATIENCE, || {
-        gone(server) && gone(helper)
-    });
-    assert!(port_is_free(port), "nothing holds port {port} any more");
+    all_gone(server, helper, port);
     p.expect("did not stop within 1.0s of SIGTERM; killing it and everything it started");
     p.expect("route removed");
     assert_eq!(
@@ -97,17 +109,11 @@ fn stop_kills_a_stuck_supervisor_and_everything_its_server_started() {
     p.expect("is at http://");
     // A supervisor that cannot act: `stop` must finish the job itself.
     p.signal(libc::SIGSTOP);
-    let mut stop = sb.wharf(&["stop", "stuck"]);
-    stop.env("WHARF_STOP_TIMEOUT", "1");
-    let out = stop.output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
+    let (stopped, log) = stop_quickly(&sb, "stuck");
+    assert!(stopped, "{log}");
     assert!(log.contains("were killed"), "{log}");
     p.wait(PATIENCE);
-    eventually("server and helper gone", PATIENCE, || {
-        gone(server) && gone(helper)
-    });
-    assert!(port_is_free(port), "nothing holds port {port} any more");
+    all_gone(server, helper, port);
 }
 
 #[test]
