@@ -744,6 +744,40 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_wharf_made_is_not_described_as_a_kill() {
+        let stop = |why, killed| Stop {
+            why,
+            kill_at: tokio::time::Instant::now(),
+            family: Vec::new(),
+            killed,
+        };
+        let term = stop(StopWhy::Asked(Signal::SIGTERM), false);
+        assert_eq!(
+            describe(status(libc::SIGTERM), None),
+            "was killed by SIGTERM"
+        );
+        assert_eq!(
+            describe(status(libc::SIGTERM), Some(&term)),
+            "stopped on request"
+        );
+        assert_eq!(
+            describe(status(143 << 8), Some(&term)),
+            "stopped on request"
+        );
+        assert_eq!(
+            describe(status(3 << 8), Some(&term)),
+            "stopped on request (exited with code 3)"
+        );
+        let idle = stop(StopWhy::Idle, false);
+        assert_eq!(describe(status(0), Some(&idle)), "stopped when idle");
+        let killed = stop(StopWhy::Idle, true);
+        assert_eq!(
+            describe(status(libc::SIGKILL), Some(&killed)),
+            "was killed (SIGKILL) after ignoring SIGTERM"
+        );
+    }
+
+    #[test]
     fn exit_codes_follow_the_shell() {
         assert_eq!(exit_code(status(3 << 8)), 3);
         assert_eq!(exit_code(status(libc::SIGTERM)), 128 + libc::SIGTERM);
