@@ -112,7 +112,7 @@ pub async fn up(
         for l in running.values().filter(|l| declared_here(l, &project)) {
             if !project.instances.iter().any(|d| d.name == l.instance.name) {
                 stop(&mut proxy.client, l).await;
-                println!(
+                crate::progressln!(
                     "{:<12} removed (no longer in {})",
                     l.instance.name,
                     project.path.display()
@@ -125,7 +125,7 @@ pub async fn up(
     for decl in &selected {
         let fingerprint = decl.fingerprint();
         if let Err(e) = decl.check_dir(&project.path) {
-            eprintln!("wharf: {e}");
+            crate::errln!("wharf: {e}");
             row(decl, "failed", false);
             continue;
         }
@@ -135,9 +135,11 @@ pub async fn up(
                     Some(d) => format!("from {}", d.file.display()),
                     None => "by `wharf run`".to_string(),
                 };
-                eprintln!(
+                crate::errln!(
                     "wharf: {} is already running, started {origin} (wharf pid {}); `wharf stop {}` first",
-                    decl.name, l.instance.pid, decl.name
+                    decl.name,
+                    l.instance.pid,
+                    decl.name
                 );
                 row(decl, "failed", false);
                 continue;
@@ -154,7 +156,7 @@ pub async fn up(
             }
             Some(l) => {
                 stop(&mut proxy.client, l).await;
-                println!("{:<12} changed: restarting", decl.name);
+                crate::progressln!("{:<12} changed: restarting", decl.name);
                 restarted.push(decl.name.clone());
             }
             None => {}
@@ -163,7 +165,7 @@ pub async fn up(
         match spawn_supervisor(ctx, decl, &project.path, &fingerprint, &log) {
             Ok(child) => started.push((decl, child, log)),
             Err(e) => {
-                eprintln!(
+                crate::errln!(
                     "wharf: {}:{}: cannot start {}: {e:#}",
                     project.path.display(),
                     decl.line,
@@ -192,7 +194,7 @@ pub async fn up(
             }
             if let Ok(Some(status)) = child.try_wait() {
                 let tail = tail(&log, 8);
-                eprintln!(
+                crate::errln!(
                     "wharf: {} ({}:{}) did not start ({status}); its log {} ends:\n{tail}",
                     decl.name,
                     project.path.display(),
@@ -203,9 +205,10 @@ pub async fn up(
                 break;
             }
             if Instant::now() >= deadline {
-                eprintln!(
+                crate::errln!(
                     "wharf: {} did not register within {REGISTER_PATIENCE:?}; see `wharf logs {}`",
-                    decl.name, decl.name
+                    decl.name,
+                    decl.name
                 );
                 row(decl, "failed", false);
                 break;
@@ -252,7 +255,7 @@ fn print_summary(rows: &[Row], state: &Path, http_port: u16) {
             .zip(&widths)
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();
-        println!("{}", cells.join("  ").trim_end());
+        crate::progressln!("{}", cells.join("  ").trim_end());
     }
 }
 
@@ -367,7 +370,7 @@ pub async fn down(
 ) -> anyhow::Result<i32> {
     let (project, selected) = load(ctx, trust, file, names)?;
     let Some(mut proxy) = launch::connect(ctx.dirs.runtime()?).await else {
-        println!("no front proxy is running, so no declared instance is either");
+        crate::progressln!("no front proxy is running, so no declared instance is either");
         return Ok(0);
     };
     let running = routes(&mut proxy.client).await?;
@@ -375,14 +378,14 @@ pub async fn down(
         match running.get(&decl.name) {
             Some(l) if declared_here(l, &project) => {
                 stop(&mut proxy.client, l).await;
-                println!("{:<12} stopped", decl.name);
+                crate::progressln!("{:<12} stopped", decl.name);
             }
-            Some(_) => println!(
+            Some(_) => crate::progressln!(
                 "{:<12} left alone: not started from {}",
                 decl.name,
                 project.path.display()
             ),
-            None => println!("{:<12} not running", decl.name),
+            None => crate::progressln!("{:<12} not running", decl.name),
         }
     }
     Ok(0)
