@@ -320,12 +320,7 @@ pub async fn env(
     }
     let vars: BTreeMap<String, &str> = selected
         .iter()
-        .map(|l| {
-            (
-                format!("{}_URL", l.instance.name.env_suffix()),
-                l.url.as_str(),
-            )
-        })
+        .map(|l| (l.instance.name.env_var("URL"), l.url.as_str()))
         .collect();
     let text = match format {
         EnvFormat::Shell => vars

@@ -13,13 +13,29 @@ pub struct Name(String);
 pub enum NameError {
     #[error("a name cannot be empty")]
     Empty,
-    #[error("{0:?} is {1} characters long; a name is at most 63 (one DNS label)")]
-    TooLong(String, usize),
+    #[error(
+        "{0:?} is {1} characters long; a name is at most 63 (one DNS label){try_}",
+        try_ = try_(.2)
+    )]
+    TooLong(String, usize, Option<String>),
     #[error(
         "{name:?} has {what}; a name is lowercase letters, digits and '-' \
-         (not first or last), like \"api\" or \"web-2\""
+         (not first or last), like \"api\" or \"web-2\"{try_}",
+        try_ = try_(suggestion)
     )]
-    Invalid { name: String, what: String },
+    Invalid {
+        name: String,
+        what: String,
+        /// A valid name close to the one given, when there is one.
+        suggestion: Option<String>,
+    },
+}
+
+fn try_(suggestion: &Option<String>) -> String {
+    suggestion
+        .as_ref()
+        .map(|s| format!(": try {s:?}"))
+        .unwrap_or_default()
 }
 
 impl Name {
@@ -27,9 +43,36 @@ impl Name {
         &self.0
     }
 
-    /// The name as an environment-variable suffix: `admin-api` → `ADMIN_API`.
-    pub fn env_suffix(&self) -> String {
-        self.0.to_ascii_uppercase().replace('-', "_")
+    /// The environment variable `NAME_WHAT` for this name, valid in every shell and dotenv
+    /// file: uppercase, `-` → `_`, and a leading `_` when the name starts with a digit
+    /// (`admin-api` → `ADMIN_API_URL`, `2web` → `_2WEB_URL`). No name starts with `-`, so the
+    /// leading `_` never makes two names share a variable.
+    pub fn env_var(&self, what: &str) -> String {
+        let prefix = if self.0.starts_with(|c: char| c.is_ascii_digit()) {
+            "_"
+        } else {
+            ""
+        };
+        format!(
+            "{prefix}{}_{what}",
+            self.0.to_ascii_uppercase().replace('-', "_")
+        )
+    }
+
+    /// A valid name made from `s`, if any: lowercase, each run of other characters as one
+    /// `-`, none at the ends, at most 63 characters (`Bad_Name` → `bad-name`).
+    pub fn suggest(s: &str) -> Option<Name> {
+        let mut out = String::new();
+        for c in s.chars() {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                out.push(c);
+            } else if !out.is_empty() && !out.ends_with('-') {
+                out.push('-');
+            }
+        }
+        out.truncate(63);
+        out.trim_end_matches('-').parse().ok()
     }
 }
 
@@ -37,29 +80,48 @@ impl FromStr for Name {
     type Err = NameError;
 
     fn from_str(s: &str) -> Result<Self, NameError> {
-        let invalid = |what: String| NameError::Invalid {
-            name: s.to_string(),
-            what,
-        };
         if s.is_empty() {
             return Err(NameError::Empty);
         }
+        let suggestion = || Name::suggest(s).map(|n| n.0);
         if s.len() > 63 {
-            return Err(NameError::TooLong(s.to_string(), s.len()));
+            return Err(NameError::TooLong(s.to_string(), s.len(), suggestion()));
         }
-        if let Some(c) = s
-            .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-        {
-            let what = if c.is_ascii_uppercase() {
-                format!(
-                    "an uppercase letter {c:?} (use {:?})",
-                    s.to_ascii_lowercase()
-                )
-            } else {
-                format!("the character {c:?}")
-            };
-            return Err(invalid(what));
+        let invalid = |what: String| NameError::Invalid {
+            name: s.to_string(),
+            what,
+            suggestion: suggestion(),
+        };
+        let mut upper = None;
+        let mut others: Vec<char> = Vec::new();
+        for c in s.chars() {
+            if c.is_ascii_uppercase() {
+                upper.get_or_insert(c);
+            } else if !(c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || c == '-'
+                || others.contains(&c))
+            {
+                others.push(c);
+            }
+        }
+        if upper.is_some() || !others.is_empty() {
+            let mut what: Vec<String> = upper
+                .map(|c| format!("an uppercase letter {c:?}"))
+                .into_iter()
+                .collect();
+            match others.as_slice() {
+                [] => {}
+                [c] => what.push(format!("the character {c:?}")),
+                cs => what.push(format!(
+                    "the characters {}",
+                    cs.iter()
+                        .map(|c| format!("{c:?}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )),
+            }
+            return Err(invalid(what.join(" and ")));
         }
         if s.starts_with('-') || s.ends_with('-') {
             return Err(invalid("a '-' at its start or end".to_string()));
@@ -119,14 +181,55 @@ mod tests {
     #[test]
     fn uppercase_error_suggests_the_fix() {
         let err = "Api".parse::<Name>().unwrap_err().to_string();
-        assert!(err.contains("\"api\""), "{err}");
+        assert!(err.contains("try \"api\""), "{err}");
     }
 
+    /// `Bad_Name` once suggested `bad_name`, which is rejected in turn.
     #[test]
-    fn env_suffix_is_shell_safe() {
-        assert_eq!(
-            "admin-api".parse::<Name>().unwrap().env_suffix(),
-            "ADMIN_API"
-        );
+    fn a_suggested_name_is_always_accepted() {
+        for (bad, suggested) in [
+            ("Bad_Name", Some("bad-name")),
+            ("my app", Some("my-app")),
+            ("-api-", Some("api")),
+            ("__x__y..", Some("x-y")),
+            ("a.b", Some("a-b")),
+            ("ü", None),
+            ("__", None),
+        ] {
+            let err = bad.parse::<Name>().unwrap_err();
+            let got = match &err {
+                NameError::Invalid { suggestion, .. } => suggestion.clone(),
+                other => panic!("{other}"),
+            };
+            assert_eq!(got.as_deref(), suggested, "{bad:?}: {err}");
+            if let Some(s) = got {
+                s.parse::<Name>().unwrap();
+                assert!(err.to_string().ends_with(&format!("try {s:?}")), "{err}");
+            } else {
+                assert!(!err.to_string().contains("try"), "{err}");
+            }
+        }
+        let long = format!("{}_x", "a".repeat(70));
+        let NameError::TooLong(_, _, Some(s)) = long.parse::<Name>().unwrap_err() else {
+            panic!("no suggestion for a long name")
+        };
+        assert_eq!(s.parse::<Name>().unwrap().as_str(), "a".repeat(63));
+    }
+
+    /// `2web` once became `export 2WEB_URL=…`, which no shell accepts.
+    #[test]
+    fn env_vars_are_valid_shell_names() {
+        let var = |n: &str| n.parse::<Name>().unwrap().env_var("URL");
+        assert_eq!(var("admin-api"), "ADMIN_API_URL");
+        assert_eq!(var("2web"), "_2WEB_URL");
+        assert_eq!(var("0"), "_0_URL");
+        for n in ["a", "web-2", "2web", "9-9"] {
+            let v = var(n);
+            assert!(
+                v.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')
+                    && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{v}"
+            );
+        }
     }
 }
