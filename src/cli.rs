@@ -66,7 +66,7 @@ pub struct LogsCli {
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
         wharf run --name api -- gunicorn app:app        # fd mode: gunicorn reads LISTEN_FDS\n  \
-        wharf run --name docs -- python3 -m http.server {port}\n  \
+        wharf run --name docs -- python3 -m http.server -b 127.0.0.1 {port}\n  \
         wharf run --name web -- npm run dev            # vite etc.: env mode, flags added\n\n\
         Placeholders in the command: {port} {fd} and, per --socket SUB, {port:SUB} {fd:SUB}.")]
 pub struct RunCli {
@@ -229,4 +229,27 @@ pub struct UninstallCli {
     /// Remove an exported instance's units instead of the proxy's
     #[arg(long, value_name = "NAME")]
     pub instance: Option<Name>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The help once showed `http.server {port}`, which listens on every interface.
+    #[test]
+    fn help_examples_keep_servers_on_loopback() {
+        let mut cli = Cli::command();
+        for sub in ["run", "install"] {
+            let help = cli
+                .find_subcommand_mut(sub)
+                .unwrap()
+                .render_long_help()
+                .to_string();
+            for line in help.lines().filter(|l| l.contains("http.server")) {
+                assert!(line.contains("-b 127.0.0.1"), "{sub}: {line}");
+            }
+        }
+        Cli::command().debug_assert();
+    }
 }
