@@ -56,6 +56,7 @@ async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, bool)> {
                     declared: None,
                     started_at: None,
                     requests_before: None,
+                    about: Default::default(),
                 },
                 alias: false,
                 uptime_secs: now.saturating_sub(lease.since),

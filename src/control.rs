@@ -95,6 +95,23 @@ pub struct Instance {
     /// again; folded into `requests` when listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_before: Option<u64>,
+    /// What it runs and where, for people looking at it (`ls --json`, the dashboard).
+    #[serde(default, flatten)]
+    pub about: About,
+}
+
+/// Where an instance's server comes from and where its output goes, as `wharf run` knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct About {
+    /// The command as run (placeholders filled in, flags wharf added included).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Its working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// The file its output goes to (`--log`); `None`: the terminal of `wharf run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<PathBuf>,
 }
 
 /// Where a declared instance comes from, so `wharf up` can tell what changed.
@@ -143,6 +160,9 @@ pub struct Response {
     pub http_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
+    /// `hello`: every address the proxy's HTTP listeners are on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listen: Vec<SocketAddr>,
     /// `list`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instances: Option<Vec<Listed>>,
@@ -287,6 +307,8 @@ pub struct ControlPlane {
     pub routes: Arc<Routes>,
     /// The port URLs use (the first HTTP listener's).
     pub http_port: u16,
+    /// Where its HTTP listeners are, for `hello`.
+    pub listen: Vec<SocketAddr>,
     /// Where aliases are kept between proxy runs.
     pub aliases_path: PathBuf,
     next_connection: AtomicU64,
@@ -299,10 +321,16 @@ const MAX_LINE: usize = 64 * 1024;
 const COUNTS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl ControlPlane {
-    pub fn new(routes: Arc<Routes>, http_port: u16, aliases_path: PathBuf) -> ControlPlane {
+    /// `listen` is every HTTP listener's address; URLs use the first one's port.
+    pub fn new(
+        routes: Arc<Routes>,
+        listen: Vec<SocketAddr>,
+        aliases_path: PathBuf,
+    ) -> ControlPlane {
         ControlPlane {
             routes,
-            http_port,
+            http_port: listen.first().map_or(80, SocketAddr::port),
+            listen,
             aliases_path,
             next_connection: AtomicU64::new(1),
         }
@@ -369,6 +397,7 @@ impl ControlPlane {
             Request::Hello => Response {
                 http_port: Some(self.http_port),
                 pid: Some(std::process::id() as i32),
+                listen: self.listen.clone(),
                 ..Response::ok()
             },
             Request::Register { instance } => {
@@ -465,9 +494,18 @@ fn listed(route: &Route, http_port: u16) -> Listed {
 
 /// `http://NAME.localhost[:PORT]`, without the port when it is 80.
 pub fn url(name: &Name, port: u16) -> String {
+    origin(&format!("{name}.localhost"), port)
+}
+
+/// `http://localhost[:PORT]/`, the dashboard on the proxy's port.
+pub fn dashboard_url(port: u16) -> String {
+    origin("localhost", port) + "/"
+}
+
+fn origin(host: &str, port: u16) -> String {
     match port {
-        80 => format!("http://{name}.localhost"),
-        port => format!("http://{name}.localhost:{port}"),
+        80 => format!("http://{host}"),
+        port => format!("http://{host}:{port}"),
     }
 }
 
@@ -586,6 +624,7 @@ mod tests {
             declared: None,
             started_at: None,
             requests_before: None,
+            about: About::default(),
         };
         let line = serde_json::to_string(&Request::Register { instance }).unwrap();
         assert!(!line.contains('\n'));

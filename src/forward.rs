@@ -74,7 +74,7 @@ pub enum ProxyError {
     #[error(transparent)]
     Host(#[from] HostError),
     #[error("no instance is named {0}")]
-    Unknown(String),
+    Unknown(Name),
     #[error("this request already went through wharf: a route points back at the proxy")]
     Loop,
     #[error("{0} did not start listening within {secs}s", secs = STARTING_WAIT.as_secs())]
@@ -185,6 +185,8 @@ pub struct Forwarder {
     list: Box<dyn Fn() -> Vec<crate::control::Listed> + Send + Sync>,
     /// How long to wait for a response head (`UPSTREAM_HEAD` unless configured).
     upstream_timeout: Duration,
+    /// The dashboard's URL, where error pages send people.
+    dashboard: String,
 }
 
 impl Forwarder {
@@ -210,6 +212,15 @@ impl Forwarder {
             pool: idle::Pool::new(upstream::MAX_IDLE_PER_ADDR),
             list,
             upstream_timeout,
+            dashboard: crate::control::dashboard_url(80),
+        }
+    }
+
+    /// The same, with error pages pointing at the dashboard on the proxy's `port`.
+    pub fn with_dashboard_port(self, port: u16) -> Forwarder {
+        Forwarder {
+            dashboard: crate::control::dashboard_url(port),
+            ..self
         }
     }
 
@@ -257,9 +268,13 @@ impl Forwarder {
 
     fn error_page(&self, e: &ProxyError) -> Response<ProxyBody> {
         match e {
-            ProxyError::Unknown(host) | ProxyError::Host(HostError::Unroutable(host)) => {
-                pages::unknown_name(host, &(self.list)())
+            ProxyError::Unknown(name) => {
+                pages::unknown_name(Ok(name), &(self.list)(), &self.dashboard)
             }
+            ProxyError::Host(HostError::Unroutable(host)) => {
+                pages::unknown_name(Err(host), &(self.list)(), &self.dashboard)
+            }
+            ProxyError::Host(HostError::Foreign(host)) => pages::misdirected(host, &self.dashboard),
             ProxyError::Failed(name) => pages::error(
                 StatusCode::from(e),
                 &e.to_string(),
@@ -302,15 +317,10 @@ impl Forwarder {
         match host::parse(host_str)? {
             Target::Dashboard => Ok(Routed::Dashboard),
             Target::Instance { name, sub } => {
-                let route = self.routes.get(&name).ok_or_else(|| {
-                    ProxyError::Unknown(
-                        Target::Instance {
-                            name,
-                            sub: sub.clone(),
-                        }
-                        .to_string(),
-                    )
-                })?;
+                let route = self
+                    .routes
+                    .get(&name)
+                    .ok_or_else(|| ProxyError::Unknown(name))?;
                 Ok(Routed::Instance { route, sub, host })
             }
         }
@@ -337,7 +347,7 @@ impl Forwarder {
         let (addr, authority) = route
             .upstream(sub.as_ref())
             .cloned()
-            .ok_or_else(|| ProxyError::Unknown(name.to_string()))?;
+            .ok_or_else(|| ProxyError::Unknown(name.clone()))?;
         route.count_request();
 
         let websocket = is_websocket(req.headers());
@@ -458,7 +468,7 @@ impl Forwarder {
         let deadline = tokio::time::Instant::now() + STARTING_WAIT;
         loop {
             match self.routes.get(name) {
-                None => return Err(ProxyError::Unknown(format!("{name}.localhost"))),
+                None => return Err(ProxyError::Unknown(name.clone())),
                 Some(route) if !route.not_listening() => return Ok(route),
                 Some(_) => {}
             }
@@ -714,7 +724,7 @@ mod tests {
                 421,
             ),
             (ProxyError::Host(HostError::Invalid("a/b".into())), 400),
-            (ProxyError::Unknown("x.localhost".into()), 404),
+            (ProxyError::Unknown("x".parse().unwrap()), 404),
             (ProxyError::Loop, 508),
             (ProxyError::NotListening(name.clone()), 503),
             (

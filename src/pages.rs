@@ -7,6 +7,7 @@ use http_body_util::{BodyExt, Full};
 
 use crate::control::Listed;
 use crate::forward::ProxyBody;
+use crate::name::Name;
 
 /// A complete response with a fixed body.
 pub fn respond(
@@ -27,56 +28,191 @@ pub fn respond(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_CSP),
+    );
     response
 }
 
-/// The dashboard: JSON for programs (`Accept: application/json`), HTML for people.
+/// The dashboard: JSON for programs (`Accept: application/json`), HTML for people. The HTML
+/// brings itself up to date: a small script fetches the page again every few seconds and swaps
+/// in the new list, so the rendering lives here only.
 pub fn dashboard(instances: &[Listed], wants_json: bool) -> Response<ProxyBody> {
     if wants_json {
         let body = serde_json::to_vec_pretty(&serde_json::json!({ "instances": instances }))
             .expect("serialises");
         return respond(StatusCode::OK, "application/json", body);
     }
-    let rows: String = instances
-        .iter()
-        .map(|l| {
-            let i = &l.instance;
-            let port = i.sockets.values().next().map(|a| a.port().to_string()).unwrap_or_default();
-            let pid = match (l.alias, i.child_pid) {
-                (true, _) => "alias".to_string(),
-                (false, Some(child)) => child.to_string(),
-                (false, None) => i.pid.to_string(),
-            };
-            format!(
-                "<tr><td><a href=\"{url}\">{name}</a></td><td>{state}</td><td>{pid}</td><td>{port}</td>\
-                 <td>{mode}</td><td>{uptime}</td><td>{requests}</td></tr>",
-                url = escape(&l.url),
-                name = escape(i.name.as_str()),
-                state = if l.alias { "alias".into() } else { format!("{:?}", i.state).to_lowercase() },
-                mode = i.mode,
-                uptime = human_duration(l.uptime_secs),
-                requests = l.requests,
-            )
-        })
-        .collect();
-    let body = if instances.is_empty() {
-        "<p>No instances yet. Start one with <code>wharf run --name NAME -- CMD</code>.</p>"
+    let list = if instances.is_empty() {
+        "<p class=\"empty\">No instances yet. Start one with \
+         <code>wharf run --name NAME -- CMD</code>, or <code>wharf up</code> in a project \
+         with a wharf.toml.</p>"
             .to_string()
     } else {
+        let rows: String = instances.iter().map(dashboard_row).collect();
         format!(
-            "<table><tr><th>name</th><th>state</th><th>pid</th><th>port</th><th>mode</th>\
-             <th>uptime</th><th>requests</th></tr>{rows}</table>"
+            "<table><thead><tr><th>instance</th><th>state</th><th>command</th><th>logs</th>\
+             <th>socket</th><th>activity</th></tr></thead><tbody>{rows}</tbody></table>"
         )
     };
-    respond(
+    let count = match instances.len() {
+        1 => "1 instance".to_string(),
+        n => format!("{n} instances"),
+    };
+    let body = format!(
+        "<p class=\"bar\">{count} <span id=\"live\" class=\"live\">updates by itself</span></p>\
+         <div id=\"instances\">{list}</div><script>{REFRESH}</script>"
+    );
+    let mut response = respond(
         StatusCode::OK,
         "text/html; charset=utf-8",
         page("wharf", &body),
+    );
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(DASHBOARD_CSP),
+    );
+    response
+}
+
+/// Fetch the page again every 2 s and swap the list in place; not while the tab is hidden or
+/// the reader is selecting text in it (to copy a command), and say so when the proxy is gone.
+const REFRESH: &str = "(function(){var box=document.getElementById('instances'),\
+live=document.getElementById('live');function tick(){if(document.hidden)return;\
+var s=getSelection();if(s&&!s.isCollapsed&&box.contains(s.anchorNode))return;\
+fetch(location.href,{cache:'no-store'}).then(function(r){if(!r.ok)throw r.status;return r.text()})\
+.then(function(t){var d=new DOMParser().parseFromString(t,'text/html');\
+var n=d.getElementById('instances');if(n)box.innerHTML=n.innerHTML;\
+var b=d.querySelector('.bar');if(b)live.parentNode.firstChild.nodeValue=b.firstChild.nodeValue;\
+live.textContent='updated '+new Date().toLocaleTimeString();live.className='live'})\
+.catch(function(){live.textContent='the proxy is not answering: this list is stale';\
+live.className='down'})}setInterval(tick,2000);\
+document.addEventListener('visibilitychange',tick)})();";
+
+/// The dashboard runs its own inline script and talks to its own origin only.
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+/// Error pages need nothing but their style.
+const PAGE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; \
+     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// One instance: where it is, how it is, what it runs, where its output goes, its socket and
+/// its traffic; then a warning row if it is reachable from the network.
+fn dashboard_row(l: &Listed) -> String {
+    let i = &l.instance;
+    let url = escape(&l.url);
+    let mut where_ = format!(
+        "<a class=\"name\" href=\"{url}\">{name}</a><div class=\"sub\"><a href=\"{url}\">{url}</a></div>",
+        name = escape(i.name.as_str()),
+    );
+    for sub in i.sockets.keys().filter(|s| *s != crate::alloc::MAIN_SOCKET) {
+        let sub_url = escape(&l.url.replacen("://", &format!("://{sub}."), 1));
+        where_ += &format!("<div class=\"sub\"><a href=\"{sub_url}\">{sub_url}</a></div>");
+    }
+    let state = if l.alias {
+        "alias".to_string()
+    } else {
+        format!("{:?}", i.state).to_lowercase()
+    };
+    let mut state_cell = format!("<span class=\"state {state}\">{state}</span>");
+    if let Some(exit) = &i.last_exit {
+        state_cell += &format!("<div class=\"sub\">last exit: {}</div>", escape(exit));
+    }
+    let main = i.sockets.get(crate::alloc::MAIN_SOCKET);
+    let (command, logs) = if l.alias {
+        (
+            "<span class=\"sub\">not started by wharf: <code>wharf alias</code></span>".to_string(),
+            "<span class=\"sub\">not wharf's to keep</span>".to_string(),
+        )
+    } else {
+        (command_cell(i), logs_cell(i))
+    };
+    let addr = main.map(|a| a.to_string()).unwrap_or_default();
+    let socket = if l.alias {
+        addr
+    } else {
+        let server = i
+            .child_pid
+            .map(|pid| format!("<div class=\"sub\">server pid {pid}</div>"))
+            .unwrap_or_default();
+        format!(
+            "{addr}<div class=\"sub\">{mode} mode</div>{server}\
+             <div class=\"sub\">wharf pid {pid}</div>",
+            mode = i.mode,
+            pid = i.pid,
+        )
+    };
+    let activity = format!(
+        "up {}<div class=\"sub\">{} request{}</div>",
+        human_duration(l.uptime_secs),
+        l.requests,
+        if l.requests == 1 { "" } else { "s" },
+    );
+    format!(
+        "<tr><td class=\"nowrap\">{where_}</td><td>{state_cell}</td><td>{command}</td>\
+         <td>{logs}</td><td class=\"nowrap\">{socket}</td><td class=\"nowrap\">{activity}</td></tr>"
     )
 }
 
-/// 404 for a name nobody registered, with links to the names that are.
-pub fn unknown_name(host: &str, instances: &[Listed]) -> Response<ProxyBody> {
+fn command_cell(i: &crate::control::Instance) -> String {
+    let about = &i.about;
+    let mut cell = if about.command.is_empty() {
+        "<span class=\"sub\">not known</span>".to_string()
+    } else {
+        let shown = shell_words(&about.command);
+        format!("<code title=\"{0}\">{0}</code>", escape(&shown))
+    };
+    if let Some(dir) = &about.dir {
+        cell += &format!(
+            "<div class=\"sub\">in {}</div>",
+            escape(&dir.display().to_string())
+        );
+    }
+    if let Some(declared) = &i.declared {
+        cell += &format!(
+            "<div class=\"sub\">declared in {}</div>",
+            escape(&declared.file.display().to_string())
+        );
+    }
+    cell
+}
+
+fn logs_cell(i: &crate::control::Instance) -> String {
+    match (&i.about.log, &i.declared) {
+        (Some(path), Some(_)) => format!(
+            "<code>wharf logs {}</code><div class=\"sub\">{}</div>",
+            escape(i.name.as_str()),
+            escape(&path.display().to_string())
+        ),
+        (Some(path), None) => format!("<code>{}</code>", escape(&path.display().to_string())),
+        (None, _) => "the terminal of <code>wharf run</code>".to_string(),
+    }
+}
+
+/// `argv` as one line a shell would read back: arguments with spaces or quotes are quoted.
+fn shell_words(argv: &[String]) -> String {
+    let word = |a: &String| {
+        if !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+{}".contains(c))
+        {
+            a.clone()
+        } else {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        }
+    };
+    argv.iter().map(word).collect::<Vec<_>>().join(" ")
+}
+
+/// 404 for a name nobody registered (`Ok(name)`) or a host wharf never routes (`Err(host)`),
+/// with links to the names that are and to the dashboard.
+pub fn unknown_name(
+    asked: Result<&Name, &str>,
+    instances: &[Listed],
+    dashboard: &str,
+) -> Response<ProxyBody> {
     let known: String = instances
         .iter()
         .map(|l| format!("<li><a href=\"{0}\">{0}</a></li>", escape(&l.url)))
@@ -86,15 +222,43 @@ pub fn unknown_name(host: &str, instances: &[Listed]) -> Response<ProxyBody> {
     } else {
         format!("<p>Known names:</p><ul>{known}</ul>")
     };
+    let what = match asked {
+        Ok(name) => format!(
+            "<p>No instance is named <b>{name}</b>. Start it with \
+             <code>wharf run --name {name} -- CMD</code>, or declare it in wharf.toml and run \
+             <code>wharf up</code>.</p>",
+            name = escape(name.as_str())
+        ),
+        Err(host) => format!(
+            "<p><b>{}</b> is not a name wharf routes: ask for NAME.localhost or \
+             SUB.NAME.localhost.</p>",
+            escape(host)
+        ),
+    };
     let body = format!(
-        "<p>No instance is named <b>{}</b>. Start one with \
-         <code>wharf run --name NAME -- CMD</code>.</p>{list}",
-        escape(host)
+        "{what}{list}<p>The dashboard: <a href=\"{0}\">{0}</a></p>",
+        escape(dashboard)
     );
     respond(
         StatusCode::NOT_FOUND,
         "text/html; charset=utf-8",
         page("404 unknown name", &body),
+    )
+}
+
+/// 421 for a host that is not wharf's (an IP address, a real domain): where to go instead.
+pub fn misdirected(host: &str, dashboard: &str) -> Response<ProxyBody> {
+    let body = format!(
+        "<p><b>{host}</b> is not a local name; wharf routes only NAME.localhost.</p>\
+         <p>The instances, and links to each, are on the dashboard: \
+         <a href=\"{dashboard}\">{dashboard}</a>. <code>wharf ls</code> lists them too.</p>",
+        host = escape(host),
+        dashboard = escape(dashboard),
+    );
+    respond(
+        StatusCode::MISDIRECTED_REQUEST,
+        "text/html; charset=utf-8",
+        page("421 not a local name", &body),
     )
 }
 
@@ -111,14 +275,29 @@ pub fn error(status: StatusCode, what: &str, hint: &str) -> Response<ProxyBody> 
 
 fn page(title: &str, body: &str) -> String {
     format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>\
-         body{{font:15px system-ui,sans-serif;margin:2em auto;max-width:60em;padding:0 1em}}\
-         table{{border-collapse:collapse}}td,th{{padding:.3em .8em;text-align:left;border-bottom:1px solid #ddd}}\
-         code{{background:#f3f3f3;padding:.1em .3em}}</style></head>\
+        "<!doctype html><html><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width\">\
+         <link rel=\"icon\" href=\"data:,\"><title>{t}</title><style>{STYLE}</style></head>\
          <body><h1>{t}</h1>{body}<p><small>wharf</small></p></body></html>\n",
         t = escape(title)
     )
 }
+
+const STYLE: &str = "body{font:15px system-ui,sans-serif;margin:2em auto;max-width:80em;\
+padding:0 1em;color:#222}h1{margin-bottom:.2em}\
+table{border-collapse:collapse;width:100%}\
+td,th{padding:.45em .7em;text-align:left;vertical-align:top;border-bottom:1px solid #ddd}\
+th{font-weight:600;color:#555;font-size:13px;text-transform:uppercase;letter-spacing:.04em}\
+code{background:#f3f3f3;padding:.1em .3em;border-radius:3px;overflow-wrap:anywhere}\
+a.name{font-weight:600;font-size:16px}.sub{color:#666;font-size:13px;margin-top:.2em;\
+overflow-wrap:anywhere}.bar{color:#555;margin-top:0}td.nowrap,td.nowrap .sub{white-space:nowrap}\
+.state{display:inline-block;padding:.05em .5em;border-radius:1em;font-size:13px;\
+background:#eee}.state.ready{background:#d7f5dd;color:#14532d}\
+.state.starting,.state.restarting{background:#fdf0c8;color:#713f12}\
+.state.failed{background:#fde0e0;color:#7f1d1d}.state.alias{background:#e0ecfd;color:#1e3a8a}\
+.live{font-size:13px;color:#14532d;margin-left:.6em}.live::before{content:'● '}\
+.down{font-size:13px;color:#b91c1c;margin-left:.6em;font-weight:600}\
+tr.warn td{background:#fff4e5;color:#7c2d12;border-bottom:1px solid #f5c58a}";
 
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -161,7 +340,8 @@ mod tests {
         for r in [
             dashboard(&[], true),
             dashboard(&[], false),
-            unknown_name("x.localhost", &[]),
+            unknown_name(Err("a.b.c.localhost"), &[], "http://localhost/"),
+            misdirected("127.0.0.1", "http://localhost/"),
         ] {
             assert!(
                 r.headers()

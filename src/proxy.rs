@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,12 +38,17 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     for name in ignored {
         eprintln!("wharf proxy: ignoring the inherited socket named {name:?} (not served yet)");
     }
+    let control_path = control::socket_path(&args.runtime_dir);
+    if inherited_control.is_none()
+        && let Some(running) = crate::launch::connect(&args.runtime_dir).await
+    {
+        bail!(already_running(&running.hello, &control_path));
+    }
     let http = if inherited_http.is_empty() {
         listeners::bind_http(&args.listen)?
     } else {
         inherited_http
     };
-    let control_path = control::socket_path(&args.runtime_dir);
     let (control_listener, own_control_file) = match inherited_control {
         Some(l) => (l, false),
         None => (listeners::bind_control(&control_path)?, true),
@@ -57,18 +62,21 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let routes = Arc::new(Routes::default());
     let plane = Arc::new(ControlPlane::new(
         routes.clone(),
-        http_port,
+        addrs.clone(),
         args.state_dir.join("aliases.json"),
     ));
     if let Err(e) = plane.load_aliases() {
         eprintln!("wharf proxy: {e}");
     }
     let list_plane = plane.clone();
-    let forwarder = Arc::new(Forwarder::new(
-        routes.clone(),
-        Box::new(move || list_plane.listed()),
-        args.upstream_timeout,
-    ));
+    let forwarder = Arc::new(
+        Forwarder::new(
+            routes.clone(),
+            Box::new(move || list_plane.listed()),
+            args.upstream_timeout,
+        )
+        .with_dashboard_port(http_port),
+    );
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -101,10 +109,11 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
 
     let shown: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
     eprintln!(
-        "wharf proxy: pid {} serving {} (control {})",
+        "wharf proxy: pid {} serving {} (control {}); dashboard {}",
         std::process::id(),
         shown.join(", "),
-        control_path.display()
+        control_path.display(),
+        control::dashboard_url(http_port),
     );
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("0 instances")]);
     tasks.spawn(report_status(routes.clone(), changes, shutdown.clone()));
@@ -120,6 +129,29 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&control_path);
     }
     Ok(())
+}
+
+/// Why this proxy will not start: which proxy already answers on the control socket, where,
+/// and the ways out.
+fn already_running(hello: &control::Response, control_path: &std::path::Path) -> String {
+    let pid = hello
+        .pid
+        .map_or("unknown pid".to_string(), |p| format!("pid {p}"));
+    let at: Vec<String> = hello.listen.iter().map(|a| format!("http://{a}")).collect();
+    let at = match (at.is_empty(), hello.http_port) {
+        (false, _) => at.join(" and "),
+        (true, Some(port)) => format!("port {port}"),
+        (true, None) => "an unknown port".to_string(),
+    };
+    let dashboard = hello
+        .http_port
+        .map(|p| format!(", dashboard {}", control::dashboard_url(p)))
+        .unwrap_or_default();
+    format!(
+        "a front proxy already runs ({pid}, serving {at}{dashboard}; control {}); use it, \
+         stop it first with `wharf stop --proxy`, or give this one its own $WHARF_RUNTIME_DIR",
+        control_path.display()
+    )
 }
 
 async fn wait_for_stop_signal() -> anyhow::Result<()> {

@@ -67,6 +67,7 @@ impl Registration {
                 declared: None,
                 started_at: Some(crate::registry::unix_now()),
                 requests_before: None,
+                about: Default::default(),
             },
             closed: Closed::Lost,
             retry_at: None,

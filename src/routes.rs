@@ -205,6 +205,7 @@ pub fn alias_instance(name: Name, addr: SocketAddr) -> Instance {
         declared: None,
         started_at: None,
         requests_before: None,
+        about: Default::default(),
     }
 }
 
@@ -227,6 +228,7 @@ mod tests {
             declared: None,
             started_at: None,
             requests_before: None,
+            about: Default::default(),
         }
     }
 

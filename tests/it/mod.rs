@@ -1,6 +1,7 @@
 mod express;
 mod hostile;
 mod http2;
+mod pages;
 mod proxy;
 mod run;
 mod service;
