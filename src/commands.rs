@@ -53,6 +53,7 @@ async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, bool)> {
                     state: State::Running,
                     sockets,
                     last_exit: None,
+                    exposed: None,
                     declared: None,
                     started_at: None,
                     requests_before: None,

@@ -82,6 +82,10 @@ pub struct Instance {
     pub state: State,
     /// socket name (`http`, or a `--socket` name) → address the proxy forwards to.
     pub sockets: BTreeMap<String, SocketAddr>,
+    /// Set when its server listens on every interface (`0.0.0.0`, `[::]`): that address, so
+    /// that `ls` and the dashboard warn that the network reaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposed: Option<SocketAddr>,
     /// The last exit of its server, described (`exited with code 3`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<String>,
@@ -621,6 +625,7 @@ mod tests {
             state: State::Starting,
             sockets: BTreeMap::from([("http".to_string(), "127.0.0.1:4001".parse().unwrap())]),
             last_exit: None,
+            exposed: None,
             declared: None,
             started_at: None,
             requests_before: None,

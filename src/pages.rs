@@ -150,9 +150,19 @@ fn dashboard_row(l: &Listed) -> String {
         l.requests,
         if l.requests == 1 { "" } else { "s" },
     );
+    let warning = match i.exposed {
+        None => String::new(),
+        Some(addr) => format!(
+            "<tr class=\"warn\"><td colspan=\"6\">⚠ <b>{name}</b> listens on {addr}, every \
+             interface: other machines on the network can reach it, not only this proxy. \
+             Have it bind 127.0.0.1.</td></tr>",
+            name = escape(i.name.as_str()),
+        ),
+    };
     format!(
         "<tr><td class=\"nowrap\">{where_}</td><td>{state_cell}</td><td>{command}</td>\
-         <td>{logs}</td><td class=\"nowrap\">{socket}</td><td class=\"nowrap\">{activity}</td></tr>"
+         <td>{logs}</td><td class=\"nowrap\">{socket}</td><td class=\"nowrap\">{activity}</td></tr>\
+         {warning}"
     )
 }
 
@@ -333,6 +343,73 @@ mod tests {
         assert_eq!(human_duration(59), "59s");
         assert_eq!(human_duration(61), "1m01s");
         assert_eq!(human_duration(3 * 3600 + 120), "3h02m");
+    }
+
+    fn listed(name: &str, about: crate::control::About) -> Listed {
+        Listed {
+            instance: crate::control::Instance {
+                name: name.parse().unwrap(),
+                pid: 10,
+                child_pid: Some(11),
+                mode: crate::mode::Mode::Env,
+                state: crate::control::State::Ready,
+                sockets: [("http".to_string(), "127.0.0.1:4001".parse().unwrap())].into(),
+                exposed: None,
+                last_exit: None,
+                declared: None,
+                about,
+            },
+            url: format!("http://{name}.localhost:7080"),
+            alias: false,
+            uptime_secs: 61,
+            requests: 1,
+        }
+    }
+
+    async fn html(r: Response<ProxyBody>) -> String {
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_dashboard_shows_command_dir_logs_and_warns_about_every_interface() {
+        let about = crate::control::About {
+            command: vec!["python3".into(), "-c".into(), "print('<b>hi</b>')".into()],
+            dir: Some("/src/my app".into()),
+            log: None,
+        };
+        let mut exposed = listed("web", about);
+        exposed.instance.exposed = Some("0.0.0.0:4001".parse().unwrap());
+        exposed.instance.last_exit = Some("exited with code 3".into());
+        let page = html(dashboard(&[exposed, listed("api", Default::default())], false)).await;
+        let command = escape(r"python3 -c 'print('\''<b>hi</b>'\'')'");
+        for shown in [
+            &command,
+            "in /src/my app",
+            "the terminal of <code>wharf run</code>",
+            "last exit: exited with code 3",
+            "listens on 0.0.0.0:4001, every interface",
+            "server pid 11",
+            "wharf pid 10",
+            "2 instances",
+        ] {
+            assert!(page.contains(shown), "{shown:?} is not on\n{page}");
+        }
+        assert_eq!(page.matches("every interface").count(), 1, "{page}");
+        assert!(!page.contains("<b>hi</b>"), "markup from a command is escaped");
+    }
+
+    #[test]
+    fn commands_are_shown_as_a_shell_would_read_them() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            shell_words(&argv(&["vite", "--port", "4001", "--host=127.0.0.1"])),
+            "vite --port 4001 --host=127.0.0.1"
+        );
+        assert_eq!(
+            shell_words(&argv(&["sh", "-c", "echo it's $HOME", ""])),
+            r"sh -c 'echo it'\''s $HOME' ''"
+        );
     }
 
     #[test]

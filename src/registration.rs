@@ -64,6 +64,7 @@ impl Registration {
                 state: State::Starting,
                 sockets: bound.iter().map(|b| (b.name.clone(), b.addr())).collect(),
                 last_exit: None,
+                exposed: None,
                 declared: None,
                 started_at: Some(crate::registry::unix_now()),
                 requests_before: None,

@@ -202,6 +202,7 @@ pub fn alias_instance(name: Name, addr: SocketAddr) -> Instance {
         state: State::Ready,
         sockets: BTreeMap::from([(crate::alloc::MAIN_SOCKET.to_string(), addr)]),
         last_exit: None,
+        exposed: None,
         declared: None,
         started_at: None,
         requests_before: None,
@@ -225,6 +226,7 @@ mod tests {
                 .map(|(n, a)| (n.to_string(), a.parse().unwrap()))
                 .collect(),
             last_exit: None,
+            exposed: None,
             declared: None,
             started_at: None,
             requests_before: None,
