@@ -192,7 +192,7 @@ fn command_cell(i: &crate::control::Instance) -> String {
 fn logs_cell(i: &crate::control::Instance) -> String {
     match (&i.about.log, &i.declared) {
         (Some(path), Some(_)) => format!(
-            "<code>wharf logs {}</code><div class=\"sub\">{}</div>",
+            "<code class=\"nowrap\">wharf logs {}</code><div class=\"sub\">{}</div>",
             escape(i.name.as_str()),
             escape(&path.display().to_string())
         ),
@@ -300,7 +300,7 @@ td,th{padding:.45em .7em;text-align:left;vertical-align:top;border-bottom:1px so
 th{font-weight:600;color:#555;font-size:13px;text-transform:uppercase;letter-spacing:.04em}\
 code{background:#f3f3f3;padding:.1em .3em;border-radius:3px;overflow-wrap:anywhere}\
 a.name{font-weight:600;font-size:16px}.sub{color:#666;font-size:13px;margin-top:.2em;\
-overflow-wrap:anywhere}.bar{color:#555;margin-top:0}td.nowrap,td.nowrap .sub{white-space:nowrap}\
+overflow-wrap:anywhere}.bar{color:#555;margin-top:0}.nowrap,.nowrap .sub{white-space:nowrap}\
 .state{display:inline-block;padding:.05em .5em;border-radius:1em;font-size:13px;\
 background:#eee}.state.ready{background:#d7f5dd;color:#14532d}\
 .state.starting,.state.restarting{background:#fdf0c8;color:#713f12}\
@@ -381,7 +381,11 @@ mod tests {
         let mut exposed = listed("web", about);
         exposed.instance.exposed = Some("0.0.0.0:4001".parse().unwrap());
         exposed.instance.last_exit = Some("exited with code 3".into());
-        let page = html(dashboard(&[exposed, listed("api", Default::default())], false)).await;
+        let page = html(dashboard(
+            &[exposed, listed("api", Default::default())],
+            false,
+        ))
+        .await;
         let command = escape(r"python3 -c 'print('\''<b>hi</b>'\'')'");
         for shown in [
             &command,
@@ -396,7 +400,10 @@ mod tests {
             assert!(page.contains(shown), "{shown:?} is not on\n{page}");
         }
         assert_eq!(page.matches("every interface").count(), 1, "{page}");
-        assert!(!page.contains("<b>hi</b>"), "markup from a command is escaped");
+        assert!(
+            !page.contains("<b>hi</b>"),
+            "markup from a command is escaped"
+        );
     }
 
     #[test]
