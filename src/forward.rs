@@ -140,14 +140,19 @@ impl ProxyError {
                 "Ask for http://NAME.localhost instead; `wharf ls` lists the names."
             }
             ProxyError::Unreachable { .. } => {
-                "The server is not accepting connections: is it still running? `wharf ls` shows its state."
+                "The server is not accepting connections: is it still running? The dashboard \
+                 shows its state and last exit."
             }
             ProxyError::BadResponse { .. } => {
-                "The server's answer is not valid HTTP/1.1; see its output where `wharf run` runs."
+                "The server's answer is not valid HTTP/1.1; see its output (the dashboard says where)."
             }
             ProxyError::Loop => "Check `wharf alias` entries: one points at the proxy itself.",
-            ProxyError::NotListening(_) | ProxyError::UpstreamTimeout { .. } => {
-                "The server is slow to start or answer; see its output where `wharf run` runs."
+            ProxyError::NotListening(_) => {
+                "The server is slow to start; see its output (the dashboard says where)."
+            }
+            ProxyError::UpstreamTimeout { .. } => {
+                "The server is slow to answer; see its output (the dashboard says where). If it \
+                 needs longer, raise upstream_timeout under [proxy] in ~/.config/wharf/config.toml."
             }
             _ => "Check the request; curl, browsers and http_proxy=http://127.0.0.1:PORT all work.",
         }
@@ -279,8 +284,14 @@ impl Forwarder {
                 StatusCode::from(e),
                 &e.to_string(),
                 &format!("See why with `wharf logs {name}`; `wharf up` starts it again."),
+                &self.dashboard,
             ),
-            e => pages::error(StatusCode::from(e), &e.to_string(), e.hint()),
+            e => pages::error(
+                StatusCode::from(e),
+                &e.to_string(),
+                e.hint(),
+                &self.dashboard,
+            ),
         }
     }
 

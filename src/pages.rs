@@ -272,14 +272,19 @@ pub fn misdirected(host: &str, dashboard: &str) -> Response<ProxyBody> {
     )
 }
 
-/// Any other error: the status, what happened, and what to do.
-pub fn error(status: StatusCode, what: &str, hint: &str) -> Response<ProxyBody> {
+/// Any other error: the status, what happened, what to do, and the dashboard.
+pub fn error(status: StatusCode, what: &str, hint: &str, dashboard: &str) -> Response<ProxyBody> {
     let title = format!(
         "{} {}",
         status.as_u16(),
         status.canonical_reason().unwrap_or("")
     );
-    let body = format!("<p>{}</p><p>{}</p>", escape(what), escape(hint));
+    let body = format!(
+        "<p>{}</p><p>{}</p><p>The dashboard: <a href=\"{dashboard}\">{dashboard}</a></p>",
+        escape(what),
+        escape(hint),
+        dashboard = escape(dashboard),
+    );
     respond(status, "text/html; charset=utf-8", page(&title, &body))
 }
 

@@ -678,6 +678,11 @@ fn a_backend_without_an_answer_gets_504_after_the_configured_timeout() {
     let (status, page) = proxy_get(port, "hangs.localhost", "/hang");
     assert_eq!(status, 504, "{page}");
     assert!(page.contains("no response head within 1s"), "{page}");
+    assert!(
+        page.contains("upstream_timeout under [proxy]")
+            && page.contains(&format!("href=\"http://localhost:{port}/\"")),
+        "the page names the knob and links the dashboard: {page}"
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
