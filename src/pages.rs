@@ -1,5 +1,6 @@
-//! The pages wharf answers itself: the dashboard at bare `localhost`, the 404 that lists known
-//! names, and error pages that say what happened and what to do. No CORS headers, ever.
+//! The pages wharf answers itself: the dashboard at bare `localhost`, the 404 that names the
+//! unknown instance and lists the known ones, the 421 for hosts that are not wharf's, and error
+//! pages that say what happened and what to do; each links the dashboard. No CORS headers, ever.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
