@@ -42,7 +42,12 @@ struct Inner {
 /// Open (creating it 0600, never through a symlink) a log file for appending: every writer,
 /// the supervisor's `Log` and its own stderr alike, adds at the end.
 pub fn open_append(path: &Path) -> io::Result<File> {
-    if let Some(dir) = path.parent() {
+    // A directory that exists is the user's (`--log /tmp/x.log`, `--log ./x.log`): never
+    // tightened. One that is missing is created private, as wharf's own `logs` is.
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
         crate::dirs::ensure_private_dir(dir).map_err(io::Error::other)?;
     }
     let file = File::options()
@@ -172,5 +177,27 @@ mod tests {
         let mut shown = Vec::new();
         show(&path, false, &mut shown).unwrap();
         assert_eq!(shown.len() as u64, (LIMIT / 1000 + 10) * 1000);
+    }
+
+    /// `wharf run --log /tmp/x.log` once made /tmp 0700, for every user of the machine.
+    #[test]
+    fn a_log_leaves_the_directory_it_is_put_in_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        Log::open(&shared.join("x.log")).unwrap().write(b"hi\n");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&shared), 0o1777);
+        assert_eq!(mode(&shared.join("x.log")), 0o600);
+        Log::open(&shared.join("new/x.log")).unwrap();
+        assert_eq!(
+            mode(&shared.join("new")),
+            0o700,
+            "a directory wharf makes is private"
+        );
+        // A relative file name has an empty parent: the working directory, untouched.
+        assert!(Path::new("x.log").parent().unwrap().as_os_str().is_empty());
     }
 }
