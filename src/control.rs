@@ -118,6 +118,31 @@ pub struct About {
     pub log: Option<PathBuf>,
 }
 
+/// How much of a command the registration carries: enough to recognise it, and far below
+/// the control socket's line limit however long the real one is.
+const SHOWN_COMMAND: usize = 4096;
+
+impl About {
+    /// `command` is cut after `SHOWN_COMMAND` bytes, its last argument then `…`.
+    pub fn new(command: &[String], dir: Option<PathBuf>, log: Option<PathBuf>) -> About {
+        let mut shown = Vec::new();
+        let mut len = 0;
+        for arg in command {
+            len += arg.len() + 1;
+            if len > SHOWN_COMMAND {
+                shown.push("…".to_string());
+                break;
+            }
+            shown.push(arg.clone());
+        }
+        About {
+            command: shown,
+            dir,
+            log,
+        }
+    }
+}
+
 /// Where a declared instance comes from, so `wharf up` can tell what changed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Declaration {
@@ -642,5 +667,16 @@ mod tests {
         let bad: Result<Request, _> =
             serde_json::from_str(r#"{"op":"register","instance":{"name":"Bad!"}}"#);
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn a_huge_command_still_fits_a_registration_line() {
+        let argv: Vec<String> = (0..20_000).map(|i| format!("arg{i}")).collect();
+        let about = About::new(&argv, None, None);
+        assert_eq!(about.command[..2], ["arg0", "arg1"]);
+        assert_eq!(about.command.last().unwrap(), "…");
+        assert!(serde_json::to_string(&about).unwrap().len() < MAX_LINE / 4);
+        let short = About::new(&argv[..3], None, None);
+        assert_eq!(short.command, argv[..3]);
     }
 }

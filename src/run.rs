@@ -121,11 +121,11 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         &bound,
     );
     route.instance.declared = args.declared.clone();
-    route.instance.about = crate::control::About {
-        command: argv.clone(),
-        dir: Some(ctx.cwd.clone()),
-        log: args.log.as_ref().map(|path| ctx.cwd.join(path)),
-    };
+    route.instance.about = crate::control::About::new(
+        &argv,
+        Some(ctx.cwd.clone()),
+        args.log.as_ref().map(|path| ctx.cwd.join(path)),
+    );
     route.connect().await?;
     let url = route.url(bound[0].port);
     let expected = bound[0].port;

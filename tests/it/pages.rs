@@ -207,3 +207,34 @@ fn the_dashboard_shows_what_runs_where_its_logs_and_last_exit_and_updates_itself
         "no update in the browser:\n{dom}"
     );
 }
+
+/// The command travels with the registration, whose line the proxy caps at 64 KiB: a command
+/// longer than that must still register (shortened), not be refused.
+#[test]
+fn a_command_longer_than_a_control_line_still_registers() {
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let filler: Vec<String> = (0..12_000).map(|i| format!("unused-{i}")).collect();
+    let mut args = vec![
+        "run",
+        "--name",
+        "long",
+        "--fd",
+        "--port",
+        "0",
+        "--",
+        "sh",
+        "-c",
+        "exec \"$0\" \"$1\"",
+        path_str(&py),
+        path_str(&script),
+    ];
+    args.extend(filler.iter().map(String::as_str));
+    let p = sb.spawn(&args);
+    let port = p.url_port();
+    assert_eq!(proxy_get(port, "long.localhost", "/").0, 200);
+    let json = dashboard_json(port);
+    let command = json["instances"][0]["command"].as_array().unwrap();
+    assert_eq!(command[0], "sh");
+    assert_eq!(command.last().unwrap(), "…");
+}
