@@ -156,7 +156,7 @@ pub enum Request {
     /// Who are you: the proxy's HTTP port and pid.
     Hello,
     /// Add or replace an instance; it lives as long as this connection.
-    Register { instance: Instance },
+    Register { instance: Box<Instance> },
     /// Every route.
     List,
     /// Remove a route at once; answers with the pid of the `wharf run` that held it.
@@ -435,7 +435,7 @@ impl ControlPlane {
                         "{addr} is not a loopback address; wharf routes to this machine only"
                     ));
                 }
-                match self.routes.register(owner, instance) {
+                match self.routes.register(owner, *instance) {
                     Ok(()) => Response::ok(),
                     Err(e) => Response::error(e.to_string()),
                 }
@@ -656,7 +656,10 @@ mod tests {
             requests_before: None,
             about: About::default(),
         };
-        let line = serde_json::to_string(&Request::Register { instance }).unwrap();
+        let line = serde_json::to_string(&Request::Register {
+            instance: Box::new(instance),
+        })
+        .unwrap();
         assert!(!line.contains('\n'));
         assert!(
             line.starts_with(r#"{"op":"register","instance":{"name":"api""#),

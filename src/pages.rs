@@ -363,6 +363,8 @@ mod tests {
                 exposed: None,
                 last_exit: None,
                 declared: None,
+                started_at: None,
+                requests_before: None,
                 about,
             },
             url: format!("http://{name}.localhost:7080"),

@@ -91,7 +91,7 @@ impl Registration {
                 self.http_port = connected.hello.http_port;
                 self.client = Some(connected.client);
                 let register = control::Request::Register {
-                    instance: self.instance.clone(),
+                    instance: Box::new(self.instance.clone()),
                 };
                 if let Some(client) = self.client.as_mut() {
                     client
@@ -132,7 +132,7 @@ impl Registration {
 
     async fn send(&mut self) {
         let request = control::Request::Register {
-            instance: self.instance.clone(),
+            instance: Box::new(self.instance.clone()),
         };
         if let Some(client) = self.client.as_mut()
             && client.call(&request).await.is_err()
