@@ -44,6 +44,7 @@ struct RawProxy {
     #[serde(default)]
     listen: Vec<String>,
     upstream_timeout: Option<u64>,
+    tunnel_linger: Option<u64>,
 }
 
 /// The validated configuration.
@@ -53,6 +54,8 @@ pub struct Config {
     pub proxy_listen: Vec<SocketAddr>,
     /// How long the proxy waits for an instance's response head before answering 504.
     pub upstream_timeout: Duration,
+    /// How long an upgraded connection (a WebSocket) stays open once one side has ended it.
+    pub tunnel_linger: Duration,
     /// Ports instances choose from when they name none.
     pub range: PortRange,
     /// How long an on-demand instance may stay without connections.
@@ -67,6 +70,7 @@ impl Default for Config {
         Config {
             proxy_listen: Vec::new(),
             upstream_timeout: crate::forward::UPSTREAM_HEAD,
+            tunnel_linger: crate::forward::TUNNEL_LINGER,
             range: crate::alloc::DEFAULT_RANGE,
             idle_timeout: crate::project::DEFAULT_IDLE,
             trust: Vec::new(),
@@ -106,6 +110,15 @@ pub fn parse(text: &str) -> Result<Config, String> {
             ));
         }
     };
+    let tunnel_linger = match raw.proxy.tunnel_linger {
+        None => crate::forward::TUNNEL_LINGER,
+        Some(secs @ 1..=30) => Duration::from_secs(secs),
+        Some(secs) => {
+            return Err(format!(
+                "proxy.tunnel_linger: {secs} is not 1 to 30 seconds"
+            ));
+        }
+    };
     let range = match &raw.defaults.range {
         None => crate::alloc::DEFAULT_RANGE,
         Some(r) => r.parse().map_err(|e| format!("defaults.range: {e}"))?,
@@ -128,6 +141,7 @@ pub fn parse(text: &str) -> Result<Config, String> {
     Ok(Config {
         proxy_listen: parse_listen(&raw.proxy.listen).map_err(|e| format!("proxy.listen: {e}"))?,
         upstream_timeout,
+        tunnel_linger,
         range,
         idle_timeout,
         trust,
@@ -189,6 +203,10 @@ mod tests {
         assert!(err.contains("upstream_timeout"), "{err}");
         let c = parse("[proxy]\nupstream_timeout = 5\n").unwrap();
         assert_eq!(c.upstream_timeout, Duration::from_secs(5));
+        let err = parse("[proxy]\ntunnel_linger = 31\n").unwrap_err();
+        assert!(err.contains("tunnel_linger"), "{err}");
+        let c = parse("[proxy]\ntunnel_linger = 1\n").unwrap();
+        assert_eq!(c.tunnel_linger, Duration::from_secs(1));
         let c = parse("[defaults]\nrange = \"5000-5099\"\nidle_timeout = \"2m\"\n").unwrap();
         assert_eq!(
             (c.range.lo, c.idle_timeout),

@@ -16,9 +16,9 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use crate::budget::{Budget, OutOfFds};
 use crate::deadline::{BodyStalled, IdleBody};
 use crate::host::{self, HostError, Target};
 use crate::name::Name;
@@ -31,6 +31,7 @@ pub mod express;
 mod http1;
 mod idle;
 mod splice;
+mod tunnel;
 mod upstream;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -49,6 +50,8 @@ pub const UPSTREAM_CONNECT: Duration = Duration::from_secs(2);
 pub const UPSTREAM_HEAD: Duration = Duration::from_secs(120);
 /// Below Node's 5 s keep-alive, so we rarely reuse a connection the server is closing.
 pub const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
+/// How long an upgraded connection (a WebSocket) stays open once one side has ended it.
+pub const TUNNEL_LINGER: Duration = Duration::from_secs(30);
 /// How long a request waits for an env-mode server that is (re)starting to listen.
 pub const STARTING_WAIT: Duration = Duration::from_secs(60);
 /// Marks requests that went through wharf, to catch routes that point back at the proxy.
@@ -105,6 +108,8 @@ pub enum ProxyError {
     },
     #[error("the request body stalled for {secs}s", secs = BODY_IDLE.as_secs())]
     BodyStalled,
+    #[error(transparent)]
+    OutOfFds(#[from] OutOfFds),
 }
 
 impl From<&ProxyError> for StatusCode {
@@ -123,7 +128,9 @@ impl From<&ProxyError> for StatusCode {
                 StatusCode::NOT_FOUND
             }
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
-            ProxyError::NotListening(_) | ProxyError::Failed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NotListening(_) | ProxyError::Failed(_) | ProxyError::OutOfFds(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Unreachable { .. } | ProxyError::BadResponse { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -134,6 +141,19 @@ impl From<&ProxyError> for StatusCode {
 }
 
 impl ProxyError {
+    /// The instance could not be reached, or no descriptor was left to reach it with.
+    fn unreachable(name: &Name, addr: SocketAddr, reused: bool, source: BoxError) -> ProxyError {
+        if let Some(out) = cause::<OutOfFds>(&*source) {
+            return ProxyError::OutOfFds(*out);
+        }
+        ProxyError::Unreachable {
+            name: name.clone(),
+            addr,
+            reused,
+            source,
+        }
+    }
+
     fn hint(&self) -> &'static str {
         match self {
             ProxyError::Host(HostError::Foreign(_)) | ProxyError::Connect => {
@@ -147,6 +167,10 @@ impl ProxyError {
                 "The server's answer is not valid HTTP/1.1; see its output (the dashboard says where)."
             }
             ProxyError::Loop => "Check `wharf alias` entries: one points at the proxy itself.",
+            ProxyError::OutOfFds(_) => {
+                "Too many connections are open at once; try again, or raise the open-file limit \
+                 (`ulimit -n`, LimitNOFILE=)."
+            }
             ProxyError::NotListening(_) => {
                 "The server is slow to start; see its output (the dashboard says where)."
             }
@@ -183,7 +207,7 @@ pub struct Forwarder {
     /// hyper's HTTP/1.1 connections to instances, for requests the express lane does not carry.
     http1: Arc<http1::Pool>,
     /// For gRPC, which needs HTTP/2 end to end: the instance is spoken to over h2c.
-    h2c: Client<HttpConnector, ProxyBody>,
+    h2c: Client<upstream::Connector, ProxyBody>,
     /// The express lane's idle upstream connections.
     pool: idle::Pool<upstream::Upstream>,
     /// The dashboard's data (the control plane's view of the routes).
@@ -192,6 +216,10 @@ pub struct Forwarder {
     upstream_timeout: Duration,
     /// The dashboard's URL, where error pages send people.
     dashboard: String,
+    /// How long a tunnel stays open once one side ended it (`TUNNEL_LINGER` unless configured).
+    tunnel_linger: Duration,
+    /// The descriptors every connection, client or upstream, is opened under.
+    budget: Budget,
 }
 
 impl Forwarder {
@@ -199,10 +227,10 @@ impl Forwarder {
         routes: Arc<Routes>,
         list: Box<dyn Fn() -> Vec<crate::control::Listed> + Send + Sync>,
         upstream_timeout: Duration,
+        tunnel_linger: Duration,
+        budget: Budget,
     ) -> Forwarder {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(UPSTREAM_CONNECT));
-        connector.set_nodelay(true);
+        let connector = upstream::Connector::new(budget.clone());
         let h2c = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(UPSTREAM_IDLE)
             .pool_timer(TokioTimer::new())
@@ -212,11 +240,13 @@ impl Forwarder {
             .build(connector);
         Forwarder {
             routes,
-            http1: Arc::default(),
+            http1: Arc::new(http1::Pool::new(budget.clone())),
             h2c,
             pool: idle::Pool::new(upstream::MAX_IDLE_PER_ADDR),
             list,
             upstream_timeout,
+            tunnel_linger,
+            budget,
             dashboard: crate::control::dashboard_url(80),
         }
     }
@@ -227,6 +257,11 @@ impl Forwarder {
             dashboard: crate::control::dashboard_url(port),
             ..self
         }
+    }
+
+    /// The descriptor budget connections are admitted and opened under.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// Close idle upstream connections that are too old or that their server closed.
@@ -415,16 +450,14 @@ impl Forwarder {
             };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             exempt.store(true, Ordering::Relaxed);
+            let linger = self.tunnel_linger;
+            // Each side's stream holds its share of the budget until the tunnel closes.
             tokio::spawn(async move {
                 let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade)
                 else {
                     return;
                 };
-                let _ = tokio::io::copy_bidirectional(
-                    &mut TokioIo::new(client),
-                    &mut TokioIo::new(upstream),
-                )
-                .await;
+                tunnel::relay(TokioIo::new(client), TokioIo::new(upstream), linger).await;
             });
             let (parts, _) = response.into_parts();
             return Ok(Response::from_parts(parts, empty_body()));
@@ -464,12 +497,7 @@ impl Forwarder {
             }),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) if caused_by::<BodyStalled>(&*e.source) => Err(ProxyError::BodyStalled),
-            Ok(Err(e)) => Err(ProxyError::Unreachable {
-                name: name.clone(),
-                addr,
-                reused: e.reused,
-                source: e.source,
-            }),
+            Ok(Err(e)) => Err(ProxyError::unreachable(name, addr, e.reused, e.source)),
         }
     }
 
@@ -699,14 +727,21 @@ fn is_idempotent_str(method: &str) -> bool {
 }
 
 fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    cause::<E>(err).is_some()
+}
+
+/// The first error of type `E` in `err`'s chain.
+fn cause<'a, E: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
-        if e.is::<E>() {
-            return true;
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
         }
         cur = e.source();
     }
-    false
+    None
 }
 
 #[cfg(test)]

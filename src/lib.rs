@@ -1,6 +1,7 @@
 //! wharf: named local servers with pre-bound sockets, routed at `NAME.localhost`.
 
 pub mod alloc;
+pub mod budget;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -129,6 +129,7 @@ fn proxy_args(
         runtime_dir: ctx.dirs.runtime()?.to_path_buf(),
         state_dir: ctx.dirs.state()?.to_path_buf(),
         upstream_timeout: config.upstream_timeout,
+        tunnel_linger: config.tunnel_linger,
     })
 }
 

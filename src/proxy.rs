@@ -27,6 +27,8 @@ pub struct ProxyArgs {
     pub state_dir: PathBuf,
     /// How long to wait for an instance's response head.
     pub upstream_timeout: std::time::Duration,
+    /// How long an upgraded connection stays open once one side has ended it.
+    pub tunnel_linger: std::time::Duration,
 }
 
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
@@ -74,6 +76,8 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             routes.clone(),
             Box::new(move || list_plane.listed()),
             args.upstream_timeout,
+            args.tunnel_linger,
+            crate::budget::Budget::from_rlimit(),
         )
         .with_dashboard_port(http_port),
     );
@@ -88,12 +92,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let control_listener = tokio::net::UnixListener::from_std(control_listener)
         .context("registering the control socket")?;
     tasks.spawn(housekeeping(forwarder.clone(), shutdown.clone()));
-    let http_task = tokio::spawn(server::serve(
-        http_listeners,
-        forwarder,
-        server::connection_cap(),
-        shutdown.clone(),
-    ));
+    let http_task = tokio::spawn(server::serve(http_listeners, forwarder, shutdown.clone()));
     // Subscribed before anything can register, reported after READY: a STATUS= never comes
     // first, and no registration goes uncounted.
     let changes = routes.subscribe();

@@ -1,5 +1,5 @@
-//! Accepting HTTP connections: the accept loop that survives errors, the connection cap, the
-//! deadlines and header limits, and a graceful drain on shutdown. Each connection starts in
+//! Accepting HTTP connections: the accept loop that survives errors, a 503 for clients over
+//! the descriptor budget, the deadlines and header limits, and a graceful drain on shutdown. Each connection starts in
 //! `forward::express`'s lane (which keeps the first-byte and header deadlines); what the lane
 //! does not serve goes to hyper. What happens to each request is `forward`'s job.
 
@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::budget::{Fds, Held};
 use crate::deadline::WriteDeadline;
 use crate::forward::Forwarder;
 use crate::forward::express::{self, Outcome, Protocol, Replay};
@@ -34,26 +35,30 @@ pub const MAX_HEAD: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// How long shutdown waits for requests in flight.
 pub const DRAIN: Duration = Duration::from_secs(10);
+/// Clients over the budget being told 503 at once; more are closed without a word. Their
+/// descriptors are in the budget's reserve.
+pub const REFUSING: usize = 4;
+/// How long a refused client has to read its 503.
+const REFUSAL: Duration = Duration::from_secs(1);
 
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
 content-length: 38\r\nconnection: close\r\nretry-after: 1\r\n\r\nwharf: too many connections; try again\n";
 
 /// Serve `listeners` until `shutdown`, then stop accepting and drain for at most `DRAIN`.
+/// Connections are admitted as the forwarder's descriptor budget allows.
 pub async fn serve(
     listeners: Vec<TcpListener>,
     forwarder: Arc<Forwarder>,
-    max_connections: usize,
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
-    let open = Arc::new(AtomicUsize::new(0));
+    let refusing = Arc::new(AtomicUsize::new(0));
     let loops: Vec<_> = listeners
         .into_iter()
         .map(|listener| {
             let ctx = Accept {
                 forwarder: forwarder.clone(),
-                open: open.clone(),
-                max_connections,
+                refusing: refusing.clone(),
                 connections: connections.clone(),
             };
             tokio::spawn(accept_loop(listener, ctx, shutdown.clone()))
@@ -73,8 +78,8 @@ pub async fn serve(
 
 struct Accept {
     forwarder: Arc<Forwarder>,
-    open: Arc<AtomicUsize>,
-    max_connections: usize,
+    /// Clients being told 503 now.
+    refusing: Arc<AtomicUsize>,
     connections: TaskTracker,
 }
 
@@ -86,18 +91,16 @@ async fn accept_loop(listener: TcpListener, ctx: Accept, shutdown: CancellationT
         };
         match accepted {
             Ok((stream, peer)) => {
-                let open = OpenGuard::new(&ctx.open);
-                if open.count > ctx.max_connections {
-                    tokio::spawn(refuse(stream, open));
+                let Some(fds) = ctx.forwarder.budget().client() else {
+                    refuse(stream, &ctx.refusing);
                     continue;
-                }
+                };
                 let forwarder = ctx.forwarder.clone();
                 let shutdown = shutdown.clone();
                 ctx.connections.spawn(async move {
                     // Boxed, the connection's state (kilobytes) is written once; spawning moves
                     // the task's future several times, and each move copies all of it.
-                    Box::pin(connection(stream, peer, forwarder, shutdown)).await;
-                    drop(open);
+                    Box::pin(connection(stream, fds, peer, forwarder, shutdown)).await;
                 });
             }
             Err(e) => {
@@ -109,34 +112,32 @@ async fn accept_loop(listener: TcpListener, ctx: Accept, shutdown: CancellationT
     }
 }
 
-/// Counts open client connections while it lives.
-struct OpenGuard {
-    open: Arc<AtomicUsize>,
-    count: usize,
-}
-
-impl OpenGuard {
-    fn new(open: &Arc<AtomicUsize>) -> OpenGuard {
-        let count = open.fetch_add(1, Ordering::Relaxed) + 1;
-        OpenGuard {
-            open: open.clone(),
-            count,
-        }
+/// Tell a client over the budget 503, if fewer than `REFUSING` are being told; else close it.
+fn refuse(mut stream: TcpStream, refusing: &Arc<AtomicUsize>) {
+    if refusing.fetch_add(1, Ordering::Relaxed) >= REFUSING {
+        refusing.fetch_sub(1, Ordering::Relaxed);
+        return;
     }
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-async fn refuse(mut stream: TcpStream, _open: OpenGuard) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(OVERLOADED)).await;
+    let refusing = refusing.clone();
+    tokio::spawn(async move {
+        let tell = async {
+            stream.write_all(OVERLOADED).await?;
+            // Read what the client sent before closing: closing on unread bytes resets the
+            // connection, and the client may never see the answer.
+            stream.shutdown().await?;
+            let mut sink = [0u8; 1024];
+            while tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        };
+        let _ = tokio::time::timeout(REFUSAL, tell).await;
+        drop(stream);
+        refusing.fetch_sub(1, Ordering::Relaxed);
+    });
 }
 
 async fn connection(
     stream: TcpStream,
+    fds: Fds,
     peer: SocketAddr,
     forwarder: Arc<Forwarder>,
     shutdown: CancellationToken,
@@ -145,7 +146,10 @@ async fn connection(
     // The lane also keeps the first-byte and header deadlines until it hands over.
     let (protocol, io) = match express::serve(stream, peer, &forwarder, &shutdown).await {
         Outcome::Closed => return,
-        Outcome::Handoff(protocol, stream, read) => (protocol, Replay::new(read, stream)),
+        // The client's share of the budget goes with its stream, into a tunnel if it becomes one.
+        Outcome::Handoff(protocol, stream, read) => {
+            (protocol, Held::new(Replay::new(read, stream), fds))
+        }
     };
     let (io, exempt) = WriteDeadline::new(io, WRITE_STALL);
     if protocol == Protocol::Http2 {
@@ -176,25 +180,6 @@ async fn connection(
     let _ = conn.await;
 }
 
-/// Raise the soft open-file limit to the hard one; the connection cap is half of it (each
-/// proxied connection needs a client and an upstream fd), at most 10 000.
-pub fn connection_cap() -> usize {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) => {
-            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-                hard
-            } else {
-                soft
-            }
-        }
-        Err(_) => 1024,
-    };
-    usize::try_from(soft / 2)
-        .unwrap_or(usize::MAX)
-        .clamp(16, 10_000)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,8 +195,11 @@ mod tests {
             Arc::default(),
             Box::new(Vec::new),
             Duration::from_secs(1),
+            Duration::from_secs(1),
+            crate::budget::Budget::new(64),
         ));
-        let state = connection(client, addr, forwarder, CancellationToken::new());
+        let fds = forwarder.budget().client().unwrap();
+        let state = connection(client, fds, addr, forwarder, CancellationToken::new());
         let size = std::mem::size_of_val(&state);
         assert!(size <= 4096, "{size} bytes: move buffers to the heap");
     }

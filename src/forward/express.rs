@@ -312,7 +312,7 @@ impl Lane<'_> {
                     };
                     match pooled {
                         Some(up) => (up, true),
-                        None => match Upstream::connect(plan.addr).await {
+                        None => match Upstream::connect(plan.addr, &self.forwarder.budget).await {
                             Ok(up) => (up, false),
                             Err(e) => return Ok(Err(unreachable(plan, e, false))),
                         },
@@ -417,7 +417,7 @@ impl Lane<'_> {
                 left -= take as u64;
                 write_client(&mut self.client, &self.out).await?;
                 if left > BODY_BUF as u64
-                    && let Some(pipe) = Pipe::open()
+                    && let Some(pipe) = Pipe::open(&self.forwarder.budget)
                 {
                     return pipe.relay(&up.stream, &self.client, left).await;
                 }
@@ -824,12 +824,7 @@ pub(super) fn went_away() -> io::Error {
 }
 
 fn unreachable(plan: &Plan, e: io::Error, reused: bool) -> ProxyError {
-    ProxyError::Unreachable {
-        name: plan.route.instance.name.clone(),
-        addr: plan.addr,
-        reused,
-        source: Box::new(e),
-    }
+    ProxyError::unreachable(&plan.route.instance.name, plan.addr, reused, Box::new(e))
 }
 
 async fn write_client(client: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {

@@ -20,11 +20,11 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::idle::{self, Fit, Idle};
-use super::{BoxError, ProxyBody, SendError, UPSTREAM_CONNECT, UPSTREAM_IDLE};
+use super::{BoxError, ProxyBody, SendError, UPSTREAM_IDLE};
+use crate::budget::{Budget, Held};
 
 /// Idle connections kept per address; more than this many at once are closed. Above what a
 /// few HTTP/2 clients at 128 streams each have in flight: a lower cap closes connections that
@@ -63,17 +63,18 @@ impl Idle for Waiting {
 /// hyper's idle connections to instances.
 pub struct Pool {
     idle: idle::Pool<Waiting>,
-}
-
-impl Default for Pool {
-    fn default() -> Pool {
-        Pool {
-            idle: idle::Pool::new(MAX_IDLE_PER_ADDR),
-        }
-    }
+    /// New connections are opened under it.
+    budget: Budget,
 }
 
 impl Pool {
+    pub fn new(budget: Budget) -> Pool {
+        Pool {
+            idle: idle::Pool::new(MAX_IDLE_PER_ADDR),
+            budget,
+        }
+    }
+
     /// Send `req` (in origin form) to `addr` on an idle connection, or a new one. The
     /// response's body gives the connection back when it ends.
     pub async fn send(
@@ -89,10 +90,12 @@ impl Pool {
         let (mut sender, reused) = match idle {
             Some(idle) => (idle.sender, true),
             None => {
-                let sender = connect(addr).await.map_err(|source| SendError {
-                    reused: false,
-                    source,
-                })?;
+                let sender = connect(addr, &self.budget)
+                    .await
+                    .map_err(|source| SendError {
+                        reused: false,
+                        source,
+                    })?;
                 (sender, false)
             }
         };
@@ -126,16 +129,11 @@ impl Pool {
     }
 }
 
-/// A new connection to `addr`, its task started. WebSocket upgrades take the connection over.
-async fn connect(addr: SocketAddr) -> Result<SendRequest<ProxyBody>, BoxError> {
-    let stream = crate::deadline::within(
-        UPSTREAM_CONNECT,
-        "connect timed out",
-        TcpStream::connect(addr),
-    )
-    .await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+/// A new connection to `addr`, its task started. WebSocket upgrades take the connection over,
+/// with its share of the budget.
+async fn connect(addr: SocketAddr, budget: &Budget) -> Result<SendRequest<ProxyBody>, BoxError> {
+    let (stream, fds) = super::upstream::open(addr, budget).await?;
+    let (sender, conn) = http1::handshake(TokioIo::new(Held::new(stream, fds))).await?;
     tokio::spawn(conn.with_upgrades());
     Ok(sender)
 }
@@ -261,7 +259,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_goes_back_when_its_body_ends_and_is_reused() {
         let (addr, accepted) = serve(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-        let pool = Arc::new(Pool::default());
+        let pool = Arc::new(Pool::new(Budget::new(64)));
         for _ in 0..3 {
             let response = pool.send(addr, get(), Connection::Any).await.unwrap();
             let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -279,7 +277,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_half_read_or_a_closing_server_keeps_nothing() {
         let (addr, _) = serve(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nok").await;
-        let pool = Arc::new(Pool::default());
+        let pool = Arc::new(Pool::new(Budget::new(64)));
         let response = pool.send(addr, get(), Connection::Any).await.unwrap();
         drop(response);
         assert_eq!(pool.idle.len(), 0, "3 bytes of its body were never read");
@@ -331,7 +329,7 @@ mod tests {
                 }
             }
         });
-        let pool = Arc::new(Pool::default());
+        let pool = Arc::new(Pool::new(Budget::new(64)));
         let response = pool.send(addr, get(), Connection::Any).await.unwrap();
         response.into_body().collect().await.unwrap();
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
@@ -370,7 +368,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let pool = Arc::new(Pool::default());
+        let pool = Arc::new(Pool::new(Budget::new(64)));
         let err = pool.send(addr, get(), Connection::Any).await.unwrap_err();
         assert!(!err.reused);
     }

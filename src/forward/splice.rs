@@ -1,7 +1,7 @@
 //! Relaying a large body of known length from an instance to the client through a pipe with
 //! splice(2): the kernel moves the pages, so the bytes never pass through wharf's memory (two
-//! copies of every byte saved). Linux only; elsewhere, or without a spare fd for the pipe, the
-//! lane copies through its buffer instead.
+//! copies of every byte saved). Linux only; elsewhere, or without two descriptors to spare in
+//! the budget for the pipe, the lane copies through its buffer instead.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -10,6 +10,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::express::{client_gone, went_away};
+use crate::budget::{Budget, Fds};
 use crate::deadline::{self, CLIENT_STALLED};
 use crate::server::WRITE_STALL;
 
@@ -20,19 +21,29 @@ const CHUNK: usize = 64 * 1024;
 pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// Its two descriptors' share of the budget (dropped after them).
+    _fds: Fds,
 }
 
 impl Pipe {
-    /// None when no pipe can be had (out of fds, or not Linux): copy instead.
-    pub fn open() -> Option<Pipe> {
+    /// None when no pipe can be had (no two descriptors to spare, or not Linux): copy instead.
+    pub fn open(budget: &Budget) -> Option<Pipe> {
         #[cfg(target_os = "linux")]
         {
             use nix::fcntl::OFlag;
+            let fds = budget.take(2).ok()?;
             let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).ok()?;
-            Some(Pipe { read, write })
+            Some(Pipe {
+                read,
+                write,
+                _fds: fds,
+            })
         }
         #[cfg(not(target_os = "linux"))]
-        None
+        {
+            let _ = budget;
+            None
+        }
     }
 
     /// Move `len` bytes from `from` to `to`. False when `from` ended first. Fails when the

@@ -1,16 +1,34 @@
-//! Connections to instances for the express lane: each client connection keeps the one it
-//! used last, and gives it to the shared pool of idle ones (`idle::Pool`) when it closes. An
-//! idle connection is reused for at most `UPSTREAM_IDLE` (below Node's 5 s keep-alive) and
-//! never once the server has closed or written to it.
+//! Connections to instances. Every one, on each of the three paths (the express lane, hyper's
+//! HTTP/1.1 pool, gRPC's h2c client), is opened by `open`, under the descriptor budget.
+//!
+//! The express lane's: each client connection keeps the one it used last, and gives it to
+//! the shared pool of idle ones (`idle::Pool`) when it closes. An idle connection is reused
+//! for at most `UPSTREAM_IDLE` (below Node's 5 s keep-alive) and never once the server has
+//! closed or written to it.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::idle::{Fit, Idle};
-use super::{UPSTREAM_CONNECT, UPSTREAM_IDLE};
+use super::{BoxError, UPSTREAM_CONNECT, UPSTREAM_IDLE};
+use crate::budget::{Budget, Fds, Held};
+
+/// Connect to `addr` with a descriptor from `budget`, failing after `UPSTREAM_CONNECT`, or at
+/// once with `OutOfFds` (inside the `io::Error`) when the budget has none to spare.
+pub async fn open(addr: SocketAddr, budget: &Budget) -> io::Result<(TcpStream, Fds)> {
+    let fds = budget.take(1).map_err(io::Error::other)?;
+    let connect = TcpStream::connect(addr);
+    let stream = crate::deadline::within(UPSTREAM_CONNECT, "connect timed out", connect).await?;
+    stream.set_nodelay(true)?;
+    Ok((stream, fds))
+}
 
 /// One connection to an instance.
 #[derive(Debug)]
@@ -19,19 +37,19 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// When its last response ended.
     pub idle_since: Instant,
+    /// Its descriptor's share of the budget.
+    _fds: Fds,
 }
 
 impl Upstream {
-    /// Connect, failing after `UPSTREAM_CONNECT`.
-    pub async fn connect(addr: SocketAddr) -> io::Result<Upstream> {
-        let connect = TcpStream::connect(addr);
-        let stream =
-            crate::deadline::within(UPSTREAM_CONNECT, "connect timed out", connect).await?;
-        stream.set_nodelay(true)?;
+    /// Connect (see `open`).
+    pub async fn connect(addr: SocketAddr, budget: &Budget) -> io::Result<Upstream> {
+        let (stream, fds) = open(addr, budget).await?;
         Ok(Upstream {
             stream,
             addr,
             idle_since: Instant::now(),
+            _fds: fds,
         })
     }
 
@@ -72,10 +90,49 @@ impl Idle for Upstream {
 /// Idle connections kept per address; more than this many at once are closed.
 pub const MAX_IDLE_PER_ADDR: usize = 128;
 
+/// How hyper-util's client (gRPC's h2c) connects: with `open`, to the socket address the
+/// request's URI names (a route's authority is one).
+#[derive(Clone)]
+pub struct Connector {
+    budget: Budget,
+}
+
+impl Connector {
+    pub fn new(budget: Budget) -> Connector {
+        Connector { budget }
+    }
+}
+
+impl tower_service::Service<http::Uri> for Connector {
+    type Response = TokioIo<Held<TcpStream>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let budget = self.budget.clone();
+        Box::pin(async move {
+            let addr: SocketAddr = uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or("the URI names no socket address")?;
+            let (stream, fds) = open(addr, &budget).await?;
+            Ok(TokioIo::new(Held::new(stream, fds)))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::forward::idle::Pool;
+
+    fn budget() -> Budget {
+        Budget::new(64)
+    }
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
@@ -85,7 +142,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let pool = Pool::new(MAX_IDLE_PER_ADDR);
         for _ in 0..3 {
-            pool.put(addr, Upstream::connect(addr).await.unwrap());
+            pool.put(addr, Upstream::connect(addr, &budget()).await.unwrap());
         }
         let (closed, _) = listener.accept().await.unwrap();
         let (mut chatty, _) = listener.accept().await.unwrap();
@@ -108,7 +165,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let pool = Pool::new(MAX_IDLE_PER_ADDR);
-        pool.put(addr, Upstream::connect(addr).await.unwrap());
+        pool.put(addr, Upstream::connect(addr, &budget()).await.unwrap());
         let (mut chatty, _) = listener.accept().await.unwrap();
         chatty.write_all(b"x").await.unwrap();
         // Until the proxy side has seen the byte, take hands the connection out; put it back.
@@ -120,5 +177,31 @@ mod tests {
         }
         assert_eq!(pool.len(), 0, "seen once, closed at once");
         assert!(pool.take(addr).is_none());
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn a_connection_holds_its_descriptor_until_closed_and_none_is_opened_past_the_budget() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let budget = Budget::new(2);
+        let a = Upstream::connect(addr, &budget).await.unwrap();
+        let b = Upstream::connect(addr, &budget).await.unwrap();
+        let err = Upstream::connect(addr, &budget).await.unwrap_err();
+        assert!(
+            err.get_ref()
+                .is_some_and(|e| e.is::<crate::budget::OutOfFds>()),
+            "{err}"
+        );
+        drop(a);
+        let _c = Upstream::connect(addr, &budget).await.unwrap();
+        assert_eq!(budget.in_use(), 2);
+        drop(b);
+        assert_eq!(budget.in_use(), 1);
     }
 }

@@ -32,8 +32,6 @@ use crate::forward::{BoxError, Forwarder, ProxyBody};
 const IDLE: Duration = HEADER_READ;
 /// Ping a quiet peer this often, and drop it if the answer takes longer.
 const PING: Duration = Duration::from_secs(20);
-/// Streams one connection may have open at once [nginx: 128].
-const MAX_STREAMS: u32 = 128;
 /// Response data buffered per stream beyond what the client's window lets out [hyper: 400 KB].
 const SEND_BUF: usize = 64 * 1024;
 
@@ -49,6 +47,8 @@ pub async fn serve<I>(
 {
     let streams = Arc::new(Streams::new());
     let counted = streams.clone();
+    // Each stream may need a connection to an instance: the budget says how many.
+    let max_streams = forwarder.budget().streams_per_connection();
     // Never set: HTTP/2 has no upgrades (extended CONNECT is not enabled).
     let exempt = Arc::default();
     let service = service_fn(move |req| {
@@ -69,7 +69,7 @@ pub async fn serve<I>(
             .timer(TokioTimer::new())
             .keep_alive_interval(PING)
             .keep_alive_timeout(PING)
-            .max_concurrent_streams(MAX_STREAMS)
+            .max_concurrent_streams(max_streams)
             .max_header_list_size(u32::try_from(MAX_HEAD).expect("64 KiB fits"))
             .max_send_buf_size(SEND_BUF)
             .serve_connection(TokioIo::new(io), service)
