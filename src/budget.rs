@@ -28,6 +28,9 @@ struct Counts {
     /// Client connections open (each also holds a descriptor), and how many may be.
     clients: AtomicUsize,
     max_clients: usize,
+    /// Clients over the budget being told so, on descriptors from the reserve.
+    refusing: AtomicUsize,
+    max_refusing: usize,
 }
 
 /// There is no descriptor to spare: the request gets a 503.
@@ -53,18 +56,27 @@ impl Budget {
             Err(_) => 1024,
         };
         let soft = usize::try_from(soft).unwrap_or(usize::MAX);
-        Budget::new(soft.saturating_sub(reserve(soft)))
+        let reserve = reserve(soft);
+        Budget::with_reserve(soft.saturating_sub(reserve), reserve)
     }
 
-    /// A budget of `fds` descriptors; client connections may take half of them (each needs
-    /// one to its instance too [HAProxy: maxconn needs 2 fds]), at most `MAX_CLIENTS`.
+    /// A budget of `fds` descriptors, with a reserve of 16 outside it.
     pub fn new(fds: usize) -> Budget {
+        Budget::with_reserve(fds, 16)
+    }
+
+    /// Client connections may take half of the `fds` (each needs one to its instance too
+    /// [HAProxy: maxconn needs 2 fds]), at most `MAX_CLIENTS`; a quarter of the `reserve` may
+    /// be clients being refused.
+    fn with_reserve(fds: usize, reserve: usize) -> Budget {
         let fds = fds.max(2);
         Budget(Arc::new(Counts {
             fds: AtomicUsize::new(0),
             limit: fds,
             clients: AtomicUsize::new(0),
             max_clients: (fds / 2).min(MAX_CLIENTS),
+            refusing: AtomicUsize::new(0),
+            max_refusing: reserve / 4,
         }))
     }
 
@@ -82,7 +94,18 @@ impl Budget {
         Some(Fds {
             budget: self.clone(),
             n: 1,
-            client: true,
+            counted: Counted::Client,
+        })
+    }
+
+    /// A place among the clients being told they are over the budget (their descriptors
+    /// are in the reserve); None when there are enough of those: close without a word.
+    pub fn refusal(&self) -> Option<Fds> {
+        let counts = &*self.0;
+        take(&counts.refusing, 1, counts.max_refusing).then(|| Fds {
+            budget: self.clone(),
+            n: 0,
+            counted: Counted::Refusal,
         })
     }
 
@@ -96,7 +119,7 @@ impl Budget {
         Ok(Fds {
             budget: self.clone(),
             n,
-            client: false,
+            counted: Counted::Fds,
         })
     }
 
@@ -115,7 +138,7 @@ impl Budget {
 
 /// Descriptors kept outside the budget: the process's own (standard streams, listeners, the
 /// control socket and its clients, the runtime's, files being written) and clients being told
-/// 503 (`server::REFUSING`). A quarter of the limit, between 16 and 256.
+/// 503. A quarter of the limit, between 16 and 256.
 fn reserve(soft: usize) -> usize {
     (soft / 4).clamp(16, 256)
 }
@@ -133,15 +156,28 @@ fn take(count: &AtomicUsize, n: usize, limit: usize) -> bool {
 pub struct Fds {
     budget: Budget,
     n: usize,
-    client: bool,
+    counted: Counted,
+}
+
+/// What else a share counts, besides its descriptors.
+enum Counted {
+    Fds,
+    Client,
+    Refusal,
 }
 
 impl Drop for Fds {
     fn drop(&mut self) {
         let counts = &*self.budget.0;
         counts.fds.fetch_sub(self.n, Ordering::Relaxed);
-        if self.client {
-            counts.clients.fetch_sub(1, Ordering::Relaxed);
+        match self.counted {
+            Counted::Fds => {}
+            Counted::Client => {
+                counts.clients.fetch_sub(1, Ordering::Relaxed);
+            }
+            Counted::Refusal => {
+                counts.refusing.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -242,6 +278,16 @@ mod tests {
         drop(all);
         let clients: Vec<Fds> = std::iter::from_fn(|| budget.client()).collect();
         assert_eq!(clients.len(), 2);
+    }
+
+    #[test]
+    fn a_quarter_of_the_reserve_refuses_clients() {
+        let budget = Budget::new(4);
+        let refusing: Vec<Fds> = std::iter::from_fn(|| budget.refusal()).collect();
+        assert_eq!(refusing.len(), 4);
+        assert_eq!(budget.in_use(), 0, "not in the budget");
+        drop(refusing);
+        assert!(budget.refusal().is_some());
     }
 
     #[test]

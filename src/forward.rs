@@ -730,7 +730,8 @@ fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'sta
     cause::<E>(err).is_some()
 }
 
-/// The first error of type `E` in `err`'s chain.
+/// The first error of type `E` in `err`'s chain, looking inside `io::Error`s too (their
+/// `source` skips the error they wrap).
 fn cause<'a, E: std::error::Error + 'static>(
     err: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a E> {
@@ -739,7 +740,10 @@ fn cause<'a, E: std::error::Error + 'static>(
         if let Some(found) = e.downcast_ref::<E>() {
             return Some(found);
         }
-        cur = e.source();
+        cur = match e.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+            Some(inner) => Some(inner),
+            None => e.source(),
+        };
     }
     None
 }

@@ -5,13 +5,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,9 +34,6 @@ pub const MAX_HEAD: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// How long shutdown waits for requests in flight.
 pub const DRAIN: Duration = Duration::from_secs(10);
-/// Clients over the budget being told 503 at once; more are closed without a word. Their
-/// descriptors are in the budget's reserve.
-pub const REFUSING: usize = 4;
 /// How long a refused client has to read its 503.
 const REFUSAL: Duration = Duration::from_secs(1);
 
@@ -52,13 +48,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
-    let refusing = Arc::new(AtomicUsize::new(0));
     let loops: Vec<_> = listeners
         .into_iter()
         .map(|listener| {
             let ctx = Accept {
                 forwarder: forwarder.clone(),
-                refusing: refusing.clone(),
                 connections: connections.clone(),
             };
             tokio::spawn(accept_loop(listener, ctx, shutdown.clone()))
@@ -78,8 +72,6 @@ pub async fn serve(
 
 struct Accept {
     forwarder: Arc<Forwarder>,
-    /// Clients being told 503 now.
-    refusing: Arc<AtomicUsize>,
     connections: TaskTracker,
 }
 
@@ -92,7 +84,9 @@ async fn accept_loop(listener: TcpListener, ctx: Accept, shutdown: CancellationT
         match accepted {
             Ok((stream, peer)) => {
                 let Some(fds) = ctx.forwarder.budget().client() else {
-                    refuse(stream, &ctx.refusing);
+                    if let Some(refusal) = ctx.forwarder.budget().refusal() {
+                        tokio::spawn(refuse(stream, refusal));
+                    }
                     continue;
                 };
                 let forwarder = ctx.forwarder.clone();
@@ -112,27 +106,18 @@ async fn accept_loop(listener: TcpListener, ctx: Accept, shutdown: CancellationT
     }
 }
 
-/// Tell a client over the budget 503, if fewer than `REFUSING` are being told; else close it.
-fn refuse(mut stream: TcpStream, refusing: &Arc<AtomicUsize>) {
-    if refusing.fetch_add(1, Ordering::Relaxed) >= REFUSING {
-        refusing.fetch_sub(1, Ordering::Relaxed);
-        return;
-    }
-    let refusing = refusing.clone();
-    tokio::spawn(async move {
-        let tell = async {
-            stream.write_all(OVERLOADED).await?;
-            // Read what the client sent before closing: closing on unread bytes resets the
-            // connection, and the client may never see the answer.
-            stream.shutdown().await?;
-            let mut sink = [0u8; 1024];
-            while tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await? > 0 {}
-            Ok::<_, std::io::Error>(())
-        };
-        let _ = tokio::time::timeout(REFUSAL, tell).await;
-        drop(stream);
-        refusing.fetch_sub(1, Ordering::Relaxed);
-    });
+/// Tell a client over the budget 503, and close.
+async fn refuse(mut stream: TcpStream, _refusal: Fds) {
+    let tell = async {
+        stream.write_all(OVERLOADED).await?;
+        // Read what the client sent before closing: closing on unread bytes resets the
+        // connection, and the client may never see the answer.
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSAL, tell).await;
 }
 
 async fn connection(

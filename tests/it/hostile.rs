@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::util::*;
 
 /// Open-file limit up to the hard limit, for tests that hold many sockets.
-fn raise_fd_limit() {
+pub(super) fn raise_fd_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -21,7 +21,7 @@ fn raise_fd_limit() {
     }
 }
 
-fn open_fds(pid: i32) -> usize {
+pub(super) fn open_fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)

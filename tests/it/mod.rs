@@ -1,3 +1,4 @@
+mod budget;
 mod express;
 mod hostile;
 mod http2;
