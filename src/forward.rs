@@ -740,7 +740,10 @@ fn cause<'a, E: std::error::Error + 'static>(
         if let Some(found) = e.downcast_ref::<E>() {
             return Some(found);
         }
-        cur = match e.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+        cur = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
             Some(inner) => Some(inner),
             None => e.source(),
         };
