@@ -101,24 +101,18 @@ pub fn load(path: &Path, trust: &Trust) -> Result<Config, ConfigError> {
 /// Parse configuration text; the error says where and what.
 pub fn parse(text: &str) -> Result<Config, String> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
-    let upstream_timeout = match raw.proxy.upstream_timeout {
-        None => crate::forward::UPSTREAM_HEAD,
-        Some(secs @ 1..=86_400) => Duration::from_secs(secs),
-        Some(secs) => {
-            return Err(format!(
-                "proxy.upstream_timeout: {secs} is not 1 to 86400 seconds"
-            ));
-        }
-    };
-    let tunnel_linger = match raw.proxy.tunnel_linger {
-        None => crate::forward::TUNNEL_LINGER,
-        Some(secs @ 1..=30) => Duration::from_secs(secs),
-        Some(secs) => {
-            return Err(format!(
-                "proxy.tunnel_linger: {secs} is not 1 to 30 seconds"
-            ));
-        }
-    };
+    let upstream_timeout = seconds(
+        "proxy.upstream_timeout",
+        raw.proxy.upstream_timeout,
+        crate::forward::UPSTREAM_HEAD,
+        86_400,
+    )?;
+    let tunnel_linger = seconds(
+        "proxy.tunnel_linger",
+        raw.proxy.tunnel_linger,
+        crate::forward::TUNNEL_LINGER,
+        30,
+    )?;
     let range = match &raw.defaults.range {
         None => crate::alloc::DEFAULT_RANGE,
         Some(r) => r.parse().map_err(|e| format!("defaults.range: {e}"))?,
@@ -146,6 +140,15 @@ pub fn parse(text: &str) -> Result<Config, String> {
         idle_timeout,
         trust,
     })
+}
+
+/// A whole number of seconds from 1 to `max` for `key`, or `default` when unset.
+fn seconds(key: &str, value: Option<u64>, default: Duration, max: u64) -> Result<Duration, String> {
+    match value {
+        None => Ok(default),
+        Some(secs) if (1..=max).contains(&secs) => Ok(Duration::from_secs(secs)),
+        Some(secs) => Err(format!("{key}: {secs} is not 1 to {max} seconds")),
+    }
 }
 
 /// Listen addresses as written by people: `127.0.0.1:7080`, `[::1]:7080`, `localhost:7080`

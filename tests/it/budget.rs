@@ -49,6 +49,17 @@ fn alias(sb: &Sandbox, name: &str, port: u16) {
     assert!(status.success(), "{log}");
 }
 
+/// A proxy under `NOFILE` with a `Silent` backend as `silent.localhost` (and the test's own
+/// limit raised).
+fn silent_behind_proxy() -> (Sandbox, Proc, u16, Silent) {
+    raise_fd_limit();
+    let sb = Sandbox::new();
+    let (proxy, port) = proxy_with(&sb, NOFILE, "");
+    let silent = Silent::start();
+    alias(&sb, "silent", silent.port);
+    (sb, proxy, port, silent)
+}
+
 /// A backend that reads each request head and answers nothing until `release`, then 200.
 struct Silent {
     port: u16,
@@ -202,11 +213,7 @@ fn no_emfile(proxy: &Proc) {
 /// for everyone else); now each client holds at most an eighth of the budget.
 #[test]
 fn two_h2c_clients_with_128_silent_streams_each_leave_descriptors_for_everyone_else() {
-    raise_fd_limit();
-    let sb = Sandbox::new();
-    let (proxy, port) = proxy_with(&sb, NOFILE, "");
-    let silent = Silent::start();
-    alias(&sb, "silent", silent.port);
+    let (sb, proxy, port, silent) = silent_behind_proxy();
     alias(&sb, "fine", answering());
     let rt = runtime();
     let _streams = h2_clients(&rt, port, "silent.localhost", 2, 128);
@@ -234,11 +241,7 @@ fn two_h2c_clients_with_128_silent_streams_each_leave_descriptors_for_everyone_e
 /// whole again afterwards.
 #[test]
 fn h2c_streams_over_the_descriptor_budget_get_503_and_the_rest_are_served() {
-    raise_fd_limit();
-    let sb = Sandbox::new();
-    let (proxy, port) = proxy_with(&sb, NOFILE, "");
-    let silent = Silent::start();
-    alias(&sb, "silent", silent.port);
+    let (_sb, proxy, port, silent) = silent_behind_proxy();
     let rt = runtime();
     let (clients, streams) = (12, 24);
     let results = h2_clients(&rt, port, "silent.localhost", clients, streams);
@@ -285,11 +288,7 @@ fn h2c_streams_over_the_descriptor_budget_get_503_and_the_rest_are_served() {
 /// descriptor ever runs out, and the admitted ones are served.
 #[test]
 fn http1_clients_over_the_descriptor_budget_get_503_and_the_rest_are_served() {
-    raise_fd_limit();
-    let sb = Sandbox::new();
-    let (proxy, port) = proxy_with(&sb, NOFILE, "");
-    let silent = Silent::start();
-    alias(&sb, "silent", silent.port);
+    let (_sb, proxy, port, silent) = silent_behind_proxy();
     let clients: Vec<TcpStream> = (0..NOFILE / 2)
         .map(|_| {
             let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
