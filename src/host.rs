@@ -51,7 +51,7 @@ pub fn parse(raw: &str) -> Result<Target, HostError> {
     }
     let host = match raw.rsplit_once(':') {
         Some((host, port)) => {
-            if port.parse::<u16>().is_err() {
+            if !is_port(port) {
                 return Err(invalid());
             }
             host
@@ -91,6 +91,15 @@ pub fn parse(raw: &str) -> Result<Target, HostError> {
             Err(HostError::Unroutable(host.to_string()))
         }
     }
+}
+
+/// A port as a Host may give it: plain digits without a leading zero, 1 to 65535. Other
+/// spellings of a number (`+80`, `00080`) would reach the instance verbatim.
+fn is_port(port: &str) -> bool {
+    port.len() <= 5
+        && !port.starts_with('0')
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u16>().is_ok()
 }
 
 #[cfg(test)]
@@ -148,6 +157,11 @@ mod tests {
             "xn--é.localhost",
             "api.localhost:http",
             "api.localhost:99999",
+            "api.localhost:+80",
+            "api.localhost:00080",
+            "api.localhost:0",
+            "api.localhost:",
+            "api.localhost:-1",
             "-a.localhost",
             "a_b.localhost",
             &long,
