@@ -110,7 +110,15 @@ pub enum ProxyError {
     BodyStalled,
     #[error(transparent)]
     OutOfFds(#[from] OutOfFds),
+    #[error("the request body is malformed or was cut short")]
+    ClientBody(#[source] BoxError),
 }
+
+/// The client's request body failed (invalid chunked framing, a reset): its error, as the
+/// upstream client reports it, must not read as the instance's.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct ClientBodyError(hyper::Error);
 
 impl From<&ProxyError> for StatusCode {
     fn from(e: &ProxyError) -> StatusCode {
@@ -119,6 +127,7 @@ impl From<&ProxyError> for StatusCode {
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoHost
+            | ProxyError::ClientBody(_)
             | ProxyError::DuplicateHost
             | ProxyError::HostMismatch
             | ProxyError::BadScheme => StatusCode::BAD_REQUEST,
@@ -422,9 +431,10 @@ impl Forwarder {
             empty_body()
         } else if grpc {
             // A gRPC stream may idle as long as it likes, as a WebSocket may.
-            body.map_err(BoxError::from).boxed_unsync()
+            body.map_err(|e| BoxError::from(ClientBodyError(e)))
+                .boxed_unsync()
         } else {
-            IdleBody::new(body, BODY_IDLE).boxed_unsync()
+            IdleBody::new(body.map_err(ClientBodyError), BODY_IDLE).boxed_unsync()
         };
         // A pooled connection the server closed just as we reused it fails before any answer;
         // requests that can be repeated safely get one more try.
@@ -497,6 +507,9 @@ impl Forwarder {
             }),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) if caused_by::<BodyStalled>(&*e.source) => Err(ProxyError::BodyStalled),
+            Ok(Err(e)) if caused_by::<ClientBodyError>(&*e.source) => {
+                Err(ProxyError::ClientBody(e.source))
+            }
             Ok(Err(e)) => Err(ProxyError::unreachable(name, addr, e.reused, e.source)),
         }
     }
@@ -789,6 +802,10 @@ mod tests {
                 504,
             ),
             (ProxyError::BodyStalled, 408),
+            (
+                ProxyError::ClientBody("invalid chunk size line".into()),
+                400,
+            ),
         ];
         for (e, status) in cases {
             assert_eq!(StatusCode::from(&e).as_u16(), status, "{e}");
