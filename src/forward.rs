@@ -25,11 +25,13 @@ use crate::name::Name;
 use crate::pages;
 use crate::routes::{Route, Routes};
 use http1::Connection;
+use rules::{Fate, VIA};
 
 mod chunked;
 pub mod express;
 mod http1;
 mod idle;
+mod rules;
 mod splice;
 mod tunnel;
 mod upstream;
@@ -54,8 +56,6 @@ pub const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
 pub const TUNNEL_LINGER: Duration = Duration::from_secs(30);
 /// How long a request waits for an env-mode server that is (re)starting to listen.
 pub const STARTING_WAIT: Duration = Duration::from_secs(60);
-/// Marks requests that went through wharf, to catch routes that point back at the proxy.
-const VIA: &str = "1.1 wharf";
 
 /// Why a request was not forwarded, or failed upstream. Each maps to one status.
 #[derive(Debug, thiserror::Error)]
@@ -363,7 +363,7 @@ impl Forwarder {
             .headers()
             .get_all(header::VIA)
             .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.contains("wharf")))
+            .any(|v| rules::via_is_loop(v.as_bytes()))
         {
             return Err(ProxyError::Loop);
         }
@@ -626,6 +626,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Remove the forwarding headers that are the proxy's to write (`rules::request_header`).
+fn drop_proxy_owned(headers: &mut HeaderMap) {
+    let owned: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| rules::request_header(n.as_str().as_bytes()) == Fate::Dropped)
+        .cloned()
+        .collect();
+    for name in owned {
+        headers.remove(name);
+    }
+}
+
 fn is_websocket(headers: &HeaderMap) -> bool {
     let has = |name, token: &str| {
         headers
@@ -650,6 +662,7 @@ fn upstream_headers(
 ) -> (HeaderMap, Version) {
     let te_trailers = grpc && headers.get(header::TE).is_some_and(|v| v == "trailers");
     strip_hop_by_hop(&mut headers);
+    drop_proxy_owned(&mut headers);
     if let Some(upgrade) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade);

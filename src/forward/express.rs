@@ -28,9 +28,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::chunked::Decoder;
+use super::rules::{self, Fate, VIA};
 use super::splice::Pipe;
 use super::upstream::Upstream;
-use super::{BODY_IDLE, Forwarder, MAX_HEADER_LINE, MAX_URI, ProxyError, UPSTREAM_IDLE, VIA};
+use super::{BODY_IDLE, Forwarder, MAX_HEADER_LINE, MAX_URI, ProxyError, UPSTREAM_IDLE};
 use crate::deadline::{self, CLIENT_STALLED, Timer};
 use crate::host::{self, Target};
 use crate::routes::Route;
@@ -45,6 +46,9 @@ const BODY_BUF: usize = 64 * 1024;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long a connection closed mid-request-body keeps draining it (see `linger`).
 const LINGER: Duration = Duration::from_secs(2);
+/// How long an answer is awaited from a server that stopped taking the request body: one it
+/// sent before it closed is there at once.
+const EARLY_ANSWER: Duration = Duration::from_secs(1);
 
 /// How the lane left a client connection.
 pub enum Outcome {
@@ -270,6 +274,11 @@ impl Lane<'_> {
         self.forwarder.mark_answered(&plan.route);
         // On any error the connection is dropped here, mid-response: never kept or pooled.
         let complete = self.relay_body(&mut up, answer.framing).await?;
+        if self.unread > 0 {
+            // An early answer: the request body was cut short on both connections.
+            linger(&mut self.client).await;
+            return Ok(false);
+        }
         if complete && answer.reusable && self.upbuf.is_empty() {
             up.idle_since = Instant::now();
             self.upstream = Some(up);
@@ -320,6 +329,9 @@ impl Lane<'_> {
                 }
             };
             let mut head = Some(self.request.as_slice());
+            // The body could not be written all: the server may have answered early (a 413, a
+            // 401) and closed, and that answer, if it came, is the client's.
+            let mut cut_short = None;
             if plan.body > 0 {
                 match self.send_with_body(&mut up).await {
                     Ok(()) => head = None,
@@ -327,17 +339,35 @@ impl Lane<'_> {
                         fresh_only = true;
                         continue;
                     }
-                    Err(BodyFailure::HeadNotSent(e) | BodyFailure::Upstream(e)) => {
+                    Err(BodyFailure::HeadNotSent(e)) => {
                         return Ok(Err(unreachable(plan, e, reused)));
+                    }
+                    Err(BodyFailure::Upstream(e)) => {
+                        head = None;
+                        cut_short = Some(e);
                     }
                     Err(BodyFailure::Stalled) => return Ok(Err(ProxyError::BodyStalled)),
                     Err(BodyFailure::ClientGone) => return Err(went_away()),
                 }
             }
             // The answer's clock starts once the request is all out.
-            let deadline = Instant::now() + self.forwarder.upstream_timeout;
+            let patience = match cut_short {
+                Some(_) => EARLY_ANSWER,
+                None => self.forwarder.upstream_timeout,
+            };
+            let deadline = Instant::now() + patience;
             self.upbuf.clear();
-            let exchange = exchange_heads(&mut up, head, &mut self.upbuf, &mut self.out, plan);
+            // Answered before the body was all sent: what follows on the client connection is
+            // the rest of that body, never a request. It closes after the answer.
+            let keep_alive = plan.keep_alive && self.unread == 0;
+            let exchange = exchange_heads(
+                &mut up,
+                head,
+                &mut self.upbuf,
+                &mut self.out,
+                plan,
+                keep_alive,
+            );
             let result = tokio::select! {
                 biased;
                 result = exchange => Some(result),
@@ -348,6 +378,11 @@ impl Lane<'_> {
             match result {
                 Some(Ok(answer)) => {
                     return Ok(Ok((up, answer)));
+                }
+                // No answer came: the failed write is the story.
+                _ if cut_short.is_some() => {
+                    let e = cut_short.expect("checked");
+                    return Ok(Err(unreachable(plan, e, reused)));
                 }
                 None => {
                     return Ok(Err(ProxyError::UpstreamTimeout {
@@ -529,6 +564,7 @@ async fn exchange_heads(
     upbuf: &mut BytesMut,
     out: &mut Vec<u8>,
     plan: &Plan,
+    keep_alive: bool,
 ) -> Result<Answer, Failure> {
     if let Some(request) = request {
         up.stream
@@ -556,7 +592,7 @@ async fn exchange_heads(
                         upbuf.advance(len);
                         continue;
                     }
-                    let answer = response_head(&res, plan, out)?;
+                    let answer = response_head(&res, plan.head, keep_alive, out)?;
                     upbuf.advance(len);
                     return Ok(answer);
                 }
@@ -629,7 +665,7 @@ fn plan(
         } else if is("transfer-encoding") || is("upgrade") || is("expect") {
             return None;
         } else if is("via") {
-            if contains(h.value, b"wharf") {
+            if rules::via_is_loop(h.value) {
                 return None;
             }
         } else if is("connection") {
@@ -668,9 +704,7 @@ fn plan(
         let name = h.name.as_bytes();
         let dropped = is_hop_by_hop(name)
             || name.eq_ignore_ascii_case(b"content-length")
-            || name.eq_ignore_ascii_case(b"x-forwarded-for")
-            || name.eq_ignore_ascii_case(b"x-forwarded-proto")
-            || name.eq_ignore_ascii_case(b"x-forwarded-host")
+            || rules::request_header(name) != Fate::Keep
             || (names_headers
                 && !name.eq_ignore_ascii_case(b"host")
                 && named_by_connection(req.headers, name));
@@ -681,10 +715,15 @@ fn plan(
     if let Some(n) = content_length {
         content_length_line(request, n);
     }
-    // Prior hops (a tunnel in front of wharf) keep their place, every line of them.
+    // Prior hops (a tunnel in front of wharf) keep their place, every line of them, unless
+    // `Connection` names them.
     request.extend_from_slice(b"x-forwarded-for: ");
+    let prior_hops = |name: &[u8]| {
+        rules::request_header(name) == Fate::PriorHops
+            && !(names_headers && named_by_connection(req.headers, name))
+    };
     for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("x-forwarded-for") && !h.value.trim_ascii().is_empty() {
+        if prior_hops(h.name.as_bytes()) && !h.value.trim_ascii().is_empty() {
             request.extend_from_slice(h.value);
             request.extend_from_slice(b", ");
         }
@@ -705,10 +744,12 @@ fn plan(
     })
 }
 
-/// Read the response head's framing and write its downstream copy into `out`.
+/// Read the response head's framing and write its downstream copy into `out`: the answer to
+/// a HEAD request if `head`, on a client connection that stays open if `keep_alive`.
 fn response_head(
     res: &httparse::Response<'_, '_>,
-    plan: &Plan,
+    head: bool,
+    keep_alive: bool,
     out: &mut Vec<u8>,
 ) -> Result<Answer, Failure> {
     let code = res.code.unwrap_or_default();
@@ -746,7 +787,7 @@ fn response_head(
             has_date = true;
         }
     }
-    let framing = if plan.head || code == 204 || code == 304 {
+    let framing = if head || code == 204 || code == 304 {
         Framing::Empty
     } else {
         match (chunked, length) {
@@ -759,10 +800,8 @@ fn response_head(
     // bodiless one keeps its Content-Length (what a GET would have had) unless chunked, and a
     // 204 never has one.
     let rebuilt = framing != Framing::Empty || chunked.is_some() || code == 204;
-    // A 204 that announced a body may send one anyway: its connection serves nobody else.
-    if code == 204 && (chunked.is_some() || length.is_some_and(|n| n > 0)) {
-        reusable = false;
-    }
+    let announced = chunked.is_some() || length.is_some_and(|n| n > 0);
+    reusable &= rules::reusable_after(head, code, announced);
 
     out.clear();
     out.reserve(head_room(res.reason.map_or(0, str::len), res.headers));
@@ -784,7 +823,7 @@ fn response_head(
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Empty | Framing::UntilClose => {}
     }
-    if framing == Framing::UntilClose || !plan.keep_alive {
+    if framing == Framing::UntilClose || !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -897,10 +936,6 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn status_line(out: &mut Vec<u8>, code: u16, reason: Option<&str>) {

@@ -8,9 +8,11 @@
 //! request on HTTP/2: a SipHash of the key on every checkout and return, and a task spawned
 //! per request to wait for the connection to be ready again.
 
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -20,9 +22,12 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::idle::{self, Fit, Idle};
+use super::rules;
 use super::{BoxError, ProxyBody, SendError, UPSTREAM_IDLE};
 use crate::budget::{Budget, Held};
 
@@ -40,9 +45,17 @@ pub enum Connection {
     New,
 }
 
+/// One connection to an instance, as the pool holds it.
+struct Link {
+    sender: SendRequest<ProxyBody>,
+    /// Its writing was cut short by the server (see `Upstream`): it never carries another
+    /// request.
+    cut: Arc<AtomicBool>,
+}
+
 /// A connection waiting for its next request.
 struct Waiting {
-    sender: SendRequest<ProxyBody>,
+    link: Link,
     since: Instant,
 }
 
@@ -50,9 +63,13 @@ impl Idle for Waiting {
     /// Ready when not idle too long and waiting for a request; busy while still writing the
     /// last one's request body (its response came early) or its task has yet to notice.
     fn fit(&self) -> Fit {
-        if self.since.elapsed() >= UPSTREAM_IDLE || self.sender.is_closed() {
+        let sender = &self.link.sender;
+        if self.since.elapsed() >= UPSTREAM_IDLE
+            || sender.is_closed()
+            || self.link.cut.load(Ordering::Relaxed)
+        {
             Fit::Done
-        } else if self.sender.is_ready() {
+        } else if sender.is_ready() {
             Fit::Ready
         } else {
             Fit::Busy
@@ -87,19 +104,20 @@ impl Pool {
             Connection::Any => self.idle.take(addr),
             Connection::New => None,
         };
-        let (mut sender, reused) = match idle {
-            Some(idle) => (idle.sender, true),
+        let (mut link, reused) = match idle {
+            Some(idle) => (idle.link, true),
             None => {
-                let sender = connect(addr, &self.budget)
+                let link = connect(addr, &self.budget)
                     .await
                     .map_err(|source| SendError {
                         reused: false,
                         source,
                     })?;
-                (sender, false)
+                (link, false)
             }
         };
-        let response = sender.send_request(req).await.map_err(|e| SendError {
+        let head = req.method() == http::Method::HEAD;
+        let response = link.sender.send_request(req).await.map_err(|e| SendError {
             reused,
             source: e.into(),
         })?;
@@ -107,18 +125,22 @@ impl Pool {
             // The upgrade takes the connection over.
             return Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()));
         }
+        if !rules::reusable_after(head, response.status().as_u16(), announces_body(&response)) {
+            // Dropping its sender closes the connection once this response is read.
+            return Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()));
+        }
         let home = Home {
-            sender,
+            link,
             addr,
             pool: Arc::clone(self),
         };
         Ok(response.map(|body| Returning::boxed(body, home)))
     }
 
-    fn put(&self, addr: SocketAddr, sender: SendRequest<ProxyBody>) {
-        if !sender.is_closed() {
+    fn put(&self, addr: SocketAddr, link: Link) {
+        if !link.sender.is_closed() && !link.cut.load(Ordering::Relaxed) {
             let since = Instant::now();
-            self.idle.put(addr, Waiting { sender, since });
+            self.idle.put(addr, Waiting { link, since });
         }
     }
 
@@ -129,18 +151,134 @@ impl Pool {
     }
 }
 
+/// The response's head announced a body: `Transfer-Encoding`, or a non-zero `Content-Length`.
+fn announces_body<B>(response: &Response<B>) -> bool {
+    let headers = response.headers();
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes().iter().any(|&b| b != b'0'))
+}
+
 /// A new connection to `addr`, its task started. WebSocket upgrades take the connection over,
 /// with its share of the budget.
-async fn connect(addr: SocketAddr, budget: &Budget) -> Result<SendRequest<ProxyBody>, BoxError> {
+async fn connect(addr: SocketAddr, budget: &Budget) -> Result<Link, BoxError> {
     let (stream, fds) = super::upstream::open(addr, budget).await?;
+    let cut = Arc::new(AtomicBool::new(false));
+    let stream = Upstream {
+        stream,
+        cut: Arc::clone(&cut),
+        read_ended: false,
+    };
     let (sender, conn) = http1::handshake(TokioIo::new(Held::new(stream, fds))).await?;
     tokio::spawn(conn.with_upgrades());
-    Ok(sender)
+    Ok(Link { sender, cut })
+}
+
+/// The socket under a hyper connection to an instance. A server may answer an upload early
+/// (413, 401) and close without reading the rest: writing then fails (EPIPE, ECONNRESET)
+/// while the answer waits in the socket, and hyper would report the write error and drop
+/// the answer. Here such a failure cuts writing short instead: what hyper writes next is
+/// discarded until reading ends, so hyper reads on and finds the answer, or the close (and
+/// reports that). Once reading has ended, writes fail with the error they met.
+struct Upstream {
+    stream: TcpStream,
+    cut: Arc<AtomicBool>,
+    read_ended: bool,
+}
+
+impl Upstream {
+    /// What a write that met `result` tells hyper.
+    fn written(&mut self, result: Poll<io::Result<usize>>, len: usize) -> Poll<io::Result<usize>> {
+        match result {
+            Poll::Ready(Err(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) && !self.read_ended =>
+            {
+                self.cut.store(true, Ordering::Relaxed);
+                Poll::Ready(Ok(len))
+            }
+            other => other,
+        }
+    }
+
+    /// Once cut: Ok to discard the next write, or the error once reading has ended too.
+    fn cut_short(&self) -> Option<io::Result<()>> {
+        if !self.cut.load(Ordering::Relaxed) {
+            None
+        } else if self.read_ended {
+            Some(Err(io::ErrorKind::BrokenPipe.into()))
+        } else {
+            Some(Ok(()))
+        }
+    }
+}
+
+impl AsyncRead for Upstream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let (before, room) = (buf.filled().len(), buf.remaining() > 0);
+        let poll = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if let Poll::Ready(result) = &poll
+            && (result.is_err() || (room && buf.filled().len() == before))
+        {
+            self.read_ended = true;
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(discard) = self.cut_short() {
+            return Poll::Ready(discard.map(|()| buf.len()));
+        }
+        let poll = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.written(poll, buf.len())
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let len = bufs.iter().map(|b| b.len()).sum();
+        if let Some(discard) = self.cut_short() {
+            return Poll::Ready(discard.map(|()| len));
+        }
+        let poll = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.written(poll, len)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.cut.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// Where a connection goes back to once its response is read.
 struct Home {
-    sender: SendRequest<ProxyBody>,
+    link: Link,
     addr: SocketAddr,
     pool: Arc<Pool>,
 }
@@ -172,7 +310,7 @@ impl Returning {
 
     fn go_home(&mut self) {
         if let Some(home) = self.home.take() {
-            home.pool.put(home.addr, home.sender);
+            home.pool.put(home.addr, home.link);
         }
     }
 }
@@ -336,7 +474,7 @@ mod tests {
         while pool
             .idle
             .take(addr)
-            .map(|w| pool.put(addr, w.sender))
+            .map(|w| pool.put(addr, w.link))
             .is_none()
         {
             assert!(

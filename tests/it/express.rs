@@ -104,7 +104,7 @@ pub(super) fn alias(sb: &Sandbox, name: &str, backend_port: u16) -> u16 {
     sb.proxy().expect("alias started the proxy").1
 }
 
-fn connect(port: u16) -> TcpStream {
+pub(super) fn connect(port: u16) -> TcpStream {
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     s
@@ -121,7 +121,7 @@ fn read_until(s: &mut impl Read, end: &[u8]) -> String {
     String::from_utf8(buf).unwrap()
 }
 
-fn read_head(s: &mut impl Read) -> String {
+pub(super) fn read_head(s: &mut impl Read) -> String {
     read_until(s, b"\r\n\r\n")
 }
 
@@ -183,7 +183,7 @@ fn framings(line: &str, _: usize) -> Reply {
 }
 
 #[test]
-fn every_response_framing_reaches_the_client_reframed_on_one_upstream_connection() {
+fn every_response_framing_reaches_the_client_reframed() {
     let sb = Sandbox::new();
     let backend = Scripted::start(framings);
     let port = alias(&sb, "framed", backend.port);
@@ -265,11 +265,18 @@ fn every_response_framing_reaches_the_client_reframed_on_one_upstream_connection
         "a body that runs until close, then the end"
     );
 
-    let seen = backend.seen();
-    assert_eq!(seen.len(), 7, "{seen:?}");
-    assert!(
-        seen.iter().all(|(conn, _)| *conn == 0),
-        "one upstream connection carried all seven: {seen:?}"
+    // The answer to HEAD announced a body (Content-Length: 10), which a server that gets HEAD
+    // wrong would send later, where the next answer is read: its connection ends there.
+    let seen: Vec<(usize, String)> = backend
+        .seen()
+        .into_iter()
+        .filter(|(_, line)| line != "EOF")
+        .collect();
+    let conns: Vec<usize> = seen.iter().map(|(conn, _)| *conn).collect();
+    assert_eq!(
+        conns,
+        [0, 0, 0, 1, 1, 1, 1],
+        "one upstream connection up to HEAD, one after it: {seen:?}"
     );
 }
 

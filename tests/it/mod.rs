@@ -4,6 +4,7 @@ mod hostile;
 mod http2;
 mod pages;
 mod proxy;
+mod rules;
 mod run;
 mod service;
 mod stop;
