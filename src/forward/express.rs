@@ -1,8 +1,9 @@
 //! The express lane. Most requests a dev proxy carries are plain HTTP/1.1 requests without a
 //! body or with a `Content-Length` one (pages, assets, API calls, HMR polls). For those the
 //! lane works on the bytes: it parses the head with httparse, writes the upstream head
-//! straight from it (same rules as `Forwarder::forward`: origin-form, hop-by-hop headers and
-//! those `Connection` names dropped, `X-Forwarded-*` and `Via` added), sends the body on, and
+//! straight from it (same rules as `Forwarder::forward`, from `rules`: origin-form, hop-by-hop
+//! headers and those `Connection` names dropped, the proxy's `X-Forwarded-*` and `Via` written
+//! in place of the client's), sends the body on, and
 //! streams the response back over the upstream connection this client connection keeps,
 //! re-framing chunked bodies. No header maps, no boxed bodies, no connection task: the request
 //! is served in the client's own task.
@@ -329,9 +330,6 @@ impl Lane<'_> {
                 }
             };
             let mut head = Some(self.request.as_slice());
-            // The body could not be written all: the server may have answered early (a 413, a
-            // 401) and closed, and that answer, if it came, is the client's.
-            let mut cut_short = None;
             if plan.body > 0 {
                 match self.send_with_body(&mut up).await {
                     Ok(()) => head = None,
@@ -343,30 +341,22 @@ impl Lane<'_> {
                         return Ok(Err(unreachable(plan, e, reused)));
                     }
                     Err(BodyFailure::Upstream(e)) => {
-                        head = None;
-                        cut_short = Some(e);
+                        return Ok(self.early_answer(up, plan, e, reused).await);
                     }
                     Err(BodyFailure::Stalled) => return Ok(Err(ProxyError::BodyStalled)),
                     Err(BodyFailure::ClientGone) => return Err(went_away()),
                 }
             }
             // The answer's clock starts once the request is all out.
-            let patience = match cut_short {
-                Some(_) => EARLY_ANSWER,
-                None => self.forwarder.upstream_timeout,
-            };
-            let deadline = Instant::now() + patience;
+            let deadline = Instant::now() + self.forwarder.upstream_timeout;
             self.upbuf.clear();
-            // Answered before the body was all sent: what follows on the client connection is
-            // the rest of that body, never a request. It closes after the answer.
-            let keep_alive = plan.keep_alive && self.unread == 0;
             let exchange = exchange_heads(
                 &mut up,
                 head,
                 &mut self.upbuf,
                 &mut self.out,
                 plan,
-                keep_alive,
+                plan.keep_alive,
             );
             let result = tokio::select! {
                 biased;
@@ -378,11 +368,6 @@ impl Lane<'_> {
             match result {
                 Some(Ok(answer)) => {
                     return Ok(Ok((up, answer)));
-                }
-                // No answer came: the failed write is the story.
-                _ if cut_short.is_some() => {
-                    let e = cut_short.expect("checked");
-                    return Ok(Err(unreachable(plan, e, reused)));
                 }
                 None => {
                     return Ok(Err(ProxyError::UpstreamTimeout {
@@ -403,6 +388,25 @@ impl Lane<'_> {
                     }));
                 }
             }
+        }
+    }
+
+    /// The answer a server sent before it stopped taking the request body (`e`, the failed
+    /// write): an early 413 or 401, often followed by a close. It is in the socket already, or
+    /// within `EARLY_ANSWER`; without one, the failed write is the error. What follows on the
+    /// client connection is the rest of that body, never a request: it closes after the answer.
+    async fn early_answer(
+        &mut self,
+        mut up: Upstream,
+        plan: &Plan,
+        e: io::Error,
+        reused: bool,
+    ) -> Result<(Upstream, Answer), ProxyError> {
+        self.upbuf.clear();
+        let exchange = exchange_heads(&mut up, None, &mut self.upbuf, &mut self.out, plan, false);
+        match tokio::time::timeout(EARLY_ANSWER, exchange).await {
+            Ok(Ok(answer)) => Ok((up, answer)),
+            _ => Err(unreachable(plan, e, reused)),
         }
     }
 
@@ -700,11 +704,14 @@ fn plan(
     request.extend_from_slice(b" HTTP/1.1\r\n");
     // The framing is written from what was parsed, never copied: a `Connection` header naming
     // Content-Length must not leave the body unannounced upstream.
+    let mut prior_hops = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
-        let dropped = is_hop_by_hop(name)
+        let fate = rules::request_header(name);
+        prior_hops |= fate == Fate::PriorHops;
+        let dropped = fate != Fate::Keep
+            || is_hop_by_hop(name)
             || name.eq_ignore_ascii_case(b"content-length")
-            || rules::request_header(name) != Fate::Keep
             || (names_headers
                 && !name.eq_ignore_ascii_case(b"host")
                 && named_by_connection(req.headers, name));
@@ -718,12 +725,12 @@ fn plan(
     // Prior hops (a tunnel in front of wharf) keep their place, every line of them, unless
     // `Connection` names them.
     request.extend_from_slice(b"x-forwarded-for: ");
-    let prior_hops = |name: &[u8]| {
+    let is_prior_hop = |name: &[u8]| {
         rules::request_header(name) == Fate::PriorHops
             && !(names_headers && named_by_connection(req.headers, name))
     };
-    for h in req.headers.iter() {
-        if prior_hops(h.name.as_bytes()) && !h.value.trim_ascii().is_empty() {
+    for h in req.headers.iter().filter(|_| prior_hops) {
+        if is_prior_hop(h.name.as_bytes()) && !h.value.trim_ascii().is_empty() {
             request.extend_from_slice(h.value);
             request.extend_from_slice(b", ");
         }
@@ -800,8 +807,10 @@ fn response_head(
     // bodiless one keeps its Content-Length (what a GET would have had) unless chunked, and a
     // 204 never has one.
     let rebuilt = framing != Framing::Empty || chunked.is_some() || code == 204;
-    let announced = chunked.is_some() || length.is_some_and(|n| n > 0);
-    reusable &= rules::reusable_after(head, code, announced);
+    if framing == Framing::Empty {
+        let announced = chunked.is_some() || length.is_some_and(|n| n > 0);
+        reusable &= rules::reusable_after(head, code, announced);
+    }
 
     out.clear();
     out.reserve(head_room(res.reason.map_or(0, str::len), res.headers));

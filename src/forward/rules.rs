@@ -19,7 +19,12 @@ pub(super) enum Fate {
 }
 
 /// The fate of a client's request header, by its name (any case).
+#[inline]
 pub(super) fn request_header(name: &[u8]) -> Fate {
+    // Most names start with another letter: one comparison, on the lane's every header.
+    if !matches!(name.first(), Some(b'x' | b'X' | b'f' | b'F')) {
+        return Fate::Keep;
+    }
     if !proxy_owned(name) {
         Fate::Keep
     } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
@@ -30,9 +35,6 @@ pub(super) fn request_header(name: &[u8]) -> Fate {
 }
 
 fn proxy_owned(name: &[u8]) -> bool {
-    if !matches!(name.first(), Some(b'x' | b'X' | b'f' | b'F')) {
-        return false;
-    }
     // `_` reads as `-`: wsgiref, older puma and other CGI-style servers map both to one
     // variable, so `X_Forwarded_Host` would join the proxy's `X-Forwarded-Host`.
     let fold = |b: &u8| {
@@ -66,6 +68,7 @@ pub(super) fn via_is_loop(value: &[u8]) -> bool {
 /// is concerned: a response that has no body by rule (to HEAD, a 204, a 304) but announced
 /// one (`announced`: a non-zero `Content-Length`, or `Transfer-Encoding`) comes from a server
 /// that may send that body anyway, later, where the next request's answer would be read.
+#[inline]
 pub(super) fn reusable_after(head: bool, status: u16, announced: bool) -> bool {
     !((head || status == 204 || status == 304) && announced)
 }
