@@ -48,7 +48,7 @@ pub enum Connection {
 /// One connection to an instance, as the pool holds it.
 struct Link {
     sender: SendRequest<ProxyBody>,
-    /// Its writing was cut short by the server (see `Upstream`): it never carries another
+    /// Its writing was cut short by the server (see `UpstreamSocket`): it never carries another
     /// request.
     cut: Arc<AtomicBool>,
 }
@@ -166,7 +166,7 @@ fn announces_body<B>(response: &Response<B>) -> bool {
 async fn connect(addr: SocketAddr, budget: &Budget) -> Result<Link, BoxError> {
     let (stream, fds) = super::upstream::open(addr, budget).await?;
     let cut = Arc::new(AtomicBool::new(false));
-    let stream = Upstream {
+    let stream = UpstreamSocket {
         stream,
         cut: Arc::clone(&cut),
         read_ended: false,
@@ -182,13 +182,13 @@ async fn connect(addr: SocketAddr, budget: &Budget) -> Result<Link, BoxError> {
 /// the answer. Here such a failure cuts writing short instead: what hyper writes next is
 /// discarded until reading ends, so hyper reads on and finds the answer, or the close (and
 /// reports that). Once reading has ended, writes fail with the error they met.
-struct Upstream {
+struct UpstreamSocket {
     stream: TcpStream,
     cut: Arc<AtomicBool>,
     read_ended: bool,
 }
 
-impl Upstream {
+impl UpstreamSocket {
     /// What a write that met `result` tells hyper.
     fn written(&mut self, result: Poll<io::Result<usize>>, len: usize) -> Poll<io::Result<usize>> {
         match result {
@@ -217,7 +217,7 @@ impl Upstream {
     }
 }
 
-impl AsyncRead for Upstream {
+impl AsyncRead for UpstreamSocket {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -234,7 +234,7 @@ impl AsyncRead for Upstream {
     }
 }
 
-impl AsyncWrite for Upstream {
+impl AsyncWrite for UpstreamSocket {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
