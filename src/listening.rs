@@ -19,6 +19,33 @@ pub fn established(ports: &[u16]) -> Option<usize> {
     imp::established(ports)
 }
 
+/// A process that listens on a TCP port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: i32,
+    /// Its command name (`/proc/PID/comm`).
+    pub command: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (pid {})", self.command, self.pid)
+    }
+}
+
+/// Who listens on each of `ports` (any address, any process whose descriptors we may read),
+/// in one pass over `/proc`. Ports with no listener, or one we cannot see (another user's
+/// process when we are not root, or a platform without `/proc`), are absent.
+pub fn holders(ports: &[u16]) -> std::collections::BTreeMap<u16, Holder> {
+    imp::holders(ports)
+}
+
+/// True if something listens on TCP `port` on any address, as far as the platform tells
+/// (`None` where it cannot).
+pub fn is_listened_on(port: u16) -> Option<bool> {
+    imp::is_listened_on(port)
+}
+
 /// The address to connect to for a socket bound at `addr`, if it is reachable over loopback.
 fn reachable(addr: SocketAddr) -> Option<SocketAddr> {
     let ip = match addr.ip() {
@@ -69,36 +96,79 @@ mod imp {
         if inodes.is_empty() {
             return Vec::new();
         }
-        ["/proc/net/tcp", "/proc/net/tcp6"]
-            .iter()
-            .filter_map(|path| std::fs::read_to_string(path).ok())
-            .flat_map(|table| parse_table(&table))
+        listeners()
+            .into_iter()
             .filter(|(_, inode)| inodes.contains(inode))
             .filter_map(|(addr, _)| reachable(addr))
             .collect()
     }
 
     fn socket_inodes(root: i32) -> HashSet<u64> {
-        let mut inodes = HashSet::new();
-        for pid in crate::process::tree(root) {
-            let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        crate::process::tree(root)
+            .into_iter()
+            .flat_map(process_sockets)
+            .collect()
+    }
+
+    /// The inodes of the sockets process `pid` has open (none if we may not look).
+    fn process_sockets(pid: i32) -> Vec<u64> {
+        let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let target = std::fs::read_link(entry.path()).ok()?;
+                let target = target.to_string_lossy();
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// Every listening TCP socket of the machine: (local address, inode).
+    fn listeners() -> Vec<(SocketAddr, u64)> {
+        ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .flat_map(|table| parse_table(&table))
+            .collect()
+    }
+
+    pub fn is_listened_on(port: u16) -> Option<bool> {
+        Some(listeners().iter().any(|(addr, _)| addr.port() == port))
+    }
+
+    pub fn holders(ports: &[u16]) -> std::collections::BTreeMap<u16, Holder> {
+        let mut wanted: std::collections::HashMap<u64, u16> = listeners()
+            .into_iter()
+            .filter(|(addr, _)| ports.contains(&addr.port()))
+            .map(|(addr, inode)| (inode, addr.port()))
+            .collect();
+        let mut found = std::collections::BTreeMap::new();
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return found;
+        };
+        for entry in procs.flatten() {
+            if wanted.is_empty() {
+                break;
+            }
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
                 continue;
             };
-            for entry in entries.flatten() {
-                let Ok(target) = std::fs::read_link(entry.path()) else {
-                    continue;
-                };
-                let target = target.to_string_lossy();
-                if let Some(inode) = target
-                    .strip_prefix("socket:[")
-                    .and_then(|s| s.strip_suffix(']'))
-                    && let Ok(inode) = inode.parse()
-                {
-                    inodes.insert(inode);
+            for inode in process_sockets(pid) {
+                if let Some(port) = wanted.remove(&inode) {
+                    let command = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .map(|c| c.trim_end().to_string())
+                        .unwrap_or_else(|_| "?".to_string());
+                    found.entry(port).or_insert(Holder { pid, command });
                 }
             }
         }
-        inodes
+        found
     }
 
     /// Listening sockets of a `/proc/net/tcp{,6}` table: (local address, inode).
@@ -150,6 +220,18 @@ mod imp {
         }
 
         #[test]
+        fn the_holder_of_a_port_is_named() {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let found = super::super::holders(&[port]);
+            assert_eq!(found[&port].pid, std::process::id() as i32);
+            assert_eq!(super::super::is_listened_on(port), Some(true));
+            drop(listener);
+            assert!(super::super::holders(&[port]).is_empty());
+            assert_eq!(super::super::is_listened_on(port), Some(false));
+        }
+
+        #[test]
         fn established_connections_are_counted_by_local_port() {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let port = listener.local_addr().unwrap().port();
@@ -184,6 +266,14 @@ mod imp {
     use std::time::Duration;
 
     pub fn established(_ports: &[u16]) -> Option<usize> {
+        None
+    }
+
+    pub fn holders(_ports: &[u16]) -> std::collections::BTreeMap<u16, Holder> {
+        std::collections::BTreeMap::new()
+    }
+
+    pub fn is_listened_on(_port: u16) -> Option<bool> {
         None
     }
 
