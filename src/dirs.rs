@@ -152,6 +152,38 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Move a file that cannot be used to `NAME.corrupt-UNIXTIME[-N]` beside it, so the user can
+/// look at it and wharf can start afresh; returns the new path. Never replaces an earlier one.
+pub fn move_aside(path: &Path) -> io::Result<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for n in 0..100 {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!("{CORRUPT_MARK}{secs}"));
+        if n > 0 {
+            name.push(format!("-{n}"));
+        }
+        let aside = path.with_file_name(name);
+        // A link fails where rename would overwrite.
+        match fs::hard_link(path, &aside) {
+            Ok(()) => {
+                fs::remove_file(path)?;
+                return Ok(aside);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(format!(
+        "too many corrupt copies of {} already; delete some",
+        path.display()
+    )))
+}
+
+/// What `move_aside` puts between a file's name and the time: how `doctor` finds them.
+pub const CORRUPT_MARK: &str = ".corrupt-";
+
 /// Read a private file, refusing to follow a symlink. `Ok(None)` when it does not exist.
 pub fn read_private(path: &Path) -> io::Result<Option<Vec<u8>>> {
     let file = OpenOptions::new()
@@ -212,6 +244,20 @@ mod tests {
             2,
             "no temp file left"
         );
+    }
+
+    #[test]
+    fn moving_aside_twice_keeps_both_copies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f.json");
+        fs::write(&path, b"one").unwrap();
+        let first = move_aside(&path).unwrap();
+        fs::write(&path, b"two").unwrap();
+        let second = move_aside(&path).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(fs::read(&first).unwrap(), b"one");
+        assert_eq!(fs::read(&second).unwrap(), b"two");
+        assert!(!path.exists());
     }
 
     #[test]
