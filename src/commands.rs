@@ -27,7 +27,12 @@ async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, bool)> {
         let list = c.client.call(&Request::List).await?;
         return Ok((list.instances.unwrap_or_default(), true));
     }
-    let reg = Store::new(ctx.dirs.state()?).lock()?;
+    let reg = Store::new(ctx.dirs.state()?)
+        .recovering_from(ctx.dirs.runtime()?)
+        .lock()?;
+    reg.warnings
+        .iter()
+        .for_each(|w| crate::errln!("wharf: {w}"));
     let now = crate::registry::unix_now();
     let listed = reg
         .leases
@@ -168,7 +173,12 @@ pub async fn stop(
     let (list, _) = instances(ctx).await?;
     // name → (supervisor, server): the registry knows every supervisor, the proxy the servers.
     let mut running: BTreeMap<Name, (i32, Option<i32>)> = {
-        let reg = Store::new(ctx.dirs.state()?).lock()?;
+        let reg = Store::new(ctx.dirs.state()?)
+            .recovering_from(ctx.dirs.runtime()?)
+            .lock()?;
+        reg.warnings
+            .iter()
+            .for_each(|w| crate::errln!("wharf: {w}"));
         reg.leases
             .iter()
             .map(|(n, l)| (n.clone(), (l.holder.pid, None)))

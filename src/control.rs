@@ -331,6 +331,29 @@ impl Client {
     }
 }
 
+/// Every route the proxy at `path` knows, asked without an async runtime (for code holding a
+/// file lock), each step bounded by `limit`; `None` when no proxy answers in time.
+pub fn list_blocking(path: &Path, limit: std::time::Duration) -> Option<Vec<Listed>> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(path).ok()?;
+    stream.set_read_timeout(Some(limit)).ok()?;
+    stream.set_write_timeout(Some(limit)).ok()?;
+    let mut line = serde_json::to_vec(&Request::List).expect("requests serialise");
+    line.push(b'\n');
+    stream.write_all(&line).ok()?;
+    let mut reader = std::io::BufReader::new(stream);
+    loop {
+        let mut answer = String::new();
+        if reader.read_line(&mut answer).ok()? == 0 {
+            return None;
+        }
+        let response: Response = serde_json::from_str(&answer).ok()?;
+        if response.event.is_none() {
+            return response.instances.filter(|_| response.ok);
+        }
+    }
+}
+
 /// The proxy's side of the control socket: what it knows and how it answers.
 pub struct ControlPlane {
     pub routes: Arc<Routes>,

@@ -77,9 +77,14 @@ pub enum RegistryError {
     },
 }
 
+/// How long rebuilding a corrupt registry waits for the proxy's answer.
+const PROXY_PATIENCE: Duration = Duration::from_secs(2);
+
 /// The registry in a directory; `lock` gives exclusive access to its contents.
 pub struct Store {
     dir: PathBuf,
+    /// The proxy's control socket, asked what runs when the file must be rebuilt.
+    control: Option<PathBuf>,
 }
 
 /// Exclusive access to the registry until dropped; `commit` writes changes.
@@ -95,11 +100,22 @@ impl Store {
     pub fn new(dir: &Path) -> Store {
         Store {
             dir: dir.to_path_buf(),
+            control: None,
+        }
+    }
+
+    /// The same store, which rebuilds a corrupt file from what the proxy whose runtime
+    /// directory is `runtime` knows is running.
+    pub fn recovering_from(self, runtime: &Path) -> Store {
+        Store {
+            control: Some(crate::control::socket_path(runtime)),
+            ..self
         }
     }
 
     /// Wait (bounded) for the lock, then load the registry, dropping leases of dead processes.
-    /// A file that does not parse is moved aside and replaced by an empty registry.
+    /// A file that does not parse is moved aside and replaced by what the proxy knows runs
+    /// (or an empty registry without a proxy); `warnings` says so.
     pub fn lock(&self) -> Result<Locked, RegistryError> {
         let lock_path = self.dir.join(LOCK);
         let lock = dirs::open_private(&lock_path).map_err(|source| RegistryError::Open {
@@ -137,18 +153,26 @@ impl Store {
             Some(bytes) => match serde_json::from_slice::<Registry>(&bytes) {
                 Ok(data) => data,
                 Err(e) => {
-                    let aside = path.with_extension(format!("json.corrupt-{}", unix_now()));
-                    std::fs::rename(&path, &aside).map_err(io_err)?;
+                    let aside = dirs::move_aside(&path).map_err(io_err)?;
+                    let data = self.rebuild();
+                    let kept = match data.leases.len() {
+                        0 => "no running instance was found to keep".to_string(),
+                        _ => {
+                            let names: Vec<&str> = data.leases.keys().map(Name::as_str).collect();
+                            format!("kept the running {}", names.join(", "))
+                        }
+                    };
                     warnings.push(format!(
-                        "{} was unreadable ({e}); moved it to {} and started afresh \
-                         (sticky ports are forgotten, running instances re-register)",
+                        "{} was unreadable ({e}); moved it to {} and rebuilt it from the proxy: \
+                         {kept}; other names' last ports are forgotten",
                         path.display(),
                         aside.display()
                     ));
-                    Registry::default()
+                    data
                 }
             },
         };
+        let rebuilt = !warnings.is_empty();
         let mut locked = Locked {
             _lock: lock,
             path,
@@ -159,7 +183,47 @@ impl Store {
             .data
             .leases
             .retain(|_, lease| lease.holder.is_alive());
+        if rebuilt {
+            // Saved now: the caller may fail before it commits, and the old file is gone.
+            locked.commit()?;
+        }
         Ok(locked)
+    }
+}
+
+impl Store {
+    /// A registry holding the leases (and so the sticky ports) of the live instances the
+    /// proxy routes; empty if no proxy answers.
+    fn rebuild(&self) -> Registry {
+        let listed = self
+            .control
+            .as_deref()
+            .and_then(|path| crate::control::list_blocking(path, PROXY_PATIENCE))
+            .unwrap_or_default();
+        let now = unix_now();
+        let mut reg = Registry::default();
+        for l in listed.into_iter().filter(|l| !l.alias) {
+            let Some(holder) = ProcessId::of(l.instance.pid) else {
+                continue;
+            };
+            let ports: BTreeMap<String, u16> = l
+                .instance
+                .sockets
+                .iter()
+                .map(|(socket, addr)| (socket.clone(), addr.port()))
+                .collect();
+            reg.sticky.insert(l.instance.name.clone(), ports.clone());
+            reg.leases.insert(
+                l.instance.name,
+                Lease {
+                    holder,
+                    ports,
+                    since: now.saturating_sub(l.uptime_secs),
+                    choice: None,
+                },
+            );
+        }
+        reg
     }
 }
 
