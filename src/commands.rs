@@ -275,21 +275,41 @@ pub async fn alias(ctx: &Context, name: Name, addr: Option<String>) -> anyhow::R
     let runtime = ctx.dirs.runtime()?;
     ctx.dirs.state()?;
     let mut c = launch::connect_or_start(runtime, &ctx.self_exe).await?;
-    c.client
+    let answer = c
+        .client
         .call(&Request::Alias {
             name: name.clone(),
             addr,
         })
         .await?;
+    for note in &answer.notes {
+        eprintln!("wharf: {note}");
+    }
     match addr {
         Some(addr) => {
             let port = c.hello.http_port.unwrap_or(80);
             crate::errln!("wharf: {name} → {addr}");
+            if !answers(addr).await {
+                crate::errln!(
+                    "wharf: warning: nothing accepts connections on {addr} yet; \
+                     requests to {name}.localhost fail until a server listens there"
+                );
+            }
             crate::errln!("wharf: {name} is at {}", crate::control::url(&name, port));
         }
         None => crate::errln!("wharf: removed the alias {name}"),
     }
     Ok(0)
+}
+
+/// How long `alias` waits to see whether its target accepts connections.
+const ALIAS_PROBE: Duration = Duration::from_secs(1);
+
+/// True if something accepts a TCP connection at `addr` within `ALIAS_PROBE`.
+async fn answers(addr: SocketAddr) -> bool {
+    tokio::time::timeout(ALIAS_PROBE, tokio::net::TcpStream::connect(addr))
+        .await
+        .is_ok_and(|c| c.is_ok())
 }
 
 /// `8080`, `127.0.0.1:8080`, `[::1]:8080`, `localhost:8080`: loopback only.

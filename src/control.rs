@@ -195,6 +195,9 @@ pub struct Response {
     /// `list`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instances: Option<Vec<Listed>>,
+    /// Things the user should know that did not stop the request (a corrupt file moved aside).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Unprompted news on a registration connection: `"stopping"` when the proxy shuts down,
     /// `"requests"` with the counts of the routes it registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -363,6 +366,9 @@ pub struct ControlPlane {
     pub listen: Vec<SocketAddr>,
     /// Where aliases are kept between proxy runs.
     pub aliases_path: PathBuf,
+    /// Notes from loading the aliases (a corrupt file moved aside) not yet told to a user:
+    /// the next `alias` answer carries them.
+    untold: std::sync::Mutex<Vec<String>>,
     next_connection: AtomicU64,
 }
 
@@ -384,41 +390,67 @@ impl ControlPlane {
             http_port: listen.first().map_or(80, SocketAddr::port),
             listen,
             aliases_path,
+            untold: std::sync::Mutex::default(),
             next_connection: AtomicU64::new(1),
         }
     }
 
-    /// Route the stored aliases; a broken alias file is reported and left for the user.
-    pub fn load_aliases(&self) -> Result<usize, String> {
-        let aliases = self.read_aliases()?;
+    /// Route the stored aliases; returns how many, and a note if the file was corrupt and
+    /// moved aside. `Err` when it cannot be read at all.
+    pub fn load_aliases(&self) -> Result<(usize, Option<String>), String> {
+        let (aliases, note) = self.read_aliases()?;
+        if let Some(note) = &note {
+            self.untold.lock().expect("not poisoned").push(note.clone());
+        }
         for (name, addr) in &aliases {
             let _ = self
                 .routes
                 .register(Owner::Alias, alias_instance(name.clone(), *addr));
         }
-        Ok(aliases.len())
+        Ok((aliases.len(), note))
     }
 
-    fn read_aliases(&self) -> Result<AliasMap, String> {
+    /// The alias file's contents. One that does not parse is moved aside (like the port
+    /// registry) and counts as empty; the note says where it went.
+    fn read_aliases(&self) -> Result<(AliasMap, Option<String>), String> {
         let path = &self.aliases_path;
-        match crate::dirs::read_private(path) {
-            Ok(None) => Ok(AliasMap::new()),
-            Ok(Some(bytes)) => serde_json::from_slice(&bytes).map_err(|e| {
-                format!(
-                    "{} is not a valid alias file ({e}); fix or delete it",
-                    path.display()
-                )
-            }),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        let bytes = match crate::dirs::read_private(path) {
+            Ok(None) => return Ok((AliasMap::new(), None)),
+            Ok(Some(bytes)) => bytes,
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(aliases) => Ok((aliases, None)),
+            Err(e) => {
+                let aside = crate::dirs::move_aside(path).map_err(|m| {
+                    format!(
+                        "{} is corrupt ({e}) and cannot be moved aside: {m}",
+                        path.display()
+                    )
+                })?;
+                Ok((
+                    AliasMap::new(),
+                    Some(format!(
+                        "{} was unreadable ({e}); moved it to {} and started a new one \
+                         (aliases in it are not routed until added again)",
+                        path.display(),
+                        aside.display()
+                    )),
+                ))
+            }
         }
     }
 
-    fn write_aliases(&self, edit: impl FnOnce(&mut AliasMap)) -> Result<(), String> {
-        let mut aliases = self.read_aliases()?;
+    /// Apply `edit` to the alias file and save it; returns the notes the user has not heard.
+    fn write_aliases(&self, edit: impl FnOnce(&mut AliasMap)) -> Result<Vec<String>, String> {
+        let (mut aliases, note) = self.read_aliases()?;
         edit(&mut aliases);
         let bytes = serde_json::to_vec_pretty(&aliases).expect("aliases serialise");
         crate::dirs::write_atomic(&self.aliases_path, &bytes)
-            .map_err(|e| format!("cannot write {}: {e}", self.aliases_path.display()))
+            .map_err(|e| format!("cannot write {}: {e}", self.aliases_path.display()))?;
+        let mut notes = std::mem::take(&mut *self.untold.lock().expect("not poisoned"));
+        notes.extend(note);
+        Ok(notes)
     }
 
     /// Request counts of the routes `owner` registered.
@@ -467,37 +499,58 @@ impl ControlPlane {
                 instances: Some(self.listed()),
                 ..Response::ok()
             },
-            Request::Stop { name } => match self.routes.remove(&name) {
-                None => Response::error(format!("no instance named '{name}' is routed")),
-                Some(route) if route.owner == Owner::Alias => match self.write_aliases(|a| {
-                    a.remove(&name);
-                }) {
-                    Ok(()) => Response::ok(),
-                    Err(e) => Response::error(e),
-                },
-                Some(route) => Response {
-                    pid: Some(route.instance.pid),
-                    ..Response::ok()
-                },
-            },
+            Request::Stop { name } => {
+                if self
+                    .routes
+                    .get(&name)
+                    .is_some_and(|r| r.owner == Owner::Alias)
+                {
+                    return self.alias(name, None);
+                }
+                match self.routes.remove(&name) {
+                    None => Response::error(format!("no instance named '{name}' is routed")),
+                    Some(route) => Response {
+                        pid: Some(route.instance.pid),
+                        ..Response::ok()
+                    },
+                }
+            }
             Request::Alias { name, addr } => self.alias(name, addr),
         }
     }
 
+    /// Add, replace (`Some`) or remove (`None`) an alias. The file is written before the route
+    /// changes, so a failure leaves both as they were.
     fn alias(&self, name: Name, addr: Option<SocketAddr>) -> Response {
         let Some(addr) = addr else {
-            if self
-                .routes
-                .get(&name)
-                .is_some_and(|r| r.owner == Owner::Alias)
-            {
-                self.routes.remove(&name);
+            let routed = self.routes.get(&name);
+            let mut saved = false;
+            let written = self.write_aliases(|a| saved = a.remove(&name).is_some());
+            let notes = match written {
+                Ok(notes) => notes,
+                Err(e) => return Response::error(e),
+            };
+            match routed {
+                Some(r) if r.owner == Owner::Alias => {
+                    self.routes.remove(&name);
+                }
+                Some(r) if !saved => {
+                    return Response::error(format!(
+                        "'{name}' is a running instance (wharf pid {}), not an alias; \
+                         stop it with `wharf stop {name}`",
+                        r.instance.pid
+                    ));
+                }
+                None if !saved => {
+                    return Response::error(format!(
+                        "there is no alias named '{name}'; `wharf ls` lists them"
+                    ));
+                }
+                _ => {}
             }
-            return match self.write_aliases(|a| {
-                a.remove(&name);
-            }) {
-                Ok(()) => Response::ok(),
-                Err(e) => Response::error(e),
+            return Response {
+                notes,
+                ..Response::ok()
             };
         };
         if !addr.ip().is_loopback() {
@@ -511,18 +564,26 @@ impl ControlPlane {
                 route.instance.pid
             ));
         }
+        let notes = match self.write_aliases(|a| {
+            a.insert(name.clone(), addr);
+        }) {
+            Ok(notes) => notes,
+            Err(e) => return Response::error(e),
+        };
         self.routes.remove(&name);
         if let Err(e) = self
             .routes
             .register(Owner::Alias, alias_instance(name.clone(), addr))
         {
+            // Not routed, so not kept either.
+            let _ = self.write_aliases(|a| {
+                a.remove(&name);
+            });
             return Response::error(e.to_string());
         }
-        match self.write_aliases(|a| {
-            a.insert(name, addr);
-        }) {
-            Ok(()) => Response::ok(),
-            Err(e) => Response::error(e),
+        Response {
+            notes,
+            ..Response::ok()
         }
     }
 }

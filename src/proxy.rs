@@ -67,8 +67,10 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         addrs.clone(),
         args.state_dir.join("aliases.json"),
     ));
-    if let Err(e) = plane.load_aliases() {
-        eprintln!("wharf proxy: {e}");
+    match plane.load_aliases() {
+        Ok((_, Some(note))) => eprintln!("wharf proxy: {note}"),
+        Ok((_, None)) => {}
+        Err(e) => eprintln!("wharf proxy: {e}"),
     }
     let list_plane = plane.clone();
     let forwarder = Arc::new(
