@@ -1,14 +1,16 @@
 //! `wharf doctor`: checks what makes `http://NAME.localhost` work on this machine (name
-//! resolution, the proxy, the service units, port 80, private files) and says, for each
-//! problem, the command or change that fixes it. It changes nothing.
+//! resolution, the proxy, the service units, port 80 and who holds it, private files, corrupt
+//! state files) and says, for each problem, the command or change that fixes it. It changes
+//! nothing.
 
 use std::net::ToSocketAddrs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
-use crate::dirs::Dirs;
+use crate::dirs::{self, Dirs};
 use crate::launch;
+use crate::listening;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
@@ -37,12 +39,15 @@ fn finding(level: Level, what: impl Into<String>, fix: Option<String>) -> Findin
 /// Everything `doctor` looks at, for the given directories and unit directory.
 pub async fn examine(dirs: &Dirs, unit_dir: Option<&Path>) -> Vec<Finding> {
     let mut out = vec![resolver(), curl()];
-    out.push(proxy(dirs).await);
+    let (found, proxy_pid) = proxy(dirs).await;
+    out.push(found);
     if let Some(dir) = unit_dir {
         out.push(units(dir));
     }
     out.push(port80());
+    out.extend(port_holder(HTTP_PORT, proxy_pid));
     out.extend(privacy(dirs));
+    out.extend(state_files(&dirs.state));
     out
 }
 
@@ -99,8 +104,11 @@ fn curl() -> Finding {
     }
 }
 
-async fn proxy(dirs: &Dirs) -> Finding {
-    match launch::connect(&dirs.runtime).await {
+/// The proxy's health, and its pid when one answers.
+async fn proxy(dirs: &Dirs) -> (Finding, Option<i32>) {
+    let connected = launch::connect(&dirs.runtime).await;
+    let pid = connected.as_ref().and_then(|c| c.hello.pid);
+    let found = match connected {
         Some(c) => {
             let port = c.hello.http_port.unwrap_or(0);
             let pid = c.hello.pid.unwrap_or(0);
@@ -124,7 +132,89 @@ async fn proxy(dirs: &Dirs) -> Finding {
             "no front proxy is running; the next `wharf run` starts one",
             Some("or run it as a service: `wharf install`".into()),
         ),
+    };
+    (found, pid)
+}
+
+/// The port `http://NAME.localhost` needs no `:PORT` on.
+const HTTP_PORT: u16 = 80;
+
+/// Who listens on `port` when it is not the proxy (`proxy_pid`): `None` when nothing does
+/// or the platform cannot tell.
+fn port_holder(port: u16, proxy_pid: Option<i32>) -> Option<Finding> {
+    if !listening::is_listened_on(port)? {
+        return None;
     }
+    let fix = "stop it, or let the proxy use another port (`[proxy] listen` in config.toml); \
+               URLs then carry the port"
+        .to_string();
+    Some(match listening::holders(&[port]).remove(&port) {
+        Some(h) if Some(h.pid) == proxy_pid => finding(
+            Level::Ok,
+            format!("port {port} is the front proxy's (pid {})", h.pid),
+            None,
+        ),
+        Some(h) => finding(
+            Level::Problem,
+            format!("port {port} is taken by {h}, not by wharf's proxy"),
+            Some(fix.clone()),
+        ),
+        None => finding(
+            Level::Problem,
+            format!(
+                "port {port} is taken by a process of another user (its owner can tell: `ss -ltnp 'sport = :{port}'`)"
+            ),
+            Some(fix),
+        ),
+    })
+}
+
+/// State files that do not parse (the next command moves them aside), and files moved aside
+/// before, which are the user's to look at and delete.
+fn state_files(state: &Path) -> Vec<Finding> {
+    let mut out = Vec::new();
+    /// A file's name, and what is wrong with its contents (`None`: nothing).
+    type Check = (&'static str, fn(&[u8]) -> Option<String>);
+    let checks: [Check; 2] = [
+        ("registry.json", |b| {
+            serde_json::from_slice::<crate::registry::Registry>(b)
+                .err()
+                .map(|e| e.to_string())
+        }),
+        ("aliases.json", |b| {
+            serde_json::from_slice::<crate::routes::AliasMap>(b)
+                .err()
+                .map(|e| e.to_string())
+        }),
+    ];
+    for (file, check) in checks {
+        let path = state.join(file);
+        if let Ok(Some(bytes)) = dirs::read_private(&path)
+            && let Some(e) = check(&bytes)
+        {
+            out.push(finding(
+                Level::Problem,
+                format!("{} is corrupt ({e})", path.display()),
+                Some("the next wharf command moves it aside and rebuilds it; or delete it".into()),
+            ));
+        }
+    }
+    let mut aside: Vec<String> = std::fs::read_dir(state)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(dirs::CORRUPT_MARK))
+        .map(|e| e.path().display().to_string())
+        .collect();
+    aside.sort();
+    if !aside.is_empty() {
+        out.push(finding(
+            Level::Note,
+            format!("corrupt state files were moved aside: {}", aside.join(", ")),
+            Some("look at them if you wish, then delete them".into()),
+        ));
+    }
+    out
 }
 
 fn units(dir: &Path) -> Finding {
@@ -269,4 +359,46 @@ pub fn report(findings: &[Finding]) -> std::io::Result<i32> {
     Ok(i32::from(
         findings.iter().any(|f| f.level == Level::Problem),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_held_by_another_process_is_named() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let me = std::process::id() as i32;
+        let f = port_holder(port, None).expect("the port is listened on");
+        assert_eq!(f.level, Level::Problem);
+        assert!(f.what.contains(&format!("(pid {me})")), "{}", f.what);
+        assert_eq!(port_holder(port, Some(me)).unwrap().level, Level::Ok);
+        drop(listener);
+        assert!(port_holder(port, None).is_none());
+    }
+
+    #[test]
+    fn corrupt_and_moved_aside_files_are_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(state_files(tmp.path()).is_empty());
+        std::fs::write(tmp.path().join("aliases.json"), b"{oops").unwrap();
+        std::fs::write(tmp.path().join("registry.json"), b"{}").unwrap();
+        let found = state_files(tmp.path());
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].what.contains("aliases.json is corrupt"),
+            "{}",
+            found[0].what
+        );
+        dirs::move_aside(&tmp.path().join("aliases.json")).unwrap();
+        let found = state_files(tmp.path());
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].level, Level::Note);
+        assert!(
+            found[0].what.contains("aliases.json.corrupt-"),
+            "{}",
+            found[0].what
+        );
+    }
 }
