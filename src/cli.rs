@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::alloc::PortRange;
+use crate::alloc::PortRanges;
 use crate::name::Name;
 use crate::project::{Ready, Restart};
 
@@ -82,9 +82,11 @@ pub struct RunCli {
     /// Preferred port; if it is taken wharf says so and goes on. 0 = any free port
     #[arg(long, short = 'p')]
     pub port: Option<u16>,
-    /// Ports to choose from, LO-HI (default: `[defaults] range` in config.toml, else 4000-4999)
-    #[arg(long, value_name = "LO-HI")]
-    pub range: Option<PortRange>,
+    /// Ports to choose from, LO-HI; a comma-separated list is tried in order (4000-4099,5000-5099).
+    /// Beats the name's last port when that is outside. Default: `[defaults] range` in
+    /// config.toml, else 4000-4999
+    #[arg(long, value_name = "LO-HI[,LO-HI…]")]
+    pub range: Option<PortRanges>,
     /// Another named socket (repeatable): routed at SUB.NAME.localhost, passed as fd 4… or PORT_SUB
     #[arg(long = "socket", value_name = "SUB")]
     pub sockets: Vec<Name>,
@@ -128,6 +130,9 @@ pub struct RunCli {
     /// Print only the URL line and errors
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Say every port tried and why it was not taken (default: one summary line)
+    #[arg(long, short = 'v', conflicts_with = "quiet")]
+    pub verbose: bool,
     /// The server command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::alloc::PortRange;
+use crate::alloc::PortRanges;
 use crate::trust::{Trust, TrustError};
 
 #[derive(Debug, Default, Deserialize)]
@@ -34,7 +34,11 @@ struct RawTrust {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
-    range: Option<String>,
+    /// `"4000-4099"`, `"4000-4099,5000-5099"` or `["4000-4099", "5000-5099"]`.
+    range: Option<toml::Value>,
+    /// Ports and ranges never handed out: `[5432, "6000-6010"]`.
+    #[serde(default)]
+    exclude: Vec<toml::Value>,
     idle_timeout: Option<toml::Value>,
 }
 
@@ -56,8 +60,10 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// How long an upgraded connection (a WebSocket) stays open once one side has ended it.
     pub tunnel_linger: Duration,
-    /// Ports instances choose from when they name none.
-    pub range: PortRange,
+    /// Ports instances choose from when they name none, ranges in order.
+    pub range: PortRanges,
+    /// Ports never handed out, whatever range or `--port` says.
+    pub exclude: PortRanges,
     /// How long an on-demand instance may stay without connections.
     pub idle_timeout: Duration,
     /// Project files allowed whoever could have written them: absolute paths (a directory
@@ -71,7 +77,8 @@ impl Default for Config {
             proxy_listen: Vec::new(),
             upstream_timeout: crate::forward::UPSTREAM_HEAD,
             tunnel_linger: crate::forward::TUNNEL_LINGER,
-            range: crate::alloc::DEFAULT_RANGE,
+            range: crate::alloc::DEFAULT_RANGE.into(),
+            exclude: PortRanges::default(),
             idle_timeout: crate::project::DEFAULT_IDLE,
             trust: Vec::new(),
         }
@@ -114,9 +121,26 @@ pub fn parse(text: &str) -> Result<Config, String> {
         30,
     )?;
     let range = match &raw.defaults.range {
-        None => crate::alloc::DEFAULT_RANGE,
-        Some(r) => r.parse().map_err(|e| format!("defaults.range: {e}"))?,
+        None => crate::alloc::DEFAULT_RANGE.into(),
+        Some(toml::Value::String(r)) => r.parse().map_err(|e| format!("defaults.range: {e}"))?,
+        Some(toml::Value::Array(items)) => {
+            let parts: Option<Vec<&str>> = items.iter().map(toml::Value::as_str).collect();
+            let parts = parts.filter(|p| !p.is_empty()).ok_or_else(|| {
+                "defaults.range: write \"4000-4099\" or [\"4000-4099\", \"5000-5099\"]".to_string()
+            })?;
+            parts
+                .join(",")
+                .parse()
+                .map_err(|e| format!("defaults.range: {e}"))?
+        }
+        Some(other) => {
+            return Err(format!(
+                "defaults.range: {other} is not a range; write \"4000-4099\" or \"4000-4099,5000-5099\""
+            ));
+        }
     };
+    let exclude = PortRanges::from_toml(&raw.defaults.exclude)
+        .map_err(|e| format!("defaults.exclude: {e}"))?;
     let idle_timeout = match &raw.defaults.idle_timeout {
         None => crate::project::DEFAULT_IDLE,
         Some(v) => {
@@ -137,6 +161,7 @@ pub fn parse(text: &str) -> Result<Config, String> {
         upstream_timeout,
         tunnel_linger,
         range,
+        exclude,
         idle_timeout,
         trust,
     })
@@ -212,8 +237,8 @@ mod tests {
         assert_eq!(c.tunnel_linger, Duration::from_secs(1));
         let c = parse("[defaults]\nrange = \"5000-5099\"\nidle_timeout = \"2m\"\n").unwrap();
         assert_eq!(
-            (c.range.lo, c.idle_timeout),
-            (5000, Duration::from_secs(120))
+            (c.range.to_string(), c.idle_timeout),
+            ("5000-5099".to_string(), Duration::from_secs(120))
         );
         assert!(
             parse("[defaults]\nrange = \"x\"\n")
@@ -227,5 +252,28 @@ mod tests {
                 .unwrap_err()
                 .contains("not an absolute path")
         );
+    }
+
+    #[test]
+    fn several_ranges_and_an_exclusion_list() {
+        let c = parse("[defaults]\nrange = \"4000-4099, 5000-5099\"\nexclude = [5432, \"6000-6010\", \"7\"]\n")
+            .unwrap();
+        assert_eq!(c.range.to_string(), "4000-4099,5000-5099");
+        assert_eq!(c.exclude.to_string(), "5432-5432,6000-6010,7-7");
+        assert!(c.exclude.contains(6005) && c.exclude.contains(7) && !c.exclude.contains(6011));
+        let c = parse("[defaults]\nrange = [\"4000-4099\", \"5000-5099\"]\n").unwrap();
+        assert_eq!(c.range.to_string(), "4000-4099,5000-5099");
+        for bad in [
+            "exclude = [0]",
+            "exclude = [70000]",
+            "exclude = [\"a-b\"]",
+            "exclude = [true]",
+            "range = 4000",
+            "range = []",
+            "range = \"4000-4099,\"",
+        ] {
+            let err = parse(&format!("[defaults]\n{bad}\n")).unwrap_err();
+            assert!(err.contains("defaults."), "{bad}: {err}");
+        }
     }
 }

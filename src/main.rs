@@ -171,7 +171,8 @@ fn run_args(cli: RunCli, config: &config::Config, stop_grace: Duration) -> run::
         name: cli.name,
         mode,
         port: cli.port,
-        range: Some(cli.range.unwrap_or(config.range)),
+        range: Some(cli.range.unwrap_or_else(|| config.range.clone())),
+        exclude: config.exclude.clone(),
         sockets: cli.sockets,
         restart: cli.restart.unwrap_or(Restart::No),
         on_demand: cli.on_demand,
@@ -187,6 +188,7 @@ fn run_args(cli: RunCli, config: &config::Config, stop_grace: Duration) -> run::
         no_pid: cli.no_pid,
         quiet: cli.quiet,
         stop_grace,
+        verbose: cli.verbose,
         command: cli.command,
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::alloc::PortRange;
+use crate::alloc::PortRanges;
 use crate::mode::Mode;
 use crate::name::Name;
 use crate::trust::{Trust, TrustError};
@@ -119,7 +119,7 @@ pub struct Declared {
     /// `None` = auto.
     pub mode: Option<Mode>,
     pub port: Option<u16>,
-    pub range: Option<PortRange>,
+    pub range: Option<PortRanges>,
     pub sockets: Vec<Name>,
     pub activation: Activation,
     pub idle_timeout: Option<Duration>,
@@ -143,7 +143,7 @@ impl Declared {
         )
             .hash(&mut h);
         (
-            self.range.map(|r| r.to_string()),
+            self.range.as_ref().map(|r| r.to_string()),
             &self.sockets,
             format!("{:?}", self.activation),
         )
@@ -269,7 +269,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Vec<Declared>, (usize, String)> 
             None => None,
             Some(r) => Some(
                 r.get_ref()
-                    .parse::<PortRange>()
+                    .parse::<PortRanges>()
                     .map_err(|e| at(r.span(), "range", e))?,
             ),
         };

@@ -41,9 +41,10 @@ pub struct Lease {
     pub ports: BTreeMap<String, u16>,
     /// Unix seconds when the lease was taken.
     pub since: u64,
-    /// How the main port was chosen (absent in leases older wharfs wrote).
-    #[serde(default)]
-    pub choice: Option<crate::alloc::Choice>,
+    /// How the main port was chosen, for `wharf up`'s table (absent in leases older wharfs
+    /// wrote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<crate::alloc::Allocation>,
 }
 
 impl Registry {
@@ -219,7 +220,7 @@ impl Store {
                     holder,
                     ports,
                     since: now.saturating_sub(l.uptime_secs),
-                    choice: None,
+                    allocation: None,
                 },
             );
         }
@@ -288,7 +289,7 @@ mod tests {
                         holder,
                         ports,
                         since: 0,
-                        choice: None,
+                        allocation: None,
                     },
                 );
             }

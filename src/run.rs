@@ -18,7 +18,7 @@ use signal_hook::iterator::exfiltrator::WithOrigin;
 use signal_hook::low_level::siginfo::{Cause, Origin};
 use signal_hook_tokio::SignalsInfo;
 
-use crate::alloc::{self, MAIN_SOCKET, PortRange};
+use crate::alloc::{self, MAIN_SOCKET, PortRanges};
 use crate::context::Context;
 use crate::control::{Declaration, State};
 use crate::demand;
@@ -52,7 +52,9 @@ pub struct RunArgs {
     pub mode: Option<Mode>,
     pub port: Option<u16>,
     /// `None`: any free port.
-    pub range: Option<PortRange>,
+    pub range: Option<PortRanges>,
+    /// Ports never handed out (`[defaults] exclude`).
+    pub exclude: PortRanges,
     pub sockets: Vec<Name>,
     pub restart: Restart,
     /// Start the server on the first connection; stop it after `idle_timeout` without any.
@@ -71,6 +73,8 @@ pub struct RunArgs {
     /// After a stop signal, how long the server has before it (and everything it started) is
     /// killed.
     pub stop_grace: Duration,
+    /// Say every port tried and why it was not taken, not just the summary.
+    pub verbose: bool,
     pub command: Vec<String>,
 }
 
@@ -103,11 +107,21 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         name: &args.name,
         sockets: &socket_names,
         prefer: args.port,
-        range: args.range,
+        range: args.range.as_ref(),
+        exclude: &args.exclude,
         force: args.force,
     };
-    let (bound, _lease) =
-        alloc::allocate(Store::new(&state_dir), &request, &mut |line| out.say(line))?;
+    let store = Store::new(&state_dir).recovering_from(&runtime_dir);
+    let allocated = alloc::allocate(store, &request, &mut |line| out.say(line))?;
+    for how in &allocated.how {
+        if args.verbose {
+            how.details(&args.name).into_iter().for_each(|l| out.say(l));
+        }
+        if let Some(summary) = how.summary(&args.name) {
+            out.say(summary);
+        }
+    }
+    let (bound, _lease) = (allocated.sockets, allocated.lease);
     let ports: Vec<(String, u16)> = bound.iter().map(|b| (b.name.clone(), b.port)).collect();
     let port_numbers: Vec<u16> = ports.iter().map(|(_, p)| *p).collect();
     let argv = mode::substitute(&plan.argv, &ports);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::alloc::{Choice, MAIN_SOCKET, Wish};
+use crate::alloc::{Allocation, MAIN_SOCKET};
 use crate::context::Context;
 use crate::control::{Listed, Request, State};
 use crate::dirs::Dirs;
@@ -235,14 +235,14 @@ fn print_summary(rows: &[Row], state: &Path, http_port: u16) {
     for r in rows {
         let lease = leases.as_ref().ok().and_then(|l| l.get(&r.name));
         let port = lease.and_then(|l| l.ports.get(MAIN_SOCKET));
-        let choice = lease.and_then(|l| l.choice.as_ref());
+        let how = lease.and_then(|l| l.allocation.as_ref());
         let known = |s: Option<String>| s.filter(|_| r.running).unwrap_or_else(|| "-".into());
         table.push([
             r.name.to_string(),
             r.outcome.to_string(),
             known(port.map(u16::to_string)),
-            known(choice.map(describe_choice)),
-            known(choice.map(|c| c.tried.to_string())),
+            known(how.map(|a| describe_choice(a, &r.name))),
+            known(how.map(|a| a.tried.to_string())),
             known(Some(crate::control::url(&r.name, http_port))),
         ]);
     }
@@ -259,16 +259,12 @@ fn print_summary(rows: &[Row], state: &Path, http_port: u16) {
     }
 }
 
-/// `preferred (its last port)`, `fallback: 4000 (its port) is in use by another process`.
-fn describe_choice(c: &Choice) -> String {
-    let wish = |w: Wish| match w {
-        Wish::Asked => "its port",
-        Wish::Last => "its last port",
-    };
-    match (c.preferred, &c.refused) {
+/// `preferred (--port)`, `fallback: port 4000 (--port) is in use by python3 (pid 7)`.
+fn describe_choice(a: &Allocation, name: &Name) -> String {
+    match (a.preferred, a.fallback_reason(name)) {
         (None, _) => "first free (nothing preferred)".to_string(),
-        (Some((_, w)), None) => format!("preferred ({})", wish(w)),
-        (Some((p, w)), Some(why)) => format!("fallback: {p} ({}) {why}", wish(w)),
+        (Some((_, why)), None) => format!("preferred ({})", why.describe(name)),
+        (Some(_), Some(reason)) => format!("fallback: {reason}"),
     }
 }
 
@@ -299,7 +295,7 @@ fn spawn_supervisor(
     if let Some(port) = decl.port {
         cmd.arg("--port").arg(port.to_string());
     }
-    if let Some(range) = decl.range {
+    if let Some(range) = &decl.range {
         cmd.arg("--range").arg(range.to_string());
     }
     for sub in &decl.sockets {

@@ -3,6 +3,7 @@ mod express;
 mod hostile;
 mod http2;
 mod pages;
+mod ports;
 mod proxy;
 mod rules;
 mod run;
