@@ -181,36 +181,33 @@ fn a_corrupt_alias_file_is_moved_aside_and_the_alias_still_saved() {
     let (port, _listener) = os_port();
     std::fs::create_dir_all(sb.state_dir()).unwrap();
     let file = sb.state_dir().join("aliases.json");
-    std::fs::write(&file, b"{\"db\": oops").unwrap();
-    let (status, log) = sb.output(&["alias", "db", &port.to_string()]);
-    assert!(status.success(), "{log}");
-    assert!(log.contains("moved it to"), "{log}");
-    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    assert_eq!(saved["db"], format!("127.0.0.1:{port}"));
-    let aside = std::fs::read_dir(sb.state_dir())
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("aliases.json.corrupt-")
-        })
-        .count();
-    assert_eq!(aside, 1);
-    assert!(
-        sb.ls()
-            .iter()
-            .any(|l| l["name"] == "db" && l["alias"] == true)
-    );
-
-    // The same with the proxy running: saved and routed, or neither.
-    std::fs::write(&file, b"[").unwrap();
-    let (status, log) = sb.output(&["alias", "db2", &port.to_string()]);
-    assert!(status.success(), "{log}");
-    assert!(log.contains("moved it to"), "{log}");
-    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    assert_eq!(saved["db2"], format!("127.0.0.1:{port}"));
-    assert!(sb.ls().iter().any(|l| l["name"] == "db2"));
+    // First with no proxy running (it finds the file when it starts), then with one running:
+    // either way the file is moved aside, and the alias saved and routed.
+    for (n, (name, garbage)) in [("db", "{\"db\": oops"), ("db2", "[")].iter().enumerate() {
+        std::fs::write(&file, garbage).unwrap();
+        let (status, log) = sb.output(&["alias", name, &port.to_string()]);
+        assert!(status.success(), "{log}");
+        assert!(log.contains("moved it to"), "{log}");
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(saved[name], format!("127.0.0.1:{port}"));
+        let aside = std::fs::read_dir(sb.state_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let file_name = e.file_name();
+                file_name
+                    .to_string_lossy()
+                    .starts_with("aliases.json.corrupt-")
+            })
+            .count();
+        assert_eq!(aside, n + 1, "every corrupt copy is kept");
+        assert!(
+            sb.ls()
+                .iter()
+                .any(|l| l["name"] == *name && l["alias"] == true)
+        );
+    }
 
     // doctor tells of the file moved aside.
     let out = sb.wharf(&["doctor"]).output().unwrap();
