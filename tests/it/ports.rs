@@ -269,3 +269,28 @@ fn a_corrupt_registry_is_rebuilt_with_the_running_instances() {
     assert_eq!(reg["leases"]["keep"]["ports"]["http"], port, "{reg}");
     assert_eq!(reg["sticky"]["keep"]["http"], port, "{reg}");
 }
+
+#[test]
+fn a_declared_list_of_ranges_falls_back_in_order() {
+    let sb = Sandbox::new();
+    let (a, _held) = hold_run(1);
+    let (b, free) = hold_run(1);
+    drop(free);
+    std::fs::write(
+        sb.dir.path().join("wharf.toml"),
+        format!(
+            "[instances.web]\ncommand = [\"{}\", \"{}\"]\nmode = \"fd\"\nrange = \"{a}-{a},{b}-{b}\"\n",
+            python().display(),
+            server_py().display()
+        ),
+    )
+    .unwrap();
+    let (status, log) = sb.output(&["up"]);
+    assert!(status.success(), "{log}");
+    let web = sb
+        .ls()
+        .into_iter()
+        .find(|l| l["name"] == "web")
+        .expect("web runs");
+    assert_eq!(web["sockets"]["http"], format!("127.0.0.1:{b}"), "{web}");
+}
