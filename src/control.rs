@@ -411,7 +411,7 @@ impl ControlPlane {
     }
 
     /// The alias file's contents. One that does not parse is moved aside (like the port
-    /// registry) and counts as empty; the note says where it went.
+    /// registry) and replaced by the aliases this proxy routes; the note says so.
     fn read_aliases(&self) -> Result<(AliasMap, Option<String>), String> {
         let path = &self.aliases_path;
         let bytes = match crate::dirs::read_private(path) {
@@ -422,17 +422,33 @@ impl ControlPlane {
         match serde_json::from_slice(&bytes) {
             Ok(aliases) => Ok((aliases, None)),
             Err(e) => {
+                let routed: AliasMap = self
+                    .routes
+                    .snapshot()
+                    .values()
+                    .filter(|r| r.owner == Owner::Alias)
+                    .filter_map(|r| {
+                        let addr = r.instance.sockets.get(crate::alloc::MAIN_SOCKET)?;
+                        Some((r.instance.name.clone(), *addr))
+                    })
+                    .collect();
                 let aside = crate::dirs::move_aside(path).map_err(|m| {
                     format!(
                         "{} is corrupt ({e}) and cannot be moved aside: {m}",
                         path.display()
                     )
                 })?;
+                let kept = match routed.len() {
+                    0 => "aliases only in it are gone until added again".to_string(),
+                    _ => {
+                        let names: Vec<&str> = routed.keys().map(Name::as_str).collect();
+                        format!("kept what the proxy routes: {}", names.join(", "))
+                    }
+                };
                 Ok((
-                    AliasMap::new(),
+                    routed,
                     Some(format!(
-                        "{} was unreadable ({e}); moved it to {} and started a new one \
-                         (aliases in it are not routed until added again)",
+                        "{} was unreadable ({e}); moved it to {} and started a new one: {kept}",
                         path.display(),
                         aside.display()
                     )),

@@ -182,7 +182,8 @@ fn a_corrupt_alias_file_is_moved_aside_and_the_alias_still_saved() {
     std::fs::create_dir_all(sb.state_dir()).unwrap();
     let file = sb.state_dir().join("aliases.json");
     // First with no proxy running (it finds the file when it starts), then with one running:
-    // either way the file is moved aside, and the alias saved and routed.
+    // either way the file is moved aside, rebuilt from what the proxy routes, and the new
+    // alias saved and routed.
     for (n, (name, garbage)) in [("db", "{\"db\": oops"), ("db2", "[")].iter().enumerate() {
         std::fs::write(&file, garbage).unwrap();
         let (status, log) = sb.output(&["alias", name, &port.to_string()]);
@@ -191,6 +192,11 @@ fn a_corrupt_alias_file_is_moved_aside_and_the_alias_still_saved() {
         let saved: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
         assert_eq!(saved[name], format!("127.0.0.1:{port}"));
+        if n == 1 {
+            // The corrupt file lost db; the running proxy still routed it, so it is kept.
+            assert_eq!(saved["db"], format!("127.0.0.1:{port}"), "{saved}");
+            assert!(log.contains("kept what the proxy routes: db"), "{log}");
+        }
         let aside = std::fs::read_dir(sb.state_dir())
             .unwrap()
             .flatten()
