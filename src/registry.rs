@@ -315,6 +315,10 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains("corrupt"))
             .collect();
         assert_eq!(aside.len(), 1);
+        drop(reg);
+        // Saved already, though the holder never committed: nothing is half-done.
+        let saved = std::fs::read(tmp.path().join(FILE)).unwrap();
+        assert!(serde_json::from_slice::<Registry>(&saved).is_ok());
     }
 
     #[test]
