@@ -455,14 +455,16 @@ pub(crate) fn allocate(
     for socket_name in req.sockets {
         let is_main = socket_name == MAIN_SOCKET;
         // What the user asked for wins; the last port counts only inside the range asked for.
+        // `--port 0` means any port for every socket, the last ones included.
         let preferred = match (is_main.then_some(req.prefer).flatten(), req.range) {
-            (Some(0), _) | (None, None) => None,
+            (Some(0), _) => None,
             (Some(p), _) => Some((p, Preference::Asked)),
-            (None, Some(range)) => sticky
+            (None, Some(range)) if !ephemeral => sticky
                 .get(socket_name)
                 .copied()
                 .filter(|p| range.contains(*p))
                 .map(|p| (p, Preference::Sticky)),
+            (None, _) => None,
         };
         let mut tried = 0;
         let mut skipped: Vec<(u16, Taken)> = Vec::new();
@@ -752,6 +754,18 @@ mod tests {
             force: false,
         };
         allocate(store, &req, &mut |_| {})
+    }
+
+    #[test]
+    fn port_zero_forgets_the_last_port_of_every_socket() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = free_run(4);
+        let range = format!("{base}-{}", base + 3);
+        let both = [MAIN_SOCKET, "admin"];
+        drop(alloc(Store::new(tmp.path()), "web", None, &range, "", &both).unwrap());
+        let any = alloc(Store::new(tmp.path()), "web", Some(0), &range, "", &both).unwrap();
+        assert_eq!(any.how[1].preferred, None, "{:?}", any.how[1]);
+        assert_eq!(any.how[1].tried, 0, "the OS chose");
     }
 
     #[test]
