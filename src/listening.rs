@@ -177,13 +177,15 @@ mod imp {
             .lines()
             .skip(1)
             .filter_map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                if fields.get(3) != Some(&LISTEN) {
+                // Tens of thousands of lines on a busy machine, a handful of listeners: look
+                // at the state before splitting the rest.
+                let mut fields = line.split_whitespace();
+                let local = fields.nth(1)?;
+                if fields.nth(1)? != LISTEN {
                     return None;
                 }
-                let addr = parse_addr(fields.get(1)?)?;
-                let inode = fields.get(9)?.parse().ok()?;
-                Some((addr, inode))
+                let inode = fields.nth(5)?.parse().ok()?;
+                Some((parse_addr(local)?, inode))
             })
             .collect()
     }
