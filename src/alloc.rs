@@ -509,8 +509,9 @@ pub(crate) fn allocate(
                         }
                     }
                     if found.is_none() {
+                        drop(reg);
                         seen.extend(skipped);
-                        name_processes(&mut seen);
+                        name_processes(seen.iter_mut().collect());
                         return Err(exhausted(range, req.exclude, socket_name, &seen));
                     }
                 }
@@ -518,7 +519,6 @@ pub(crate) fn allocate(
             }
         }
         let (port, socket) = found.expect("every branch binds or returns");
-        name_processes(&mut skipped);
         seen.extend(skipped.iter().cloned());
         how.push(Allocation {
             socket: socket_name.clone(),
@@ -547,6 +547,8 @@ pub(crate) fn allocate(
     );
     reg.commit()?;
     drop(reg);
+    // Outside the lock: reading /proc can take a while on a busy machine.
+    name_processes(how.iter_mut().flat_map(|a| a.skipped.iter_mut()).collect());
     let lease = LeaseGuard {
         store,
         name: req.name.clone(),
@@ -578,7 +580,7 @@ fn any_port(exclude: &PortRanges) -> Result<(u16, Socket), AllocError> {
 }
 
 /// Name the processes behind ports found in use, in one look at the system.
-fn name_processes(taken: &mut [(u16, Taken)]) {
+fn name_processes(mut taken: Vec<&mut (u16, Taken)>) {
     let unnamed: Vec<u16> = taken
         .iter()
         .filter(|(_, t)| *t == Taken::Process(None))
@@ -588,7 +590,7 @@ fn name_processes(taken: &mut [(u16, Taken)]) {
         return;
     }
     let holders = listening::holders(&unnamed);
-    for (port, t) in taken.iter_mut() {
+    for (port, t) in taken.iter_mut().map(|e| &mut **e) {
         if *t == Taken::Process(None)
             && let Some(h) = holders.get(port)
         {
