@@ -232,9 +232,16 @@ impl Allocation {
     /// Why instance `name`'s preferred port was not used (`port 4000 (--port) is in use by
     /// node (pid 9)`); `None` if it was, or if there was none.
     pub fn fallback_reason(&self, name: &Name) -> Option<String> {
+        let (want, why, taken) = self.refused()?;
+        Some(format!("port {want} ({}) {taken}", why.describe(name)))
+    }
+
+    /// The preferred port, why it was preferred and why it was not got; `None` if it was got,
+    /// or if there was none.
+    pub fn refused(&self) -> Option<(u16, Preference, &Taken)> {
         let (want, why) = self.preferred.filter(|(p, _)| *p != self.port)?;
-        let taken = self.skipped.iter().find(|(p, _)| *p == want)?;
-        Some(format!("port {want} ({}) {}", why.describe(name), taken.1))
+        let (_, taken) = self.skipped.iter().find(|(p, _)| *p == want)?;
+        Some((want, why, taken))
     }
 
     /// One line saying what was skipped, and why, before the port got; `None` when the first
@@ -279,7 +286,7 @@ impl Allocation {
 }
 
 impl Preference {
-    pub(crate) fn describe(&self, name: &Name) -> String {
+    fn describe(&self, name: &Name) -> String {
         match self {
             Preference::Asked => "--port".to_string(),
             Preference::Sticky => format!("{name}'s last port"),

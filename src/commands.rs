@@ -283,7 +283,7 @@ pub async fn alias(ctx: &Context, name: Name, addr: Option<String>) -> anyhow::R
         })
         .await?;
     for note in &answer.notes {
-        eprintln!("wharf: {note}");
+        crate::errln!("wharf: {note}");
     }
     match addr {
         Some(addr) => {

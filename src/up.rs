@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::alloc::{Allocation, MAIN_SOCKET};
+use crate::alloc::{Allocation, MAIN_SOCKET, Preference};
 use crate::context::Context;
 use crate::control::{Listed, Request, State};
 use crate::dirs::Dirs;
@@ -241,7 +241,7 @@ fn print_summary(rows: &[Row], state: &Path, http_port: u16) {
             r.name.to_string(),
             r.outcome.to_string(),
             known(port.map(u16::to_string)),
-            known(how.map(|a| describe_choice(a, &r.name))),
+            known(how.map(describe_choice)),
             known(how.map(|a| a.tried.to_string())),
             known(Some(crate::control::url(&r.name, http_port))),
         ]);
@@ -259,12 +259,16 @@ fn print_summary(rows: &[Row], state: &Path, http_port: u16) {
     }
 }
 
-/// `preferred (--port)`, `fallback: port 4000 (--port) is in use by python3 (pid 7)`.
-fn describe_choice(a: &Allocation, name: &Name) -> String {
-    match (a.preferred, a.fallback_reason(name)) {
+/// `preferred (its port)`, `fallback: 4000 (its last port) is in use by python3 (pid 7)`.
+fn describe_choice(a: &Allocation) -> String {
+    let wish = |w: Preference| match w {
+        Preference::Asked => "its port",
+        Preference::Sticky => "its last port",
+    };
+    match (a.preferred, a.refused()) {
         (None, _) => "first free (nothing preferred)".to_string(),
-        (Some((_, why)), None) => format!("preferred ({})", why.describe(name)),
-        (Some(_), Some(reason)) => format!("fallback: {reason}"),
+        (Some((_, w)), None) => format!("preferred ({})", wish(w)),
+        (Some(_), Some((p, w, taken))) => format!("fallback: {p} ({}) {taken}", wish(w)),
     }
 }
 
