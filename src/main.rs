@@ -186,6 +186,7 @@ fn run_args(cli: RunCli, config: &config::Config, stop_grace: Duration) -> run::
         env: Vec::new(),
         force: cli.force,
         no_pid: cli.no_pid,
+        inherited_port: std::env::var_os("PORT").map(|p| p.to_string_lossy().into_owned()),
         quiet: cli.quiet,
         stop_grace,
         verbose: cli.verbose,

@@ -1,8 +1,10 @@
 //! Choosing how an instance gets its socket: fd mode (inherited, `LISTEN_FDS`) or env mode
-//! (`PORT`, the server binds). Looks only at the command line and package.json scripts.
+//! (`PORT`, the server binds), and the options that make a known server use it. Looks only at
+//! the command line, `sh -c` strings and package.json scripts; never runs anything.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -20,126 +22,316 @@ impl fmt::Display for Mode {
     }
 }
 
-/// The chosen mode, the command to run (with any flags wharf adds, placeholders not yet
+/// The chosen mode, the command to run (with any options wharf adds, placeholders not yet
 /// filled in) and a sentence saying why.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Plan {
     pub mode: Mode,
     pub argv: Vec<String>,
     pub reason: String,
+    /// Whether `LISTEN_PID` can name the server: false when a wrapper in front of it forks,
+    /// since the server's pid is then not the one wharf starts.
+    pub listen_pid: bool,
+    /// Whether to offer a `NOTIFY_SOCKET` (false for servers that only complain about it).
+    pub notify: bool,
 }
 
-/// A server wharf knows: how it takes a socket, and the flags that make it take ours.
+/// Where the instance's settings come from, so that messages name the switch to change.
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'a> {
+    CommandLine,
+    /// A wharf.toml.
+    File(&'a Path),
+}
+
+impl Source<'_> {
+    /// How the user asked for `mode`: `--fd was given`, `mode = "fd" in /p/wharf.toml`.
+    fn asked(&self, mode: Mode) -> String {
+        match self {
+            Source::CommandLine => format!("--{mode} was given"),
+            Source::File(file) => format!("mode = \"{mode}\" in {}", file.display()),
+        }
+    }
+
+    /// Why on-demand activation forces fd mode.
+    fn on_demand(&self) -> String {
+        let by = match self {
+            Source::CommandLine => "--on-demand".to_string(),
+            Source::File(file) => format!("activation = \"on-demand\" in {}", file.display()),
+        };
+        format!("{by} needs it (the socket must exist before the server)")
+    }
+
+    /// How to ask for `mode`: `--env`, `mode = "env" in wharf.toml`.
+    pub(crate) fn switch(&self, mode: Mode) -> String {
+        match self {
+            Source::CommandLine => format!("--{mode}"),
+            Source::File(_) => format!("mode = \"{mode}\" in wharf.toml"),
+        }
+    }
+}
+
+/// An option wharf may add: added unless the command already gives one of `names` (an empty
+/// `names` stands for a positional argument, as `manage.py runserver ADDR`).
+struct Opt {
+    names: &'static [&'static str],
+    add: &'static [&'static str],
+}
+
+const fn opt(names: &'static [&'static str], add: &'static [&'static str]) -> Opt {
+    Opt { names, add }
+}
+
+/// How a known server can take an inherited socket.
+enum Takes {
+    /// It cannot: it binds for itself, so env mode only.
+    Nothing,
+    /// It uses the fd these options name, whatever its pid.
+    Named(&'static [Opt]),
+    /// It reads `LISTEN_FDS` itself, only when `LISTEN_PID` is its own pid; `opts` are added
+    /// then. Behind a wrapper that forks, `named` passes the fd explicitly instead; a server
+    /// without such an option binds for itself there (env mode).
+    Activation {
+        opts: &'static [Opt],
+        named: Option<&'static [Opt]>,
+    },
+}
+
+/// A server wharf knows: how it takes a socket, and how it binds 127.0.0.1:{port} itself.
 struct Known {
     program: &'static str,
     /// Only when the next word is one of these (e.g. `next dev`); empty = any.
     verbs: &'static [&'static str],
-    mode: Mode,
-    /// Added unless the user already passed the first of them.
-    flags: &'static [&'static str],
+    takes: Takes,
+    /// Options for env mode.
+    binds: &'static [Opt],
+    /// False where `NOTIFY_SOCKET` only makes it complain: puma before 6.1 logs "Systemd
+    /// integration failed … sd_notify gem" on every start unless that gem is installed. In fd
+    /// mode, requests flow before readiness anyway; `--ready notify` offers it all the same.
+    notify: bool,
 }
+
+const PORT_HOST: &[Opt] = &[
+    opt(&["--port"], &["--port", "{port}"]),
+    opt(&["--host"], &["--host", "127.0.0.1"]),
+];
 
 const KNOWN: &[Known] = &[
     Known {
         program: "gunicorn",
         verbs: &[],
-        mode: Mode::Fd,
-        flags: &[],
+        takes: Takes::Activation {
+            opts: &[],
+            named: Some(&[opt(&["--bind", "-b"], &["--bind", "fd://{fd}"])]),
+        },
+        binds: &[opt(&["--bind", "-b"], &["--bind", "127.0.0.1:{port}"])],
+        notify: true,
     },
     Known {
         program: "puma",
         verbs: &[],
-        mode: Mode::Fd,
-        flags: &[],
+        // Without `only`, puma binds its configured or default address (0.0.0.0:9292) and
+        // closes the socket it was handed as unused.
+        takes: Takes::Activation {
+            opts: &[opt(
+                &["--bind-to-activated-sockets"],
+                &["--bind-to-activated-sockets", "only"],
+            )],
+            named: None,
+        },
+        binds: &[opt(
+            &["--bind", "-b", "--port", "-p"],
+            &["--bind", "tcp://127.0.0.1:{port}"],
+        )],
+        notify: false,
     },
     Known {
         program: "uvicorn",
         verbs: &[],
-        mode: Mode::Fd,
-        flags: &["--fd", "{fd}"],
+        takes: Takes::Named(&[opt(&["--fd"], &["--fd", "{fd}"])]),
+        binds: PORT_HOST,
+        notify: true,
     },
     Known {
         program: "hypercorn",
         verbs: &[],
-        mode: Mode::Fd,
-        flags: &["--bind", "fd://{fd}"],
+        takes: Takes::Named(&[opt(&["--bind", "-b"], &["--bind", "fd://{fd}"])]),
+        binds: &[opt(&["--bind", "-b"], &["--bind", "127.0.0.1:{port}"])],
+        notify: true,
     },
     Known {
         program: "vite",
         verbs: &[],
-        mode: Mode::Env,
-        flags: &["--port", "{port}", "--strictPort", "--host", "127.0.0.1"],
+        takes: Takes::Nothing,
+        binds: &[
+            opt(&["--port"], &["--port", "{port}"]),
+            opt(&["--strictPort", "--strict-port"], &["--strictPort"]),
+            opt(&["--host"], &["--host", "127.0.0.1"]),
+        ],
+        notify: true,
     },
     Known {
         program: "next",
         verbs: &["dev", "start"],
-        mode: Mode::Env,
-        flags: &["--port", "{port}", "--hostname", "127.0.0.1"],
+        takes: Takes::Nothing,
+        binds: &[
+            opt(&["--port", "-p"], &["--port", "{port}"]),
+            opt(&["--hostname", "-H"], &["--hostname", "127.0.0.1"]),
+        ],
+        notify: true,
     },
     Known {
         program: "astro",
         verbs: &["dev", "preview"],
-        mode: Mode::Env,
-        flags: &["--port", "{port}", "--host", "127.0.0.1"],
+        takes: Takes::Nothing,
+        binds: PORT_HOST,
+        notify: true,
     },
     Known {
         program: "webpack",
         verbs: &["serve"],
-        mode: Mode::Env,
-        flags: &["--port", "{port}", "--host", "127.0.0.1"],
+        takes: Takes::Nothing,
+        binds: PORT_HOST,
+        notify: true,
     },
     Known {
         program: "webpack-dev-server",
         verbs: &[],
-        mode: Mode::Env,
-        flags: &["--port", "{port}", "--host", "127.0.0.1"],
+        takes: Takes::Nothing,
+        binds: PORT_HOST,
+        notify: true,
     },
     Known {
         program: "flask",
         verbs: &["run"],
-        mode: Mode::Env,
-        flags: &["--port", "{port}", "--host", "127.0.0.1"],
+        takes: Takes::Nothing,
+        binds: &[
+            opt(&["--port", "-p"], &["--port", "{port}"]),
+            opt(&["--host", "-h"], &["--host", "127.0.0.1"]),
+        ],
+        notify: true,
     },
     Known {
         program: "rails",
         verbs: &["server", "s"],
-        mode: Mode::Env,
-        flags: &["-p", "{port}", "-b", "127.0.0.1"],
+        takes: Takes::Nothing,
+        binds: &[
+            opt(&["-p", "--port"], &["-p", "{port}"]),
+            opt(&["-b", "--binding"], &["-b", "127.0.0.1"]),
+        ],
+        notify: true,
     },
     Known {
         program: "manage.py",
         verbs: &["runserver"],
-        mode: Mode::Env,
-        flags: &["127.0.0.1:{port}"],
+        takes: Takes::Nothing,
+        binds: &[opt(&[], &["127.0.0.1:{port}"])],
+        notify: true,
     },
 ];
 
-/// Wrappers that run the next word as a program: (wrapper, sub-command or "", how many more
-/// words to skip after the sub-command).
-const RUNNERS: &[(&str, &str)] = &[
-    ("npx", ""),
-    ("bunx", ""),
-    ("uvx", ""),
-    ("env", ""),
-    ("exec", ""),
-    ("npm", "exec"),
-    ("pnpm", "exec"),
-    ("pnpm", "dlx"),
-    ("yarn", "dlx"),
-    ("yarn", "exec"),
-    ("uv", "run"),
-    ("poetry", "run"),
-    ("pipenv", "run"),
-    ("bundle", "exec"),
-    ("python", "-m"),
-    ("python3", "-m"),
-    ("python", ""),
-    ("python3", ""),
-    ("node", ""),
+/// A program that runs the program named after it (and after its own options).
+struct Wrapper {
+    program: &'static str,
+    /// Its sub-command that does so (`uv run`), or "" (`npx`).
+    verb: &'static str,
+    /// True if the program runs as its child; false if it runs in its place (exec, or loaded
+    /// in-process like `bundle exec` does with Ruby scripts), keeping the pid wharf started.
+    forks: bool,
+    /// Its options that take the next word as their value.
+    valued: &'static [&'static str],
+}
+
+const UV_VALUED: &[&str] = &[
+    "--with",
+    "-w",
+    "--with-editable",
+    "--with-requirements",
+    "--python",
+    "-p",
+    "--package",
+    "--extra",
+    "--no-extra",
+    "--group",
+    "--no-group",
+    "--only-group",
+    "--env-file",
+    "--directory",
+    "--project",
+    "--index",
+    "--default-index",
+    "--index-url",
+    "-i",
+    "--extra-index-url",
+    "--find-links",
+    "-f",
+    "--config-file",
+    "--cache-dir",
+    "--color",
+    "--resolution",
+    "--prerelease",
+    "--exclude-newer",
+    "--link-mode",
+    "--python-platform",
+    "--index-strategy",
+    "--keyring-provider",
+    "--upgrade-package",
+    "-P",
+    "--reinstall-package",
+    "--refresh-package",
+    "--config-setting",
+    "-C",
+];
+const NPM_VALUED: &[&str] = &["--package", "-p", "--call", "-c", "--workspace", "-w"];
+
+/// Checked against each program's source or by running it: uv, npm, pnpm, yarn and bun run
+/// the program as a child; env, poetry and pipenv exec it (POSIX); bundle exec execs it or
+/// loads a Ruby script in-process; python and node run the script in-process.
+const WRAPPERS: &[Wrapper] = &[
+    runs("uv", "run", true, UV_VALUED),
+    runs("uvx", "", true, UV_VALUED),
+    runs("npx", "", true, NPM_VALUED),
+    runs("npm", "exec", true, NPM_VALUED),
+    runs("pnpm", "exec", true, &["--filter", "-F", "--dir", "-C"]),
+    runs("pnpm", "dlx", true, &["--package"]),
+    runs("yarn", "exec", true, &[]),
+    runs("yarn", "dlx", true, &["--package", "-p"]),
+    runs("bunx", "", true, &["--package", "-p"]),
+    runs("env", "", false, &["-u", "--unset", "-C", "--chdir"]),
+    runs("exec", "", false, &[]),
+    runs(
+        "poetry",
+        "run",
+        false,
+        &["--directory", "-C", "--project", "-P"],
+    ),
+    runs("pipenv", "run", false, &[]),
+    runs("bundle", "exec", false, &["--gemfile"]),
+    runs("python", "", false, &["-c", "-W", "-X"]),
+    runs(
+        "node",
+        "",
+        false,
+        &["-r", "--require", "--import", "--loader", "-e", "--eval"],
+    ),
 ];
 
-/// Package managers whose `run SCRIPT` runs a package.json script; `true` if extra arguments
-/// must follow a `--` to reach the script.
+const fn runs(
+    program: &'static str,
+    verb: &'static str,
+    forks: bool,
+    valued: &'static [&'static str],
+) -> Wrapper {
+    Wrapper {
+        program,
+        verb,
+        forks,
+        valued,
+    }
+}
+
+/// Package managers whose `run SCRIPT` runs a package.json script (always as a child); `true`
+/// if extra arguments must follow a `--` to reach the script.
 const SCRIPT_RUNNERS: &[(&str, bool)] = &[
     ("npm", true),
     ("pnpm", false),
@@ -147,149 +339,365 @@ const SCRIPT_RUNNERS: &[(&str, bool)] = &[
     ("bun", false),
 ];
 
-/// Choose the mode for `argv`. `forced` is `--fd`/`--env`; `scripts` are package.json's
-/// `scripts` of the working directory (empty if none).
-pub fn choose(forced: Option<Mode>, argv: &[String], scripts: &BTreeMap<String, String>) -> Plan {
-    let plan = |mode, argv: &[String], reason: String| Plan {
+/// Shells whose `-c STRING` runs a command line (a child, unless it starts with `exec`).
+const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh"];
+
+/// Choose the mode for `argv`. `forced` is `--fd`/`--env` (or wharf.toml's `mode`),
+/// `on_demand` implies fd mode, `source` says where these came from; `scripts` are
+/// package.json's `scripts` of the working directory (empty if none).
+pub fn choose(
+    forced: Option<Mode>,
+    on_demand: bool,
+    source: Source,
+    argv: &[String],
+    scripts: &BTreeMap<String, String>,
+) -> Plan {
+    let found = find_server(argv, scripts);
+    let asked = match (forced, on_demand) {
+        (Some(mode), _) => Some((mode, source.asked(mode))),
+        (None, true) => Some((Mode::Fd, source.on_demand())),
+        (None, false) => None,
+    };
+    let plain = |mode, reason: String| Plan {
         mode,
         argv: argv.to_vec(),
-        reason,
+        listen_pid: found.fork.is_none(),
+        notify: true,
+        reason: match (&found.fork, mode) {
+            (Some(fork), Mode::Fd) => {
+                format!("{reason}; {fork} runs the server as its child, so LISTEN_PID is left out")
+            }
+            _ => reason,
+        },
     };
-    if let Some(mode) = forced {
-        return plan(mode, argv, format!("--{mode} was given"));
-    }
-    if argv.iter().any(|a| a.contains("{fd")) {
-        return plan(Mode::Fd, argv, "the command has an {fd} placeholder".into());
-    }
-    if argv.iter().any(|a| a.contains("{port")) {
-        return plan(
-            Mode::Env,
-            argv,
-            "the command has a {port} placeholder".into(),
-        );
-    }
-    let Some(found) = find_server(argv, scripts) else {
-        return plan(
-            Mode::Env,
-            argv,
-            "not a server wharf knows, so it gets PORT and binds it itself (--fd to pass a socket)"
-                .into(),
-        );
+    let Some(known) = found.known else {
+        return match asked {
+            Some((mode, why)) => plain(mode, why),
+            None => placeholder_plan(argv).map_or_else(
+                || {
+                    plain(
+                        Mode::Env,
+                        format!(
+                            "not a server wharf knows, so it gets PORT and binds it itself \
+                             ({} to pass a socket)",
+                            source.switch(Mode::Fd)
+                        ),
+                    )
+                },
+                |(mode, why)| plain(mode, why.to_string()),
+            ),
+        };
     };
-    let mut out = argv.to_vec();
-    let already = found.known.flags.first().is_some_and(|f| {
-        found
-            .args
-            .iter()
-            .any(|a| a == f || a.starts_with(&format!("{f}=")))
-    });
-    let mut reason = match found.known.mode {
-        Mode::Fd => format!("{} takes an inherited socket", found.known.program),
-        Mode::Env => format!("{} binds for itself", found.known.program),
-    };
-    if !found.known.flags.is_empty() && !already {
-        if found.needs_separator {
-            out.push("--".to_string());
+    if asked.is_none()
+        && let Some((mode, why)) = placeholder_plan(argv)
+    {
+        return plain(mode, why.to_string());
+    }
+    let program = known.program;
+    let fork = found.fork.as_deref();
+    // (mode, options to add, why)
+    let (mode, opts, mut reason) = match (&asked, &known.takes, fork) {
+        (Some((Mode::Env, why)), _, _) => (Mode::Env, known.binds, why.clone()),
+        (Some((Mode::Fd, why)), Takes::Nothing, _) => (
+            Mode::Fd,
+            &[][..],
+            format!("{why}; {program} cannot take a socket, so wharf follows where it listens"),
+        ),
+        (Some((Mode::Fd, _)), Takes::Named(opts), _)
+        | (
+            Some((Mode::Fd, _)),
+            Takes::Activation {
+                named: Some(opts), ..
+            },
+            Some(_),
+        )
+        | (None, Takes::Named(opts), _)
+        | (
+            None,
+            Takes::Activation {
+                named: Some(opts), ..
+            },
+            Some(_),
+        ) => (Mode::Fd, *opts, takes_reason(program, &asked, fork)),
+        (Some((Mode::Fd, _)), Takes::Activation { opts, .. }, None)
+        | (None, Takes::Activation { opts, .. }, None) => {
+            (Mode::Fd, *opts, takes_reason(program, &asked, None))
         }
-        out.extend(found.known.flags.iter().map(|f| f.to_string()));
-        reason.push_str(&format!("; adding {}", found.known.flags.join(" ")));
+        (Some((Mode::Fd, why)), Takes::Activation { opts, named: None }, Some(fork)) => (
+            Mode::Fd,
+            *opts,
+            format!(
+                "{why}; but {program} takes a socket only when LISTEN_PID is its own pid, and \
+                 {fork} runs it as a child: wharf follows where it listens instead"
+            ),
+        ),
+        (None, Takes::Activation { named: None, .. }, Some(fork)) => (
+            Mode::Env,
+            known.binds,
+            format!(
+                "{program} takes a socket only when LISTEN_PID is its own pid, but {fork} runs \
+                 it as a child; so it binds a port itself"
+            ),
+        ),
+        (None, Takes::Nothing, _) => (
+            Mode::Env,
+            known.binds,
+            format!("{program} binds for itself"),
+        ),
+    };
+    let (added, kept) = apply(opts, known, &found.args);
+    let mut out = argv.to_vec();
+    if !added.is_empty() {
+        match found.via {
+            Via::Direct => out.extend(added.iter().cloned()),
+            Via::Script { separator } => {
+                if separator && !out.iter().any(|a| a == "--") {
+                    out.push("--".to_string());
+                }
+                out.extend(added.iter().cloned());
+            }
+            Via::Shell(at) => out[at] = format!("{} {}", out[at], added.join(" ")),
+        }
+        reason.push_str(&format!("; adding {}", added.join(" ")));
     }
-    if found.via_script {
+    if !kept.is_empty() {
+        reason.push_str(&format!("; keeping the command's own {}", kept.join(" ")));
+    }
+    if let Via::Script { .. } = found.via {
         reason.push_str(" (seen through the package.json script)");
     }
-    plan(found.known.mode, &out, reason)
+    if !known.notify {
+        reason.push_str(&format!(
+            "; no NOTIFY_SOCKET ({program} before 6.1 only complains about it; --ready notify \
+             offers it)"
+        ));
+    }
+    Plan {
+        mode,
+        argv: out,
+        reason,
+        listen_pid: fork.is_none(),
+        notify: known.notify,
+    }
+}
+
+/// `{fd}` decides fd mode, `{port}` env mode.
+fn placeholder_plan(argv: &[String]) -> Option<(Mode, &'static str)> {
+    if argv.iter().any(|a| a.contains("{fd")) {
+        return Some((Mode::Fd, "the command has an {fd} placeholder"));
+    }
+    if argv.iter().any(|a| a.contains("{port")) {
+        return Some((Mode::Env, "the command has a {port} placeholder"));
+    }
+    None
+}
+
+fn takes_reason(program: &str, asked: &Option<(Mode, String)>, fork: Option<&str>) -> String {
+    let base = match asked {
+        Some((_, why)) => format!("{why}; {program} takes an inherited socket"),
+        None => format!("{program} takes an inherited socket"),
+    };
+    match fork {
+        Some(fork) => format!("{base}; {fork} runs it as a child, so it is told which fd"),
+        None => base,
+    }
+}
+
+/// The words of `opts` the command does not already give (to add), and the names it does give
+/// (left alone).
+fn apply(opts: &[Opt], known: &Known, args: &[String]) -> (Vec<String>, Vec<&'static str>) {
+    let after_verb = if known.verbs.is_empty() {
+        args
+    } else {
+        &args[1.min(args.len())..]
+    };
+    let mut added = Vec::new();
+    let mut kept = Vec::new();
+    for o in opts {
+        let given = if o.names.is_empty() {
+            after_verb.iter().any(|a| !a.starts_with('-'))
+        } else {
+            after_verb.iter().any(|a| {
+                o.names
+                    .iter()
+                    .any(|n| a == n || a.strip_prefix(n).is_some_and(|r| r.starts_with('=')))
+            })
+        };
+        if given {
+            kept.push(o.names.first().copied().unwrap_or("address"));
+        } else {
+            added.extend(o.add.iter().map(|s| s.to_string()));
+        }
+    }
+    (added, kept)
+}
+
+/// Where the server's options go.
+#[derive(Debug, PartialEq, Eq)]
+enum Via {
+    /// At the end of the command.
+    Direct,
+    /// At the end of `npm run SCRIPT`, after a `--` where the runner needs one.
+    Script { separator: bool },
+    /// At the end of the `sh -c` string at this index.
+    Shell(usize),
 }
 
 struct Found {
-    known: &'static Known,
+    known: Option<&'static Known>,
     /// The words after the server's program name.
     args: Vec<String>,
-    via_script: bool,
-    needs_separator: bool,
+    /// The first wrapper in front of the server that runs it as a child (`uv run`), if any.
+    fork: Option<String>,
+    via: Via,
 }
 
-fn base(word: &str) -> &str {
-    word.rsplit('/').next().unwrap_or(word)
+/// The base name of a program, with a Python version suffix dropped (`python3.12` → `python`).
+fn program_name(word: &str) -> &str {
+    let base = word.rsplit('/').next().unwrap_or(word);
+    match base.strip_prefix("python") {
+        Some(v) if v.chars().all(|c| c.is_ascii_digit() || c == '.') => "python",
+        _ => base,
+    }
 }
 
-fn find_server(argv: &[String], scripts: &BTreeMap<String, String>) -> Option<Found> {
+fn find_server(argv: &[String], scripts: &BTreeMap<String, String>) -> Found {
     let words: Vec<&str> = argv.iter().map(String::as_str).collect();
-    if let Some(found) = find_in_words(&words) {
-        return Some(Found {
-            known: found.0,
-            args: found.1,
-            via_script: false,
-            needs_separator: false,
-        });
+    // `sh -c 'STRING'`: look into the string's last command.
+    if let [shell, "-c", script, ..] = words[..]
+        && SHELLS.contains(&program_name(shell))
+    {
+        let (walked, args) = walk(&last_command(script));
+        let exec = script.trim_start().starts_with("exec ");
+        return Found {
+            known: walked.known,
+            args,
+            fork: walked
+                .fork
+                .or_else(|| (!exec).then(|| format!("{} -c", program_name(shell)))),
+            via: Via::Shell(2),
+        };
+    }
+    let (walked, args) = walk(&words);
+    if walked.known.is_some() {
+        return Found {
+            known: walked.known,
+            args,
+            fork: walked.fork,
+            via: Via::Direct,
+        };
     }
     // `npm run dev`, `pnpm dev`, `yarn start`: look inside the script.
+    script_server(&words, scripts).unwrap_or(Found {
+        known: None,
+        args: Vec::new(),
+        fork: walked.fork,
+        via: Via::Direct,
+    })
+}
+
+fn script_server(words: &[&str], scripts: &BTreeMap<String, String>) -> Option<Found> {
     let (&first, rest) = words.split_first()?;
-    let &(_, needs_separator) = SCRIPT_RUNNERS.iter().find(|(r, _)| *r == base(first))?;
+    let runner = program_name(first);
+    let &(_, needs_separator) = SCRIPT_RUNNERS.iter().find(|(r, _)| *r == runner)?;
     let rest = match rest.first() {
         Some(&"run") | Some(&"run-script") => &rest[1..],
         _ => rest,
     };
     let script_name = match rest.first() {
         Some(s) => *s,
-        None if base(first) == "npm" => return None,
+        None if runner == "npm" => return None,
         None => "start",
     };
-    let script_name = if script_name == "start" || scripts.contains_key(script_name) {
-        script_name
-    } else {
-        return None;
-    };
     let script = scripts.get(script_name)?;
-    let script_words: Vec<&str> = script
-        .split_whitespace()
-        .filter(|w| !w.contains('='))
-        .collect();
-    let (known, args) = find_in_words(&script_words)?;
+    let (walked, args) = walk(&last_command(script));
+    walked.known?;
     Some(Found {
-        known,
+        known: walked.known,
         args: args
             .into_iter()
             .chain(rest.iter().skip(1).map(|s| s.to_string()))
             .collect(),
-        via_script: true,
-        needs_separator: needs_separator && !rest.contains(&"--"),
+        fork: Some(format!("{runner} run")),
+        via: Via::Script {
+            separator: needs_separator,
+        },
     })
 }
 
-/// Skip runner words, then match the server table.
-fn find_in_words(words: &[&str]) -> Option<(&'static Known, Vec<String>)> {
-    let mut i = 0;
-    'outer: while i < words.len() {
-        let word = base(words[i]);
-        for known in KNOWN {
-            if word == known.program {
-                let rest = &words[i + 1..];
-                let verb_ok =
-                    known.verbs.is_empty() || rest.first().is_some_and(|v| known.verbs.contains(v));
-                return verb_ok.then(|| (known, rest.iter().map(|s| s.to_string()).collect()));
-            }
-        }
-        for (runner, sub) in RUNNERS {
-            if word == *runner {
-                let next = words.get(i + 1).copied().unwrap_or("");
-                if sub.is_empty() {
-                    i += 1;
-                    while words
-                        .get(i)
-                        .is_some_and(|w| w.starts_with('-') || w.contains('='))
-                    {
-                        i += 1;
-                    }
-                    continue 'outer;
-                } else if next == *sub {
-                    i += 2;
-                    continue 'outer;
-                }
-            }
-        }
-        return None;
+/// The words of the last command of a shell command line (after `&&`, `||`, `;`), without
+/// leading `VAR=value` assignments; empty if it pipes or redirects, where added options
+/// would not reach the server.
+fn last_command(script: &str) -> Vec<&str> {
+    let words: Vec<&str> = script.split_whitespace().collect();
+    let start = words
+        .iter()
+        .rposition(|w| matches!(*w, "&&" | "||" | ";") || w.ends_with(';'))
+        .map_or(0, |i| i + 1);
+    let last = &words[start..];
+    if last
+        .iter()
+        .any(|w| w.contains(['|', '>', '<']) || *w == "&")
+    {
+        return Vec::new();
     }
-    None
+    last.iter()
+        .copied()
+        .skip_while(|w| w.contains('=') && !w.starts_with('-'))
+        .collect()
+}
+
+struct Walked {
+    known: Option<&'static Known>,
+    fork: Option<String>,
+}
+
+/// Skip wrappers (and their options), then match the server table. Returns the server, if
+/// known, the first forking wrapper, and the words after the server's name.
+fn walk(words: &[&str]) -> (Walked, Vec<String>) {
+    let mut fork: Option<String> = None;
+    let mut i = 0;
+    while i < words.len() {
+        let word = program_name(words[i]);
+        if let Some(known) = KNOWN.iter().find(|k| k.program == word) {
+            let rest = &words[i + 1..];
+            let verb_ok =
+                known.verbs.is_empty() || rest.first().is_some_and(|v| known.verbs.contains(v));
+            let args = rest.iter().map(|s| s.to_string()).collect();
+            return (
+                Walked {
+                    known: verb_ok.then_some(known),
+                    fork,
+                },
+                args,
+            );
+        }
+        let next = words.get(i + 1).copied();
+        let Some(wrapper) = WRAPPERS
+            .iter()
+            .find(|w| w.program == word && (w.verb.is_empty() || next == Some(w.verb)))
+        else {
+            break;
+        };
+        if wrapper.forks && fork.is_none() {
+            fork = Some(match wrapper.verb {
+                "" => wrapper.program.to_string(),
+                verb => format!("{} {verb}", wrapper.program),
+            });
+        }
+        i += if wrapper.verb.is_empty() { 1 } else { 2 };
+        while let Some(&w) = words.get(i) {
+            if w == "--" {
+                i += 1;
+                break;
+            }
+            if !w.starts_with('-') && !w.contains('=') {
+                break;
+            }
+            i += if wrapper.valued.contains(&w) { 2 } else { 1 };
+        }
+    }
+    (Walked { known: None, fork }, Vec::new())
 }
 
 /// Fill in `{fd}`, `{fd:SUB}`, `{port}` and `{port:SUB}`. `sockets` lists (name, port) in fd
@@ -322,7 +730,13 @@ mod tests {
     }
 
     fn choose_str(s: &str) -> Plan {
-        choose(None, &words(s), &BTreeMap::new())
+        choose(
+            None,
+            false,
+            Source::CommandLine,
+            &words(s),
+            &BTreeMap::new(),
+        )
     }
 
     #[test]
@@ -342,7 +756,6 @@ mod tests {
     #[test]
     fn known_servers_through_wrappers() {
         assert_eq!(choose_str("gunicorn app:app").mode, Mode::Fd);
-        assert_eq!(choose_str("uv run gunicorn -w 2 app:app").mode, Mode::Fd);
         assert_eq!(choose_str("bundle exec puma").mode, Mode::Fd);
         let plan = choose_str("uvicorn app:app");
         assert_eq!(plan.argv, words("uvicorn app:app --fd {fd}"));
@@ -352,41 +765,213 @@ mod tests {
             plan.argv,
             words("npx vite --port {port} --strictPort --host 127.0.0.1")
         );
-        let plan = choose_str("/usr/local/bin/next dev --port 3000");
+        assert!(choose_str("next build").reason.contains("not a server"));
+        assert_eq!(
+            choose_str("python3.12 -u -m gunicorn app").argv,
+            words("python3.12 -u -m gunicorn app"),
+            "python runs gunicorn in-process: LISTEN_PID holds"
+        );
+    }
+
+    #[test]
+    fn puma_uses_only_the_handed_socket_and_gets_no_notify_socket() {
+        // Without `only`, puma binds 0.0.0.0:9292 and closes the socket as unused.
+        let plan = choose_str("bundle exec puma config.ru");
+        assert_eq!(
+            (plan.mode, plan.argv, plan.listen_pid, plan.notify),
+            (
+                Mode::Fd,
+                words("bundle exec puma config.ru --bind-to-activated-sockets only"),
+                true,
+                false
+            )
+        );
+        assert!(plan.reason.contains("NOTIFY_SOCKET"), "{}", plan.reason);
+        let plan = choose(
+            Some(Mode::Env),
+            false,
+            Source::CommandLine,
+            &words("puma"),
+            &BTreeMap::new(),
+        );
+        assert_eq!(plan.argv, words("puma --bind tcp://127.0.0.1:{port}"));
+    }
+
+    #[test]
+    fn forking_wrappers_pass_the_fd_by_name_or_fall_back_to_env() {
+        // uv forks: LISTEN_PID would be uv's, and gunicorn would bind 127.0.0.1:8000.
+        let plan = choose_str("uv run --no-sync gunicorn -w 2 app:app");
+        assert_eq!(
+            (plan.mode, plan.argv, plan.listen_pid),
+            (
+                Mode::Fd,
+                words("uv run --no-sync gunicorn -w 2 app:app --bind fd://{fd}"),
+                false
+            )
+        );
+        assert!(
+            plan.reason.contains("uv run runs it as a child"),
+            "{}",
+            plan.reason
+        );
+        // An option's value that names another known server is not mistaken for the program.
+        let plan = choose_str("uv run --with flask --python 3.12 gunicorn app");
+        assert_eq!(plan.argv.last().unwrap(), "fd://{fd}");
+        // The user's own --bind is kept (wharf then follows where it listens).
+        let plan = choose_str("uv run gunicorn -b 127.0.0.1:9000 app");
+        assert_eq!(plan.argv, words("uv run gunicorn -b 127.0.0.1:9000 app"));
+        assert!(
+            plan.reason.contains("keeping the command's own --bind"),
+            "{}",
+            plan.reason
+        );
+        // puma cannot be told an fd: behind a fork it binds a port itself.
+        let plan = choose_str("npx puma");
+        assert_eq!(
+            (plan.mode, plan.argv),
+            (Mode::Env, words("npx puma --bind tcp://127.0.0.1:{port}"))
+        );
+        // poetry, pipenv and bundle exec: same pid, no extra options.
+        for cmd in [
+            "poetry run gunicorn app",
+            "pipenv run gunicorn app",
+            "env A=1 gunicorn app",
+        ] {
+            let plan = choose_str(cmd);
+            assert_eq!((plan.argv, plan.listen_pid), (words(cmd), true), "{cmd}");
+        }
+        let plan = choose_str("uvx hypercorn app:app");
+        assert_eq!(plan.argv, words("uvx hypercorn app:app --bind fd://{fd}"));
+    }
+
+    #[test]
+    fn shell_strings_are_looked_into() {
+        let argv = vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            "cd backend && DEBUG=1 gunicorn app:app".to_string(),
+        ];
+        let plan = choose(None, false, Source::CommandLine, &argv, &BTreeMap::new());
+        assert_eq!(plan.mode, Mode::Fd);
+        assert_eq!(
+            plan.argv[2],
+            "cd backend && DEBUG=1 gunicorn app:app --bind fd://{fd}"
+        );
+        assert!(!plan.listen_pid);
+        let argv = vec!["sh".into(), "-c".into(), "exec gunicorn app:app".into()];
+        let plan = choose(None, false, Source::CommandLine, &argv, &BTreeMap::new());
+        assert_eq!(
+            (plan.argv[2].as_str(), plan.listen_pid),
+            ("exec gunicorn app:app", true)
+        );
+        let argv = vec!["sh".into(), "-c".into(), "vite | tee log".into()];
+        let plan = choose(None, false, Source::CommandLine, &argv, &BTreeMap::new());
+        assert_eq!(
+            plan.argv[2], "vite | tee log",
+            "a pipe: options would not reach vite"
+        );
+    }
+
+    #[test]
+    fn options_already_given_are_kept_and_the_rest_added() {
+        // `vite --host` listens everywhere on purpose: kept, but --port is still added.
+        let plan = choose_str("vite --host");
+        assert_eq!(plan.argv, words("vite --host --port {port} --strictPort"));
+        assert!(
+            plan.reason
+                .contains("adding --port {port} --strictPort; keeping the command's own --host"),
+            "{}",
+            plan.reason
+        );
+        let plan = choose_str("/usr/local/bin/next dev --port=3000");
         assert_eq!(
             plan.argv,
-            words("/usr/local/bin/next dev --port 3000"),
-            "user's own --port kept"
+            words("/usr/local/bin/next dev --port=3000 --hostname 127.0.0.1")
         );
-        assert!(choose_str("next build").reason.contains("not a server"));
+        let plan = choose_str("python manage.py runserver 8000");
+        assert_eq!(plan.argv, words("python manage.py runserver 8000"));
     }
 
     #[test]
     fn package_scripts_are_looked_into() {
         let scripts = BTreeMap::from([("dev".to_string(), "NODE_ENV=dev vite --open".to_string())]);
-        let plan = choose(None, &words("npm run dev"), &scripts);
+        let cli = Source::CommandLine;
+        let plan = choose(None, false, cli, &words("npm run dev"), &scripts);
         assert_eq!(
             plan.argv,
             words("npm run dev -- --port {port} --strictPort --host 127.0.0.1")
         );
         assert!(plan.reason.contains("package.json"), "{}", plan.reason);
-        let plan = choose(None, &words("pnpm dev"), &scripts);
+        let plan = choose(None, false, cli, &words("pnpm dev"), &scripts);
         assert_eq!(
             plan.argv,
             words("pnpm dev --port {port} --strictPort --host 127.0.0.1")
         );
         assert_eq!(
-            choose(None, &words("npm run build"), &scripts).mode,
+            choose(None, false, cli, &words("npm run build"), &scripts).mode,
             Mode::Env
         );
+        let scripts = BTreeMap::from([("start".to_string(), "gunicorn app:app".to_string())]);
+        let plan = choose(None, false, cli, &words("npm start"), &scripts);
+        assert_eq!(plan.argv, words("npm start -- --bind fd://{fd}"));
     }
 
     #[test]
-    fn unknown_defaults_to_env_and_flags_win() {
-        assert_eq!(choose_str("./my-server").mode, Mode::Env);
-        let plan = choose(Some(Mode::Fd), &words("./my-server"), &BTreeMap::new());
+    fn forced_modes_still_get_the_servers_options_and_say_where_they_came_from() {
+        let file = Path::new("/p/wharf.toml");
+        let plan = choose(
+            Some(Mode::Fd),
+            false,
+            Source::CommandLine,
+            &words("uvicorn app"),
+            &BTreeMap::new(),
+        );
+        assert_eq!(plan.argv, words("uvicorn app --fd {fd}"));
+        assert!(plan.reason.starts_with("--fd was given"), "{}", plan.reason);
+        let plan = choose(
+            Some(Mode::Fd),
+            false,
+            Source::File(file),
+            &words("./srv"),
+            &BTreeMap::new(),
+        );
+        assert_eq!(plan.reason, "mode = \"fd\" in /p/wharf.toml");
+        let plan = choose(
+            None,
+            true,
+            Source::File(file),
+            &words("uvicorn app"),
+            &BTreeMap::new(),
+        );
         assert_eq!(plan.mode, Mode::Fd);
-        assert!(plan.reason.contains("--fd"));
+        assert!(
+            plan.reason
+                .starts_with("activation = \"on-demand\" in /p/wharf.toml"),
+            "{}",
+            plan.reason
+        );
+        let plan = choose(
+            None,
+            false,
+            Source::File(file),
+            &words("./srv"),
+            &BTreeMap::new(),
+        );
+        assert!(
+            plan.reason
+                .contains("(mode = \"fd\" in wharf.toml to pass a socket)"),
+            "{}",
+            plan.reason
+        );
+        assert!(!plan.reason.contains("--fd"), "{}", plan.reason);
+        let plan = choose(
+            Some(Mode::Fd),
+            false,
+            Source::CommandLine,
+            &words("npx ./srv"),
+            &BTreeMap::new(),
+        );
+        assert!(!plan.listen_pid, "npx forks: LISTEN_PID would name npx");
     }
 
     #[test]

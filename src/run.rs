@@ -69,6 +69,8 @@ pub struct RunArgs {
     pub env: Vec<(String, String)>,
     pub force: bool,
     pub no_pid: bool,
+    /// `PORT` in wharf's own environment, if set: a preference like `--port` when valid.
+    pub inherited_port: Option<String>,
     pub quiet: bool,
     /// After a stop signal, how long the server has before it (and everything it started) is
     /// killed.
@@ -91,10 +93,22 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         log: log.clone(),
     };
     let socket_names = socket_names(&args.sockets)?;
-    let plan = mode::choose(args.mode, &args.command, &package_scripts(&ctx.cwd));
+    let source = match &args.declared {
+        Some(d) => mode::Source::File(&d.file),
+        None => mode::Source::CommandLine,
+    };
+    let plan = mode::choose(
+        args.mode,
+        args.on_demand,
+        source,
+        &args.command,
+        &package_scripts(&ctx.cwd),
+    );
     out.say(format!("{} mode: {}", plan.mode, plan.reason));
     if args.on_demand && plan.mode != Mode::Fd {
-        bail!("--on-demand needs fd mode: the socket must exist before the server does (add --fd)");
+        bail!(
+            "--on-demand needs fd mode: the socket must exist before the server does (drop --env)"
+        );
     }
     let program = &plan.argv[0];
     if handoff::resolve_program(program, ctx.path_var.clone(), &ctx.cwd).is_none() {
@@ -106,7 +120,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
     let request = alloc::Request {
         name: &args.name,
         sockets: &socket_names,
-        prefer: args.port,
+        prefer: preference(args.port, args.inherited_port.as_deref(), &out),
         range: args.range.as_ref(),
         exclude: &args.exclude,
         force: args.force,
@@ -150,10 +164,17 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
     let mut env = args.env.clone();
     env.push(("WHARF_NAME".to_string(), args.name.to_string()));
     env.push(("WHARF_URL".to_string(), url.clone()));
-    env.push((
-        "NOTIFY_SOCKET".to_string(),
-        notify.path().display().to_string(),
-    ));
+    if plan.notify || args.ready == Some(Ready::Notify) {
+        env.push((
+            "NOTIFY_SOCKET".to_string(),
+            notify.path().display().to_string(),
+        ));
+    }
+    // In fd mode too, so that configs reading it (puma's `port ENV.fetch("PORT")`) name the
+    // handed socket's port rather than fail or see a stale one from our own environment.
+    for b in &bound {
+        env.push((port_var(&b.name), b.port.to_string()));
+    }
     let fds: Vec<_> = match plan.mode {
         Mode::Fd => bound
             .iter()
@@ -161,9 +182,6 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
             .collect(),
         Mode::Env => {
             env.push(("HOST".into(), "127.0.0.1".into()));
-            for b in &bound {
-                env.push((port_var(&b.name), b.port.to_string()));
-            }
             Vec::new()
         }
     };
@@ -184,7 +202,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         argv: &argv,
         env: &env,
         fds: &fds,
-        set_pid: !args.no_pid,
+        set_pid: !args.no_pid && plan.listen_pid,
         own_group: !std::io::IsTerminal::is_terminal(&std::io::stdin()),
     };
     let mut signals =
@@ -404,6 +422,29 @@ async fn pause(
             () = until.as_mut() => return true,
             () = stop_signal(signals) => return false,
             event = route.next_event() => route.on_event(event).await,
+        }
+    }
+}
+
+/// The port to try first: `--port`, else a valid `PORT` inherited from our own environment
+/// (said, like an invalid one, which is then ignored).
+fn preference(port: Option<u16>, inherited: Option<&str>, out: &Output) -> Option<u16> {
+    let raw = match inherited.map(str::trim) {
+        Some(raw) if !raw.is_empty() && port.is_none() => raw,
+        _ => return port,
+    };
+    match raw.parse::<u16>() {
+        Ok(p) => {
+            out.say(format!(
+                "PORT={p} in the environment: trying it first, as for --port"
+            ));
+            Some(p)
+        }
+        Err(_) => {
+            out.say(format!(
+                "ignoring PORT={raw:?} in the environment: not a port number (0-65535)"
+            ));
+            None
         }
     }
 }

@@ -291,9 +291,6 @@ fn spawn_supervisor(
         Some(Mode::Env) => {
             cmd.arg("--env");
         }
-        None if decl.activation == Activation::OnDemand => {
-            cmd.arg("--fd");
-        }
         None => {}
     }
     if let Some(port) = decl.port {
@@ -328,7 +325,9 @@ fn spawn_supervisor(
     cmd.arg("--").args(&decl.command);
     // Its own errors (a missing program, no free port) go to the log `wharf logs` shows.
     let stderr = crate::logs::open_append(log)?;
+    // The shell's PORT is no preference for every instance of the file (each has `port`).
     cmd.current_dir(&decl.dir)
+        .env_remove("PORT")
         .envs(&decl.env)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run wharf's whole test suite on a fresh machine: provision the real peers the tests use
-# (curl, h2load, systemd's tools, headless Chromium, a project-local Python venv with gunicorn,
+# (curl, h2load, systemd's tools, headless Chromium, puma, a project-local Python venv with
+# gunicorn, uv,
 # websockets and grpcio), then `cargo test`. Extra arguments go to cargo test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -12,6 +13,7 @@ command -v systemd-socket-activate >/dev/null || missing+=(systemd)
 command -v python3 >/dev/null || missing+=(python3)
 command -v chromium >/dev/null || missing+=(chromium)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v puma >/dev/null || missing+=(puma ruby-rack)
 if ((${#missing[@]})); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     echo "tests/run.sh: installing ${missing[*]}"

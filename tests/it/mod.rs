@@ -11,3 +11,4 @@ mod service;
 mod stop;
 mod up;
 pub mod util;
+mod wild;

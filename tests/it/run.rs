@@ -38,7 +38,11 @@ fn fd_mode_child_sees_exactly_stdio_and_its_socket_with_its_own_pid() {
     assert_eq!(env["LISTEN_FDNAMES"], "http");
     assert_eq!(env["LISTEN_PID"], report["pid"].to_string());
     assert_eq!(env["WHARF_NAME"], "plain");
-    assert!(env.get("PORT").is_none(), "fd mode gives no PORT: {env}");
+    assert_eq!(
+        env["PORT"],
+        p.instance_port().to_string(),
+        "fd mode: PORT names the handed socket's port"
+    );
     let port = p.url_port();
     assert_eq!(env["WHARF_URL"], format!("http://plain.localhost:{port}"));
     assert_eq!(get_json(port, "plain")["socket"], "http");
