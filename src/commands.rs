@@ -154,6 +154,15 @@ pub async fn ls(ctx: &Context, json: bool) -> anyhow::Result<i32> {
             .collect();
         crate::outln!("{}", line.join("  ").trim_end())?;
     }
+    for l in &list {
+        if let Some(addr) = l.instance.exposed {
+            eprintln!(
+                "wharf: warning: {}: {}",
+                l.instance.name,
+                crate::listening::exposed_warning(addr)
+            );
+        }
+    }
     Ok(0)
 }
 

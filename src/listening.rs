@@ -1,14 +1,43 @@
-//! Finding where an env-mode child really listens: a dev server may move to another port than
-//! the `PORT` it was given. Linux reads `/proc`; elsewhere only the expected port is probed.
+//! Finding where a server really listens: a dev server may move to another port than the
+//! `PORT` it was given, a server handed a socket may close or ignore it and bind its own, and
+//! either may listen on every interface. Linux reads `/proc`; elsewhere only the expected port
+//! is probed, and an fd-mode server is taken at its word.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
-/// Loopback addresses on which `root`'s process tree accepts TCP connections, lowest port
-/// first; wildcard binds are reported as their loopback address. `expected` is the port the
-/// child was told to use (the only one probed where `/proc` is missing).
-pub fn listening(root: i32, expected: u16) -> Vec<SocketAddr> {
+use crate::alloc::BoundSocket;
+
+/// A TCP socket a server listens on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listener {
+    /// Its address as the kernel has it: `0.0.0.0` or `[::]` for every interface.
+    pub bound: SocketAddr,
+    /// Where to connect to reach it over loopback.
+    pub connect: SocketAddr,
+}
+
+impl Listener {
+    /// True if it listens on every interface, so other machines can reach it too.
+    pub fn is_exposed(&self) -> bool {
+        self.bound.ip().is_unspecified()
+    }
+}
+
+/// The warning for a server bound to `bound` on every interface.
+pub fn exposed_warning(bound: SocketAddr) -> String {
+    format!(
+        "{bound} is every interface: other machines on the network can reach this server, not \
+         only this one (make it bind 127.0.0.1)"
+    )
+}
+
+/// Sockets on which `root`'s process tree accepts TCP connections that loopback reaches,
+/// lowest port first. `expected` is the port the child was told to use (the only one probed
+/// where `/proc` is missing).
+pub fn listening(root: i32, expected: u16) -> Vec<Listener> {
     let mut found = imp::listening(root, expected);
-    found.sort_by_key(|a| (a.port(), a.is_ipv6()));
+    found.sort_by_key(|l| (l.connect.port(), l.connect.is_ipv6()));
     found.dedup();
     found
 }
@@ -46,7 +75,104 @@ pub fn is_listened_on(port: u16) -> Option<bool> {
     imp::is_listened_on(port)
 }
 
+/// How long a server may hold the socket it was handed, listen elsewhere and leave a
+/// connection on the handed socket unaccepted, before wharf concludes it serves elsewhere.
+/// (Some servers open another listener first: Node's inspector, for one.)
+const ELSEWHERE_GRACE: Duration = Duration::from_secs(3);
+
+/// What a server in fd mode does with the socket it was handed, as far as [`Guard`] can tell.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing settled yet.
+    Watching,
+    /// It accepted a connection on the handed socket: it serves there.
+    Serving,
+    /// It serves at `listener` instead; `closed` if it closed the handed socket.
+    Elsewhere { listener: Listener, closed: bool },
+    /// It closed the handed socket and listens on no TCP socket loopback reaches
+    /// (`unreachable` lists the ones it does listen on).
+    Nowhere { unreachable: Vec<SocketAddr> },
+}
+
+/// Watches a server started in fd mode: a connection of its own waits on the main socket, and
+/// either the server accepts it (all is well) or the server tree closes the socket or listens
+/// elsewhere, which is what it then serves on.
+pub struct Guard {
+    /// Inodes of the handed sockets, main first.
+    handed: Vec<u64>,
+    main: SocketAddr,
+    probe: Option<TcpStream>,
+    elsewhere_since: Option<Instant>,
+    closed_since: Option<Instant>,
+}
+
+impl Guard {
+    /// `None` where the platform cannot see what a process tree holds (no `/proc`).
+    pub fn new(sockets: &[BoundSocket]) -> Option<Guard> {
+        let handed = sockets
+            .iter()
+            .map(|b| nix::sys::stat::fstat(&b.socket).map(|st| st.st_ino))
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        let main = sockets.first()?.addr();
+        imp::supported().then(|| Guard {
+            handed,
+            main,
+            probe: TcpStream::connect_timeout(&main, Duration::from_millis(200)).ok(),
+            elsewhere_since: None,
+            closed_since: None,
+        })
+    }
+
+    /// Look at `root`'s tree once.
+    pub fn check(&mut self, root: i32) -> Verdict {
+        let main_port = self.main.port();
+        let rows = imp::rows(|state, port| state == imp::LISTEN || port == main_port);
+        if let Some(probe) = &self.probe
+            && imp::accepted(&rows, probe, self.main) == Some(true)
+        {
+            self.probe = None;
+            return Verdict::Serving;
+        }
+        let tree = imp::survey(&rows, root, &self.handed);
+        let now = Instant::now();
+        let pick = tree.elsewhere.first().copied();
+        let verdict = match (tree.holds_main, pick) {
+            (false, Some(listener)) => Verdict::Elsewhere {
+                listener,
+                closed: true,
+            },
+            (false, None) => {
+                let since = *self.closed_since.get_or_insert(now);
+                if now - since < ELSEWHERE_GRACE {
+                    return Verdict::Watching;
+                }
+                Verdict::Nowhere {
+                    unreachable: tree.unreachable,
+                }
+            }
+            (true, Some(listener)) => {
+                let since = *self.elsewhere_since.get_or_insert(now);
+                if now - since < ELSEWHERE_GRACE {
+                    return Verdict::Watching;
+                }
+                Verdict::Elsewhere {
+                    listener,
+                    closed: false,
+                }
+            }
+            (true, None) => {
+                self.elsewhere_since = None;
+                return Verdict::Watching;
+            }
+        };
+        self.probe = None;
+        verdict
+    }
+}
+
 /// The address to connect to for a socket bound at `addr`, if it is reachable over loopback.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn reachable(addr: SocketAddr) -> Option<SocketAddr> {
     let ip = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -61,46 +187,101 @@ fn reachable(addr: SocketAddr) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, addr.port()))
 }
 
+/// A process tree's TCP listeners besides the handed sockets.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+struct Survey {
+    /// It still holds the main handed socket.
+    holds_main: bool,
+    elsewhere: Vec<Listener>,
+    unreachable: Vec<SocketAddr>,
+}
+
 #[cfg(target_os = "linux")]
 mod imp {
     use super::*;
     use std::collections::HashSet;
 
-    const LISTEN: &str = "0A";
-    const ESTABLISHED: &str = "01";
+    pub const LISTEN: u8 = 0x0A;
+    const ESTABLISHED: u8 = 0x01;
+    const TABLES: [&str; 2] = ["/proc/net/tcp", "/proc/net/tcp6"];
 
-    pub fn established(ports: &[u16]) -> Option<usize> {
-        let mut n = 0;
-        for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            let Ok(table) = std::fs::read_to_string(path) else {
-                continue;
-            };
-            n += table
-                .lines()
-                .skip(1)
-                .filter(|line| {
-                    let fields: Vec<&str> = line.split_whitespace().collect();
-                    fields.get(3) == Some(&ESTABLISHED)
-                        && fields
-                            .get(1)
-                            .and_then(|f| parse_addr(f))
-                            .is_some_and(|a| ports.contains(&a.port()))
-                })
-                .count();
-        }
-        Some(n)
+    /// One line of `/proc/net/tcp{,6}`.
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct Row {
+        pub local: SocketAddr,
+        pub remote: SocketAddr,
+        pub state: u8,
+        /// 0 for a connection still waiting in a listener's accept queue.
+        pub inode: u64,
     }
 
-    pub fn listening(root: i32, _expected: u16) -> Vec<SocketAddr> {
+    pub fn supported() -> bool {
+        true
+    }
+
+    /// The rows `keep(state, local port)` selects. The tables can hold tens of thousands of
+    /// lines (TIME_WAIT after a benchmark), so only those rows are parsed in full.
+    pub fn rows(keep: impl Fn(u8, u16) -> bool) -> Vec<Row> {
+        TABLES
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .flat_map(|table| parse_table(&table, &keep))
+            .collect()
+    }
+
+    pub fn established(ports: &[u16]) -> Option<usize> {
+        Some(rows(|state, port| state == ESTABLISHED && ports.contains(&port)).len())
+    }
+
+    pub fn listening(root: i32, _expected: u16) -> Vec<Listener> {
         let inodes = socket_inodes(root);
         if inodes.is_empty() {
             return Vec::new();
         }
-        listeners()
+        rows(|state, _| state == LISTEN)
             .into_iter()
-            .filter(|(_, inode)| inodes.contains(inode))
-            .filter_map(|(addr, _)| reachable(addr))
+            .filter(|r| inodes.contains(&r.inode))
+            .filter_map(|r| {
+                Some(Listener {
+                    bound: r.local,
+                    connect: reachable(r.local)?,
+                })
+            })
             .collect()
+    }
+
+    pub fn survey(rows: &[Row], root: i32, handed: &[u64]) -> Survey {
+        let inodes = socket_inodes(root);
+        let mut survey = Survey {
+            holds_main: handed.first().is_some_and(|main| inodes.contains(main)),
+            elsewhere: Vec::new(),
+            unreachable: Vec::new(),
+        };
+        for r in rows {
+            if r.state != LISTEN || !inodes.contains(&r.inode) || handed.contains(&r.inode) {
+                continue;
+            }
+            match reachable(r.local) {
+                Some(connect) => survey.elsewhere.push(Listener {
+                    bound: r.local,
+                    connect,
+                }),
+                None => survey.unreachable.push(r.local),
+            }
+        }
+        survey
+            .elsewhere
+            .sort_by_key(|l| (l.connect.port(), l.connect.is_ipv6()));
+        survey
+    }
+
+    /// Whether the server side of `probe` (a connection to `server`) was accepted; `None`
+    /// while it is not in the tables at all.
+    pub fn accepted(rows: &[Row], probe: &TcpStream, server: SocketAddr) -> Option<bool> {
+        let local = probe.local_addr().ok()?;
+        rows.iter()
+            .find(|r| r.state != LISTEN && r.local == server && r.remote == local)
+            .map(|r| r.inode != 0)
     }
 
     fn socket_inodes(root: i32) -> HashSet<u64> {
@@ -129,25 +310,16 @@ mod imp {
             .collect()
     }
 
-    /// Every listening TCP socket of the machine: (local address, inode).
-    fn listeners() -> Vec<(SocketAddr, u64)> {
-        ["/proc/net/tcp", "/proc/net/tcp6"]
-            .iter()
-            .filter_map(|path| std::fs::read_to_string(path).ok())
-            .flat_map(|table| parse_table(&table))
-            .collect()
-    }
-
     pub fn is_listened_on(port: u16) -> Option<bool> {
-        Some(listeners().iter().any(|(addr, _)| addr.port() == port))
+        Some(!rows(|state, p| state == LISTEN && p == port).is_empty())
     }
 
     pub fn holders(ports: &[u16]) -> std::collections::BTreeMap<u16, Holder> {
-        let mut wanted: std::collections::HashMap<u64, u16> = listeners()
-            .into_iter()
-            .filter(|(addr, _)| ports.contains(&addr.port()))
-            .map(|(addr, inode)| (inode, addr.port()))
-            .collect();
+        let mut wanted: std::collections::HashMap<u64, u16> =
+            rows(|state, p| state == LISTEN && ports.contains(&p))
+                .into_iter()
+                .map(|r| (r.inode, r.local.port()))
+                .collect();
         let mut found = std::collections::BTreeMap::new();
         let Ok(procs) = std::fs::read_dir("/proc") else {
             return found;
@@ -171,21 +343,26 @@ mod imp {
         found
     }
 
-    /// Listening sockets of a `/proc/net/tcp{,6}` table: (local address, inode).
-    pub fn parse_table(table: &str) -> Vec<(SocketAddr, u64)> {
+    /// The rows of a `/proc/net/tcp{,6}` table that `keep(state, local port)` selects.
+    pub fn parse_table(table: &str, keep: impl Fn(u8, u16) -> bool) -> Vec<Row> {
         table
             .lines()
             .skip(1)
             .filter_map(|line| {
-                // Tens of thousands of lines on a busy machine, a handful of listeners: look
-                // at the state before splitting the rest.
-                let mut fields = line.split_whitespace();
-                let local = fields.nth(1)?;
-                if fields.nth(1)? != LISTEN {
+                let mut fields = line.split_ascii_whitespace();
+                let (local, remote, state) = (fields.nth(1)?, fields.next()?, fields.next()?);
+                let state = u8::from_str_radix(state, 16).ok()?;
+                let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+                if !keep(state, port) {
                     return None;
                 }
-                let inode = fields.nth(5)?.parse().ok()?;
-                Some((parse_addr(local)?, inode))
+                Some(Row {
+                    local: parse_addr(local)?,
+                    remote: parse_addr(remote)?,
+                    state,
+                    // After the state: tx:rx, tr:when, retransmits, uid, timeout, inode.
+                    inode: fields.nth(5)?.parse().ok()?,
+                })
             })
             .collect()
     }
@@ -216,9 +393,10 @@ mod imp {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             let me = std::process::id() as i32;
-            assert!(super::super::listening(me, 0).contains(&addr));
+            let found = |l: &Listener| l.connect == addr && l.bound == addr && !l.is_exposed();
+            assert!(super::super::listening(me, 0).iter().any(found));
             drop(listener);
-            assert!(!super::super::listening(me, 0).contains(&addr));
+            assert!(!super::super::listening(me, 0).iter().any(found));
         }
 
         #[test]
@@ -244,13 +422,54 @@ mod imp {
         }
 
         #[test]
+        fn every_interface_is_reported_as_such() {
+            let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let me = std::process::id() as i32;
+            let found = super::super::listening(me, 0);
+            let ours = found.iter().find(|l| l.bound.port() == port).unwrap();
+            assert_eq!(ours.bound, SocketAddr::from(([0, 0, 0, 0], port)));
+            assert_eq!(ours.connect, SocketAddr::from(([127, 0, 0, 1], port)));
+            assert!(ours.is_exposed());
+        }
+
+        #[test]
+        fn guard_sees_its_probe_accepted() {
+            use socket2::{Domain, Socket, Type};
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            socket
+                .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+                .unwrap();
+            socket.listen(8).unwrap();
+            let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+            let bound = [BoundSocket {
+                name: "http".into(),
+                port,
+                socket,
+            }];
+            let mut guard = Guard::new(&bound).unwrap();
+            let me = std::process::id() as i32;
+            assert_eq!(guard.check(me), Verdict::Watching, "the probe waits");
+            let _accepted = bound[0].socket.accept().unwrap();
+            assert_eq!(guard.check(me), Verdict::Serving);
+        }
+
+        #[test]
         fn wildcard_and_v6_loopback_map_to_loopback() {
             let v4 = "  0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000 0 42 1";
             let table = format!("header\n{v4}\n");
-            let parsed = parse_table(&table);
-            assert_eq!(parsed, vec![("0.0.0.0:8080".parse().unwrap(), 42)]);
+            let parsed = parse_table(&table, |_, _| true);
             assert_eq!(
-                reachable(parsed[0].0),
+                parsed,
+                vec![Row {
+                    local: "0.0.0.0:8080".parse().unwrap(),
+                    remote: "0.0.0.0:0".parse().unwrap(),
+                    state: LISTEN,
+                    inode: 42
+                }]
+            );
+            assert_eq!(
+                reachable(parsed[0].local),
                 Some("127.0.0.1:8080".parse().unwrap())
             );
             assert_eq!(
@@ -265,7 +484,10 @@ mod imp {
 #[cfg(not(target_os = "linux"))]
 mod imp {
     use super::*;
-    use std::time::Duration;
+
+    pub fn supported() -> bool {
+        false
+    }
 
     pub fn established(_ports: &[u16]) -> Option<usize> {
         None
@@ -279,15 +501,35 @@ mod imp {
         None
     }
 
-    pub fn listening(_root: i32, expected: u16) -> Vec<SocketAddr> {
+    pub fn listening(_root: i32, expected: u16) -> Vec<Listener> {
         [
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(Ipv6Addr::LOCALHOST),
         ]
         .into_iter()
         .map(|ip| SocketAddr::new(ip, expected))
-        .filter(|a| std::net::TcpStream::connect_timeout(a, Duration::from_millis(100)).is_ok())
-        .filter_map(reachable)
+        .filter(|a| TcpStream::connect_timeout(a, Duration::from_millis(100)).is_ok())
+        .map(|a| Listener {
+            bound: a,
+            connect: a,
+        })
         .collect()
+    }
+
+    /// Stands in for the `/proc/net/tcp` rows, which only Linux has.
+    pub struct Row;
+
+    pub const LISTEN: u8 = 0x0A;
+
+    pub fn rows(_keep: impl Fn(u8, u16) -> bool) -> Vec<Row> {
+        Vec::new()
+    }
+
+    pub fn survey(_rows: &[Row], _root: i32, _handed: &[u64]) -> Survey {
+        unreachable!("the guard is never built without /proc")
+    }
+
+    pub fn accepted(_rows: &[Row], _probe: &TcpStream, _server: SocketAddr) -> Option<bool> {
+        None
     }
 }

@@ -154,10 +154,9 @@ fn dashboard_row(l: &Listed) -> String {
     let warning = match i.exposed {
         None => String::new(),
         Some(addr) => format!(
-            "<tr class=\"warn\"><td colspan=\"6\">⚠ <b>{name}</b> listens on {addr}, every \
-             interface: other machines on the network can reach it, not only this proxy. \
-             Have it bind 127.0.0.1.</td></tr>",
+            "<tr class=\"warn\"><td colspan=\"6\">⚠ <b>{name}</b>: {warning}</td></tr>",
             name = escape(i.name.as_str()),
+            warning = escape(&crate::listening::exposed_warning(addr)),
         ),
     };
     format!(

@@ -23,7 +23,7 @@ use crate::context::Context;
 use crate::control::{Declaration, State};
 use crate::demand;
 use crate::handoff::{self, Handoff};
-use crate::listening;
+use crate::listening::{self, Listener, Verdict};
 use crate::logs::Log;
 use crate::mode::{self, Mode};
 use crate::name::Name;
@@ -156,6 +156,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
     );
     route.connect().await?;
     let url = route.url(bound[0].port);
+    let handed = route.main_addr();
     let expected = bound[0].port;
     let notify =
         NotifySocket::bind(&runtime_dir.join(format!("notify-{}.sock", std::process::id())))
@@ -259,6 +260,12 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         }
         route.started(child_pid).await;
         let mut looking = plan.mode == Mode::Env;
+        // In fd mode: does the server serve on the socket it was handed?
+        let mut guard = match (&held, plan.mode) {
+            (Some(sockets), Mode::Fd) => listening::Guard::new(sockets),
+            _ => None,
+        };
+        route.instance.exposed = None;
         let mut look_pause = Duration::from_millis(20);
         let mut probing = match &args.ready {
             Some(Ready::Http(path)) => Some(path.clone()),
@@ -288,18 +295,24 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
                         }
                     }
                 }
-                _ = tokio::time::sleep(look_pause), if looking => {
-                    if let Some(addr) = pick_listener(&listening::listening(child_pid, expected), expected) {
+                _ = tokio::time::sleep(look_pause), if looking || guard.is_some() => {
+                    if looking
+                        && let Some(l) = pick_listener(&listening::listening(child_pid, expected), expected)
+                    {
                         looking = false;
-                        if addr.port() == expected {
-                            out.say(format!("listening on {addr}"));
+                        if l.connect.port() == expected {
+                            out.say(format!("listening on {}", l.bound));
                         } else {
-                            out.say(format!("listens on {addr}, not on port {expected} as asked; routing there"));
+                            out.say(format!("listens on {}, not on port {expected} as asked; routing there", l.bound));
                         }
-                        route.set_main_addr(addr);
-                        // With `--ready http:` listening is not enough: the probe decides.
-                        let state = if probing.is_some() { State::Starting } else { State::Ready };
-                        route.set_state(state).await;
+                        follow(&mut route, &out, l, probing.is_some()).await;
+                    }
+                    let verdict = guard.as_mut().map(|g| g.check(child_pid));
+                    if let Some(verdict) = verdict {
+                        if verdict != Verdict::Watching {
+                            guard = None;
+                        }
+                        on_verdict(verdict, &mut route, &out, handed, source, probing.is_some()).await;
                     }
                     look_pause = (look_pause * 2).min(Duration::from_millis(500));
                 }
@@ -669,12 +682,85 @@ fn is_stop(signal: i32) -> bool {
 }
 
 /// The expected port if the server listens there, else the lowest port it listens on.
-fn pick_listener(found: &[SocketAddr], expected: u16) -> Option<SocketAddr> {
+fn pick_listener(found: &[Listener], expected: u16) -> Option<Listener> {
     found
         .iter()
-        .find(|a| a.port() == expected)
+        .find(|l| l.connect.port() == expected)
         .or(found.first())
         .copied()
+}
+
+/// Route to `listener` from now on, and say so loudly if the whole network reaches it.
+/// `probing`: an `--ready http:` probe decides readiness, so listening is not enough.
+async fn follow(route: &mut Registration, out: &Output, listener: Listener, probing: bool) {
+    route.instance.exposed = listener.is_exposed().then_some(listener.bound);
+    route.set_main_addr(listener.connect);
+    let state = if probing {
+        State::Starting
+    } else {
+        State::Ready
+    };
+    route.set_state(state).await;
+    if listener.is_exposed() {
+        out.say(format!(
+            "warning: {}",
+            listening::exposed_warning(listener.bound)
+        ));
+    }
+}
+
+/// Act on what the fd-mode guard found out about the server and the `handed` socket.
+async fn on_verdict(
+    verdict: Verdict,
+    route: &mut Registration,
+    out: &Output,
+    handed: SocketAddr,
+    source: mode::Source<'_>,
+    probing: bool,
+) {
+    let fix = format!(
+        "to serve on the handed socket, give it fd 3 (an {{fd}} placeholder); or let it bind \
+         PORT itself ({})",
+        source.switch(Mode::Env)
+    );
+    match verdict {
+        Verdict::Watching => {}
+        Verdict::Serving => {
+            if route.main_addr() != handed {
+                route.set_main_addr(handed);
+                let state = route.instance.state;
+                route.set_state(state).await;
+            }
+        }
+        Verdict::Elsewhere { listener, closed } => {
+            let what = if closed {
+                "closed the socket it was handed"
+            } else {
+                "does not accept on the socket it was handed"
+            };
+            // Routed first, said second: whoever waits for the line finds the route in place.
+            follow(route, out, listener, probing).await;
+            out.say(format!(
+                "the server {what} ({handed}) and listens on {} instead; routing there ({fix})",
+                listener.bound
+            ));
+        }
+        Verdict::Nowhere { unreachable } => {
+            let listens = match unreachable.as_slice() {
+                [] => "no TCP port".to_string(),
+                addrs => addrs
+                    .iter()
+                    .map(|a| format!("{a}, which loopback cannot reach"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            out.say(format!(
+                "the server closed the socket it was handed ({handed}) and listens on {listens}: \
+                 nothing can reach it through wharf; {fix}"
+            ));
+            route.set_state(State::Failed).await;
+        }
+    }
 }
 
 /// Shell convention: the exit code, or 128 + the signal that killed it.

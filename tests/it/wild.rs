@@ -1,5 +1,5 @@
-//! Servers from the wild: puma, gunicorn behind `uv run`, wharf.toml's messages, and the
-//! parent's `PORT`.
+//! Servers from the wild: puma, gunicorn behind `uv run`, servers that listen elsewhere or on
+//! every interface, and the parent's `PORT`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -142,6 +142,120 @@ fn a_valid_parent_port_is_a_preference_and_reaches_fd_mode_only_as_the_handed_po
     ));
     assert_eq!(p.instance_port(), wanted);
     assert_eq!(p.report()["env"]["PORT"], wanted.to_string());
+}
+
+/// A Python one-liner server on 127.0.0.1, any port, that prints `BOUND PORT`; `before` runs
+/// first (with `os` imported).
+fn py_elsewhere(before: &str) -> String {
+    format!(
+        "import os, http.server as h\n{before}\n\
+         s = h.HTTPServer(('127.0.0.1', 0), h.SimpleHTTPRequestHandler)\n\
+         print('BOUND', s.server_address[1], flush=True)\n\
+         s.serve_forever()"
+    )
+}
+
+#[test]
+fn a_server_that_closes_its_handed_socket_is_followed_where_it_listens() {
+    let sb = Sandbox::new();
+    let py = python();
+    let code = py_elsewhere("os.close(3)");
+    let p = sb.spawn(&[
+        "run",
+        "--name",
+        "shut",
+        "--fd",
+        "--port",
+        "0",
+        "--",
+        path_str(&py),
+        "-c",
+        &code,
+    ]);
+    let handed = p.instance_port();
+    let bound = port_after(&p.expect("BOUND "), "BOUND ");
+    // Before, wharf kept routing to the handed socket, which nobody accepted on: 504s.
+    p.expect(&format!(
+        "closed the socket it was handed (127.0.0.1:{handed}) and listens on 127.0.0.1:{bound} instead; routing there"
+    ));
+    let addr: SocketAddr = ([127, 0, 0, 1], p.url_port()).into();
+    let (status, _) = get(addr, &format!("shut.localhost:{}", p.url_port()), "/").unwrap();
+    assert_eq!(status, 200);
+    let listed = sb.ls();
+    let me = listed.iter().find(|l| l["name"] == "shut").unwrap();
+    assert_eq!(me["sockets"]["http"], format!("127.0.0.1:{bound}"));
+}
+
+#[test]
+fn gunicorn_that_binds_its_own_address_behind_uv_is_followed_there() {
+    let sb = Sandbox::new();
+    let servers = repo().join("tests/servers");
+    // The user's own --bind is kept: gunicorn holds fd 3 (inherited through uv) but never
+    // accepts on it, and says READY=1 all the same.
+    let Some(p) = uv_run(
+        &sb,
+        "own",
+        &[
+            "gunicorn",
+            "-b",
+            "127.0.0.1:0",
+            "--chdir",
+            path_str(&servers),
+            "wsgi:app",
+        ],
+    ) else {
+        return;
+    };
+    p.expect("keeping the command's own --bind");
+    let handed = p.instance_port();
+    let listening = p.expect("Listening at: http://127.0.0.1:");
+    let bound = port_after(&listening, "http://127.0.0.1:");
+    p.expect(&format!(
+        "does not accept on the socket it was handed (127.0.0.1:{handed}) and listens on 127.0.0.1:{bound} instead"
+    ));
+    let body: serde_json::Value =
+        serde_json::from_str(&through_proxy(p.url_port(), "own")).unwrap();
+    assert_eq!(body["host"], format!("own.localhost:{}", p.url_port()));
+}
+
+#[test]
+fn a_server_on_every_interface_is_reported_and_warned_about() {
+    let sb = Sandbox::new();
+    let py = python();
+    // http.server without -b binds every interface, as Express's listen(PORT) does.
+    let p = sb.spawn(&[
+        "run",
+        "--name",
+        "open",
+        "--port",
+        "0",
+        "--",
+        path_str(&py),
+        "-m",
+        "http.server",
+        "{port}",
+    ]);
+    let port = p.instance_port();
+    let line = p.expect("listening on ");
+    assert!(
+        line.contains(&format!("listening on 0.0.0.0:{port}"))
+            || line.contains(&format!("listening on [::]:{port}")),
+        "the real address, not loopback: {line}"
+    );
+    p.expect("warning: ");
+    p.expect("other machines on the network can reach this server");
+    let listed = sb.ls();
+    let me = listed.iter().find(|l| l["name"] == "open").unwrap();
+    let exposed = me["exposed"].as_str().unwrap_or_default().to_string();
+    assert!(exposed.ends_with(&format!(":{port}")), "{me}");
+    let out = sb.wharf(&["ls"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("warning: open: {exposed} is every interface")),
+        "{stderr}"
+    );
+    let (_, dashboard) = get(([127, 0, 0, 1], p.url_port()).into(), "localhost", "/").unwrap();
+    assert!(dashboard.contains("warning: open"), "{dashboard}");
 }
 
 #[test]
