@@ -729,14 +729,12 @@ mod tests {
         s.split_whitespace().map(String::from).collect()
     }
 
+    fn choose_as(forced: Option<Mode>, on_demand: bool, source: Source, s: &str) -> Plan {
+        choose(forced, on_demand, source, &words(s), &BTreeMap::new())
+    }
+
     fn choose_str(s: &str) -> Plan {
-        choose(
-            None,
-            false,
-            Source::CommandLine,
-            &words(s),
-            &BTreeMap::new(),
-        )
+        choose_as(None, false, Source::CommandLine, s)
     }
 
     #[test]
@@ -787,13 +785,7 @@ mod tests {
             )
         );
         assert!(plan.reason.contains("NOTIFY_SOCKET"), "{}", plan.reason);
-        let plan = choose(
-            Some(Mode::Env),
-            false,
-            Source::CommandLine,
-            &words("puma"),
-            &BTreeMap::new(),
-        );
+        let plan = choose_as(Some(Mode::Env), false, Source::CommandLine, "puma");
         assert_eq!(plan.argv, words("puma --bind tcp://127.0.0.1:{port}"));
     }
 
@@ -919,30 +911,12 @@ mod tests {
     #[test]
     fn forced_modes_still_get_the_servers_options_and_say_where_they_came_from() {
         let file = Path::new("/p/wharf.toml");
-        let plan = choose(
-            Some(Mode::Fd),
-            false,
-            Source::CommandLine,
-            &words("uvicorn app"),
-            &BTreeMap::new(),
-        );
+        let plan = choose_as(Some(Mode::Fd), false, Source::CommandLine, "uvicorn app");
         assert_eq!(plan.argv, words("uvicorn app --fd {fd}"));
         assert!(plan.reason.starts_with("--fd was given"), "{}", plan.reason);
-        let plan = choose(
-            Some(Mode::Fd),
-            false,
-            Source::File(file),
-            &words("./srv"),
-            &BTreeMap::new(),
-        );
+        let plan = choose_as(Some(Mode::Fd), false, Source::File(file), "./srv");
         assert_eq!(plan.reason, "mode = \"fd\" in /p/wharf.toml");
-        let plan = choose(
-            None,
-            true,
-            Source::File(file),
-            &words("uvicorn app"),
-            &BTreeMap::new(),
-        );
+        let plan = choose_as(None, true, Source::File(file), "uvicorn app");
         assert_eq!(plan.mode, Mode::Fd);
         assert!(
             plan.reason
@@ -950,13 +924,7 @@ mod tests {
             "{}",
             plan.reason
         );
-        let plan = choose(
-            None,
-            false,
-            Source::File(file),
-            &words("./srv"),
-            &BTreeMap::new(),
-        );
+        let plan = choose_as(None, false, Source::File(file), "./srv");
         assert!(
             plan.reason
                 .contains("(mode = \"fd\" in wharf.toml to pass a socket)"),
@@ -964,13 +932,7 @@ mod tests {
             plan.reason
         );
         assert!(!plan.reason.contains("--fd"), "{}", plan.reason);
-        let plan = choose(
-            Some(Mode::Fd),
-            false,
-            Source::CommandLine,
-            &words("npx ./srv"),
-            &BTreeMap::new(),
-        );
+        let plan = choose_as(Some(Mode::Fd), false, Source::CommandLine, "npx ./srv");
         assert!(!plan.listen_pid, "npx forks: LISTEN_PID would name npx");
     }
 
