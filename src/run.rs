@@ -312,7 +312,8 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
                         if verdict != Verdict::Watching {
                             guard = None;
                         }
-                        on_verdict(verdict, &mut route, &out, handed, source, probing.is_some()).await;
+                        let says_ready = args.ready.is_none();
+                        on_verdict(verdict, &mut route, &out, handed, source, says_ready, probing.is_some()).await;
                     }
                     look_pause = (look_pause * 2).min(Duration::from_millis(500));
                 }
@@ -710,12 +711,14 @@ async fn follow(route: &mut Registration, out: &Output, listener: Listener, prob
 }
 
 /// Act on what the fd-mode guard found out about the server and the `handed` socket.
+/// `says_ready`: no `--ready` was given, so a server that accepts is ready.
 async fn on_verdict(
     verdict: Verdict,
     route: &mut Registration,
     out: &Output,
     handed: SocketAddr,
     source: mode::Source<'_>,
+    says_ready: bool,
     probing: bool,
 ) {
     let fix = format!(
@@ -726,9 +729,15 @@ async fn on_verdict(
     match verdict {
         Verdict::Watching => {}
         Verdict::Serving => {
-            if route.main_addr() != handed {
+            let state = match route.instance.state {
+                State::Starting if says_ready => {
+                    out.say("ready (accepted a connection on its socket)".to_string());
+                    State::Ready
+                }
+                state => state,
+            };
+            if route.main_addr() != handed || state != route.instance.state {
                 route.set_main_addr(handed);
-                let state = route.instance.state;
                 route.set_state(state).await;
             }
         }

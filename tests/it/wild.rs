@@ -42,6 +42,9 @@ fn puma_from_the_readme_serves_on_the_socket_it_is_handed() {
     p.expect("adding --bind-to-activated-sockets only");
     let port = p.instance_port();
     p.expect(&format!("Activated tcp://127.0.0.1:{port}"));
+    // Without READY=1 and before any request, `ls` said `starting` for good.
+    p.expect("ready (accepted a connection on its socket)");
+    assert_eq!(sb.ls()[0]["state"], "ready");
     let body = through_proxy(p.url_port(), "rb");
     assert!(body.starts_with("puma saw rb.localhost"), "{body}");
     assert_eq!(
