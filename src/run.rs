@@ -265,6 +265,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
             (Some(sockets), Mode::Fd) => listening::Guard::new(sockets),
             _ => None,
         };
+        let mut checking: Option<tokio::task::JoinHandle<(listening::Guard, Verdict)>> = None;
         route.instance.exposed = None;
         let mut look_pause = Duration::from_millis(20);
         let mut probing = match &args.ready {
@@ -307,15 +308,23 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
                         }
                         follow(&mut route, &out, l, probing.is_some()).await;
                     }
-                    let verdict = guard.as_mut().map(|g| g.check(child_pid));
-                    if let Some(verdict) = verdict {
-                        if verdict != Verdict::Watching {
-                            guard = None;
-                        }
-                        let says_ready = args.ready.is_none();
-                        on_verdict(verdict, &mut route, &out, handed, source, says_ready, probing.is_some()).await;
+                    if let Some(mut g) = guard.take() {
+                        // Reading /proc can take a while on a busy machine: off this loop,
+                        // which must stay quick to pass signals on and notice an exit.
+                        checking = Some(tokio::task::spawn_blocking(move || {
+                            let verdict = g.check(child_pid);
+                            (g, verdict)
+                        }));
                     }
                     look_pause = (look_pause * 2).min(Duration::from_millis(500));
+                }
+                Some((g, verdict)) = async { checking.as_mut()?.await.ok() }, if checking.is_some() => {
+                    checking = None;
+                    if verdict == Verdict::Watching {
+                        guard = Some(g);
+                    }
+                    let says_ready = args.ready.is_none();
+                    on_verdict(verdict, &mut route, &out, handed, source, says_ready, probing.is_some()).await;
                 }
                 probe = demand::http_ready(route.main_addr(), probing.as_deref()), if probing.is_some() => {
                     let path = probing.as_deref().unwrap_or_default();
