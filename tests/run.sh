@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Run wharf's whole test suite on a fresh machine: provision the real peers the tests use
 # (curl, h2load, systemd's tools, headless Chromium, puma, a project-local Python venv with
-# gunicorn, uv,
-# websockets and grpcio), then `cargo test`. Extra arguments go to cargo test.
+# gunicorn, uv, websockets and grpcio), then `cargo test`. Extra arguments go to cargo test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
