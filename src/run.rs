@@ -14,8 +14,7 @@ use futures_util::StreamExt;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
-use signal_hook::iterator::exfiltrator::WithOrigin;
-use signal_hook::low_level::siginfo::{Cause, Origin};
+use signal_hook::iterator::exfiltrator::WithRawSiginfo;
 use signal_hook_tokio::SignalsInfo;
 
 use crate::alloc::{self, MAIN_SOCKET, PortRanges};
@@ -207,7 +206,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         own_group: !std::io::IsTerminal::is_terminal(&std::io::stdin()),
     };
     let mut signals =
-        SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2])
+        SignalsInfo::<WithRawSiginfo>::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2])
             .context("installing signal handlers")?;
     let mut supervisor = Supervisor {
         out: &out,
@@ -282,7 +281,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         let status: ExitStatus = loop {
             tokio::select! {
                 status = child.wait() => break status.context("waiting for the server")?,
-                Some(origin) = signals.next() => supervisor.on_signal(&origin, child_pid),
+                Some(info) = signals.next() => supervisor.on_signal(&info, child_pid),
                 notices = notify.recv(|pid| pid.is_none_or(|p| crate::process::in_tree(p, child_pid))) => {
                     for notice in notices.unwrap_or_default() {
                         match notice {
@@ -430,7 +429,7 @@ fn port_var(socket: &str) -> String {
 /// proxy restarts. False if a stop signal came first.
 async fn pause(
     route: &mut Registration,
-    signals: &mut SignalsInfo<WithOrigin>,
+    signals: &mut SignalsInfo<WithRawSiginfo>,
     delay: Option<Duration>,
 ) -> bool {
     let until = async {
@@ -506,9 +505,9 @@ async fn end_leftovers(out: &Output, server: i32, stop: Option<&Stop>, grace: Du
 }
 
 /// Resolves at the first SIGINT/SIGTERM/SIGQUIT (others are ignored while no server runs).
-async fn stop_signal(signals: &mut SignalsInfo<WithOrigin>) {
-    while let Some(origin) = signals.next().await {
-        if is_stop(origin.signal) {
+async fn stop_signal(signals: &mut SignalsInfo<WithRawSiginfo>) {
+    while let Some(info) = signals.next().await {
+        if is_stop(info.si_signo) {
             return;
         }
     }
@@ -559,14 +558,16 @@ enum Next {
 }
 
 impl Supervisor<'_> {
-    /// Pass a signal on. SIGINT/SIGQUIT typed at the terminal already reached the server (same
-    /// process group), so they are only noted; repeated stop requests end in SIGKILL.
-    fn on_signal(&mut self, origin: &Origin, child: i32) {
-        let signal = Signal::try_from(origin.signal).expect("only real signals are registered");
-        let from_terminal = matches!(origin.cause, Cause::Kernel)
-            && matches!(signal, Signal::SIGINT | Signal::SIGQUIT);
-        let mut send = (!from_terminal).then_some(signal);
-        if is_stop(origin.signal) {
+    /// Pass a signal on. SIGINT/SIGQUIT typed at the terminal already reached the server when
+    /// it shares wharf's process group, so they are only noted; repeated stop requests end in
+    /// SIGKILL.
+    fn on_signal(&mut self, info: &libc::siginfo_t, child: i32) {
+        let signal = Signal::try_from(info.si_signo).expect("only real signals are registered");
+        let reached_server = !self.group
+            && matches!(signal, Signal::SIGINT | Signal::SIGQUIT)
+            && typed_at_terminal(info);
+        let mut send = (!reached_server).then_some(signal);
+        if is_stop(info.si_signo) {
             self.stop_requests += 1;
             self.begin_stop(StopWhy::Asked(signal), child);
             if self.stop_requests >= KILL_ON_REQUEST {
@@ -685,6 +686,21 @@ fn backoff(n: u32) -> Duration {
         return Duration::ZERO;
     }
     (Duration::from_millis(100) * 2u32.saturating_pow(n.min(16) - 1)).min(MAX_BACKOFF)
+}
+
+/// Whether a signal came from the terminal (typed ^C or ^\), which sends it to its whole
+/// foreground process group. Linux says so in `si_code`.
+#[cfg(target_os = "linux")]
+fn typed_at_terminal(info: &libc::siginfo_t) -> bool {
+    info.si_code == libc::SI_KERNEL
+}
+
+/// Whether a signal came from the terminal. macOS leaves `si_code` 0 for every signal (and
+/// `si_pid` names whoever wrote to the terminal), so this asks whether wharf's group is the
+/// terminal's foreground group, the one a typed ^C reaches.
+#[cfg(not(target_os = "linux"))]
+fn typed_at_terminal(_: &libc::siginfo_t) -> bool {
+    nix::unistd::tcgetpgrp(std::io::stdin()).is_ok_and(|fg| fg == nix::unistd::getpgrp())
 }
 
 fn is_stop(signal: i32) -> bool {

@@ -420,3 +420,93 @@ fn a_corrupt_registry_is_moved_aside_and_the_run_goes_on() {
     assert_eq!(get_json(port, "fresh")["socket"], "http");
     assert_eq!(sb.registry()["leases"]["fresh"]["ports"]["http"], port);
 }
+
+/// A server that reports each SIGINT and SIGTERM it is sent (taken with sigwaitinfo, one line
+/// per delivery) and exits on SIGTERM. With `leave`, it first forks a watcher that stays in
+/// wharf's process group and reports the terminal's SIGINT there, and moves itself to a group
+/// of its own, so that it sees only what wharf sends it.
+const COUNTING_SERVER: &str = r#"
+import os, signal, sys
+wanted = {signal.SIGINT, signal.SIGTERM}
+signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+if sys.argv[1:] == ["leave"]:
+    if os.fork() == 0:
+        if signal.sigtimedwait({signal.SIGINT}, 60):
+            print("the group got SIGINT", flush=True)
+        os._exit(0)
+    os.setpgid(0, 0)
+print("armed", flush=True)
+while True:
+    info = signal.sigwaitinfo(wanted)
+    print("got " + signal.Signals(info.si_signo).name, flush=True)
+    if info.si_signo == signal.SIGTERM:
+        break
+"#;
+
+/// `wharf run` as a session leader on a fresh pty (stdin the terminal, or /dev/null), with the
+/// counting server; returns the run and the pty's master side, to type on.
+fn run_on_a_terminal(
+    sb: &Sandbox,
+    stdin_is_tty: bool,
+    server_args: &[&str],
+) -> (Proc, std::fs::File) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let py = python();
+    let args = ["run", "--name", "tty", "--port", "0", "--"];
+    let mut cmd = sb.wharf(&args);
+    cmd.args([path_str(&py), "-c", COUNTING_SERVER])
+        .args(server_args);
+    if stdin_is_tty {
+        cmd.stdin(pty.slave.try_clone().unwrap());
+    }
+    let tty = pty.slave.as_raw_fd();
+    // SAFETY: setsid and ioctl are async-signal-safe; they make the pty wharf's controlling
+    // terminal, with wharf's group in the foreground (where a typed ^C goes).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setsid()?;
+            if libc::ioctl(tty, libc::TIOCSCTTY as _, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let p = Proc::spawn(cmd, "wharf run on a pty");
+    drop(pty.slave);
+    p.expect("armed");
+    (p, std::fs::File::from(pty.master))
+}
+
+#[test]
+fn ctrl_c_at_the_terminal_reaches_a_server_in_its_own_group() {
+    use std::io::Write;
+    let sb = Sandbox::new();
+    // stdin is not the terminal, so the server leads its own group, which the terminal's ^C
+    // does not reach: wharf has to pass it on.
+    let (mut p, mut master) = run_on_a_terminal(&sb, false, &[]);
+    master.write_all(b"\x03").unwrap();
+    p.expect("got SIGINT");
+    p.signal(libc::SIGTERM);
+    p.expect("got SIGTERM");
+    p.wait(PATIENCE);
+    assert_eq!(p.count_lines(|l| l == "got SIGINT"), 1, "{}", p.log());
+}
+
+#[test]
+fn ctrl_c_at_the_terminal_is_not_sent_again_to_a_server_in_the_same_group() {
+    use std::io::Write;
+    let sb = Sandbox::new();
+    // stdin is the terminal: the server shares wharf's foreground group and gets the ^C from
+    // the terminal itself. (This one steps out of the group to see whether wharf sends more.)
+    let (mut p, mut master) = run_on_a_terminal(&sb, true, &["leave"]);
+    master.write_all(b"\x03").unwrap();
+    p.expect("the group got SIGINT");
+    // wharf has the SIGINT pending too by now; what it sends for it goes out before what it
+    // sends for this SIGTERM, and the server takes the lower-numbered SIGINT first.
+    p.signal(libc::SIGTERM);
+    p.expect("got SIGTERM");
+    p.wait(PATIENCE);
+    assert_eq!(p.count_lines(|l| l == "got SIGINT"), 0, "{}", p.log());
+}
