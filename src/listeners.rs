@@ -166,6 +166,8 @@ mod imp {
         // SAFETY: launch_activate_socket fills `fds` with a malloc'd array of `cnt` fds.
         let err = unsafe { launch_activate_socket(cname.as_ptr(), &mut fds, &mut cnt) };
         match err {
+            // An empty answer may come without an array (a null pointer is no slice, even empty).
+            0 if fds.is_null() => Ok(Some(Vec::new())),
             0 => {
                 // SAFETY: the array holds `cnt` fds that are now ours; it is freed right after.
                 let owned = unsafe { std::slice::from_raw_parts(fds, cnt) }

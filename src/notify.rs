@@ -1,7 +1,7 @@
 //! The supervisor side of sd_notify: wharf offers its child a `NOTIFY_SOCKET` and reads
 //! `READY=1`, `STATUS=…`, `STOPPING=1`. Only datagrams from the child's own process tree count.
 
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -89,6 +89,8 @@ pub fn parse(datagram: &str) -> Vec<Notice> {
 #[cfg(target_os = "linux")]
 mod imp {
     use super::*;
+    use std::io::IoSliceMut;
+
     use nix::sys::socket::{
         ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt,
     };
