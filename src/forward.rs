@@ -27,7 +27,9 @@ use crate::routes::{Route, Routes};
 use http1::Connection;
 use rules::{Fate, VIA};
 
-mod chunked;
+/// Public only for the fuzz tier (tests/it/fuzz.rs), which drives the decoder directly.
+#[doc(hidden)]
+pub mod chunked;
 pub mod express;
 mod http1;
 mod idle;

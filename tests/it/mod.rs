@@ -1,5 +1,6 @@
 mod budget;
 mod express;
+mod fuzz;
 mod hostile;
 mod http2;
 mod pages;
