@@ -443,15 +443,18 @@ while True:
         break
 "#;
 
-/// `wharf run` as a session leader on a fresh pty (stdin the terminal, or /dev/null), with the
-/// counting server; returns the run and the pty's master side, to type on.
-fn run_on_a_terminal(
-    sb: &Sandbox,
+/// `wharf run` as a session leader on a fresh pty (stdin the terminal, or /dev/null) with the
+/// counting server: type ^C, wait for the line `seen`, stop it with SIGTERM. Returns how many
+/// SIGINTs the server reported, and the output.
+fn sigints_for_a_typed_ctrl_c(
     stdin_is_tty: bool,
     server_args: &[&str],
-) -> (Proc, std::fs::File) {
+    seen: &str,
+) -> (usize, String) {
+    use std::io::Write;
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
+    let sb = Sandbox::new();
     let pty = nix::pty::openpty(None, None).unwrap();
     let py = python();
     let args = ["run", "--name", "tty", "--port", "0", "--"];
@@ -473,40 +476,32 @@ fn run_on_a_terminal(
             Ok(())
         });
     }
-    let p = Proc::spawn(cmd, "wharf run on a pty");
+    let mut p = Proc::spawn(cmd, "wharf run on a pty");
     drop(pty.slave);
     p.expect("armed");
-    (p, std::fs::File::from(pty.master))
+    let mut master = std::fs::File::from(pty.master);
+    master.write_all(b"\x03").unwrap();
+    p.expect(seen);
+    // wharf has the SIGINT by now; what it sends for it goes out before what it sends for this
+    // SIGTERM, and the server takes the lower-numbered SIGINT first.
+    p.signal(libc::SIGTERM);
+    p.expect("got SIGTERM");
+    p.wait(PATIENCE);
+    (p.count_lines(|l| l == "got SIGINT"), p.log())
 }
 
 #[test]
 fn ctrl_c_at_the_terminal_reaches_a_server_in_its_own_group() {
-    use std::io::Write;
-    let sb = Sandbox::new();
     // stdin is not the terminal, so the server leads its own group, which the terminal's ^C
     // does not reach: wharf has to pass it on.
-    let (mut p, mut master) = run_on_a_terminal(&sb, false, &[]);
-    master.write_all(b"\x03").unwrap();
-    p.expect("got SIGINT");
-    p.signal(libc::SIGTERM);
-    p.expect("got SIGTERM");
-    p.wait(PATIENCE);
-    assert_eq!(p.count_lines(|l| l == "got SIGINT"), 1, "{}", p.log());
+    let (sigints, log) = sigints_for_a_typed_ctrl_c(false, &[], "got SIGINT");
+    assert_eq!(sigints, 1, "{log}");
 }
 
 #[test]
 fn ctrl_c_at_the_terminal_is_not_sent_again_to_a_server_in_the_same_group() {
-    use std::io::Write;
-    let sb = Sandbox::new();
     // stdin is the terminal: the server shares wharf's foreground group and gets the ^C from
     // the terminal itself. (This one steps out of the group to see whether wharf sends more.)
-    let (mut p, mut master) = run_on_a_terminal(&sb, true, &["leave"]);
-    master.write_all(b"\x03").unwrap();
-    p.expect("the group got SIGINT");
-    // wharf has the SIGINT pending too by now; what it sends for it goes out before what it
-    // sends for this SIGTERM, and the server takes the lower-numbered SIGINT first.
-    p.signal(libc::SIGTERM);
-    p.expect("got SIGTERM");
-    p.wait(PATIENCE);
-    assert_eq!(p.count_lines(|l| l == "got SIGINT"), 0, "{}", p.log());
+    let (sigints, log) = sigints_for_a_typed_ctrl_c(true, &["leave"], "the group got SIGINT");
+    assert_eq!(sigints, 0, "{log}");
 }
