@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 use wharf::forward::chunked::Decoder;
 use wharf::host::{self, HostError, Target};
 
@@ -25,11 +25,16 @@ use super::util::*;
 /// How long a case waits for an answer that should come at once (a loopback round trip).
 const ANSWER: Duration = Duration::from_secs(5);
 
-/// Cases per target: `PROPTEST_CASES` when set (the long run), else `default` (CI's short run).
+/// Cases per target: `PROPTEST_CASES` when set (the long run, with fresh random inputs each
+/// time), else `default` (CI's short run, the same inputs every time unless
+/// `PROPTEST_RNG_SEED` says otherwise).
 fn config(default: u32) -> Config {
     let mut config = Config::default();
     if std::env::var_os("PROPTEST_CASES").is_none() {
         config.cases = default;
+        if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+            config.rng_seed = RngSeed::Fixed(14);
+        }
     }
     // Found failures are printed with their input; they go into tests/corpus/ by hand.
     config.failure_persistence = None;
@@ -224,7 +229,7 @@ fn port_is_digits(raw: &str) -> bool {
 
 /// Found by this tier, being fixed elsewhere (issue 14 item 7): a `+` before the port's
 /// digits is routed. Remove once host.rs refuses it.
-fn known_finding(raw: &str) -> bool {
+fn known_finding_plus_port(raw: &str) -> bool {
     raw.rsplit_once(':').is_some_and(|(_, port)| {
         port.starts_with('+') && port[1..].bytes().all(|b| b.is_ascii_digit())
     })
@@ -249,7 +254,7 @@ fn check_host(raw: Vec<u8>) -> Result<(), TestCaseError> {
         }
         return Ok(());
     };
-    if !known_finding(&raw) {
+    if !known_finding_plus_port(&raw) {
         prop_assert!(
             port_is_digits(&raw),
             "routed a Host whose port is not digits: {:?}",
@@ -458,6 +463,9 @@ fn only_trailers_differ(input: &[u8], rt: &tokio::runtime::Runtime) -> bool {
         }
     }
     let from = last_data.map_or(0, |i| i + 3);
+    if !d.is_done() || from > end {
+        return false;
+    }
     let Some(line) = input[from..end].windows(2).position(|w| w == b"\r\n") else {
         return false;
     };
@@ -657,7 +665,8 @@ impl Bench {
     }
 }
 
-/// The status of the next final response on `s` (1xx skipped), reading its head only.
+/// The status of the next final response on `s` (1xx skipped), reading its head only (the
+/// connection is not used again).
 fn status_of(s: &mut TcpStream) -> Option<u16> {
     let mut buf = Vec::new();
     loop {
@@ -667,18 +676,6 @@ fn status_of(s: &mut TcpStream) -> Option<u16> {
             Ok(httparse::Status::Complete(len)) => {
                 let code = res.code?;
                 if code >= 200 {
-                    let length: usize = res
-                        .headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                        .and_then(|h| text(h.value).trim().parse().ok())
-                        .unwrap_or(0);
-                    // The body too, so that nothing is left unread when the test closes.
-                    while buf.len() < len + length {
-                        if !read_more(s, &mut buf) {
-                            break;
-                        }
-                    }
                     return Some(code);
                 }
                 buf.drain(..len);
@@ -787,12 +784,29 @@ fn generated_request() -> BoxedStrategy<Vec<u8>> {
         .boxed()
 }
 
-/// Whether a head is whole (so that both paths answer rather than wait for more).
+/// Whether a request is whole, head and body (so that both paths answer at once rather than
+/// wait for more).
 fn complete(request: &[u8]) -> bool {
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut headers);
-    !matches!(req.parse(request), Ok(httparse::Status::Partial))
-        && (request.len() < 4 || request.windows(4).any(|w| w == b"\r\n\r\n"))
+    let len = match req.parse(request) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return false,
+        // Refused at once by both.
+        Err(_) => return true,
+    };
+    let body = &request[len..];
+    req.headers.iter().all(|h| {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            text(h.value)
+                .split(',')
+                .all(|v| v.trim().parse::<usize>().is_ok_and(|n| n <= body.len()))
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            body.ends_with(b"0\r\n\r\n")
+        } else {
+            true
+        }
+    })
 }
 
 #[test]
@@ -800,7 +814,7 @@ fn fuzz_request_planner_agrees_with_the_hyper_path() {
     let bench = Bench::start();
     let seeds = corpus("requests");
     let strategy = mutated(seeds.clone(), generated_request());
-    run(100, seeds, strategy, |request| {
+    run(500, seeds, strategy, |request| {
         if !complete(&request) {
             return Ok(());
         }
@@ -971,19 +985,39 @@ async fn get_through(bench: &Bench, response: &[u8], via_hyper: bool) -> Got {
     Some((status, headers, body))
 }
 
-/// Whether a response head's Content-Length is invalid or conflicting (values that are not
-/// plain decimal, or differ).
-fn length_is_broken(response: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    let mut res = httparse::Response::new(&mut headers);
-    if res.parse(response).is_err() {
-        return false;
+/// A head's header fields: lowercase name, value.
+type Fields = Vec<(String, Vec<u8>)>;
+
+/// The final response head's version (0 or 1) and fields, 1xx heads skipped, and where its body
+/// starts; `None` when it does not parse.
+fn final_head(response: &[u8]) -> Option<(u8, Fields, usize)> {
+    let mut at = 0;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut res = httparse::Response::new(&mut headers);
+        let len = match res.parse(&response[at..]).ok()? {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => return None,
+        };
+        if res.code? >= 200 {
+            let fields = res.headers.iter();
+            let fields = fields.map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()));
+            return Some((res.version?, fields.collect(), at + len));
+        }
+        at += len;
     }
-    let mut values = res
-        .headers
+}
+
+/// Whether a response's Content-Length is invalid or conflicting (values that are not plain
+/// decimal, or differ).
+fn length_is_broken(response: &[u8]) -> bool {
+    let Some((_, fields, _)) = final_head(response) else {
+        return false;
+    };
+    let mut values = fields
         .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .flat_map(|h| h.value.split(|&b| b == b','))
+        .filter(|(name, _)| name == "content-length")
+        .flat_map(|(_, value)| value.split(|&b| b == b','))
         .map(|v| v.trim_ascii().to_vec())
         .collect::<Vec<_>>();
     let invalid = values
@@ -1023,14 +1057,24 @@ fn known_finding_unreadable_value(message: &[u8]) -> bool {
 /// (502; RFC 9112 §6.1 calls its framing faulty); the lane forwards it, read until close or
 /// decoded when chunked. Remove once the two paths agree.
 fn known_finding_http10_transfer_encoding(response: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    let mut res = httparse::Response::new(&mut headers);
-    let _ = res.parse(response);
-    res.version == Some(0)
-        && res
-            .headers
-            .iter()
-            .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+    final_head(response).is_some_and(|(version, fields, _)| {
+        version == 0 && fields.iter().any(|(name, _)| name == "transfer-encoding")
+    })
+}
+
+/// Found by this tier: a response's Content-Length field that is empty or has an empty
+/// element (`Content-Length: 5` and `Content-Length: `, or `5, , 5`). hyper's path refuses it
+/// (502); the lane skips the empty part (express.rs `tokens`) and frames by what is left, or
+/// reads until close when nothing is. Remove once the lane refuses it too.
+fn known_finding_empty_length(response: &[u8]) -> bool {
+    final_head(response).is_some_and(|(_, fields, _)| {
+        fields.iter().any(|(name, value)| {
+            name == "content-length"
+                && value
+                    .split(|&b| b == b',')
+                    .any(|v| v.trim_ascii().is_empty())
+        })
+    })
 }
 
 /// Found by this tier: hyper's path forwards a response that has both Transfer-Encoding and
@@ -1038,15 +1082,10 @@ fn known_finding_http10_transfer_encoding(response: &[u8]) -> bool {
 /// the chunks (RFC 9112 §6.3: Transfer-Encoding wins and the length must go), so the client
 /// gets a body cut or waits for bytes that never come. Remove once forward.rs drops it.
 fn known_finding_length_beside_transfer_encoding(response: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    let mut res = httparse::Response::new(&mut headers);
-    let _ = res.parse(response);
-    let has = |name: &str| {
-        res.headers
-            .iter()
-            .any(|h| h.name.eq_ignore_ascii_case(name))
-    };
-    has("transfer-encoding") && has("content-length")
+    final_head(response).is_some_and(|(_, fields, _)| {
+        let has = |wanted: &str| fields.iter().any(|(name, _)| name == wanted);
+        has("transfer-encoding") && has("content-length")
+    })
 }
 
 #[test]
@@ -1058,7 +1097,7 @@ fn fuzz_response_heads_agree_with_the_hyper_path() {
         .unwrap();
     let seeds = corpus("responses");
     let strategy = mutated(seeds.clone(), generated_response());
-    run(100, seeds, strategy, |response| {
+    run(500, seeds, strategy, |response| {
         let through = |via_hyper| {
             let got = rt.block_on(async {
                 tokio::time::timeout(ANSWER, get_through(&bench, &response, via_hyper))
@@ -1078,6 +1117,14 @@ fn fuzz_response_heads_agree_with_the_hyper_path() {
         };
         let (lane, lane_asked) = through(false);
         let (hyper, hyper_asked) = through(true);
+        if lane.is_some()
+            && hyper.is_none()
+            && let Some((_, _, body)) = final_head(&response)
+            && only_trailers_differ(&response[body..], &rt)
+        {
+            // Allowed: the lane drops trailers unread, so it does not judge their fields.
+            return Ok(());
+        }
         if lane.is_none() && hyper.is_some() && length_is_broken(&response) {
             // Allowed: the lane refuses a length it cannot trust even where the status says
             // there is no body (204, 304); hyper's path ignores it there.
@@ -1086,6 +1133,7 @@ fn fuzz_response_heads_agree_with_the_hyper_path() {
         if known_finding_length_beside_transfer_encoding(&response)
             || known_finding_unreadable_value(&response)
             || known_finding_http10_transfer_encoding(&response)
+            || known_finding_empty_length(&response)
         {
             return Ok(());
         }
