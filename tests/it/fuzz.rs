@@ -429,6 +429,9 @@ fn fuzz_chunked_decoder_agrees_with_hyper_and_with_itself_in_pieces() {
             // Allowed: the lane drops trailers unread, so it does not judge their fields.
             return Ok(());
         }
+        if ours.is_none() && theirs.is_some() && known_finding_long_size(&input) {
+            return Ok(());
+        }
         if ours.is_none() && theirs.is_some() && has_bare_lf(&input) {
             // Allowed: RFC 9112 §2.2 lets a recipient take a bare LF as a line's end; hyper
             // does in trailers, wharf never does (HARDENING.md: one reading of framing).
@@ -472,6 +475,15 @@ fn only_trailers_differ(input: &[u8], rt: &tokio::runtime::Runtime) -> bool {
     let mut without = input[..from + line + 2].to_vec();
     without.extend_from_slice(b"\r\n");
     without.len() < end && rt.block_on(hyper_decodes(&without)).is_some()
+}
+
+/// Found by this tier: a chunk size written with more than 16 hex digits, leading zeros
+/// included (`00000000000000003`), is refused by the decoder ("chunk size too large"); hyper
+/// takes it by its value. Remove once chunked.rs counts digits after the leading zeros.
+fn known_finding_long_size(input: &[u8]) -> bool {
+    input
+        .split(|&b| !b.is_ascii_hexdigit())
+        .any(|run| run.len() > 16)
 }
 
 fn has_bare_lf(input: &[u8]) -> bool {
@@ -1053,6 +1065,22 @@ fn known_finding_unreadable_value(message: &[u8]) -> bool {
     })
 }
 
+/// Found by this tier: a response's Transfer-Encoding list ending in an empty element
+/// (`chunked,`). The lane skips it (RFC 9110 §5.6.1 lets a recipient) and decodes the chunks;
+/// hyper's path takes the last element, empty, for the coding: it reads until close and
+/// forwards the chunks as the body. Remove once the two paths agree.
+fn known_finding_transfer_encoding_trailing_comma(response: &[u8]) -> bool {
+    final_head(response).is_some_and(|(_, fields, _)| {
+        fields.iter().any(|(name, value)| {
+            name == "transfer-encoding"
+                && value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().is_empty())
+        })
+    })
+}
+
 /// Found by this tier: an HTTP/1.0 response with Transfer-Encoding. hyper's path refuses it
 /// (502; RFC 9112 §6.1 calls its framing faulty); the lane forwards it, read until close or
 /// decoded when chunked. Remove once the two paths agree.
@@ -1134,6 +1162,7 @@ fn fuzz_response_heads_agree_with_the_hyper_path() {
             || known_finding_unreadable_value(&response)
             || known_finding_http10_transfer_encoding(&response)
             || known_finding_empty_length(&response)
+            || known_finding_transfer_encoding_trailing_comma(&response)
         {
             return Ok(());
         }
