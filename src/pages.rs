@@ -399,7 +399,7 @@ mod tests {
             "in /src/my app",
             "the terminal of <code>wharf run</code>",
             "last exit: exited with code 3",
-            "listens on 0.0.0.0:4001, every interface",
+            "<b>web</b>: 0.0.0.0:4001 is every interface",
             "server pid 11",
             "wharf pid 10",
             "2 instances",
