@@ -19,6 +19,18 @@ use crate::registry::Store;
 /// How long `stop --proxy` waits after SIGTERM before SIGKILL.
 const PROXY_GRACE: Duration = Duration::from_secs(10);
 
+/// The on-disk registry, locked; a corrupt one is rebuilt from what the proxy routes, and
+/// what was done about it is said.
+fn registry(ctx: &Context) -> anyhow::Result<crate::registry::Locked> {
+    let reg = Store::new(ctx.dirs.state()?)
+        .recovering_from(ctx.dirs.runtime()?)
+        .lock()?;
+    reg.warnings
+        .iter()
+        .for_each(|w| crate::errln!("wharf: {w}"));
+    Ok(reg)
+}
+
 /// What is running: from the proxy if it answers (`true`), else from the registry's leases
 /// with direct URLs (`false`).
 async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, bool)> {
@@ -27,12 +39,7 @@ async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, bool)> {
         let list = c.client.call(&Request::List).await?;
         return Ok((list.instances.unwrap_or_default(), true));
     }
-    let reg = Store::new(ctx.dirs.state()?)
-        .recovering_from(ctx.dirs.runtime()?)
-        .lock()?;
-    reg.warnings
-        .iter()
-        .for_each(|w| crate::errln!("wharf: {w}"));
+    let reg = registry(ctx)?;
     let now = crate::registry::unix_now();
     let listed = reg
         .leases
@@ -182,12 +189,7 @@ pub async fn stop(
     let (list, _) = instances(ctx).await?;
     // name → (supervisor, server): the registry knows every supervisor, the proxy the servers.
     let mut running: BTreeMap<Name, (i32, Option<i32>)> = {
-        let reg = Store::new(ctx.dirs.state()?)
-            .recovering_from(ctx.dirs.runtime()?)
-            .lock()?;
-        reg.warnings
-            .iter()
-            .for_each(|w| crate::errln!("wharf: {w}"));
+        let reg = registry(ctx)?;
         reg.leases
             .iter()
             .map(|(n, l)| (n.clone(), (l.holder.pid, None)))
