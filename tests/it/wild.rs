@@ -258,7 +258,10 @@ fn a_server_on_every_interface_is_reported_and_warned_about() {
         "{stderr}"
     );
     let (_, dashboard) = get(([127, 0, 0, 1], p.url_port()).into(), "localhost", "/").unwrap();
-    assert!(dashboard.contains("warning: open"), "{dashboard}");
+    assert!(
+        dashboard.contains(&format!("<b>open</b>: {exposed} is every interface")),
+        "{dashboard}"
+    );
 }
 
 #[test]
