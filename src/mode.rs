@@ -456,7 +456,10 @@ pub fn choose(
                 }
                 out.extend(added.iter().cloned());
             }
-            Via::Shell(at) => out[at] = format!("{} {}", out[at], added.join(" ")),
+            Via::Shell { at, separator } => {
+                let dashes = if separator { " --" } else { "" };
+                out[at] = format!("{}{dashes} {}", out[at], added.join(" "));
+            }
         }
         reason.push_str(&format!("; adding {}", added.join(" ")));
     }
@@ -539,8 +542,9 @@ enum Via {
     Direct,
     /// At the end of `npm run SCRIPT`, after a `--` where the runner needs one.
     Script { separator: bool },
-    /// At the end of the `sh -c` string at this index.
-    Shell(usize),
+    /// At the end of the `sh -c` string at index `at`, after a `--` if `separator` (a
+    /// package.json script run by npm).
+    Shell { at: usize, separator: bool },
 }
 
 struct Found {
@@ -567,15 +571,31 @@ fn find_server(argv: &[String], scripts: &BTreeMap<String, String>) -> Found {
     if let [shell, "-c", script, ..] = words[..]
         && SHELLS.contains(&program_name(shell))
     {
-        let (walked, args) = walk(&last_command(script));
+        let command = last_command(script);
+        let (walked, args) = walk(&command);
         let exec = script.trim_start().starts_with("exec ");
+        let shell_fork = (!exec).then(|| format!("{} -c", program_name(shell)));
+        if walked.known.is_none() {
+            // `sh -c 'npm run dev'`: the script's server, as for `npm run dev` itself.
+            let command = command.strip_prefix(&["exec"]).unwrap_or(&command);
+            if let Some(found) = script_server(command, scripts) {
+                let separator = matches!(found.via, Via::Script { separator: true })
+                    && !command.contains(&"--");
+                return Found {
+                    fork: found.fork.or(shell_fork),
+                    via: Via::Shell { at: 2, separator },
+                    ..found
+                };
+            }
+        }
         return Found {
             known: walked.known,
             args,
-            fork: walked
-                .fork
-                .or_else(|| (!exec).then(|| format!("{} -c", program_name(shell)))),
-            via: Via::Shell(2),
+            fork: walked.fork.or(shell_fork),
+            via: Via::Shell {
+                at: 2,
+                separator: false,
+            },
         };
     }
     let (walked, args) = walk(&words);
@@ -906,6 +926,29 @@ mod tests {
         let scripts = BTreeMap::from([("start".to_string(), "gunicorn app:app".to_string())]);
         let plan = choose(None, false, cli, &words("npm start"), &scripts);
         assert_eq!(plan.argv, words("npm start -- --bind fd://{fd}"));
+    }
+
+    #[test]
+    fn a_shell_string_running_a_package_script_is_looked_into() {
+        let scripts = BTreeMap::from([("dev".to_string(), "vite".to_string())]);
+        let cli = Source::CommandLine;
+        let sh = |s: &str| vec!["sh".to_string(), "-c".to_string(), s.to_string()];
+        let plan = choose(None, false, cli, &sh("npm run dev"), &scripts);
+        assert_eq!(plan.mode, Mode::Env);
+        assert_eq!(
+            plan.argv[2],
+            "npm run dev -- --port {port} --strictPort --host 127.0.0.1"
+        );
+        let plan = choose(None, false, cli, &sh("exec pnpm dev"), &scripts);
+        assert_eq!(
+            plan.argv[2],
+            "exec pnpm dev --port {port} --strictPort --host 127.0.0.1"
+        );
+        let plan = choose(None, false, cli, &sh("npm run dev -- --open"), &scripts);
+        assert_eq!(
+            plan.argv[2],
+            "npm run dev -- --open --port {port} --strictPort --host 127.0.0.1"
+        );
     }
 
     #[test]
