@@ -34,6 +34,9 @@ pub struct Plan {
     pub listen_pid: bool,
     /// Whether to offer a `NOTIFY_SOCKET` (false for servers that only complain about it).
     pub notify: bool,
+    /// fd mode for a server wharf knows cannot take the socket: wharf only follows where it
+    /// listens, so nothing can wait on the socket for it (on demand cannot work).
+    pub follows: bool,
 }
 
 /// Where the instance's settings come from, so that messages name the switch to change.
@@ -363,6 +366,7 @@ pub fn choose(
         argv: argv.to_vec(),
         listen_pid: found.fork.is_none(),
         notify: true,
+        follows: false,
         reason: match (&found.fork, mode) {
             (Some(fork), Mode::Fd) => {
                 format!("{reason}; {fork} runs the server as its child, so LISTEN_PID is left out")
@@ -475,12 +479,20 @@ pub fn choose(
              offers it)"
         ));
     }
+    // Forced into fd mode, a server that cannot take a socket (or not behind this wrapper)
+    // gets no options for it: wharf can only follow where it listens.
+    let follows = mode == Mode::Fd
+        && matches!(
+            (&known.takes, fork),
+            (Takes::Nothing, _) | (Takes::Activation { named: None, .. }, Some(_))
+        );
     Plan {
         mode,
         argv: out,
         reason,
         listen_pid: fork.is_none(),
         notify: known.notify,
+        follows,
     }
 }
 
@@ -926,6 +938,16 @@ mod tests {
         let scripts = BTreeMap::from([("start".to_string(), "gunicorn app:app".to_string())]);
         let plan = choose(None, false, cli, &words("npm start"), &scripts);
         assert_eq!(plan.argv, words("npm start -- --bind fd://{fd}"));
+    }
+
+    #[test]
+    fn fd_mode_for_a_server_that_cannot_take_a_socket_only_follows() {
+        let cli = Source::CommandLine;
+        assert!(choose_as(None, true, cli, "npx vite").follows);
+        assert!(choose_as(Some(Mode::Fd), false, cli, "npx vite").follows);
+        assert!(!choose_as(None, true, cli, "gunicorn app:app").follows);
+        assert!(!choose_as(None, true, cli, "uv run gunicorn app:app").follows);
+        assert!(!choose_str("npx vite").follows, "env mode follows nothing");
     }
 
     #[test]

@@ -109,6 +109,35 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
             "--on-demand needs fd mode: the socket must exist before the server does (drop --env)"
         );
     }
+    let on_demand_switch = match source {
+        mode::Source::CommandLine => "drop --on-demand".to_string(),
+        mode::Source::File(file) => {
+            format!("drop activation = \"on-demand\" in {}", file.display())
+        }
+    };
+    if args.on_demand && plan.follows {
+        bail!(
+            "on demand, the first request waits on the socket wharf holds, and this server \
+             cannot take it, so that request would never be answered; {on_demand_switch}, or \
+             run a server that takes an inherited socket (gunicorn, uvicorn, puma, or one given \
+             {{fd}})"
+        );
+    }
+    if plan.mode == Mode::Fd
+        && plan.argv.iter().any(|a| a.contains("{port"))
+        && !plan.argv.iter().any(|a| a.contains("{fd"))
+    {
+        bail!(
+            "{{port}} asks the server to bind the port itself, but in fd mode wharf holds that \
+             port and hands it over as fd 3, so the server would fail with \"address in use\"; \
+             use {{fd}} to pass the socket{}",
+            if args.on_demand {
+                String::new()
+            } else {
+                format!(", or {} to let it bind", source.switch(Mode::Env))
+            }
+        );
+    }
     let program = &plan.argv[0];
     if handoff::resolve_program(program, ctx.path_var.clone(), &ctx.cwd).is_none() {
         bail!("cannot find `{program}`: not an executable file, nor a command in $PATH");

@@ -314,3 +314,36 @@ port = 0
         "{fixed}\n{lazy}"
     );
 }
+
+#[test]
+fn on_demand_refuses_a_server_that_cannot_take_its_socket_and_fd_mode_refuses_port() {
+    let sb = Sandbox::new();
+    // Vite binds for itself: on demand, the request that wakes it would wait on wharf's
+    // socket for ever (it used to end in a 504 after upstream_timeout).
+    // (A path that does not exist: should the refusal go, the test fails on "cannot find"
+    // instead of fetching Vite.)
+    let vite = "./node_modules/.bin/vite";
+    let (status, log) = sb.output(&["run", "--name", "vod", "--on-demand", "--", vite]);
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("cannot take it") && log.contains("drop --on-demand"),
+        "{log}"
+    );
+    // `{port}` in fd mode: the server would try to bind the port wharf holds.
+    let (status, log) = sb.output(&[
+        "run",
+        "--name",
+        "pfd",
+        "--fd",
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "{port}",
+    ]);
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("{port} asks the server to bind the port itself") && log.contains("--env"),
+        "{log}"
+    );
+}
