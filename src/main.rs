@@ -97,10 +97,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let trust = project_trust(&ctx)?;
             current_thread()?.block_on(up::up(&ctx, &trust, args.file.as_deref(), &args.names))
         }
-        Command::Down(args) => {
-            let trust = project_trust(&ctx)?;
-            current_thread()?.block_on(up::down(&ctx, &trust, args.file.as_deref(), &args.names))
-        }
+        Command::Down(args) => current_thread()?.block_on(up::down(
+            &ctx,
+            &wharf::trust::Trust::anything(),
+            args.file.as_deref(),
+            &args.names,
+        )),
         Command::Logs(args) => up::logs(&ctx.dirs, &args.name, args.follow),
     }
 }

@@ -66,6 +66,16 @@ impl Trust {
         }
     }
 
+    /// Everything allowed: for commands that run nothing of what they read (`wharf down` only
+    /// stops what was started from the file), where refusing would only keep the user from
+    /// stopping their own instances.
+    pub fn anything() -> Trust {
+        Trust {
+            allowed: vec![PathBuf::from("*")],
+            config_file: None,
+        }
+    }
+
     /// These paths allowed as well: `[trust] paths` of `config_file`.
     pub fn with_config(&self, paths: &[PathBuf], config_file: &Path) -> Trust {
         Trust {

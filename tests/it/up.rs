@@ -327,6 +327,26 @@ fn up_with_another_file_leaves_the_directory_files_instances_alone() {
 }
 
 #[test]
+fn down_stops_a_projects_instances_even_once_its_file_is_no_longer_trusted() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let sb = Sandbox::new();
+    write_project(&sb, &server_block("main", "port = 0"));
+    let (status, log) = sb.output(&["up"]);
+    assert!(status.success(), "{log}");
+    let file = sb.dir.path().join("wharf.toml");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (status, log) = sb.output(&["up"]);
+    assert!(
+        !status.success() && log.contains("refusing to read"),
+        "{log}"
+    );
+    // down runs nothing from the file: it stops what was started from it.
+    let (status, log) = sb.output(&["down"]);
+    assert!(status.success(), "{log}");
+    eventually("main stopped", PATIENCE, || sb.ls().is_empty());
+}
+
+#[test]
 fn up_says_why_an_instance_did_not_start_and_starts_the_others() {
     let sb = Sandbox::new();
     write_project(
