@@ -38,9 +38,8 @@ fn finding(level: Level, what: impl Into<String>, fix: Option<String>) -> Findin
 
 /// Everything `doctor` looks at, for the given directories and unit directory.
 pub async fn examine(dirs: &Dirs, unit_dir: Option<&Path>) -> Vec<Finding> {
-    let mut out = vec![resolver(), curl()];
-    let (found, proxy_pid) = proxy(dirs).await;
-    out.push(found);
+    let (found, proxy_pid, proxy_port) = proxy(dirs).await;
+    let mut out = vec![resolver(proxy_port), curl(), found];
     if let Some(dir) = unit_dir {
         out.push(units(dir));
     }
@@ -51,9 +50,14 @@ pub async fn examine(dirs: &Dirs, unit_dir: Option<&Path>) -> Vec<Finding> {
     out
 }
 
-fn resolver() -> Finding {
-    let fix = "install libnss-myhostname and add `myhostname` to the hosts: line of /etc/nsswitch.conf \
-               (or use systemd-resolved); until then such clients can use http_proxy=http://127.0.0.1:PORT";
+/// `port`: the running proxy's, for the `http_proxy=` way round (`PORT` when none runs).
+fn resolver(port: Option<u16>) -> Finding {
+    let port = port.map_or_else(|| "PORT".to_string(), |p| p.to_string());
+    let fix = format!(
+        "install libnss-myhostname and add `myhostname` to the hosts: line of \
+         /etc/nsswitch.conf (or use systemd-resolved); until then such clients can use \
+         http_proxy=http://127.0.0.1:{port}"
+    );
     match ("wharf-doctor.localhost", 80).to_socket_addrs() {
         Ok(addrs) => {
             let addrs: Vec<_> = addrs.collect();
@@ -67,7 +71,7 @@ fn resolver() -> Finding {
                 finding(
                     Level::Problem,
                     format!("the system resolver maps *.localhost to {addrs:?}, not loopback"),
-                    Some(fix.into()),
+                    Some(fix.clone()),
                 )
             }
         }
@@ -75,7 +79,7 @@ fn resolver() -> Finding {
             Level::Note,
             "the system resolver (glibc) does not resolve *.localhost: browsers and curl do by themselves, \
              Python, Node and Java here do not",
-            Some(fix.into()),
+            Some(fix.clone()),
         ),
     }
 }
@@ -105,9 +109,10 @@ fn curl() -> Finding {
 }
 
 /// The proxy's health, and its pid when one answers.
-async fn proxy(dirs: &Dirs) -> (Finding, Option<i32>) {
+async fn proxy(dirs: &Dirs) -> (Finding, Option<i32>, Option<u16>) {
     let connected = launch::connect(&dirs.runtime).await;
     let pid = connected.as_ref().and_then(|c| c.hello.pid);
+    let http_port = connected.as_ref().and_then(|c| c.hello.http_port);
     let found = match connected {
         Some(c) => {
             let port = c.hello.http_port.unwrap_or(0);
@@ -133,7 +138,7 @@ async fn proxy(dirs: &Dirs) -> (Finding, Option<i32>) {
             Some("or run it as a service: `wharf install`".into()),
         ),
     };
-    (found, pid)
+    (found, pid, http_port)
 }
 
 /// The port `http://NAME.localhost` needs no `:PORT` on.
@@ -195,7 +200,11 @@ fn state_files(state: &Path) -> Vec<Finding> {
             out.push(finding(
                 Level::Problem,
                 format!("{} is corrupt ({e})", path.display()),
-                Some("the next wharf command moves it aside and rebuilds it; or delete it".into()),
+                Some(
+                    "the next `wharf run`, `stop` or `alias` moves it aside and rebuilds it; or \
+                     delete it"
+                        .into(),
+                ),
             ));
         }
     }

@@ -233,6 +233,10 @@ fn doctor_checks_everything_and_flags_a_loose_runtime_dir() {
         text.contains("localhost"),
         "name resolution is checked: {text}"
     );
+    assert!(
+        !text.contains("127.0.0.1:PORT"),
+        "the http_proxy way round names the running proxy's port: {text}"
+    );
     assert!(text.contains("port 80"), "{text}");
     assert!(text.contains("are private"), "{text}");
     assert!(
