@@ -69,6 +69,13 @@ fn prior_knowledge_http2_reaches_an_http1_instance_by_authority() {
     assert!(body.contains("\"received\": 9"), "{body}");
 
     // The routing rules are the same as for HTTP/1.1, and nothing else reaches the server.
+    // Counted between two sentinel requests, whose log lines show every earlier line is in.
+    let sentinel = |path: &str| {
+        let (status, _, _) = curl_h2(&curl, &format!("http://duo.localhost:{port}{path}"), &[]);
+        assert_eq!(status, 200, "{path}");
+        p.expect(&format!("REQ GET {path}"));
+    };
+    sentinel("/before");
     let before = p.count_lines(|l| l.starts_with("REQ "));
     let many: Vec<String> = (0..101).map(|i| format!("x-h{i}: v")).collect();
     let many: Vec<&str> = many.iter().flat_map(|h| ["-H", h.as_str()]).collect();
@@ -83,7 +90,8 @@ fn prior_knowledge_http2_reaches_an_http1_instance_by_authority() {
         let (status, version, body) = curl_h2(&curl, &url, &[]);
         assert_eq!((status, version.as_str()), (expected, "2"), "{url}: {body}");
     }
-    assert_eq!(p.count_lines(|l| l.starts_with("REQ ")), before);
+    sentinel("/after");
+    assert_eq!(p.count_lines(|l| l.starts_with("REQ ")), before + 1);
 
     // HTTP/2 has no 101: one the client did not ask for is the server's error.
     let (status, _, body) = curl_h2(
