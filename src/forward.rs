@@ -476,6 +476,12 @@ impl Forwarder {
         }
         self.mark_answered(&route);
         let (mut parts, body) = response.into_parts();
+        // hyper framed the body by Transfer-Encoding, which overrides a Content-Length beside
+        // it (RFC 9112 §6.3): that length, passed on, would cut the body short or promise
+        // bytes that never come. The lane rebuilds its framing headers alike.
+        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body))
     }

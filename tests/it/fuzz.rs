@@ -224,17 +224,6 @@ fn port_is_digits(raw: &str) -> bool {
         .is_none_or(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
 }
 
-// Findings of this tier that other work fixes; each is in docs/hostile.md and comes out of
-// here once fixed, so that the tier guards the fix.
-
-/// Found by this tier, being fixed elsewhere (issue 14 item 7): a `+` before the port's
-/// digits is routed. Remove once host.rs refuses it.
-fn known_finding_plus_port(raw: &str) -> bool {
-    raw.rsplit_once(':').is_some_and(|(_, port)| {
-        port.starts_with('+') && port[1..].bytes().all(|b| b.is_ascii_digit())
-    })
-}
-
 fn check_host(raw: Vec<u8>) -> Result<(), TestCaseError> {
     let Ok(raw) = String::from_utf8(raw) else {
         return Ok(());
@@ -254,13 +243,11 @@ fn check_host(raw: Vec<u8>) -> Result<(), TestCaseError> {
         }
         return Ok(());
     };
-    if !known_finding_plus_port(&raw) {
-        prop_assert!(
-            port_is_digits(&raw),
-            "routed a Host whose port is not digits: {:?}",
-            raw
-        );
-    }
+    prop_assert!(
+        port_is_digits(&raw),
+        "routed a Host whose port is not digits: {:?}",
+        raw
+    );
     // What it routes to reads back as itself.
     prop_assert_eq!(host::parse(&target.to_string()), Ok(target.clone()));
     // hyper's and http's view of the same authority names the same host.
@@ -1105,17 +1092,6 @@ fn known_finding_empty_length(response: &[u8]) -> bool {
     })
 }
 
-/// Found by this tier: hyper's path forwards a response that has both Transfer-Encoding and
-/// Content-Length with the instance's Content-Length kept beside the body it decoded from
-/// the chunks (RFC 9112 §6.3: Transfer-Encoding wins and the length must go), so the client
-/// gets a body cut or waits for bytes that never come. Remove once forward.rs drops it.
-fn known_finding_length_beside_transfer_encoding(response: &[u8]) -> bool {
-    final_head(response).is_some_and(|(_, fields, _)| {
-        let has = |wanted: &str| fields.iter().any(|(name, _)| name == wanted);
-        has("transfer-encoding") && has("content-length")
-    })
-}
-
 #[test]
 fn fuzz_response_heads_agree_with_the_hyper_path() {
     let bench = Bench::start();
@@ -1166,8 +1142,7 @@ fn fuzz_response_heads_agree_with_the_hyper_path() {
             // there is no body (204, 304); hyper's path ignores it there.
             return Ok(());
         }
-        if known_finding_length_beside_transfer_encoding(&response)
-            || known_finding_unreadable_value(&response)
+        if known_finding_unreadable_value(&response)
             || known_finding_http10_transfer_encoding(&response)
             || known_finding_empty_length(&response)
             || known_finding_transfer_encoding_trailing_comma(&response)
