@@ -90,9 +90,10 @@ pub enum ProxyError {
     Unreachable {
         name: Name,
         addr: SocketAddr,
-        /// It failed on a pooled connection before any answer: the server may have closed
-        /// it just then, so an idempotent request may go once more on a new one.
+        /// It failed on a pooled connection, which the server may have closed just then.
         reused: bool,
+        /// Some of an answer had arrived: the server has the request (`rules::may_send_again`).
+        answered: bool,
         #[source]
         source: BoxError,
     },
@@ -153,7 +154,13 @@ impl From<&ProxyError> for StatusCode {
 
 impl ProxyError {
     /// The instance could not be reached, or no descriptor was left to reach it with.
-    fn unreachable(name: &Name, addr: SocketAddr, reused: bool, source: BoxError) -> ProxyError {
+    fn unreachable(
+        name: &Name,
+        addr: SocketAddr,
+        reused: bool,
+        answered: bool,
+        source: BoxError,
+    ) -> ProxyError {
         if let Some(out) = cause::<OutOfFds>(&*source) {
             return ProxyError::OutOfFds(*out);
         }
@@ -161,6 +168,7 @@ impl ProxyError {
             name: name.clone(),
             addr,
             reused,
+            answered,
             source,
         }
     }
@@ -199,6 +207,8 @@ impl ProxyError {
 struct SendError {
     /// It failed on a pooled connection, which the server may have closed just then.
     reused: bool,
+    /// Some of an answer had arrived before it failed.
+    answered: bool,
     source: BoxError,
 }
 
@@ -444,7 +454,9 @@ impl Forwarder {
             .then(|| (parts.method.clone(), uri.clone(), headers.clone()));
         let request = build(parts.method, uri, version, headers, body);
         let mut response = match self.send(request, &name, addr, Connection::Any).await {
-            Err(ProxyError::Unreachable { reused: true, .. }) if retry.is_some() => {
+            Err(ProxyError::Unreachable {
+                reused, answered, ..
+            }) if rules::may_send_again(retry.is_some(), reused, answered) => {
                 let (method, uri, headers) = retry.expect("checked");
                 let request = build(method, uri, version, headers, empty_body());
                 self.send(request, &name, addr, Connection::New).await?
@@ -501,8 +513,10 @@ impl Forwarder {
                 Ok(response) => {
                     Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))
                 }
+                // hyper-util's client does not say whether an answer had begun.
                 Err(e) => Err(SendError {
                     reused: !e.is_connect(),
+                    answered: false,
                     source: e.into(),
                 }),
             }
@@ -518,7 +532,9 @@ impl Forwarder {
             Ok(Err(e)) if caused_by::<ClientBodyError>(&*e.source) => {
                 Err(ProxyError::ClientBody(e.source))
             }
-            Ok(Err(e)) => Err(ProxyError::unreachable(name, addr, e.reused, e.source)),
+            Ok(Err(e)) => Err(ProxyError::unreachable(
+                name, addr, e.reused, e.answered, e.source,
+            )),
         }
     }
 

@@ -324,7 +324,7 @@ impl Lane<'_> {
                         Some(up) => (up, true),
                         None => match Upstream::connect(plan.addr, &self.forwarder.budget).await {
                             Ok(up) => (up, false),
-                            Err(e) => return Ok(Err(unreachable(plan, e, false))),
+                            Err(e) => return Ok(Err(unreachable(plan, e, false, false))),
                         },
                     }
                 }
@@ -338,7 +338,7 @@ impl Lane<'_> {
                         continue;
                     }
                     Err(BodyFailure::HeadNotSent(e)) => {
-                        return Ok(Err(unreachable(plan, e, reused)));
+                        return Ok(Err(unreachable(plan, e, reused, false)));
                     }
                     Err(BodyFailure::Upstream(e)) => {
                         return Ok(self.early_answer(up, plan, e, reused).await);
@@ -376,10 +376,15 @@ impl Lane<'_> {
                         after: self.forwarder.upstream_timeout,
                     }));
                 }
-                Some(Err(Failure::Silent(_))) if reused && plan.idempotent => fresh_only = true,
-                Some(Err(Failure::Silent(e) | Failure::Io(e))) => {
-                    return Ok(Err(unreachable(plan, e, reused)));
+                Some(Err(Failure::Silent(_)))
+                    if rules::may_send_again(plan.idempotent, reused, false) =>
+                {
+                    fresh_only = true;
                 }
+                Some(Err(Failure::Silent(e))) => {
+                    return Ok(Err(unreachable(plan, e, reused, false)));
+                }
+                Some(Err(Failure::Io(e))) => return Ok(Err(unreachable(plan, e, reused, true))),
                 Some(Err(Failure::Invalid(why))) => {
                     return Ok(Err(ProxyError::BadResponse {
                         name: name.clone(),
@@ -406,7 +411,7 @@ impl Lane<'_> {
         let exchange = exchange_heads(&mut up, None, &mut self.upbuf, &mut self.out, plan, false);
         match tokio::time::timeout(EARLY_ANSWER, exchange).await {
             Ok(Ok(answer)) => Ok((up, answer)),
-            _ => Err(unreachable(plan, e, reused)),
+            _ => Err(unreachable(plan, e, reused, false)),
         }
     }
 
@@ -871,8 +876,9 @@ pub(super) fn went_away() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "the client went away")
 }
 
-fn unreachable(plan: &Plan, e: io::Error, reused: bool) -> ProxyError {
-    ProxyError::unreachable(&plan.route.instance.name, plan.addr, reused, Box::new(e))
+fn unreachable(plan: &Plan, e: io::Error, reused: bool, answered: bool) -> ProxyError {
+    let name = &plan.route.instance.name;
+    ProxyError::unreachable(name, plan.addr, reused, answered, Box::new(e))
 }
 
 async fn write_client(client: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {

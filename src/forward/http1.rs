@@ -12,7 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -51,6 +51,9 @@ struct Link {
     /// Its writing was cut short by the server (see `UpstreamSocket`): it never carries another
     /// request.
     cut: Arc<AtomicBool>,
+    /// Bytes read from it so far (see `UpstreamSocket`): whether a failed request had been
+    /// answered in part.
+    read: Arc<AtomicU64>,
 }
 
 /// A connection waiting for its next request.
@@ -111,14 +114,17 @@ impl Pool {
                     .await
                     .map_err(|source| SendError {
                         reused: false,
+                        answered: false,
                         source,
                     })?;
                 (link, false)
             }
         };
         let head = req.method() == http::Method::HEAD;
+        let before = link.read.load(Ordering::Relaxed);
         let response = link.sender.send_request(req).await.map_err(|e| SendError {
             reused,
+            answered: link.read.load(Ordering::Relaxed) != before,
             source: e.into(),
         })?;
         if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -166,14 +172,16 @@ fn announces_body<B>(response: &Response<B>) -> bool {
 async fn connect(addr: SocketAddr, budget: &Budget) -> Result<Link, BoxError> {
     let (stream, fds) = super::upstream::open(addr, budget).await?;
     let cut = Arc::new(AtomicBool::new(false));
+    let read = Arc::new(AtomicU64::new(0));
     let stream = UpstreamSocket {
         stream,
         cut: Arc::clone(&cut),
+        read: Arc::clone(&read),
         read_ended: false,
     };
     let (sender, conn) = http1::handshake(TokioIo::new(Held::new(stream, fds))).await?;
     tokio::spawn(conn.with_upgrades());
-    Ok(Link { sender, cut })
+    Ok(Link { sender, cut, read })
 }
 
 /// The socket under a hyper connection to an instance. A server may answer an upload early
@@ -181,10 +189,12 @@ async fn connect(addr: SocketAddr, budget: &Budget) -> Result<Link, BoxError> {
 /// while the answer waits in the socket, and hyper would report the write error and drop
 /// the answer. Here such a failure cuts writing short instead: what hyper writes next is
 /// discarded until reading ends, so hyper reads on and finds the answer, or the close (and
-/// reports that). Once reading has ended, writes fail with the error they met.
+/// reports that). Once reading has ended, writes fail with the error they met. It counts the
+/// bytes it reads: a request that failed with none read may go again (`rules::may_send_again`).
 struct UpstreamSocket {
     stream: TcpStream,
     cut: Arc<AtomicBool>,
+    read: Arc<AtomicU64>,
     read_ended: bool,
 }
 
@@ -225,10 +235,12 @@ impl AsyncRead for UpstreamSocket {
     ) -> Poll<io::Result<()>> {
         let (before, room) = (buf.filled().len(), buf.remaining() > 0);
         let poll = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if let Poll::Ready(result) = &poll
-            && (result.is_err() || (room && buf.filled().len() == before))
-        {
-            self.read_ended = true;
+        if let Poll::Ready(result) = &poll {
+            let got = buf.filled().len() - before;
+            if result.is_err() || (room && got == 0) {
+                self.read_ended = true;
+            }
+            self.read.fetch_add(got as u64, Ordering::Relaxed);
         }
         poll
     }
@@ -487,7 +499,7 @@ mod tests {
         close.send(()).unwrap();
         was_closed.recv().unwrap();
         let err = pool.send(addr, get(), Connection::Any).await.unwrap_err();
-        assert!(err.reused, "{}", err.source);
+        assert!(err.reused && !err.answered, "{}", err.source);
 
         let response = pool.send(addr, get(), Connection::Any).await.unwrap();
         response.into_body().collect().await.unwrap();

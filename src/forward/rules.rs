@@ -64,6 +64,15 @@ pub(super) fn via_is_loop(value: &[u8]) -> bool {
     })
 }
 
+/// Whether a request that failed may go once more, on a new connection: only one that can be
+/// repeated safely (`idempotent`, without a body), and only if it failed on a pooled
+/// (`reused`) connection before any byte of an answer arrived (`answered`): the server had
+/// closed that connection as it idled. Once anything came back the server has the request,
+/// and a malformed answer is the instance's error (502), not a reason to ask it twice.
+pub(super) fn may_send_again(idempotent: bool, reused: bool, answered: bool) -> bool {
+    idempotent && reused && !answered
+}
+
 /// Whether a connection may carry another request after this response, as far as its body
 /// is concerned: a response that has no body by rule (to HEAD, a 204, a 304) but announced
 /// one (`announced`: a non-zero `Content-Length`, or `Transfer-Encoding`) comes from a server

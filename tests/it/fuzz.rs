@@ -1155,7 +1155,9 @@ fn fuzz_response_heads_agree_with_the_hyper_path() {
             "the lane (left) and hyper's path (right) differ on {:?}",
             text(&response)
         );
-        if lane.is_some() {
+        // A request goes again only where nothing at all came back (the connection closed
+        // as it idled, for all the proxy can tell); an answer, even a malformed one, ends it.
+        if !response.is_empty() {
             prop_assert_eq!(
                 (lane_asked, hyper_asked),
                 (1, 1),
