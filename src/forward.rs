@@ -488,6 +488,14 @@ impl Forwarder {
         }
         self.mark_answered(&route);
         let (mut parts, body) = response.into_parts();
+        if let Some(why) = parts
+            .headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .find_map(|v| rules::transfer_encoding_fault(v.as_bytes()))
+        {
+            return Err(ProxyError::BadResponse { name, addr, why });
+        }
         // hyper framed the body by Transfer-Encoding, which overrides a Content-Length beside
         // it (RFC 9112 §6.3): that length, passed on, would cut the body short or promise
         // bytes that never come. The lane rebuilds its framing headers alike.
@@ -640,9 +648,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .flat_map(|v| rules::tokens(v.as_bytes()))
+            .filter_map(|name| HeaderName::from_bytes(name).ok())
             .filter(|name| !hop_by_hop(name)),
     );
     for name in present {
@@ -667,9 +674,8 @@ fn is_websocket(headers: &HeaderMap) -> bool {
         headers
             .get_all(name)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
+            .flat_map(|v| rules::tokens(v.as_bytes()))
+            .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
     };
     has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
 }
@@ -739,15 +745,18 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
 
 fn add_forwarded(headers: &mut HeaderMap, host: &HeaderValue, peer: SocketAddr) {
     let ip = peer.ip().to_canonical();
-    // Prior hops (a tunnel in front of wharf) keep their place, every line of them.
-    let prior: Vec<&str> = headers
+    // Prior hops (a tunnel in front of wharf) keep their place, every line of them, as the
+    // client wrote them (bytes: a line that is not text is not lost).
+    let prior: Vec<&[u8]> = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty())
+        .map(HeaderValue::as_bytes)
+        .filter(|v| !v.trim_ascii().is_empty())
         .collect();
     let forwarded_for = if !prior.is_empty() {
-        HeaderValue::from_str(&format!("{}, {ip}", prior.join(", "))).ok()
+        let mut hops = prior.join(&b", "[..]);
+        hops.extend_from_slice(format!(", {ip}").as_bytes());
+        HeaderValue::from_bytes(&hops).ok()
     } else if ip == std::net::Ipv4Addr::LOCALHOST {
         // Every client is local: spare the formatting for the two usual addresses.
         Some(HeaderValue::from_static("127.0.0.1"))

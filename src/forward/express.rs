@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::chunked::Decoder;
-use super::rules::{self, Fate, VIA};
+use super::rules::{self, Fate, VIA, tokens};
 use super::splice::Pipe;
 use super::upstream::Upstream;
 use super::{BODY_IDLE, Forwarder, MAX_HEADER_LINE, MAX_URI, ProxyError, UPSTREAM_IDLE};
@@ -773,6 +773,9 @@ fn response_head(
     for h in res.headers.iter() {
         let is = |n: &str| h.name.eq_ignore_ascii_case(n);
         if is("transfer-encoding") {
+            if let Some(why) = rules::transfer_encoding_fault(h.value) {
+                return Err(Failure::Invalid(why));
+            }
             // The last coding decides; anything but chunked (even none) runs until close.
             chunked = Some(
                 tokens(h.value)
@@ -943,14 +946,6 @@ fn decimal(value: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(value).ok()?.parse().ok()
-}
-
-/// The comma-separated tokens of a header value, trimmed, empty ones skipped.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
 }
 
 fn status_line(out: &mut Vec<u8>, code: u16, reason: Option<&str>) {

@@ -18,6 +18,30 @@ pub(super) enum Fate {
     Dropped,
 }
 
+/// The comma-separated elements of a header value, trimmed, empty ones skipped. Bytes, not
+/// text: an element with a byte outside visible ASCII still counts (it names no header and no
+/// coding), and its neighbours still apply.
+pub(super) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Why a response's `Transfer-Encoding` value cannot frame its body, if it cannot. Codings are
+/// tokens (RFC 9110 §10.1.4); hyper's client takes a value it cannot read as text for "not
+/// chunked" and reads such a body until close, passing the chunk framing on as the body,
+/// where the lane would decode it. Both paths refuse it (502) rather than frame it two ways.
+pub(super) fn transfer_encoding_fault(value: &[u8]) -> Option<&'static str> {
+    if !value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        return Some("Transfer-Encoding with a byte outside visible ASCII");
+    }
+    None
+}
+
 /// The fate of a client's request header, by its name (any case).
 #[inline]
 pub(super) fn request_header(name: &[u8]) -> Fate {
@@ -128,6 +152,15 @@ mod tests {
         for via in ["1.1 fred", "1.1 wharfs", "wharf", "1.1 fred (wharf)", ""] {
             assert!(!via_is_loop(via.as_bytes()), "{via}");
         }
+    }
+
+    #[test]
+    fn elements_are_read_as_bytes_and_codings_as_tokens() {
+        let list: Vec<&[u8]> = tokens(b"\xffclose, X-Drop,, ").collect();
+        assert_eq!(list, [&b"\xffclose"[..], b"X-Drop"]);
+        assert!(transfer_encoding_fault(b"gzip,\tchunked").is_none());
+        assert!(transfer_encoding_fault(b"\xffgzip, chunked").is_some());
+        assert!(transfer_encoding_fault(b"chunked\x00").is_some());
     }
 
     #[test]
