@@ -488,11 +488,12 @@ impl Forwarder {
         }
         self.mark_answered(&route);
         let (mut parts, body) = response.into_parts();
+        let http10 = parts.version == Version::HTTP_10;
         if let Some(why) = parts
             .headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
-            .find_map(|v| rules::transfer_encoding_fault(v.as_bytes()))
+            .find_map(|v| rules::transfer_encoding_fault(http10, v.as_bytes()))
         {
             return Err(ProxyError::BadResponse { name, addr, why });
         }

@@ -773,7 +773,7 @@ fn response_head(
     for h in res.headers.iter() {
         let is = |n: &str| h.name.eq_ignore_ascii_case(n);
         if is("transfer-encoding") {
-            if let Some(why) = rules::transfer_encoding_fault(h.value) {
+            if let Some(why) = rules::transfer_encoding_fault(res.version == Some(0), h.value) {
                 return Err(Failure::Invalid(why));
             }
             // The last coding decides; anything but chunked (even none) runs until close.
@@ -783,8 +783,9 @@ fn response_head(
                     .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
             );
         } else if is("content-length") {
-            // One value, or a list of the same value ("5, 5"), as hyper accepts.
-            for token in tokens(h.value) {
+            // One value, or a list of the same value ("5, 5"), as hyper accepts; an empty
+            // element is invalid, as there.
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 let n = decimal(token).ok_or(Failure::Invalid("invalid Content-Length"))?;
                 if length.replace(n).is_some_and(|prior| prior != n) {
                     return Err(Failure::Invalid("conflicting Content-Length"));

@@ -28,18 +28,28 @@ pub(super) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-/// Why a response's `Transfer-Encoding` value cannot frame its body, if it cannot. Codings are
-/// tokens (RFC 9110 §10.1.4); hyper's client takes a value it cannot read as text for "not
-/// chunked" and reads such a body until close, passing the chunk framing on as the body,
-/// where the lane would decode it. Both paths refuse it (502) rather than frame it two ways.
-pub(super) fn transfer_encoding_fault(value: &[u8]) -> Option<&'static str> {
-    if !value
+/// Why a response's `Transfer-Encoding` value cannot frame its body, if it cannot; `http10`:
+/// the response is HTTP/1.0. Both paths refuse such a response (502) rather than frame it two
+/// ways: hyper's client refuses HTTP/1.0 ones itself (RFC 9112 §6.1: their framing is
+/// faulty), and takes a value it cannot read as text, or whose last element is empty, for
+/// "not chunked", reading the body until close and passing the chunk framing on as the body.
+/// Codings are tokens (RFC 9110 §10.1.4); an empty element is refused wherever it is.
+pub(super) fn transfer_encoding_fault(http10: bool, value: &[u8]) -> Option<&'static str> {
+    if http10 {
+        Some("Transfer-Encoding in an HTTP/1.0 response")
+    } else if !value
         .iter()
         .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
     {
-        return Some("Transfer-Encoding with a byte outside visible ASCII");
+        Some("Transfer-Encoding with a byte outside visible ASCII")
+    } else if value
+        .split(|&b| b == b',')
+        .any(|e| e.trim_ascii().is_empty())
+    {
+        Some("Transfer-Encoding with an empty element")
+    } else {
+        None
     }
-    None
 }
 
 /// The fate of a client's request header, by its name (any case).
@@ -158,9 +168,17 @@ mod tests {
     fn elements_are_read_as_bytes_and_codings_as_tokens() {
         let list: Vec<&[u8]> = tokens(b"\xffclose, X-Drop,, ").collect();
         assert_eq!(list, [&b"\xffclose"[..], b"X-Drop"]);
-        assert!(transfer_encoding_fault(b"gzip,\tchunked").is_none());
-        assert!(transfer_encoding_fault(b"\xffgzip, chunked").is_some());
-        assert!(transfer_encoding_fault(b"chunked\x00").is_some());
+        assert!(transfer_encoding_fault(false, b"gzip,\tchunked").is_none());
+        for bad in [
+            &b"\xffgzip, chunked"[..],
+            b"chunked\x00",
+            b"chunked,",
+            b"",
+            b"a, ,b",
+        ] {
+            assert!(transfer_encoding_fault(false, bad).is_some(), "{bad:?}");
+        }
+        assert!(transfer_encoding_fault(true, b"chunked").is_some());
     }
 
     #[test]
