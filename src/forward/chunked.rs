@@ -12,7 +12,8 @@ pub struct ChunkError(&'static str);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Hex digits of a chunk size; `digits` so far.
+    /// Hex digits of a chunk size; `digits` so far (at most 255 counted: it tells none from
+    /// some).
     Size {
         size: u64,
         digits: u8,
@@ -75,9 +76,10 @@ impl Decoder {
             let b = input[i];
             self.state = match self.state {
                 State::Size { size, digits } => match (b as char).to_digit(16) {
-                    Some(d) if digits < 16 => State::Size {
+                    // Too large is by value, as for hyper: leading zeros are not counted.
+                    Some(d) if size >> 60 == 0 => State::Size {
                         size: size << 4 | u64::from(d),
-                        digits: digits + 1,
+                        digits: digits.saturating_add(1),
                     },
                     Some(_) => return Err(ChunkError("chunk size too large")),
                     None if digits == 0 => return Err(ChunkError("missing chunk size")),
@@ -205,5 +207,15 @@ mod tests {
         }
         let long_ext = [b"1;".as_slice(), &[b'x'; MAX_LINE + 1]].concat();
         assert!(decode_in_pieces(&long_ext, 64).is_err());
+    }
+
+    #[test]
+    fn a_size_is_too_large_by_its_value_not_its_digits() {
+        let zeros = b"00000000000000003\r\nabc\r\n0\r\n\r\n";
+        let (out, _, done) = decode_in_pieces(zeros, 4).unwrap();
+        assert_eq!((out.as_slice(), done), (&b"abc"[..], true));
+        let (_, _, done) = decode_in_pieces(b"ffffffffffffffff\r\n", 64).unwrap();
+        assert!(!done);
+        assert!(decode_in_pieces(b"10000000000000000\r\n", 64).is_err());
     }
 }
