@@ -45,14 +45,16 @@ impl Budget {
     /// the process's own descriptors and for refusing clients over the budget.
     pub fn from_rlimit() -> Budget {
         use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        // macOS refuses a soft limit above OPEN_MAX when the hard one is unlimited (its
+        // default): then the most it takes is tried.
+        const OPEN_MAX: u64 = 10_240;
         let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
-            Ok((soft, hard)) => {
-                if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-                    hard
-                } else {
-                    soft
-                }
-            }
+            Ok((soft, hard)) => [hard, hard.min(OPEN_MAX)]
+                .into_iter()
+                .find(|&limit| {
+                    limit > soft && setrlimit(Resource::RLIMIT_NOFILE, limit, hard).is_ok()
+                })
+                .unwrap_or(soft),
             Err(_) => 1024,
         };
         let soft = usize::try_from(soft).unwrap_or(usize::MAX);
