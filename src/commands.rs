@@ -21,7 +21,7 @@ const PROXY_GRACE: Duration = Duration::from_secs(10);
 
 /// The on-disk registry, locked; a corrupt one is rebuilt from what the proxy routes, and
 /// what was done about it is said.
-fn registry(ctx: &Context) -> anyhow::Result<crate::registry::Locked> {
+pub(crate) fn registry(ctx: &Context) -> anyhow::Result<crate::registry::Locked> {
     let reg = Store::new(ctx.dirs.state()?)
         .recovering_from(ctx.dirs.runtime()?)
         .lock()?;

@@ -17,7 +17,6 @@ use crate::mode::Mode;
 use crate::name::Name;
 use crate::process::ProcessId;
 use crate::project::{self, Activation, Declared, Project, Restart};
-use crate::registry::Store;
 use crate::trust::Trust;
 
 /// How long `up` waits for a started instance to register with the proxy.
@@ -220,17 +219,17 @@ pub async fn up(
     }
     rows.sort_by_key(|r| selected.iter().position(|d| d.name == r.name));
     let failed = rows.iter().any(|r| !r.running);
-    print_summary(&rows, &state, http_port);
+    print_summary(ctx, &rows, http_port);
     Ok(i32::from(failed))
 }
 
 /// The table `up` ends with: each instance, what happened, its port and how it was chosen
 /// (preferred or fallback, and why), how many ports were tried, its URL.
-fn print_summary(rows: &[Row], state: &Path, http_port: u16) {
+fn print_summary(ctx: &Context, rows: &[Row], http_port: u16) {
     if rows.is_empty() {
         return;
     }
-    let leases = Store::new(state).lock().map(|reg| reg.leases.clone());
+    let leases = crate::commands::registry(ctx).map(|reg| reg.leases.clone());
     let mut table = vec![["NAME", "STATUS", "PORT", "CHOSEN", "TRIED", "URL"].map(String::from)];
     for r in rows {
         let lease = leases.as_ref().ok().and_then(|l| l.get(&r.name));
