@@ -12,10 +12,6 @@ use wharf::mode::Mode;
 use wharf::project::Restart;
 use wharf::{commands, config, handoff, listeners, proxy, run, service, stdio, up};
 
-/// After a stop signal, how long a server has before it and everything it started are
-/// killed; `$WHARF_STOP_TIMEOUT` (90, 90s, 2m) says otherwise.
-const STOP_GRACE: Duration = Duration::from_secs(10);
-
 fn main() -> ExitCode {
     // The exec step between wharf and a server runs before anything else, single-threaded.
     let mut args = std::env::args_os();
@@ -153,13 +149,13 @@ fn project_trust(ctx: &Context) -> anyhow::Result<wharf::trust::Trust> {
     })
 }
 
-/// `$WHARF_STOP_TIMEOUT`, else `STOP_GRACE`.
+/// `$WHARF_STOP_TIMEOUT` (90, 90s, 2m), else `process::STOP_GRACE`.
 fn stop_grace() -> anyhow::Result<Duration> {
     match std::env::var("WHARF_STOP_TIMEOUT") {
         Ok(v) if !v.is_empty() => wharf::project::parse_duration_str(&v)
             .map_err(anyhow::Error::msg)
             .context("$WHARF_STOP_TIMEOUT"),
-        _ => Ok(STOP_GRACE),
+        _ => Ok(wharf::process::STOP_GRACE),
     }
 }
 

@@ -56,6 +56,10 @@ impl ProcessId {
 }
 
 /// After SIGKILL, how long a process may take to disappear.
+/// After a stop signal, how long a server has before it and everything it started are
+/// killed (`wharf stop` and `wharf run` take `$WHARF_STOP_TIMEOUT` instead when set).
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
 const KILL_WAIT: Duration = Duration::from_secs(2);
 
 /// Polls until every process in `procs` is gone or `deadline` passes; true if all are gone.

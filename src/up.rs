@@ -21,7 +21,6 @@ use crate::trust::Trust;
 
 /// How long `up` waits for a started instance to register with the proxy.
 const REGISTER_PATIENCE: Duration = Duration::from_secs(15);
-const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// The project file (`file`, else the nearest wharf.toml), read if `trust` allows it, and
 /// the instances `names` pick from it (all of them when `names` is empty).
@@ -348,7 +347,7 @@ async fn stop(client: &mut crate::control::Client, l: &Listed) {
     if let Some(id) = ProcessId::of(l.instance.pid) {
         let server = l.instance.child_pid;
         let _ = tokio::task::spawn_blocking(move || {
-            crate::process::stop_instance(id, server, STOP_GRACE)
+            crate::process::stop_instance(id, server, crate::process::STOP_GRACE)
         })
         .await;
     }
