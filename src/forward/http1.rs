@@ -12,7 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -51,9 +51,9 @@ struct Link {
     /// Its writing was cut short by the server (see `UpstreamSocket`): it never carries another
     /// request.
     cut: Arc<AtomicBool>,
-    /// Bytes read from it so far (see `UpstreamSocket`): whether a failed request had been
-    /// answered in part.
-    read: Arc<AtomicU64>,
+    /// Set when a byte arrives (see `UpstreamSocket`); cleared before each request, so a
+    /// failed request knows whether it had been answered in part.
+    read: Arc<AtomicBool>,
 }
 
 /// A connection waiting for its next request.
@@ -121,10 +121,10 @@ impl Pool {
             }
         };
         let head = req.method() == http::Method::HEAD;
-        let before = link.read.load(Ordering::Relaxed);
+        link.read.store(false, Ordering::Relaxed);
         let response = link.sender.send_request(req).await.map_err(|e| SendError {
             reused,
-            answered: link.read.load(Ordering::Relaxed) != before,
+            answered: link.read.load(Ordering::Relaxed),
             source: e.into(),
         })?;
         if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -172,7 +172,7 @@ fn announces_body<B>(response: &Response<B>) -> bool {
 async fn connect(addr: SocketAddr, budget: &Budget) -> Result<Link, BoxError> {
     let (stream, fds) = super::upstream::open(addr, budget).await?;
     let cut = Arc::new(AtomicBool::new(false));
-    let read = Arc::new(AtomicU64::new(0));
+    let read = Arc::new(AtomicBool::new(false));
     let stream = UpstreamSocket {
         stream,
         cut: Arc::clone(&cut),
@@ -189,12 +189,12 @@ async fn connect(addr: SocketAddr, budget: &Budget) -> Result<Link, BoxError> {
 /// while the answer waits in the socket, and hyper would report the write error and drop
 /// the answer. Here such a failure cuts writing short instead: what hyper writes next is
 /// discarded until reading ends, so hyper reads on and finds the answer, or the close (and
-/// reports that). Once reading has ended, writes fail with the error they met. It counts the
-/// bytes it reads: a request that failed with none read may go again (`rules::may_send_again`).
+/// reports that). Once reading has ended, writes fail with the error they met. It notes that
+/// bytes came: a request that failed with none read may go again (`rules::may_send_again`).
 struct UpstreamSocket {
     stream: TcpStream,
     cut: Arc<AtomicBool>,
-    read: Arc<AtomicU64>,
+    read: Arc<AtomicBool>,
     read_ended: bool,
 }
 
@@ -240,7 +240,10 @@ impl AsyncRead for UpstreamSocket {
             if result.is_err() || (room && got == 0) {
                 self.read_ended = true;
             }
-            self.read.fetch_add(got as u64, Ordering::Relaxed);
+            if got > 0 {
+                // A plain store, not a read-modify-write: this runs on every body read.
+                self.read.store(true, Ordering::Relaxed);
+            }
         }
         poll
     }
