@@ -115,7 +115,7 @@ fn dashboard_row(l: &Listed) -> String {
     let state = if l.alias {
         "alias".to_string()
     } else {
-        format!("{:?}", i.state).to_lowercase()
+        i.state.to_string()
     };
     let mut state_cell = format!("<span class=\"state {state}\">{state}</span>");
     if let Some(exit) = &i.last_exit {
