@@ -58,11 +58,19 @@ impl Source<'_> {
 
     /// Why on-demand activation forces fd mode.
     fn on_demand(&self) -> String {
-        let by = match self {
+        format!(
+            "{} needs it (the socket must exist before the server)",
+            self.on_demand_switch()
+        )
+    }
+
+    /// Where on-demand activation was asked for: `--on-demand`, `activation = "on-demand" in
+    /// /p/wharf.toml`.
+    pub(crate) fn on_demand_switch(&self) -> String {
+        match self {
             Source::CommandLine => "--on-demand".to_string(),
             Source::File(file) => format!("activation = \"on-demand\" in {}", file.display()),
-        };
-        format!("{by} needs it (the socket must exist before the server)")
+        }
     }
 
     /// How to ask for `mode`: `--env`, `mode = "env" in wharf.toml`.

@@ -109,18 +109,13 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
             "--on-demand needs fd mode: the socket must exist before the server does (drop --env)"
         );
     }
-    let on_demand_switch = match source {
-        mode::Source::CommandLine => "drop --on-demand".to_string(),
-        mode::Source::File(file) => {
-            format!("drop activation = \"on-demand\" in {}", file.display())
-        }
-    };
     if args.on_demand && plan.follows {
         bail!(
             "on demand, the first request waits on the socket wharf holds, and this server \
-             cannot take it, so that request would never be answered; {on_demand_switch}, or \
+             cannot take it, so that request would never be answered; drop {}, or \
              run a server that takes an inherited socket (gunicorn, uvicorn, puma, or one given \
-             {{fd}})"
+             {{fd}})",
+            source.on_demand_switch()
         );
     }
     if plan.mode == Mode::Fd
