@@ -407,13 +407,15 @@ pub fn choose(
     }
     let program = known.program;
     let fork = found.fork.as_deref();
-    // (mode, options to add, why)
-    let (mode, opts, mut reason) = match (&asked, &known.takes, fork) {
-        (Some((Mode::Env, why)), _, _) => (Mode::Env, known.binds, why.clone()),
+    // (mode, options to add, why, whether wharf only follows where it listens: fd mode for a
+    // server that cannot take the socket, or not behind this wrapper)
+    let (mode, opts, mut reason, follows) = match (&asked, &known.takes, fork) {
+        (Some((Mode::Env, why)), _, _) => (Mode::Env, known.binds, why.clone(), false),
         (Some((Mode::Fd, why)), Takes::Nothing, _) => (
             Mode::Fd,
             &[][..],
             format!("{why}; {program} cannot take a socket, so wharf follows where it listens"),
+            true,
         ),
         (Some((Mode::Fd, _)), Takes::Named(opts), _)
         | (
@@ -430,10 +432,10 @@ pub fn choose(
                 named: Some(opts), ..
             },
             Some(_),
-        ) => (Mode::Fd, *opts, takes_reason(program, &asked, fork)),
+        ) => (Mode::Fd, *opts, takes_reason(program, &asked, fork), false),
         (Some((Mode::Fd, _)), Takes::Activation { opts, .. }, None)
         | (None, Takes::Activation { opts, .. }, None) => {
-            (Mode::Fd, *opts, takes_reason(program, &asked, None))
+            (Mode::Fd, *opts, takes_reason(program, &asked, None), false)
         }
         (Some((Mode::Fd, why)), Takes::Activation { opts, named: None }, Some(fork)) => (
             Mode::Fd,
@@ -442,6 +444,7 @@ pub fn choose(
                 "{why}; but {program} takes a socket only when LISTEN_PID is its own pid, and \
                  {fork} runs it as a child: wharf follows where it listens instead"
             ),
+            true,
         ),
         (None, Takes::Activation { named: None, .. }, Some(fork)) => (
             Mode::Env,
@@ -450,11 +453,13 @@ pub fn choose(
                 "{program} takes a socket only when LISTEN_PID is its own pid, but {fork} runs \
                  it as a child; so it binds a port itself"
             ),
+            false,
         ),
         (None, Takes::Nothing, _) => (
             Mode::Env,
             known.binds,
             format!("{program} binds for itself"),
+            false,
         ),
     };
     let (added, kept) = apply(opts, known, &found.args);
@@ -487,13 +492,6 @@ pub fn choose(
              offers it)"
         ));
     }
-    // Forced into fd mode, a server that cannot take a socket (or not behind this wrapper)
-    // gets no options for it: wharf can only follow where it listens.
-    let follows = mode == Mode::Fd
-        && matches!(
-            (&known.takes, fork),
-            (Takes::Nothing, _) | (Takes::Activation { named: None, .. }, Some(_))
-        );
     Plan {
         mode,
         argv: out,
