@@ -78,8 +78,13 @@ struct Row {
     name: Name,
     /// `started`, `restarted`, `unchanged`, `on demand` or `failed`.
     outcome: &'static str,
-    /// Whether to look up its port and URL.
-    running: bool,
+}
+
+impl Row {
+    /// Whether it runs (or waits for its first request): then its port and URL are shown.
+    fn running(&self) -> bool {
+        self.outcome != "failed"
+    }
 }
 
 /// Bring the instances of the project file (`file`, else the nearest wharf.toml) to what it
@@ -98,11 +103,10 @@ pub async fn up(
     let http_port = proxy.hello.http_port.unwrap_or(80);
     let running = routes(&mut proxy.client).await?;
     let mut rows = Vec::new();
-    let mut row = |decl: &Declared, outcome, running| {
+    let mut row = |decl: &Declared, outcome| {
         rows.push(Row {
             name: decl.name.clone(),
             outcome,
-            running,
         })
     };
 
@@ -124,7 +128,7 @@ pub async fn up(
         let fingerprint = decl.fingerprint();
         if let Err(e) = decl.check_dir(&project.path) {
             crate::errln!("wharf: {e}");
-            row(decl, "failed", false);
+            row(decl, "failed");
             continue;
         }
         match running.get(&decl.name) {
@@ -139,7 +143,7 @@ pub async fn up(
                     l.instance.pid,
                     decl.name
                 );
-                row(decl, "failed", false);
+                row(decl, "failed");
                 continue;
             }
             Some(l)
@@ -149,7 +153,7 @@ pub async fn up(
                     .is_some_and(|d| d.fingerprint == fingerprint)
                     && l.instance.state != State::Failed =>
             {
-                row(decl, "unchanged", true);
+                row(decl, "unchanged");
                 continue;
             }
             Some(l) => {
@@ -169,7 +173,7 @@ pub async fn up(
                     decl.line,
                     decl.name
                 );
-                row(decl, "failed", false);
+                row(decl, "failed");
             }
         }
     }
@@ -187,7 +191,7 @@ pub async fn up(
                     Activation::Start if restarted.contains(&decl.name) => "restarted",
                     Activation::Start => "started",
                 };
-                row(decl, how, true);
+                row(decl, how);
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -199,7 +203,7 @@ pub async fn up(
                     decl.line,
                     log.display()
                 );
-                row(decl, "failed", false);
+                row(decl, "failed");
                 break;
             }
             if Instant::now() >= deadline {
@@ -208,7 +212,7 @@ pub async fn up(
                     decl.name,
                     decl.name
                 );
-                row(decl, "failed", false);
+                row(decl, "failed");
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -217,7 +221,7 @@ pub async fn up(
         drop(child);
     }
     rows.sort_by_key(|r| selected.iter().position(|d| d.name == r.name));
-    let failed = rows.iter().any(|r| !r.running);
+    let failed = rows.iter().any(|r| !r.running());
     print_summary(ctx, &rows, http_port);
     Ok(i32::from(failed))
 }
@@ -234,7 +238,7 @@ fn print_summary(ctx: &Context, rows: &[Row], http_port: u16) {
         let lease = leases.as_ref().ok().and_then(|l| l.get(&r.name));
         let port = lease.and_then(|l| l.ports.get(MAIN_SOCKET));
         let how = lease.and_then(|l| l.allocation.as_ref());
-        let known = |s: Option<String>| s.filter(|_| r.running).unwrap_or_else(|| "-".into());
+        let known = |s: Option<String>| s.filter(|_| r.running()).unwrap_or_else(|| "-".into());
         table.push([
             r.name.to_string(),
             r.outcome.to_string(),
