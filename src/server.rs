@@ -11,7 +11,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -110,13 +110,9 @@ async fn accept_loop(listener: TcpListener, ctx: Accept, shutdown: CancellationT
 /// Tell a client over the budget 503, and close.
 async fn refuse(mut stream: TcpStream, _refusal: Fds) {
     let tell = async {
-        stream.write_all(OVERLOADED).await?;
-        // Read what the client sent before closing: closing on unread bytes resets the
-        // connection, and the client may never see the answer.
-        stream.shutdown().await?;
-        let mut sink = [0u8; 1024];
-        while stream.read(&mut sink).await? > 0 {}
-        Ok::<_, std::io::Error>(())
+        if stream.write_all(OVERLOADED).await.is_ok() {
+            express::linger(&mut stream, REFUSAL).await;
+        }
     };
     let _ = tokio::time::timeout(REFUSAL, tell).await;
 }

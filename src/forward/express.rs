@@ -267,7 +267,7 @@ impl Lane<'_> {
                 let keep_alive = plan.keep_alive && self.unread == 0;
                 self.write_error(&e, plan.head, keep_alive).await?;
                 if self.unread > 0 {
-                    linger(&mut self.client).await;
+                    linger(&mut self.client, LINGER).await;
                 }
                 return Ok(keep_alive);
             }
@@ -277,7 +277,7 @@ impl Lane<'_> {
         let complete = self.relay_body(&mut up, answer.framing).await?;
         if self.unread > 0 {
             // An early answer: the request body was cut short on both connections.
-            linger(&mut self.client).await;
+            linger(&mut self.client, LINGER).await;
             return Ok(false);
         }
         if complete && answer.reusable && self.upbuf.is_empty() {
@@ -904,14 +904,14 @@ async fn write_client(client: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Close a connection whose request was answered before its body was all read: stop
-/// writing, then discard what the client still sends for up to `LINGER`, so that closing
+/// writing, then discard what the client still sends for up to `within`, so that closing
 /// with unread bytes does not reset the connection before the client has read the answer.
-async fn linger(client: &mut TcpStream) {
+pub(crate) async fn linger(client: &mut TcpStream, within: Duration) {
     let _ = client.shutdown().await;
     // On the heap: in the future, it would be copied with every connection's task.
     let mut sink = vec![0u8; 8 * 1024];
     let discard = async { while let Ok(1..) = client.read(&mut sink).await {} };
-    let _ = tokio::time::timeout(LINGER, discard).await;
+    let _ = tokio::time::timeout(within, discard).await;
 }
 
 /// The headers hop-by-hop by definition, plus `Upgrade` (the lane never upgrades).
