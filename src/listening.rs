@@ -37,9 +37,14 @@ pub fn exposed_warning(bound: SocketAddr) -> String {
 /// where `/proc` is missing).
 pub fn listening(root: i32, expected: u16) -> Vec<Listener> {
     let mut found = imp::listening(root, expected);
-    found.sort_by_key(|l| (l.connect.port(), l.connect.is_ipv6()));
+    lowest_first(&mut found);
     found.dedup();
     found
+}
+
+/// Lowest port first, IPv4 before IPv6: the order a listener is picked in.
+fn lowest_first(listeners: &mut [Listener]) {
+    listeners.sort_by_key(|l| (l.connect.port(), l.connect.is_ipv6()));
 }
 
 /// Open TCP connections whose local port is one of `ports` (any process), or `None` where
@@ -238,41 +243,42 @@ mod imp {
         if inodes.is_empty() {
             return Vec::new();
         }
-        rows(|state, _| state == LISTEN)
-            .into_iter()
-            .filter(|r| inodes.contains(&r.inode))
-            .filter_map(|r| {
-                Some(Listener {
-                    bound: r.local,
-                    connect: reachable(r.local)?,
-                })
-            })
-            .collect()
+        tree_listeners(&rows(|state, _| state == LISTEN), &inodes, &[]).0
     }
 
     pub fn survey(rows: &[Row], root: i32, handed: &[u64]) -> Survey {
         let inodes = socket_inodes(root);
-        let mut survey = Survey {
+        let (mut elsewhere, unreachable) = tree_listeners(rows, &inodes, handed);
+        lowest_first(&mut elsewhere);
+        Survey {
             holds_main: handed.first().is_some_and(|main| inodes.contains(main)),
-            elsewhere: Vec::new(),
-            unreachable: Vec::new(),
-        };
+            elsewhere,
+            unreachable,
+        }
+    }
+
+    /// The listening sockets among `rows` that are the tree's (`inodes`) but not in `skip`:
+    /// those loopback reaches, and the addresses of those it does not.
+    fn tree_listeners(
+        rows: &[Row],
+        inodes: &HashSet<u64>,
+        skip: &[u64],
+    ) -> (Vec<Listener>, Vec<SocketAddr>) {
+        let mut reached = Vec::new();
+        let mut unreachable = Vec::new();
         for r in rows {
-            if r.state != LISTEN || !inodes.contains(&r.inode) || handed.contains(&r.inode) {
+            if r.state != LISTEN || !inodes.contains(&r.inode) || skip.contains(&r.inode) {
                 continue;
             }
             match reachable(r.local) {
-                Some(connect) => survey.elsewhere.push(Listener {
+                Some(connect) => reached.push(Listener {
                     bound: r.local,
                     connect,
                 }),
-                None => survey.unreachable.push(r.local),
+                None => unreachable.push(r.local),
             }
         }
-        survey
-            .elsewhere
-            .sort_by_key(|l| (l.connect.port(), l.connect.is_ipv6()));
-        survey
+        (reached, unreachable)
     }
 
     /// Whether the server side of `probe` (a connection to `server`) was accepted; `None`
