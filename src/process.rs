@@ -47,19 +47,21 @@ impl ProcessId {
         end_all(std::slice::from_ref(self), Instant::now() + grace).1
     }
 
-    /// Send `signal` if this very process is still alive.
-    pub fn signal(&self, signal: Signal) {
-        if self.is_alive() {
+    /// Send `signal` if this very process is still alive; true if it was.
+    pub fn signal(&self, signal: Signal) -> bool {
+        let alive = self.is_alive();
+        if alive {
             let _ = kill(Pid::from_raw(self.pid), signal);
         }
+        alive
     }
 }
 
-/// After SIGKILL, how long a process may take to disappear.
 /// After a stop signal, how long a server has before it and everything it started are
 /// killed (`wharf stop` and `wharf run` take `$WHARF_STOP_TIMEOUT` instead when set).
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// After SIGKILL, how long a process may take to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(2);
 
 /// Polls until every process in `procs` is gone or `deadline` passes; true if all are gone.
@@ -100,7 +102,9 @@ pub fn union(mut a: Vec<ProcessId>, b: Vec<ProcessId>) -> Vec<ProcessId> {
 /// SIGTERM to each of `procs` still alive, wait until `deadline` for them to go, then SIGKILL
 /// what is left. Returns how many had to be killed and whether all are gone now.
 pub fn end_all(procs: &[ProcessId], deadline: Instant) -> (usize, bool) {
-    procs.iter().for_each(|p| p.signal(Signal::SIGTERM));
+    procs.iter().for_each(|p| {
+        p.signal(Signal::SIGTERM);
+    });
     if wait_all_gone(procs, deadline) {
         return (0, true);
     }
@@ -110,9 +114,7 @@ pub fn end_all(procs: &[ProcessId], deadline: Instant) -> (usize, bool) {
 
 /// SIGKILL each of `procs` still alive; returns how many were.
 pub fn kill_all(procs: &[ProcessId]) -> usize {
-    let alive: Vec<&ProcessId> = procs.iter().filter(|p| p.is_alive()).collect();
-    alive.iter().for_each(|p| p.signal(Signal::SIGKILL));
-    alive.len()
+    procs.iter().filter(|p| p.signal(Signal::SIGKILL)).count()
 }
 
 /// How `stop_instance` went.
