@@ -84,9 +84,6 @@ fn wait_all_gone(procs: &[ProcessId], deadline: Instant) -> bool {
 /// all are gone. Outside Linux only `server` itself: there is no cheap way to walk the tree.
 pub fn family_of(server: i32) -> Vec<ProcessId> {
     imp::family(server)
-        .into_iter()
-        .filter_map(ProcessId::of)
-        .collect()
 }
 
 /// `a` plus the processes of `b` it does not already hold.
@@ -172,6 +169,8 @@ pub fn in_tree(pid: i32, root: i32) -> bool {
 mod imp {
     use std::collections::HashMap;
 
+    use super::ProcessId;
+
     /// Fields after the `comm` field of `/proc/PID/stat` (comm may hold spaces and parens).
     fn stat_fields(pid: i32) -> Option<Vec<String>> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -211,21 +210,40 @@ mod imp {
         descendants(vec![root], &table())
     }
 
-    /// `root`'s tree plus the members of the process group numbered `root`, and their trees.
-    pub fn family(root: i32) -> Vec<i32> {
+    /// `root`'s tree plus the members of the process group numbered `root`, and their trees;
+    /// zombies and processes gone meanwhile left out. One look at each process's stat.
+    pub fn family(root: i32) -> Vec<ProcessId> {
         let table = table();
         let mut seeds = vec![root];
         seeds.extend(
             table
                 .iter()
-                .filter(|p| p.2 == root && p.0 != root)
-                .map(|p| p.0),
+                .filter(|p| p.group == root && p.pid != root)
+                .map(|p| p.pid),
         );
+        let by_pid: HashMap<i32, &Entry> = table.iter().map(|e| (e.pid, e)).collect();
         descendants(seeds, &table)
+            .into_iter()
+            .filter_map(|pid| by_pid.get(&pid))
+            .filter(|e| !e.zombie)
+            .map(|e| ProcessId {
+                pid: e.pid,
+                start: e.start,
+            })
+            .collect()
     }
 
-    /// (pid, parent, process group) of every process.
-    fn table() -> Vec<(i32, i32, i32)> {
+    /// One process, as its stat says.
+    struct Entry {
+        pid: i32,
+        parent: i32,
+        group: i32,
+        start: Option<u64>,
+        zombie: bool,
+    }
+
+    /// Every process.
+    fn table() -> Vec<Entry> {
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return Vec::new();
         };
@@ -234,20 +252,23 @@ mod imp {
             .filter_map(|entry| {
                 let pid = entry.file_name().to_str()?.parse().ok()?;
                 let fields = stat_fields(pid)?;
-                Some((
+                Some(Entry {
                     pid,
-                    fields.get(1)?.parse().ok()?,
-                    fields.get(2)?.parse().ok()?,
-                ))
+                    parent: fields.get(1)?.parse().ok()?,
+                    group: fields.get(2)?.parse().ok()?,
+                    // Field 22 overall; index 19 after pid and comm.
+                    start: fields.get(19).and_then(|s| s.parse().ok()),
+                    zombie: fields.first().is_some_and(|s| s == "Z"),
+                })
             })
             .collect()
     }
 
     /// `seeds` and everything below them in `table`, each once.
-    fn descendants(mut out: Vec<i32>, table: &[(i32, i32, i32)]) -> Vec<i32> {
+    fn descendants(mut out: Vec<i32>, table: &[Entry]) -> Vec<i32> {
         let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-        for &(pid, ppid, _) in table {
-            children.entry(ppid).or_default().push(pid);
+        for e in table {
+            children.entry(e.parent).or_default().push(e.pid);
         }
         let mut i = 0;
         while i < out.len() {
@@ -266,6 +287,8 @@ mod imp {
 
 #[cfg(not(target_os = "linux"))]
 mod imp {
+    use super::ProcessId;
+
     pub fn start_time(_pid: i32) -> Option<u64> {
         None
     }
@@ -284,8 +307,8 @@ mod imp {
         vec![root]
     }
 
-    pub fn family(root: i32) -> Vec<i32> {
-        vec![root]
+    pub fn family(root: i32) -> Vec<ProcessId> {
+        ProcessId::of(root).into_iter().collect()
     }
 }
 
