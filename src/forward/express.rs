@@ -816,10 +816,8 @@ fn response_head(
     // bodiless one keeps its Content-Length (what a GET would have had) unless chunked, and a
     // 204 never has one.
     let rebuilt = framing != Framing::Empty || chunked.is_some() || code == 204;
-    if framing == Framing::Empty {
-        let announced = chunked.is_some() || length.is_some_and(|n| n > 0);
-        reusable &= rules::reusable_after(head, code, announced);
-    }
+    let announced = chunked.is_some() || length.is_some_and(|n| n > 0);
+    reusable &= rules::reusable_after(head, code, announced);
 
     out.clear();
     out.reserve(head_room(res.reason.map_or(0, str::len), res.headers));
