@@ -147,19 +147,9 @@ pub async fn ls(ctx: &Context, json: bool) -> anyhow::Result<i32> {
         "LAST EXIT",
     ]
     .map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        crate::outln!("{}", line.join("  ").trim_end())?;
+    let table: Vec<[String; 10]> = std::iter::once(header).chain(rows).collect();
+    for line in crate::stdio::columns(&table) {
+        crate::outln!("{line}")?;
     }
     for l in &list {
         if let Some(addr) = l.instance.exposed {

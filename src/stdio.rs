@@ -26,6 +26,31 @@ pub fn err(text: &str) {
     let _ = io::stderr().lock().write_all(text.as_bytes());
 }
 
+/// `rows` as lines of left-aligned columns two spaces apart, each column as wide as its
+/// widest cell (`wharf ls`, `wharf up`'s summary).
+pub fn columns<R: AsRef<[String]>>(rows: &[R]) -> Vec<String> {
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows {
+        for (i, cell) in row.as_ref().iter().enumerate() {
+            match widths.get_mut(i) {
+                Some(w) => *w = (*w).max(cell.len()),
+                None => widths.push(cell.len()),
+            }
+        }
+    }
+    rows.iter()
+        .map(|row| {
+            let cells: Vec<String> = row
+                .as_ref()
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect()
+}
+
 /// `outln!("…", args)`: one line on stdout, an `io::Result` to pass on with `?`.
 #[macro_export]
 macro_rules! outln {

@@ -248,16 +248,8 @@ fn print_summary(ctx: &Context, rows: &[Row], http_port: u16) {
             known(Some(crate::control::url(&r.name, http_port))),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|c| table.iter().map(|row| row[c].len()).max().unwrap_or(0))
-        .collect();
-    for row in &table {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        crate::progressln!("{}", cells.join("  ").trim_end());
+    for line in crate::stdio::columns(&table) {
+        crate::progressln!("{line}");
     }
 }
 
