@@ -153,7 +153,7 @@ pub async fn ls(ctx: &Context, json: bool) -> anyhow::Result<i32> {
     }
     for l in &list {
         if let Some(addr) = l.instance.exposed {
-            eprintln!(
+            crate::errln!(
                 "wharf: warning: {}: {}",
                 l.instance.name,
                 crate::listening::exposed_warning(addr)
