@@ -376,8 +376,21 @@ impl Proc {
     }
 }
 
+/// How long a process the test started gets to stop politely when the test is done.
+const POLITE_END: Duration = Duration::from_secs(3);
+
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SIGTERM first: a `wharf run` then ends its whole instance. SIGKILL would leave what a
+        // forking wrapper started (gunicorn under `uv run`) running after the test.
+        if let Ok(None) = self.child.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + POLITE_END;
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
