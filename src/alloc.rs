@@ -11,10 +11,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::listening;
 use crate::name::Name;
-use crate::process::ProcessId;
 use crate::registry::{self, Lease, RegistryError, Store};
+use crate::sys::netstat;
+use crate::sys::process::ProcessId;
 
 /// The socket every instance has; `--socket SUB` adds more, named SUB.
 pub const MAIN_SOCKET: &str = "http";
@@ -596,7 +596,7 @@ fn name_processes(mut taken: Vec<&mut (u16, Taken)>) {
     if unnamed.is_empty() {
         return;
     }
-    let holders = listening::holders(&unnamed);
+    let holders = netstat::holders(&unnamed);
     for (port, t) in taken.iter_mut().map(|e| &mut **e) {
         if *t == Taken::Process(None)
             && let Some(h) = holders.get(port)

@@ -13,8 +13,8 @@ use crate::launch;
 use crate::mode::Mode;
 use crate::name::Name;
 use crate::pages::human_duration;
-use crate::process::{ProcessId, Stopped};
 use crate::registry::Store;
+use crate::sys::process::{ProcessId, Stopped};
 
 /// How long `stop --proxy` waits after SIGTERM before SIGKILL.
 const PROXY_GRACE: Duration = Duration::from_secs(10);
@@ -148,7 +148,7 @@ pub async fn ls(ctx: &Context, json: bool) -> anyhow::Result<i32> {
     ]
     .map(String::from);
     let table: Vec<[String; 10]> = std::iter::once(header).chain(rows).collect();
-    for line in crate::stdio::columns(&table) {
+    for line in crate::sys::stdio::columns(&table) {
         crate::outln!("{line}")?;
     }
     for l in &list {
@@ -156,7 +156,7 @@ pub async fn ls(ctx: &Context, json: bool) -> anyhow::Result<i32> {
             crate::errln!(
                 "wharf: warning: {}: {}",
                 l.instance.name,
-                crate::listening::exposed_warning(addr)
+                crate::sys::netstat::exposed_warning(addr)
             );
         }
     }
@@ -229,7 +229,7 @@ pub async fn stop(
             let (pid, server) = running[&name];
             let stopping = tokio::task::spawn_blocking(move || match ProcessId::of(pid) {
                 None => Stopped::Cleanly,
-                Some(id) => crate::process::stop_instance(id, server, grace),
+                Some(id) => crate::sys::process::stop_instance(id, server, grace),
             });
             (name, pid, stopping)
         })
@@ -306,7 +306,7 @@ pub async fn alias(ctx: &Context, name: Name, addr: Option<String>) -> anyhow::R
 /// False only when the platform can tell that nothing listens on `addr`'s port. Looked up,
 /// not connected to: a probe connection would show in the server's log and its counts.
 fn answers(addr: SocketAddr) -> bool {
-    crate::listening::is_listened_on(addr.port()).unwrap_or(true)
+    crate::sys::netstat::is_listened_on(addr.port()).unwrap_or(true)
 }
 
 /// `8080`, `127.0.0.1:8080`, `[::1]:8080`, `localhost:8080`: loopback only.
@@ -359,7 +359,7 @@ pub async fn env(
         EnvFormat::Dotenv => vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect(),
         EnvFormat::Json => format!("{}\n", serde_json::to_string_pretty(&vars)?),
     };
-    crate::stdio::out(&text)?;
+    crate::sys::stdio::out(&text)?;
     Ok(0)
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::alloc::PortRanges;
-use crate::trust::{Trust, TrustError};
+use crate::sys::trust::{Trust, TrustError};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

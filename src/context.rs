@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::dirs::{DirError, Dirs};
-use crate::trust::Trust;
+use crate::sys::trust::Trust;
 
 pub struct Context {
     pub dirs: Dirs,
@@ -40,7 +40,7 @@ impl Context {
             path_var: var("PATH"),
             home,
             config_home,
-            trust: Trust::from_env(var(crate::trust::ENV).as_deref()),
+            trust: Trust::from_env(var(crate::sys::trust::ENV).as_deref()),
         })
     }
 

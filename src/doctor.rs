@@ -10,7 +10,7 @@ use std::process::Command;
 
 use crate::dirs::{self, Dirs};
 use crate::launch;
-use crate::listening;
+use crate::sys::netstat;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
@@ -147,13 +147,13 @@ const HTTP_PORT: u16 = 80;
 /// Who listens on `port` when it is not the proxy (`proxy_pid`): `None` when nothing does
 /// or the platform cannot tell.
 fn port_holder(port: u16, proxy_pid: Option<i32>) -> Option<Finding> {
-    if !listening::is_listened_on(port)? {
+    if !netstat::is_listened_on(port)? {
         return None;
     }
     let fix = "stop it, or let the proxy use another port (`[proxy] listen` in config.toml); \
                URLs then carry the port"
         .to_string();
-    Some(match listening::holders(&[port]).remove(&port) {
+    Some(match netstat::holders(&[port]).remove(&port) {
         Some(h) if Some(h.pid) == proxy_pid => finding(
             Level::Ok,
             format!("port {port} is the front proxy's (pid {})", h.pid),

@@ -133,7 +133,7 @@ fn spawn_proxy(self_exe: &Path, log: &Path) -> std::io::Result<tokio::process::C
         .stdout(out)
         .stderr(err)
         .kill_on_drop(false);
-    for var in crate::handoff::SCRUBBED {
+    for var in crate::sys::handoff::SCRUBBED {
         cmd.env_remove(var);
     }
     // A Ctrl-C meant for the `wharf run` that started it must not reach the proxy.

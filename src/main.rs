@@ -10,7 +10,8 @@ use wharf::cli::{Cli, Command, ProxyCli, RunCli};
 use wharf::context::Context;
 use wharf::mode::Mode;
 use wharf::project::Restart;
-use wharf::{commands, config, handoff, listeners, proxy, run, service, stdio, up};
+use wharf::sys::{handoff, stdio};
+use wharf::{commands, config, listeners, proxy, run, service, up};
 
 fn main() -> ExitCode {
     // The exec step between wharf and a server runs before anything else, single-threaded.
@@ -95,7 +96,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Down(args) => current_thread()?.block_on(up::down(
             &ctx,
-            &wharf::trust::Trust::anything(),
+            &wharf::sys::trust::Trust::anything(),
             args.file.as_deref(),
             &args.names,
         )),
@@ -141,7 +142,7 @@ fn user_config(ctx: &Context) -> anyhow::Result<config::Config> {
 
 /// What may be read though another user could have written it: `$WHARF_TRUST`, and for
 /// project files also `[trust] paths` in config.toml.
-fn project_trust(ctx: &Context) -> anyhow::Result<wharf::trust::Trust> {
+fn project_trust(ctx: &Context) -> anyhow::Result<wharf::sys::trust::Trust> {
     let config = user_config(ctx)?;
     Ok(match ctx.config_file() {
         Some(file) => ctx.trust.with_config(&config.trust, &file),
@@ -155,7 +156,7 @@ fn stop_grace() -> anyhow::Result<Duration> {
         Ok(v) if !v.is_empty() => wharf::project::parse_duration_str(&v)
             .map_err(anyhow::Error::msg)
             .context("$WHARF_STOP_TIMEOUT"),
-        _ => Ok(wharf::process::STOP_GRACE),
+        _ => Ok(wharf::sys::process::STOP_GRACE),
     }
 }
 

@@ -156,7 +156,7 @@ fn dashboard_row(l: &Listed) -> String {
         Some(addr) => format!(
             "<tr class=\"warn\"><td colspan=\"6\">⚠ <b>{name}</b>: {warning}</td></tr>",
             name = escape(i.name.as_str()),
-            warning = escape(&crate::listening::exposed_warning(addr)),
+            warning = escape(&crate::sys::netstat::exposed_warning(addr)),
         ),
     };
     format!(

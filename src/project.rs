@@ -14,7 +14,7 @@ use toml::Spanned;
 use crate::alloc::PortRanges;
 use crate::mode::Mode;
 use crate::name::Name;
-use crate::trust::{Trust, TrustError};
+use crate::sys::trust::{Trust, TrustError};
 
 pub const FILE_NAME: &str = "wharf.toml";
 /// An on-demand instance with no `idle_timeout` is stopped after this long without connections.

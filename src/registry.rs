@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dirs;
 use crate::name::Name;
-use crate::process::ProcessId;
+use crate::sys::process::ProcessId;
 
 const FILE: &str = "registry.json";
 const LOCK: &str = "registry.lock";

@@ -136,7 +136,7 @@ impl Routes {
                 }
                 Some(old)
                     if owner != Owner::Alias
-                        && crate::process::ProcessId::of(old.instance.pid).is_some() =>
+                        && crate::sys::process::ProcessId::of(old.instance.pid).is_some() =>
                 {
                     return Err(RouteError::Taken {
                         name: instance.name.clone(),

@@ -21,16 +21,16 @@ use crate::alloc::{self, MAIN_SOCKET, PortRanges};
 use crate::context::Context;
 use crate::control::{Declaration, State};
 use crate::demand;
-use crate::handoff::{self, Handoff};
-use crate::listening::{self, Listener, Verdict};
 use crate::logs::Log;
 use crate::mode::{self, Mode};
 use crate::name::Name;
-use crate::notify::{Notice, NotifySocket};
-use crate::process::{self, ProcessId};
 use crate::project::{Ready, Restart};
 use crate::registration::Registration;
 use crate::registry::Store;
+use crate::sys::handoff::{self, Handoff};
+use crate::sys::netstat::{self, Listener, Verdict};
+use crate::sys::notify::{Notice, NotifySocket};
+use crate::sys::process::{self, ProcessId};
 
 /// A child that lived shorter than this before exiting counts as a fast exit.
 const FAST_EXIT: Duration = Duration::from_secs(2);
@@ -285,10 +285,10 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         let mut looking = plan.mode == Mode::Env;
         // In fd mode: does the server serve on the socket it was handed?
         let mut guard = match (&held, plan.mode) {
-            (Some(sockets), Mode::Fd) => listening::Guard::new(sockets),
+            (Some(sockets), Mode::Fd) => netstat::Guard::new(sockets),
             _ => None,
         };
-        let mut checking: Option<tokio::task::JoinHandle<(listening::Guard, Verdict)>> = None;
+        let mut checking: Option<tokio::task::JoinHandle<(netstat::Guard, Verdict)>> = None;
         route.instance.exposed = None;
         let mut look_pause = Duration::from_millis(20);
         let mut probing = match &args.ready {
@@ -306,7 +306,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
             tokio::select! {
                 status = child.wait() => break status.context("waiting for the server")?,
                 Some(info) = signals.next() => supervisor.on_signal(&info, child_pid),
-                notices = notify.recv(|pid| pid.is_none_or(|p| crate::process::in_tree(p, child_pid))) => {
+                notices = notify.recv(|pid| pid.is_none_or(|p| crate::sys::process::in_tree(p, child_pid))) => {
                     for notice in notices.unwrap_or_default() {
                         match notice {
                             Notice::Ready => {
@@ -321,7 +321,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
                 }
                 _ = tokio::time::sleep(look_pause), if looking || guard.is_some() => {
                     if looking
-                        && let Some(l) = pick_listener(&listening::listening(child_pid, expected), expected)
+                        && let Some(l) = pick_listener(&netstat::listening(child_pid, expected), expected)
                     {
                         looking = false;
                         if l.connect.port() == expected {
@@ -365,7 +365,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
                     }
                 }
                 _ = tokio::time::sleep(demand::IDLE_TICK), if args.on_demand && supervisor.stopping.is_none() => {
-                    if idle.tick(listening::established(&port_numbers)) {
+                    if idle.tick(netstat::established(&port_numbers)) {
                         out.say(format!("idle for {}s; stopping the server (its socket stays)", idle_limit.as_secs()));
                         supervisor.begin_stop(StopWhy::Idle, child_pid);
                         supervisor.signal(child_pid, Signal::SIGTERM);
@@ -754,7 +754,7 @@ async fn follow(route: &mut Registration, out: &Output, listener: Listener, prob
     if listener.is_exposed() {
         out.say(format!(
             "warning: {}",
-            listening::exposed_warning(listener.bound)
+            netstat::exposed_warning(listener.bound)
         ));
     }
 }
@@ -934,7 +934,7 @@ impl Output {
         // Under `wharf up` the terminal is the log itself: one copy is enough.
         if to_terminal && !self.log.as_ref().is_some_and(Log::is_stderr) {
             // A closed terminal or pipe must not take the supervisor (and its server) down.
-            crate::stdio::err(line);
+            crate::sys::stdio::err(line);
         }
     }
 }

@@ -54,8 +54,9 @@ pub fn install(ctx: &Context, cli: InstallCli) -> anyhow::Result<i32> {
             .systemd_user_dir()
             .context("no home directory to install units into")?;
         let mut command = cli.command.clone();
-        let program = crate::handoff::resolve_program(&command[0], ctx.path_var.clone(), &ctx.cwd)
-            .with_context(|| format!("cannot find `{}`", command[0]))?;
+        let program =
+            crate::sys::handoff::resolve_program(&command[0], ctx.path_var.clone(), &ctx.cwd)
+                .with_context(|| format!("cannot find `{}`", command[0]))?;
         command[0] = program.display().to_string();
         let port = cli
             .port
@@ -99,7 +100,7 @@ pub fn install(ctx: &Context, cli: InstallCli) -> anyhow::Result<i32> {
         })?
     };
     if cli.dry_run {
-        crate::stdio::out(&install::describe(&plan, true))?;
+        crate::sys::stdio::out(&install::describe(&plan, true))?;
         print_next(&plan);
         return Ok(0);
     }

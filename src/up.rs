@@ -15,9 +15,9 @@ use crate::dirs::Dirs;
 use crate::launch;
 use crate::mode::Mode;
 use crate::name::Name;
-use crate::process::ProcessId;
 use crate::project::{self, Activation, Declared, Project, Restart};
-use crate::trust::Trust;
+use crate::sys::process::ProcessId;
+use crate::sys::trust::Trust;
 
 /// How long `up` waits for a started instance to register with the proxy.
 const REGISTER_PATIENCE: Duration = Duration::from_secs(15);
@@ -248,7 +248,7 @@ fn print_summary(ctx: &Context, rows: &[Row], http_port: u16) {
             known(Some(crate::control::url(&r.name, http_port))),
         ]);
     }
-    for line in crate::stdio::columns(&table) {
+    for line in crate::sys::stdio::columns(&table) {
         crate::progressln!("{line}");
     }
 }
@@ -343,7 +343,7 @@ async fn stop(client: &mut crate::control::Client, l: &Listed) {
     if let Some(id) = ProcessId::of(l.instance.pid) {
         let server = l.instance.child_pid;
         let _ = tokio::task::spawn_blocking(move || {
-            crate::process::stop_instance(id, server, crate::process::STOP_GRACE)
+            crate::sys::process::stop_instance(id, server, crate::sys::process::STOP_GRACE)
         })
         .await;
     }

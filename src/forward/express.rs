@@ -28,12 +28,12 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::chunked::Decoder;
-use super::rules::{self, Fate, VIA, tokens};
-use super::splice::Pipe;
-use super::upstream::Upstream;
-use super::{BODY_IDLE, Forwarder, MAX_HEADER_LINE, MAX_URI, ProxyError, UPSTREAM_IDLE};
 use crate::deadline::{self, CLIENT_STALLED, Timer};
+use crate::forward::chunked::Decoder;
+use crate::forward::rules::{self, Fate, VIA, tokens};
+use crate::forward::splice::Pipe;
+use crate::forward::upstream::Upstream;
+use crate::forward::{BODY_IDLE, Forwarder, MAX_HEADER_LINE, MAX_URI, ProxyError, UPSTREAM_IDLE};
 use crate::host::{self, Target};
 use crate::routes::Route;
 use crate::server::{FIRST_BYTE, HEADER_READ, MAX_HEAD, MAX_HEADERS, WRITE_STALL};
@@ -750,7 +750,7 @@ fn plan(
         addr,
         keep_alive,
         // A body is read once: such a request is never sent twice.
-        idempotent: super::is_idempotent_str(method) && body == 0,
+        idempotent: crate::forward::is_idempotent_str(method) && body == 0,
         head: method == "HEAD",
         body,
     })
@@ -914,7 +914,7 @@ pub(crate) async fn linger(client: &mut TcpStream, within: Duration) {
 
 /// The headers hop-by-hop by definition, plus `Upgrade` (the lane never upgrades).
 fn is_hop_by_hop(name: &[u8]) -> bool {
-    super::HOP_BY_HOP
+    crate::forward::HOP_BY_HOP
         .iter()
         .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
         || name.eq_ignore_ascii_case(b"upgrade")

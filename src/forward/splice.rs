@@ -9,9 +9,9 @@ use std::os::fd::OwnedFd;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::express::{client_gone, went_away};
 use crate::budget::{Budget, Fds};
 use crate::deadline::{self, CLIENT_STALLED};
+use crate::forward::express::{client_gone, went_away};
 use crate::server::WRITE_STALL;
 
 /// Bytes moved per splice: the default pipe capacity.

@@ -16,9 +16,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::idle::{Fit, Idle};
-use super::{BoxError, UPSTREAM_CONNECT, UPSTREAM_IDLE};
 use crate::budget::{Budget, Fds, Held};
+use crate::forward::idle::{Fit, Idle};
+use crate::forward::{BoxError, UPSTREAM_CONNECT, UPSTREAM_IDLE};
 
 /// Connect to `addr` with a descriptor from `budget`, failing after `UPSTREAM_CONNECT`, or at
 /// once with `OutOfFds` (inside the `io::Error`) when the budget has none to spare.

@@ -55,7 +55,7 @@ pub fn columns<R: AsRef<[String]>>(rows: &[R]) -> Vec<String> {
 #[macro_export]
 macro_rules! outln {
     ($($arg:tt)*) => {
-        $crate::stdio::out(&format!("{}\n", format_args!($($arg)*)))
+        $crate::sys::stdio::out(&format!("{}\n", format_args!($($arg)*)))
     };
 }
 
@@ -63,7 +63,7 @@ macro_rules! outln {
 #[macro_export]
 macro_rules! progressln {
     ($($arg:tt)*) => {
-        $crate::stdio::progress(&format!("{}\n", format_args!($($arg)*)))
+        $crate::sys::stdio::progress(&format!("{}\n", format_args!($($arg)*)))
     };
 }
 
@@ -71,7 +71,7 @@ macro_rules! progressln {
 #[macro_export]
 macro_rules! errln {
     ($($arg:tt)*) => {
-        $crate::stdio::err(&format!("{}\n", format_args!($($arg)*)))
+        $crate::sys::stdio::err(&format!("{}\n", format_args!($($arg)*)))
     };
 }
 

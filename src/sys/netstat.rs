@@ -291,7 +291,7 @@ mod imp {
     }
 
     fn socket_inodes(root: i32) -> HashSet<u64> {
-        crate::process::tree(root)
+        crate::sys::process::tree(root)
             .into_iter()
             .flat_map(process_sockets)
             .collect()
