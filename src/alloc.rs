@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::name::Name;
+use crate::model::name::Name;
 use crate::registry::{self, Lease, RegistryError, Store};
 use crate::sys::netstat;
 use crate::sys::process::ProcessId;

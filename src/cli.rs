@@ -3,8 +3,8 @@
 use clap::{Args, Parser, Subcommand};
 
 use crate::alloc::PortRanges;
-use crate::name::Name;
-use crate::project::{Ready, Restart};
+use crate::model::name::Name;
+use crate::model::project::{Ready, Restart};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -103,7 +103,7 @@ pub struct RunCli {
     #[arg(
         long,
         value_name = "DURATION",
-        value_parser = crate::project::parse_duration_str,
+        value_parser = crate::model::project::parse_duration_str,
         requires = "on_demand"
     )]
     pub idle_timeout: Option<std::time::Duration>,

@@ -27,8 +27,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::mode::Mode;
-use crate::name::Name;
+use crate::model::mode::Mode;
+use crate::model::name::Name;
 use crate::routes::{AliasMap, Owner, Route, Routes, alias_instance};
 
 pub const SOCKET_FILE: &str = "control.sock";

@@ -20,8 +20,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::budget::{Budget, OutOfFds};
 use crate::deadline::{BodyStalled, IdleBody};
-use crate::host::{self, HostError, Target};
-use crate::name::Name;
+use crate::model::host::{self, HostError, Target};
+use crate::model::name::Name;
 use crate::pages;
 use crate::routes::{Route, Routes};
 use http1::Connection;

@@ -179,7 +179,7 @@ pub fn plan_systemd(t: &SystemdTarget) -> anyhow::Result<Plan> {
 /// An instance exported as its own socket-activated unit pair: systemd binds `port` and starts
 /// `command` with it (fd mode, `LISTEN_FDS`); no wharf process is in its data path.
 pub struct InstanceTarget<'a> {
-    pub name: &'a crate::name::Name,
+    pub name: &'a crate::model::name::Name,
     pub port: u16,
     /// Absolute program path, then its arguments.
     pub command: &'a [String],
@@ -471,7 +471,7 @@ mod tests {
 
     #[test]
     fn an_instance_becomes_a_socket_and_service_pair() {
-        let name: crate::name::Name = "api".parse().unwrap();
+        let name: crate::model::name::Name = "api".parse().unwrap();
         let command = [
             "/usr/bin/python3".to_string(),
             "-m".into(),

@@ -15,7 +15,7 @@ use std::time::Duration;
 pub const LIMIT: u64 = 1 << 20;
 
 /// `state/logs/NAME.log`.
-pub fn path(state_dir: &Path, name: &crate::name::Name) -> PathBuf {
+pub fn path(state_dir: &Path, name: &crate::model::name::Name) -> PathBuf {
     state_dir.join("logs").join(format!("{name}.log"))
 }
 

@@ -8,10 +8,11 @@ use anyhow::Context as _;
 use clap::Parser;
 use wharf::cli::{Cli, Command, ProxyCli, RunCli};
 use wharf::context::Context;
-use wharf::mode::Mode;
-use wharf::project::Restart;
+use wharf::model::config;
+use wharf::model::mode::Mode;
+use wharf::model::project::Restart;
 use wharf::sys::{handoff, stdio};
-use wharf::{commands, config, listeners, proxy, run, service, up};
+use wharf::{commands, listeners, proxy, run, service, up};
 
 fn main() -> ExitCode {
     // The exec step between wharf and a server runs before anything else, single-threaded.
@@ -153,7 +154,7 @@ fn project_trust(ctx: &Context) -> anyhow::Result<wharf::sys::trust::Trust> {
 /// `$WHARF_STOP_TIMEOUT` (90, 90s, 2m), else `process::STOP_GRACE`.
 fn stop_grace() -> anyhow::Result<Duration> {
     match std::env::var("WHARF_STOP_TIMEOUT") {
-        Ok(v) if !v.is_empty() => wharf::project::parse_duration_str(&v)
+        Ok(v) if !v.is_empty() => wharf::model::project::parse_duration_str(&v)
             .map_err(anyhow::Error::msg)
             .context("$WHARF_STOP_TIMEOUT"),
         _ => Ok(wharf::sys::process::STOP_GRACE),

@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Full};
 
 use crate::control::Listed;
 use crate::forward::ProxyBody;
-use crate::name::Name;
+use crate::model::name::Name;
 
 /// A complete response with a fixed body.
 pub fn respond(
@@ -356,7 +356,7 @@ mod tests {
                 name: name.parse().unwrap(),
                 pid: 10,
                 child_pid: Some(11),
-                mode: crate::mode::Mode::Env,
+                mode: crate::model::mode::Mode::Env,
                 state: crate::control::State::Ready,
                 sockets: [("http".to_string(), "127.0.0.1:4001".parse().unwrap())].into(),
                 exposed: None,

@@ -11,8 +11,8 @@ use anyhow::Context as _;
 use crate::alloc::{BoundSocket, MAIN_SOCKET};
 use crate::control::{self, Closed, Instance, State};
 use crate::launch;
-use crate::mode::Mode;
-use crate::name::Name;
+use crate::model::mode::Mode;
+use crate::model::name::Name;
 use crate::run::Output;
 
 /// The instance's registration with the front proxy. The route lives as long as the control

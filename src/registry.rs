@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::dirs;
-use crate::name::Name;
+use crate::model::name::Name;
 use crate::sys::process::ProcessId;
 
 const FILE: &str = "registry.json";

@@ -11,8 +11,8 @@ use http::uri::Authority;
 use tokio::sync::watch;
 
 use crate::control::{Instance, State};
-use crate::mode::Mode;
-use crate::name::Name;
+use crate::model::mode::Mode;
+use crate::model::name::Name;
 
 /// Who registered a route: a control connection, or the alias file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -22,9 +22,9 @@ use crate::context::Context;
 use crate::control::{Declaration, State};
 use crate::demand;
 use crate::logs::Log;
-use crate::mode::{self, Mode};
-use crate::name::Name;
-use crate::project::{Ready, Restart};
+use crate::model::mode::{self, Mode};
+use crate::model::name::Name;
+use crate::model::project::{Ready, Restart};
 use crate::registration::Registration;
 use crate::registry::Store;
 use crate::sys::handoff::{self, Handoff};
@@ -243,7 +243,9 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         fast_exits: 0,
         fast_failures: 0,
     };
-    let idle_limit = args.idle_timeout.unwrap_or(crate::project::DEFAULT_IDLE);
+    let idle_limit = args
+        .idle_timeout
+        .unwrap_or(crate::model::project::DEFAULT_IDLE);
 
     let code = 'instance: loop {
         if args.on_demand {

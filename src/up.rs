@@ -13,9 +13,9 @@ use crate::context::Context;
 use crate::control::{Listed, Request, State};
 use crate::dirs::Dirs;
 use crate::launch;
-use crate::mode::Mode;
-use crate::name::Name;
-use crate::project::{self, Activation, Declared, Project, Restart};
+use crate::model::mode::Mode;
+use crate::model::name::Name;
+use crate::model::project::{self, Activation, Declared, Project, Restart};
 use crate::sys::process::ProcessId;
 use crate::sys::trust::Trust;
 

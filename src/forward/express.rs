@@ -34,7 +34,7 @@ use crate::forward::rules::{self, Fate, VIA, tokens};
 use crate::forward::splice::Pipe;
 use crate::forward::upstream::Upstream;
 use crate::forward::{BODY_IDLE, Forwarder, MAX_HEADER_LINE, MAX_URI, ProxyError, UPSTREAM_IDLE};
-use crate::host::{self, Target};
+use crate::model::host::{self, Target};
 use crate::routes::Route;
 use crate::server::{FIRST_BYTE, HEADER_READ, MAX_HEAD, MAX_HEADERS, WRITE_STALL};
 

@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 use wharf::forward::chunked::Decoder;
-use wharf::host::{self, HostError, Target};
+use wharf::model::host::{self, HostError, Target};
 
 use super::util::*;
 

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::alloc::PortRanges;
-use crate::mode::Mode;
-use crate::name::Name;
+use crate::model::mode::Mode;
+use crate::model::name::Name;
 use crate::sys::trust::{Trust, TrustError};
 
 pub const FILE_NAME: &str = "wharf.toml";

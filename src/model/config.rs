@@ -79,7 +79,7 @@ impl Default for Config {
             tunnel_linger: crate::forward::TUNNEL_LINGER,
             range: crate::alloc::DEFAULT_RANGE.into(),
             exclude: PortRanges::default(),
-            idle_timeout: crate::project::DEFAULT_IDLE,
+            idle_timeout: crate::model::project::DEFAULT_IDLE,
             trust: Vec::new(),
         }
     }
@@ -142,10 +142,9 @@ pub fn parse(text: &str) -> Result<Config, String> {
     let exclude = PortRanges::from_toml(&raw.defaults.exclude)
         .map_err(|e| format!("defaults.exclude: {e}"))?;
     let idle_timeout = match &raw.defaults.idle_timeout {
-        None => crate::project::DEFAULT_IDLE,
-        Some(v) => {
-            crate::project::parse_duration(v).map_err(|e| format!("defaults.idle_timeout: {e}"))?
-        }
+        None => crate::model::project::DEFAULT_IDLE,
+        Some(v) => crate::model::project::parse_duration(v)
+            .map_err(|e| format!("defaults.idle_timeout: {e}"))?,
     };
     let mut trust = Vec::new();
     for p in &raw.trust.paths {

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::name::Name;
+use crate::model::name::Name;
 
 /// What a Host asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
