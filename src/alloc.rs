@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::model::name::Name;
-use crate::registry::{self, Lease, RegistryError, Store};
+use crate::state::registry::{self, Lease, RegistryError, Store};
 use crate::sys::netstat;
 use crate::sys::process::ProcessId;
 

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use crate::context::Context;
 use crate::control::{Instance, Listed, Request, State};
 use crate::launch;
 use crate::model::mode::Mode;
 use crate::model::name::Name;
 use crate::pages::human_duration;
-use crate::registry::Store;
+use crate::state::context::Context;
+use crate::state::registry::Store;
 use crate::sys::process::{ProcessId, Stopped};
 
 /// How long `stop --proxy` waits after SIGTERM before SIGKILL.
@@ -21,7 +21,7 @@ const PROXY_GRACE: Duration = Duration::from_secs(10);
 
 /// The on-disk registry, locked; a corrupt one is rebuilt from what the proxy routes, and
 /// what was done about it is said.
-pub(crate) fn registry(ctx: &Context) -> anyhow::Result<crate::registry::Locked> {
+pub(crate) fn registry(ctx: &Context) -> anyhow::Result<crate::state::registry::Locked> {
     let reg = Store::new(ctx.dirs.state()?)
         .recovering_from(ctx.dirs.runtime()?)
         .lock()?;
@@ -40,7 +40,7 @@ async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, bool)> {
         return Ok((list.instances.unwrap_or_default(), true));
     }
     let reg = registry(ctx)?;
-    let now = crate::registry::unix_now();
+    let now = crate::state::registry::unix_now();
     let listed = reg
         .leases
         .iter()

@@ -414,7 +414,7 @@ impl ControlPlane {
     /// registry) and replaced by the aliases this proxy routes; the note says so.
     fn read_aliases(&self) -> Result<(AliasMap, Option<String>), String> {
         let path = &self.aliases_path;
-        let bytes = match crate::dirs::read_private(path) {
+        let bytes = match crate::state::dirs::read_private(path) {
             Ok(None) => return Ok((AliasMap::new(), None)),
             Ok(Some(bytes)) => bytes,
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
@@ -432,7 +432,7 @@ impl ControlPlane {
                         Some((r.instance.name.clone(), *addr))
                     })
                     .collect();
-                let aside = crate::dirs::move_aside(path).map_err(|m| {
+                let aside = crate::state::dirs::move_aside(path).map_err(|m| {
                     format!(
                         "{} is corrupt ({e}) and cannot be moved aside: {m}",
                         path.display()
@@ -462,7 +462,7 @@ impl ControlPlane {
         let (mut aliases, note) = self.read_aliases()?;
         edit(&mut aliases);
         let bytes = serde_json::to_vec_pretty(&aliases).expect("aliases serialise");
-        crate::dirs::write_atomic(&self.aliases_path, &bytes)
+        crate::state::dirs::write_atomic(&self.aliases_path, &bytes)
             .map_err(|e| format!("cannot write {}: {e}", self.aliases_path.display()))?;
         let mut notes = std::mem::take(&mut *self.untold.lock().expect("not poisoned"));
         notes.extend(note);

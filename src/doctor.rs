@@ -8,8 +8,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
-use crate::dirs::{self, Dirs};
 use crate::launch;
+use crate::state::dirs::{self, Dirs};
 use crate::sys::netstat;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,7 +182,7 @@ fn state_files(state: &Path) -> Vec<Finding> {
     type Check = (&'static str, fn(&[u8]) -> Option<String>);
     let checks: [Check; 2] = [
         ("registry.json", |b| {
-            serde_json::from_slice::<crate::registry::Registry>(b)
+            serde_json::from_slice::<crate::state::registry::Registry>(b)
                 .err()
                 .map(|e| e.to_string())
         }),

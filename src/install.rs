@@ -332,7 +332,7 @@ pub fn write(files: &[File]) -> anyhow::Result<Vec<(PathBuf, Outcome)>> {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
             }
-            crate::dirs::write_atomic(&f.path, f.content.as_bytes())
+            crate::state::dirs::write_atomic(&f.path, f.content.as_bytes())
                 .with_context(|| format!("writing {}", f.path.display()))?;
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&f.path, std::fs::Permissions::from_mode(0o644))?;

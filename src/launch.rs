@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::control::{self, Client, Request, Response};
-use crate::dirs;
+use crate::state::dirs;
 
 /// How long a fresh proxy may take to answer on its control socket.
 const START_PATIENCE: Duration = Duration::from_secs(10);

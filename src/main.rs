@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use wharf::cli::{Cli, Command, ProxyCli, RunCli};
-use wharf::context::Context;
 use wharf::model::config;
 use wharf::model::mode::Mode;
 use wharf::model::project::Restart;
+use wharf::state::context::Context;
 use wharf::sys::{handoff, stdio};
 use wharf::{commands, listeners, proxy, run, service, up};
 

@@ -66,7 +66,7 @@ impl Registration {
                 last_exit: None,
                 exposed: None,
                 declared: None,
-                started_at: Some(crate::registry::unix_now()),
+                started_at: Some(crate::state::registry::unix_now()),
                 requests_before: None,
                 about: Default::default(),
             },

@@ -18,15 +18,15 @@ use signal_hook::iterator::exfiltrator::WithRawSiginfo;
 use signal_hook_tokio::SignalsInfo;
 
 use crate::alloc::{self, MAIN_SOCKET, PortRanges};
-use crate::context::Context;
 use crate::control::{Declaration, State};
 use crate::demand;
-use crate::logs::Log;
 use crate::model::mode::{self, Mode};
 use crate::model::name::Name;
 use crate::model::project::{Ready, Restart};
 use crate::registration::Registration;
-use crate::registry::Store;
+use crate::state::context::Context;
+use crate::state::logs::Log;
+use crate::state::registry::Store;
 use crate::sys::handoff::{self, Handoff};
 use crate::sys::netstat::{self, Listener, Verdict};
 use crate::sys::notify::{Notice, NotifySocket};

@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, bail};
 
 use crate::cli::{InstallCli, UninstallCli};
-use crate::context::Context;
 use crate::install::{self, File, Outcome, Plan, Port80};
+use crate::state::context::Context;
 
 fn user() -> (String, u32) {
     let uid = nix::unistd::getuid();

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use crate::alloc::{Allocation, MAIN_SOCKET, Preference};
-use crate::context::Context;
 use crate::control::{Listed, Request, State};
-use crate::dirs::Dirs;
 use crate::launch;
 use crate::model::mode::Mode;
 use crate::model::name::Name;
 use crate::model::project::{self, Activation, Declared, Project, Restart};
+use crate::state::context::Context;
+use crate::state::dirs::Dirs;
 use crate::sys::process::ProcessId;
 use crate::sys::trust::Trust;
 
@@ -163,7 +163,7 @@ pub async fn up(
             }
             None => {}
         }
-        let log = crate::logs::path(&state, &decl.name);
+        let log = crate::state::logs::path(&state, &decl.name);
         match spawn_supervisor(ctx, decl, &project.path, &fingerprint, &log) {
             Ok(child) => started.push((decl, child, log)),
             Err(e) => {
@@ -318,7 +318,7 @@ fn spawn_supervisor(
         .arg(fingerprint);
     cmd.arg("--").args(&decl.command);
     // Its own errors (a missing program, no free port) go to the log `wharf logs` shows.
-    let stderr = crate::logs::open_append(log)?;
+    let stderr = crate::state::logs::open_append(log)?;
     // The shell's PORT is no preference for every instance of the file (each has `port`).
     cmd.current_dir(&decl.dir)
         .env_remove("PORT")
@@ -385,7 +385,7 @@ pub async fn down(
 }
 
 pub fn logs(dirs: &Dirs, name: &Name, follow: bool) -> anyhow::Result<i32> {
-    let path = crate::logs::path(&dirs.state, name);
+    let path = crate::state::logs::path(&dirs.state, name);
     if !path.exists() && !follow {
         bail!(
             "no log for '{name}' ({} does not exist); only instances started by `wharf up` keep one",
@@ -393,7 +393,7 @@ pub fn logs(dirs: &Dirs, name: &Name, follow: bool) -> anyhow::Result<i32> {
         );
     }
     let stdout = std::io::stdout();
-    crate::logs::show(&path, follow, &mut stdout.lock())
+    crate::state::logs::show(&path, follow, &mut stdout.lock())
         .with_context(|| format!("reading {}", path.display()))?;
     Ok(0)
 }

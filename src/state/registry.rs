@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dirs;
 use crate::model::name::Name;
+use crate::state::dirs;
 use crate::sys::process::ProcessId;
 
 const FILE: &str = "registry.json";

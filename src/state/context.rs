@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use crate::dirs::{DirError, Dirs};
+use crate::state::dirs::{DirError, Dirs};
 use crate::sys::trust::Trust;
 
 pub struct Context {

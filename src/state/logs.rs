@@ -48,7 +48,7 @@ pub fn open_append(path: &Path) -> io::Result<File> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty() && !d.exists())
     {
-        crate::dirs::ensure_private_dir(dir).map_err(io::Error::other)?;
+        crate::state::dirs::ensure_private_dir(dir).map_err(io::Error::other)?;
     }
     let file = File::options()
         .append(true)
