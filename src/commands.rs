@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use crate::control::{Instance, Listed, Request, State};
-use crate::launch;
+use crate::control::launch;
+use crate::control::protocol::{Listed, Request};
+use crate::model::instance::{Instance, State};
 use crate::model::mode::Mode;
 use crate::model::name::Name;
 use crate::pages::human_duration;
@@ -56,7 +57,7 @@ async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, bool)> {
                 .copied()
                 .unwrap_or(0);
             Listed {
-                url: crate::control::url(name, port),
+                url: crate::model::instance::url(name, port),
                 instance: Instance {
                     name: name.clone(),
                     pid: lease.holder.pid,
@@ -296,7 +297,10 @@ pub async fn alias(ctx: &Context, name: Name, addr: Option<String>) -> anyhow::R
                      requests to {name}.localhost fail until a server listens there"
                 );
             }
-            crate::errln!("wharf: {name} is at {}", crate::control::url(&name, port));
+            crate::errln!(
+                "wharf: {name} is at {}",
+                crate::model::instance::url(&name, port)
+            );
         }
         None => crate::errln!("wharf: removed the alias {name}"),
     }

@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
-use crate::launch;
+use crate::control::launch;
 use crate::state::dirs::{self, Dirs};
 use crate::sys::netstat;
 

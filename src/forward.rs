@@ -232,7 +232,7 @@ pub struct Forwarder {
     /// The express lane's idle upstream connections.
     pool: idle::Pool<upstream::Upstream>,
     /// The dashboard's data (the control plane's view of the routes).
-    list: Box<dyn Fn() -> Vec<crate::control::Listed> + Send + Sync>,
+    list: Box<dyn Fn() -> Vec<crate::control::protocol::Listed> + Send + Sync>,
     /// How long to wait for a response head (`UPSTREAM_HEAD` unless configured).
     upstream_timeout: Duration,
     /// The dashboard's URL, where error pages send people.
@@ -246,7 +246,7 @@ pub struct Forwarder {
 impl Forwarder {
     pub fn new(
         routes: Arc<Routes>,
-        list: Box<dyn Fn() -> Vec<crate::control::Listed> + Send + Sync>,
+        list: Box<dyn Fn() -> Vec<crate::control::protocol::Listed> + Send + Sync>,
         upstream_timeout: Duration,
         tunnel_linger: Duration,
         budget: Budget,
@@ -268,14 +268,14 @@ impl Forwarder {
             upstream_timeout,
             tunnel_linger,
             budget,
-            dashboard: crate::control::dashboard_url(80),
+            dashboard: crate::model::instance::dashboard_url(80),
         }
     }
 
     /// The same, with error pages pointing at the dashboard on the proxy's `port`.
     pub fn with_dashboard_port(self, port: u16) -> Forwarder {
         Forwarder {
-            dashboard: crate::control::dashboard_url(port),
+            dashboard: crate::model::instance::dashboard_url(port),
             ..self
         }
     }

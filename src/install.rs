@@ -262,7 +262,7 @@ pub fn plan_launchd(t: &LaunchdTarget) -> Plan {
         .replace("@PORT@", &t.port.to_string())
         .replace(
             "@CONTROL@",
-            &esc(&crate::control::socket_path(t.runtime_dir)),
+            &esc(&crate::control::protocol::socket_path(t.runtime_dir)),
         )
         .replace("@RUNTIME@", &esc(t.runtime_dir))
         .replace("@STATE@", &esc(t.state_dir))

@@ -10,7 +10,6 @@ pub mod demand;
 pub mod doctor;
 pub mod forward;
 pub mod install;
-pub mod launch;
 pub mod listeners;
 pub mod model;
 pub mod pages;

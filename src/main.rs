@@ -182,7 +182,7 @@ fn run_args(cli: RunCli, config: &config::Config, stop_grace: Duration) -> run::
         declared: cli
             .declared_in
             .zip(cli.fingerprint)
-            .map(|(file, fingerprint)| wharf::control::Declaration { file, fingerprint }),
+            .map(|(file, fingerprint)| wharf::model::instance::Declaration { file, fingerprint }),
         env: Vec::new(),
         force: cli.force,
         no_pid: cli.no_pid,

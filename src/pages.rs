@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
-use crate::control::Listed;
+use crate::control::protocol::Listed;
 use crate::forward::ProxyBody;
 use crate::model::name::Name;
 
@@ -166,7 +166,7 @@ fn dashboard_row(l: &Listed) -> String {
     )
 }
 
-fn command_cell(i: &crate::control::Instance) -> String {
+fn command_cell(i: &crate::model::instance::Instance) -> String {
     let about = &i.about;
     let mut cell = if about.command.is_empty() {
         "<span class=\"sub\">not known</span>".to_string()
@@ -189,7 +189,7 @@ fn command_cell(i: &crate::control::Instance) -> String {
     cell
 }
 
-fn logs_cell(i: &crate::control::Instance) -> String {
+fn logs_cell(i: &crate::model::instance::Instance) -> String {
     match (&i.about.log, &i.declared) {
         (Some(path), Some(_)) => format!(
             "<code class=\"nowrap\">wharf logs {}</code><div class=\"sub\">{}</div>",
@@ -350,14 +350,14 @@ mod tests {
         assert_eq!(human_duration(3 * 3600 + 120), "3h02m");
     }
 
-    fn listed(name: &str, about: crate::control::About) -> Listed {
+    fn listed(name: &str, about: crate::model::instance::About) -> Listed {
         Listed {
-            instance: crate::control::Instance {
+            instance: crate::model::instance::Instance {
                 name: name.parse().unwrap(),
                 pid: 10,
                 child_pid: Some(11),
                 mode: crate::model::mode::Mode::Env,
-                state: crate::control::State::Ready,
+                state: crate::model::instance::State::Ready,
                 sockets: [("http".to_string(), "127.0.0.1:4001".parse().unwrap())].into(),
                 exposed: None,
                 last_exit: None,
@@ -380,7 +380,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_dashboard_shows_command_dir_logs_and_warns_about_every_interface() {
-        let about = crate::control::About {
+        let about = crate::model::instance::About {
             command: vec!["python3".into(), "-c".into(), "print('<b>hi</b>')".into()],
             dir: Some("/src/my app".into()),
             log: None,

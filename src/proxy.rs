@@ -11,7 +11,7 @@ use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::control::{self, ControlPlane};
+use crate::control::server::ControlPlane;
 use crate::forward::Forwarder;
 use crate::listeners::{self, Inherited};
 use crate::routes::Routes;
@@ -40,9 +40,9 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     for name in ignored {
         eprintln!("wharf proxy: ignoring the inherited socket named {name:?} (not served yet)");
     }
-    let control_path = control::socket_path(&args.runtime_dir);
+    let control_path = crate::control::protocol::socket_path(&args.runtime_dir);
     if inherited_control.is_none()
-        && let Some(running) = crate::launch::connect(&args.runtime_dir).await
+        && let Some(running) = crate::control::launch::connect(&args.runtime_dir).await
     {
         bail!(already_running(&running.hello, &control_path));
     }
@@ -98,7 +98,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     // Subscribed before anything can register, reported after READY: a STATUS= never comes
     // first, and no registration goes uncounted.
     let changes = routes.subscribe();
-    tasks.spawn(control::serve(
+    tasks.spawn(crate::control::server::serve(
         control_listener,
         plane.clone(),
         shutdown.clone(),
@@ -114,7 +114,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         std::process::id(),
         shown.join(", "),
         control_path.display(),
-        control::dashboard_url(http_port),
+        crate::model::instance::dashboard_url(http_port),
     );
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("0 instances")]);
     tasks.spawn(report_status(routes.clone(), changes, shutdown.clone()));
@@ -134,7 +134,10 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
 
 /// Why this proxy will not start: which proxy already answers on the control socket, where,
 /// and the ways out.
-fn already_running(hello: &control::Response, control_path: &std::path::Path) -> String {
+fn already_running(
+    hello: &crate::control::protocol::Response,
+    control_path: &std::path::Path,
+) -> String {
     let pid = hello
         .pid
         .map_or("unknown pid".to_string(), |p| format!("pid {p}"));
@@ -146,7 +149,7 @@ fn already_running(hello: &control::Response, control_path: &std::path::Path) ->
     };
     let dashboard = hello
         .http_port
-        .map(|p| format!(", dashboard {}", control::dashboard_url(p)))
+        .map(|p| format!(", dashboard {}", crate::model::instance::dashboard_url(p)))
         .unwrap_or_default();
     format!(
         "a front proxy already runs ({pid}, serving {at}{dashboard}; control {}); use it, \

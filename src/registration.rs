@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::alloc::{BoundSocket, MAIN_SOCKET};
-use crate::control::{self, Closed, Instance, State};
-use crate::launch;
+use crate::control::launch;
+use crate::control::protocol::Closed;
+use crate::model::instance::{Instance, State};
 use crate::model::mode::Mode;
 use crate::model::name::Name;
 use crate::run::Output;
@@ -24,7 +25,7 @@ pub(crate) struct Registration {
     out: Output,
     runtime: PathBuf,
     self_exe: PathBuf,
-    client: Option<control::Client>,
+    client: Option<crate::control::client::Client>,
     http_port: Option<u16>,
     /// Why the last connection ended, and when to try again.
     closed: Closed,
@@ -90,7 +91,7 @@ impl Registration {
                 }
                 self.http_port = connected.hello.http_port;
                 self.client = Some(connected.client);
-                let register = control::Request::Register {
+                let register = crate::control::protocol::Request::Register {
                     instance: Box::new(self.instance.clone()),
                 };
                 if let Some(client) = self.client.as_mut() {
@@ -109,7 +110,7 @@ impl Registration {
 
     /// `http://NAME.localhost[:PORT]`: through the proxy if there is one, else direct.
     pub(crate) fn url(&self, direct_port: u16) -> String {
-        control::url(&self.instance.name, self.http_port.unwrap_or(direct_port))
+        crate::model::instance::url(&self.instance.name, self.http_port.unwrap_or(direct_port))
     }
 
     pub(crate) async fn started(&mut self, child: i32) {
@@ -131,7 +132,7 @@ impl Registration {
     }
 
     async fn send(&mut self) {
-        let request = control::Request::Register {
+        let request = crate::control::protocol::Request::Register {
             instance: Box::new(self.instance.clone()),
         };
         if let Some(client) = self.client.as_mut()

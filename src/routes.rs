@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use http::uri::Authority;
 use tokio::sync::watch;
 
-use crate::control::{Instance, State};
+use crate::model::instance::{Instance, State};
 use crate::model::mode::Mode;
 use crate::model::name::Name;
 

@@ -18,8 +18,8 @@ use signal_hook::iterator::exfiltrator::WithRawSiginfo;
 use signal_hook_tokio::SignalsInfo;
 
 use crate::alloc::{self, MAIN_SOCKET, PortRanges};
-use crate::control::{Declaration, State};
 use crate::demand;
+use crate::model::instance::{Declaration, State};
 use crate::model::mode::{self, Mode};
 use crate::model::name::Name;
 use crate::model::project::{Ready, Restart};
@@ -172,7 +172,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         &bound,
     );
     route.instance.declared = args.declared.clone();
-    route.instance.about = crate::control::About::new(
+    route.instance.about = crate::model::instance::About::new(
         &argv,
         Some(ctx.cwd.clone()),
         args.log.as_ref().map(|path| ctx.cwd.join(path)),

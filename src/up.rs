@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use crate::alloc::{Allocation, MAIN_SOCKET, Preference};
-use crate::control::{Listed, Request, State};
-use crate::launch;
+use crate::control::launch;
+use crate::control::protocol::{Listed, Request};
+use crate::model::instance::State;
 use crate::model::mode::Mode;
 use crate::model::name::Name;
 use crate::model::project::{self, Activation, Declared, Project, Restart};
@@ -54,7 +55,9 @@ fn load(
     Ok((project, selected))
 }
 
-async fn routes(client: &mut crate::control::Client) -> anyhow::Result<BTreeMap<Name, Listed>> {
+async fn routes(
+    client: &mut crate::control::client::Client,
+) -> anyhow::Result<BTreeMap<Name, Listed>> {
     let list = client
         .call(&Request::List)
         .await?
@@ -245,7 +248,7 @@ fn print_summary(ctx: &Context, rows: &[Row], http_port: u16) {
             known(port.map(u16::to_string)),
             known(how.map(describe_choice)),
             known(how.map(|a| a.tried.to_string())),
-            known(Some(crate::control::url(&r.name, http_port))),
+            known(Some(crate::model::instance::url(&r.name, http_port))),
         ]);
     }
     for line in crate::sys::stdio::columns(&table) {
@@ -334,7 +337,7 @@ fn spawn_supervisor(
 
 /// Remove the route at once, then stop the instance: its supervisor and whatever its server
 /// started (`process::stop_instance`).
-async fn stop(client: &mut crate::control::Client, l: &Listed) {
+async fn stop(client: &mut crate::control::client::Client, l: &Listed) {
     let _ = client
         .call(&Request::Stop {
             name: l.instance.name.clone(),

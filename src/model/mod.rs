@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod host;
+pub mod instance;
 pub mod mode;
 pub mod name;
 pub mod project;

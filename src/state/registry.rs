@@ -109,7 +109,7 @@ impl Store {
     /// directory is `runtime` knows is running.
     pub fn recovering_from(self, runtime: &Path) -> Store {
         Store {
-            control: Some(crate::control::socket_path(runtime)),
+            control: Some(crate::control::protocol::socket_path(runtime)),
             ..self
         }
     }
@@ -199,7 +199,7 @@ impl Store {
         let listed = self
             .control
             .as_deref()
-            .and_then(|path| crate::control::list_blocking(path, PROXY_PATIENCE))
+            .and_then(|path| crate::control::client::list_blocking(path, PROXY_PATIENCE))
             .unwrap_or_default();
         let now = unix_now();
         let mut reg = Registry::default();

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::control::{self, Client, Request, Response};
+use crate::control::client::Client;
+use crate::control::protocol::{Request, Response};
 use crate::state::dirs;
 
 /// How long a fresh proxy may take to answer on its control socket.
@@ -46,7 +47,7 @@ pub enum LaunchError {
 
 /// Connect to the proxy whose control socket is in `runtime`; `None` if none answers.
 pub async fn connect(runtime: &Path) -> Option<Connected> {
-    let mut client = Client::connect(&control::socket_path(runtime))
+    let mut client = Client::connect(&crate::control::protocol::socket_path(runtime))
         .await
         .ok()??;
     let hello = client.call(&Request::Hello).await.ok()?;

@@ -1,0 +1,137 @@
+//! The commands' end of the control socket: one connection to the proxy, its requests, and the
+//! events it may hear (the proxy stopping, request counts).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::protocol::*;
+use crate::model::name::Name;
+
+/// A connection to the proxy's control socket.
+pub struct Client {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    /// The proxy said it is stopping on purpose (an `event` line, possibly mid-call).
+    stopping: bool,
+    /// The latest request counts the proxy sent for what this connection registered.
+    requests: BTreeMap<Name, u64>,
+}
+
+impl Client {
+    /// Connect to the proxy; `Ok(None)` when no proxy listens there.
+    pub async fn connect(path: &Path) -> io::Result<Option<Client>> {
+        match UnixStream::connect(path).await {
+            Ok(stream) => {
+                let (r, w) = stream.into_split();
+                Ok(Some(Client {
+                    reader: BufReader::new(r),
+                    writer: w,
+                    stopping: false,
+                    requests: BTreeMap::new(),
+                }))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Send one request and read its response; a response with `ok: false` becomes an error.
+    pub async fn call(&mut self, request: &Request) -> io::Result<Response> {
+        let mut line = serde_json::to_vec(request).expect("requests serialise");
+        line.push(b'\n');
+        self.writer.write_all(&line).await?;
+        let response = loop {
+            let response = self.read_response().await?.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the proxy closed the connection",
+                )
+            })?;
+            if response.event.is_none() {
+                break response;
+            }
+        };
+        if !response.ok {
+            let msg = response
+                .error
+                .unwrap_or_else(|| "the proxy refused".to_string());
+            return Err(io::Error::other(msg));
+        }
+        Ok(response)
+    }
+
+    /// The next line as a response (`None` at the end); events are noted on the way.
+    async fn read_response(&mut self) -> io::Result<Option<Response>> {
+        let mut answer = String::new();
+        if self.reader.read_line(&mut answer).await? == 0 {
+            return Ok(None);
+        }
+        let response: Response = serde_json::from_str(&answer).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad answer from the proxy: {e}"),
+            )
+        })?;
+        match response.event.as_deref() {
+            Some("stopping") => self.stopping = true,
+            Some("requests") => self.requests = response.requests.clone().unwrap_or_default(),
+            _ => {}
+        }
+        Ok(Some(response))
+    }
+
+    /// Requests the proxy last said it forwarded to `name` (registered on this connection).
+    pub fn requests(&self, name: &Name) -> Option<u64> {
+        self.requests.get(name).copied()
+    }
+
+    /// How this connection ended (or would, if it is broken now): on purpose or not.
+    pub fn how_closed(&self) -> Closed {
+        if self.stopping {
+            Closed::Stopping
+        } else {
+            Closed::Lost
+        }
+    }
+
+    /// Resolves when the proxy closes the connection, saying whether it meant to.
+    pub async fn closed(&mut self) -> Closed {
+        while let Ok(Some(_)) = self.read_response().await {}
+        self.how_closed()
+    }
+}
+
+/// Every route the proxy at `path` knows, asked without an async runtime (for code holding a
+/// file lock), each step bounded by `limit`; `None` when no proxy answers in time.
+pub fn list_blocking(path: &Path, limit: std::time::Duration) -> Option<Vec<Listed>> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(path).ok()?;
+    stream.set_read_timeout(Some(limit)).ok()?;
+    stream.set_write_timeout(Some(limit)).ok()?;
+    let mut line = serde_json::to_vec(&Request::List).expect("requests serialise");
+    line.push(b'\n');
+    stream.write_all(&line).ok()?;
+    let mut reader = std::io::BufReader::new(stream);
+    loop {
+        let mut answer = String::new();
+        if reader.read_line(&mut answer).ok()? == 0 {
+            return None;
+        }
+        let response: Response = serde_json::from_str(&answer).ok()?;
+        if response.event.is_none() {
+            return response.instances.filter(|_| response.ok);
+        }
+    }
+}

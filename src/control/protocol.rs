@@ -1,0 +1,147 @@
+//! The control protocol between `wharf` commands and the front proxy: JSON, one object per
+//! line, over a Unix stream socket in the private runtime directory (same user only). This
+//! file owns the messages; `client` and `server` are the two ends.
+//!
+//! Requests (`op`): `hello`, `register`, `list`, `stop`, `alias`. Every request gets one
+//! response line: `{"ok":true,…}` or `{"ok":false,"error":"…"}`. A `register`ed route lives as
+//! long as the connection that registered it; on shutdown the proxy sends
+//! `{"ok":true,"event":"stopping"}` before closing. While routes live, the proxy sends their
+//! request counts (`{"ok":true,"event":"requests","requests":{"api":12}}`) when they change,
+//! so an instance can carry them to the next proxy if this one dies.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::instance::*;
+use crate::model::name::Name;
+
+pub const SOCKET_FILE: &str = "control.sock";
+
+pub fn socket_path(runtime: &Path) -> PathBuf {
+    runtime.join(SOCKET_FILE)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    /// Who are you: the proxy's HTTP port and pid.
+    Hello,
+    /// Add or replace an instance; it lives as long as this connection.
+    Register { instance: Box<Instance> },
+    /// Every route.
+    List,
+    /// Remove a route at once; answers with the pid of the `wharf run` that held it.
+    Stop { name: Name },
+    /// Route `name` to a server wharf did not start (`addr: null` removes the alias).
+    Alias {
+        name: Name,
+        addr: Option<SocketAddr>,
+    },
+}
+
+/// One route as `list` and the dashboard show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listed {
+    #[serde(flatten)]
+    pub instance: Instance,
+    pub url: String,
+    pub alias: bool,
+    pub uptime_secs: u64,
+    pub requests: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `hello`: the proxy's HTTP port (for URLs) and pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// `hello`: every address the proxy's HTTP listeners are on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listen: Vec<SocketAddr>,
+    /// `list`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<Vec<Listed>>,
+    /// Things the user should know that did not stop the request (a corrupt file moved aside).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// Unprompted news on a registration connection: `"stopping"` when the proxy shuts down,
+    /// `"requests"` with the counts of the routes it registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// `requests` event: requests forwarded so far, per name this connection registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<BTreeMap<Name, u64>>,
+}
+
+impl Response {
+    pub fn ok() -> Response {
+        Response {
+            ok: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn error(msg: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            error: Some(msg.into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Why a registration connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// The proxy said it is shutting down on purpose: do not start another.
+    Stopping,
+    /// The connection just broke (the proxy crashed or was killed).
+    Lost,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::mode::Mode;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn requests_are_one_json_line_with_an_op() {
+        let instance = Instance {
+            name: "api".parse().unwrap(),
+            pid: 10,
+            child_pid: Some(11),
+            mode: Mode::Fd,
+            state: State::Starting,
+            sockets: BTreeMap::from([("http".to_string(), "127.0.0.1:4001".parse().unwrap())]),
+            last_exit: None,
+            exposed: None,
+            declared: None,
+            started_at: None,
+            requests_before: None,
+            about: About::default(),
+        };
+        let line = serde_json::to_string(&Request::Register {
+            instance: Box::new(instance),
+        })
+        .unwrap();
+        assert!(!line.contains('\n'));
+        assert!(
+            line.starts_with(r#"{"op":"register","instance":{"name":"api""#),
+            "{line}"
+        );
+        let back: Request = serde_json::from_str(&line).unwrap();
+        assert!(matches!(back, Request::Register { .. }));
+        let bad: Result<Request, _> =
+            serde_json::from_str(r#"{"op":"register","instance":{"name":"Bad!"}}"#);
+        assert!(bad.is_err());
+    }
+}

@@ -1,0 +1,159 @@
+//! An instance as wharf describes it everywhere: its name and sockets, where it is in its life,
+//! what started it, where it was declared, and the URL it is reached at.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::mode::Mode;
+use crate::model::name::Name;
+
+/// Where an instance is in its life, as the proxy shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Started, not yet known to serve (fd mode before `READY=1`, env mode before it listens).
+    Starting,
+    Ready,
+    /// Between an exit and the next start (`--restart`).
+    Restarting,
+    /// On demand: the socket is held, no server runs; the next connection starts one.
+    Idle,
+    /// Gave up after repeated failures; the proxy answers for it (`wharf logs NAME`).
+    Failed,
+    /// Listed from the registry while no proxy runs: its `wharf run` lives, nothing more is
+    /// known. Never registered.
+    Running,
+}
+
+impl std::fmt::Display for State {
+    /// The name `ls`, its JSON and the dashboard all use.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            State::Starting => "starting",
+            State::Ready => "ready",
+            State::Restarting => "restarting",
+            State::Idle => "idle",
+            State::Failed => "failed",
+            State::Running => "running",
+        })
+    }
+}
+
+/// One instance as registered: where each of its sockets is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub name: Name,
+    /// The `wharf run` process that holds the registration (`PID` in `ls`).
+    pub pid: i32,
+    /// The server's pid, when one runs (`SERVER PID` in `ls`).
+    #[serde(default, rename = "server_pid", alias = "child_pid")]
+    pub child_pid: Option<i32>,
+    pub mode: Mode,
+    pub state: State,
+    /// socket name (`http`, or a `--socket` name) → address the proxy forwards to.
+    pub sockets: BTreeMap<String, SocketAddr>,
+    /// Set when its server listens on every interface (`0.0.0.0`, `[::]`): that address, so
+    /// that `ls` and the dashboard warn that the network reaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposed: Option<SocketAddr>,
+    /// The last exit of its server, described (`exited with code 3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    /// For instances declared in a wharf.toml: which file, and a digest of the declaration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared: Option<Declaration>,
+    /// When the instance started (Unix seconds): its uptime outlives a proxy restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    /// Requests earlier proxies forwarded to it, carried to the next one when it registers
+    /// again; folded into `requests` when listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_before: Option<u64>,
+    /// What it runs and where, for people looking at it (`ls --json`, the dashboard).
+    #[serde(default, flatten)]
+    pub about: About,
+}
+
+/// Where an instance's server comes from and where its output goes, as `wharf run` knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct About {
+    /// The command as run (placeholders filled in, flags wharf added included).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Its working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// The file its output goes to (`--log`); `None`: the terminal of `wharf run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<PathBuf>,
+}
+
+/// How much of a command the registration carries: enough to recognise it, and far below
+/// the control socket's line limit however long the real one is.
+const SHOWN_COMMAND: usize = 4096;
+
+impl About {
+    /// `command` is cut after `SHOWN_COMMAND` bytes, its last argument then `…`.
+    pub fn new(command: &[String], dir: Option<PathBuf>, log: Option<PathBuf>) -> About {
+        let mut shown = Vec::new();
+        let mut len = 0;
+        for arg in command {
+            len += arg.len() + 1;
+            if len > SHOWN_COMMAND {
+                shown.push("…".to_string());
+                break;
+            }
+            shown.push(arg.clone());
+        }
+        About {
+            command: shown,
+            dir,
+            log,
+        }
+    }
+}
+
+/// Where a declared instance comes from, so `wharf up` can tell what changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Declaration {
+    pub file: PathBuf,
+    pub fingerprint: String,
+}
+
+/// `http://NAME.localhost[:PORT]`, without the port when it is 80.
+pub fn url(name: &Name, port: u16) -> String {
+    origin(&format!("{name}.localhost"), port)
+}
+
+/// `http://localhost[:PORT]/`, the dashboard on the proxy's port.
+pub fn dashboard_url(port: u16) -> String {
+    origin("localhost", port) + "/"
+}
+
+fn origin(host: &str, port: u16) -> String {
+    match port {
+        80 => format!("http://{host}"),
+        port => format!("http://{host}:{port}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_command_still_fits_a_registration_line() {
+        let argv: Vec<String> = (0..20_000).map(|i| format!("arg{i}")).collect();
+        let about = About::new(&argv, None, None);
+        assert_eq!(about.command[..2], ["arg0", "arg1"]);
+        assert_eq!(about.command.last().unwrap(), "…");
+        assert!(
+            serde_json::to_string(&about).unwrap().len() < crate::control::server::MAX_LINE / 4
+        );
+        let short = About::new(&argv[..3], None, None);
+        assert_eq!(short.command, argv[..3]);
+    }
+}
