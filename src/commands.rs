@@ -12,7 +12,7 @@ use crate::control::protocol::{Listed, Request};
 use crate::model::instance::{Instance, State};
 use crate::model::mode::Mode;
 use crate::model::name::Name;
-use crate::pages::human_duration;
+use crate::proxy::pages::human_duration;
 use crate::state::context::Context;
 use crate::state::registry::Store;
 use crate::sys::process::{ProcessId, Stopped};

@@ -187,7 +187,7 @@ fn state_files(state: &Path) -> Vec<Finding> {
                 .map(|e| e.to_string())
         }),
         ("aliases.json", |b| {
-            serde_json::from_slice::<crate::routes::AliasMap>(b)
+            serde_json::from_slice::<crate::proxy::routes::AliasMap>(b)
                 .err()
                 .map(|e| e.to_string())
         }),

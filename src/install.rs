@@ -13,7 +13,7 @@ const SERVICE: &str = include_str!("../units/wharf.service");
 const PLIST: &str = include_str!("../plists/dev.wharf.proxy.plist");
 /// First line of every file `wharf install` writes; `uninstall` removes only files that have it.
 const MARKER: &str = "Written by `wharf install`; `wharf uninstall` removes it.";
-pub const DEFAULT_PORT: u16 = crate::listeners::FALLBACK_PORT;
+pub const DEFAULT_PORT: u16 = crate::proxy::listeners::FALLBACK_PORT;
 pub const LAUNCHD_LABEL: &str = "dev.wharf.proxy";
 
 /// A file to write: where, and what.
@@ -256,7 +256,7 @@ pub struct LaunchdTarget<'a> {
 
 /// The LaunchAgent plist; launchd binds the sockets itself, port 80 included.
 pub fn plan_launchd(t: &LaunchdTarget) -> Plan {
-    let esc = |p: &Path| crate::pages::escape(&p.display().to_string());
+    let esc = |p: &Path| crate::proxy::pages::escape(&p.display().to_string());
     let body = PLIST
         .replace("@WHARF@", &esc(t.binary))
         .replace("@PORT@", &t.port.to_string())

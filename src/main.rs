@@ -10,9 +10,10 @@ use wharf::cli::{Cli, Command, ProxyCli, RunCli};
 use wharf::model::config;
 use wharf::model::mode::Mode;
 use wharf::model::project::Restart;
+use wharf::proxy::listeners;
 use wharf::state::context::Context;
 use wharf::sys::{handoff, stdio};
-use wharf::{commands, listeners, proxy, run, service, up};
+use wharf::{commands, proxy, run, service, up};
 
 fn main() -> ExitCode {
     // The exec step between wharf and a server runs before anything else, single-threaded.

@@ -881,7 +881,7 @@ fn ran_for(d: Duration) -> String {
     if d < Duration::from_secs(60) {
         format!("{:.1}s", d.as_secs_f64())
     } else {
-        crate::pages::human_duration(d.as_secs())
+        crate::proxy::pages::human_duration(d.as_secs())
     }
 }
 

@@ -74,7 +74,7 @@ pub fn install(ctx: &Context, cli: InstallCli) -> anyhow::Result<i32> {
             .context("no home directory for LaunchAgents")?;
         install::plan_launchd(&install::LaunchdTarget {
             binary: &bin,
-            port: cli.port.unwrap_or(crate::listeners::PRIVILEGED_PORT),
+            port: cli.port.unwrap_or(crate::proxy::listeners::PRIVILEGED_PORT),
             agents_dir,
             runtime_dir: &ctx.dirs.runtime,
             state_dir: &ctx.dirs.state,

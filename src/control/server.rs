@@ -21,7 +21,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use super::protocol::*;
 use crate::model::instance::*;
 use crate::model::name::Name;
-use crate::routes::{AliasMap, Owner, Route, Routes, alias_instance};
+use crate::proxy::routes::{AliasMap, Owner, Route, Routes, alias_instance};
 
 /// The proxy's side of the control socket: what it knows and how it answers.
 pub struct ControlPlane {

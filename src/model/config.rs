@@ -75,8 +75,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             proxy_listen: Vec::new(),
-            upstream_timeout: crate::forward::UPSTREAM_HEAD,
-            tunnel_linger: crate::forward::TUNNEL_LINGER,
+            upstream_timeout: crate::proxy::forward::UPSTREAM_HEAD,
+            tunnel_linger: crate::proxy::forward::TUNNEL_LINGER,
             range: crate::alloc::DEFAULT_RANGE.into(),
             exclude: PortRanges::default(),
             idle_timeout: crate::model::project::DEFAULT_IDLE,
@@ -111,13 +111,13 @@ pub fn parse(text: &str) -> Result<Config, String> {
     let upstream_timeout = seconds(
         "proxy.upstream_timeout",
         raw.proxy.upstream_timeout,
-        crate::forward::UPSTREAM_HEAD,
+        crate::proxy::forward::UPSTREAM_HEAD,
         86_400,
     )?;
     let tunnel_linger = seconds(
         "proxy.tunnel_linger",
         raw.proxy.tunnel_linger,
-        crate::forward::TUNNEL_LINGER,
+        crate::proxy::forward::TUNNEL_LINGER,
         30,
     )?;
     let range = match &raw.defaults.range {

@@ -26,10 +26,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::budget::{Budget, Held};
-use crate::forward::idle::{self, Fit, Idle};
-use crate::forward::rules;
-use crate::forward::{BoxError, ProxyBody, SendError, UPSTREAM_IDLE};
+use crate::proxy::budget::{Budget, Held};
+use crate::proxy::forward::{BoxError, ProxyBody, SendError, UPSTREAM_IDLE};
+use crate::proxy::rules;
+use crate::proxy::upstream::idle::{self, Fit, Idle};
 
 /// Idle connections kept per address; more than this many at once are closed. Above what a
 /// few HTTP/2 clients at 128 streams each have in flight: a lower cap closes connections that
@@ -170,7 +170,7 @@ fn announces_body<B>(response: &Response<B>) -> bool {
 /// A new connection to `addr`, its task started. WebSocket upgrades take the connection over,
 /// with its share of the budget.
 async fn connect(addr: SocketAddr, budget: &Budget) -> Result<Link, BoxError> {
-    let (stream, fds) = crate::forward::upstream::open(addr, budget).await?;
+    let (stream, fds) = crate::proxy::upstream::open(addr, budget).await?;
     let cut = Arc::new(AtomicBool::new(false));
     let read = Arc::new(AtomicBool::new(false));
     let stream = UpstreamSocket {

@@ -2,6 +2,8 @@
 //! forward it to the instance over a pooled HTTP/1.1 connection, streaming both bodies, and
 //! pass WebSocket upgrades through. Accepting connections is `server`'s job.
 
+mod http1;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,25 +20,16 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::budget::{Budget, OutOfFds};
-use crate::deadline::{BodyStalled, IdleBody};
 use crate::model::host::{self, HostError, Target};
 use crate::model::name::Name;
-use crate::pages;
-use crate::routes::{Route, Routes};
+use crate::proxy::budget::{Budget, OutOfFds};
+use crate::proxy::deadline::{BodyStalled, IdleBody};
+use crate::proxy::pages;
+use crate::proxy::routes::{Route, Routes};
+use crate::proxy::rules::{self, Fate, VIA};
+use crate::proxy::tunnel;
+use crate::proxy::upstream::{self, idle};
 use http1::Connection;
-use rules::{Fate, VIA};
-
-/// Public only for the fuzz tier (tests/it/fuzz.rs), which drives the decoder directly.
-#[doc(hidden)]
-pub mod chunked;
-pub mod express;
-mod http1;
-mod idle;
-mod rules;
-mod splice;
-mod tunnel;
-mod upstream;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type on both sides of the proxy.
@@ -154,7 +147,7 @@ impl From<&ProxyError> for StatusCode {
 
 impl ProxyError {
     /// The instance could not be reached, or no descriptor was left to reach it with.
-    fn unreachable(
+    pub(crate) fn unreachable(
         name: &Name,
         addr: SocketAddr,
         reused: bool,
@@ -224,23 +217,23 @@ enum Routed {
 
 /// The proxy's request handler, shared by every connection.
 pub struct Forwarder {
-    routes: Arc<Routes>,
+    pub(crate) routes: Arc<Routes>,
     /// hyper's HTTP/1.1 connections to instances, for requests the express lane does not carry.
     http1: Arc<http1::Pool>,
     /// For gRPC, which needs HTTP/2 end to end: the instance is spoken to over h2c.
     h2c: Client<upstream::Connector, ProxyBody>,
     /// The express lane's idle upstream connections.
-    pool: idle::Pool<upstream::Upstream>,
+    pub(crate) pool: idle::Pool<upstream::Upstream>,
     /// The dashboard's data (the control plane's view of the routes).
     list: Box<dyn Fn() -> Vec<crate::control::protocol::Listed> + Send + Sync>,
     /// How long to wait for a response head (`UPSTREAM_HEAD` unless configured).
-    upstream_timeout: Duration,
+    pub(crate) upstream_timeout: Duration,
     /// The dashboard's URL, where error pages send people.
     dashboard: String,
     /// How long a tunnel stays open once one side ended it (`TUNNEL_LINGER` unless configured).
     tunnel_linger: Duration,
     /// The descriptors every connection, client or upstream, is opened under.
-    budget: Budget,
+    pub(crate) budget: Budget,
 }
 
 impl Forwarder {
@@ -292,7 +285,7 @@ impl Forwarder {
     }
 
     /// Mark the route as it is now as answering: the server may have re-registered meanwhile.
-    fn mark_answered(&self, route: &Route) {
+    pub(crate) fn mark_answered(&self, route: &Route) {
         if !route.answered.load(Ordering::Relaxed)
             && let Some(current) = self.routes.get(&route.instance.name)
         {
@@ -327,7 +320,7 @@ impl Forwarder {
         result.unwrap_or_else(|e| self.error_page(&e))
     }
 
-    fn error_page(&self, e: &ProxyError) -> Response<ProxyBody> {
+    pub(crate) fn error_page(&self, e: &ProxyError) -> Response<ProxyBody> {
         match e {
             ProxyError::Unknown(name) => {
                 pages::unknown_name(Ok(name), &(self.list)(), &self.dashboard)
@@ -363,7 +356,7 @@ impl Forwarder {
             return Err(ProxyError::UriTooLong);
         }
         // hyper's HTTP/1 server counts header lines itself; its HTTP/2 server does not.
-        if req.headers().len() > crate::server::MAX_HEADERS
+        if req.headers().len() > crate::proxy::accept::MAX_HEADERS
             || req
                 .headers()
                 .iter()
@@ -622,7 +615,7 @@ fn request_host<B>(req: &Request<B>) -> Result<HeaderValue, ProxyError> {
     }
 }
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -779,7 +772,7 @@ fn is_idempotent(method: &Method) -> bool {
     is_idempotent_str(method.as_str())
 }
 
-fn is_idempotent_str(method: &str) -> bool {
+pub(crate) fn is_idempotent_str(method: &str) -> bool {
     matches!(
         method,
         "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"

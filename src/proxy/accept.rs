@@ -16,12 +16,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::budget::{Fds, Held};
-use crate::deadline::WriteDeadline;
-use crate::forward::Forwarder;
-use crate::forward::express::{self, Outcome, Protocol, Replay};
-
-mod http2;
+use crate::proxy::budget::{Fds, Held};
+use crate::proxy::deadline::WriteDeadline;
+use crate::proxy::forward::Forwarder;
+use crate::proxy::lane::{self, Outcome, Protocol, Replay};
 
 /// A client that connects and sends nothing is dropped after this.
 pub const FIRST_BYTE: Duration = Duration::from_secs(10);
@@ -111,7 +109,7 @@ async fn accept_loop(listener: TcpListener, ctx: Accept, shutdown: CancellationT
 async fn refuse(mut stream: TcpStream, _refusal: Fds) {
     let tell = async {
         if stream.write_all(OVERLOADED).await.is_ok() {
-            express::linger(&mut stream, REFUSAL).await;
+            lane::linger(&mut stream, REFUSAL).await;
         }
     };
     let _ = tokio::time::timeout(REFUSAL, tell).await;
@@ -126,7 +124,7 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     // The lane also keeps the first-byte and header deadlines until it hands over.
-    let (protocol, io) = match express::serve(stream, peer, &forwarder, &shutdown).await {
+    let (protocol, io) = match lane::serve(stream, peer, &forwarder, &shutdown).await {
         Outcome::Closed => return,
         // The client's share of the budget goes with its stream, into a tunnel if it becomes one.
         Outcome::Handoff(protocol, stream, read) => {
@@ -135,7 +133,7 @@ async fn connection(
     };
     let (io, exempt) = WriteDeadline::new(io, WRITE_STALL);
     if protocol == Protocol::Http2 {
-        return http2::serve(io, peer, forwarder, &shutdown).await;
+        return crate::proxy::http2::serve(io, peer, forwarder, &shutdown).await;
     }
     let service = service_fn(move |req| {
         let forwarder = forwarder.clone();
@@ -178,7 +176,7 @@ mod tests {
             Box::new(Vec::new),
             Duration::from_secs(1),
             Duration::from_secs(1),
-            crate::budget::Budget::new(64),
+            crate::proxy::budget::Budget::new(64),
         ));
         let fds = forwarder.budget().client().unwrap();
         let state = connection(client, fds, addr, forwarder, CancellationToken::new());

@@ -9,10 +9,10 @@ use std::os::fd::OwnedFd;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::budget::{Budget, Fds};
-use crate::deadline::{self, CLIENT_STALLED};
-use crate::forward::express::{client_gone, went_away};
-use crate::server::WRITE_STALL;
+use crate::proxy::accept::WRITE_STALL;
+use crate::proxy::budget::{Budget, Fds};
+use crate::proxy::deadline::{self, CLIENT_STALLED};
+use crate::proxy::lane::{client_gone, went_away};
 
 /// Bytes moved per splice: the default pipe capacity.
 const CHUNK: usize = 64 * 1024;

@@ -25,8 +25,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::forward::{BoxError, Forwarder, ProxyBody};
-use crate::server::{HEADER_READ, MAX_HEAD, WRITE_STALL};
+use crate::proxy::accept::{HEADER_READ, MAX_HEAD, WRITE_STALL};
+use crate::proxy::forward::{BoxError, Forwarder, ProxyBody};
 
 /// A connection with no stream open is closed after this, as an idle HTTP/1.1 one is.
 const IDLE: Duration = HEADER_READ;

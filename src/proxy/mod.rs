@@ -1,6 +1,27 @@
 //! `wharf proxy`: the front proxy in the foreground. Gathers its listeners (inherited or
 //! bound), serves HTTP and the control socket, talks to the service manager (READY, STATUS,
 //! STOPPING, watchdog), and shuts down in order on SIGTERM/SIGINT.
+//!
+//! A request's way through the proxy, file by file:
+//! - `listeners` gives the sockets; `accept` takes connections under the descriptor `budget`
+//!   with the `deadline`s of each I/O phase, and hands HTTP/2 to `http2`.
+//! - `lane` (the express lane) carries plain HTTP/1.1 requests on bytes; everything else
+//!   takes hyper's path, `forward`. Both route by `routes`, follow one rulebook, `rules`,
+//!   and reach instances over `upstream` connections.
+//! - Upgraded connections become a `tunnel`; answers wharf gives itself are `pages`.
+
+pub mod accept;
+pub mod budget;
+pub mod deadline;
+pub mod forward;
+pub mod http2;
+pub mod lane;
+pub mod listeners;
+pub mod pages;
+pub mod routes;
+pub mod rules;
+pub mod tunnel;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,10 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::control::server::ControlPlane;
-use crate::forward::Forwarder;
-use crate::listeners::{self, Inherited};
-use crate::routes::Routes;
-use crate::server;
+use crate::proxy::forward::Forwarder;
+use crate::proxy::listeners::Inherited;
+use crate::proxy::routes::Routes;
 
 /// What the proxy needs from the outside world.
 pub struct ProxyArgs {
@@ -79,7 +99,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             Box::new(move || list_plane.listed()),
             args.upstream_timeout,
             args.tunnel_linger,
-            crate::budget::Budget::from_rlimit(),
+            crate::proxy::budget::Budget::from_rlimit(),
         )
         .with_dashboard_port(http_port),
     );
@@ -94,7 +114,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let control_listener = tokio::net::UnixListener::from_std(control_listener)
         .context("registering the control socket")?;
     tasks.spawn(housekeeping(forwarder.clone(), shutdown.clone()));
-    let http_task = tokio::spawn(server::serve(http_listeners, forwarder, shutdown.clone()));
+    let http_task = tokio::spawn(accept::serve(http_listeners, forwarder, shutdown.clone()));
     // Subscribed before anything can register, reported after READY: a STATUS= never comes
     // first, and no registration goes uncounted.
     let changes = routes.subscribe();

@@ -13,6 +13,11 @@
 //! the bytes read so far, before the lane has answered or forwarded any of it. hyper then
 //! serves the connection to its end and gives the answers and errors it always gave.
 
+/// Public only for the fuzz tier (tests/it/fuzz.rs), which drives the decoder directly.
+#[doc(hidden)]
+pub mod chunked;
+mod splice;
+
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
@@ -28,15 +33,17 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::deadline::{self, CLIENT_STALLED, Timer};
-use crate::forward::chunked::Decoder;
-use crate::forward::rules::{self, Fate, VIA, tokens};
-use crate::forward::splice::Pipe;
-use crate::forward::upstream::Upstream;
-use crate::forward::{BODY_IDLE, Forwarder, MAX_HEADER_LINE, MAX_URI, ProxyError, UPSTREAM_IDLE};
 use crate::model::host::{self, Target};
-use crate::routes::Route;
-use crate::server::{FIRST_BYTE, HEADER_READ, MAX_HEAD, MAX_HEADERS, WRITE_STALL};
+use crate::proxy::accept::{FIRST_BYTE, HEADER_READ, MAX_HEAD, MAX_HEADERS, WRITE_STALL};
+use crate::proxy::deadline::{self, CLIENT_STALLED, Timer};
+use crate::proxy::forward::{
+    BODY_IDLE, Forwarder, MAX_HEADER_LINE, MAX_URI, ProxyError, UPSTREAM_IDLE,
+};
+use crate::proxy::lane::chunked::Decoder;
+use crate::proxy::lane::splice::Pipe;
+use crate::proxy::routes::Route;
+use crate::proxy::rules::{self, Fate, VIA, tokens};
+use crate::proxy::upstream::Upstream;
 
 /// Largest response head accepted from an instance [nginx's largest proxy_buffer_size in use].
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -750,7 +757,7 @@ fn plan(
         addr,
         keep_alive,
         // A body is read once: such a request is never sent twice.
-        idempotent: crate::forward::is_idempotent_str(method) && body == 0,
+        idempotent: crate::proxy::forward::is_idempotent_str(method) && body == 0,
         head: method == "HEAD",
         body,
     })
@@ -914,7 +921,7 @@ pub(crate) async fn linger(client: &mut TcpStream, within: Duration) {
 
 /// The headers hop-by-hop by definition, plus `Upgrade` (the lane never upgrades).
 fn is_hop_by_hop(name: &[u8]) -> bool {
-    crate::forward::HOP_BY_HOP
+    crate::proxy::forward::HOP_BY_HOP
         .iter()
         .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
         || name.eq_ignore_ascii_case(b"upgrade")

@@ -6,6 +6,8 @@
 //! for at most `UPSTREAM_IDLE` (below Node's 5 s keep-alive) and never once the server has
 //! closed or written to it.
 
+pub(crate) mod idle;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -16,16 +18,17 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::budget::{Budget, Fds, Held};
-use crate::forward::idle::{Fit, Idle};
-use crate::forward::{BoxError, UPSTREAM_CONNECT, UPSTREAM_IDLE};
+use crate::proxy::budget::{Budget, Fds, Held};
+use crate::proxy::forward::{BoxError, UPSTREAM_CONNECT, UPSTREAM_IDLE};
+use crate::proxy::upstream::idle::{Fit, Idle};
 
 /// Connect to `addr` with a descriptor from `budget`, failing after `UPSTREAM_CONNECT`, or at
 /// once with `OutOfFds` (inside the `io::Error`) when the budget has none to spare.
 pub async fn open(addr: SocketAddr, budget: &Budget) -> io::Result<(TcpStream, Fds)> {
     let fds = budget.take(1).map_err(io::Error::other)?;
     let connect = TcpStream::connect(addr);
-    let stream = crate::deadline::within(UPSTREAM_CONNECT, "connect timed out", connect).await?;
+    let stream =
+        crate::proxy::deadline::within(UPSTREAM_CONNECT, "connect timed out", connect).await?;
     stream.set_nodelay(true)?;
     Ok((stream, fds))
 }
@@ -128,7 +131,7 @@ impl tower_service::Service<http::Uri> for Connector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forward::idle::Pool;
+    use crate::proxy::upstream::idle::Pool;
 
     fn budget() -> Budget {
         Budget::new(64)
@@ -195,7 +198,7 @@ mod budget_tests {
         let err = Upstream::connect(addr, &budget).await.unwrap_err();
         assert!(
             err.get_ref()
-                .is_some_and(|e| e.is::<crate::budget::OutOfFds>()),
+                .is_some_and(|e| e.is::<crate::proxy::budget::OutOfFds>()),
             "{err}"
         );
         drop(a);

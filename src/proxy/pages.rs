@@ -7,8 +7,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
 use crate::control::protocol::Listed;
-use crate::forward::ProxyBody;
 use crate::model::name::Name;
+use crate::proxy::forward::ProxyBody;
 
 /// A complete response with a fixed body.
 pub fn respond(
