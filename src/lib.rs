@@ -1,17 +1,26 @@
 //! wharf: named local servers with pre-bound sockets, routed at `NAME.localhost`.
+//!
+//! # Layout
+//!
+//! Dependencies point down this list, never up:
+//!
+//! - `cli`: the commands a user types, and what each one does with the parts below.
+//! - `supervise`: `wharf run`, one instance's supervisor: binds its ports, starts its server
+//!   with them, watches readiness, restarts it, and keeps its route registered.
+//! - `proxy`: `wharf proxy`, the front proxy: accepts connections, routes `NAME.localhost`,
+//!   forwards HTTP/1.1 (express lane and hyper's path), HTTP/2 and tunnels.
+//! - `control`: the control plane between commands and the proxy (wire format, client,
+//!   server), and starting a proxy when none runs.
+//! - `install`: running the proxy as a service (systemd units, launchd agents) and `doctor`.
+//! - `state`: what wharf keeps between commands: private directories, registry, logs.
+//! - `model`: wharf's vocabulary as types: names, hosts, modes, instances, the user's files.
+//! - `sys`: the operating system: processes, socket handoff, sd_notify, netstat, stdio, trust.
 
-pub mod alloc;
 pub mod cli;
-pub mod commands;
 pub mod control;
-pub mod demand;
-pub mod doctor;
 pub mod install;
 pub mod model;
 pub mod proxy;
-pub mod registration;
-pub mod run;
-pub mod service;
 pub mod state;
+pub mod supervise;
 pub mod sys;
-pub mod up;

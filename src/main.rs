@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use wharf::cli::{Cli, Command, ProxyCli, RunCli};
+use wharf::cli::args::{Cli, Command, ProxyCli, RunCli};
+use wharf::cli::{commands, service, up};
 use wharf::model::config;
 use wharf::model::mode::Mode;
 use wharf::model::project::Restart;
 use wharf::proxy::listeners;
 use wharf::state::context::Context;
 use wharf::sys::{handoff, stdio};
-use wharf::{commands, proxy, run, service, up};
+use wharf::{proxy, supervise};
 
 fn main() -> ExitCode {
     // The exec step between wharf and a server runs before anything else, single-threaded.
@@ -53,7 +54,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(args) => {
             let config = user_config(&ctx)?;
             let grace = stop_grace()?;
-            current_thread()?.block_on(run::run(&ctx, run_args(args, &config, grace)))
+            current_thread()?.block_on(supervise::run(&ctx, run_args(args, &config, grace)))
         }
         Command::Proxy(args) => {
             // SAFETY: no other thread exists yet (the runtime is built below).
@@ -162,13 +163,13 @@ fn stop_grace() -> anyhow::Result<Duration> {
     }
 }
 
-fn run_args(cli: RunCli, config: &config::Config, stop_grace: Duration) -> run::RunArgs {
+fn run_args(cli: RunCli, config: &config::Config, stop_grace: Duration) -> supervise::RunArgs {
     let mode = match (cli.fd, cli.env) {
         (true, _) => Some(Mode::Fd),
         (_, true) => Some(Mode::Env),
         _ => None,
     };
-    run::RunArgs {
+    supervise::RunArgs {
         name: cli.name,
         mode,
         port: cli.port,

@@ -94,7 +94,10 @@ impl ControlPlane {
                     .values()
                     .filter(|r| r.owner == Owner::Alias)
                     .filter_map(|r| {
-                        let addr = r.instance.sockets.get(crate::alloc::MAIN_SOCKET)?;
+                        let addr = r
+                            .instance
+                            .sockets
+                            .get(crate::supervise::ports::MAIN_SOCKET)?;
                         Some((r.instance.name.clone(), *addr))
                     })
                     .collect();

@@ -108,7 +108,11 @@ fn dashboard_row(l: &Listed) -> String {
         "<a class=\"name\" href=\"{url}\">{name}</a><div class=\"sub\"><a href=\"{url}\">{url}</a></div>",
         name = escape(i.name.as_str()),
     );
-    for sub in i.sockets.keys().filter(|s| *s != crate::alloc::MAIN_SOCKET) {
+    for sub in i
+        .sockets
+        .keys()
+        .filter(|s| *s != crate::supervise::ports::MAIN_SOCKET)
+    {
         let sub_url = escape(&l.url.replacen("://", &format!("://{sub}."), 1));
         where_ += &format!("<div class=\"sub\"><a href=\"{sub_url}\">{sub_url}</a></div>");
     }
@@ -121,7 +125,7 @@ fn dashboard_row(l: &Listed) -> String {
     if let Some(exit) = &i.last_exit {
         state_cell += &format!("<div class=\"sub\">last exit: {}</div>", escape(exit));
     }
-    let main = i.sockets.get(crate::alloc::MAIN_SOCKET);
+    let main = i.sockets.get(crate::supervise::ports::MAIN_SOCKET);
     let (command, logs) = if l.alias {
         (
             "<span class=\"sub\">not started by wharf: <code>wharf alias</code></span>".to_string(),

@@ -53,7 +53,7 @@ async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, bool)> {
                 .collect();
             let port = lease
                 .ports
-                .get(crate::alloc::MAIN_SOCKET)
+                .get(crate::supervise::ports::MAIN_SOCKET)
                 .copied()
                 .unwrap_or(0);
             Listed {
@@ -100,7 +100,7 @@ pub async fn ls(ctx: &Context, json: bool) -> anyhow::Result<i32> {
             let i = &l.instance;
             let port = i
                 .sockets
-                .get(crate::alloc::MAIN_SOCKET)
+                .get(crate::supervise::ports::MAIN_SOCKET)
                 .map(|a| a.port().to_string())
                 .unwrap_or_default();
             // PID is JSON's `pid` (the `wharf run` to stop), SERVER PID its `server_pid`.
@@ -340,9 +340,9 @@ pub fn parse_alias_addr(s: &str) -> anyhow::Result<SocketAddr> {
 pub async fn env(
     ctx: &Context,
     name: Option<Name>,
-    format: crate::cli::EnvFormat,
+    format: crate::cli::args::EnvFormat,
 ) -> anyhow::Result<i32> {
-    use crate::cli::EnvFormat;
+    use crate::cli::args::EnvFormat;
     let (list, _) = instances(ctx).await?;
     let selected: Vec<&Listed> = list
         .iter()

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::alloc::{BoundSocket, MAIN_SOCKET};
 use crate::control::launch;
 use crate::control::protocol::Closed;
 use crate::model::instance::{Instance, State};
 use crate::model::mode::Mode;
 use crate::model::name::Name;
-use crate::run::Output;
+use crate::supervise::Output;
+use crate::supervise::ports::{BoundSocket, MAIN_SOCKET};
 
 /// The instance's registration with the front proxy. The route lives as long as the control
 /// connection; if the proxy goes away, the route is re-registered with its successor (started

@@ -2,15 +2,17 @@
 //! `plists/` with this binary's path, write them into the user's own directories, remove them
 //! again. Writing outside those (for port 80 on Linux) happens only behind an explicit flag.
 
+pub mod doctor;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 
-const SOCKET: &str = include_str!("../units/wharf.socket");
-const CONTROL_SOCKET: &str = include_str!("../units/wharf-control.socket");
-const SERVICE: &str = include_str!("../units/wharf.service");
-const PLIST: &str = include_str!("../plists/dev.wharf.proxy.plist");
+const SOCKET: &str = include_str!("../../units/wharf.socket");
+const CONTROL_SOCKET: &str = include_str!("../../units/wharf-control.socket");
+const SERVICE: &str = include_str!("../../units/wharf.service");
+const PLIST: &str = include_str!("../../plists/dev.wharf.proxy.plist");
 /// First line of every file `wharf install` writes; `uninstall` removes only files that have it.
 const MARKER: &str = "Written by `wharf install`; `wharf uninstall` removes it.";
 pub const DEFAULT_PORT: u16 = crate::proxy::listeners::FALLBACK_PORT;

@@ -1,6 +1,10 @@
 //! `wharf run`: bind an instance's sockets, start its server with them, supervise it (signals,
 //! readiness, restarts on the same socket) and keep its route registered while it lives.
 
+pub mod demand;
+pub mod ports;
+pub mod registration;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -17,20 +21,19 @@ use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIG
 use signal_hook::iterator::exfiltrator::WithRawSiginfo;
 use signal_hook_tokio::SignalsInfo;
 
-use crate::alloc::{self, MAIN_SOCKET, PortRanges};
-use crate::demand;
 use crate::model::instance::{Declaration, State};
 use crate::model::mode::{self, Mode};
 use crate::model::name::Name;
 use crate::model::project::{Ready, Restart};
-use crate::registration::Registration;
 use crate::state::context::Context;
 use crate::state::logs::Log;
 use crate::state::registry::Store;
+use crate::supervise::ports::{MAIN_SOCKET, PortRanges};
 use crate::sys::handoff::{self, Handoff};
 use crate::sys::netstat::{self, Listener, Verdict};
 use crate::sys::notify::{Notice, NotifySocket};
 use crate::sys::process::{self, ProcessId};
+use registration::Registration;
 
 /// A child that lived shorter than this before exiting counts as a fast exit.
 const FAST_EXIT: Duration = Duration::from_secs(2);
@@ -140,7 +143,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
 
     let state_dir = ctx.dirs.state()?.to_path_buf();
     let runtime_dir = ctx.dirs.runtime()?.to_path_buf();
-    let request = alloc::Request {
+    let request = ports::Request {
         name: &args.name,
         sockets: &socket_names,
         prefer: preference(args.port, args.inherited_port.as_deref(), &out),
@@ -149,7 +152,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         force: args.force,
     };
     let store = Store::new(&state_dir).recovering_from(&runtime_dir);
-    let allocated = alloc::allocate(store, &request, &mut |line| out.say(line))?;
+    let allocated = ports::allocate(store, &request, &mut |line| out.say(line))?;
     for how in &allocated.how {
         if args.verbose {
             how.details(&args.name).into_iter().for_each(|l| out.say(l));

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 
-use crate::cli::{InstallCli, UninstallCli};
+use crate::cli::args::{InstallCli, UninstallCli};
 use crate::install::{self, File, Outcome, Plan, Port80};
 use crate::state::context::Context;
 
@@ -311,6 +311,6 @@ fn remove_privileged(files: &[PathBuf], user: &str, root: bool) -> anyhow::Resul
 
 pub async fn doctor(ctx: &Context) -> anyhow::Result<i32> {
     let unit_dir = ctx.systemd_user_dir().filter(|_| cfg!(target_os = "linux"));
-    let findings = crate::doctor::examine(&ctx.dirs, unit_dir.as_deref()).await;
-    Ok(crate::doctor::report(&findings)?)
+    let findings = crate::install::doctor::examine(&ctx.dirs, unit_dir.as_deref()).await;
+    Ok(crate::install::doctor::report(&findings)?)
 }

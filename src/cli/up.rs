@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::alloc::{Allocation, MAIN_SOCKET, Preference};
 use crate::control::launch;
 use crate::control::protocol::{Listed, Request};
 use crate::model::instance::State;
@@ -17,6 +16,7 @@ use crate::model::name::Name;
 use crate::model::project::{self, Activation, Declared, Project, Restart};
 use crate::state::context::Context;
 use crate::state::dirs::Dirs;
+use crate::supervise::ports::{Allocation, MAIN_SOCKET, Preference};
 use crate::sys::process::ProcessId;
 use crate::sys::trust::Trust;
 
@@ -235,7 +235,7 @@ fn print_summary(ctx: &Context, rows: &[Row], http_port: u16) {
     if rows.is_empty() {
         return;
     }
-    let leases = crate::commands::registry(ctx).map(|reg| reg.leases.clone());
+    let leases = crate::cli::commands::registry(ctx).map(|reg| reg.leases.clone());
     let mut table = vec![["NAME", "STATUS", "PORT", "CHOSEN", "TRIED", "URL"].map(String::from)];
     for r in rows {
         let lease = leases.as_ref().ok().and_then(|l| l.get(&r.name));

@@ -2,9 +2,9 @@
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::alloc::PortRanges;
 use crate::model::name::Name;
 use crate::model::project::{Ready, Restart};
+use crate::supervise::ports::PortRanges;
 
 #[derive(Debug, Parser)]
 #[command(

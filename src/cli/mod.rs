@@ -1,0 +1,9 @@
+//! The commands a user types: their clap definitions (`args`), the small client commands
+//! (`commands`: ls, stop, alias, env), a project's instances (`up`: up, down, logs) and the
+//! service commands (`service`: install, uninstall, doctor). `wharf run` and `wharf proxy`
+//! are the supervisor's and the proxy's own entry points.
+
+pub mod args;
+pub mod commands;
+pub mod service;
+pub mod up;
