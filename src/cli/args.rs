@@ -3,8 +3,8 @@
 use clap::{Args, Parser, Subcommand};
 
 use crate::model::name::Name;
+use crate::model::ports::PortRanges;
 use crate::model::project::{Ready, Restart};
-use crate::supervise::ports::PortRanges;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -53,7 +53,7 @@ async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, bool)> {
                 .collect();
             let port = lease
                 .ports
-                .get(crate::supervise::ports::MAIN_SOCKET)
+                .get(crate::model::ports::MAIN_SOCKET)
                 .copied()
                 .unwrap_or(0);
             Listed {
@@ -100,7 +100,7 @@ pub async fn ls(ctx: &Context, json: bool) -> anyhow::Result<i32> {
             let i = &l.instance;
             let port = i
                 .sockets
-                .get(crate::supervise::ports::MAIN_SOCKET)
+                .get(crate::model::ports::MAIN_SOCKET)
                 .map(|a| a.port().to_string())
                 .unwrap_or_default();
             // PID is JSON's `pid` (the `wharf run` to stop), SERVER PID its `server_pid`.

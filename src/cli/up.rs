@@ -13,10 +13,10 @@ use crate::control::protocol::{Listed, Request};
 use crate::model::instance::State;
 use crate::model::mode::Mode;
 use crate::model::name::Name;
+use crate::model::ports::{Allocation, MAIN_SOCKET, Preference};
 use crate::model::project::{self, Activation, Declared, Project, Restart};
 use crate::state::context::Context;
 use crate::state::dirs::Dirs;
-use crate::supervise::ports::{Allocation, MAIN_SOCKET, Preference};
 use crate::sys::process::ProcessId;
 use crate::sys::trust::Trust;
 

@@ -94,10 +94,7 @@ impl ControlPlane {
                     .values()
                     .filter(|r| r.owner == Owner::Alias)
                     .filter_map(|r| {
-                        let addr = r
-                            .instance
-                            .sockets
-                            .get(crate::supervise::ports::MAIN_SOCKET)?;
+                        let addr = r.instance.sockets.get(crate::model::ports::MAIN_SOCKET)?;
                         Some((r.instance.name.clone(), *addr))
                     })
                     .collect();

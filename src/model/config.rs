@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::supervise::ports::PortRanges;
+use crate::model::ports::PortRanges;
 use crate::sys::trust::{Trust, TrustError};
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,7 +77,7 @@ impl Default for Config {
             proxy_listen: Vec::new(),
             upstream_timeout: crate::proxy::forward::UPSTREAM_HEAD,
             tunnel_linger: crate::proxy::forward::TUNNEL_LINGER,
-            range: crate::supervise::ports::DEFAULT_RANGE.into(),
+            range: crate::model::ports::DEFAULT_RANGE.into(),
             exclude: PortRanges::default(),
             idle_timeout: crate::model::project::DEFAULT_IDLE,
             trust: Vec::new(),
@@ -121,7 +121,7 @@ pub fn parse(text: &str) -> Result<Config, String> {
         30,
     )?;
     let range = match &raw.defaults.range {
-        None => crate::supervise::ports::DEFAULT_RANGE.into(),
+        None => crate::model::ports::DEFAULT_RANGE.into(),
         Some(toml::Value::String(r)) => r.parse().map_err(|e| format!("defaults.range: {e}"))?,
         Some(toml::Value::Array(items)) => {
             let parts: Option<Vec<&str>> = items.iter().map(toml::Value::as_str).collect();

@@ -7,4 +7,5 @@ pub mod host;
 pub mod instance;
 pub mod mode;
 pub mod name;
+pub mod ports;
 pub mod project;

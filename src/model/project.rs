@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use crate::model::mode::Mode;
 use crate::model::name::Name;
-use crate::supervise::ports::PortRanges;
+use crate::model::ports::PortRanges;
 use crate::sys::trust::{Trust, TrustError};
 
 pub const FILE_NAME: &str = "wharf.toml";
@@ -279,7 +279,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Vec<Declared>, (usize, String)> 
                 .get_ref()
                 .parse()
                 .map_err(|e| at(s.span(), "sockets", format!("{e}")))?;
-            if sub.as_str() == crate::supervise::ports::MAIN_SOCKET || sockets.contains(&sub) {
+            if sub.as_str() == crate::model::ports::MAIN_SOCKET || sockets.contains(&sub) {
                 return Err(at(
                     s.span(),
                     "sockets",

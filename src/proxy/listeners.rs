@@ -253,7 +253,7 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
     }
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(crate::supervise::ports::backlog())?;
+    socket.listen(crate::sys::socket::backlog())?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }

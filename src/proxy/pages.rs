@@ -111,7 +111,7 @@ fn dashboard_row(l: &Listed) -> String {
     for sub in i
         .sockets
         .keys()
-        .filter(|s| *s != crate::supervise::ports::MAIN_SOCKET)
+        .filter(|s| *s != crate::model::ports::MAIN_SOCKET)
     {
         let sub_url = escape(&l.url.replacen("://", &format!("://{sub}."), 1));
         where_ += &format!("<div class=\"sub\"><a href=\"{sub_url}\">{sub_url}</a></div>");
@@ -125,7 +125,7 @@ fn dashboard_row(l: &Listed) -> String {
     if let Some(exit) = &i.last_exit {
         state_cell += &format!("<div class=\"sub\">last exit: {}</div>", escape(exit));
     }
-    let main = i.sockets.get(crate::supervise::ports::MAIN_SOCKET);
+    let main = i.sockets.get(crate::model::ports::MAIN_SOCKET);
     let (command, logs) = if l.alias {
         (
             "<span class=\"sub\">not started by wharf: <code>wharf alias</code></span>".to_string(),

@@ -62,7 +62,7 @@ impl Route {
     /// The socket for `sub` if the instance has one by that name, else its main socket.
     pub fn upstream(&self, sub: Option<&Name>) -> Option<&(SocketAddr, Authority)> {
         sub.and_then(|s| self.authorities.get(s.as_str()))
-            .or_else(|| self.authorities.get(crate::supervise::ports::MAIN_SOCKET))
+            .or_else(|| self.authorities.get(crate::model::ports::MAIN_SOCKET))
     }
 
     /// True when requests must wait: an env-mode server that does not listen yet (in fd mode
@@ -200,7 +200,7 @@ pub fn alias_instance(name: Name, addr: SocketAddr) -> Instance {
         child_pid: None,
         mode: Mode::Fd,
         state: State::Ready,
-        sockets: BTreeMap::from([(crate::supervise::ports::MAIN_SOCKET.to_string(), addr)]),
+        sockets: BTreeMap::from([(crate::model::ports::MAIN_SOCKET.to_string(), addr)]),
         last_exit: None,
         exposed: None,
         declared: None,

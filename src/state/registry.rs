@@ -44,7 +44,7 @@ pub struct Lease {
     /// How the main port was chosen, for `wharf up`'s table (absent in leases older wharfs
     /// wrote).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allocation: Option<crate::supervise::ports::Allocation>,
+    pub allocation: Option<crate::model::ports::Allocation>,
 }
 
 impl Registry {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::supervise::ports::BoundSocket;
+use crate::sys::socket::BoundSocket;
 
 /// How often an on-demand instance looks at its open connections.
 pub const IDLE_TICK: Duration = Duration::from_secs(1);
@@ -146,8 +146,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_queued_connection_is_noticed_and_left_for_the_server() {
-        let socket = crate::supervise::ports::bind_loopback(0).unwrap();
-        let port = crate::supervise::ports::local_port(&socket).unwrap();
+        let socket = crate::sys::socket::bind_loopback(0).unwrap();
+        let port = crate::sys::socket::local_port(&socket).unwrap();
         let bound = [BoundSocket {
             name: "http".into(),
             port,

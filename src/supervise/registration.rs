@@ -13,8 +13,9 @@ use crate::control::protocol::Closed;
 use crate::model::instance::{Instance, State};
 use crate::model::mode::Mode;
 use crate::model::name::Name;
+use crate::model::ports::MAIN_SOCKET;
 use crate::supervise::Output;
-use crate::supervise::ports::{BoundSocket, MAIN_SOCKET};
+use crate::sys::socket::BoundSocket;
 
 /// The instance's registration with the front proxy. The route lives as long as the control
 /// connection; if the proxy goes away, the route is re-registered with its successor (started

@@ -6,5 +6,6 @@ pub mod handoff;
 pub mod netstat;
 pub mod notify;
 pub mod process;
+pub mod socket;
 pub mod stdio;
 pub mod trust;

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::supervise::ports::BoundSocket;
+use crate::sys::socket::BoundSocket;
 
 /// A TCP socket a server listens on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

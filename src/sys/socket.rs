@@ -1,0 +1,48 @@
+//! Loopback listening sockets as wharf binds them for instances: blocking (as systemd hands
+//! sockets over), close-on-exec (only the handoff step passes one on), the kernel's full backlog.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// A bound, listening socket on 127.0.0.1, blocking, close-on-exec.
+#[derive(Debug)]
+pub struct BoundSocket {
+    pub name: String,
+    pub port: u16,
+    pub socket: Socket,
+}
+
+impl BoundSocket {
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port))
+    }
+}
+
+/// Bind and listen on 127.0.0.1:`port` with the full backlog. The socket is blocking (as systemd
+/// hands sockets over) and close-on-exec (only the handoff step passes it on).
+pub fn bind_loopback(port: u16) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into())?;
+    socket.listen(backlog())?;
+    Ok(socket)
+}
+
+pub fn local_port(socket: &Socket) -> io::Result<u16> {
+    socket
+        .local_addr()?
+        .as_socket()
+        .map(|a| a.port())
+        .ok_or_else(|| io::Error::other("not an IP socket"))
+}
+
+/// The kernel's cap on listen backlogs: asking for less would make bursts of connections wait
+/// for SYN retries while an instance (re)starts. Rust's std asks for only 128.
+pub fn backlog() -> i32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(libc::SOMAXCONN)
+}
