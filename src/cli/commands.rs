@@ -12,7 +12,7 @@ use crate::control::protocol::{Listed, Request};
 use crate::model::instance::{Instance, State};
 use crate::model::mode::Mode;
 use crate::model::name::Name;
-use crate::proxy::pages::human_duration;
+use crate::model::text::human_duration;
 use crate::state::context::Context;
 use crate::state::registry::Store;
 use crate::sys::process::{ProcessId, Stopped};
@@ -24,7 +24,10 @@ const PROXY_GRACE: Duration = Duration::from_secs(10);
 /// what was done about it is said.
 pub(crate) fn registry(ctx: &Context) -> anyhow::Result<crate::state::registry::Locked> {
     let reg = Store::new(ctx.dirs.state()?)
-        .recovering_from(ctx.dirs.runtime()?)
+        .recovering_from({
+            let runtime = ctx.dirs.runtime()?.to_path_buf();
+            move || crate::control::client::running_instances(&runtime)
+        })
         .lock()?;
     reg.warnings
         .iter()

@@ -10,6 +10,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::protocol::*;
+use crate::model::instance::Instance;
 use crate::model::name::Name;
 
 /// A connection to the proxy's control socket.
@@ -111,6 +112,20 @@ impl Client {
         while let Ok(Some(_)) = self.read_response().await {}
         self.how_closed()
     }
+}
+
+/// How long a registry rebuild waits on each step of asking the proxy what runs.
+const PROXY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The instances (not aliases) the proxy whose runtime directory is `runtime` routes now:
+/// what a corrupt registry is rebuilt from. Empty when no proxy answers in time.
+pub fn running_instances(runtime: &Path) -> Vec<Instance> {
+    list_blocking(&socket_path(runtime), PROXY_PATIENCE)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|l| !l.alias)
+        .map(|l| l.instance)
+        .collect()
 }
 
 /// Every route the proxy at `path` knows, asked without an async runtime (for code holding a

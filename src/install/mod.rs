@@ -258,7 +258,7 @@ pub struct LaunchdTarget<'a> {
 
 /// The LaunchAgent plist; launchd binds the sockets itself, port 80 included.
 pub fn plan_launchd(t: &LaunchdTarget) -> Plan {
-    let esc = |p: &Path| crate::proxy::pages::escape(&p.display().to_string());
+    let esc = |p: &Path| crate::model::text::escape(&p.display().to_string());
     let body = PLIST
         .replace("@WHARF@", &esc(t.binary))
         .replace("@PORT@", &t.port.to_string())

@@ -150,9 +150,7 @@ mod tests {
         let about = About::new(&argv, None, None);
         assert_eq!(about.command[..2], ["arg0", "arg1"]);
         assert_eq!(about.command.last().unwrap(), "…");
-        assert!(
-            serde_json::to_string(&about).unwrap().len() < crate::control::server::MAX_LINE / 4
-        );
+        assert!(serde_json::to_string(&about).unwrap().len() < crate::proxy::control::MAX_LINE / 4);
         let short = About::new(&argv[..3], None, None);
         assert_eq!(short.command, argv[..3]);
     }

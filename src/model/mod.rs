@@ -9,3 +9,4 @@ pub mod mode;
 pub mod name;
 pub mod ports;
 pub mod project;
+pub mod text;

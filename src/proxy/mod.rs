@@ -12,6 +12,7 @@
 
 pub mod accept;
 pub mod budget;
+pub mod control;
 pub mod deadline;
 pub mod forward;
 pub mod http2;
@@ -32,7 +33,7 @@ use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::control::server::ControlPlane;
+use crate::proxy::control::ControlPlane;
 use crate::proxy::forward::Forwarder;
 use crate::proxy::listeners::Inherited;
 use crate::proxy::routes::Routes;
@@ -118,7 +119,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     // Subscribed before anything can register, reported after READY: a STATUS= never comes
     // first, and no registration goes uncounted.
     let changes = routes.subscribe();
-    tasks.spawn(crate::control::server::serve(
+    tasks.spawn(crate::proxy::control::serve(
         control_listener,
         plane.clone(),
         shutdown.clone(),

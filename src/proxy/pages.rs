@@ -2,6 +2,8 @@
 //! unknown instance and lists the known ones, the 421 for hosts that are not wharf's, and error
 //! pages that say what happened and what to do; each links the dashboard. No CORS headers, ever.
 
+use crate::model::text::{escape, human_duration};
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
@@ -318,41 +320,9 @@ background:#eee}.state.ready{background:#d7f5dd;color:#14532d}\
 .down{font-size:13px;color:#b91c1c;margin-left:.6em;font-weight:600}\
 tr.warn td{background:#fff4e5;color:#7c2d12;border-bottom:1px solid #f5c58a}";
 
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-pub fn human_duration(secs: u64) -> String {
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
-        s if s < 86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        s => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn escapes_markup_and_formats_durations() {
-        assert_eq!(escape("<a href='x'>&"), "&lt;a href=&#39;x&#39;&gt;&amp;");
-        assert_eq!(human_duration(59), "59s");
-        assert_eq!(human_duration(61), "1m01s");
-        assert_eq!(human_duration(3 * 3600 + 120), "3h02m");
-    }
 
     fn listed(name: &str, about: crate::model::instance::About) -> Listed {
         Listed {

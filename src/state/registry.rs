@@ -2,6 +2,8 @@
 //! process holds which ports now (leases). Shared by every `wharf` process, serialised by a lock.
 //! It records; it binds nothing (see `alloc`).
 
+use crate::model::instance::Instance;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
@@ -78,15 +80,15 @@ pub enum RegistryError {
     },
 }
 
-/// How long rebuilding a corrupt registry waits for the proxy's answer.
-const PROXY_PATIENCE: Duration = Duration::from_secs(2);
-
 /// The registry in a directory; `lock` gives exclusive access to its contents.
 pub struct Store {
     dir: PathBuf,
-    /// The proxy's control socket, asked what runs when the file must be rebuilt.
-    control: Option<PathBuf>,
+    /// Asked what runs when the file must be rebuilt (a proxy's routes, in practice).
+    recover: Option<Box<Recovery>>,
 }
+
+/// The live instances a corrupt registry is rebuilt from; empty when nobody knows.
+pub type Recovery = dyn Fn() -> Vec<Instance> + Send + Sync;
 
 /// Exclusive access to the registry until dropped; `commit` writes changes.
 pub struct Locked {
@@ -101,15 +103,17 @@ impl Store {
     pub fn new(dir: &Path) -> Store {
         Store {
             dir: dir.to_path_buf(),
-            control: None,
+            recover: None,
         }
     }
 
-    /// The same store, which rebuilds a corrupt file from what the proxy whose runtime
-    /// directory is `runtime` knows is running.
-    pub fn recovering_from(self, runtime: &Path) -> Store {
+    /// The same store, which rebuilds a corrupt file from the live instances `recover` names.
+    pub fn recovering_from(
+        self,
+        recover: impl Fn() -> Vec<Instance> + Send + Sync + 'static,
+    ) -> Store {
         Store {
-            control: Some(crate::control::protocol::socket_path(runtime)),
+            recover: Some(Box::new(recover)),
             ..self
         }
     }
@@ -193,33 +197,28 @@ impl Store {
 }
 
 impl Store {
-    /// A registry holding the leases (and so the sticky ports) of the live instances the
-    /// proxy routes; empty if no proxy answers.
+    /// A registry holding the leases (and so the sticky ports) of the live instances
+    /// `recover` names; empty without one.
     fn rebuild(&self) -> Registry {
-        let listed = self
-            .control
-            .as_deref()
-            .and_then(|path| crate::control::client::list_blocking(path, PROXY_PATIENCE))
-            .unwrap_or_default();
+        let running = self.recover.as_ref().map(|r| r()).unwrap_or_default();
         let now = unix_now();
         let mut reg = Registry::default();
-        for l in listed.into_iter().filter(|l| !l.alias) {
-            let Some(holder) = ProcessId::of(l.instance.pid) else {
+        for instance in running {
+            let Some(holder) = ProcessId::of(instance.pid) else {
                 continue;
             };
-            let ports: BTreeMap<String, u16> = l
-                .instance
+            let ports: BTreeMap<String, u16> = instance
                 .sockets
                 .iter()
                 .map(|(socket, addr)| (socket.clone(), addr.port()))
                 .collect();
-            reg.sticky.insert(l.instance.name.clone(), ports.clone());
+            reg.sticky.insert(instance.name.clone(), ports.clone());
             reg.leases.insert(
-                l.instance.name,
+                instance.name,
                 Lease {
                     holder,
                     ports,
-                    since: now.saturating_sub(l.uptime_secs),
+                    since: instance.started_at.unwrap_or(now),
                     allocation: None,
                 },
             );

@@ -151,7 +151,10 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         exclude: &args.exclude,
         force: args.force,
     };
-    let store = Store::new(&state_dir).recovering_from(&runtime_dir);
+    let store = Store::new(&state_dir).recovering_from({
+        let runtime = runtime_dir.clone();
+        move || crate::control::client::running_instances(&runtime)
+    });
     let allocated = ports::allocate(store, &request, &mut |line| out.say(line))?;
     for how in &allocated.how {
         if args.verbose {
@@ -884,7 +887,7 @@ fn ran_for(d: Duration) -> String {
     if d < Duration::from_secs(60) {
         format!("{:.1}s", d.as_secs_f64())
     } else {
-        crate::proxy::pages::human_duration(d.as_secs())
+        crate::model::text::human_duration(d.as_secs())
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 
-use super::protocol::*;
+use crate::control::protocol::*;
 use crate::model::instance::*;
 use crate::model::name::Name;
 use crate::proxy::routes::{AliasMap, Owner, Route, Routes, alias_instance};
