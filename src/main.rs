@@ -132,6 +132,7 @@ fn proxy_args(
         state_dir: ctx.dirs.state()?.to_path_buf(),
         upstream_timeout: config.upstream_timeout,
         tunnel_linger: config.tunnel_linger,
+        express: config.express,
     })
 }
 

@@ -49,6 +49,7 @@ struct RawProxy {
     listen: Vec<String>,
     upstream_timeout: Option<u64>,
     tunnel_linger: Option<u64>,
+    express: Option<bool>,
 }
 
 /// The validated configuration.
@@ -60,6 +61,9 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// How long an upgraded connection (a WebSocket) stays open once one side has ended it.
     pub tunnel_linger: Duration,
+    /// Whether plain HTTP/1.1 requests take the express lane (`forward::express`); off, hyper
+    /// serves every HTTP/1.1 request.
+    pub express: bool,
     /// Ports instances choose from when they name none, ranges in order.
     pub range: PortRanges,
     /// Ports never handed out, whatever range or `--port` says.
@@ -77,6 +81,7 @@ impl Default for Config {
             proxy_listen: Vec::new(),
             upstream_timeout: crate::proxy::forward::UPSTREAM_HEAD,
             tunnel_linger: crate::proxy::forward::TUNNEL_LINGER,
+            express: true,
             range: crate::model::ports::DEFAULT_RANGE.into(),
             exclude: PortRanges::default(),
             idle_timeout: crate::model::project::DEFAULT_IDLE,
@@ -159,6 +164,7 @@ pub fn parse(text: &str) -> Result<Config, String> {
         proxy_listen: parse_listen(&raw.proxy.listen).map_err(|e| format!("proxy.listen: {e}"))?,
         upstream_timeout,
         tunnel_linger,
+        express: raw.proxy.express.unwrap_or(true),
         range,
         exclude,
         idle_timeout,
@@ -250,6 +256,28 @@ mod tests {
             parse("[trust]\npaths = [\"shared\"]\n")
                 .unwrap_err()
                 .contains("not an absolute path")
+        );
+    }
+
+    #[test]
+    fn the_express_lane_is_on_unless_switched_off() {
+        assert!(parse("").unwrap().express);
+        assert!(parse("[proxy]\nexpress = true\n").unwrap().express);
+        assert!(!parse("[proxy]\nexpress = false\n").unwrap().express);
+        for bad in ["\"no\"", "0", "[]"] {
+            let err = parse(&format!("[proxy]\nlisten = []\nexpress = {bad}\n")).unwrap_err();
+            assert!(
+                err.contains("line 3") && err.contains("express") && err.contains("boolean"),
+                "{bad}: {err}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "[proxy]\nexpress = \"off\"\n").unwrap();
+        let err = load(&path, &Trust::anything()).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&path.display().to_string()) && err.contains("line 2"),
+            "{err}"
         );
     }
 

@@ -50,6 +50,8 @@ pub struct ProxyArgs {
     pub upstream_timeout: std::time::Duration,
     /// How long an upgraded connection stays open once one side has ended it.
     pub tunnel_linger: std::time::Duration,
+    /// Whether plain HTTP/1.1 requests take the express lane (else all go to hyper).
+    pub express: bool,
 }
 
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
@@ -102,7 +104,8 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             args.tunnel_linger,
             crate::proxy::budget::Budget::from_rlimit(),
         )
-        .with_dashboard_port(http_port),
+        .with_dashboard_port(http_port)
+        .with_express(args.express),
     );
 
     let shutdown = CancellationToken::new();

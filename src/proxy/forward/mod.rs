@@ -234,6 +234,9 @@ pub struct Forwarder {
     tunnel_linger: Duration,
     /// The descriptors every connection, client or upstream, is opened under.
     pub(crate) budget: Budget,
+    /// Whether plain HTTP/1.1 requests take the express lane (`[proxy] express`); off, the
+    /// lane hands every connection to hyper at its first request head.
+    pub(crate) express: bool,
 }
 
 impl Forwarder {
@@ -262,6 +265,7 @@ impl Forwarder {
             tunnel_linger,
             budget,
             dashboard: crate::model::instance::dashboard_url(80),
+            express: true,
         }
     }
 
@@ -271,6 +275,11 @@ impl Forwarder {
             dashboard: crate::model::instance::dashboard_url(port),
             ..self
         }
+    }
+
+    /// The same, with the express lane on or off (`[proxy] express`).
+    pub fn with_express(self, express: bool) -> Forwarder {
+        Forwarder { express, ..self }
     }
 
     /// The descriptor budget connections are admitted and opened under.

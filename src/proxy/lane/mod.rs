@@ -11,7 +11,9 @@
 //! Anything else — a chunked body, an upgrade, `Expect`, HTTP/1.0, an absolute-form target, a
 //! Host that is not a ready instance, anything odd or over a limit — is handed to hyper, with
 //! the bytes read so far, before the lane has answered or forwarded any of it. hyper then
-//! serves the connection to its end and gives the answers and errors it always gave.
+//! serves the connection to its end and gives the answers and errors it always gave. With
+//! `[proxy] express = false` every request is handed over so: the lane only keeps the first
+//! request's deadlines and tells HTTP/2 from HTTP/1.1.
 
 /// Public only for the fuzz tier (tests/it/fuzz.rs), which drives the decoder directly.
 #[doc(hidden)]
@@ -651,7 +653,8 @@ fn plan(
     request: &mut Vec<u8>,
 ) -> Option<Plan> {
     let (method, path) = (req.method?, req.path?);
-    if req.version != Some(1)
+    if !forwarder.express
+        || req.version != Some(1)
         || method == "CONNECT"
         || !path.starts_with('/')
         || path.len() > MAX_URI
