@@ -21,9 +21,7 @@ const NOFILE: u64 = 256;
 /// `wharf proxy` with `nofile` descriptors at most and `config` as its config.toml; its port.
 fn proxy_with(sb: &Sandbox, nofile: u64, config: &str) -> (Proc, u16) {
     use std::os::unix::process::CommandExt;
-    let dir = sb.dir.path().join("config/wharf");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.toml"), config).unwrap();
+    sb.config(config);
     let mut cmd = sb.wharf(&["proxy", "--listen", "127.0.0.1:0"]);
     // SAFETY: setrlimit is async-signal-safe.
     unsafe {
@@ -49,15 +47,14 @@ fn alias(sb: &Sandbox, name: &str, port: u16) {
     assert!(status.success(), "{log}");
 }
 
-/// A proxy under `NOFILE` with a `Silent` backend as `silent.localhost` (and the test's own
-/// limit raised).
-fn silent_behind_proxy() -> (Sandbox, Proc, u16, Silent) {
+/// A proxy in `sb` under `NOFILE` with a `Silent` backend as `silent.localhost` (and the
+/// test's own limit raised).
+fn silent_behind_proxy(sb: &Sandbox) -> (Proc, u16, Silent) {
     raise_fd_limit();
-    let sb = Sandbox::new();
-    let (proxy, port) = proxy_with(&sb, NOFILE, "");
+    let (proxy, port) = proxy_with(sb, NOFILE, "");
     let silent = Silent::start();
-    alias(&sb, "silent", silent.port);
-    (sb, proxy, port, silent)
+    alias(sb, "silent", silent.port);
+    (proxy, port, silent)
 }
 
 /// A backend that reads each request head and answers nothing until `release`, then 200.
@@ -213,7 +210,8 @@ fn no_emfile(proxy: &Proc) {
 /// for everyone else); now each client holds at most an eighth of the budget.
 #[test]
 fn two_h2c_clients_with_128_silent_streams_each_leave_descriptors_for_everyone_else() {
-    let (sb, proxy, port, silent) = silent_behind_proxy();
+    let sb = Sandbox::new();
+    let (proxy, port, silent) = silent_behind_proxy(&sb);
     alias(&sb, "fine", answering());
     let rt = runtime();
     let _streams = h2_clients(&rt, port, "silent.localhost", 2, 128);
@@ -241,7 +239,8 @@ fn two_h2c_clients_with_128_silent_streams_each_leave_descriptors_for_everyone_e
 /// whole again afterwards.
 #[test]
 fn h2c_streams_over_the_descriptor_budget_get_503_and_the_rest_are_served() {
-    let (_sb, proxy, port, silent) = silent_behind_proxy();
+    let sb = Sandbox::new();
+    let (proxy, port, silent) = silent_behind_proxy(&sb);
     let rt = runtime();
     let (clients, streams) = (12, 24);
     let results = h2_clients(&rt, port, "silent.localhost", clients, streams);
@@ -283,54 +282,56 @@ fn h2c_streams_over_the_descriptor_budget_get_503_and_the_rest_are_served() {
     no_emfile(&proxy);
 }
 
-/// More HTTP/1.1 clients, each with a request the backend does not answer, than the budget
-/// has room for (each needs two descriptors): those over it get 503 at once, in accept no
-/// descriptor ever runs out, and the admitted ones are served.
-#[test]
-fn http1_clients_over_the_descriptor_budget_get_503_and_the_rest_are_served() {
-    let (_sb, proxy, port, silent) = silent_behind_proxy();
-    let clients: Vec<TcpStream> = (0..NOFILE / 2)
-        .map(|_| {
-            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            s.set_read_timeout(Some(PATIENCE)).unwrap();
-            s.write_all(b"GET / HTTP/1.1\r\nHost: silent.localhost\r\n\r\n")
+// More HTTP/1.1 clients, each with a request the backend does not answer, than the budget
+// has room for (each needs two descriptors): those over it get 503 at once, in accept no
+// descriptor ever runs out, and the admitted ones are served.
+h1test!(
+    http1_clients_over_the_descriptor_budget_get_503_and_the_rest_are_served,
+    |sb: Sandbox| {
+        let (proxy, port, silent) = silent_behind_proxy(&sb);
+        let clients: Vec<TcpStream> = (0..NOFILE / 2)
+            .map(|_| {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_read_timeout(Some(PATIENCE)).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: silent.localhost\r\n\r\n")
+                    .unwrap();
+                s
+            })
+            .collect();
+        let (mut admitted, mut refused, mut closed) = (Vec::new(), 0, 0);
+        // Refusals come at once (a 503; past a few at a time, a close); each admitted client
+        // waits at the backend.
+        for mut s in clients {
+            s.set_read_timeout(Some(Duration::from_millis(300)))
                 .unwrap();
-            s
-        })
-        .collect();
-    let (mut admitted, mut refused, mut closed) = (Vec::new(), 0, 0);
-    // Refusals come at once (a 503; past a few at a time, a close); each admitted client
-    // waits at the backend.
-    for mut s in clients {
-        s.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let mut head = [0u8; 12];
-        match s.read_exact(&mut head) {
-            Ok(()) => {
-                let head = String::from_utf8_lossy(&head);
-                assert_eq!(head, "HTTP/1.1 503", "{}", proxy.log());
-                refused += 1;
+            let mut head = [0u8; 12];
+            match s.read_exact(&mut head) {
+                Ok(()) => {
+                    let head = String::from_utf8_lossy(&head);
+                    assert_eq!(head, "HTTP/1.1 503", "{}", proxy.log());
+                    refused += 1;
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    admitted.push(s)
+                }
+                Err(_) => closed += 1,
             }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                admitted.push(s)
-            }
-            Err(_) => closed += 1,
         }
+        assert!(refused > 0, "no 503 ({closed} closed)");
+        eventually("every admitted client at the backend", PATIENCE, || {
+            silent.connections() == admitted.len()
+        });
+        let fds = open_fds(proxy.pid());
+        assert!(fds < NOFILE as usize, "{fds} descriptors open");
+        no_emfile(&proxy);
+        silent.release();
+        for mut s in admitted {
+            s.set_read_timeout(Some(PATIENCE)).unwrap();
+            assert!(read_head(&mut s).starts_with("HTTP/1.1 200"));
+        }
+        assert_eq!(status(port, "silent.localhost"), Ok(200));
     }
-    assert!(refused > 0, "no 503 ({closed} closed)");
-    eventually("every admitted client at the backend", PATIENCE, || {
-        silent.connections() == admitted.len()
-    });
-    let fds = open_fds(proxy.pid());
-    assert!(fds < NOFILE as usize, "{fds} descriptors open");
-    no_emfile(&proxy);
-    silent.release();
-    for mut s in admitted {
-        s.set_read_timeout(Some(PATIENCE)).unwrap();
-        assert!(read_head(&mut s).starts_with("HTTP/1.1 200"));
-    }
-    assert_eq!(status(port, "silent.localhost"), Ok(200));
-}
+);
 
 /// A WebSocket backend that answers 101 and then never closes its side, not even after the
 /// proxy ended it; how many upgrades it saw ended by the proxy (EOF).
@@ -362,44 +363,45 @@ fn mute_websocket_backend() -> (u16, Arc<AtomicUsize>) {
     (port, ended)
 }
 
-/// 50 WebSockets whose client left while the backend stays silent held two descriptors each
-/// for ever (CLOSE-WAIT); now each closes once the linger (1 s here) has passed.
-#[test]
-fn half_closed_websockets_close_after_the_linger() {
-    let sb = Sandbox::new();
-    let (proxy, port) = proxy_with(&sb, 1024, "[proxy]\ntunnel_linger = 1\n");
-    let (backend, ended) = mute_websocket_backend();
-    alias(&sb, "ws", backend);
-    assert_eq!(status(port, "localhost"), Ok(200));
-    let baseline = open_fds(proxy.pid());
-    let tunnels = 50;
-    let mut open = Vec::new();
-    for _ in 0..tunnels {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(PATIENCE)).unwrap();
-        s.write_all(
+// 50 WebSockets whose client left while the backend stays silent held two descriptors each
+// for ever (CLOSE-WAIT); now each closes once the linger (1 s here) has passed.
+h1test!(
+    half_closed_websockets_close_after_the_linger,
+    |sb: Sandbox| {
+        let (proxy, port) = proxy_with(&sb, 1024, "[proxy]\ntunnel_linger = 1\n");
+        let (backend, ended) = mute_websocket_backend();
+        alias(&sb, "ws", backend);
+        assert_eq!(status(port, "localhost"), Ok(200));
+        let baseline = open_fds(proxy.pid());
+        let tunnels = 50;
+        let mut open = Vec::new();
+        for _ in 0..tunnels {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(PATIENCE)).unwrap();
+            s.write_all(
             b"GET /chat HTTP/1.1\r\nHost: ws.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
         )
         .unwrap();
-        let head = read_head(&mut s);
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        open.push(s);
+            let head = read_head(&mut s);
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            open.push(s);
+        }
+        let during = open_fds(proxy.pid());
+        assert!(during > baseline + tunnels, "{baseline} → {during}");
+        // The clients leave; their half-close reaches the backend, which keeps silent.
+        let left = Instant::now();
+        drop(open);
+        eventually("the backend sees each client leave", PATIENCE, || {
+            ended.load(Ordering::SeqCst) == tunnels
+        });
+        eventually("the tunnels' descriptors closed", PATIENCE, || {
+            open_fds(proxy.pid()) <= baseline + 2
+        });
+        assert!(
+            left.elapsed() >= Duration::from_secs(1),
+            "closed before the linger: {:?}",
+            left.elapsed()
+        );
     }
-    let during = open_fds(proxy.pid());
-    assert!(during > baseline + tunnels, "{baseline} → {during}");
-    // The clients leave; their half-close reaches the backend, which keeps silent.
-    let left = Instant::now();
-    drop(open);
-    eventually("the backend sees each client leave", PATIENCE, || {
-        ended.load(Ordering::SeqCst) == tunnels
-    });
-    eventually("the tunnels' descriptors closed", PATIENCE, || {
-        open_fds(proxy.pid()) <= baseline + 2
-    });
-    assert!(
-        left.elapsed() >= Duration::from_secs(1),
-        "closed before the linger: {:?}",
-        left.elapsed()
-    );
-}
+);

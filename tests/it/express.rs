@@ -1,6 +1,7 @@
 //! The express lane (plain bodyless HTTP/1.1 requests forwarded on bytes): every response
 //! framing, connection reuse and its retry, invalid answers, and the hand-over to hyper in the
 //! middle of a connection. The backend here is scripted byte for byte, so each case is exact.
+//! Each case also runs with the lane off (`h1test!`): hyper's path must pass it alike.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -182,103 +183,110 @@ fn framings(line: &str, _: usize) -> Reply {
     }
 }
 
-#[test]
-fn every_response_framing_reaches_the_client_reframed() {
-    let sb = Sandbox::new();
-    let backend = Scripted::start(framings);
-    let port = alias(&sb, "framed", backend.port);
-    let mut s = connect(port);
-    let ask = |s: &mut TcpStream, method: &str, path: &str| {
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: framed.localhost\r\n\r\n"
-        )
-        .unwrap();
-    };
+h1test!(
+    every_response_framing_reaches_the_client_reframed,
+    hyper: #[ignore = "issue 15: hyper answers an HTTP/1.0 response as HTTP/1.0 without \
+                       `connection: close`, and after a chunked response with trailers opens \
+                       a new upstream connection (engines::response_*)"],
+    |sb: Sandbox| {
+        let backend = Scripted::start(framings);
+        let port = alias(&sb, "framed", backend.port);
+        let mut s = connect(port);
+        let ask = |s: &mut TcpStream, method: &str, path: &str| {
+            write!(
+                s,
+                "{method} {path} HTTP/1.1\r\nHost: framed.localhost\r\n\r\n"
+            )
+            .unwrap();
+        };
 
-    ask(&mut s, "GET", "/chunked");
-    let head = read_head(&mut s);
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.contains("X-Kept: 1"), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-    );
-    assert!(!has_header(&head, "content-length"), "TE wins: {head}");
-    assert!(
-        !has_header(&head, "x-secret"),
-        "named by Connection: {head}"
-    );
-    assert!(!has_header(&head, "connection"), "{head}");
-    assert!(has_header(&head, "date"), "a proxy adds the Date: {head}");
-    let (body, after) = read_chunked(&mut s);
-    assert_eq!(body, "hello world");
-    assert_eq!(after, "\r\n", "extensions and trailers are not passed on");
+        ask(&mut s, "GET", "/chunked");
+        let head = read_head(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(has_header(&head, "x-kept"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("transfer-encoding: chunked")
+        );
+        assert!(!has_header(&head, "content-length"), "TE wins: {head}");
+        assert!(
+            !has_header(&head, "x-secret"),
+            "named by Connection: {head}"
+        );
+        assert!(!has_header(&head, "connection"), "{head}");
+        assert!(has_header(&head, "date"), "a proxy adds the Date: {head}");
+        let (body, after) = read_chunked(&mut s);
+        assert_eq!(body, "hello world");
+        assert_eq!(after, "\r\n", "extensions and trailers are not passed on");
 
-    ask(&mut s, "GET", "/early");
-    let head = read_head(&mut s);
-    assert!(head.starts_with("HTTP/1.1 200"), "103 dropped: {head}");
-    let mut body = [0u8; 5];
-    s.read_exact(&mut body).unwrap();
-    assert_eq!(&body, b"final");
+        ask(&mut s, "GET", "/early");
+        let head = read_head(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200"), "103 dropped: {head}");
+        let mut body = [0u8; 5];
+        s.read_exact(&mut body).unwrap();
+        assert_eq!(&body, b"final");
 
-    ask(&mut s, "HEAD", "/head");
-    let head = read_head(&mut s);
-    assert!(head.contains("Content-Length: 10"), "{head}");
-    ask(&mut s, "GET", "/cached");
-    let head = read_head(&mut s);
-    assert!(
-        head.starts_with("HTTP/1.1 304"),
-        "no body after HEAD: {head}"
-    );
-    ask(&mut s, "DELETE", "/nocontent");
-    let head = read_head(&mut s);
-    assert!(head.starts_with("HTTP/1.1 204"), "{head}");
-    assert!(
-        !has_header(&head, "content-length"),
-        "never on a 204: {head}"
-    );
+        ask(&mut s, "HEAD", "/head");
+        let head = read_head(&mut s);
+        assert!(
+            head.to_ascii_lowercase().contains("content-length: 10"),
+            "{head}"
+        );
+        ask(&mut s, "GET", "/cached");
+        let head = read_head(&mut s);
+        assert!(
+            head.starts_with("HTTP/1.1 304"),
+            "no body after HEAD: {head}"
+        );
+        ask(&mut s, "DELETE", "/nocontent");
+        let head = read_head(&mut s);
+        assert!(head.starts_with("HTTP/1.1 204"), "{head}");
+        assert!(
+            !has_header(&head, "content-length"),
+            "never on a 204: {head}"
+        );
 
-    // Framing headers are rebuilt, even when the server's Connection names them.
-    ask(&mut s, "GET", "/named");
-    let (head, body) = read_response(&mut s);
-    assert!(
-        head.to_ascii_lowercase().contains("content-length: 5"),
-        "{head}"
-    );
-    assert_eq!(body, "named");
+        // Framing headers are rebuilt, even when the server's Connection names them.
+        ask(&mut s, "GET", "/named");
+        let (head, body) = read_response(&mut s);
+        assert!(
+            head.to_ascii_lowercase().contains("content-length: 5"),
+            "{head}"
+        );
+        assert_eq!(body, "named");
 
-    ask(&mut s, "GET", "/close");
-    let head = read_head(&mut s);
-    assert!(
-        head.starts_with("HTTP/1.1 200") && head.contains("X-Old: 1"),
-        "{head}"
-    );
-    assert!(
-        head.to_ascii_lowercase().contains("connection: close"),
-        "{head}"
-    );
-    let mut rest = String::new();
-    s.read_to_string(&mut rest).unwrap();
-    assert_eq!(
-        rest, "until close",
-        "a body that runs until close, then the end"
-    );
+        ask(&mut s, "GET", "/close");
+        let head = read_head(&mut s);
+        assert!(
+            head.starts_with("HTTP/1.1 200") && has_header(&head, "x-old"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+        let mut rest = String::new();
+        s.read_to_string(&mut rest).unwrap();
+        assert_eq!(
+            rest, "until close",
+            "a body that runs until close, then the end"
+        );
 
-    // The answer to HEAD announced a body (Content-Length: 10), which a server that gets HEAD
-    // wrong would send later, where the next answer is read: its connection ends there.
-    let seen: Vec<(usize, String)> = backend
-        .seen()
-        .into_iter()
-        .filter(|(_, line)| line != "EOF")
-        .collect();
-    let conns: Vec<usize> = seen.iter().map(|(conn, _)| *conn).collect();
-    assert_eq!(
-        conns,
-        [0, 0, 0, 1, 1, 1, 1],
-        "one upstream connection up to HEAD, one after it: {seen:?}"
-    );
-}
+        // The answer to HEAD announced a body (Content-Length: 10), which a server that gets HEAD
+        // wrong would send later, where the next answer is read: its connection ends there.
+        let seen: Vec<(usize, String)> = backend
+            .seen()
+            .into_iter()
+            .filter(|(_, line)| line != "EOF")
+            .collect();
+        let conns: Vec<usize> = seen.iter().map(|(conn, _)| *conn).collect();
+        assert_eq!(
+            conns,
+            [0, 0, 0, 1, 1, 1, 1],
+            "one upstream connection up to HEAD, one after it: {seen:?}"
+        );
+    }
+);
 
 pub(super) fn closes_idle_connections(line: &str, nth: usize) -> Reply {
     match (line.starts_with("POST"), nth) {
@@ -289,29 +297,30 @@ pub(super) fn closes_idle_connections(line: &str, nth: usize) -> Reply {
     }
 }
 
-#[test]
-fn a_reused_connection_closed_by_the_server_is_retried_once_for_idempotent_requests() {
-    let sb = Sandbox::new();
-    let backend = Scripted::start(closes_idle_connections);
-    let port = alias(&sb, "flaky", backend.port);
-    let mut s = connect(port);
-    for _ in 0..3 {
-        write!(s, "GET / HTTP/1.1\r\nHost: flaky.localhost\r\n\r\n").unwrap();
-        let (head, body) = read_response(&mut s);
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert_eq!(body, "get");
-    }
-    // Each GET after the first went out on the kept connection, met a close, and was sent
-    // again on a new one.
-    assert_eq!(backend.connections(), 3, "{:?}", backend.seen());
+h1test!(
+    a_reused_connection_closed_by_the_server_is_retried_once_for_idempotent_requests,
+    |sb: Sandbox| {
+        let backend = Scripted::start(closes_idle_connections);
+        let port = alias(&sb, "flaky", backend.port);
+        let mut s = connect(port);
+        for _ in 0..3 {
+            write!(s, "GET / HTTP/1.1\r\nHost: flaky.localhost\r\n\r\n").unwrap();
+            let (head, body) = read_response(&mut s);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            assert_eq!(body, "get");
+        }
+        // Each GET after the first went out on the kept connection, met a close, and was sent
+        // again on a new one.
+        assert_eq!(backend.connections(), 3, "{:?}", backend.seen());
 
-    // A POST is never sent twice: the client gets the 502.
-    write!(s, "POST /once HTTP/1.1\r\nHost: flaky.localhost\r\n\r\n").unwrap();
-    let (head, body) = read_response(&mut s);
-    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
-    assert!(body.contains("flaky"), "{body}");
-    assert_eq!(backend.count("POST"), 1, "{:?}", backend.seen());
-}
+        // A POST is never sent twice: the client gets the 502.
+        write!(s, "POST /once HTTP/1.1\r\nHost: flaky.localhost\r\n\r\n").unwrap();
+        let (head, body) = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+        assert!(body.contains("flaky"), "{body}");
+        assert_eq!(backend.count("POST"), 1, "{:?}", backend.seen());
+    }
+);
 
 /// A server that sends `103 Early Hints` for a DELETE on a kept connection, then closes.
 fn hints_then_closes(line: &str, nth: usize) -> Reply {
@@ -321,21 +330,22 @@ fn hints_then_closes(line: &str, nth: usize) -> Reply {
     }
 }
 
-#[test]
-fn a_request_the_server_began_to_answer_is_never_sent_again() {
-    let sb = Sandbox::new();
-    let backend = Scripted::start(hints_then_closes);
-    let port = alias(&sb, "hints", backend.port);
-    let mut s = connect(port);
-    write!(s, "GET / HTTP/1.1\r\nHost: hints.localhost\r\n\r\n").unwrap();
-    let (head, _) = read_response(&mut s);
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    // Idempotent, on a reused connection, but the server had already answered with a 103.
-    write!(s, "DELETE /item HTTP/1.1\r\nHost: hints.localhost\r\n\r\n").unwrap();
-    let (head, _) = read_response(&mut s);
-    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
-    assert_eq!(backend.count("DELETE"), 1, "{:?}", backend.seen());
-}
+h1test!(
+    a_request_the_server_began_to_answer_is_never_sent_again,
+    |sb: Sandbox| {
+        let backend = Scripted::start(hints_then_closes);
+        let port = alias(&sb, "hints", backend.port);
+        let mut s = connect(port);
+        write!(s, "GET / HTTP/1.1\r\nHost: hints.localhost\r\n\r\n").unwrap();
+        let (head, _) = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        // Idempotent, on a reused connection, but the server had already answered with a 103.
+        write!(s, "DELETE /item HTTP/1.1\r\nHost: hints.localhost\r\n\r\n").unwrap();
+        let (head, _) = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+        assert_eq!(backend.count("DELETE"), 1, "{:?}", backend.seen());
+    }
+);
 
 fn invalid_answers(line: &str, _: usize) -> Reply {
     match line.split(' ').nth(1).unwrap_or_default() {
@@ -355,243 +365,254 @@ fn invalid_answers(line: &str, _: usize) -> Reply {
     }
 }
 
-#[test]
-fn invalid_or_truncated_answers_give_502_or_a_closed_connection() {
-    let sb = Sandbox::new();
-    let backend = Scripted::start(invalid_answers);
-    let port = alias(&sb, "odd", backend.port);
-    for path in ["/garbage", "/conflict", "/upgrade", "/zero"] {
-        let mut s = connect(port);
-        write!(s, "GET {path} HTTP/1.1\r\nHost: odd.localhost\r\n\r\n").unwrap();
-        let (head, body) = read_response(&mut s);
-        assert!(head.starts_with("HTTP/1.1 502"), "{path}: {head}");
-        assert!(body.contains("invalid response"), "{path}: {body}");
+h1test!(
+    invalid_or_truncated_answers_give_502_or_a_closed_connection,
+    hyper: #[ignore = "issue 15: hyper's 502 page for an invalid answer says `is not answering: \
+                       invalid HTTP version parsed`, not `sent an invalid response`"],
+    |sb: Sandbox| {
+        let backend = Scripted::start(invalid_answers);
+        let port = alias(&sb, "odd", backend.port);
+        for path in ["/garbage", "/conflict", "/upgrade", "/zero"] {
+            let mut s = connect(port);
+            write!(s, "GET {path} HTTP/1.1\r\nHost: odd.localhost\r\n\r\n").unwrap();
+            let (head, body) = read_response(&mut s);
+            assert!(head.starts_with("HTTP/1.1 502"), "{path}: {head}");
+            assert!(body.contains("invalid response"), "{path}: {body}");
+        }
+        // Once the head went out, a short body can only be shown by closing the connection.
+        for path in ["/short", "/badchunk"] {
+            let mut s = connect(port);
+            write!(s, "GET {path} HTTP/1.1\r\nHost: odd.localhost\r\n\r\n").unwrap();
+            let head = read_head(&mut s);
+            assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).unwrap();
+            assert!(rest.len() < 10, "{path}: {rest:?}");
+        }
     }
-    // Once the head went out, a short body can only be shown by closing the connection.
-    for path in ["/short", "/badchunk"] {
-        let mut s = connect(port);
-        write!(s, "GET {path} HTTP/1.1\r\nHost: odd.localhost\r\n\r\n").unwrap();
-        let head = read_head(&mut s);
-        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
-        let mut rest = Vec::new();
-        s.read_to_end(&mut rest).unwrap();
-        assert!(rest.len() < 10, "{path}: {rest:?}");
-    }
-}
+);
 
-#[test]
-fn a_connection_goes_to_hyper_mid_stream_and_pipelined_requests_are_all_answered() {
-    let sb = Sandbox::new();
-    let p = sb.serve("mixed", &[]);
-    let port = p.url_port();
-    let mut s = connect(port);
-    // All in one write: a GET and a POST with a body (the lane's), then an absolute-form GET
-    // (hyper's, and hyper keeps the connection), a POST and a GET.
-    s.write_all(
-        b"GET /one HTTP/1.1\r\nHost: mixed.localhost\r\n\r\n\
+h1test!(
+    a_connection_goes_to_hyper_mid_stream_and_pipelined_requests_are_all_answered,
+    |sb: Sandbox| {
+        let p = sb.serve("mixed", &[]);
+        let port = p.url_port();
+        let mut s = connect(port);
+        // All in one write: a GET and a POST with a body (the lane's), then an absolute-form GET
+        // (hyper's, and hyper keeps the connection), a POST and a GET.
+        s.write_all(
+            b"GET /one HTTP/1.1\r\nHost: mixed.localhost\r\n\r\n\
           POST /two HTTP/1.1\r\nHost: mixed.localhost\r\nContent-Length: 5\r\n\r\nhello\
           GET http://mixed.localhost/three HTTP/1.1\r\nHost: mixed.localhost\r\n\r\n\
           POST /four HTTP/1.1\r\nHost: mixed.localhost\r\nContent-Length: 3\r\n\r\nabc\
           GET /five HTTP/1.1\r\nHost: mixed.localhost\r\n\r\n",
-    )
-    .unwrap();
-    let answers = [
-        "/one",
-        "\"received\": 5",
-        "/three",
-        "\"received\": 3",
-        "/five",
-    ];
-    for expected in answers {
-        let (head, body) = read_response(&mut s);
-        assert!(head.starts_with("HTTP/1.1 200"), "{expected}: {head}");
-        assert!(body.contains(expected), "{expected}: {body}");
-    }
-    // The server's log lines arrive through a pipe, maybe after its answers.
-    eventually("the server logged exactly five requests", PATIENCE, || {
-        p.count_lines(|l| l.starts_with("REQ ")) == 5
-    });
-}
-
-#[test]
-fn a_client_that_leaves_ends_its_request_upstream() {
-    let sb = Sandbox::new();
-    let backend = Scripted::start(|line, _| match line.split(' ').nth(1) {
-        Some("/stream") => {
-            Reply::Send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+        )
+        .unwrap();
+        let answers = [
+            "/one",
+            "\"received\": 5",
+            "/three",
+            "\"received\": 3",
+            "/five",
+        ];
+        for expected in answers {
+            let (head, body) = read_response(&mut s);
+            assert!(head.starts_with("HTTP/1.1 200"), "{expected}: {head}");
+            assert!(body.contains(expected), "{expected}: {body}");
         }
-        Some("/after") => Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter"),
-        _ => Reply::Hang,
-    });
-    let port = alias(&sb, "slow", backend.port);
-    let has = |what: &str| backend.count(what);
+        // The server's log lines arrive through a pipe, maybe after its answers.
+        eventually("the server logged exactly five requests", PATIENCE, || {
+            p.count_lines(|l| l.starts_with("REQ ")) == 5
+        });
+    }
+);
 
-    // Waiting for a response head, and in the middle of a body that has paused.
-    let mut s = connect(port);
-    write!(s, "GET /compile HTTP/1.1\r\nHost: slow.localhost\r\n\r\n").unwrap();
-    eventually("the backend has the request", PATIENCE, || {
-        has("/compile") == 1
-    });
-    drop(s);
-    eventually("the proxy closed it upstream", PATIENCE, || has("EOF") == 1);
+h1test!(
+    a_client_that_leaves_ends_its_request_upstream,
+    |sb: Sandbox| {
+        let backend = Scripted::start(|line, _| match line.split(' ').nth(1) {
+            Some("/stream") => {
+                Reply::Send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+            }
+            Some("/after") => Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter"),
+            _ => Reply::Hang,
+        });
+        let port = alias(&sb, "slow", backend.port);
+        let has = |what: &str| backend.count(what);
 
-    let mut s = connect(port);
-    write!(s, "GET /stream HTTP/1.1\r\nHost: slow.localhost\r\n\r\n").unwrap();
-    let head = read_head(&mut s);
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert_eq!(read_line(&mut s), "1\r\n");
-    drop(s);
-    // Its connection, mid-body, must not serve anyone else.
-    let mut s = connect(port);
-    write!(s, "GET /after HTTP/1.1\r\nHost: slow.localhost\r\n\r\n").unwrap();
-    let (head, body) = read_response(&mut s);
-    assert!(
-        head.starts_with("HTTP/1.1 200") && body == "after",
-        "{head}{body}"
-    );
-    let conn_of = |what: &str| {
-        backend
-            .seen()
-            .into_iter()
-            .find(|(_, l)| l.contains(what))
-            .unwrap()
-            .0
-    };
-    assert_ne!(
-        conn_of("/after"),
-        conn_of("/stream"),
-        "{:?}",
-        backend.seen()
-    );
-    eventually("the proxy closed the stream upstream", PATIENCE, || {
-        has("EOF") == 2
-    });
-}
+        // Waiting for a response head, and in the middle of a body that has paused.
+        let mut s = connect(port);
+        write!(s, "GET /compile HTTP/1.1\r\nHost: slow.localhost\r\n\r\n").unwrap();
+        eventually("the backend has the request", PATIENCE, || {
+            has("/compile") == 1
+        });
+        drop(s);
+        eventually("the proxy closed it upstream", PATIENCE, || has("EOF") == 1);
 
-#[test]
-fn a_large_body_arrives_whole_and_the_connection_serves_the_next_request() {
-    let sb = Sandbox::new();
-    let p = sb.serve("large", &[]);
-    let port = p.url_port();
-    let mut s = connect(port);
-    for _ in 0..2 {
-        write!(s, "GET /big/3 HTTP/1.1\r\nHost: large.localhost\r\n\r\n").unwrap();
+        let mut s = connect(port);
+        write!(s, "GET /stream HTTP/1.1\r\nHost: slow.localhost\r\n\r\n").unwrap();
         let head = read_head(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(read_line(&mut s), "1\r\n");
+        drop(s);
+        // Its connection, mid-body, must not serve anyone else.
+        let mut s = connect(port);
+        write!(s, "GET /after HTTP/1.1\r\nHost: slow.localhost\r\n\r\n").unwrap();
+        let (head, body) = read_response(&mut s);
         assert!(
-            head.to_ascii_lowercase()
-                .contains("content-length: 3145728"),
+            head.starts_with("HTTP/1.1 200") && body == "after",
+            "{head}{body}"
+        );
+        let conn_of = |what: &str| {
+            backend
+                .seen()
+                .into_iter()
+                .find(|(_, l)| l.contains(what))
+                .unwrap()
+                .0
+        };
+        assert_ne!(
+            conn_of("/after"),
+            conn_of("/stream"),
+            "{:?}",
+            backend.seen()
+        );
+        eventually("the proxy closed the stream upstream", PATIENCE, || {
+            has("EOF") == 2
+        });
+    }
+);
+
+h1test!(
+    a_large_body_arrives_whole_and_the_connection_serves_the_next_request,
+    |sb: Sandbox| {
+        let p = sb.serve("large", &[]);
+        let port = p.url_port();
+        let mut s = connect(port);
+        for _ in 0..2 {
+            write!(s, "GET /big/3 HTTP/1.1\r\nHost: large.localhost\r\n\r\n").unwrap();
+            let head = read_head(&mut s);
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("content-length: 3145728"),
+                "{head}"
+            );
+            let mut body = vec![0u8; 3 << 20];
+            s.read_exact(&mut body).unwrap();
+            assert!(body.iter().all(|&b| b == b'b'));
+        }
+        write!(s, "GET /after HTTP/1.1\r\nHost: large.localhost\r\n\r\n").unwrap();
+        let (head, body) = read_response(&mut s);
+        assert!(
+            head.starts_with("HTTP/1.1 200") && body.contains("/after"),
             "{head}"
         );
-        let mut body = vec![0u8; 3 << 20];
-        s.read_exact(&mut body).unwrap();
-        assert!(body.iter().all(|&b| b == b'b'));
     }
-    write!(s, "GET /after HTTP/1.1\r\nHost: large.localhost\r\n\r\n").unwrap();
-    let (head, body) = read_response(&mut s);
-    assert!(
-        head.starts_with("HTTP/1.1 200") && body.contains("/after"),
-        "{head}"
-    );
-}
+);
 
-#[test]
-fn an_error_page_for_head_has_no_body_and_the_connection_stays_in_step() {
-    let sb = Sandbox::new();
-    let (dead, held) = os_port();
-    drop(held);
-    let port = alias(&sb, "down", dead);
-    let mut s = connect(port);
-    write!(s, "HEAD / HTTP/1.1\r\nHost: down.localhost\r\n\r\n").unwrap();
-    let head = read_head(&mut s);
-    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
-    write!(s, "GET / HTTP/1.1\r\nHost: down.localhost\r\n\r\n").unwrap();
-    let (head, body) = read_response(&mut s);
-    assert!(
-        head.starts_with("HTTP/1.1 502"),
-        "the next answer starts cleanly: {head}"
-    );
-    assert!(body.contains("down"), "{body}");
-}
+h1test!(
+    an_error_page_for_head_has_no_body_and_the_connection_stays_in_step,
+    |sb: Sandbox| {
+        let (dead, held) = os_port();
+        drop(held);
+        let port = alias(&sb, "down", dead);
+        let mut s = connect(port);
+        write!(s, "HEAD / HTTP/1.1\r\nHost: down.localhost\r\n\r\n").unwrap();
+        let head = read_head(&mut s);
+        assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+        write!(s, "GET / HTTP/1.1\r\nHost: down.localhost\r\n\r\n").unwrap();
+        let (head, body) = read_response(&mut s);
+        assert!(
+            head.starts_with("HTTP/1.1 502"),
+            "the next answer starts cleanly: {head}"
+        );
+        assert!(body.contains("down"), "{body}");
+    }
+);
 
-#[test]
-fn connection_named_headers_are_dropped_but_host_always_reaches_the_server() {
-    let sb = Sandbox::new();
-    let p = sb.serve("named", &[]);
-    let port = p.url_port();
-    let mut s = connect(port);
-    write!(
-        s,
-        "GET / HTTP/1.1\r\nHost: named.localhost\r\nConnection: host, x-private\r\n\
+h1test!(
+    connection_named_headers_are_dropped_but_host_always_reaches_the_server,
+    |sb: Sandbox| {
+        let p = sb.serve("named", &[]);
+        let port = p.url_port();
+        let mut s = connect(port);
+        write!(
+            s,
+            "GET / HTTP/1.1\r\nHost: named.localhost\r\nConnection: host, x-private\r\n\
          X-Private: 1\r\nX-Public: 1\r\nX-Forwarded-For: 10.0.0.1\r\n\
          X-Forwarded-For: 10.0.0.2\r\n\r\n"
-    )
-    .unwrap();
-    let (head, body) = read_response(&mut s);
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let headers = &seen["headers"];
-    assert_eq!(headers["host"], "named.localhost", "{headers}");
-    assert_eq!(headers["x-public"], "1");
-    assert_eq!(
-        headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1",
-        "every prior hop, then the client"
-    );
-    assert!(headers.get("x-private").is_none(), "{headers}");
-    assert!(headers.get("connection").is_none(), "{headers}");
-}
+        )
+        .unwrap();
+        let (head, body) = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let headers = &seen["headers"];
+        assert_eq!(headers["host"], "named.localhost", "{headers}");
+        assert_eq!(headers["x-public"], "1");
+        assert_eq!(
+            headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1",
+            "every prior hop, then the client"
+        );
+        assert!(headers.get("x-private").is_none(), "{headers}");
+        assert!(headers.get("connection").is_none(), "{headers}");
+    }
+);
 
-#[test]
-fn a_request_body_never_reaches_anyone_as_a_request() {
-    let sb = Sandbox::new();
-    let p = sb.serve("inner", &[]);
-    let port = p.url_port();
-    let hidden = "GET /hidden HTTP/1.1\r\nHost: inner.localhost\r\n\r\n";
+h1test!(
+    a_request_body_never_reaches_anyone_as_a_request,
+    hyper: #[ignore = "issue 15: hyper's 502 before the body was read closes the connection \
+                       but does not say `connection: close`"],
+    |sb: Sandbox| {
+        let p = sb.serve("inner", &[]);
+        let port = p.url_port();
+        let hidden = "GET /hidden HTTP/1.1\r\nHost: inner.localhost\r\n\r\n";
 
-    // A Connection header naming Content-Length: the body still goes up as a body.
-    let mut s = connect(port);
-    write!(
-        s,
-        "POST /form HTTP/1.1\r\nHost: inner.localhost\r\nConnection: content-length\r\n\
+        // A Connection header naming Content-Length: the body still goes up as a body.
+        let mut s = connect(port);
+        write!(
+            s,
+            "POST /form HTTP/1.1\r\nHost: inner.localhost\r\nConnection: content-length\r\n\
          Content-Length: {}\r\n\r\n{hidden}GET /next HTTP/1.1\r\nHost: inner.localhost\r\n\r\n",
-        hidden.len()
-    )
-    .unwrap();
-    let (head, body) = read_response(&mut s);
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        body.contains(&format!("\"received\": {}", hidden.len())),
-        "{body}"
-    );
-    let (_, body) = read_response(&mut s);
-    assert!(
-        body.contains("/next"),
-        "the next answer is the next request's: {body}"
-    );
+            hidden.len()
+        )
+        .unwrap();
+        let (head, body) = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            body.contains(&format!("\"received\": {}", hidden.len())),
+            "{body}"
+        );
+        let (_, body) = read_response(&mut s);
+        assert!(
+            body.contains("/next"),
+            "the next answer is the next request's: {body}"
+        );
 
-    // An instance that is down answers before the body is read: the connection closes
-    // rather than read the body as a request to another instance.
-    let (dead, held) = os_port();
-    drop(held);
-    alias(&sb, "down", dead);
-    let mut s = connect(port);
-    write!(
-        s,
-        "POST /upload HTTP/1.1\r\nHost: down.localhost\r\nContent-Length: {}\r\n\r\n{hidden}",
-        hidden.len()
-    )
-    .unwrap();
-    let (head, _) = read_response(&mut s);
-    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
-    assert!(
-        head.to_ascii_lowercase().contains("connection: close"),
-        "{head}"
-    );
-    let mut rest = Vec::new();
-    let _ = s.read_to_end(&mut rest);
-    assert!(rest.is_empty(), "nothing after the 502: {rest:?}");
+        // An instance that is down answers before the body is read: the connection closes
+        // rather than read the body as a request to another instance.
+        let (dead, held) = os_port();
+        drop(held);
+        alias(&sb, "down", dead);
+        let mut s = connect(port);
+        write!(
+            s,
+            "POST /upload HTTP/1.1\r\nHost: down.localhost\r\nContent-Length: {}\r\n\r\n{hidden}",
+            hidden.len()
+        )
+        .unwrap();
+        let (head, _) = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "nothing after the 502: {rest:?}");
 
-    eventually("the server logged both requests", PATIENCE, || {
-        p.count_lines(|l| l.starts_with("REQ ")) == 2
-    });
-    assert_eq!(p.count_lines(|l| l.contains("/hidden")), 0, "{}", p.log());
-}
+        eventually("the server logged both requests", PATIENCE, || {
+            p.count_lines(|l| l.starts_with("REQ ")) == 2
+        });
+        assert_eq!(p.count_lines(|l| l.contains("/hidden")), 0, "{}", p.log());
+    }
+);

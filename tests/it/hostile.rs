@@ -27,58 +27,60 @@ pub(super) fn open_fds(pid: i32) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-fn a_thousand_slow_clients_do_not_delay_anyone_else() {
-    raise_fd_limit();
-    let sb = Sandbox::new();
-    let p = sb.serve("busy", &[]);
-    let port = p.url_port();
-    let mut slow = Vec::new();
-    for _ in 0..1000 {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: busy.loc").unwrap();
-        slow.push(s);
-    }
-    let started = Instant::now();
-    let (status, _) = get(([127, 0, 0, 1], port).into(), "busy.localhost", "/").unwrap();
-    assert_eq!(status, 200);
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
-    // The server's log line may trail its answer: wait for it before counting.
-    p.expect("REQ ");
-    assert_eq!(
-        p.count_lines(|l| l.starts_with("REQ ")),
-        1,
-        "the slow ones never reached the backend"
-    );
-}
-
-#[test]
-fn file_descriptors_return_to_baseline_after_ten_thousand_connections() {
-    let sb = Sandbox::new();
-    let p = sb.serve("churn", &[]);
-    let port = p.url_port();
-    let (proxy_pid, _) = sb.proxy().unwrap();
-    assert_eq!(
-        get(([127, 0, 0, 1], port).into(), "churn.localhost", "/")
-            .unwrap()
-            .0,
-        200
-    );
-    let baseline = open_fds(proxy_pid);
-    for i in 0..10_000 {
-        let (status, _) = get(([127, 0, 0, 1], port).into(), "churn.localhost", "/")
-            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+h1test!(
+    a_thousand_slow_clients_do_not_delay_anyone_else,
+    |sb: Sandbox| {
+        raise_fd_limit();
+        let p = sb.serve("busy", &[]);
+        let port = p.url_port();
+        let mut slow = Vec::new();
+        for _ in 0..1000 {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: busy.loc").unwrap();
+            slow.push(s);
+        }
+        let started = Instant::now();
+        let (status, _) = get(([127, 0, 0, 1], port).into(), "busy.localhost", "/").unwrap();
         assert_eq!(status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+        // The server's log line may trail its answer: wait for it before counting.
+        p.expect("REQ ");
+        assert_eq!(
+            p.count_lines(|l| l.starts_with("REQ ")),
+            1,
+            "the slow ones never reached the backend"
+        );
     }
-    // Pooled upstream connections expire after 4 s idle.
-    eventually("fds back to baseline", Duration::from_secs(15), || {
-        open_fds(proxy_pid) <= baseline + 2
-    });
-}
+);
+
+h1test!(
+    file_descriptors_return_to_baseline_after_ten_thousand_connections,
+    |sb: Sandbox| {
+        let p = sb.serve("churn", &[]);
+        let port = p.url_port();
+        let (proxy_pid, _) = sb.proxy().unwrap();
+        assert_eq!(
+            get(([127, 0, 0, 1], port).into(), "churn.localhost", "/")
+                .unwrap()
+                .0,
+            200
+        );
+        let baseline = open_fds(proxy_pid);
+        for i in 0..10_000 {
+            let (status, _) = get(([127, 0, 0, 1], port).into(), "churn.localhost", "/")
+                .unwrap_or_else(|e| panic!("request {i}: {e}"));
+            assert_eq!(status, 200);
+        }
+        // Pooled upstream connections expire after 4 s idle.
+        eventually("fds back to baseline", Duration::from_secs(15), || {
+            open_fds(proxy_pid) <= baseline + 2
+        });
+    }
+);
 
 /// Send `raw`, return everything the proxy answers before closing (or 5 s of silence).
 fn exchange(port: u16, raw: &[u8]) -> String {
@@ -90,13 +92,13 @@ fn exchange(port: u16, raw: &[u8]) -> String {
     String::from_utf8_lossy(&out).to_string()
 }
 
-#[test]
-fn smuggling_shapes_never_give_the_backend_a_request_the_proxy_did_not_answer() {
-    let sb = Sandbox::new();
-    let p = sb.serve("api", &[]);
-    let port = p.url_port();
-    p.report();
-    let cases: [&[u8]; 4] = [
+h1test!(
+    smuggling_shapes_never_give_the_backend_a_request_the_proxy_did_not_answer,
+    |sb: Sandbox| {
+        let p = sb.serve("api", &[]);
+        let port = p.url_port();
+        p.report();
+        let cases: [&[u8]; 4] = [
         // CL + TE: the proxy must pick one framing and re-frame; the "hidden" request is either
         // refused or answered by the proxy as a request of its own.
         b"POST / HTTP/1.1\r\nHost: api.localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /hidden HTTP/1.1\r\nHost: api.localhost\r\nConnection: close\r\n\r\n",
@@ -107,26 +109,27 @@ fn smuggling_shapes_never_give_the_backend_a_request_the_proxy_did_not_answer() 
         // Bare LF line endings.
         b"GET / HTTP/1.1\nHost: api.localhost\nConnection: close\n\n",
     ];
-    for raw in cases {
-        let before = p.count_lines(|l| l.starts_with("REQ "));
-        let answer = exchange(port, raw);
-        let answered = answer.matches("HTTP/1.1 ").count();
-        // Give the backend's log a moment to show what it received, bounded.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline
-            && p.count_lines(|l| l.starts_with("REQ ")) - before < answered
-        {
-            std::thread::sleep(Duration::from_millis(20));
+        for raw in cases {
+            let before = p.count_lines(|l| l.starts_with("REQ "));
+            let answer = exchange(port, raw);
+            let answered = answer.matches("HTTP/1.1 ").count();
+            // Give the backend's log a moment to show what it received, bounded.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline
+                && p.count_lines(|l| l.starts_with("REQ ")) - before < answered
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let reached = p.count_lines(|l| l.starts_with("REQ ")) - before;
+            assert!(
+                reached <= answered,
+                "{} requests reached the backend but the proxy answered {answered}:\n{}\n---\n{answer}",
+                reached,
+                String::from_utf8_lossy(raw)
+            );
         }
-        let reached = p.count_lines(|l| l.starts_with("REQ ")) - before;
-        assert!(
-            reached <= answered,
-            "{} requests reached the backend but the proxy answered {answered}:\n{}\n---\n{answer}",
-            reached,
-            String::from_utf8_lossy(raw)
-        );
     }
-}
+);
 
 /// Fire requests at `host` through the proxy on `port` until `stop` is set; returns the
 /// status codes seen (0 for a failed connection or read).
@@ -145,130 +148,134 @@ fn load(
     })
 }
 
-#[test]
-fn killing_the_server_under_load_gives_502s_then_service_again() {
-    let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
-    let p = sb.spawn(&[
-        "run",
-        "--name",
-        "victim",
-        "--fd",
-        "--restart",
-        "--port",
-        "0",
-        "--",
-        path_str(&py),
-        path_str(&script),
-    ]);
-    let port = p.url_port();
-    let child = p.report()["pid"].as_i64().unwrap() as i32;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let worker = load(port, "victim.localhost", stop.clone());
-    std::thread::sleep(Duration::from_millis(300)); // let the load run before the kill
-    // SAFETY: the server this test started.
-    unsafe { libc::kill(child, libc::SIGKILL) };
-    p.expect("was killed by SIGKILL");
-    eventually("served again after the restart", PATIENCE, || {
-        get(([127, 0, 0, 1], port).into(), "victim.localhost", "/").is_ok_and(|(s, _)| s == 200)
-    });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let seen = worker.join().unwrap();
-    assert!(
-        seen.iter().all(|s| [200, 502].contains(s)),
-        "only 200s and 502s: {:?}",
-        seen.iter().filter(|s| **s != 200).collect::<Vec<_>>()
-    );
-    assert!(seen.iter().filter(|s| **s == 200).count() > 10);
-}
+h1test!(
+    killing_the_server_under_load_gives_502s_then_service_again,
+    |sb: Sandbox| {
+        let (py, script) = (python(), server_py());
+        let p = sb.spawn(&[
+            "run",
+            "--name",
+            "victim",
+            "--fd",
+            "--restart",
+            "--port",
+            "0",
+            "--",
+            path_str(&py),
+            path_str(&script),
+        ]);
+        let port = p.url_port();
+        let child = p.report()["pid"].as_i64().unwrap() as i32;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let worker = load(port, "victim.localhost", stop.clone());
+        std::thread::sleep(Duration::from_millis(300)); // let the load run before the kill
+        // SAFETY: the server this test started.
+        unsafe { libc::kill(child, libc::SIGKILL) };
+        p.expect("was killed by SIGKILL");
+        eventually("served again after the restart", PATIENCE, || {
+            get(([127, 0, 0, 1], port).into(), "victim.localhost", "/").is_ok_and(|(s, _)| s == 200)
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = worker.join().unwrap();
+        assert!(
+            seen.iter().all(|s| [200, 502].contains(s)),
+            "only 200s and 502s: {:?}",
+            seen.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+        );
+        assert!(seen.iter().filter(|s| **s == 200).count() > 10);
+    }
+);
 
-#[test]
-fn killing_the_proxy_under_load_interrupts_briefly_and_nothing_hangs() {
-    let sb = Sandbox::new();
-    let p = sb.serve("steady", &[]);
-    p.url_port();
-    let (proxy_pid, port) = sb.proxy().unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let worker = load(port, "steady.localhost", stop.clone());
-    std::thread::sleep(Duration::from_millis(300));
-    // SAFETY: the proxy this sandbox started.
-    unsafe { libc::kill(proxy_pid, libc::SIGKILL) };
-    eventually(
-        "a new proxy serves the instance",
-        Duration::from_secs(5),
-        || {
-            sb.proxy().is_some_and(|(pid, new_port)| {
-                pid != proxy_pid
-                    && get(([127, 0, 0, 1], new_port).into(), "steady.localhost", "/")
-                        .is_ok_and(|(s, _)| s == 200)
-            })
-        },
-    );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let seen = worker.join().unwrap();
-    assert!(
-        seen.iter().all(|s| [0, 200].contains(s)),
-        "{:?}",
-        seen.iter().filter(|s| **s != 200).collect::<Vec<_>>()
-    );
-}
+h1test!(
+    killing_the_proxy_under_load_interrupts_briefly_and_nothing_hangs,
+    |sb: Sandbox| {
+        let p = sb.serve("steady", &[]);
+        p.url_port();
+        let (proxy_pid, port) = sb.proxy().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let worker = load(port, "steady.localhost", stop.clone());
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: the proxy this sandbox started.
+        unsafe { libc::kill(proxy_pid, libc::SIGKILL) };
+        eventually(
+            "a new proxy serves the instance",
+            Duration::from_secs(5),
+            || {
+                sb.proxy().is_some_and(|(pid, new_port)| {
+                    pid != proxy_pid
+                        && get(([127, 0, 0, 1], new_port).into(), "steady.localhost", "/")
+                            .is_ok_and(|(s, _)| s == 200)
+                })
+            },
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = worker.join().unwrap();
+        assert!(
+            seen.iter().all(|s| [0, 200].contains(s)),
+            "{:?}",
+            seen.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+        );
+    }
+);
 
-#[test]
-fn proxy_memory_stays_flat_over_a_minute_of_load() {
-    let sb = Sandbox::new();
-    let p = sb.serve("soak", &[]);
-    let port = p.url_port();
-    let (proxy_pid, _) = sb.proxy().unwrap();
-    let rss = || -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{proxy_pid}/status")).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    };
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let worker = load(port, "soak.localhost", stop.clone());
-    std::thread::sleep(Duration::from_secs(10)); // warm-up: pools and buffers reach their size
-    let warm = rss();
-    std::thread::sleep(Duration::from_secs(50));
-    let end = rss();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let seen = worker.join().unwrap();
-    assert!(seen.iter().all(|s| *s == 200));
-    assert!(
-        end <= warm + warm / 10 + 512,
-        "RSS grew from {warm} kB to {end} kB over {} requests",
-        seen.len()
-    );
-}
+h1test!(
+    proxy_memory_stays_flat_over_a_minute_of_load,
+    |sb: Sandbox| {
+        let p = sb.serve("soak", &[]);
+        let port = p.url_port();
+        let (proxy_pid, _) = sb.proxy().unwrap();
+        let rss = || -> u64 {
+            let status = std::fs::read_to_string(format!("/proc/{proxy_pid}/status")).unwrap();
+            let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let worker = load(port, "soak.localhost", stop.clone());
+        std::thread::sleep(Duration::from_secs(10)); // warm-up: pools and buffers reach their size
+        let warm = rss();
+        std::thread::sleep(Duration::from_secs(50));
+        let end = rss();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = worker.join().unwrap();
+        assert!(seen.iter().all(|s| *s == 200));
+        assert!(
+            end <= warm + warm / 10 + 512,
+            "RSS grew from {warm} kB to {end} kB over {} requests",
+            seen.len()
+        );
+    }
+);
 
-#[test]
-fn killing_wharf_run_under_load_removes_the_route_and_nothing_hangs() {
-    let sb = Sandbox::new();
-    let mut p = sb.serve("gone", &[]);
-    let port = p.url_port();
-    let child = p.report()["pid"].as_i64().unwrap() as i32;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let worker = load(port, "gone.localhost", stop.clone());
-    std::thread::sleep(Duration::from_millis(300));
-    p.signal(libc::SIGKILL);
-    let killed = Instant::now();
-    p.wait(PATIENCE);
-    eventually("the route is gone", Duration::from_secs(2), || {
-        get(([127, 0, 0, 1], port).into(), "gone.localhost", "/").is_ok_and(|(s, _)| s == 404)
-    });
-    assert!(
-        killed.elapsed() < Duration::from_secs(2),
-        "route removed in {:?}",
-        killed.elapsed()
-    );
-    eventually("the server died with wharf", PATIENCE, || gone(child));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let seen = worker.join().unwrap();
-    assert!(
-        seen.iter().all(|s| [200, 404, 502].contains(s)),
-        "{:?}",
-        seen.iter().filter(|s| **s != 200).collect::<Vec<_>>()
-    );
-}
+h1test!(
+    killing_wharf_run_under_load_removes_the_route_and_nothing_hangs,
+    |sb: Sandbox| {
+        let mut p = sb.serve("gone", &[]);
+        let port = p.url_port();
+        let child = p.report()["pid"].as_i64().unwrap() as i32;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let worker = load(port, "gone.localhost", stop.clone());
+        std::thread::sleep(Duration::from_millis(300));
+        p.signal(libc::SIGKILL);
+        let killed = Instant::now();
+        p.wait(PATIENCE);
+        eventually("the route is gone", Duration::from_secs(2), || {
+            get(([127, 0, 0, 1], port).into(), "gone.localhost", "/").is_ok_and(|(s, _)| s == 404)
+        });
+        assert!(
+            killed.elapsed() < Duration::from_secs(2),
+            "route removed in {:?}",
+            killed.elapsed()
+        );
+        eventually("the server died with wharf", PATIENCE, || gone(child));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = worker.join().unwrap();
+        assert!(
+            seen.iter().all(|s| [200, 404, 502].contains(s)),
+            "{:?}",
+            seen.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+        );
+    }
+);
 
 /// A small deterministic generator (xorshift): the same cases on every run.
 struct Cases(u64);
@@ -282,78 +289,79 @@ impl Cases {
     }
 }
 
-#[test]
-fn no_mix_of_framing_headers_turns_a_request_body_into_a_request() {
-    let sb = Sandbox::new();
-    let p = sb.serve("fuzz", &[]);
-    let port = p.url_port();
-    let (dead, held) = os_port();
-    drop(held);
-    let (status, log) = sb.output(&["alias", "gone", &dead.to_string()]);
-    assert!(status.success(), "{log}");
-    let mut cases = Cases(0x9e37_79b9_7f4a_7c15);
-    for i in 0..150 {
-        // The body of each POST is a request of its own, pipelined after it another one.
-        let hidden = format!("GET /hidden-{i} HTTP/1.1\r\nHost: fuzz.localhost\r\n\r\n");
-        let host = cases.pick(&["fuzz", "fuzz", "fuzz", "gone"]);
-        let connection = cases.pick(&[
-            "",
-            "keep-alive",
-            "content-length",
-            "Content-Length, x-a",
-            "transfer-encoding",
-            "host",
-            "x-forwarded-for",
-        ]);
-        let framing = cases.pick(&["cl", "cl-zeros", "cl-twice", "te", "te-cl"]);
-        let (len, chunked) = (
-            hidden.len(),
-            format!("{:x}\r\n{hidden}\r\n0\r\n\r\n", hidden.len()),
-        );
-        let (framing_lines, body) = match framing {
-            "cl" => (format!("Content-Length: {len}\r\n"), hidden.as_str()),
-            "cl-zeros" => (format!("Content-Length: 00{len}\r\n"), hidden.as_str()),
-            "cl-twice" => (
-                format!("Content-Length: {len}\r\nContent-Length: {len}\r\n"),
-                hidden.as_str(),
-            ),
-            "te" => (
-                "Transfer-Encoding: chunked\r\n".to_string(),
-                chunked.as_str(),
-            ),
-            _ => (
-                format!("Transfer-Encoding: chunked\r\nContent-Length: {len}\r\n"),
-                chunked.as_str(),
-            ),
-        };
-        let connection_line = if connection.is_empty() {
-            String::new()
-        } else {
-            format!("Connection: {connection}\r\n")
-        };
-        let raw = format!(
-            "POST /case-{i} HTTP/1.1\r\nHost: {host}.localhost\r\n{connection_line}\
+h1test!(
+    no_mix_of_framing_headers_turns_a_request_body_into_a_request,
+    |sb: Sandbox| {
+        let p = sb.serve("fuzz", &[]);
+        let port = p.url_port();
+        let (dead, held) = os_port();
+        drop(held);
+        let (status, log) = sb.output(&["alias", "gone", &dead.to_string()]);
+        assert!(status.success(), "{log}");
+        let mut cases = Cases(0x9e37_79b9_7f4a_7c15);
+        for i in 0..150 {
+            // The body of each POST is a request of its own, pipelined after it another one.
+            let hidden = format!("GET /hidden-{i} HTTP/1.1\r\nHost: fuzz.localhost\r\n\r\n");
+            let host = cases.pick(&["fuzz", "fuzz", "fuzz", "gone"]);
+            let connection = cases.pick(&[
+                "",
+                "keep-alive",
+                "content-length",
+                "Content-Length, x-a",
+                "transfer-encoding",
+                "host",
+                "x-forwarded-for",
+            ]);
+            let framing = cases.pick(&["cl", "cl-zeros", "cl-twice", "te", "te-cl"]);
+            let (len, chunked) = (
+                hidden.len(),
+                format!("{:x}\r\n{hidden}\r\n0\r\n\r\n", hidden.len()),
+            );
+            let (framing_lines, body) = match framing {
+                "cl" => (format!("Content-Length: {len}\r\n"), hidden.as_str()),
+                "cl-zeros" => (format!("Content-Length: 00{len}\r\n"), hidden.as_str()),
+                "cl-twice" => (
+                    format!("Content-Length: {len}\r\nContent-Length: {len}\r\n"),
+                    hidden.as_str(),
+                ),
+                "te" => (
+                    "Transfer-Encoding: chunked\r\n".to_string(),
+                    chunked.as_str(),
+                ),
+                _ => (
+                    format!("Transfer-Encoding: chunked\r\nContent-Length: {len}\r\n"),
+                    chunked.as_str(),
+                ),
+            };
+            let connection_line = if connection.is_empty() {
+                String::new()
+            } else {
+                format!("Connection: {connection}\r\n")
+            };
+            let raw = format!(
+                "POST /case-{i} HTTP/1.1\r\nHost: {host}.localhost\r\n{connection_line}\
              X-Forwarded-For: 10.0.0.{i}\r\n{framing_lines}\r\n{body}\
              GET /after-{i} HTTP/1.1\r\nHost: fuzz.localhost\r\nConnection: close\r\n\r\n"
-        );
-        let answer = exchange(port, raw.as_bytes());
-        let case = format!("case {i}:\n{raw}\n--- answer:\n{answer}");
-        assert!(!answer.contains("/hidden"), "{case}");
-        // Either both were answered, in order, or the connection closed after the first.
-        if answer.matches("HTTP/1.1 ").count() == 2 {
-            assert!(answer.contains(&format!("/after-{i}")), "{case}");
+            );
+            let answer = exchange(port, raw.as_bytes());
+            let case = format!("case {i}:\n{raw}\n--- answer:\n{answer}");
+            assert!(!answer.contains("/hidden"), "{case}");
+            // Either both were answered, in order, or the connection closed after the first.
+            if answer.matches("HTTP/1.1 ").count() == 2 {
+                assert!(answer.contains(&format!("/after-{i}")), "{case}");
+            }
         }
+        // The server logs in the order it serves: once a last request shows, so has the rest.
+        let (status, _) = get(([127, 0, 0, 1], port).into(), "fuzz.localhost", "/last").unwrap();
+        assert_eq!(status, 200);
+        eventually("the server logged the last request", PATIENCE, || {
+            p.count_lines(|l| l == "REQ GET /last") == 1
+        });
+        assert_eq!(
+            p.count_lines(|l| l.contains("/hidden")),
+            0,
+            "a body reached the server as a request:\n{}",
+            p.log()
+        );
     }
-    // The server logs in the order it serves: once a last request shows, so has the rest.
-    let (status, _) = get(([127, 0, 0, 1], port).into(), "fuzz.localhost", "/last").unwrap();
-    assert_eq!(status, 200);
-    eventually("the server logged the last request", PATIENCE, || {
-        p.count_lines(|l| l == "REQ GET /last") == 1
-    });
-    assert_eq!(
-        p.count_lines(|l| l.contains("/hidden")),
-        0,
-        "a body reached the server as a request:\n{}",
-        p.log()
-    );
-}
+);

@@ -1,3 +1,6 @@
+#[macro_use]
+mod macros;
+
 mod budget;
 mod express;
 mod fuzz;

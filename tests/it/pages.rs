@@ -36,37 +36,38 @@ fn dashboard_json(port: u16) -> serde_json::Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
-#[test]
-fn a_404_names_the_instance_and_a_421_points_at_the_dashboard() {
-    let sb = Sandbox::new();
-    let (_proxy, port) = start_proxy(&sb);
-    let dashboard = format!("http://localhost:{port}/");
-    for host in [
-        format!("nope.localhost:{port}"),
-        "admin.nope.localhost".into(),
-    ] {
-        let (status, page) = proxy_get(port, &host, "/");
+h1test!(
+    a_404_names_the_instance_and_a_421_points_at_the_dashboard,
+    |sb: Sandbox| {
+        let (_proxy, port) = start_proxy(&sb);
+        let dashboard = format!("http://localhost:{port}/");
+        for host in [
+            format!("nope.localhost:{port}"),
+            "admin.nope.localhost".into(),
+        ] {
+            let (status, page) = proxy_get(port, &host, "/");
+            assert_eq!(status, 404, "{page}");
+            assert!(
+                page.contains("No instance is named <b>nope</b>.")
+                    && page.contains("wharf run --name nope -- CMD"),
+                "{host}: {page}"
+            );
+            assert!(page.contains(&format!("href=\"{dashboard}\"")), "{page}");
+        }
+        let (status, page) = proxy_get(port, "a.b.c.localhost", "/");
         assert_eq!(status, 404, "{page}");
-        assert!(
-            page.contains("No instance is named <b>nope</b>.")
-                && page.contains("wharf run --name nope -- CMD"),
-            "{host}: {page}"
-        );
-        assert!(page.contains(&format!("href=\"{dashboard}\"")), "{page}");
-    }
-    let (status, page) = proxy_get(port, "a.b.c.localhost", "/");
-    assert_eq!(status, 404, "{page}");
-    assert!(page.contains("is not a name wharf routes"), "{page}");
+        assert!(page.contains("is not a name wharf routes"), "{page}");
 
-    for host in [format!("127.0.0.1:{port}"), "example.com".into()] {
-        let (status, page) = proxy_get(port, &host, "/");
-        assert_eq!(status, 421, "{page}");
-        assert!(
-            page.contains(&format!("href=\"{dashboard}\"")),
-            "{host}: {page}"
-        );
+        for host in [format!("127.0.0.1:{port}"), "example.com".into()] {
+            let (status, page) = proxy_get(port, &host, "/");
+            assert_eq!(status, 421, "{page}");
+            assert!(
+                page.contains(&format!("href=\"{dashboard}\"")),
+                "{host}: {page}"
+            );
+        }
     }
-}
+);
 
 #[test]
 fn a_second_proxy_names_the_one_that_runs() {

@@ -29,138 +29,141 @@ fn proxy_get(port: u16, host: &str, path: &str) -> (u16, String) {
     get(SocketAddr::from(([127, 0, 0, 1], port)), host, path).unwrap()
 }
 
-#[test]
-fn two_instances_answer_by_name_with_host_and_forwarded_headers() {
-    let Some(curl) = need("curl") else { return };
-    let sb = Sandbox::new();
-    let Some(a) = sb.gunicorn("a") else { return };
-    let b = sb.serve("b", &[]);
-    let port = a.url_port();
-    assert_eq!(b.url_port(), port, "both behind the same proxy");
-    let (_, proxy_port) = sb.proxy().expect("a proxy was started");
-    assert_eq!(port, proxy_port);
+h1test!(
+    two_instances_answer_by_name_with_host_and_forwarded_headers,
+    |sb: Sandbox| {
+        let Some(curl) = need("curl") else { return };
+        let Some(a) = sb.gunicorn("a") else { return };
+        let b = sb.serve("b", &[]);
+        let port = a.url_port();
+        assert_eq!(b.url_port(), port, "both behind the same proxy");
+        let (_, proxy_port) = sb.proxy().expect("a proxy was started");
+        assert_eq!(port, proxy_port);
 
-    // curl resolves *.localhost to loopback by itself.
-    let out = std::process::Command::new(curl)
-        .args([
-            "-sS",
-            "--max-time",
-            "20",
-            &format!("http://a.localhost:{port}/"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(body["host"], format!("a.localhost:{port}"));
-    assert_eq!(body["forwarded_for"], "127.0.0.1");
-    assert_eq!(body["forwarded_proto"], "http");
-    assert_eq!(body["forwarded_host"], format!("a.localhost:{port}"));
+        // curl resolves *.localhost to loopback by itself.
+        let out = std::process::Command::new(curl)
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                &format!("http://a.localhost:{port}/"),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(body["host"], format!("a.localhost:{port}"));
+        assert_eq!(body["forwarded_for"], "127.0.0.1");
+        assert_eq!(body["forwarded_proto"], "http");
+        assert_eq!(body["forwarded_host"], format!("a.localhost:{port}"));
 
-    let (status, body) = proxy_get(port, &format!("B.LOCALHOST.:{port}"), "/x?y=1");
-    assert_eq!(status, 200, "{body}");
-    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(body["path"], "/x?y=1");
-    assert_eq!(
-        body["headers"]["host"],
-        format!("B.LOCALHOST.:{port}"),
-        "Host preserved as sent"
-    );
-    assert!(
-        body["headers"]
-            .get("connection")
-            .is_none_or(|c| c != "keep-alive, x-hop")
-    );
+        let (status, body) = proxy_get(port, &format!("B.LOCALHOST.:{port}"), "/x?y=1");
+        assert_eq!(status, 200, "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["path"], "/x?y=1");
+        assert_eq!(
+            body["headers"]["host"],
+            format!("B.LOCALHOST.:{port}"),
+            "Host preserved as sent"
+        );
+        assert!(
+            body["headers"]
+                .get("connection")
+                .is_none_or(|c| c != "keep-alive, x-hop")
+        );
 
-    // Absolute form works for local names, so http_proxy= users can reach instances.
-    let req = format!(
-        "GET http://b.localhost:{port}/abs HTTP/1.1\r\nHost: b.localhost:{port}\r\nConnection: close\r\n\r\n"
-    );
-    assert_eq!(raw(port, req.as_bytes()), 200);
+        // Absolute form works for local names, so http_proxy= users can reach instances.
+        let req = format!(
+            "GET http://b.localhost:{port}/abs HTTP/1.1\r\nHost: b.localhost:{port}\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(raw(port, req.as_bytes()), 200);
 
-    let listed = sb.ls();
-    let names: Vec<&str> = listed.iter().map(|l| l["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["a", "b"]);
-    assert!(listed[1]["requests"].as_u64().unwrap() >= 2);
-}
+        let listed = sb.ls();
+        let names: Vec<&str> = listed.iter().map(|l| l["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(listed[1]["requests"].as_u64().unwrap() >= 2);
+    }
+);
 
-#[test]
-fn dashboard_for_bare_localhost_and_404_lists_known_names() {
-    let sb = Sandbox::new();
-    let p = sb.serve("known", &[]);
-    let port = p.url_port();
-    let (status, page) = proxy_get(port, &format!("localhost:{port}"), "/");
-    assert_eq!(status, 200);
-    assert!(
-        page.contains(&format!("http://known.localhost:{port}")),
-        "{page}"
-    );
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
+h1test!(
+    dashboard_for_bare_localhost_and_404_lists_known_names,
+    |sb: Sandbox| {
+        let p = sb.serve("known", &[]);
+        let port = p.url_port();
+        let (status, page) = proxy_get(port, &format!("localhost:{port}"), "/");
+        assert_eq!(status, 200);
+        assert!(
+            page.contains(&format!("http://known.localhost:{port}")),
+            "{page}"
+        );
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
         s,
         "GET / HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let json: serde_json::Value =
-        serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
-    assert_eq!(json["instances"][0]["name"], "known");
-    assert!(
-        !text.to_ascii_lowercase().contains("access-control-"),
-        "no CORS headers"
-    );
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+        assert_eq!(json["instances"][0]["name"], "known");
+        assert!(
+            !text.to_ascii_lowercase().contains("access-control-"),
+            "no CORS headers"
+        );
 
-    let (status, page) = proxy_get(port, "nope.localhost", "/");
-    assert_eq!(status, 404);
-    assert!(page.contains("known.localhost"), "{page}");
-    let (status, _) = proxy_get(port, "admin.known.localhost", "/");
-    assert_eq!(
-        status, 200,
-        "an unknown socket name falls back to the main socket"
-    );
-}
+        let (status, page) = proxy_get(port, "nope.localhost", "/");
+        assert_eq!(status, 404);
+        assert!(page.contains("known.localhost"), "{page}");
+        let (status, _) = proxy_get(port, "admin.known.localhost", "/");
+        assert_eq!(
+            status, 200,
+            "an unknown socket name falls back to the main socket"
+        );
+    }
+);
 
-#[test]
-fn websocket_echo_round_trips_through_the_proxy() {
-    let Some(py) = need_venv() else { return };
-    let sb = Sandbox::new();
-    let ws = repo().join("tests/servers/ws.py");
-    let server = sb.spawn(&[
-        "run",
-        "--name",
-        "ws",
-        "--env",
-        "--port",
-        "0",
-        "--",
-        path_str(&py),
-        path_str(&ws),
-        "server",
-    ]);
-    server.expect("WS ready");
-    let port = server.url_port();
-    let out = std::process::Command::new(&py)
-        .args([
+h1test!(
+    websocket_echo_round_trips_through_the_proxy,
+    |sb: Sandbox| {
+        let Some(py) = need_venv() else { return };
+        let ws = repo().join("tests/servers/ws.py");
+        let server = sb.spawn(&[
+            "run",
+            "--name",
+            "ws",
+            "--env",
+            "--port",
+            "0",
+            "--",
+            path_str(&py),
             path_str(&ws),
-            "client",
-            &port.to_string(),
-            &format!("ws.localhost:{port}"),
-            "hello through wharf",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("ECHO hello through wharf"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+            "server",
+        ]);
+        server.expect("WS ready");
+        let port = server.url_port();
+        let out = std::process::Command::new(&py)
+            .args([
+                path_str(&ws),
+                "client",
+                &port.to_string(),
+                &format!("ws.localhost:{port}"),
+                "hello through wharf",
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("ECHO hello through wharf"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+);
 
 #[test]
 fn thirty_cold_runs_start_one_proxy_and_get_thirty_routes() {
@@ -200,47 +203,49 @@ fn thirty_cold_runs_start_one_proxy_and_get_thirty_routes() {
     }
 }
 
-#[test]
-fn a_killed_instance_gives_502_or_404_then_404_within_a_second() {
-    let sb = Sandbox::new();
-    let mut p = sb.serve("doomed", &[]);
-    let port = p.url_port();
-    let child = p.report()["pid"].as_i64().unwrap() as i32;
-    assert_eq!(proxy_get(port, "doomed.localhost", "/").0, 200);
-    // SAFETY: killing the server this test started.
-    unsafe { libc::kill(child, libc::SIGKILL) };
-    let killed = Instant::now();
-    loop {
-        let (status, _) = proxy_get(port, "doomed.localhost", "/");
-        if status == 404 {
-            break;
+h1test!(
+    a_killed_instance_gives_502_or_404_then_404_within_a_second,
+    |sb: Sandbox| {
+        let mut p = sb.serve("doomed", &[]);
+        let port = p.url_port();
+        let child = p.report()["pid"].as_i64().unwrap() as i32;
+        assert_eq!(proxy_get(port, "doomed.localhost", "/").0, 200);
+        // SAFETY: killing the server this test started.
+        unsafe { libc::kill(child, libc::SIGKILL) };
+        let killed = Instant::now();
+        loop {
+            let (status, _) = proxy_get(port, "doomed.localhost", "/");
+            if status == 404 {
+                break;
+            }
+            assert!([200, 502].contains(&status), "got {status}");
+            assert!(
+                killed.elapsed() < Duration::from_secs(1),
+                "route still there after 1 s"
+            );
         }
-        assert!([200, 502].contains(&status), "got {status}");
-        assert!(
-            killed.elapsed() < Duration::from_secs(1),
-            "route still there after 1 s"
-        );
+        assert_eq!(p.wait(PATIENCE).code(), Some(128 + 9));
     }
-    assert_eq!(p.wait(PATIENCE).code(), Some(128 + 9));
-}
+);
 
-#[test]
-fn a_dead_backend_is_a_clear_502_within_two_seconds() {
-    let sb = Sandbox::new();
-    let (dead_port, listener) = os_port();
-    drop(listener);
-    let (status, log) = sb.output(&["alias", "gone", &dead_port.to_string()]);
-    assert!(status.success(), "{log}");
-    let (_, port) = sb.proxy().unwrap();
-    let started = Instant::now();
-    let (status, page) = proxy_get(port, "gone.localhost", "/");
-    assert_eq!(status, 502, "{page}");
-    assert!(started.elapsed() < Duration::from_secs(2));
-    assert!(page.contains("is not answering"), "{page}");
-    let (status, log) = sb.output(&["alias", "--rm", "gone"]);
-    assert!(status.success(), "{log}");
-    assert_eq!(proxy_get(port, "gone.localhost", "/").0, 404);
-}
+h1test!(
+    a_dead_backend_is_a_clear_502_within_two_seconds,
+    |sb: Sandbox| {
+        let (dead_port, listener) = os_port();
+        drop(listener);
+        let (status, log) = sb.output(&["alias", "gone", &dead_port.to_string()]);
+        assert!(status.success(), "{log}");
+        let (_, port) = sb.proxy().unwrap();
+        let started = Instant::now();
+        let (status, page) = proxy_get(port, "gone.localhost", "/");
+        assert_eq!(status, 502, "{page}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(page.contains("is not answering"), "{page}");
+        let (status, log) = sb.output(&["alias", "--rm", "gone"]);
+        assert!(status.success(), "{log}");
+        assert_eq!(proxy_get(port, "gone.localhost", "/").0, 404);
+    }
+);
 
 #[test]
 fn a_killed_proxy_comes_back_and_every_instance_is_routed_again() {
@@ -275,181 +280,185 @@ fn a_killed_proxy_comes_back_and_every_instance_is_routed_again() {
     a.expect("registered again with the front proxy");
 }
 
-#[test]
-fn bad_requests_get_their_status_and_never_reach_the_backend() {
-    let sb = Sandbox::new();
-    let p = sb.serve("api", &[]);
-    let port = p.url_port();
-    p.report();
-    let long_uri = format!("/{}", "a".repeat(9 * 1024));
-    let long_header = "x".repeat(17 * 1024);
-    let many: String = (0..101).map(|i| format!("X-{i}: 1\r\n")).collect();
-    let big_head: String = (0..10)
-        .map(|i| format!("X-{i}: {}\r\n", "y".repeat(7 * 1024)))
-        .collect();
-    let cases: Vec<(String, u16)> = vec![
-        (
-            "CONNECT api.localhost:80 HTTP/1.1\r\nHost: api.localhost:80\r\n\r\n".into(),
-            405,
-        ),
-        ("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n".into(), 421),
-        (
-            "GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n".into(),
-            421,
-        ),
-        (
-            "GET http://example.com/ HTTP/1.1\r\nHost: api.localhost\r\n\r\n".into(),
-            400,
-        ),
-        ("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".into(), 421),
-        (
-            "GET / HTTP/1.1\r\nHost: api.localhost\r\nHost: api.localhost\r\n\r\n".into(),
-            400,
-        ),
-        ("GET / HTTP/1.1\r\n\r\n".into(), 400),
-        (
-            "GET /?q=<x> HTTP/1.1\r\nHost: api.localhost\r\n\r\n".into(),
-            400,
-        ),
-        (
-            "GET / HTTP/1.1\r\nHost: api/b.localhost\r\n\r\n".into(),
-            400,
-        ),
-        ("GET / HTTP/1.1\r\nHost: ..localhost\r\n\r\n".into(), 400),
-        // IDN: raw UTF-8 is not a host name; its punycode form is an ordinary label.
-        (
-            "GET / HTTP/1.1\r\nHost: bücher.localhost\r\n\r\n".into(),
-            400,
-        ),
-        (
-            "GET / HTTP/1.1\r\nHost: xn--bcher-kva.localhost\r\n\r\n".into(),
-            404,
-        ),
-        (
-            "GET / HTTP/1.1\r\nHost: a.b.api.localhost\r\n\r\n".into(),
-            404,
-        ),
-        (
-            format!(
-                "GET / HTTP/1.1\r\nHost: {}.localhost\r\n\r\n",
-                "a".repeat(64)
+h1test!(
+    bad_requests_get_their_status_and_never_reach_the_backend,
+    |sb: Sandbox| {
+        let p = sb.serve("api", &[]);
+        let port = p.url_port();
+        p.report();
+        let long_uri = format!("/{}", "a".repeat(9 * 1024));
+        let long_header = "x".repeat(17 * 1024);
+        let many: String = (0..101).map(|i| format!("X-{i}: 1\r\n")).collect();
+        let big_head: String = (0..10)
+            .map(|i| format!("X-{i}: {}\r\n", "y".repeat(7 * 1024)))
+            .collect();
+        let cases: Vec<(String, u16)> = vec![
+            (
+                "CONNECT api.localhost:80 HTTP/1.1\r\nHost: api.localhost:80\r\n\r\n".into(),
+                405,
             ),
-            400,
-        ),
-        (
-            format!("GET {long_uri} HTTP/1.1\r\nHost: api.localhost\r\n\r\n"),
-            414,
-        ),
-        (
-            format!("GET / HTTP/1.1\r\nHost: api.localhost\r\nX-Long: {long_header}\r\n\r\n"),
-            431,
-        ),
-        (
-            format!("GET / HTTP/1.1\r\nHost: api.localhost\r\n{many}\r\n"),
-            431,
-        ),
-        (
-            format!("GET / HTTP/1.1\r\nHost: api.localhost\r\n{big_head}\r\n"),
-            431,
-        ),
-        (
-            "GET / HTTP/1.1\r\nHost: api.localhost\r\nVia: 1.1 wharf\r\n\r\n".into(),
-            508,
-        ),
-    ];
-    for (request, want) in &cases {
-        let got = raw(port, request.as_bytes());
-        assert_eq!(got, *want, "{}", request.lines().next().unwrap());
+            ("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n".into(), 421),
+            (
+                "GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n".into(),
+                421,
+            ),
+            (
+                "GET http://example.com/ HTTP/1.1\r\nHost: api.localhost\r\n\r\n".into(),
+                400,
+            ),
+            ("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".into(), 421),
+            (
+                "GET / HTTP/1.1\r\nHost: api.localhost\r\nHost: api.localhost\r\n\r\n".into(),
+                400,
+            ),
+            ("GET / HTTP/1.1\r\n\r\n".into(), 400),
+            (
+                "GET /?q=<x> HTTP/1.1\r\nHost: api.localhost\r\n\r\n".into(),
+                400,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: api/b.localhost\r\n\r\n".into(),
+                400,
+            ),
+            ("GET / HTTP/1.1\r\nHost: ..localhost\r\n\r\n".into(), 400),
+            // IDN: raw UTF-8 is not a host name; its punycode form is an ordinary label.
+            (
+                "GET / HTTP/1.1\r\nHost: bücher.localhost\r\n\r\n".into(),
+                400,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: xn--bcher-kva.localhost\r\n\r\n".into(),
+                404,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a.b.api.localhost\r\n\r\n".into(),
+                404,
+            ),
+            (
+                format!(
+                    "GET / HTTP/1.1\r\nHost: {}.localhost\r\n\r\n",
+                    "a".repeat(64)
+                ),
+                400,
+            ),
+            (
+                format!("GET {long_uri} HTTP/1.1\r\nHost: api.localhost\r\n\r\n"),
+                414,
+            ),
+            (
+                format!("GET / HTTP/1.1\r\nHost: api.localhost\r\nX-Long: {long_header}\r\n\r\n"),
+                431,
+            ),
+            (
+                format!("GET / HTTP/1.1\r\nHost: api.localhost\r\n{many}\r\n"),
+                431,
+            ),
+            (
+                format!("GET / HTTP/1.1\r\nHost: api.localhost\r\n{big_head}\r\n"),
+                431,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: api.localhost\r\nVia: 1.1 wharf\r\n\r\n".into(),
+                508,
+            ),
+        ];
+        for (request, want) in &cases {
+            let got = raw(port, request.as_bytes());
+            assert_eq!(got, *want, "{}", request.lines().next().unwrap());
+        }
+        assert_eq!(
+            p.count_lines(|l| l.starts_with("REQ ")),
+            0,
+            "the backend was contacted:\n{}",
+            p.log()
+        );
+        // A good request still goes through afterwards.
+        assert_eq!(proxy_get(port, "api.localhost", "/").0, 200);
+        p.expect("REQ GET /");
     }
-    assert_eq!(
-        p.count_lines(|l| l.starts_with("REQ ")),
-        0,
-        "the backend was contacted:\n{}",
-        p.log()
-    );
-    // A good request still goes through afterwards.
-    assert_eq!(proxy_get(port, "api.localhost", "/").0, 200);
-    p.expect("REQ GET /");
-}
+);
 
-#[test]
-fn h2c_upgrades_and_hop_by_hop_headers_do_not_reach_the_backend() {
-    let sb = Sandbox::new();
-    let p = sb.serve("api", &[]);
-    let port = p.url_port();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    write!(
+h1test!(
+    h2c_upgrades_and_hop_by_hop_headers_do_not_reach_the_backend,
+    |sb: Sandbox| {
+        let p = sb.serve("api", &[]);
+        let port = p.url_port();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        write!(
         s,
         "GET / HTTP/1.1\r\nHost: api.localhost\r\nConnection: Upgrade, HTTP2-Settings, X-Hop\r\n\
          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nX-Hop: secret\r\nTE: trailers\r\n\
          Proxy-Authorization: Basic eA==\r\nX-Kept: yes\r\n\r\n"
     )
     .unwrap();
-    let (head, body) = read_response(&mut s);
-    assert!(
-        head.starts_with("HTTP/1.1 200"),
-        "served as plain HTTP/1.1: {head}"
-    );
-    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let headers = body["headers"].as_object().unwrap();
-    for gone in [
-        "upgrade",
-        "http2-settings",
-        "x-hop",
-        "te",
-        "proxy-authorization",
-    ] {
+        let (head, body) = read_response(&mut s);
         assert!(
-            !headers.contains_key(gone),
-            "{gone} reached the backend: {headers:?}"
+            head.starts_with("HTTP/1.1 200"),
+            "served as plain HTTP/1.1: {head}"
         );
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let headers = body["headers"].as_object().unwrap();
+        for gone in [
+            "upgrade",
+            "http2-settings",
+            "x-hop",
+            "te",
+            "proxy-authorization",
+        ] {
+            assert!(
+                !headers.contains_key(gone),
+                "{gone} reached the backend: {headers:?}"
+            );
+        }
+        assert_eq!(headers["x-kept"], "yes");
+        assert_eq!(headers["via"], "1.1 wharf");
     }
-    assert_eq!(headers["x-kept"], "yes");
-    assert_eq!(headers["via"], "1.1 wharf");
-}
+);
 
-#[test]
-fn bodies_stream_both_ways_and_keep_alive_is_reused() {
-    let sb = Sandbox::new();
-    let p = sb.serve("up", &[]);
-    let port = p.url_port();
-    let body = vec![b'z'; 3 * 1024 * 1024];
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    for _ in 0..3 {
-        write!(
-            s,
-            "POST /upload HTTP/1.1\r\nHost: up.localhost\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .unwrap();
-        s.write_all(&body).unwrap();
-        let (head, answer) = read_response(&mut s);
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert_eq!(answer, format!("{{\"received\": {}}}", body.len()));
+h1test!(
+    bodies_stream_both_ways_and_keep_alive_is_reused,
+    |sb: Sandbox| {
+        let p = sb.serve("up", &[]);
+        let port = p.url_port();
+        let body = vec![b'z'; 3 * 1024 * 1024];
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        for _ in 0..3 {
+            write!(
+                s,
+                "POST /upload HTTP/1.1\r\nHost: up.localhost\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .unwrap();
+            s.write_all(&body).unwrap();
+            let (head, answer) = read_response(&mut s);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            assert_eq!(answer, format!("{{\"received\": {}}}", body.len()));
+        }
     }
-}
+);
 
-#[test]
-fn a_silent_client_is_closed_after_the_first_byte_deadline() {
-    let sb = Sandbox::new();
-    let p = sb.serve("quiet", &[]);
-    let port = p.url_port();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let started = Instant::now();
-    let mut buf = [0u8; 1];
-    let n = s.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "closed without a word");
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_secs(9) && waited < Duration::from_secs(20),
-        "{waited:?}"
-    );
-    // Everyone else was served meanwhile.
-    assert_eq!(proxy_get(port, "quiet.localhost", "/").0, 200);
-}
+h1test!(
+    a_silent_client_is_closed_after_the_first_byte_deadline,
+    |sb: Sandbox| {
+        let p = sb.serve("quiet", &[]);
+        let port = p.url_port();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 1];
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "closed without a word");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(9) && waited < Duration::from_secs(20),
+            "{waited:?}"
+        );
+        // Everyone else was served meanwhile.
+        assert_eq!(proxy_get(port, "quiet.localhost", "/").0, 200);
+    }
+);
 
 #[test]
 fn control_socket_refuses_another_user() {
@@ -499,108 +508,112 @@ fn control_socket_refuses_another_user() {
     assert!(!answer.contains("mine"));
 }
 
-#[test]
-fn a_request_for_a_starting_instance_waits_for_it() {
-    let sb = Sandbox::new();
-    let (py, script) = (python(), server_py());
-    let args = [
-        "run",
-        "--name",
-        "slow",
-        "--env",
-        "--port",
-        "0",
-        "--",
-        path_str(&py),
-        path_str(&script),
-        "--bind-delay",
-        "0.5",
-    ];
-    let p = sb.spawn(&args);
-    let port = p.url_port();
-    let (status, body) = proxy_get(port, "slow.localhost", "/");
-    assert_eq!(status, 200, "waited instead of failing: {body}");
-    assert!(p.count_lines(|l| l.starts_with("BOUND ")) == 1);
-}
+h1test!(
+    a_request_for_a_starting_instance_waits_for_it,
+    |sb: Sandbox| {
+        let (py, script) = (python(), server_py());
+        let args = [
+            "run",
+            "--name",
+            "slow",
+            "--env",
+            "--port",
+            "0",
+            "--",
+            path_str(&py),
+            path_str(&script),
+            "--bind-delay",
+            "0.5",
+        ];
+        let p = sb.spawn(&args);
+        let port = p.url_port();
+        let (status, body) = proxy_get(port, "slow.localhost", "/");
+        assert_eq!(status, 200, "waited instead of failing: {body}");
+        assert!(p.count_lines(|l| l.starts_with("BOUND ")) == 1);
+    }
+);
 
-#[test]
-fn a_half_sent_head_is_closed_after_the_header_deadline() {
-    let sb = Sandbox::new();
-    let p = sb.serve("hr", &[]);
-    let port = p.url_port();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: hr.loc").unwrap();
-    let started = Instant::now();
-    let mut rest = Vec::new();
-    let _ = s.read_to_end(&mut rest);
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_secs(14) && waited < Duration::from_secs(30),
-        "{waited:?}"
-    );
-    assert_eq!(p.count_lines(|l| l.starts_with("REQ ")), 0);
-}
+h1test!(
+    a_half_sent_head_is_closed_after_the_header_deadline,
+    |sb: Sandbox| {
+        let p = sb.serve("hr", &[]);
+        let port = p.url_port();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: hr.loc").unwrap();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(14) && waited < Duration::from_secs(30),
+            "{waited:?}"
+        );
+        assert_eq!(p.count_lines(|l| l.starts_with("REQ ")), 0);
+    }
+);
 
-#[test]
-fn an_idle_keep_alive_connection_is_closed_after_the_header_deadline() {
-    let sb = Sandbox::new();
-    let p = sb.serve("idle", &[]);
-    let port = p.url_port();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: idle.localhost\r\n\r\n")
-        .unwrap();
-    let (head, _) = read_response(&mut s);
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let started = Instant::now();
-    let mut rest = Vec::new();
-    let _ = s.read_to_end(&mut rest);
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_secs(14) && waited < Duration::from_secs(30),
-        "{waited:?}"
-    );
-}
+h1test!(
+    an_idle_keep_alive_connection_is_closed_after_the_header_deadline,
+    |sb: Sandbox| {
+        let p = sb.serve("idle", &[]);
+        let port = p.url_port();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: idle.localhost\r\n\r\n")
+            .unwrap();
+        let (head, _) = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(14) && waited < Duration::from_secs(30),
+            "{waited:?}"
+        );
+    }
+);
 
-#[test]
-fn connections_over_the_cap_get_503_and_others_still_work() {
-    use std::os::unix::process::CommandExt;
-    let sb = Sandbox::new();
-    let mut cmd = sb.wharf(&["proxy", "--listen", "127.0.0.1:0"]);
-    // SAFETY: setrlimit is async-signal-safe. 64 fds → a budget of 48 (16 in reserve), a
-    // cap of 24 connections.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 64,
-                rlim_max: 64,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+h1test!(
+    connections_over_the_cap_get_503_and_others_still_work,
+    |sb: Sandbox| {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = sb.wharf(&["proxy", "--listen", "127.0.0.1:0"]);
+        // SAFETY: setrlimit is async-signal-safe. 64 fds → a budget of 48 (16 in reserve), a
+        // cap of 24 connections.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 64,
+                    rlim_max: 64,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let proxy = Proc::spawn(cmd, "wharf proxy with 64 fds");
+        let line = proxy.expect(" serving http://127.0.0.1:");
+        let port = port_after(&line, "127.0.0.1:");
+        let mut held = Vec::new();
+        for _ in 0..24 {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+            held.push(s);
+        }
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+        held.truncate(20);
+        eventually("a freed slot serves again", PATIENCE, || {
+            raw(port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n") == 200
         });
     }
-    let proxy = Proc::spawn(cmd, "wharf proxy with 64 fds");
-    let line = proxy.expect(" serving http://127.0.0.1:");
-    let port = port_after(&line, "127.0.0.1:");
-    let mut held = Vec::new();
-    for _ in 0..24 {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
-        held.push(s);
-    }
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
-    held.truncate(20);
-    eventually("a freed slot serves again", PATIENCE, || {
-        raw(port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n") == 200
-    });
-}
+);
 
 #[test]
 fn stop_removes_the_route_and_ends_the_instance() {
@@ -663,82 +676,79 @@ fn a_proxy_stopped_on_purpose_is_not_restarted_and_ls_still_answers() {
     a.expect("registered again with the front proxy");
 }
 
-#[test]
-fn a_backend_without_an_answer_gets_504_after_the_configured_timeout() {
-    let sb = Sandbox::new();
-    let config = sb.dir.path().join("config/wharf");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(
-        config.join("config.toml"),
-        "[proxy]\nupstream_timeout = 1\n",
-    )
-    .unwrap();
-    let p = sb.serve("hangs", &[]);
-    let port = p.url_port();
-    let started = Instant::now();
-    let (status, page) = proxy_get(port, "hangs.localhost", "/hang");
-    assert_eq!(status, 504, "{page}");
-    assert!(page.contains("no response head within 1s"), "{page}");
-    assert!(
-        page.contains("upstream_timeout under [proxy]")
-            && page.contains(&format!("href=\"http://localhost:{port}/\"")),
-        "the page names the knob and links the dashboard: {page}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(10));
-}
-
-#[test]
-fn a_stalled_request_body_gets_408_after_a_minute() {
-    let sb = Sandbox::new();
-    let p = sb.serve("slowpost", &[]);
-    let port = p.url_port();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    s.write_all(
-        b"POST / HTTP/1.1\r\nHost: slowpost.localhost\r\nContent-Length: 100\r\n\r\n0123456789",
-    )
-    .unwrap();
-    let started = Instant::now();
-    let (head, _) = read_response(&mut s);
-    let waited = started.elapsed();
-    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
-    assert!(
-        waited >= Duration::from_secs(59) && waited < Duration::from_secs(90),
-        "{waited:?}"
-    );
-    p.expect("BODY ended early at 10");
-}
-
-#[test]
-fn a_client_that_stops_reading_is_dropped_after_a_minute() {
-    let sb = Sandbox::new();
-    let p = sb.serve("stall", &[]);
-    let port = p.url_port();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /big/512 HTTP/1.1\r\nHost: stall.localhost\r\n\r\n")
-        .unwrap();
-    // Read nothing; the proxy gives up on us and aborts the upstream response.
-    let started = Instant::now();
-    p.expect_line_within(
-        |l| l == "BIG aborted",
-        "BIG aborted",
-        Duration::from_secs(120),
-    );
-    let waited = started.elapsed();
-    assert!(waited >= Duration::from_secs(55), "{waited:?}");
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut total = 0;
-    let mut buf = vec![0u8; 1 << 20];
-    while let Ok(n @ 1..) = s.read(&mut buf) {
-        total += n;
+h1test!(
+    a_backend_without_an_answer_gets_504_after_the_configured_timeout,
+    |sb: Sandbox| {
+        sb.config("[proxy]\nupstream_timeout = 1\n");
+        let p = sb.serve("hangs", &[]);
+        let port = p.url_port();
+        let started = Instant::now();
+        let (status, page) = proxy_get(port, "hangs.localhost", "/hang");
+        assert_eq!(status, 504, "{page}");
+        assert!(page.contains("no response head within 1s"), "{page}");
+        assert!(
+            page.contains("upstream_timeout under [proxy]")
+                && page.contains(&format!("href=\"http://localhost:{port}/\"")),
+            "the page names the knob and links the dashboard: {page}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
-    assert!(total < 512 << 20, "the response was cut short");
-    assert_eq!(
-        proxy_get(port, "stall.localhost", "/").0,
-        200,
-        "others are still served"
-    );
-}
+);
+
+h1test!(
+    a_stalled_request_body_gets_408_after_a_minute,
+    |sb: Sandbox| {
+        let p = sb.serve("slowpost", &[]);
+        let port = p.url_port();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        s.write_all(
+            b"POST / HTTP/1.1\r\nHost: slowpost.localhost\r\nContent-Length: 100\r\n\r\n0123456789",
+        )
+        .unwrap();
+        let started = Instant::now();
+        let (head, _) = read_response(&mut s);
+        let waited = started.elapsed();
+        assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+        assert!(
+            waited >= Duration::from_secs(59) && waited < Duration::from_secs(90),
+            "{waited:?}"
+        );
+        p.expect("BODY ended early at 10");
+    }
+);
+
+h1test!(
+    a_client_that_stops_reading_is_dropped_after_a_minute,
+    |sb: Sandbox| {
+        let p = sb.serve("stall", &[]);
+        let port = p.url_port();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /big/512 HTTP/1.1\r\nHost: stall.localhost\r\n\r\n")
+            .unwrap();
+        // Read nothing; the proxy gives up on us and aborts the upstream response.
+        let started = Instant::now();
+        p.expect_line_within(
+            |l| l == "BIG aborted",
+            "BIG aborted",
+            Duration::from_secs(120),
+        );
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_secs(55), "{waited:?}");
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut total = 0;
+        let mut buf = vec![0u8; 1 << 20];
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            total += n;
+        }
+        assert!(total < 512 << 20, "the response was cut short");
+        assert_eq!(
+            proxy_get(port, "stall.localhost", "/").0,
+            200,
+            "others are still served"
+        );
+    }
+);
 
 #[test]
 fn socket_activated_proxy_uses_inherited_sockets_and_notifies() {

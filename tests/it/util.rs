@@ -70,18 +70,66 @@ pub fn python() -> PathBuf {
         .expect("python3 is needed")
 }
 
+/// The proxy's two ways of serving an HTTP/1.1 request: the express lane (the default) and
+/// hyper's path (`[proxy] express = false`). `h1test!` runs a case with each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Lane,
+    Hyper,
+}
+
+impl Engine {
+    pub const BOTH: [Engine; 2] = [Engine::Lane, Engine::Hyper];
+}
+
 /// Private directories for one test, and the way to run wharf inside them.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
+    engine: Engine,
 }
 
 impl Sandbox {
+    /// A sandbox whose proxy takes the default (the express lane).
     pub fn new() -> Sandbox {
+        Sandbox::with_engine(Engine::Lane)
+    }
+
+    /// A sandbox whose proxy, once started, serves HTTP/1.1 with `engine`.
+    pub fn with_engine(engine: Engine) -> Sandbox {
         let dir = tempfile::Builder::new()
             .prefix("wharf-test-")
             .tempdir()
             .unwrap();
-        Sandbox { dir }
+        let sb = Sandbox { dir, engine };
+        sb.config("");
+        sb
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// Write the user's config.toml: `text`, and for hyper's engine `express = false` under
+    /// `[proxy]`. Read by the proxy when it starts.
+    pub fn config(&self, text: &str) {
+        let text = match self.engine {
+            Engine::Lane => text.to_string(),
+            Engine::Hyper if text.contains("[proxy]\n") => {
+                text.replacen("[proxy]\n", "[proxy]\nexpress = false\n", 1)
+            }
+            Engine::Hyper => format!("{text}\n[proxy]\nexpress = false\n"),
+        };
+        if text.is_empty() {
+            return;
+        }
+        let dir = self.config_dir().join("wharf");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.toml"), text).unwrap();
+    }
+
+    /// `$XDG_CONFIG_HOME` of the commands this sandbox runs.
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("config")
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -99,7 +147,7 @@ impl Sandbox {
             .env("WHARF_STATE_DIR", self.state_dir())
             .env("WHARF_RUNTIME_DIR", self.runtime_dir())
             .env("WHARF_LISTEN", "127.0.0.1:0")
-            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env("XDG_CONFIG_HOME", self.config_dir())
             .current_dir(self.dir.path())
             .stdin(Stdio::null());
         for var in [

@@ -22,58 +22,60 @@ fn puma_app(sb: &Sandbox) {
     std::fs::write(sb.dir.path().join("config.ru"), CONFIG_RU).unwrap();
 }
 
-#[test]
-fn puma_from_the_readme_serves_on_the_socket_it_is_handed() {
-    let Some(puma) = need("puma") else { return };
-    let sb = Sandbox::new();
-    puma_app(&sb);
-    let p = sb.spawn(&[
-        "run",
-        "--name",
-        "rb",
-        "--port",
-        "0",
-        "--",
-        path_str(&puma),
-        "config.ru",
-    ]);
-    // Without `--bind-to-activated-sockets only`, puma closed the socket as unused and bound
-    // 0.0.0.0:9292; requests waited 120 s for a 504.
-    p.expect("adding --bind-to-activated-sockets only");
-    let port = p.instance_port();
-    p.expect(&format!("Activated tcp://127.0.0.1:{port}"));
-    // Without READY=1 and before any request, `ls` said `starting` for good.
-    p.expect("ready (accepted a connection on its socket)");
-    assert_eq!(sb.ls()[0]["state"], "ready");
-    let body = through_proxy(p.url_port(), "rb");
-    assert!(body.starts_with("puma saw rb.localhost"), "{body}");
-    assert_eq!(
-        p.count_lines(|l| l.contains("Systemd integration failed")),
-        0,
-        "puma is offered no NOTIFY_SOCKET it can only complain about"
-    );
-}
+h1test!(
+    puma_from_the_readme_serves_on_the_socket_it_is_handed,
+    |sb: Sandbox| {
+        let Some(puma) = need("puma") else { return };
+        puma_app(&sb);
+        let p = sb.spawn(&[
+            "run",
+            "--name",
+            "rb",
+            "--port",
+            "0",
+            "--",
+            path_str(&puma),
+            "config.ru",
+        ]);
+        // Without `--bind-to-activated-sockets only`, puma closed the socket as unused and bound
+        // 0.0.0.0:9292; requests waited 120 s for a 504.
+        p.expect("adding --bind-to-activated-sockets only");
+        let port = p.instance_port();
+        p.expect(&format!("Activated tcp://127.0.0.1:{port}"));
+        // Without READY=1 and before any request, `ls` said `starting` for good.
+        p.expect("ready (accepted a connection on its socket)");
+        assert_eq!(sb.ls()[0]["state"], "ready");
+        let body = through_proxy(p.url_port(), "rb");
+        assert!(body.starts_with("puma saw rb.localhost"), "{body}");
+        assert_eq!(
+            p.count_lines(|l| l.contains("Systemd integration failed")),
+            0,
+            "puma is offered no NOTIFY_SOCKET it can only complain about"
+        );
+    }
+);
 
-#[test]
-fn puma_with_a_rails_style_config_reading_port() {
-    let Some(puma) = need("puma") else { return };
-    let sb = Sandbox::new();
-    puma_app(&sb);
-    std::fs::create_dir(sb.dir.path().join("config")).unwrap();
-    std::fs::write(
-        sb.dir.path().join("config/puma.rb"),
-        "port ENV.fetch(\"PORT\")\n",
-    )
-    .unwrap();
-    let mut cmd = sb.wharf(&["run", "--name", "rails", "--", path_str(&puma)]);
-    // Garbage in wharf's own PORT is said and ignored, and never reaches the server.
-    cmd.env("PORT", "not-a-port");
-    let p = Proc::spawn(cmd, "wharf run puma with config/puma.rb");
-    p.expect("ignoring PORT=\"not-a-port\" in the environment");
-    let port = p.instance_port();
-    p.expect(&format!("Activated tcp://127.0.0.1:{port}"));
-    assert!(through_proxy(p.url_port(), "rails").starts_with("puma saw rails.localhost"));
-}
+h1test!(
+    puma_with_a_rails_style_config_reading_port,
+    |sb: Sandbox| {
+        let Some(puma) = need("puma") else { return };
+        puma_app(&sb);
+        std::fs::create_dir_all(sb.dir.path().join("config")).unwrap();
+        std::fs::write(
+            sb.dir.path().join("config/puma.rb"),
+            "port ENV.fetch(\"PORT\")\n",
+        )
+        .unwrap();
+        let mut cmd = sb.wharf(&["run", "--name", "rails", "--", path_str(&puma)]);
+        // Garbage in wharf's own PORT is said and ignored, and never reaches the server.
+        cmd.env("PORT", "not-a-port");
+        let p = Proc::spawn(cmd, "wharf run puma with config/puma.rb");
+        p.expect("ignoring PORT=\"not-a-port\" in the environment");
+        let port = p.instance_port();
+        p.expect(&format!("Activated tcp://127.0.0.1:{port}"));
+        assert!(through_proxy(p.url_port(), "rails").starts_with("puma saw rails.localhost"));
+    }
+);
 
 /// `uv run --no-project ARGS…` in the test venv, as `wharf run --name NAME` would start it.
 fn uv_run(sb: &Sandbox, name: &str, args: &[&str]) -> Option<Proc> {
@@ -104,9 +106,7 @@ fn uv_env(cmd: &mut Command, sb: &Sandbox, venv: &Path) {
         .env("UV_NO_PROGRESS", "1");
 }
 
-#[test]
-fn gunicorn_behind_uv_run_is_told_its_fd() {
-    let sb = Sandbox::new();
+h1test!(gunicorn_behind_uv_run_is_told_its_fd, |sb: Sandbox| {
     let servers = repo().join("tests/servers");
     // `--no-project` before the program: wharf no longer recognised gunicorn at all; and
     // since uv forks, gunicorn's strict LISTEN_PID check rejected fd 3 and it bound
@@ -125,7 +125,7 @@ fn gunicorn_behind_uv_run_is_told_its_fd() {
     let body: serde_json::Value =
         serde_json::from_str(&through_proxy(p.url_port(), "uvg")).unwrap();
     assert_eq!(body["host"], format!("uvg.localhost:{}", p.url_port()));
-}
+});
 
 #[test]
 fn a_valid_parent_port_is_a_preference_and_reaches_fd_mode_only_as_the_handed_port() {
@@ -189,37 +189,38 @@ fn a_server_that_closes_its_handed_socket_is_followed_where_it_listens() {
     assert_eq!(me["sockets"]["http"], format!("127.0.0.1:{bound}"));
 }
 
-#[test]
-fn gunicorn_that_binds_its_own_address_behind_uv_is_followed_there() {
-    let sb = Sandbox::new();
-    let servers = repo().join("tests/servers");
-    // The user's own --bind is kept: gunicorn holds fd 3 (inherited through uv) but never
-    // accepts on it, and says READY=1 all the same.
-    let Some(p) = uv_run(
-        &sb,
-        "own",
-        &[
-            "gunicorn",
-            "-b",
-            "127.0.0.1:0",
-            "--chdir",
-            path_str(&servers),
-            "wsgi:app",
-        ],
-    ) else {
-        return;
-    };
-    p.expect("keeping the command's own --bind");
-    let handed = p.instance_port();
-    let listening = p.expect("Listening at: http://127.0.0.1:");
-    let bound = port_after(&listening, "http://127.0.0.1:");
-    p.expect(&format!(
+h1test!(
+    gunicorn_that_binds_its_own_address_behind_uv_is_followed_there,
+    |sb: Sandbox| {
+        let servers = repo().join("tests/servers");
+        // The user's own --bind is kept: gunicorn holds fd 3 (inherited through uv) but never
+        // accepts on it, and says READY=1 all the same.
+        let Some(p) = uv_run(
+            &sb,
+            "own",
+            &[
+                "gunicorn",
+                "-b",
+                "127.0.0.1:0",
+                "--chdir",
+                path_str(&servers),
+                "wsgi:app",
+            ],
+        ) else {
+            return;
+        };
+        p.expect("keeping the command's own --bind");
+        let handed = p.instance_port();
+        let listening = p.expect("Listening at: http://127.0.0.1:");
+        let bound = port_after(&listening, "http://127.0.0.1:");
+        p.expect(&format!(
         "does not accept on the socket it was handed (127.0.0.1:{handed}) and listens on 127.0.0.1:{bound} instead"
     ));
-    let body: serde_json::Value =
-        serde_json::from_str(&through_proxy(p.url_port(), "own")).unwrap();
-    assert_eq!(body["host"], format!("own.localhost:{}", p.url_port()));
-}
+        let body: serde_json::Value =
+            serde_json::from_str(&through_proxy(p.url_port(), "own")).unwrap();
+        assert_eq!(body["host"], format!("own.localhost:{}", p.url_port()));
+    }
+);
 
 #[test]
 fn a_server_on_every_interface_is_reported_and_warned_about() {
