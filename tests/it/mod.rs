@@ -2,6 +2,7 @@
 mod macros;
 
 mod budget;
+mod engines;
 mod express;
 mod fuzz;
 mod hostile;
