@@ -351,6 +351,11 @@ impl Proc {
         }
     }
 
+    /// Every line so far, in the order they came.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.0.lock().unwrap().all.clone()
+    }
+
     /// Lines seen so far matching `pred`.
     pub fn count_lines(&self, pred: impl Fn(&str) -> bool) -> usize {
         self.lines
