@@ -298,25 +298,54 @@ h1test!(
                 s
             })
             .collect();
-        let (mut admitted, mut refused, mut closed) = (Vec::new(), 0, 0);
         // Refusals come at once (a 503; past a few at a time, a close); each admitted client
-        // waits at the backend.
-        for mut s in clients {
-            s.set_read_timeout(Some(Duration::from_millis(300)))
-                .unwrap();
-            let mut head = [0u8; 12];
-            match s.read_exact(&mut head) {
-                Ok(()) => {
-                    let head = String::from_utf8_lossy(&head);
-                    assert_eq!(head, "HTTP/1.1 503", "{}", proxy.log());
-                    refused += 1;
+        // waits at the backend. Every client is one or the other once the refusals are in
+        // and the admitted requests have reached the backend, however late each comes.
+        let total = clients.len();
+        let mut pending: Vec<(TcpStream, Vec<u8>)> = clients
+            .into_iter()
+            .map(|s| {
+                s.set_nonblocking(true).unwrap();
+                (s, Vec::new())
+            })
+            .collect();
+        let (mut refused, mut closed) = (0, 0);
+        let deadline = Instant::now() + PATIENCE;
+        while refused + closed + silent.connections() < total {
+            pending.retain_mut(|(s, got)| {
+                let mut buf = [0u8; 64];
+                match s.read(&mut buf) {
+                    Ok(n @ 1..) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    // Closed, or reset.
+                    _ if got.is_empty() => {
+                        closed += 1;
+                        return false;
+                    }
+                    _ => {}
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    admitted.push(s)
+                if got.len() < 12 {
+                    return true;
                 }
-                Err(_) => closed += 1,
-            }
+                assert_eq!(&got[..12], b"HTTP/1.1 503", "{}", proxy.log());
+                refused += 1;
+                false
+            });
+            assert!(
+                Instant::now() < deadline,
+                "{refused} refused, {closed} closed, {} at the backend, of {total}",
+                silent.connections()
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
+        let admitted: Vec<TcpStream> = pending
+            .into_iter()
+            .map(|(s, got)| {
+                assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+                s.set_nonblocking(false).unwrap();
+                s
+            })
+            .collect();
         assert!(refused > 0, "no 503 ({closed} closed)");
         eventually("every admitted client at the backend", PATIENCE, || {
             silent.connections() == admitted.len()
@@ -329,7 +358,10 @@ h1test!(
             s.set_read_timeout(Some(PATIENCE)).unwrap();
             assert!(read_head(&mut s).starts_with("HTTP/1.1 200"));
         }
-        assert_eq!(status(port, "silent.localhost"), Ok(200));
+        // They have left; their descriptors come back as the proxy sees them go.
+        eventually("a new client is served", PATIENCE, || {
+            status(port, "silent.localhost") == Ok(200)
+        });
     }
 );
 

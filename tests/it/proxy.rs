@@ -220,8 +220,8 @@ h1test!(
             }
             assert!([200, 502].contains(&status), "got {status}");
             assert!(
-                killed.elapsed() < Duration::from_secs(1),
-                "route still there after 1 s"
+                killed.elapsed() < Duration::from_secs(1) + SLACK,
+                "route still there after 1 s (and {SLACK:?} of slack)"
             );
         }
         assert_eq!(p.wait(PATIENCE).code(), Some(128 + 9));
@@ -239,7 +239,8 @@ h1test!(
         let started = Instant::now();
         let (status, page) = proxy_get(port, "gone.localhost", "/");
         assert_eq!(status, 502, "{page}");
-        assert!(started.elapsed() < Duration::from_secs(2));
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(2) + SLACK, "{took:?}");
         assert!(page.contains("is not answering"), "{page}");
         let (status, log) = sb.output(&["alias", "--rm", "gone"]);
         assert!(status.success(), "{log}");
@@ -260,7 +261,7 @@ fn a_killed_proxy_comes_back_and_every_instance_is_routed_again() {
     let killed = Instant::now();
     eventually(
         "a new proxy routes both instances",
-        Duration::from_secs(3),
+        Duration::from_secs(3) + SLACK,
         || {
             let Some((new_pid, port)) = sb.proxy() else {
                 return false;
@@ -276,7 +277,7 @@ fn a_killed_proxy_comes_back_and_every_instance_is_routed_again() {
                 })
         },
     );
-    assert!(killed.elapsed() < Duration::from_secs(3));
+    assert!(killed.elapsed() < Duration::from_secs(3) + SLACK);
     a.expect("registered again with the front proxy");
 }
 
