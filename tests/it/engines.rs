@@ -149,7 +149,7 @@ fn record(
         let Some((raw, fields)) = read_head(&mut reader)? else {
             return Ok(());
         };
-        let body = read_body(&mut reader, &fields, None)?;
+        let body = read_body(&mut reader, &fields, false)?;
         let arrival = Arrival {
             conn,
             line: raw.lines().next().unwrap_or_default().to_string(),
@@ -181,7 +181,7 @@ fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<(String, Fields)>> 
             return Ok(Some((raw, fields)));
         }
         if raw.len() == line.len() {
-            continue;
+            continue; // the start line
         }
         let (name, value) = line.trim_end().split_once(':').unwrap_or((&line, ""));
         fields
@@ -191,13 +191,9 @@ fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<(String, Fields)>> 
     }
 }
 
-/// A body framed by `fields`: chunked (its content), by length, or, when `until_close` says
-/// so (a response without either), all that comes before the peer closes.
-fn read_body(
-    r: &mut impl BufRead,
-    fields: &Fields,
-    until_close: Option<bool>,
-) -> std::io::Result<Vec<u8>> {
+/// A body framed by `fields`: chunked (its content), by length, or, for a response
+/// (`until_close`) with neither, all that comes before the peer closes.
+fn read_body(r: &mut impl BufRead, fields: &Fields, until_close: bool) -> std::io::Result<Vec<u8>> {
     let field = |name: &str| fields.get(name).map(|v| v.join(", "));
     let mut body = Vec::new();
     if field("transfer-encoding").is_some_and(|te| te.ends_with("chunked")) {
@@ -226,7 +222,7 @@ fn read_body(
             let n: u64 = n.split(',').next().unwrap().trim().parse().unwrap();
             r.take(n).read_to_end(&mut body)?;
         }
-        None if until_close == Some(true) => {
+        None if until_close => {
             r.read_to_end(&mut body)?;
         }
         None => {}
@@ -237,6 +233,8 @@ fn read_body(
 /// An answer as the client got it.
 #[derive(Debug, PartialEq, Eq)]
 struct Answer {
+    /// The status lines of interim answers (`100 Continue`) before it.
+    interim: Vec<String>,
     status: String,
     /// Without `date`.
     fields: Fields,
@@ -287,26 +285,29 @@ fn exchange(port: u16, requests: &[String]) -> (Seen, String) {
     (seen, raw)
 }
 
-/// The next final answer (1xx skipped), or None if the connection ended first.
+/// The next final answer, or None if the connection ended first.
 fn read_answer(r: &mut BufReader<TcpStream>, head_only: bool, raw: &mut String) -> Option<Answer> {
+    let mut interim = Vec::new();
     loop {
         let (head, mut fields) = read_head(r).ok()??;
         raw.push_str(&head);
         let status = head.lines().next().unwrap_or_default().to_string();
         let code: u16 = status.split(' ').nth(1)?.parse().ok()?;
         if (100..200).contains(&code) && code != 101 {
+            interim.push(status);
             continue;
         }
         let bodiless = head_only || code == 101 || code == 204 || code == 304;
         let body = if bodiless {
             Vec::new()
         } else {
-            read_body(r, &fields, Some(true)).ok()?
+            read_body(r, &fields, true).ok()?
         };
         let body = String::from_utf8_lossy(&body).into_owned();
         raw.push_str(&body);
         fields.remove("date");
         return Some(Answer {
+            interim,
             status,
             fields,
             body,
