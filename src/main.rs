@@ -114,6 +114,7 @@ fn proxy_args(
     ctx: &Context,
 ) -> anyhow::Result<proxy::ProxyArgs> {
     let config = user_config(ctx)?;
+    let limits = wharf::proxy::limits::Limits::new(&config);
     let listen = if !cli.listen.is_empty() {
         config::parse_listen(&cli.listen)
             .map_err(anyhow::Error::msg)
@@ -130,8 +131,7 @@ fn proxy_args(
         listen,
         runtime_dir: ctx.dirs.runtime()?.to_path_buf(),
         state_dir: ctx.dirs.state()?.to_path_buf(),
-        upstream_timeout: config.upstream_timeout,
-        tunnel_linger: config.tunnel_linger,
+        limits,
         express: config.express,
     })
 }

@@ -57,11 +57,13 @@ struct RawProxy {
 pub struct Config {
     /// Where the proxy listens; empty means the default (port 80 if allowed, else 7080).
     pub proxy_listen: Vec<SocketAddr>,
-    /// How long the proxy waits for an instance's response head before answering 504.
-    pub upstream_timeout: Duration,
-    /// How long an upgraded connection (a WebSocket) stays open once one side has ended it.
-    pub tunnel_linger: Duration,
-    /// Whether plain HTTP/1.1 requests take the express lane (`forward::express`); off, hyper
+    /// How long the proxy waits for an instance's response head before answering 504; unset,
+    /// the proxy's default (`proxy::limits`).
+    pub upstream_timeout: Option<Duration>,
+    /// How long an upgraded connection (a WebSocket) stays open once one side has ended it;
+    /// unset, the proxy's default.
+    pub tunnel_linger: Option<Duration>,
+    /// Whether plain HTTP/1.1 requests take the express lane (`proxy::lane`); off, hyper
     /// serves every HTTP/1.1 request.
     pub express: bool,
     /// Ports instances choose from when they name none, ranges in order.
@@ -79,8 +81,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             proxy_listen: Vec::new(),
-            upstream_timeout: crate::proxy::forward::UPSTREAM_HEAD,
-            tunnel_linger: crate::proxy::forward::TUNNEL_LINGER,
+            upstream_timeout: None,
+            tunnel_linger: None,
             express: true,
             range: crate::model::ports::DEFAULT_RANGE.into(),
             exclude: PortRanges::default(),
@@ -113,18 +115,8 @@ pub fn load(path: &Path, trust: &Trust) -> Result<Config, ConfigError> {
 /// Parse configuration text; the error says where and what.
 pub fn parse(text: &str) -> Result<Config, String> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
-    let upstream_timeout = seconds(
-        "proxy.upstream_timeout",
-        raw.proxy.upstream_timeout,
-        crate::proxy::forward::UPSTREAM_HEAD,
-        86_400,
-    )?;
-    let tunnel_linger = seconds(
-        "proxy.tunnel_linger",
-        raw.proxy.tunnel_linger,
-        crate::proxy::forward::TUNNEL_LINGER,
-        30,
-    )?;
+    let upstream_timeout = seconds("proxy.upstream_timeout", raw.proxy.upstream_timeout, 86_400)?;
+    let tunnel_linger = seconds("proxy.tunnel_linger", raw.proxy.tunnel_linger, 30)?;
     let range = match &raw.defaults.range {
         None => crate::model::ports::DEFAULT_RANGE.into(),
         Some(toml::Value::String(r)) => r.parse().map_err(|e| format!("defaults.range: {e}"))?,
@@ -172,11 +164,11 @@ pub fn parse(text: &str) -> Result<Config, String> {
     })
 }
 
-/// A whole number of seconds from 1 to `max` for `key`, or `default` when unset.
-fn seconds(key: &str, value: Option<u64>, default: Duration, max: u64) -> Result<Duration, String> {
+/// A whole number of seconds from 1 to `max` for `key`, if set.
+fn seconds(key: &str, value: Option<u64>, max: u64) -> Result<Option<Duration>, String> {
     match value {
-        None => Ok(default),
-        Some(secs) if (1..=max).contains(&secs) => Ok(Duration::from_secs(secs)),
+        None => Ok(None),
+        Some(secs) if (1..=max).contains(&secs) => Ok(Some(Duration::from_secs(secs))),
         Some(secs) => Err(format!("{key}: {secs} is not 1 to {max} seconds")),
     }
 }
@@ -235,11 +227,11 @@ mod tests {
         let err = parse("[proxy]\nupstream_timeout = 0\n").unwrap_err();
         assert!(err.contains("upstream_timeout"), "{err}");
         let c = parse("[proxy]\nupstream_timeout = 5\n").unwrap();
-        assert_eq!(c.upstream_timeout, Duration::from_secs(5));
+        assert_eq!(c.upstream_timeout, Some(Duration::from_secs(5)));
         let err = parse("[proxy]\ntunnel_linger = 31\n").unwrap_err();
         assert!(err.contains("tunnel_linger"), "{err}");
         let c = parse("[proxy]\ntunnel_linger = 1\n").unwrap();
-        assert_eq!(c.tunnel_linger, Duration::from_secs(1));
+        assert_eq!(c.tunnel_linger, Some(Duration::from_secs(1)));
         let c = parse("[defaults]\nrange = \"5000-5099\"\nidle_timeout = \"2m\"\n").unwrap();
         assert_eq!(
             (c.range.to_string(), c.idle_timeout),

@@ -20,26 +20,13 @@ use crate::proxy::budget::{Fds, Held};
 use crate::proxy::deadline::WriteDeadline;
 use crate::proxy::forward::Forwarder;
 use crate::proxy::lane::{self, Outcome, Protocol, Replay};
-
-/// A client that connects and sends nothing is dropped after this.
-pub const FIRST_BYTE: Duration = Duration::from_secs(10);
-/// The whole request head, and the idle time between keep-alive requests.
-pub const HEADER_READ: Duration = Duration::from_secs(15);
-/// A client that stops reading our response for this long is dropped.
-pub const WRITE_STALL: Duration = Duration::from_secs(60);
-/// Largest request head [Envoy: 60 KiB].
-pub const MAX_HEAD: usize = 64 * 1024;
-/// Most header lines in one request [hyper, Envoy, Apache: 100].
-pub const MAX_HEADERS: usize = 100;
-/// How long shutdown waits for requests in flight.
-pub const DRAIN: Duration = Duration::from_secs(10);
-/// How long a refused client has to read its 503.
-const REFUSAL: Duration = Duration::from_secs(1);
+use crate::proxy::limits::Limits;
 
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
 content-length: 38\r\nconnection: close\r\nretry-after: 1\r\n\r\nwharf: too many connections; try again\n";
 
-/// Serve `listeners` until `shutdown`, then stop accepting and drain for at most `DRAIN`.
+/// Serve `listeners` until `shutdown`, then stop accepting and drain for at most
+/// `Limits::drain`.
 /// Connections are admitted as the forwarder's descriptor budget allows.
 pub async fn serve(
     listeners: Vec<TcpListener>,
@@ -61,11 +48,12 @@ pub async fn serve(
         let _ = l.await;
     }
     connections.close();
-    if tokio::time::timeout(DRAIN, connections.wait())
+    let drain = forwarder.limits().drain;
+    if tokio::time::timeout(drain, connections.wait())
         .await
         .is_err()
     {
-        eprintln!("wharf proxy: requests still open after {DRAIN:?}; closing them");
+        eprintln!("wharf proxy: requests still open after {drain:?}; closing them");
     }
 }
 
@@ -84,7 +72,7 @@ async fn accept_loop(listener: TcpListener, ctx: Accept, shutdown: CancellationT
             Ok((stream, peer)) => {
                 let Some(fds) = ctx.forwarder.budget().client() else {
                     if let Some(refusal) = ctx.forwarder.budget().refusal() {
-                        tokio::spawn(refuse(stream, refusal));
+                        tokio::spawn(refuse(stream, refusal, ctx.forwarder.limits().refusal));
                     }
                     continue;
                 };
@@ -106,13 +94,13 @@ async fn accept_loop(listener: TcpListener, ctx: Accept, shutdown: CancellationT
 }
 
 /// Tell a client over the budget 503, and close.
-async fn refuse(mut stream: TcpStream, _refusal: Fds) {
+async fn refuse(mut stream: TcpStream, _refusal: Fds, within: Duration) {
     let tell = async {
         if stream.write_all(OVERLOADED).await.is_ok() {
-            lane::linger(&mut stream, REFUSAL).await;
+            lane::linger(&mut stream, within).await;
         }
     };
-    let _ = tokio::time::timeout(REFUSAL, tell).await;
+    let _ = tokio::time::timeout(within, tell).await;
 }
 
 async fn connection(
@@ -131,7 +119,9 @@ async fn connection(
             (protocol, Held::new(Replay::new(read, stream), fds))
         }
     };
-    let (io, exempt) = WriteDeadline::new(io, WRITE_STALL);
+    let limits = forwarder.limits();
+    let (io, exempt) = WriteDeadline::new(io, limits.write_stall);
+    let (header_read, max_head) = (limits.header_read, limits.max_head);
     if protocol == Protocol::Http2 {
         return crate::proxy::http2::serve(io, peer, forwarder, &shutdown).await;
     }
@@ -143,10 +133,10 @@ async fn connection(
     let mut conn = std::pin::pin!(
         http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ)
-            .max_headers(MAX_HEADERS)
-            .max_header_size(MAX_HEAD)
-            .max_buf_size(MAX_HEAD + 8 * 1024)
+            .header_read_timeout(header_read)
+            .max_headers(Limits::MAX_HEADERS)
+            .max_header_size(max_head)
+            .max_buf_size(max_head + 8 * 1024)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades()
     );
@@ -174,8 +164,7 @@ mod tests {
         let forwarder = Arc::new(Forwarder::new(
             Arc::default(),
             Box::new(Vec::new),
-            Duration::from_secs(1),
-            Duration::from_secs(1),
+            Limits::default(),
             crate::proxy::budget::Budget::new(64),
         ));
         let fds = forwarder.budget().client().unwrap();

@@ -4,9 +4,10 @@
 //! except gRPC, which `forward` sends on over h2c.
 //!
 //! hyper's HTTP/2 server has no idle timeout and no pings of its own: a connection with no
-//! stream open for `IDLE` is closed with GOAWAY (streams in flight finish first), a peer that
-//! stops answering pings is dropped, and so is one that takes no response data for
-//! `WRITE_STALL` (flow control hides that from the socket's write deadline).
+//! stream open for `Limits::header_read` is closed with GOAWAY (streams in flight finish
+//! first), as an idle HTTP/1.1 one is; a peer that stops answering pings is dropped, and so is
+//! one that takes no response data for `Limits::write_stall` (flow control hides that from the
+//! socket's write deadline).
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -25,13 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::accept::{HEADER_READ, MAX_HEAD, WRITE_STALL};
 use crate::proxy::forward::{BoxError, Forwarder, ProxyBody};
-
-/// A connection with no stream open is closed after this, as an idle HTTP/1.1 one is.
-const IDLE: Duration = HEADER_READ;
-/// Ping a quiet peer this often, and drop it if the answer takes longer.
-const PING: Duration = Duration::from_secs(20);
 /// Response data buffered per stream beyond what the client's window lets out [hyper: 400 KB].
 const SEND_BUF: usize = 64 * 1024;
 
@@ -45,7 +40,9 @@ pub async fn serve<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let streams = Arc::new(Streams::new());
+    let limits = forwarder.limits();
+    let streams = Arc::new(Streams::new(limits.header_read, limits.write_stall));
+    let (ping, max_head) = (limits.http2_ping, limits.max_head);
     let counted = streams.clone();
     // Each stream may need a connection to an instance: the budget says how many.
     let max_streams = forwarder.budget().streams_per_connection();
@@ -67,10 +64,10 @@ pub async fn serve<I>(
     let mut conn = pin!(
         http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .keep_alive_interval(PING)
-            .keep_alive_timeout(PING)
+            .keep_alive_interval(ping)
+            .keep_alive_timeout(ping)
             .max_concurrent_streams(max_streams)
-            .max_header_list_size(u32::try_from(MAX_HEAD).expect("64 KiB fits"))
+            .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
             .max_send_buf_size(SEND_BUF)
             .serve_connection(TokioIo::new(io), service)
     );
@@ -108,6 +105,10 @@ pub async fn serve<I>(
 /// since when none has been open.
 struct Streams {
     table: Mutex<Table>,
+    /// A connection with no stream open this long is closed.
+    idle: Duration,
+    /// A response body owed a poll this long is a client that stopped reading.
+    stall: Duration,
 }
 
 struct Table {
@@ -120,19 +121,21 @@ struct Table {
 /// What the connection's streams say about it.
 enum State {
     Busy,
-    /// A response body has owed a poll for `WRITE_STALL`.
+    /// A response body has owed a poll for `stall`.
     Stalled,
-    /// No stream has been open for `IDLE`.
+    /// No stream has been open for `idle`.
     Idle,
 }
 
 impl Streams {
-    fn new() -> Streams {
+    fn new(idle: Duration, stall: Duration) -> Streams {
         Streams {
             table: Mutex::new(Table {
                 owed: Slab::new(),
                 idle_since: Instant::now(),
             }),
+            idle,
+            stall,
         }
     }
 
@@ -143,28 +146,28 @@ impl Streams {
     }
 
     /// When a limit could next be reached: the idle one with no stream open; with streams
-    /// open, the oldest owed poll's, but no later than `IDLE` from now, as they may all close
+    /// open, the oldest owed poll's, but no later than `idle` from now, as they may all close
     /// meanwhile. A stall that starts later is found within a quarter of the limit.
     fn next_check(&self) -> Instant {
         let table = self.table();
         if table.owed.is_empty() {
-            return table.idle_since + IDLE;
+            return table.idle_since + self.idle;
         }
-        let soon = Instant::now() + IDLE.min(WRITE_STALL / 4);
+        let soon = Instant::now() + self.idle.min(self.stall / 4);
         table
             .oldest_owed()
-            .map_or(soon, |since| (since + WRITE_STALL).min(soon))
+            .map_or(soon, |since| (since + self.stall).min(soon))
     }
 
     fn state(&self) -> State {
         let table = self.table();
         if table.owed.is_empty() {
-            if table.idle_since.elapsed() >= IDLE {
+            if table.idle_since.elapsed() >= self.idle {
                 return State::Idle;
             }
         } else if table
             .oldest_owed()
-            .is_some_and(|since| since.elapsed() >= WRITE_STALL)
+            .is_some_and(|since| since.elapsed() >= self.stall)
         {
             return State::Stalled;
         }
@@ -251,13 +254,16 @@ impl Body for CountedBody {
 mod tests {
     use super::*;
 
+    const IDLE: Duration = Duration::from_secs(15);
+    const WRITE_STALL: Duration = Duration::from_secs(60);
+
     fn idle(streams: &Streams) -> bool {
         matches!(streams.state(), State::Idle)
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_counts_from_the_last_stream_closing() {
-        let streams = Arc::new(Streams::new());
+        let streams = Arc::new(Streams::new(IDLE, WRITE_STALL));
         let start = Instant::now();
         assert_eq!(streams.next_check(), start + IDLE);
         let open = Open::new(&streams);
@@ -277,7 +283,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_poll_owed_for_the_write_stall_limit_is_a_stall() {
-        let streams = Arc::new(Streams::new());
+        let streams = Arc::new(Streams::new(IDLE, WRITE_STALL));
         let quiet = Open::new(&streams);
         let stuck = Open::new(&streams);
         quiet.owed(false);

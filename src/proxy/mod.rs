@@ -4,7 +4,8 @@
 //!
 //! A request's way through the proxy, file by file:
 //! - `listeners` gives the sockets; `accept` takes connections under the descriptor `budget`
-//!   with the `deadline`s of each I/O phase, and hands HTTP/2 to `http2`.
+//!   with the `deadline`s of each I/O phase, and hands HTTP/2 to `http2`. Every limit and
+//!   deadline is a field of `limits::Limits`, which the proxy takes at start.
 //! - `lane` (the express lane) carries plain HTTP/1.1 requests on bytes; everything else
 //!   takes hyper's path, `forward`. Both route by `routes`, follow one rulebook, `rules`,
 //!   and reach instances over `upstream` connections.
@@ -17,6 +18,7 @@ pub mod deadline;
 pub mod forward;
 pub mod http2;
 pub mod lane;
+pub mod limits;
 pub mod listeners;
 pub mod pages;
 pub mod routes;
@@ -35,6 +37,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::proxy::control::ControlPlane;
 use crate::proxy::forward::Forwarder;
+use crate::proxy::limits::Limits;
 use crate::proxy::listeners::Inherited;
 use crate::proxy::routes::Routes;
 
@@ -46,10 +49,8 @@ pub struct ProxyArgs {
     pub listen: Vec<SocketAddr>,
     pub runtime_dir: PathBuf,
     pub state_dir: PathBuf,
-    /// How long to wait for an instance's response head.
-    pub upstream_timeout: std::time::Duration,
-    /// How long an upgraded connection stays open once one side has ended it.
-    pub tunnel_linger: std::time::Duration,
+    /// Every limit and deadline the proxy keeps.
+    pub limits: Limits,
     /// Whether plain HTTP/1.1 requests take the express lane (else all go to hyper).
     pub express: bool,
 }
@@ -100,8 +101,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         Forwarder::new(
             routes.clone(),
             Box::new(move || list_plane.listed()),
-            args.upstream_timeout,
-            args.tunnel_linger,
+            args.limits,
             crate::proxy::budget::Budget::from_rlimit(),
         )
         .with_dashboard_port(http_port)
@@ -225,7 +225,7 @@ async fn housekeeping(forwarder: Arc<Forwarder>, shutdown: CancellationToken) {
     }
 }
 
-/// Idle upstream connections live at most `UPSTREAM_IDLE` plus this.
+/// Idle upstream connections live at most `Limits::upstream_idle` plus this.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 

@@ -2,7 +2,7 @@
 //! requests, and the HTTP/1.1 ones the express lane hands over (chunked bodies, WebSockets).
 //! Each connection is driven by a task of its own; while it idles, its `SendRequest` waits in
 //! an `idle::Pool`. A connection goes back to the pool the moment its response body ends, is
-//! reused for at most `UPSTREAM_IDLE`, and only if it is ready for a request when taken.
+//! reused for at most `Limits::upstream_idle`, and only if it is ready for a request when taken.
 //!
 //! hyper-util's pool did this before, at about a tenth of the proxy's instructions per
 //! request on HTTP/2: a SipHash of the key on every checkout and return, and a task spawned
@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -27,14 +28,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::proxy::budget::{Budget, Held};
-use crate::proxy::forward::{BoxError, ProxyBody, SendError, UPSTREAM_IDLE};
+use crate::proxy::forward::{BoxError, ProxyBody, SendError};
+use crate::proxy::limits::Limits;
 use crate::proxy::rules;
 use crate::proxy::upstream::idle::{self, Fit, Idle};
-
-/// Idle connections kept per address; more than this many at once are closed. Above what a
-/// few HTTP/2 clients at 128 streams each have in flight: a lower cap closes connections that
-/// the next burst has to open again (128 made 8 600 connects for 320 streams, 1024 made 320).
-const MAX_IDLE_PER_ADDR: usize = 1024;
 
 /// Which connection a request may go on.
 #[derive(Clone, Copy)]
@@ -59,7 +56,8 @@ struct Link {
 /// A connection waiting for its next request.
 struct Waiting {
     link: Link,
-    since: Instant,
+    /// When it has been idle too long to be reused.
+    expires: Instant,
 }
 
 impl Idle for Waiting {
@@ -67,7 +65,7 @@ impl Idle for Waiting {
     /// last one's request body (its response came early) or its task has yet to notice.
     fn fit(&self) -> Fit {
         let sender = &self.link.sender;
-        if self.since.elapsed() >= UPSTREAM_IDLE
+        if Instant::now() >= self.expires
             || sender.is_closed()
             || self.link.cut.load(Ordering::Relaxed)
         {
@@ -85,13 +83,19 @@ pub struct Pool {
     idle: idle::Pool<Waiting>,
     /// New connections are opened under it.
     budget: Budget,
+    /// How long a connect may take.
+    connect: Duration,
+    /// How long a connection may wait for its next request.
+    max_idle: Duration,
 }
 
 impl Pool {
-    pub fn new(budget: Budget) -> Pool {
+    pub fn new(budget: Budget, limits: &Limits) -> Pool {
         Pool {
-            idle: idle::Pool::new(MAX_IDLE_PER_ADDR),
+            idle: idle::Pool::new(limits.http1_idle_per_addr),
             budget,
+            connect: limits.upstream_connect,
+            max_idle: limits.upstream_idle,
         }
     }
 
@@ -110,7 +114,7 @@ impl Pool {
         let (mut link, reused) = match idle {
             Some(idle) => (idle.link, true),
             None => {
-                let link = connect(addr, &self.budget)
+                let link = connect(addr, &self.budget, self.connect)
                     .await
                     .map_err(|source| SendError {
                         reused: false,
@@ -145,8 +149,8 @@ impl Pool {
 
     fn put(&self, addr: SocketAddr, link: Link) {
         if !link.sender.is_closed() && !link.cut.load(Ordering::Relaxed) {
-            let since = Instant::now();
-            self.idle.put(addr, Waiting { link, since });
+            let expires = Instant::now() + self.max_idle;
+            self.idle.put(addr, Waiting { link, expires });
         }
     }
 
@@ -169,8 +173,8 @@ fn announces_body<B>(response: &Response<B>) -> bool {
 
 /// A new connection to `addr`, its task started. WebSocket upgrades take the connection over,
 /// with its share of the budget.
-async fn connect(addr: SocketAddr, budget: &Budget) -> Result<Link, BoxError> {
-    let (stream, fds) = crate::proxy::upstream::open(addr, budget).await?;
+async fn connect(addr: SocketAddr, budget: &Budget, within: Duration) -> Result<Link, BoxError> {
+    let (stream, fds) = crate::proxy::upstream::open(addr, budget, within).await?;
     let cut = Arc::new(AtomicBool::new(false));
     let read = Arc::new(AtomicBool::new(false));
     let stream = UpstreamSocket {
@@ -412,7 +416,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_goes_back_when_its_body_ends_and_is_reused() {
         let (addr, accepted) = serve(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-        let pool = Arc::new(Pool::new(Budget::new(64)));
+        let pool = Arc::new(Pool::new(Budget::new(64), &Limits::default()));
         for _ in 0..3 {
             let response = pool.send(addr, get(), Connection::Any).await.unwrap();
             let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -430,7 +434,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_half_read_or_a_closing_server_keeps_nothing() {
         let (addr, _) = serve(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nok").await;
-        let pool = Arc::new(Pool::new(Budget::new(64)));
+        let pool = Arc::new(Pool::new(Budget::new(64), &Limits::default()));
         let response = pool.send(addr, get(), Connection::Any).await.unwrap();
         drop(response);
         assert_eq!(pool.idle.len(), 0, "3 bytes of its body were never read");
@@ -482,7 +486,7 @@ mod tests {
                 }
             }
         });
-        let pool = Arc::new(Pool::new(Budget::new(64)));
+        let pool = Arc::new(Pool::new(Budget::new(64), &Limits::default()));
         let response = pool.send(addr, get(), Connection::Any).await.unwrap();
         response.into_body().collect().await.unwrap();
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
@@ -521,7 +525,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let pool = Arc::new(Pool::new(Budget::new(64)));
+        let pool = Arc::new(Pool::new(Budget::new(64), &Limits::default()));
         let err = pool.send(addr, get(), Connection::Any).await.unwrap_err();
         assert!(!err.reused);
     }

@@ -24,6 +24,7 @@ use crate::model::host::{self, HostError, Target};
 use crate::model::name::Name;
 use crate::proxy::budget::{Budget, OutOfFds};
 use crate::proxy::deadline::{BodyStalled, IdleBody};
+use crate::proxy::limits::Limits;
 use crate::proxy::pages;
 use crate::proxy::routes::{Route, Routes};
 use crate::proxy::rules::{self, Fate, VIA};
@@ -35,32 +36,15 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type on both sides of the proxy.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// Longest request target [nginx: 8 KiB].
-pub const MAX_URI: usize = 8 * 1024;
-/// Longest single header line [Envoy-like].
-pub const MAX_HEADER_LINE: usize = 16 * 1024;
-/// A request body that sends nothing for this long is abandoned with 408.
-pub const BODY_IDLE: Duration = Duration::from_secs(60);
-/// Loopback connects either work at once or not at all.
-pub const UPSTREAM_CONNECT: Duration = Duration::from_secs(2);
-/// Dev servers may compile on their first hit.
-pub const UPSTREAM_HEAD: Duration = Duration::from_secs(120);
-/// Below Node's 5 s keep-alive, so we rarely reuse a connection the server is closing.
-pub const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
-/// How long an upgraded connection (a WebSocket) stays open once one side has ended it.
-pub const TUNNEL_LINGER: Duration = Duration::from_secs(30);
-/// How long a request waits for an env-mode server that is (re)starting to listen.
-pub const STARTING_WAIT: Duration = Duration::from_secs(60);
-
 /// Why a request was not forwarded, or failed upstream. Each maps to one status.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("CONNECT is refused: wharf is not an open proxy")]
     Connect,
-    #[error("the request target is longer than {MAX_URI} bytes")]
-    UriTooLong,
-    #[error("a header line is longer than {MAX_HEADER_LINE} bytes")]
-    HeaderTooLarge,
+    #[error("the request target is longer than {0} bytes")]
+    UriTooLong(usize),
+    #[error("a header line is longer than {0} bytes")]
+    HeaderTooLarge(usize),
     #[error("the request has no Host")]
     NoHost,
     #[error("the request has more than one Host")]
@@ -75,8 +59,8 @@ pub enum ProxyError {
     Unknown(Name),
     #[error("this request already went through wharf: a route points back at the proxy")]
     Loop,
-    #[error("{0} did not start listening within {secs}s", secs = STARTING_WAIT.as_secs())]
-    NotListening(Name),
+    #[error("{0} did not start listening within {secs}s", secs = .1.as_secs())]
+    NotListening(Name, Duration),
     #[error("{0} failed and gave up restarting")]
     Failed(Name),
     #[error("{name} ({addr}) is not answering: {source}")]
@@ -102,8 +86,8 @@ pub enum ProxyError {
         addr: SocketAddr,
         after: Duration,
     },
-    #[error("the request body stalled for {secs}s", secs = BODY_IDLE.as_secs())]
-    BodyStalled,
+    #[error("the request body stalled for {secs}s", secs = .0.as_secs())]
+    BodyStalled(Duration),
     #[error(transparent)]
     OutOfFds(#[from] OutOfFds),
     #[error("the request body is malformed or was cut short")]
@@ -120,8 +104,8 @@ impl From<&ProxyError> for StatusCode {
     fn from(e: &ProxyError) -> StatusCode {
         match e {
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
-            ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ProxyError::HeaderTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoHost
             | ProxyError::ClientBody(_)
             | ProxyError::DuplicateHost
@@ -133,14 +117,14 @@ impl From<&ProxyError> for StatusCode {
                 StatusCode::NOT_FOUND
             }
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
-            ProxyError::NotListening(_) | ProxyError::Failed(_) | ProxyError::OutOfFds(_) => {
+            ProxyError::NotListening(..) | ProxyError::Failed(_) | ProxyError::OutOfFds(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::Unreachable { .. } | ProxyError::BadResponse { .. } => {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BodyStalled => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::BodyStalled(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 }
@@ -183,7 +167,7 @@ impl ProxyError {
                 "Too many connections are open at once; try again, or raise the open-file limit \
                  (`ulimit -n`, LimitNOFILE=)."
             }
-            ProxyError::NotListening(_) => {
+            ProxyError::NotListening(..) => {
                 "The server is slow to start; see its output (the dashboard says where)."
             }
             ProxyError::UpstreamTimeout { .. } => {
@@ -226,12 +210,10 @@ pub struct Forwarder {
     pub(crate) pool: idle::Pool<upstream::Upstream>,
     /// The dashboard's data (the control plane's view of the routes).
     list: Box<dyn Fn() -> Vec<crate::control::protocol::Listed> + Send + Sync>,
-    /// How long to wait for a response head (`UPSTREAM_HEAD` unless configured).
-    pub(crate) upstream_timeout: Duration,
+    /// Every limit and deadline, for each connection and request to read.
+    pub(crate) limits: Limits,
     /// The dashboard's URL, where error pages send people.
     dashboard: String,
-    /// How long a tunnel stays open once one side ended it (`TUNNEL_LINGER` unless configured).
-    tunnel_linger: Duration,
     /// The descriptors every connection, client or upstream, is opened under.
     pub(crate) budget: Budget,
     /// Whether plain HTTP/1.1 requests take the express lane (`[proxy] express`); off, the
@@ -243,13 +225,12 @@ impl Forwarder {
     pub fn new(
         routes: Arc<Routes>,
         list: Box<dyn Fn() -> Vec<crate::control::protocol::Listed> + Send + Sync>,
-        upstream_timeout: Duration,
-        tunnel_linger: Duration,
+        limits: Limits,
         budget: Budget,
     ) -> Forwarder {
-        let connector = upstream::Connector::new(budget.clone());
+        let connector = upstream::Connector::new(budget.clone(), limits.upstream_connect);
         let h2c = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(UPSTREAM_IDLE)
+            .pool_idle_timeout(limits.upstream_idle)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .set_host(false)
@@ -257,12 +238,11 @@ impl Forwarder {
             .build(connector);
         Forwarder {
             routes,
-            http1: Arc::new(http1::Pool::new(budget.clone())),
+            http1: Arc::new(http1::Pool::new(budget.clone(), &limits)),
             h2c,
-            pool: idle::Pool::new(upstream::MAX_IDLE_PER_ADDR),
+            pool: idle::Pool::new(limits.lane_idle_per_addr),
             list,
-            upstream_timeout,
-            tunnel_linger,
+            limits,
             budget,
             dashboard: crate::model::instance::dashboard_url(80),
             express: true,
@@ -285,6 +265,11 @@ impl Forwarder {
     /// The descriptor budget connections are admitted and opened under.
     pub fn budget(&self) -> &Budget {
         &self.budget
+    }
+
+    /// The limits and deadlines connections and requests are kept to.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Close idle upstream connections that are too old or that their server closed.
@@ -361,17 +346,18 @@ impl Forwarder {
         let uri = req.uri();
         let target_len = uri.path_and_query().map_or(0, |p| p.as_str().len())
             + uri.authority().map_or(0, |a| a.as_str().len());
-        if target_len > MAX_URI {
-            return Err(ProxyError::UriTooLong);
+        let limits = &self.limits;
+        if target_len > limits.max_uri {
+            return Err(ProxyError::UriTooLong(limits.max_uri));
         }
         // hyper's HTTP/1 server counts header lines itself; its HTTP/2 server does not.
-        if req.headers().len() > crate::proxy::accept::MAX_HEADERS
+        if req.headers().len() > Limits::MAX_HEADERS
             || req
                 .headers()
                 .iter()
-                .any(|(k, v)| k.as_str().len() + v.len() + 2 > MAX_HEADER_LINE)
+                .any(|(k, v)| k.as_str().len() + v.len() + 2 > limits.max_header_line)
         {
-            return Err(ProxyError::HeaderTooLarge);
+            return Err(ProxyError::HeaderTooLarge(limits.max_header_line));
         }
         if req
             .headers()
@@ -448,7 +434,7 @@ impl Forwarder {
             body.map_err(|e| BoxError::from(ClientBodyError(e)))
                 .boxed_unsync()
         } else {
-            IdleBody::new(body.map_err(ClientBodyError), BODY_IDLE).boxed_unsync()
+            IdleBody::new(body.map_err(ClientBodyError), self.limits.body_idle).boxed_unsync()
         };
         // A pooled connection the server closed just as we reused it fails before any answer;
         // requests that can be repeated safely get one more try.
@@ -476,7 +462,7 @@ impl Forwarder {
             };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             exempt.store(true, Ordering::Relaxed);
-            let linger = self.tunnel_linger;
+            let linger = self.limits.tunnel_linger;
             // Each side's stream holds its share of the budget until the tunnel closes.
             tokio::spawn(async move {
                 let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade)
@@ -532,14 +518,17 @@ impl Forwarder {
                 }),
             }
         };
-        match tokio::time::timeout(self.upstream_timeout, response).await {
+        let patience = self.limits.upstream_head;
+        match tokio::time::timeout(patience, response).await {
             Err(_) => Err(ProxyError::UpstreamTimeout {
                 name: name.clone(),
                 addr,
-                after: self.upstream_timeout,
+                after: patience,
             }),
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if caused_by::<BodyStalled>(&*e.source) => Err(ProxyError::BodyStalled),
+            Ok(Err(e)) if caused_by::<BodyStalled>(&*e.source) => {
+                Err(ProxyError::BodyStalled(self.limits.body_idle))
+            }
             Ok(Err(e)) if caused_by::<ClientBodyError>(&*e.source) => {
                 Err(ProxyError::ClientBody(e.source))
             }
@@ -552,7 +541,8 @@ impl Forwarder {
     /// Wait (bounded) until an env-mode server listens; its route may be replaced meanwhile.
     async fn wait_listening(&self, name: &Name) -> Result<Arc<Route>, ProxyError> {
         let mut changes = self.routes.subscribe();
-        let deadline = tokio::time::Instant::now() + STARTING_WAIT;
+        let patience = self.limits.starting_wait;
+        let deadline = tokio::time::Instant::now() + patience;
         loop {
             match self.routes.get(name) {
                 None => return Err(ProxyError::Unknown(name.clone())),
@@ -561,7 +551,7 @@ impl Forwarder {
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => {}
-                _ => return Err(ProxyError::NotListening(name.clone())),
+                _ => return Err(ProxyError::NotListening(name.clone(), patience)),
             }
         }
     }
@@ -830,8 +820,8 @@ mod tests {
         let name: Name = "api".parse().unwrap();
         let cases: Vec<(ProxyError, u16)> = vec![
             (ProxyError::Connect, 405),
-            (ProxyError::UriTooLong, 414),
-            (ProxyError::HeaderTooLarge, 431),
+            (ProxyError::UriTooLong(8192), 414),
+            (ProxyError::HeaderTooLarge(16384), 431),
             (ProxyError::DuplicateHost, 400),
             (ProxyError::HostMismatch, 400),
             (
@@ -841,16 +831,19 @@ mod tests {
             (ProxyError::Host(HostError::Invalid("a/b".into())), 400),
             (ProxyError::Unknown("x".parse().unwrap()), 404),
             (ProxyError::Loop, 508),
-            (ProxyError::NotListening(name.clone()), 503),
+            (
+                ProxyError::NotListening(name.clone(), Duration::from_secs(60)),
+                503,
+            ),
             (
                 ProxyError::UpstreamTimeout {
                     name,
                     addr: "127.0.0.1:1".parse().unwrap(),
-                    after: UPSTREAM_HEAD,
+                    after: Duration::from_secs(120),
                 },
                 504,
             ),
-            (ProxyError::BodyStalled, 408),
+            (ProxyError::BodyStalled(Duration::from_secs(60)), 408),
             (
                 ProxyError::ClientBody("invalid chunk size line".into()),
                 400,

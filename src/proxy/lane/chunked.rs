@@ -2,9 +2,7 @@
 //! the express lane can re-frame it for the client: the data goes on, sizes, extensions and
 //! trailers are rebuilt or dropped, never copied (HARDENING.md: rebuild framing).
 
-/// Longest chunk-size line with its extensions, and the whole trailer section.
-const MAX_LINE: usize = 4 * 1024;
-const MAX_TRAILERS: usize = 16 * 1024;
+use crate::proxy::limits::Limits;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid chunked body: {0}")]
@@ -52,17 +50,28 @@ enum State {
 #[derive(Debug)]
 pub struct Decoder {
     state: State,
+    /// Longest chunk-size line with its extensions (`Limits::chunk_line`).
+    max_line: usize,
+    /// Largest trailer section (`Limits::chunk_trailers`).
+    max_trailers: usize,
 }
 
 impl Default for Decoder {
+    /// A decoder under the default limits.
     fn default() -> Self {
-        Decoder {
-            state: State::Size { size: 0, digits: 0 },
-        }
+        Decoder::new(&Limits::default())
     }
 }
 
 impl Decoder {
+    pub fn new(limits: &Limits) -> Decoder {
+        Decoder {
+            state: State::Size { size: 0, digits: 0 },
+            max_line: limits.chunk_line,
+            max_trailers: limits.chunk_trailers,
+        }
+    }
+
     /// Read what `input` holds, handing each run of body data to `data`. Returns how many
     /// bytes were used: all of them, or fewer when the body ended inside `input` (the rest is
     /// whatever the server sent after it).
@@ -98,7 +107,9 @@ impl Decoder {
                 },
                 State::Extension { size, len } => match b {
                     b'\r' => State::SizeLf { size },
-                    _ if len >= MAX_LINE => return Err(ChunkError("chunk extension too long")),
+                    _ if len >= self.max_line => {
+                        return Err(ChunkError("chunk extension too long"));
+                    }
                     b'\n' => return Err(ChunkError("bare LF after chunk size")),
                     _ => State::Extension { size, len: len + 1 },
                 },
@@ -131,7 +142,7 @@ impl Decoder {
                         empty: line == 0,
                         total,
                     },
-                    _ if total >= MAX_TRAILERS => return Err(ChunkError("trailers too long")),
+                    _ if total >= self.max_trailers => return Err(ChunkError("trailers too long")),
                     b'\n' => return Err(ChunkError("bare LF in trailers")),
                     _ => State::Trailer {
                         line: line + 1,
@@ -205,7 +216,7 @@ mod tests {
         ] {
             assert!(decode_in_pieces(bad, 64).is_err(), "{bad:?}");
         }
-        let long_ext = [b"1;".as_slice(), &[b'x'; MAX_LINE + 1]].concat();
+        let long_ext = [b"1;".as_slice(), &[b'x'; 4 * 1024 + 1]].concat();
         assert!(decode_in_pieces(&long_ext, 64).is_err());
     }
 

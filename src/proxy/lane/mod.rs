@@ -36,29 +36,20 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::host::{self, Target};
-use crate::proxy::accept::{FIRST_BYTE, HEADER_READ, MAX_HEAD, MAX_HEADERS, WRITE_STALL};
 use crate::proxy::deadline::{self, CLIENT_STALLED, Timer};
-use crate::proxy::forward::{
-    BODY_IDLE, Forwarder, MAX_HEADER_LINE, MAX_URI, ProxyError, UPSTREAM_IDLE,
-};
+use crate::proxy::forward::{Forwarder, ProxyError};
 use crate::proxy::lane::chunked::Decoder;
 use crate::proxy::lane::splice::Pipe;
+use crate::proxy::limits::Limits;
 use crate::proxy::routes::Route;
 use crate::proxy::rules::{self, Fate, VIA, tokens};
 use crate::proxy::upstream::Upstream;
 
-/// Largest response head accepted from an instance [nginx's largest proxy_buffer_size in use].
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Read size for heads, and for bodies.
 const HEAD_BUF: usize = 8 * 1024;
 const BODY_BUF: usize = 64 * 1024;
 /// What a client speaking HTTP/2 with prior knowledge sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// How long a connection closed mid-request-body keeps draining it (see `linger`).
-const LINGER: Duration = Duration::from_secs(2);
-/// How long an answer is awaited from a server that stopped taking the request body: one it
-/// sent before it closed is there at once.
-const EARLY_ANSWER: Duration = Duration::from_secs(1);
 
 /// How the lane left a client connection.
 pub enum Outcome {
@@ -173,7 +164,7 @@ enum BodyFailure {
     /// The head could not be written: nothing of the request was used, it may go again.
     HeadNotSent(io::Error),
     Upstream(io::Error),
-    /// The client sent nothing for `BODY_IDLE`.
+    /// The client sent nothing for `Limits::body_idle`.
     Stalled,
     ClientGone,
 }
@@ -203,13 +194,19 @@ impl Lane<'_> {
         }
     }
 
-    /// Read the next request head (within `HEADER_READ`) and plan it.
+    /// Read the next request head (within `Limits::header_read`) and plan it.
     async fn next_request(
         &mut self,
         mut cancelled: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
     ) -> Next {
-        // A new connection gets `FIRST_BYTE` to start talking, then `HEADER_READ` for the head.
-        let mut deadline = Instant::now() + if self.fresh { FIRST_BYTE } else { HEADER_READ };
+        let limits = &self.forwarder.limits;
+        // A new connection gets `first_byte` to start talking, then `header_read` for the head.
+        let first = if self.fresh {
+            limits.first_byte
+        } else {
+            limits.header_read
+        };
+        let mut deadline = Instant::now() + first;
         loop {
             // HTTP/2's preface goes to hyper whole, however it was split (httparse stops at
             // its version, half-way).
@@ -218,10 +215,10 @@ impl Lane<'_> {
                 return Next::Handoff(Protocol::Http2);
             }
             if !self.inbuf.is_empty() && !preface_so_far {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut headers = [httparse::EMPTY_HEADER; Limits::MAX_HEADERS];
                 let mut req = httparse::Request::new(&mut headers);
                 match req.parse(&self.inbuf) {
-                    Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => {
+                    Ok(httparse::Status::Complete(len)) if len <= limits.max_head => {
                         let plan = plan(&req, self.forwarder, &self.peer, &mut self.request);
                         let Some(plan) = plan else {
                             return Next::Handoff(Protocol::Http1);
@@ -229,19 +226,19 @@ impl Lane<'_> {
                         self.inbuf.advance(len);
                         return Next::Request(plan);
                     }
-                    Ok(httparse::Status::Partial) if self.inbuf.len() < MAX_HEAD => {}
+                    Ok(httparse::Status::Partial) if self.inbuf.len() < limits.max_head => {}
                     // Over a limit, or malformed: hyper gives the answer it always gave.
                     _ => return Next::Handoff(Protocol::Http1),
                 }
             }
             self.inbuf.reserve(HEAD_BUF);
-            // The kept upstream connection is closed once idle for `UPSTREAM_IDLE`, as pooled
+            // The kept upstream connection is closed once idle for `max_idle`, as pooled
             // ones are, so an on-demand instance sees no connection and may go idle; the
             // same timer serves both waits.
             let release = self
                 .upstream
                 .as_ref()
-                .map(|up| up.idle_since + UPSTREAM_IDLE)
+                .map(|up| up.idle_since + up.max_idle)
                 .filter(|at| *at < deadline);
             let read = tokio::select! {
                 biased;
@@ -253,7 +250,7 @@ impl Lane<'_> {
                 Some(Ok(n)) if n > 0 => {
                     if self.fresh {
                         self.fresh = false;
-                        deadline = Instant::now() + HEADER_READ;
+                        deadline = Instant::now() + limits.header_read;
                     }
                 }
                 None if release.is_some() => self.upstream = None,
@@ -276,7 +273,7 @@ impl Lane<'_> {
                 let keep_alive = plan.keep_alive && self.unread == 0;
                 self.write_error(&e, plan.head, keep_alive).await?;
                 if self.unread > 0 {
-                    linger(&mut self.client, LINGER).await;
+                    linger(&mut self.client, self.forwarder.limits.linger).await;
                 }
                 return Ok(keep_alive);
             }
@@ -286,7 +283,7 @@ impl Lane<'_> {
         let complete = self.relay_body(&mut up, answer.framing).await?;
         if self.unread > 0 {
             // An early answer: the request body was cut short on both connections.
-            linger(&mut self.client, LINGER).await;
+            linger(&mut self.client, self.forwarder.limits.linger).await;
             return Ok(false);
         }
         if complete && answer.reusable && self.upbuf.is_empty() {
@@ -331,10 +328,13 @@ impl Lane<'_> {
                     };
                     match pooled {
                         Some(up) => (up, true),
-                        None => match Upstream::connect(plan.addr, &self.forwarder.budget).await {
-                            Ok(up) => (up, false),
-                            Err(e) => return Ok(Err(unreachable(plan, e, false, false))),
-                        },
+                        None => {
+                            let (budget, limits) = (&self.forwarder.budget, &self.forwarder.limits);
+                            match Upstream::connect(plan.addr, budget, limits).await {
+                                Ok(up) => (up, false),
+                                Err(e) => return Ok(Err(unreachable(plan, e, false, false))),
+                            }
+                        }
                     }
                 }
             };
@@ -352,12 +352,15 @@ impl Lane<'_> {
                     Err(BodyFailure::Upstream(e)) => {
                         return Ok(self.early_answer(up, plan, e, reused).await);
                     }
-                    Err(BodyFailure::Stalled) => return Ok(Err(ProxyError::BodyStalled)),
+                    Err(BodyFailure::Stalled) => {
+                        let idle = self.forwarder.limits.body_idle;
+                        return Ok(Err(ProxyError::BodyStalled(idle)));
+                    }
                     Err(BodyFailure::ClientGone) => return Err(went_away()),
                 }
             }
             // The answer's clock starts once the request is all out.
-            let deadline = Instant::now() + self.forwarder.upstream_timeout;
+            let deadline = Instant::now() + self.forwarder.limits.upstream_head;
             self.upbuf.clear();
             let exchange = exchange_heads(
                 &mut up,
@@ -382,7 +385,7 @@ impl Lane<'_> {
                     return Ok(Err(ProxyError::UpstreamTimeout {
                         name: name.clone(),
                         addr: plan.addr,
-                        after: self.forwarder.upstream_timeout,
+                        after: self.forwarder.limits.upstream_head,
                     }));
                 }
                 Some(Err(Failure::Silent(_)))
@@ -407,7 +410,7 @@ impl Lane<'_> {
 
     /// The answer a server sent before it stopped taking the request body (`e`, the failed
     /// write): an early 413 or 401, often followed by a close. It is in the socket already, or
-    /// within `EARLY_ANSWER`; without one, the failed write is the error. What follows on the
+    /// within `Limits::early_answer`; without one, the failed write is the error. What follows on the
     /// client connection is the rest of that body, never a request: it closes after the answer.
     async fn early_answer(
         &mut self,
@@ -418,16 +421,19 @@ impl Lane<'_> {
     ) -> Result<(Upstream, Answer), ProxyError> {
         self.upbuf.clear();
         let exchange = exchange_heads(&mut up, None, &mut self.upbuf, &mut self.out, plan, false);
-        match tokio::time::timeout(EARLY_ANSWER, exchange).await {
+        match tokio::time::timeout(self.forwarder.limits.early_answer, exchange).await {
             Ok(Ok(answer)) => Ok((up, answer)),
             _ => Err(unreachable(plan, e, reused, false)),
         }
     }
 
     /// Send the request head and its body: what the head read brought, then the rest from the
-    /// client, each read within `BODY_IDLE`, each write within the upstream timeout.
+    /// client, each read within `Limits::body_idle`, each write within the upstream timeout.
     async fn send_with_body(&mut self, up: &mut Upstream) -> Result<(), BodyFailure> {
-        let patience = self.forwarder.upstream_timeout;
+        let (patience, body_idle) = (
+            self.forwarder.limits.upstream_head,
+            self.forwarder.limits.body_idle,
+        );
         let write = async |up: &mut Upstream, bytes: &[u8]| {
             let what = "the server stopped reading the request";
             deadline::within(patience, what, up.stream.write_all(bytes)).await
@@ -448,7 +454,7 @@ impl Lane<'_> {
                 return Ok(());
             }
             self.inbuf.reserve(BODY_BUF);
-            match tokio::time::timeout(BODY_IDLE, self.client.read_buf(&mut self.inbuf)).await {
+            match tokio::time::timeout(body_idle, self.client.read_buf(&mut self.inbuf)).await {
                 Err(_) => return Err(BodyFailure::Stalled),
                 Ok(Ok(0) | Err(_)) => return Err(BodyFailure::ClientGone),
                 Ok(Ok(_)) => {}
@@ -460,19 +466,29 @@ impl Lane<'_> {
     /// client connection must close so the client sees the truncation).
     async fn relay_body(&mut self, up: &mut Upstream, framing: Framing) -> io::Result<bool> {
         match framing {
-            Framing::Empty => write_client(&mut self.client, &self.out)
-                .await
-                .map(|()| true),
+            Framing::Empty => write_client(
+                &mut self.client,
+                &self.out,
+                self.forwarder.limits.write_stall,
+            )
+            .await
+            .map(|()| true),
             Framing::Length(mut left) => {
                 let take = body_part(self.upbuf.len(), left);
                 self.out.extend_from_slice(&self.upbuf[..take]);
                 self.upbuf.advance(take);
                 left -= take as u64;
-                write_client(&mut self.client, &self.out).await?;
+                write_client(
+                    &mut self.client,
+                    &self.out,
+                    self.forwarder.limits.write_stall,
+                )
+                .await?;
                 if left > BODY_BUF as u64
                     && let Some(pipe) = Pipe::open(&self.forwarder.budget)
                 {
-                    return pipe.relay(&up.stream, &self.client, left).await;
+                    let stall = self.forwarder.limits.write_stall;
+                    return pipe.relay(&up.stream, &self.client, left, stall).await;
                 }
                 if left > 0 {
                     up.ack_now();
@@ -482,14 +498,19 @@ impl Lane<'_> {
                         return Ok(false);
                     }
                     let take = body_part(self.upbuf.len(), left);
-                    write_client(&mut self.client, &self.upbuf[..take]).await?;
+                    write_client(
+                        &mut self.client,
+                        &self.upbuf[..take],
+                        self.forwarder.limits.write_stall,
+                    )
+                    .await?;
                     self.upbuf.advance(take);
                     left -= take as u64;
                 }
                 Ok(true)
             }
             Framing::Chunked => {
-                let mut decoder = Decoder::default();
+                let mut decoder = Decoder::new(&self.forwarder.limits);
                 let mut first_read = true;
                 loop {
                     let out = &mut self.out;
@@ -500,7 +521,12 @@ impl Lane<'_> {
                     });
                     let Ok(used) = decoded else {
                         // Pass on the head and what was valid; closing tells the rest.
-                        write_client(&mut self.client, &self.out).await?;
+                        write_client(
+                            &mut self.client,
+                            &self.out,
+                            self.forwarder.limits.write_stall,
+                        )
+                        .await?;
                         return Ok(false);
                     };
                     self.upbuf.advance(used);
@@ -508,7 +534,12 @@ impl Lane<'_> {
                         self.out.extend_from_slice(b"0\r\n\r\n");
                     }
                     if !self.out.is_empty() {
-                        write_client(&mut self.client, &self.out).await?;
+                        write_client(
+                            &mut self.client,
+                            &self.out,
+                            self.forwarder.limits.write_stall,
+                        )
+                        .await?;
                         self.out.clear();
                     }
                     if decoder.is_done() {
@@ -526,13 +557,23 @@ impl Lane<'_> {
             Framing::UntilClose => {
                 self.out.extend_from_slice(&self.upbuf);
                 self.upbuf.clear();
-                write_client(&mut self.client, &self.out).await?;
+                write_client(
+                    &mut self.client,
+                    &self.out,
+                    self.forwarder.limits.write_stall,
+                )
+                .await?;
                 up.ack_now();
                 loop {
                     if read_upstream(up, &mut self.upbuf, &self.client).await? == 0 {
                         return Ok(true);
                     }
-                    write_client(&mut self.client, &self.upbuf).await?;
+                    write_client(
+                        &mut self.client,
+                        &self.upbuf,
+                        self.forwarder.limits.write_stall,
+                    )
+                    .await?;
                     self.upbuf.clear();
                 }
             }
@@ -571,7 +612,12 @@ impl Lane<'_> {
         if !head {
             self.out.extend_from_slice(&body);
         }
-        write_client(&mut self.client, &self.out).await
+        write_client(
+            &mut self.client,
+            &self.out,
+            self.forwarder.limits.write_stall,
+        )
+        .await
     }
 }
 
@@ -594,7 +640,7 @@ async fn exchange_heads(
     let mut received = false;
     loop {
         if !upbuf.is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut headers = [httparse::EMPTY_HEADER; Limits::MAX_HEADERS];
             let mut res = httparse::Response::new(&mut headers);
             match res.parse(upbuf) {
                 Ok(httparse::Status::Complete(len)) => {
@@ -614,7 +660,7 @@ async fn exchange_heads(
                     upbuf.advance(len);
                     return Ok(answer);
                 }
-                Ok(httparse::Status::Partial) if upbuf.len() < MAX_RESPONSE_HEAD => {}
+                Ok(httparse::Status::Partial) if upbuf.len() < Limits::MAX_RESPONSE_HEAD => {}
                 Ok(httparse::Status::Partial) => {
                     return Err(Failure::Invalid("response head over 64 KiB"));
                 }
@@ -657,7 +703,7 @@ fn plan(
         || req.version != Some(1)
         || method == "CONNECT"
         || !path.starts_with('/')
-        || path.len() > MAX_URI
+        || path.len() > forwarder.limits.max_uri
         || !path.bytes().all(is_plain_uri_byte)
     {
         return None;
@@ -667,7 +713,7 @@ fn plan(
     let mut names_headers = false;
     let mut content_length = None;
     for h in req.headers.iter() {
-        if h.name.len() + h.value.len() + 2 > MAX_HEADER_LINE {
+        if h.name.len() + h.value.len() + 2 > forwarder.limits.max_header_line {
             return None;
         }
         let is = |n: &str| h.name.eq_ignore_ascii_case(n);
@@ -893,7 +939,8 @@ fn unreachable(plan: &Plan, e: io::Error, reused: bool, answered: bool) -> Proxy
     ProxyError::unreachable(name, plan.addr, reused, answered, Box::new(e))
 }
 
-async fn write_client(client: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+/// Write all of `bytes`; what the socket does not take at once must go within `stall`.
+async fn write_client(client: &mut TcpStream, bytes: &[u8], stall: Duration) -> io::Result<()> {
     // Usually the socket takes it all at once, and no timer is needed.
     let sent = match client.try_write(bytes) {
         Ok(n) => n,
@@ -903,12 +950,7 @@ async fn write_client(client: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
     if sent == bytes.len() {
         return Ok(());
     }
-    deadline::within(
-        WRITE_STALL,
-        CLIENT_STALLED,
-        client.write_all(&bytes[sent..]),
-    )
-    .await
+    deadline::within(stall, CLIENT_STALLED, client.write_all(&bytes[sent..])).await
 }
 
 /// Close a connection whose request was answered before its body was all read: stop

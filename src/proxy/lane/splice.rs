@@ -9,7 +9,6 @@ use std::os::fd::OwnedFd;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::proxy::accept::WRITE_STALL;
 use crate::proxy::budget::{Budget, Fds};
 use crate::proxy::deadline::{self, CLIENT_STALLED};
 use crate::proxy::lane::{client_gone, went_away};
@@ -47,8 +46,14 @@ impl Pipe {
     }
 
     /// Move `len` bytes from `from` to `to`. False when `from` ended first. Fails when the
-    /// client goes away, or stops reading for `WRITE_STALL`.
-    pub async fn relay(&self, from: &TcpStream, to: &TcpStream, mut len: u64) -> io::Result<bool> {
+    /// client goes away, or stops reading for `stall` (`Limits::write_stall`).
+    pub async fn relay(
+        &self,
+        from: &TcpStream,
+        to: &TcpStream,
+        mut len: u64,
+        stall: std::time::Duration,
+    ) -> io::Result<bool> {
         while len > 0 {
             let want = usize::try_from(len).unwrap_or(usize::MAX).min(CHUNK);
             let filled = tokio::select! {
@@ -63,7 +68,7 @@ impl Pipe {
             let mut held = filled;
             while held > 0 {
                 let drain = io_op(to, Interest::WRITABLE, || splice(&self.read, to, held));
-                held -= deadline::within(WRITE_STALL, CLIENT_STALLED, drain).await?;
+                held -= deadline::within(stall, CLIENT_STALLED, drain).await?;
             }
         }
         Ok(true)

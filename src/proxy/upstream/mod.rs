@@ -3,7 +3,7 @@
 //!
 //! The express lane's: each client connection keeps the one it used last, and gives it to
 //! the shared pool of idle ones (`idle::Pool`) when it closes. An idle connection is reused
-//! for at most `UPSTREAM_IDLE` (below Node's 5 s keep-alive) and never once the server has
+//! for at most `Limits::upstream_idle` (below Node's 5 s keep-alive) and never once the server has
 //! closed or written to it.
 
 pub(crate) mod idle;
@@ -19,16 +19,21 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::proxy::budget::{Budget, Fds, Held};
-use crate::proxy::forward::{BoxError, UPSTREAM_CONNECT, UPSTREAM_IDLE};
+use crate::proxy::forward::BoxError;
+use crate::proxy::limits::Limits;
 use crate::proxy::upstream::idle::{Fit, Idle};
 
-/// Connect to `addr` with a descriptor from `budget`, failing after `UPSTREAM_CONNECT`, or at
-/// once with `OutOfFds` (inside the `io::Error`) when the budget has none to spare.
-pub async fn open(addr: SocketAddr, budget: &Budget) -> io::Result<(TcpStream, Fds)> {
+/// Connect to `addr` with a descriptor from `budget`, failing after `within`
+/// (`Limits::upstream_connect`), or at once with `OutOfFds` (inside the `io::Error`) when the
+/// budget has none to spare.
+pub async fn open(
+    addr: SocketAddr,
+    budget: &Budget,
+    within: std::time::Duration,
+) -> io::Result<(TcpStream, Fds)> {
     let fds = budget.take(1).map_err(io::Error::other)?;
     let connect = TcpStream::connect(addr);
-    let stream =
-        crate::proxy::deadline::within(UPSTREAM_CONNECT, "connect timed out", connect).await?;
+    let stream = crate::proxy::deadline::within(within, "connect timed out", connect).await?;
     stream.set_nodelay(true)?;
     Ok((stream, fds))
 }
@@ -40,18 +45,25 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// When its last response ended.
     pub idle_since: Instant,
+    /// How long it may stay idle and still be reused (`Limits::upstream_idle`).
+    pub max_idle: std::time::Duration,
     /// Its descriptor's share of the budget.
     _fds: Fds,
 }
 
 impl Upstream {
     /// Connect (see `open`).
-    pub async fn connect(addr: SocketAddr, budget: &Budget) -> io::Result<Upstream> {
-        let (stream, fds) = open(addr, budget).await?;
+    pub async fn connect(
+        addr: SocketAddr,
+        budget: &Budget,
+        limits: &Limits,
+    ) -> io::Result<Upstream> {
+        let (stream, fds) = open(addr, budget, limits.upstream_connect).await?;
         Ok(Upstream {
             stream,
             addr,
             idle_since: Instant::now(),
+            max_idle: limits.upstream_idle,
             _fds: fds,
         })
     }
@@ -68,7 +80,7 @@ impl Upstream {
     /// Fit to carry another request: not idle too long, and nothing (no EOF, no stray bytes)
     /// waiting to be read. The check costs no system call unless the socket became readable.
     pub fn reusable(&self) -> bool {
-        if self.idle_since.elapsed() >= UPSTREAM_IDLE {
+        if self.idle_since.elapsed() >= self.max_idle {
             return false;
         }
         // A peek: looking never takes a byte that would make the next look pass.
@@ -90,19 +102,18 @@ impl Idle for Upstream {
     }
 }
 
-/// Idle connections kept per address; more than this many at once are closed.
-pub const MAX_IDLE_PER_ADDR: usize = 128;
-
 /// How hyper-util's client (gRPC's h2c) connects: with `open`, to the socket address the
 /// request's URI names (a route's authority is one).
 #[derive(Clone)]
 pub struct Connector {
     budget: Budget,
+    /// How long a connect may take.
+    within: std::time::Duration,
 }
 
 impl Connector {
-    pub fn new(budget: Budget) -> Connector {
-        Connector { budget }
+    pub fn new(budget: Budget, within: std::time::Duration) -> Connector {
+        Connector { budget, within }
     }
 }
 
@@ -116,13 +127,13 @@ impl tower_service::Service<http::Uri> for Connector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let budget = self.budget.clone();
+        let (budget, within) = (self.budget.clone(), self.within);
         Box::pin(async move {
             let addr: SocketAddr = uri
                 .authority()
                 .and_then(|a| a.as_str().parse().ok())
                 .ok_or("the URI names no socket address")?;
-            let (stream, fds) = open(addr, &budget).await?;
+            let (stream, fds) = open(addr, &budget, within).await?;
             Ok(TokioIo::new(Held::new(stream, fds)))
         })
     }
@@ -143,9 +154,14 @@ mod tests {
     async fn a_connection_the_server_closed_or_wrote_to_is_not_reused() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let pool = Pool::new(MAX_IDLE_PER_ADDR);
+        let pool = Pool::new(Limits::default().lane_idle_per_addr);
         for _ in 0..3 {
-            pool.put(addr, Upstream::connect(addr, &budget()).await.unwrap());
+            pool.put(
+                addr,
+                Upstream::connect(addr, &budget(), &Limits::default())
+                    .await
+                    .unwrap(),
+            );
         }
         let (closed, _) = listener.accept().await.unwrap();
         let (mut chatty, _) = listener.accept().await.unwrap();
@@ -167,8 +183,13 @@ mod tests {
     async fn a_connection_the_server_wrote_one_byte_to_is_never_handed_out() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let pool = Pool::new(MAX_IDLE_PER_ADDR);
-        pool.put(addr, Upstream::connect(addr, &budget()).await.unwrap());
+        let pool = Pool::new(Limits::default().lane_idle_per_addr);
+        pool.put(
+            addr,
+            Upstream::connect(addr, &budget(), &Limits::default())
+                .await
+                .unwrap(),
+        );
         let (mut chatty, _) = listener.accept().await.unwrap();
         chatty.write_all(b"x").await.unwrap();
         // Until the proxy side has seen the byte, take hands the connection out; put it back.
@@ -193,16 +214,24 @@ mod budget_tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let budget = Budget::new(2);
-        let a = Upstream::connect(addr, &budget).await.unwrap();
-        let b = Upstream::connect(addr, &budget).await.unwrap();
-        let err = Upstream::connect(addr, &budget).await.unwrap_err();
+        let a = Upstream::connect(addr, &budget, &Limits::default())
+            .await
+            .unwrap();
+        let b = Upstream::connect(addr, &budget, &Limits::default())
+            .await
+            .unwrap();
+        let err = Upstream::connect(addr, &budget, &Limits::default())
+            .await
+            .unwrap_err();
         assert!(
             err.get_ref()
                 .is_some_and(|e| e.is::<crate::proxy::budget::OutOfFds>()),
             "{err}"
         );
         drop(a);
-        let _c = Upstream::connect(addr, &budget).await.unwrap();
+        let _c = Upstream::connect(addr, &budget, &Limits::default())
+            .await
+            .unwrap();
         assert_eq!(budget.in_use(), 2);
         drop(b);
         assert_eq!(budget.in_use(), 1);
