@@ -114,7 +114,7 @@ fn proxy_args(
     ctx: &Context,
 ) -> anyhow::Result<proxy::ProxyArgs> {
     let config = user_config(ctx)?;
-    let limits = wharf::proxy::limits::Limits::new(&config);
+    let limits = proxy_limits(&config)?;
     let listen = if !cli.listen.is_empty() {
         config::parse_listen(&cli.listen)
             .map_err(anyhow::Error::msg)
@@ -134,6 +134,19 @@ fn proxy_args(
         limits,
         express: config.express,
     })
+}
+
+/// The proxy's limits: its defaults with config.toml's values, and for tests only,
+/// `$WHARF_TEST_LIMITS`'s shrunk deadlines (`Limits::with_test_overrides`).
+fn proxy_limits(config: &config::Config) -> anyhow::Result<wharf::proxy::limits::Limits> {
+    let limits = wharf::proxy::limits::Limits::new(config);
+    match std::env::var("WHARF_TEST_LIMITS") {
+        Ok(v) if !v.is_empty() => limits
+            .with_test_overrides(&v)
+            .map_err(anyhow::Error::msg)
+            .context("$WHARF_TEST_LIMITS"),
+        _ => Ok(limits),
+    }
 }
 
 /// `~/.config/wharf/config.toml` (or under `$XDG_CONFIG_HOME`); defaults if there is none.

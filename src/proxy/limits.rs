@@ -1,7 +1,7 @@
 //! Every limit and deadline the proxy keeps, in one place: `Limits::default()` holds the
 //! values, `Limits::new` applies what the user configured (`[proxy]` in config.toml) on top,
 //! and the proxy takes the result at start (`ProxyArgs`), reaching each part through the
-//! `Forwarder`.
+//! `Forwarder`. Tests shrink deadlines through `Limits::with_test_overrides`.
 
 use std::time::Duration;
 
@@ -81,6 +81,34 @@ impl Limits {
             ..default
         }
     }
+
+    /// For tests only (`$WHARF_TEST_LIMITS`, read in `main`): deadlines shrunk so that no
+    /// test waits a real minute. `overrides` is `field=duration` pairs, comma-separated, with
+    /// the fields' names and the durations `model::project::parse_duration_str` reads
+    /// (`3`, `3s`), e.g. `body_idle=3,write_stall=4`. Only the deadlines tests shrink are
+    /// known; anything else is an error.
+    pub fn with_test_overrides(mut self, overrides: &str) -> Result<Limits, String> {
+        for pair in overrides
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let (field, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not field=duration"))?;
+            let value = crate::model::project::parse_duration_str(value.trim())
+                .map_err(|e| format!("{field}: {e}"))?;
+            let slot = match field.trim() {
+                "first_byte" => &mut self.first_byte,
+                "header_read" => &mut self.header_read,
+                "write_stall" => &mut self.write_stall,
+                "body_idle" => &mut self.body_idle,
+                other => return Err(format!("{other:?} is not a limit tests may set")),
+            };
+            *slot = value;
+        }
+        Ok(self)
+    }
 }
 
 impl Default for Limits {
@@ -129,5 +157,18 @@ mod tests {
             }
         );
         assert_eq!(Limits::new(&Config::default()), Limits::default());
+    }
+
+    #[test]
+    fn tests_shrink_deadlines_by_name() {
+        let limits = Limits::default()
+            .with_test_overrides("body_idle=3, write_stall=4s")
+            .unwrap();
+        assert_eq!(limits.body_idle, Duration::from_secs(3));
+        assert_eq!(limits.write_stall, Duration::from_secs(4));
+        assert_eq!(limits.first_byte, Limits::default().first_byte);
+        for bad in ["body_idle", "max_head=3", "body_idle=soon"] {
+            assert!(Limits::default().with_test_overrides(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -443,6 +443,7 @@ h1test!(
 h1test!(
     a_silent_client_is_closed_after_the_first_byte_deadline,
     |sb: Sandbox| {
+        let sb = sb.limited("first_byte=3");
         let p = sb.serve("quiet", &[]);
         let port = p.url_port();
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -453,7 +454,7 @@ h1test!(
         assert_eq!(n, 0, "closed without a word");
         let waited = started.elapsed();
         assert!(
-            waited >= Duration::from_secs(9) && waited < Duration::from_secs(20),
+            waited >= Duration::from_secs(2) && waited < Duration::from_secs(20),
             "{waited:?}"
         );
         // Everyone else was served meanwhile.
@@ -537,6 +538,7 @@ h1test!(
 h1test!(
     a_half_sent_head_is_closed_after_the_header_deadline,
     |sb: Sandbox| {
+        let sb = sb.limited("first_byte=3,header_read=3");
         let p = sb.serve("hr", &[]);
         let port = p.url_port();
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -547,7 +549,7 @@ h1test!(
         let _ = s.read_to_end(&mut rest);
         let waited = started.elapsed();
         assert!(
-            waited >= Duration::from_secs(14) && waited < Duration::from_secs(30),
+            waited >= Duration::from_secs(2) && waited < Duration::from_secs(25),
             "{waited:?}"
         );
         assert_eq!(p.count_lines(|l| l.starts_with("REQ ")), 0);
@@ -557,6 +559,7 @@ h1test!(
 h1test!(
     an_idle_keep_alive_connection_is_closed_after_the_header_deadline,
     |sb: Sandbox| {
+        let sb = sb.limited("header_read=3");
         let p = sb.serve("idle", &[]);
         let port = p.url_port();
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -570,7 +573,7 @@ h1test!(
         let _ = s.read_to_end(&mut rest);
         let waited = started.elapsed();
         assert!(
-            waited >= Duration::from_secs(14) && waited < Duration::from_secs(30),
+            waited >= Duration::from_secs(2) && waited < Duration::from_secs(25),
             "{waited:?}"
         );
     }
@@ -697,12 +700,14 @@ h1test!(
 );
 
 h1test!(
-    a_stalled_request_body_gets_408_after_a_minute,
+    a_stalled_request_body_gets_408_after_the_body_deadline,
     |sb: Sandbox| {
+        // A minute by default; shrunk to 3 s here.
+        let sb = sb.limited("body_idle=3");
         let p = sb.serve("slowpost", &[]);
         let port = p.url_port();
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         s.write_all(
             b"POST / HTTP/1.1\r\nHost: slowpost.localhost\r\nContent-Length: 100\r\n\r\n0123456789",
         )
@@ -712,7 +717,7 @@ h1test!(
         let waited = started.elapsed();
         assert!(head.starts_with("HTTP/1.1 408"), "{head}");
         assert!(
-            waited >= Duration::from_secs(59) && waited < Duration::from_secs(90),
+            waited >= Duration::from_secs(2) && waited < Duration::from_secs(30),
             "{waited:?}"
         );
         p.expect("BODY ended early at 10");
@@ -720,8 +725,10 @@ h1test!(
 );
 
 h1test!(
-    a_client_that_stops_reading_is_dropped_after_a_minute,
+    a_client_that_stops_reading_is_dropped_after_the_write_deadline,
     |sb: Sandbox| {
+        // A minute by default; shrunk to 4 s here.
+        let sb = sb.limited("write_stall=4");
         let p = sb.serve("stall", &[]);
         let port = p.url_port();
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -732,10 +739,10 @@ h1test!(
         p.expect_line_within(
             |l| l == "BIG aborted",
             "BIG aborted",
-            Duration::from_secs(120),
+            Duration::from_secs(60),
         );
         let waited = started.elapsed();
-        assert!(waited >= Duration::from_secs(55), "{waited:?}");
+        assert!(waited >= Duration::from_secs(3), "{waited:?}");
         s.set_read_timeout(Some(PATIENCE)).unwrap();
         let mut total = 0;
         let mut buf = vec![0u8; 1 << 20];

@@ -92,6 +92,8 @@ impl Engine {
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
     engine: Engine,
+    /// `$WHARF_TEST_LIMITS` for every wharf this sandbox runs (see `with_limits`).
+    limits: Option<String>,
 }
 
 impl Sandbox {
@@ -106,7 +108,11 @@ impl Sandbox {
             .prefix("wharf-test-")
             .tempdir()
             .unwrap();
-        let sb = Sandbox { dir, engine };
+        let sb = Sandbox {
+            dir,
+            engine,
+            limits: None,
+        };
         sb.config("");
         sb
     }
@@ -138,6 +144,19 @@ impl Sandbox {
         self.dir.path().join("config")
     }
 
+    /// This sandbox, its proxy keeping shrunk deadlines so that a test of a one-minute
+    /// deadline does not wait a minute: `limits` is `$WHARF_TEST_LIMITS`, a test-only hook
+    /// (`Limits::with_test_overrides`), e.g. `"body_idle=3"`.
+    pub fn limited(mut self, limits: &str) -> Sandbox {
+        self.limits = Some(limits.to_string());
+        self
+    }
+
+    /// A sandbox (express lane) whose proxy keeps shrunk deadlines: see `limited`.
+    pub fn with_limits(limits: &str) -> Sandbox {
+        Sandbox::new().limited(limits)
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
@@ -156,6 +175,10 @@ impl Sandbox {
             .env("XDG_CONFIG_HOME", self.config_dir())
             .current_dir(self.dir.path())
             .stdin(Stdio::null());
+        match &self.limits {
+            Some(limits) => cmd.env("WHARF_TEST_LIMITS", limits),
+            None => cmd.env_remove("WHARF_TEST_LIMITS"),
+        };
         for var in [
             "LISTEN_FDS",
             "LISTEN_PID",
