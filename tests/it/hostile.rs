@@ -255,7 +255,10 @@ h1test!(
     }
 );
 
+// The soak tier: a minute of real time per engine, so not in every run. `bash tests/run.sh
+// --soak` runs it, and it is run before a release.
 h1test!(
+    #[ignore = "the soak tier: bash tests/run.sh --soak"]
     proxy_memory_stays_flat_over_a_minute_of_load,
     |sb: Sandbox| {
         let p = sb.serve("soak", &[]);
