@@ -216,7 +216,7 @@ mod tests {
         ] {
             assert!(decode_in_pieces(bad, 64).is_err(), "{bad:?}");
         }
-        let long_ext = [b"1;".as_slice(), &[b'x'; 4 * 1024 + 1]].concat();
+        let long_ext = [b"1;".to_vec(), vec![b'x'; Limits::default().chunk_line + 1]].concat();
         assert!(decode_in_pieces(&long_ext, 64).is_err());
     }
 
