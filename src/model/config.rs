@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::model::ports::PortRanges;
+use crate::model::ports::{PortRangeError, PortRanges};
+use crate::model::project::DurationError;
 use crate::sys::trust::{Trust, TrustError};
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,18 +95,57 @@ impl Default for Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    #[error("{path}: {issue}")]
+    Invalid { path: String, issue: ConfigIssue },
     #[error(transparent)]
     Untrusted(#[from] TrustError),
+}
+
+/// What is wrong in a configuration text: the key, and what to write instead.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigIssue {
+    /// Not TOML, or a key wharf does not know: toml's message names the line and the key.
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{key}: {value} is not 1 to {max} {unit}")]
+    OutOfRange {
+        key: &'static str,
+        value: u64,
+        max: u64,
+        unit: &'static str,
+    },
+    #[error("defaults.range: {0}")]
+    Range(PortRangeError),
+    #[error("defaults.range: write \"4000-4099\" or [\"4000-4099\", \"5000-5099\"]")]
+    RangeList,
+    /// `defaults.range` neither a string nor a list (the value as TOML).
+    #[error("defaults.range: {0} is not a range; write \"4000-4099\" or \"4000-4099,5000-5099\"")]
+    RangeType(String),
+    #[error("defaults.exclude: {0}")]
+    Exclude(PortRangeError),
+    #[error("defaults.idle_timeout: {0}")]
+    IdleTimeout(DurationError),
+    #[error("trust.paths: {0:?} is not an absolute path (or \"*\" for every path)")]
+    TrustPath(String),
+    #[error("proxy.listen: {0}")]
+    Listen(AddressError),
+}
+
+/// A listen address wharf will not use.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AddressError {
+    #[error("{0:?} is not an address; write 127.0.0.1:7080, [::1]:7080 or 7080")]
+    Unparsed(String),
+    #[error("{0} is not a loopback address; wharf listens on this machine only")]
+    NotLoopback(SocketAddr),
 }
 
 /// Read `path` if `trust` allows it; a missing file is the default configuration.
 pub fn load(path: &Path, trust: &Trust) -> Result<Config, ConfigError> {
     match trust.read(path) {
-        Ok((_, text)) => parse(&text).map_err(|message| ConfigError::Invalid {
+        Ok((_, text)) => parse(&text).map_err(|issue| ConfigError::Invalid {
             path: path.display().to_string(),
-            message,
+            issue,
         }),
         Err(e) if e.is_not_found() => Ok(Config::default()),
         Err(e) => Err(e.into()),
@@ -113,47 +153,37 @@ pub fn load(path: &Path, trust: &Trust) -> Result<Config, ConfigError> {
 }
 
 /// Parse configuration text; the error says where and what.
-pub fn parse(text: &str) -> Result<Config, String> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+pub fn parse(text: &str) -> Result<Config, ConfigIssue> {
+    let raw: RawConfig = toml::from_str(text)
+        .map_err(|e| ConfigIssue::Syntax(e.to_string().trim_end().to_string()))?;
     let upstream_timeout = seconds("proxy.upstream_timeout", raw.proxy.upstream_timeout, 86_400)?;
     let tunnel_linger = seconds("proxy.tunnel_linger", raw.proxy.tunnel_linger, 30)?;
     let range = match &raw.defaults.range {
         None => crate::model::ports::DEFAULT_RANGE.into(),
-        Some(toml::Value::String(r)) => r.parse().map_err(|e| format!("defaults.range: {e}"))?,
+        Some(toml::Value::String(r)) => r.parse().map_err(ConfigIssue::Range)?,
         Some(toml::Value::Array(items)) => {
             let parts: Option<Vec<&str>> = items.iter().map(toml::Value::as_str).collect();
-            let parts = parts.filter(|p| !p.is_empty()).ok_or_else(|| {
-                "defaults.range: write \"4000-4099\" or [\"4000-4099\", \"5000-5099\"]".to_string()
-            })?;
-            parts
-                .join(",")
-                .parse()
-                .map_err(|e| format!("defaults.range: {e}"))?
+            let parts = parts
+                .filter(|p| !p.is_empty())
+                .ok_or(ConfigIssue::RangeList)?;
+            parts.join(",").parse().map_err(ConfigIssue::Range)?
         }
-        Some(other) => {
-            return Err(format!(
-                "defaults.range: {other} is not a range; write \"4000-4099\" or \"4000-4099,5000-5099\""
-            ));
-        }
+        Some(other) => return Err(ConfigIssue::RangeType(other.to_string())),
     };
-    let exclude = PortRanges::from_toml(&raw.defaults.exclude)
-        .map_err(|e| format!("defaults.exclude: {e}"))?;
+    let exclude = PortRanges::from_toml(&raw.defaults.exclude).map_err(ConfigIssue::Exclude)?;
     let idle_timeout = match &raw.defaults.idle_timeout {
         None => crate::model::project::DEFAULT_IDLE,
-        Some(v) => crate::model::project::parse_duration(v)
-            .map_err(|e| format!("defaults.idle_timeout: {e}"))?,
+        Some(v) => crate::model::project::parse_duration(v).map_err(ConfigIssue::IdleTimeout)?,
     };
     let mut trust = Vec::new();
     for p in &raw.trust.paths {
         if p != "*" && !Path::new(p).is_absolute() {
-            return Err(format!(
-                "trust.paths: {p:?} is not an absolute path (or \"*\" for every path)"
-            ));
+            return Err(ConfigIssue::TrustPath(p.clone()));
         }
         trust.push(PathBuf::from(p));
     }
     Ok(Config {
-        proxy_listen: parse_listen(&raw.proxy.listen).map_err(|e| format!("proxy.listen: {e}"))?,
+        proxy_listen: parse_listen(&raw.proxy.listen).map_err(ConfigIssue::Listen)?,
         upstream_timeout,
         tunnel_linger,
         express: raw.proxy.express.unwrap_or(true),
@@ -165,17 +195,26 @@ pub fn parse(text: &str) -> Result<Config, String> {
 }
 
 /// A whole number of seconds from 1 to `max` for `key`, if set.
-fn seconds(key: &str, value: Option<u64>, max: u64) -> Result<Option<Duration>, String> {
+fn seconds(
+    key: &'static str,
+    value: Option<u64>,
+    max: u64,
+) -> Result<Option<Duration>, ConfigIssue> {
     match value {
         None => Ok(None),
         Some(secs) if (1..=max).contains(&secs) => Ok(Some(Duration::from_secs(secs))),
-        Some(secs) => Err(format!("{key}: {secs} is not 1 to {max} seconds")),
+        Some(value) => Err(ConfigIssue::OutOfRange {
+            key,
+            value,
+            max,
+            unit: "seconds",
+        }),
     }
 }
 
 /// Listen addresses as written by people: `127.0.0.1:7080`, `[::1]:7080`, `localhost:7080`
 /// (both loopbacks) or a bare port (both loopbacks). Comma-separated lists are split.
-pub fn parse_listen(items: &[String]) -> Result<Vec<SocketAddr>, String> {
+pub fn parse_listen(items: &[String]) -> Result<Vec<SocketAddr>, AddressError> {
     let mut out = Vec::new();
     for item in items
         .iter()
@@ -189,13 +228,11 @@ pub fn parse_listen(items: &[String]) -> Result<Vec<SocketAddr>, String> {
             out.push(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)));
             continue;
         }
-        let addr: SocketAddr = item.parse().map_err(|_| {
-            format!("{item:?} is not an address; write 127.0.0.1:7080, [::1]:7080 or 7080")
-        })?;
+        let addr: SocketAddr = item
+            .parse()
+            .map_err(|_| AddressError::Unparsed(item.to_string()))?;
         if !addr.ip().is_loopback() {
-            return Err(format!(
-                "{addr} is not a loopback address; wharf listens on this machine only"
-            ));
+            return Err(AddressError::NotLoopback(addr));
         }
         out.push(addr);
     }
@@ -215,6 +252,7 @@ mod tests {
         assert!(
             parse_listen(&["0.0.0.0:80".into()])
                 .unwrap_err()
+                .to_string()
                 .contains("loopback")
         );
         assert_eq!(parse("").unwrap(), Config::default());
@@ -222,13 +260,20 @@ mod tests {
 
     #[test]
     fn unknown_keys_name_the_line() {
-        let err = parse("[proxy]\nlisten = []\nlisten_on = 3\n").unwrap_err();
+        let err = parse("[proxy]\nlisten = []\nlisten_on = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 3") && err.contains("listen_on"), "{err}");
         let err = parse("[proxy]\nupstream_timeout = 0\n").unwrap_err();
-        assert!(err.contains("upstream_timeout"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "proxy.upstream_timeout: 0 is not 1 to 86400 seconds"
+        );
         let c = parse("[proxy]\nupstream_timeout = 5\n").unwrap();
         assert_eq!(c.upstream_timeout, Some(Duration::from_secs(5)));
-        let err = parse("[proxy]\ntunnel_linger = 31\n").unwrap_err();
+        let err = parse("[proxy]\ntunnel_linger = 31\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("tunnel_linger"), "{err}");
         let c = parse("[proxy]\ntunnel_linger = 1\n").unwrap();
         assert_eq!(c.tunnel_linger, Some(Duration::from_secs(1)));
@@ -240,6 +285,7 @@ mod tests {
         assert!(
             parse("[defaults]\nrange = \"x\"\n")
                 .unwrap_err()
+                .to_string()
                 .contains("defaults.range")
         );
         let c = parse("[trust]\npaths = [\"/tmp/shared\", \"*\"]\n").unwrap();
@@ -247,6 +293,7 @@ mod tests {
         assert!(
             parse("[trust]\npaths = [\"shared\"]\n")
                 .unwrap_err()
+                .to_string()
                 .contains("not an absolute path")
         );
     }
@@ -257,7 +304,9 @@ mod tests {
         assert!(parse("[proxy]\nexpress = true\n").unwrap().express);
         assert!(!parse("[proxy]\nexpress = false\n").unwrap().express);
         for bad in ["\"no\"", "0", "[]"] {
-            let err = parse(&format!("[proxy]\nlisten = []\nexpress = {bad}\n")).unwrap_err();
+            let err = parse(&format!("[proxy]\nlisten = []\nexpress = {bad}\n"))
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.contains("line 3") && err.contains("express") && err.contains("boolean"),
                 "{bad}: {err}"
@@ -271,6 +320,50 @@ mod tests {
             err.starts_with(&path.display().to_string()) && err.contains("line 2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn messages_say_what_and_how_to_fix() {
+        for (text, want) in [
+            (
+                "[proxy]\nlisten = [\"10.0.0.1:80\"]",
+                "proxy.listen: 10.0.0.1:80 is not a loopback address; wharf listens on this machine only",
+            ),
+            (
+                "[proxy]\nlisten = [\"x\"]",
+                "proxy.listen: \"x\" is not an address; write 127.0.0.1:7080, [::1]:7080 or 7080",
+            ),
+            (
+                "[defaults]\nrange = 4000",
+                "defaults.range: 4000 is not a range; write \"4000-4099\" or \"4000-4099,5000-5099\"",
+            ),
+            (
+                "[defaults]\nrange = []",
+                "defaults.range: write \"4000-4099\" or [\"4000-4099\", \"5000-5099\"]",
+            ),
+            (
+                "[defaults]\nrange = \"9-1\"",
+                "defaults.range: \"9-1\": need 1 <= LO <= HI <= 65535",
+            ),
+            (
+                "[defaults]\nexclude = [0]",
+                "defaults.exclude: 0 is not a port (1-65535)",
+            ),
+            (
+                "[defaults]\nexclude = [true]",
+                "defaults.exclude: true is neither a port (5432) nor a range (\"6000-6010\")",
+            ),
+            (
+                "[defaults]\nidle_timeout = \"soon\"",
+                "defaults.idle_timeout: \"soon\" is not a duration; write seconds (90) or \"90s\", \"15m\", \"2h\"",
+            ),
+            (
+                "[trust]\npaths = [\"x\"]",
+                "trust.paths: \"x\" is not an absolute path (or \"*\" for every path)",
+            ),
+        ] {
+            assert_eq!(parse(text).unwrap_err().to_string(), want, "{text}");
+        }
     }
 
     #[test]
@@ -291,7 +384,9 @@ mod tests {
             "range = []",
             "range = \"4000-4099,\"",
         ] {
-            let err = parse(&format!("[defaults]\n{bad}\n")).unwrap_err();
+            let err = parse(&format!("[defaults]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("defaults."), "{bad}: {err}");
         }
     }

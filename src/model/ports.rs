@@ -40,15 +40,29 @@ impl PortRange {
     }
 }
 
+/// A port, range or list of them that does not say which ports it means.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PortRangeError {
+    #[error("{0:?} is not a port range; write LO-HI, like 4000-4999")]
+    NotARange(String),
+    #[error("{0:?}: need 1 <= LO <= HI <= 65535")]
+    Bounds(String),
+    #[error("{0} is not a port (1-65535)")]
+    NotAPort(i64),
+    /// An exclusion list item that is neither number nor string (shown as TOML).
+    #[error("{0} is neither a port (5432) nor a range (\"6000-6010\")")]
+    Neither(String),
+}
+
 impl FromStr for PortRange {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let usage = || format!("{s:?} is not a port range; write LO-HI, like 4000-4999");
+    type Err = PortRangeError;
+    fn from_str(s: &str) -> Result<Self, PortRangeError> {
+        let usage = || PortRangeError::NotARange(s.to_string());
         let (lo, hi) = s.split_once('-').ok_or_else(usage)?;
         let lo: u16 = lo.trim().parse().map_err(|_| usage())?;
         let hi: u16 = hi.trim().parse().map_err(|_| usage())?;
         if lo == 0 || lo > hi {
-            return Err(format!("{s:?}: need 1 <= LO <= HI <= 65535"));
+            return Err(PortRangeError::Bounds(s.to_string()));
         }
         Ok(PortRange { lo, hi })
     }
@@ -86,7 +100,7 @@ impl PortRanges {
     }
 
     /// Ports of an exclusion list as people write them in TOML: `5432` or `"6000-6010"`.
-    pub fn from_toml(items: &[toml::Value]) -> Result<PortRanges, String> {
+    pub fn from_toml(items: &[toml::Value]) -> Result<PortRanges, PortRangeError> {
         let mut out = Vec::new();
         for item in items {
             let range = match item {
@@ -94,18 +108,14 @@ impl PortRanges {
                     let port = u16::try_from(*n)
                         .ok()
                         .filter(|p| *p != 0)
-                        .ok_or_else(|| format!("{n} is not a port (1-65535)"))?;
+                        .ok_or(PortRangeError::NotAPort(*n))?;
                     PortRange { lo: port, hi: port }
                 }
                 toml::Value::String(s) => match s.trim().parse::<u16>() {
                     Ok(port) if port != 0 => PortRange { lo: port, hi: port },
                     _ => s.parse()?,
                 },
-                other => {
-                    return Err(format!(
-                        "{other} is neither a port (5432) nor a range (\"6000-6010\")"
-                    ));
-                }
+                other => return Err(PortRangeError::Neither(other.to_string())),
             };
             out.push(range);
         }
@@ -120,9 +130,9 @@ impl From<PortRange> for PortRanges {
 }
 
 impl FromStr for PortRanges {
-    type Err = String;
+    type Err = PortRangeError;
     /// `LO-HI` or a comma-separated list of them.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, PortRangeError> {
         let ranges = s
             .split(',')
             .map(|part| part.trim().parse::<PortRange>())

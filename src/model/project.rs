@@ -12,8 +12,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::model::mode::Mode;
-use crate::model::name::Name;
-use crate::model::ports::PortRanges;
+use crate::model::name::{Name, NameError};
+use crate::model::ports::{PortRangeError, PortRanges};
 use crate::sys::trust::{Trust, TrustError};
 
 pub const FILE_NAME: &str = "wharf.toml";
@@ -83,14 +83,19 @@ pub enum Ready {
     Http(String),
 }
 
+/// A `ready` that is none of the ways wharf can tell.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0:?} is not notify, connect or http:/PATH")]
+pub struct ReadyError(String);
+
 impl std::str::FromStr for Ready {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Ready, String> {
+    type Err = ReadyError;
+    fn from_str(s: &str) -> Result<Ready, ReadyError> {
         match s {
             "notify" => Ok(Ready::Notify),
             "connect" => Ok(Ready::Connect),
             s if s.starts_with("http:/") => Ok(Ready::Http(s["http:".len()..].to_string())),
-            other => Err(format!("{other:?} is not notify, connect or http:/PATH")),
+            other => Err(ReadyError(other.to_string())),
         }
     }
 }
@@ -161,18 +166,23 @@ impl Declared {
     pub fn check_dir(&self, path: &Path) -> Result<(), ProjectError> {
         let problem = match std::fs::metadata(&self.dir) {
             Ok(m) if m.is_dir() => return Ok(()),
-            Ok(_) => "is not a directory".to_string(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_string(),
-            Err(e) => format!("cannot be used: {e}"),
+            Ok(_) => DirProblem::NotADirectory,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => DirProblem::Missing,
+            Err(e) => DirProblem::Unusable(e.to_string()),
         };
         Err(ProjectError::Invalid {
             path: path.to_path_buf(),
-            line: self.dir_line,
-            message: format!(
-                "instances.{}.dir: {} {problem}",
-                self.name,
-                self.dir.display()
-            ),
+            mistake: Box::new(Mistake {
+                line: self.dir_line,
+                issue: Issue::Key {
+                    name: self.name.clone(),
+                    key: "dir",
+                    problem: Problem::Dir {
+                        dir: self.dir.clone(),
+                        problem,
+                    },
+                },
+            }),
         })
     }
 }
@@ -191,13 +201,88 @@ pub enum ProjectError {
     NotFound(PathBuf),
     #[error(transparent)]
     Untrusted(#[from] TrustError),
-    #[error("{path}:{line}: {message}")]
+    #[error("{path}:{mistake}")]
     Invalid {
         path: PathBuf,
-        line: usize,
-        message: String,
+        mistake: Box<Mistake>,
     },
 }
+
+/// A mistake in a project file: the line it is on, and what is wrong there.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{line}: {issue}")]
+pub struct Mistake {
+    pub line: usize,
+    pub issue: Issue,
+}
+
+/// What is wrong, by key.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Issue {
+    /// Not TOML, or a key wharf does not know: toml's own message.
+    #[error("{0}")]
+    Syntax(String),
+    /// The table's name (`[instances.NAME]`) is not a name.
+    #[error("instances.{key}: {error}")]
+    Name { key: String, error: NameError },
+    #[error("instances.{name}.{key}: {problem}")]
+    Key {
+        name: Name,
+        key: &'static str,
+        problem: Problem,
+    },
+}
+
+/// What is wrong with one key's value, and what to write instead.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Problem {
+    #[error("is empty; give the program and its arguments")]
+    EmptyArgv,
+    #[error("is empty")]
+    EmptyShell,
+    #[error("{0:?} is not fd, env or auto")]
+    Mode(String),
+    #[error("{0}")]
+    Range(PortRangeError),
+    #[error("{0}")]
+    SocketName(NameError),
+    #[error("{0:?} is used twice (or is the main socket's name)")]
+    SocketTwice(Name),
+    #[error("{0:?} is not on-demand or start")]
+    Activation(String),
+    #[error(
+        "on-demand needs fd mode: the socket must exist before the server does (set mode = \"fd\")"
+    )]
+    OnDemandNeedsFd,
+    #[error("{0}")]
+    Duration(DurationError),
+    #[error(
+        "only an on-demand instance is stopped when idle; add activation = \"on-demand\" or remove idle_timeout"
+    )]
+    IdleNotOnDemand,
+    #[error("{0:?} is not no, on-failure or always")]
+    Restart(String),
+    #[error("{0}")]
+    Ready(ReadyError),
+    #[error("{dir} {problem}")]
+    Dir { dir: PathBuf, problem: DirProblem },
+}
+
+/// Why an instance's working directory cannot be started in.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DirProblem {
+    #[error("is not a directory")]
+    NotADirectory,
+    #[error("does not exist")]
+    Missing,
+    #[error("cannot be used: {0}")]
+    Unusable(String),
+}
+
+/// A duration wharf cannot read (shown as TOML: a string in quotes).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0} is not a duration; write seconds (90) or \"90s\", \"15m\", \"2h\"")]
+pub struct DurationError(String);
 
 /// The nearest `wharf.toml` at or above `dir`.
 pub fn find(dir: &Path) -> Result<PathBuf, ProjectError> {
@@ -213,43 +298,45 @@ pub fn load(path: &Path, trust: &Trust) -> Result<Project, ProjectError> {
     let base = path.parent().unwrap_or(Path::new("/"));
     match parse(&text, base) {
         Ok(instances) => Ok(Project { path, instances }),
-        Err((line, message)) => Err(ProjectError::Invalid {
+        Err(mistake) => Err(ProjectError::Invalid {
             path,
-            line,
-            message,
+            mistake: Box::new(mistake),
         }),
     }
 }
 
-/// Parse project text into its instances; relative `dir`s are taken from `base`. The error
-/// is (line, message).
-pub fn parse(text: &str, base: &Path) -> Result<Vec<Declared>, (usize, String)> {
+/// Parse project text into its instances; relative `dir`s are taken from `base`.
+pub fn parse(text: &str, base: &Path) -> Result<Vec<Declared>, Mistake> {
     let line_of = |span: Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
-    let raw: RawProject = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(&line_of).unwrap_or(1);
-        (line, e.message().trim_end().to_string())
+    let raw: RawProject = toml::from_str(text).map_err(|e| Mistake {
+        line: e.span().map(&line_of).unwrap_or(1),
+        issue: Issue::Syntax(e.message().trim_end().to_string()),
     })?;
     let mut instances = Vec::new();
     for (key, raw) in raw.instances {
         let line = line_of(key.span());
-        let name: Name = key
-            .get_ref()
-            .parse()
-            .map_err(|e| (line, format!("instances.{}: {e}", key.get_ref())))?;
-        let at = |span: Range<usize>, key: &str, msg: String| {
-            (line_of(span), format!("instances.{name}.{key}: {msg}"))
+        let name: Name = key.get_ref().parse().map_err(|error| Mistake {
+            line,
+            issue: Issue::Name {
+                key: key.get_ref().clone(),
+                error,
+            },
+        })?;
+        let at = |span: Range<usize>, key: &'static str, problem: Problem| Mistake {
+            line: line_of(span),
+            issue: Issue::Key {
+                name: name.clone(),
+                key,
+                problem,
+            },
         };
         let command = match raw.command.get_ref() {
             RawCommand::Argv(argv) if argv.is_empty() || argv[0].is_empty() => {
-                return Err(at(
-                    raw.command.span(),
-                    "command",
-                    "is empty; give the program and its arguments".into(),
-                ));
+                return Err(at(raw.command.span(), "command", Problem::EmptyArgv));
             }
             RawCommand::Argv(argv) => argv.clone(),
             RawCommand::Shell(s) if s.trim().is_empty() => {
-                return Err(at(raw.command.span(), "command", "is empty".into()));
+                return Err(at(raw.command.span(), "command", Problem::EmptyShell));
             }
             RawCommand::Shell(s) => vec!["sh".into(), "-c".into(), s.clone()],
         };
@@ -258,11 +345,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Vec<Declared>, (usize, String)> 
             Some((_, "fd")) => Some(Mode::Fd),
             Some((_, "env")) => Some(Mode::Env),
             Some((span, other)) => {
-                return Err(at(
-                    span,
-                    "mode",
-                    format!("{other:?} is not fd, env or auto"),
-                ));
+                return Err(at(span, "mode", Problem::Mode(other.to_string())));
             }
         };
         let range = match &raw.range {
@@ -270,7 +353,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Vec<Declared>, (usize, String)> 
             Some(r) => Some(
                 r.get_ref()
                     .parse::<PortRanges>()
-                    .map_err(|e| at(r.span(), "range", e))?,
+                    .map_err(|e| at(r.span(), "range", Problem::Range(e)))?,
             ),
         };
         let mut sockets = Vec::new();
@@ -278,13 +361,9 @@ pub fn parse(text: &str, base: &Path) -> Result<Vec<Declared>, (usize, String)> 
             let sub: Name = s
                 .get_ref()
                 .parse()
-                .map_err(|e| at(s.span(), "sockets", format!("{e}")))?;
+                .map_err(|e| at(s.span(), "sockets", Problem::SocketName(e)))?;
             if sub.as_str() == crate::model::ports::MAIN_SOCKET || sockets.contains(&sub) {
-                return Err(at(
-                    s.span(),
-                    "sockets",
-                    format!("{sub:?} is used twice (or is the main socket's name)"),
-                ));
+                return Err(at(s.span(), "sockets", Problem::SocketTwice(sub)));
             }
             sockets.push(sub);
         }
@@ -299,30 +378,23 @@ pub fn parse(text: &str, base: &Path) -> Result<Vec<Declared>, (usize, String)> 
                 return Err(at(
                     span,
                     "activation",
-                    format!("{other:?} is not on-demand or start"),
+                    Problem::Activation(other.to_string()),
                 ));
             }
         };
         if activation == Activation::OnDemand && mode == Some(Mode::Env) {
             let span = raw.activation.as_ref().map(Spanned::span).unwrap_or(0..0);
-            return Err(at(
-                span,
-                "activation",
-                "on-demand needs fd mode: the socket must exist before the server does (set mode = \"fd\")".into(),
-            ));
+            return Err(at(span, "activation", Problem::OnDemandNeedsFd));
         }
         let idle_timeout = match &raw.idle_timeout {
             None => None,
-            Some(v) => {
-                Some(parse_duration(v.get_ref()).map_err(|e| at(v.span(), "idle_timeout", e))?)
-            }
+            Some(v) => Some(
+                parse_duration(v.get_ref())
+                    .map_err(|e| at(v.span(), "idle_timeout", Problem::Duration(e)))?,
+            ),
         };
         if let (Some(v), Activation::Start) = (&raw.idle_timeout, activation) {
-            return Err(at(
-                v.span(),
-                "idle_timeout",
-                "only an on-demand instance is stopped when idle; add activation = \"on-demand\" or remove idle_timeout".into(),
-            ));
+            return Err(at(v.span(), "idle_timeout", Problem::IdleNotOnDemand));
         }
         let restart = match raw
             .restart
@@ -333,11 +405,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Vec<Declared>, (usize, String)> 
             Some((_, "no")) => Restart::No,
             Some((_, "always")) => Restart::Always,
             Some((span, other)) => {
-                return Err(at(
-                    span,
-                    "restart",
-                    format!("{other:?} is not no, on-failure or always"),
-                ));
+                return Err(at(span, "restart", Problem::Restart(other.to_string())));
             }
         };
         let ready = match &raw.ready {
@@ -345,7 +413,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Vec<Declared>, (usize, String)> 
             Some(r) => Some(
                 r.get_ref()
                     .parse::<Ready>()
-                    .map_err(|e| at(r.span(), "ready", e))?,
+                    .map_err(|e| at(r.span(), "ready", Problem::Ready(e)))?,
             ),
         };
         let (dir, dir_line) = match &raw.dir {
@@ -373,7 +441,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Vec<Declared>, (usize, String)> 
 }
 
 /// A duration as people write it on the command line: `90`, `90s`, `15m`, `2h`.
-pub fn parse_duration_str(s: &str) -> Result<Duration, String> {
+pub fn parse_duration_str(s: &str) -> Result<Duration, DurationError> {
     let v = match s.parse::<i64>() {
         Ok(n) => toml::Value::Integer(n),
         Err(_) => toml::Value::String(s.to_string()),
@@ -382,8 +450,8 @@ pub fn parse_duration_str(s: &str) -> Result<Duration, String> {
 }
 
 /// `90`, `"90s"`, `"15m"`, `"2h"`.
-pub fn parse_duration(v: &toml::Value) -> Result<Duration, String> {
-    let bad = || format!("{v} is not a duration; write seconds (90) or \"90s\", \"15m\", \"2h\"");
+pub fn parse_duration(v: &toml::Value) -> Result<Duration, DurationError> {
+    let bad = || DurationError(v.to_string());
     match v {
         toml::Value::Integer(n) if *n > 0 => Ok(Duration::from_secs(*n as u64)),
         toml::Value::String(s) => {
@@ -413,7 +481,8 @@ mod tests {
     }
 
     fn parse_err(text: &str) -> (usize, String) {
-        parse(text, Path::new("/p")).unwrap_err()
+        let mistake = parse(text, Path::new("/p")).unwrap_err();
+        (mistake.line, mistake.issue.to_string())
     }
 
     #[test]
@@ -487,6 +556,52 @@ command = "python3 -m http.server $PORT"
         let (line, msg) = parse_err("[instances.api]\ncommand = \"x\"\nidle_timeout = \"5m\"\n");
         assert!(msg.contains("only an on-demand instance"), "{msg}");
         assert_eq!(line, 3);
+    }
+
+    #[test]
+    fn messages_say_what_and_how_to_fix() {
+        let head = "[instances.api]\ncommand = \"x\"\n";
+        for (rest, want) in [
+            (
+                "mode = \"tcp\"",
+                "instances.api.mode: \"tcp\" is not fd, env or auto",
+            ),
+            (
+                "restart = \"never\"",
+                "instances.api.restart: \"never\" is not no, on-failure or always",
+            ),
+            (
+                "ready = \"tcp\"",
+                "instances.api.ready: \"tcp\" is not notify, connect or http:/PATH",
+            ),
+            (
+                "activation = \"lazy\"",
+                "instances.api.activation: \"lazy\" is not on-demand or start",
+            ),
+            (
+                "range = \"x\"",
+                "instances.api.range: \"x\" is not a port range; write LO-HI, like 4000-4999",
+            ),
+            (
+                "sockets = [\"http\"]",
+                "instances.api.sockets: Name(\"http\") is used twice (or is the main socket's name)",
+            ),
+            (
+                "idle_timeout = 0\nactivation = \"on-demand\"",
+                "instances.api.idle_timeout: 0 is not a duration; write seconds (90) or \"90s\", \"15m\", \"2h\"",
+            ),
+        ] {
+            let (line, msg) = parse_err(&format!("{head}{rest}\n"));
+            assert_eq!((line, msg.as_str()), (3, want));
+        }
+        let (_, msg) = parse_err("[instances.api]\ncommand = \" \"\n");
+        assert_eq!(msg, "instances.api.command: is empty");
+        let api = &parse_ok("[instances.api]\ncommand = \"x\"\ndir = \"nowhere\"\n")[0];
+        let err = api.check_dir(Path::new("/p/wharf.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/p/wharf.toml:3: instances.api.dir: /p/nowhere does not exist"
+        );
     }
 
     #[test]
