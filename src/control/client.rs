@@ -13,6 +13,20 @@ use super::protocol::*;
 use crate::model::instance::Instance;
 use crate::model::name::Name;
 
+/// Why a call to the proxy got no answer to use.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("the proxy closed the connection")]
+    Closed,
+    #[error("bad answer from the proxy: {0}")]
+    BadAnswer(serde_json::Error),
+    /// The proxy answered `ok: false`; its `error` says why and what to do.
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// A connection to the proxy's control socket.
 pub struct Client {
     reader: BufReader<OwnedReadHalf>,
@@ -49,17 +63,12 @@ impl Client {
     }
 
     /// Send one request and read its response; a response with `ok: false` becomes an error.
-    pub async fn call(&mut self, request: &Request) -> io::Result<Response> {
+    pub async fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
         let mut line = serde_json::to_vec(request).expect("requests serialise");
         line.push(b'\n');
         self.writer.write_all(&line).await?;
         let response = loop {
-            let response = self.read_response().await?.ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the proxy closed the connection",
-                )
-            })?;
+            let response = self.read_response().await?.ok_or(ClientError::Closed)?;
             if response.event.is_none() {
                 break response;
             }
@@ -68,23 +77,18 @@ impl Client {
             let msg = response
                 .error
                 .unwrap_or_else(|| "the proxy refused".to_string());
-            return Err(io::Error::other(msg));
+            return Err(ClientError::Refused(msg));
         }
         Ok(response)
     }
 
     /// The next line as a response (`None` at the end); events are noted on the way.
-    async fn read_response(&mut self) -> io::Result<Option<Response>> {
+    async fn read_response(&mut self) -> Result<Option<Response>, ClientError> {
         let mut answer = String::new();
         if self.reader.read_line(&mut answer).await? == 0 {
             return Ok(None);
         }
-        let response: Response = serde_json::from_str(&answer).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("bad answer from the proxy: {e}"),
-            )
-        })?;
+        let response: Response = serde_json::from_str(&answer).map_err(ClientError::BadAnswer)?;
         match response.event.as_deref() {
             Some("stopping") => self.stopping = true,
             Some("requests") => self.requests = response.requests.clone().unwrap_or_default(),

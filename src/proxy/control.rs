@@ -21,7 +21,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use crate::control::protocol::*;
 use crate::model::instance::*;
 use crate::model::name::Name;
-use crate::proxy::routes::{AliasMap, Owner, Route, Routes, alias_instance};
+use crate::proxy::routes::{AliasMap, Owner, Route, RouteError, Routes, alias_instance};
 
 /// The proxy's side of the control socket: what it knows and how it answers.
 pub struct ControlPlane {
@@ -36,6 +36,54 @@ pub struct ControlPlane {
     /// the next `alias` answer carries them.
     untold: std::sync::Mutex<Vec<String>>,
     next_connection: AtomicU64,
+}
+
+/// The alias file (`aliases.json` in the state directory) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AliasFileError {
+    #[error("cannot read {path}: {error}")]
+    Read { path: PathBuf, error: io::Error },
+    #[error("{path} is corrupt ({corrupt}) and cannot be moved aside: {error}")]
+    Stuck {
+        path: PathBuf,
+        corrupt: serde_json::Error,
+        error: io::Error,
+    },
+    #[error("cannot write {path}: {error}")]
+    Write { path: PathBuf, error: io::Error },
+}
+
+/// Why the proxy refuses a control request: the `error` of its answer.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("bad request: {0}")]
+    BadRequest(serde_json::Error),
+    #[error("unreadable request: {0}")]
+    Unreadable(tokio_util::codec::LinesCodecError),
+    #[error("the control socket serves its own user only")]
+    OtherUser,
+    #[error("{0} is not a loopback address; wharf routes to this machine only")]
+    NotLoopback(SocketAddr),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("no instance named '{0}' is routed")]
+    NotRouted(Name),
+    #[error(
+        "'{name}' is a running instance (wharf pid {pid}), not an alias; stop it with `wharf stop {name}`"
+    )]
+    NotAnAlias { name: Name, pid: i32 },
+    #[error("there is no alias named '{0}'; `wharf ls` lists them")]
+    NoAlias(Name),
+    #[error("'{name}' is a running instance (wharf pid {pid}); stop it first")]
+    Running { name: Name, pid: i32 },
+    #[error(transparent)]
+    AliasFile(#[from] AliasFileError),
+}
+
+impl Refusal {
+    fn into_response(self) -> Response {
+        Response::error(self.to_string())
+    }
 }
 
 /// Longest request line accepted on the control socket.
@@ -63,7 +111,7 @@ impl ControlPlane {
 
     /// Route the stored aliases; returns how many, and a note if the file was corrupt and
     /// moved aside. `Err` when it cannot be read at all.
-    pub fn load_aliases(&self) -> Result<(usize, Option<String>), String> {
+    pub fn load_aliases(&self) -> Result<(usize, Option<String>), AliasFileError> {
         let (aliases, note) = self.read_aliases()?;
         if let Some(note) = &note {
             self.untold.lock().expect("not poisoned").push(note.clone());
@@ -78,12 +126,17 @@ impl ControlPlane {
 
     /// The alias file's contents. One that does not parse is moved aside (like the port
     /// registry) and replaced by the aliases this proxy routes; the note says so.
-    fn read_aliases(&self) -> Result<(AliasMap, Option<String>), String> {
+    fn read_aliases(&self) -> Result<(AliasMap, Option<String>), AliasFileError> {
         let path = &self.aliases_path;
         let bytes = match crate::state::dirs::read_private(path) {
             Ok(None) => return Ok((AliasMap::new(), None)),
             Ok(Some(bytes)) => bytes,
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            Err(error) => {
+                return Err(AliasFileError::Read {
+                    path: path.clone(),
+                    error,
+                });
+            }
         };
         match serde_json::from_slice(&bytes) {
             Ok(aliases) => Ok((aliases, None)),
@@ -98,12 +151,16 @@ impl ControlPlane {
                         Some((r.instance.name.clone(), *addr))
                     })
                     .collect();
-                let aside = crate::state::dirs::move_aside(path).map_err(|m| {
-                    format!(
-                        "{} is corrupt ({e}) and cannot be moved aside: {m}",
-                        path.display()
-                    )
-                })?;
+                let aside = match crate::state::dirs::move_aside(path) {
+                    Ok(aside) => aside,
+                    Err(error) => {
+                        return Err(AliasFileError::Stuck {
+                            path: path.clone(),
+                            corrupt: e,
+                            error,
+                        });
+                    }
+                };
                 let kept = match routed.len() {
                     0 => "aliases only in it are gone until added again".to_string(),
                     _ => {
@@ -124,12 +181,19 @@ impl ControlPlane {
     }
 
     /// Apply `edit` to the alias file and save it; returns the notes the user has not heard.
-    fn write_aliases(&self, edit: impl FnOnce(&mut AliasMap)) -> Result<Vec<String>, String> {
+    fn write_aliases(
+        &self,
+        edit: impl FnOnce(&mut AliasMap),
+    ) -> Result<Vec<String>, AliasFileError> {
         let (mut aliases, note) = self.read_aliases()?;
         edit(&mut aliases);
         let bytes = serde_json::to_vec_pretty(&aliases).expect("aliases serialise");
-        crate::state::dirs::write_atomic(&self.aliases_path, &bytes)
-            .map_err(|e| format!("cannot write {}: {e}", self.aliases_path.display()))?;
+        crate::state::dirs::write_atomic(&self.aliases_path, &bytes).map_err(|error| {
+            AliasFileError::Write {
+                path: self.aliases_path.clone(),
+                error,
+            }
+        })?;
         let mut notes = std::mem::take(&mut *self.untold.lock().expect("not poisoned"));
         notes.extend(note);
         Ok(notes)
@@ -155,32 +219,32 @@ impl ControlPlane {
 
     /// Answer one request line from `owner`.
     pub fn handle(&self, owner: Owner, line: &str) -> Response {
-        let request: Request = match serde_json::from_str(line) {
-            Ok(r) => r,
-            Err(e) => return Response::error(format!("bad request: {e}")),
-        };
+        match serde_json::from_str(line) {
+            Ok(request) => self.answer(owner, request),
+            Err(e) => Err(Refusal::BadRequest(e)),
+        }
+        .unwrap_or_else(Refusal::into_response)
+    }
+
+    fn answer(&self, owner: Owner, request: Request) -> Result<Response, Refusal> {
         match request {
-            Request::Hello => Response {
+            Request::Hello => Ok(Response {
                 http_port: Some(self.http_port),
                 pid: Some(std::process::id() as i32),
                 listen: self.listen.clone(),
                 ..Response::ok()
-            },
+            }),
             Request::Register { instance } => {
                 if let Some(addr) = instance.sockets.values().find(|a| !a.ip().is_loopback()) {
-                    return Response::error(format!(
-                        "{addr} is not a loopback address; wharf routes to this machine only"
-                    ));
+                    return Err(Refusal::NotLoopback(*addr));
                 }
-                match self.routes.register(owner, *instance) {
-                    Ok(()) => Response::ok(),
-                    Err(e) => Response::error(e.to_string()),
-                }
+                self.routes.register(owner, *instance)?;
+                Ok(Response::ok())
             }
-            Request::List => Response {
+            Request::List => Ok(Response {
                 instances: Some(self.listed()),
                 ..Response::ok()
-            },
+            }),
             Request::Stop { name } => {
                 if self
                     .routes
@@ -190,11 +254,11 @@ impl ControlPlane {
                     return self.alias(name, None);
                 }
                 match self.routes.remove(&name) {
-                    None => Response::error(format!("no instance named '{name}' is routed")),
-                    Some(route) => Response {
+                    None => Err(Refusal::NotRouted(name)),
+                    Some(route) => Ok(Response {
                         pid: Some(route.instance.pid),
                         ..Response::ok()
-                    },
+                    }),
                 }
             }
             Request::Alias { name, addr } => self.alias(name, addr),
@@ -203,55 +267,41 @@ impl ControlPlane {
 
     /// Add, replace (`Some`) or remove (`None`) an alias. The file is written before the route
     /// changes, so a failure leaves both as they were.
-    fn alias(&self, name: Name, addr: Option<SocketAddr>) -> Response {
+    fn alias(&self, name: Name, addr: Option<SocketAddr>) -> Result<Response, Refusal> {
         let Some(addr) = addr else {
             let routed = self.routes.get(&name);
             let mut saved = false;
-            let written = self.write_aliases(|a| saved = a.remove(&name).is_some());
-            let notes = match written {
-                Ok(notes) => notes,
-                Err(e) => return Response::error(e),
-            };
+            let notes = self.write_aliases(|a| saved = a.remove(&name).is_some())?;
             match routed {
                 Some(r) if r.owner == Owner::Alias => {
                     self.routes.remove(&name);
                 }
                 Some(r) if !saved => {
-                    return Response::error(format!(
-                        "'{name}' is a running instance (wharf pid {}), not an alias; \
-                         stop it with `wharf stop {name}`",
-                        r.instance.pid
-                    ));
+                    return Err(Refusal::NotAnAlias {
+                        name,
+                        pid: r.instance.pid,
+                    });
                 }
-                None if !saved => {
-                    return Response::error(format!(
-                        "there is no alias named '{name}'; `wharf ls` lists them"
-                    ));
-                }
+                None if !saved => return Err(Refusal::NoAlias(name)),
                 _ => {}
             }
-            return Response {
+            return Ok(Response {
                 notes,
                 ..Response::ok()
-            };
+            });
         };
         if !addr.ip().is_loopback() {
-            return Response::error(format!(
-                "{addr} is not a loopback address; wharf routes to this machine only"
-            ));
+            return Err(Refusal::NotLoopback(addr));
         }
         if let Some(route) = self.routes.get(&name).filter(|r| r.owner != Owner::Alias) {
-            return Response::error(format!(
-                "'{name}' is a running instance (wharf pid {}); stop it first",
-                route.instance.pid
-            ));
+            return Err(Refusal::Running {
+                name,
+                pid: route.instance.pid,
+            });
         }
-        let notes = match self.write_aliases(|a| {
+        let notes = self.write_aliases(|a| {
             a.insert(name.clone(), addr);
-        }) {
-            Ok(notes) => notes,
-            Err(e) => return Response::error(e),
-        };
+        })?;
         self.routes.remove(&name);
         if let Err(e) = self
             .routes
@@ -261,12 +311,12 @@ impl ControlPlane {
             let _ = self.write_aliases(|a| {
                 a.remove(&name);
             });
-            return Response::error(e.to_string());
+            return Err(e.into());
         }
-        Response {
+        Ok(Response {
             notes,
             ..Response::ok()
-        }
+        })
     }
 }
 
@@ -319,11 +369,7 @@ async fn connection(stream: UnixStream, plane: Arc<ControlPlane>, shutdown: Canc
         .peer_cred()
         .is_ok_and(|cred| cred.uid() == nix::unistd::getuid().as_raw());
     if !same_user {
-        let _ = send(
-            &mut writer,
-            &Response::error("the control socket serves its own user only"),
-        )
-        .await;
+        let _ = send(&mut writer, &Refusal::OtherUser.into_response()).await;
         return;
     }
     let owner = Owner::Connection(plane.next_connection.fetch_add(1, Ordering::Relaxed));
@@ -364,11 +410,7 @@ async fn connection(stream: UnixStream, plane: Arc<ControlPlane>, shutdown: Canc
             None => break,
             Some(Ok(line)) => plane.handle(owner, &line),
             Some(Err(e)) => {
-                let _ = send(
-                    &mut writer,
-                    &Response::error(format!("unreadable request: {e}")),
-                )
-                .await;
+                let _ = send(&mut writer, &Refusal::Unreadable(e).into_response()).await;
                 break;
             }
         };
