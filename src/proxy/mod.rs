@@ -196,7 +196,7 @@ async fn wait_for_stop_signal() -> anyhow::Result<()> {
 /// Keep the service manager's STATUS= line current: how many instances are routed.
 async fn report_status(
     routes: Arc<Routes>,
-    mut changes: tokio::sync::watch::Receiver<u64>,
+    mut changes: tokio::sync::watch::Receiver<Arc<crate::proxy::routes::Table>>,
     shutdown: CancellationToken,
 ) {
     loop {

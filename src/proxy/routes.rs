@@ -1,10 +1,12 @@
-//! The route table: instance name → where its sockets are. Readers take a snapshot (an `Arc`)
-//! and never wait on writers; writers build a new table and swap it in, then announce it.
+//! The route table: instance name → where its sockets are. It lives in a `watch` channel:
+//! readers clone the current table's `Arc` (or one route's) under the channel's read lock, so a
+//! lookup waits only while a writer copies and edits the table (a registration, rarely); writers
+//! edit a copy, swap it in and wake every subscriber, in one step.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use http::uri::Authority;
@@ -92,37 +94,32 @@ pub enum RouteError {
     Alias(Name),
 }
 
-/// The shared route table.
+/// The shared route table. One `watch` channel is its lock, its version and its wake-up;
+/// `arc-swap` would make lookups lock-free but need a writers' lock and a wake-up beside it.
 pub struct Routes {
-    table: RwLock<Arc<Table>>,
-    changed: watch::Sender<u64>,
+    table: watch::Sender<Arc<Table>>,
 }
 
 impl Default for Routes {
     fn default() -> Self {
         Routes {
-            table: RwLock::new(Arc::new(Table::new())),
-            changed: watch::Sender::new(0),
+            table: watch::Sender::new(Arc::default()),
         }
     }
 }
 
 impl Routes {
     pub fn snapshot(&self) -> Arc<Table> {
-        self.table.read().expect("route table lock").clone()
+        self.table.borrow().clone()
     }
 
     pub fn get(&self, name: &Name) -> Option<Arc<Route>> {
-        self.table
-            .read()
-            .expect("route table lock")
-            .get(name)
-            .cloned()
+        self.table.borrow().get(name).cloned()
     }
 
     /// A receiver that changes whenever the table does (for requests waiting on a start).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Table>> {
+        self.table.subscribe()
     }
 
     /// Add or replace `instance` for `owner`. A name held by another live owner is refused;
@@ -178,14 +175,18 @@ impl Routes {
         });
     }
 
+    /// Edit a copy of the table and swap it in, waking subscribers; an `Err` changes nothing.
     fn update<E>(&self, edit: impl FnOnce(&mut Table) -> Result<(), E>) -> Result<(), E> {
-        let mut guard = self.table.write().expect("route table lock");
-        let mut next = Table::clone(&guard);
-        edit(&mut next)?;
-        *guard = Arc::new(next);
-        drop(guard);
-        self.changed.send_modify(|generation| *generation += 1);
-        Ok(())
+        let mut result = Ok(());
+        self.table.send_if_modified(|table| {
+            let mut next = Table::clone(table);
+            result = edit(&mut next);
+            if result.is_ok() {
+                *table = Arc::new(next);
+            }
+            result.is_ok()
+        });
+        result
     }
 }
 
