@@ -163,23 +163,40 @@ mod imp {
         let cname = CString::new(name).expect("socket names have no NUL");
         let mut fds: *mut libc::c_int = std::ptr::null_mut();
         let mut cnt: libc::size_t = 0;
-        // SAFETY: launch_activate_socket fills `fds` with a malloc'd array of `cnt` fds.
+        // SAFETY: `cname` is a NUL-terminated string that outlives the call, and `fds` and
+        // `cnt` point to valid, writable locals: all launch_activate_socket(3) asks of us.
+        // They start as null and 0, so `take` sees no array if launchd wrote none.
         let err = unsafe { launch_activate_socket(cname.as_ptr(), &mut fds, &mut cnt) };
         match err {
-            // An empty answer may come without an array (a null pointer is no slice, even empty).
-            0 if fds.is_null() => Ok(Some(Vec::new())),
-            0 => {
-                // SAFETY: the array holds `cnt` fds that are now ours; it is freed right after.
-                let owned = unsafe { std::slice::from_raw_parts(fds, cnt) }
-                    .iter()
-                    .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
-                    .collect();
-                unsafe { libc::free(fds.cast()) };
-                Ok(Some(owned))
-            }
+            0 => Ok(Some(take(fds, cnt))),
             libc::ESRCH | libc::ENOENT => Ok(None),
             e => Err(io::Error::from_raw_os_error(e)),
         }
+    }
+
+    /// Own the `cnt` fds of the array launchd handed us (`fds`, from malloc), and free it.
+    fn take(fds: *mut libc::c_int, cnt: libc::size_t) -> Vec<OwnedFd> {
+        if fds.is_null() {
+            // Nothing to own or free: a null pointer is no slice, not even an empty one.
+            return Vec::new();
+        }
+        let owned = if cnt == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: launchd returned a non-null array of `cnt` ints, aligned (malloc), which
+            // nothing else reads or writes; the slice is gone before the array is freed below.
+            let raw = unsafe { std::slice::from_raw_parts(fds, cnt) };
+            raw.iter()
+                .filter(|&&fd| fd >= 0)
+                // SAFETY: each fd is open (not -1) and handed to us alone: the caller closes
+                // them (launch_activate_socket(3)), which the OwnedFd now does.
+                .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+                .collect()
+        };
+        // SAFETY: the array came from malloc and is the caller's to free(3)
+        // (launch_activate_socket(3)); it is freed once, and no reference to it remains.
+        unsafe { libc::free(fds.cast()) };
+        owned
     }
 }
 
