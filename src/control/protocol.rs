@@ -1,6 +1,6 @@
 //! The control protocol between `wharf` commands and the front proxy: JSON, one object per
 //! line, over a Unix stream socket in the private runtime directory (same user only). This
-//! file owns the messages; `client` and `server` are the two ends.
+//! file owns the messages; `client` and `proxy::control` are the two ends.
 //!
 //! Requests (`op`): `hello`, `register`, `list`, `stop`, `alias`. Every request gets one
 //! response line: `{"ok":true,…}` or `{"ok":false,"error":"…"}`. A `register`ed route lives as

@@ -1,5 +1,6 @@
 //! The user's configuration file (`~/.config/wharf/config.toml`): read in two layers, a raw
-//! serde shape that refuses unknown keys, then validated types. Errors name the file and line.
+//! serde shape that refuses unknown keys, then validated types. Errors name the file, and the
+//! line (syntax, unknown keys) or the key (values).
 //! It is read only if nobody else could have written it (see `trust`).
 
 use std::net::SocketAddr;

@@ -1,6 +1,6 @@
 //! Accepting HTTP connections: the accept loop that survives errors, a 503 for clients over
 //! the descriptor budget, the deadlines and header limits, and a graceful drain on shutdown.
-//! Each connection starts in `forward::express`'s lane (which keeps the first-byte and header
+//! Each connection starts in the express `lane` (which keeps the first-byte and header
 //! deadlines); what the lane does not serve goes to hyper. What happens to each request is
 //! `forward`'s job.
 

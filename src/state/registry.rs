@@ -1,6 +1,6 @@
 //! The on-disk port registry: which ports each name had last time (sticky) and which live
 //! process holds which ports now (leases). Shared by every `wharf` process, serialised by a lock.
-//! It records; it binds nothing (see `alloc`).
+//! It records; it binds nothing (see `supervise::ports`).
 
 use crate::model::instance::Instance;
 

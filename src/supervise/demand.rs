@@ -1,6 +1,6 @@
 //! On-demand instances: noticing a connection waiting on a socket nobody accepts yet, telling
 //! when an instance has gone idle, and probing readiness over HTTP. Starting and stopping the
-//! server is `run`'s job.
+//! server is the supervisor's job (`supervise`).
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! Binding an instance's sockets race-free: bind and keep, never probe and release. Decides the
-//! order of ports tried and records the lease; what the sockets are used for is `run`'s business.
+//! order of ports tried and records the lease; what the sockets are used for is the supervisor's business.
 
 use std::collections::BTreeMap;
 use std::io;

@@ -1,6 +1,6 @@
 //! The proxy's request handling: check and route each request before any upstream I/O, then
 //! forward it to the instance over a pooled HTTP/1.1 connection, streaming both bodies, and
-//! pass WebSocket upgrades through. Accepting connections is `server`'s job.
+//! pass WebSocket upgrades through. Accepting connections is `accept`'s job.
 
 mod http1;
 
