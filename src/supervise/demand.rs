@@ -69,8 +69,11 @@ pub enum Probe {
     Silent,
 }
 
-/// How long one probe may take.
+/// How long the supervisor waits for one probe's answer.
 const PROBE_DEADLINE: Duration = Duration::from_secs(2);
+/// How long a probe that missed its deadline still waits for its answer in the background: a
+/// server still starting accepts the probe's queued connection late, and finds a client gone.
+const PROBE_LINGER: Duration = Duration::from_secs(30);
 /// A probe reads at most this much of a body before it stops caring.
 const PROBE_BODY_LIMIT: usize = 64 * 1024;
 
@@ -82,9 +85,18 @@ pub async fn http_ready(addr: SocketAddr, path: Option<&str>) -> Probe {
         return std::future::pending().await;
     };
     tokio::time::sleep(PROBE_PAUSE).await;
-    tokio::time::timeout(PROBE_DEADLINE, probe(addr, path))
+    // The probe runs on its own, so that one past the deadline still reads its answer and
+    // closes like an ordinary client instead of leaving the server a broken pipe.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let path = path.to_string();
+    tokio::spawn(async move {
+        let status = tokio::time::timeout(PROBE_LINGER, probe(addr, &path)).await;
+        let _ = tx.send(status.ok().flatten());
+    });
+    tokio::time::timeout(PROBE_DEADLINE, rx)
         .await
         .ok()
+        .and_then(Result::ok)
         .flatten()
         .map_or(Probe::Silent, |status| {
             if status.is_success() || status.is_redirection() {
@@ -162,5 +174,36 @@ mod tests {
         let listener = std::net::TcpListener::from(bound[0].socket.try_clone().unwrap());
         let (_accepted, peer) = listener.accept().unwrap();
         assert_eq!(peer, early.local_addr().unwrap());
+    }
+
+    // Multi-threaded: the test blocks in std I/O while the probe's task reads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_probe_past_its_deadline_still_reads_its_answer() {
+        use std::io::{Read, Write};
+        // A server still starting: the probe's connection waits in the backlog past the
+        // probe's deadline, then is accepted and answered.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let probe = http_ready(addr, Some("/health"));
+        assert_eq!(probe.await, Probe::Silent, "no answer within the deadline");
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut request = [0u8; 1024];
+        assert!(conn.read(&mut request).unwrap() > 0);
+        // A body the probe reads whole, written in pieces: to a client gone at the deadline,
+        // the first piece brings a reset and a later one fails (broken pipe).
+        let body = vec![b'x'; PROBE_BODY_LIMIT - 1024];
+        let head = format!(
+            "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).unwrap();
+        for piece in body.chunks(1024) {
+            conn.write_all(piece).expect("the probe is still reading");
+        }
+        let mut rest = Vec::new();
+        conn.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "the probe closes after the answer");
     }
 }
