@@ -1,0 +1,269 @@
+//! An instance's life as a small state machine. It is [`Phase::Idle`] (on demand: wharf holds
+//! the socket, no server runs), [`Phase::Running`] (a server runs: see `running`),
+//! [`Phase::Restarting`] (a pause before the next start), [`Phase::Failed`] (gave up, listed
+//! as failed until asked to stop) or [`Phase::Done`]. After each exit of the server, [`decide`]
+//! names what follows.
+
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::demand;
+use super::output::{Output, ran_for};
+use super::readiness::Expect;
+use super::registration::Registration;
+use super::restart::{GIVE_UP_AFTER, Next, Restarts};
+use super::running::Exit;
+use super::start::Server;
+use super::stop::{self, Signals, Stop, StopWhy, Stopper};
+use crate::model::instance::State;
+use crate::sys::notify::NotifySocket;
+use crate::sys::socket::BoundSocket;
+
+/// One instance's supervisor: what it holds for the instance's whole life.
+pub(super) struct Supervisor {
+    pub(super) out: Output,
+    pub(super) route: Registration,
+    pub(super) signals: Signals,
+    pub(super) notify: NotifySocket,
+    pub(super) server: Server,
+    pub(super) expect: Expect,
+    /// Our copy of the sockets: kept for the instance's life in fd mode (restarts reuse them),
+    /// dropped at the first start in env mode.
+    pub(super) held: Option<Vec<BoundSocket>>,
+    pub(super) stopper: Stopper,
+    pub(super) restarts: Restarts,
+    /// Start the server on the first connection, stop it when idle for `idle_limit`.
+    pub(super) on_demand: bool,
+    pub(super) idle_limit: Duration,
+    /// The instance's ports: connections to them keep an on-demand server busy.
+    pub(super) ports: Vec<u16>,
+    /// The instance comes from a wharf.toml: after giving up it stays listed as failed.
+    pub(super) declared: bool,
+}
+
+/// Where an instance is in its life.
+enum Phase {
+    /// On demand, no server: wait for a connection on the held socket.
+    Idle,
+    /// Start the server and supervise it until it exits.
+    Running,
+    /// Wait `delay`, then start again (on demand: wait for a connection first).
+    Restarting { delay: Duration, code: i32 },
+    /// Gave up: listed as failed until a stop signal.
+    Failed { code: i32 },
+    /// Over: wharf exits with `code`.
+    Done { code: i32 },
+}
+
+/// What follows an exit of the server.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// It was stopped for being idle: start it again on the next connection.
+    Idle,
+    Stop,
+    GiveUp,
+    RestartAfter(Duration),
+}
+
+/// What follows an exit: a stop for idleness waits for the next connection, a stop wharf was
+/// asked for ends the instance, and otherwise the restart policy says.
+fn decide(
+    stop: Option<&Stop>,
+    asked: bool,
+    restarts: &mut Restarts,
+    status: ExitStatus,
+    ran: Duration,
+) -> Outcome {
+    if asked {
+        return Outcome::Stop;
+    }
+    if stop.is_some_and(|s| s.why == StopWhy::Idle) {
+        return Outcome::Idle;
+    }
+    match restarts.after_exit(status, ran) {
+        Next::Stop => Outcome::Stop,
+        Next::GiveUp => Outcome::GiveUp,
+        Next::RestartAfter(delay) => Outcome::RestartAfter(delay),
+    }
+}
+
+impl Supervisor {
+    /// Live the instance's life; returns wharf's exit code (the server's last one, or 0 when
+    /// stopped while idle).
+    pub(super) async fn run(mut self) -> anyhow::Result<i32> {
+        let mut phase = if self.on_demand {
+            Phase::Idle
+        } else {
+            Phase::Running
+        };
+        let code = loop {
+            phase = match phase {
+                Phase::Idle => self.idle().await?,
+                Phase::Running => {
+                    let exit = self.run_server().await?;
+                    self.after(exit).await
+                }
+                Phase::Restarting { delay, code } => {
+                    if !self.pause(Some(delay)).await {
+                        Phase::Done { code }
+                    } else if self.on_demand {
+                        Phase::Idle
+                    } else {
+                        Phase::Running
+                    }
+                }
+                Phase::Failed { code } => {
+                    self.pause(None).await;
+                    Phase::Done { code }
+                }
+                Phase::Done { code } => break code,
+            };
+        };
+        self.route.remove().await;
+        Ok(code)
+    }
+
+    /// On demand: wait for a connection to start the server for (or a stop signal).
+    async fn idle(&mut self) -> anyhow::Result<Phase> {
+        self.route.set_state(State::Idle).await;
+        let sockets = self.held.as_ref().expect("on-demand keeps its sockets");
+        // While idle the route must outlive a proxy restart like a running one.
+        loop {
+            tokio::select! {
+                waiting = demand::connection_waiting(sockets) => {
+                    waiting.context("watching the instance's sockets")?;
+                    self.out.say("a connection is waiting; starting the server".to_string());
+                    return Ok(Phase::Running);
+                }
+                () = stop::stop_signal(&mut self.signals) => return Ok(Phase::Done { code: 0 }),
+                event = self.route.next_event() => self.route.on_event(event).await,
+            }
+        }
+    }
+
+    /// The server exited: end what it left running, record and say how it ended, and decide.
+    async fn after(&mut self, exit: Exit) -> Phase {
+        let Exit { status, ran, pid } = exit;
+        let code = stop::exit_code(status);
+        let stop = self.stopper.take_stop();
+        stop::end_leftovers(&self.out, pid, stop.as_ref(), self.stopper.grace).await;
+        let how = stop::describe(status, stop.as_ref());
+        self.route.instance.last_exit = Some(how.clone());
+        self.route.instance.child_pid = None;
+        let out = &self.out;
+        let after = decide(
+            stop.as_ref(),
+            self.stopper.asked(),
+            &mut self.restarts,
+            status,
+            ran,
+        );
+        match after {
+            Outcome::Idle => {
+                out.say(format!(
+                    "server {how} (ran {}); starting again on the next connection",
+                    ran_for(ran)
+                ));
+                Phase::Idle
+            }
+            Outcome::Stop => {
+                self.route.remove().await;
+                out.say(format!(
+                    "server {how} (ran {}); route removed",
+                    ran_for(ran)
+                ));
+                Phase::Done { code }
+            }
+            Outcome::GiveUp => {
+                out.say(format!(
+                    "giving up after {GIVE_UP_AFTER} fast failures in a row (the last: {how})"
+                ));
+                if self.declared || self.on_demand {
+                    // Declared instances stay listed as failed; the proxy answers for them
+                    // without contacting anything, so the socket can go.
+                    self.route.set_state(State::Failed).await;
+                    drop(self.held.take());
+                    Phase::Failed { code }
+                } else {
+                    self.route.remove().await;
+                    drop(self.held.take());
+                    out.say("route removed".to_string());
+                    Phase::Done { code }
+                }
+            }
+            Outcome::RestartAfter(delay) => {
+                out.say(format!(
+                    "server {how} (ran {}); {}{} on the same socket",
+                    ran_for(ran),
+                    if self.on_demand {
+                        "starting again on demand"
+                    } else {
+                        "restarting"
+                    },
+                    if delay.is_zero() {
+                        String::new()
+                    } else {
+                        format!(" in {:.1}s", delay.as_secs_f64())
+                    }
+                ));
+                self.route.set_state(State::Restarting).await;
+                Phase::Restarting { delay, code }
+            }
+        }
+    }
+
+    /// Waits `delay` (`None`: until a stop signal) while keeping the route registered through
+    /// proxy restarts. False if a stop signal came first.
+    async fn pause(&mut self, delay: Option<Duration>) -> bool {
+        let until = async {
+            match delay {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut until = std::pin::pin!(until);
+        loop {
+            tokio::select! {
+                () = until.as_mut() => return true,
+                () = stop::stop_signal(&mut self.signals) => return false,
+                event = self.route.next_event() => self.route.on_event(event).await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::project::Restart;
+    use nix::sys::signal::Signal;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn a_stop_decides_before_the_restart_policy() {
+        let status = ExitStatus::from_raw(0);
+        let quick = Duration::from_millis(10);
+        let idle = Stop::for_test(StopWhy::Idle);
+        let asked = Stop::for_test(StopWhy::Asked(Signal::SIGTERM));
+        let mut restarts = Restarts::new(Restart::Always, true);
+        assert_eq!(
+            decide(Some(&idle), false, &mut restarts, status, quick),
+            Outcome::Idle
+        );
+        // A stop request while an idle stop was on: the instance ends.
+        assert_eq!(
+            decide(Some(&idle), true, &mut restarts, status, quick),
+            Outcome::Stop
+        );
+        assert_eq!(
+            decide(Some(&asked), true, &mut restarts, status, quick),
+            Outcome::Stop
+        );
+        assert_eq!(
+            decide(None, false, &mut restarts, status, quick),
+            Outcome::RestartAfter(Duration::ZERO)
+        );
+    }
+}

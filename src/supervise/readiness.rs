@@ -1,0 +1,294 @@
+//! Where the server listens and when it is ready: in env mode, the port it bound; in fd mode,
+//! the guard on the socket it was handed; `READY=1` notices and `--ready http:` probes. Each
+//! finding moves the route (its address and state) and is said.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use super::demand::{self, Probe};
+use super::output::Output;
+use super::registration::Registration;
+use crate::model::instance::State;
+use crate::model::mode::{self, Mode};
+use crate::model::project::Ready;
+use crate::sys::netstat::{self, Guard, Listener, Verdict};
+use crate::sys::notify::Notice;
+use crate::sys::socket::BoundSocket;
+
+/// What the instance expects of every server it starts, fixed for its life.
+pub(super) struct Expect {
+    pub(super) mode: Mode,
+    pub(super) ready: Option<Ready>,
+    /// The port the server was given: where an env-mode server should listen.
+    pub(super) port: u16,
+    /// The main socket handed over, where the route points unless the server listens elsewhere.
+    pub(super) handed: SocketAddr,
+    /// How to fix a server that ignores the socket it was handed.
+    pub(super) fix: String,
+}
+
+impl Expect {
+    pub(super) fn new(
+        mode: Mode,
+        ready: Option<Ready>,
+        port: u16,
+        handed: SocketAddr,
+        source: mode::Source<'_>,
+    ) -> Expect {
+        let fix = format!(
+            "to serve on the handed socket, give it fd 3 (an {{fd}} placeholder); or let it bind \
+             PORT itself ({})",
+            source.switch(Mode::Env)
+        );
+        Expect {
+            mode,
+            ready,
+            port,
+            handed,
+            fix,
+        }
+    }
+}
+
+/// Watching one server come up: looking for its listener, guarding the handed socket,
+/// probing it over HTTP.
+pub(super) struct Readiness {
+    expected: u16,
+    handed: SocketAddr,
+    /// No `--ready` was given, so a server that accepts is ready.
+    says_ready: bool,
+    fix: String,
+    /// Env mode: the port the server listens on is not found yet.
+    looking: bool,
+    /// Pause before the next look (or guard check), doubling up to half a second.
+    look_pause: Duration,
+    /// Fd mode: does the server serve on the socket it was handed? Absent while a check runs
+    /// and once that is settled.
+    guard: Option<Guard>,
+    checking: Option<JoinHandle<(Guard, Verdict)>>,
+    /// `--ready http:PATH`, until it answers 2xx or 3xx.
+    probing: Option<String>,
+    last_answer: Option<http::StatusCode>,
+}
+
+/// What readiness watching waits for.
+pub(super) enum Finding {
+    /// Time to look for the listener again (and to run the guard's next check).
+    LookDue,
+    /// The guard's check ended.
+    Checked(Guard, Verdict),
+    Probed(Probe),
+}
+
+impl Readiness {
+    /// Start watching a server just started; `held` are wharf's copies of its sockets (fd mode).
+    pub(super) async fn begin(
+        expect: &Expect,
+        held: Option<&[BoundSocket]>,
+        route: &mut Registration,
+    ) -> Readiness {
+        let guard = match (held, expect.mode) {
+            (Some(sockets), Mode::Fd) => Guard::new(sockets),
+            _ => None,
+        };
+        route.instance.exposed = None;
+        let probing = match &expect.ready {
+            Some(Ready::Http(path)) => Some(path.clone()),
+            _ => None,
+        };
+        if expect.mode == Mode::Fd && expect.ready == Some(Ready::Connect) {
+            // The socket accepts from the start: that is all `connect` asks.
+            route.set_state(State::Ready).await;
+        }
+        Readiness {
+            expected: expect.port,
+            handed: expect.handed,
+            says_ready: expect.ready.is_none(),
+            fix: expect.fix.clone(),
+            looking: expect.mode == Mode::Env,
+            look_pause: Duration::from_millis(20),
+            guard,
+            checking: None,
+            probing,
+            last_answer: None,
+        }
+    }
+
+    /// The next finding; pending while there is nothing left to watch. `main` is where the
+    /// route points now (what a probe asks).
+    pub(super) async fn next(&mut self, main: SocketAddr) -> Finding {
+        tokio::select! {
+            _ = tokio::time::sleep(self.look_pause), if self.looking || self.guard.is_some() => Finding::LookDue,
+            Some((g, verdict)) = async { self.checking.as_mut()?.await.ok() }, if self.checking.is_some() => {
+                Finding::Checked(g, verdict)
+            }
+            probe = demand::http_ready(main, self.probing.as_deref()), if self.probing.is_some() => {
+                Finding::Probed(probe)
+            }
+            else => std::future::pending().await,
+        }
+    }
+
+    /// Act on a finding about the server `child`.
+    pub(super) async fn on(
+        &mut self,
+        finding: Finding,
+        child: i32,
+        route: &mut Registration,
+        out: &Output,
+    ) {
+        match finding {
+            Finding::LookDue => self.look(child, route, out).await,
+            Finding::Checked(g, verdict) => {
+                self.checking = None;
+                if verdict == Verdict::Watching {
+                    self.guard = Some(g);
+                }
+                self.on_verdict(verdict, route, out).await;
+            }
+            Finding::Probed(probe) => self.on_probe(probe, route, out).await,
+        }
+    }
+
+    /// Look for the port an env-mode server listens on, and start the guard's next check.
+    async fn look(&mut self, child: i32, route: &mut Registration, out: &Output) {
+        let expected = self.expected;
+        if self.looking
+            && let Some(l) = pick_listener(&netstat::listening(child, expected), expected)
+        {
+            self.looking = false;
+            if l.connect.port() == expected {
+                out.say(format!("listening on {}", l.bound));
+            } else {
+                out.say(format!(
+                    "listens on {}, not on port {expected} as asked; routing there",
+                    l.bound
+                ));
+            }
+            follow(route, out, l, self.probing.is_some()).await;
+        }
+        if let Some(mut g) = self.guard.take() {
+            // Reading /proc can take a while on a busy machine: off the supervisor's loop,
+            // which must stay quick to pass signals on and notice an exit.
+            self.checking = Some(tokio::task::spawn_blocking(move || {
+                let verdict = g.check(child);
+                (g, verdict)
+            }));
+        }
+        self.look_pause = (self.look_pause * 2).min(Duration::from_millis(500));
+    }
+
+    async fn on_probe(&mut self, probe: Probe, route: &mut Registration, out: &Output) {
+        let path = self.probing.as_deref().unwrap_or_default();
+        match probe {
+            Probe::Ready(status) => {
+                out.say(format!("ready (GET {path} answered {status})"));
+                self.probing = None;
+                route.set_state(State::Ready).await;
+            }
+            Probe::Answered(status) if self.last_answer != Some(status) => {
+                out.say(format!(
+                    "GET {path} answered {status}; not ready until it answers 2xx or 3xx"
+                ));
+                self.last_answer = Some(status);
+            }
+            _ => {}
+        }
+    }
+
+    /// Act on what the fd-mode guard found out about the server and the handed socket.
+    async fn on_verdict(&self, verdict: Verdict, route: &mut Registration, out: &Output) {
+        let handed = self.handed;
+        let fix = &self.fix;
+        let probing = self.probing.is_some();
+        match verdict {
+            Verdict::Watching => {}
+            Verdict::Serving => {
+                let state = match route.instance.state {
+                    State::Starting if self.says_ready => {
+                        out.say("ready (accepted a connection on its socket)".to_string());
+                        State::Ready
+                    }
+                    state => state,
+                };
+                if route.main_addr() != handed || state != route.instance.state {
+                    route.set_main_addr(handed);
+                    route.set_state(state).await;
+                }
+            }
+            Verdict::Elsewhere { listener, closed } => {
+                let what = if closed {
+                    "closed the socket it was handed"
+                } else {
+                    "does not accept on the socket it was handed"
+                };
+                // Routed first, said second: whoever waits for the line finds the route in place.
+                follow(route, out, listener, probing).await;
+                out.say(format!(
+                    "the server {what} ({handed}) and listens on {} instead; routing there ({fix})",
+                    listener.bound
+                ));
+            }
+            Verdict::Nowhere { unreachable } => {
+                let listens = match unreachable.as_slice() {
+                    [] => "no TCP port".to_string(),
+                    addrs => addrs
+                        .iter()
+                        .map(|a| format!("{a}, which loopback cannot reach"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                };
+                out.say(format!(
+                    "the server closed the socket it was handed ({handed}) and listens on {listens}: \
+                     nothing can reach it through wharf; {fix}"
+                ));
+                route.set_state(State::Failed).await;
+            }
+        }
+    }
+}
+
+/// `READY=1` and the other notices the server sent to `NOTIFY_SOCKET`.
+pub(super) async fn on_notices(notices: Vec<Notice>, route: &mut Registration, out: &Output) {
+    for notice in notices {
+        match notice {
+            Notice::Ready => {
+                out.say("ready (READY=1)".to_string());
+                route.set_state(State::Ready).await;
+            }
+            Notice::Status(s) => out.say(format!("status: {s}")),
+            Notice::Stopping => out.say("stopping (STOPPING=1)".to_string()),
+            Notice::Reloading => out.say("reloading (RELOADING=1)".to_string()),
+        }
+    }
+}
+
+/// The expected port if the server listens there, else the lowest port it listens on.
+fn pick_listener(found: &[Listener], expected: u16) -> Option<Listener> {
+    found
+        .iter()
+        .find(|l| l.connect.port() == expected)
+        .or(found.first())
+        .copied()
+}
+
+/// Route to `listener` from now on, and say so loudly if the whole network reaches it.
+/// `probing`: an `--ready http:` probe decides readiness, so listening is not enough.
+async fn follow(route: &mut Registration, out: &Output, listener: Listener, probing: bool) {
+    route.instance.exposed = listener.is_exposed().then_some(listener.bound);
+    route.set_main_addr(listener.connect);
+    let state = if probing {
+        State::Starting
+    } else {
+        State::Ready
+    };
+    route.set_state(state).await;
+    if listener.is_exposed() {
+        out.say(format!(
+            "warning: {}",
+            netstat::exposed_warning(listener.bound)
+        ));
+    }
+}

@@ -1,0 +1,134 @@
+//! While a server runs: the events the supervisor waits for, one `select!` that only waits,
+//! and one function that acts on each event.
+
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use tokio::process::Child;
+
+use super::demand::{self, IdleClock};
+use super::lifecycle::Supervisor;
+use super::readiness::{self, Finding, Readiness};
+use super::registration::RouteEvent;
+use crate::model::mode::Mode;
+use crate::sys::netstat;
+use crate::sys::notify::Notice;
+
+/// What can happen while the server runs.
+enum Event {
+    /// The server exited (or waiting for it failed).
+    Exited(std::io::Result<ExitStatus>),
+    /// wharf got a signal: pass it on, or stop.
+    Signal(libc::siginfo_t),
+    /// The server (or a process it started) wrote to `NOTIFY_SOCKET`.
+    Notices(std::io::Result<Vec<Notice>>),
+    /// Something about where the server listens or whether it is ready.
+    Readiness(Finding),
+    /// On demand: time to count open connections.
+    IdleTick,
+    /// A stop ran out of grace.
+    KillDue,
+    /// The front proxy went away, or it is time to register with it again.
+    Route(RouteEvent),
+}
+
+/// One server, started.
+struct Running {
+    child: Child,
+    pid: i32,
+    ready: Readiness,
+    idle: IdleClock,
+}
+
+/// How the server ended.
+pub(super) struct Exit {
+    pub(super) status: ExitStatus,
+    /// How long it ran.
+    pub(super) ran: Duration,
+    pub(super) pid: i32,
+}
+
+impl Supervisor {
+    /// Start the server and supervise it until it exits.
+    pub(super) async fn run_server(&mut self) -> anyhow::Result<Exit> {
+        let started = Instant::now();
+        let child = self.server.spawn()?;
+        let pid = child.id().expect("a child just spawned has a pid") as i32;
+        if self.expect.mode == Mode::Env {
+            // Held until this moment so that nobody else could take the port.
+            self.held = None;
+        }
+        self.route.started(pid).await;
+        let ready = Readiness::begin(&self.expect, self.held.as_deref(), &mut self.route).await;
+        let mut server = Running {
+            child,
+            pid,
+            ready,
+            idle: IdleClock::new(self.idle_limit),
+        };
+        let status = loop {
+            let event = self.next_event(&mut server).await;
+            if let Some(status) = self.on_event(event, &mut server).await? {
+                break status;
+            }
+        };
+        Ok(Exit {
+            status,
+            ran: started.elapsed(),
+            pid,
+        })
+    }
+
+    /// Wait for the next event; nothing is acted on here.
+    async fn next_event(&mut self, server: &mut Running) -> Event {
+        let pid = server.pid;
+        let idle_watch = self.on_demand && !self.stopper.is_stopping();
+        tokio::select! {
+            status = server.child.wait() => Event::Exited(status),
+            Some(info) = self.signals.next() => Event::Signal(info),
+            notices = self.notify.recv(|p| p.is_none_or(|p| crate::sys::process::in_tree(p, pid))) => {
+                Event::Notices(notices)
+            }
+            finding = server.ready.next(self.route.main_addr()) => Event::Readiness(finding),
+            _ = tokio::time::sleep(demand::IDLE_TICK), if idle_watch => Event::IdleTick,
+            () = self.stopper.kill_due(), if self.stopper.kill_pending() => Event::KillDue,
+            event = self.route.next_event() => Event::Route(event),
+        }
+    }
+
+    /// Act on one event; the exit status once the server has exited.
+    async fn on_event(
+        &mut self,
+        event: Event,
+        server: &mut Running,
+    ) -> anyhow::Result<Option<ExitStatus>> {
+        let pid = server.pid;
+        match event {
+            Event::Exited(status) => return status.context("waiting for the server").map(Some),
+            Event::Signal(info) => self.stopper.on_signal(&info, pid),
+            Event::Notices(notices) => {
+                readiness::on_notices(notices.unwrap_or_default(), &mut self.route, &self.out).await
+            }
+            Event::Readiness(finding) => {
+                server
+                    .ready
+                    .on(finding, pid, &mut self.route, &self.out)
+                    .await
+            }
+            Event::IdleTick => {
+                if server.idle.tick(netstat::established(&self.ports)) {
+                    self.out.say(format!(
+                        "idle for {}s; stopping the server (its socket stays)",
+                        self.idle_limit.as_secs()
+                    ));
+                    self.stopper.stop_idle(pid);
+                }
+            }
+            Event::KillDue => self.stopper.kill(pid),
+            Event::Route(event) => self.route.on_event(event).await,
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,203 @@
+//! Starting the server: choosing fd or env mode (refusing what cannot work), the environment
+//! it gets, the sockets it is handed, and spawning it with its output sent to the log.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+
+use super::RunArgs;
+use super::output::Output;
+use crate::model::mode::{self, Mode, Plan};
+use crate::model::ports::MAIN_SOCKET;
+use crate::model::project::Ready;
+use crate::state::context::Context;
+use crate::state::logs::Log;
+use crate::sys::handoff::{self, Handoff};
+use crate::sys::notify::NotifySocket;
+use crate::sys::socket::BoundSocket;
+
+/// Choose the mode and the command line, say which and why, and refuse combinations that
+/// cannot work, before anything is bound.
+pub(super) fn plan(
+    ctx: &Context,
+    args: &RunArgs,
+    source: mode::Source<'_>,
+    out: &Output,
+) -> anyhow::Result<Plan> {
+    let plan = mode::choose(
+        args.mode,
+        args.on_demand,
+        source,
+        &args.command,
+        &package_scripts(&ctx.cwd),
+    );
+    out.say(format!("{} mode: {}", plan.mode, plan.reason));
+    if args.on_demand && plan.mode != Mode::Fd {
+        bail!(
+            "--on-demand needs fd mode: the socket must exist before the server does (drop --env)"
+        );
+    }
+    if args.on_demand && plan.follows {
+        bail!(
+            "on demand, the first request waits on the socket wharf holds, and this server \
+             cannot take it, so that request would never be answered; drop {}, or \
+             run a server that takes an inherited socket (gunicorn, uvicorn, puma, or one given \
+             {{fd}})",
+            source.on_demand_switch()
+        );
+    }
+    if plan.mode == Mode::Fd
+        && plan.argv.iter().any(|a| a.contains("{port"))
+        && !plan.argv.iter().any(|a| a.contains("{fd"))
+    {
+        bail!(
+            "{{port}} asks the server to bind the port itself, but in fd mode wharf holds that \
+             port and hands it over as fd 3, so the server would fail with \"address in use\"; \
+             use {{fd}} to pass the socket{}",
+            if args.on_demand {
+                String::new()
+            } else {
+                format!(", or {} to let it bind", source.switch(Mode::Env))
+            }
+        );
+    }
+    let program = &plan.argv[0];
+    if handoff::resolve_program(program, ctx.path_var.clone(), &ctx.cwd).is_none() {
+        bail!("cannot find `{program}`: not an executable file, nor a command in $PATH");
+    }
+    Ok(plan)
+}
+
+/// How to start the server, as often as it takes: its command line, environment and sockets.
+pub(super) struct Server {
+    self_exe: PathBuf,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    /// fd mode: the sockets handed over (fd 3, 4, …) with their names; empty in env mode.
+    fds: Vec<(RawFd, String)>,
+    set_pid: bool,
+    /// The server leads a process group of its own (wharf has no terminal).
+    pub(super) own_group: bool,
+    /// With `--log`, the server's output goes there.
+    log: Option<Log>,
+}
+
+/// The server's environment: wharf.toml's `env`, then what wharf tells it (its name and URL,
+/// `NOTIFY_SOCKET`, each socket's port, and `HOST` in env mode).
+pub(super) fn environment(
+    args: &RunArgs,
+    plan: &Plan,
+    bound: &[BoundSocket],
+    url: &str,
+    notify: &NotifySocket,
+) -> Vec<(String, String)> {
+    let mut env = args.env.clone();
+    env.push(("WHARF_NAME".to_string(), args.name.to_string()));
+    env.push(("WHARF_URL".to_string(), url.to_string()));
+    if plan.notify || args.ready == Some(Ready::Notify) {
+        env.push((
+            "NOTIFY_SOCKET".to_string(),
+            notify.path().display().to_string(),
+        ));
+    }
+    // In fd mode too, so that configs reading it (puma's `port ENV.fetch("PORT")`) name the
+    // handed socket's port rather than fail or see a stale one from our own environment.
+    for b in bound {
+        env.push((port_var(&b.name), b.port.to_string()));
+    }
+    if plan.mode == Mode::Env {
+        env.push(("HOST".into(), "127.0.0.1".into()));
+    }
+    env
+}
+
+/// Say how each socket reaches the server: as an fd, or as a port in its environment.
+pub(super) fn say_handoff(out: &Output, mode: Mode, bound: &[BoundSocket]) {
+    for (i, b) in bound.iter().enumerate() {
+        let how = match mode {
+            Mode::Fd => format!("passed as fd {} ({})", 3 + i, b.name),
+            Mode::Env => format!("given as {}", port_var(&b.name)),
+        };
+        out.say(format!("{} {how}", b.addr()));
+    }
+}
+
+impl Server {
+    pub(super) fn new(
+        ctx: &Context,
+        args: &RunArgs,
+        plan: &Plan,
+        argv: Vec<String>,
+        bound: &[BoundSocket],
+        env: Vec<(String, String)>,
+        log: Option<Log>,
+    ) -> Server {
+        let fds = match plan.mode {
+            Mode::Fd => bound
+                .iter()
+                .map(|b| (b.socket.as_raw_fd(), b.name.clone()))
+                .collect(),
+            Mode::Env => Vec::new(),
+        };
+        Server {
+            self_exe: ctx.self_exe.clone(),
+            argv,
+            env,
+            fds,
+            set_pid: !args.no_pid && plan.listen_pid,
+            own_group: !std::io::IsTerminal::is_terminal(&std::io::stdin()),
+            log,
+        }
+    }
+
+    /// Start the server (through wharf's exec step, which hands the sockets over), its output
+    /// copied to the log if there is one.
+    pub(super) fn spawn(&self) -> anyhow::Result<tokio::process::Child> {
+        let handoff = Handoff {
+            self_exe: &self.self_exe,
+            argv: &self.argv,
+            env: &self.env,
+            fds: &self.fds,
+            set_pid: self.set_pid,
+            own_group: self.own_group,
+        };
+        let mut command = handoff.command();
+        if self.log.is_some() {
+            command
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {}", self.argv.join(" ")))?;
+        if let Some(log) = &self.log {
+            tokio::spawn(log.clone().copy_from(child.stdout.take().expect("piped")));
+            tokio::spawn(log.clone().copy_from(child.stderr.take().expect("piped")));
+        }
+        Ok(child)
+    }
+}
+
+/// The environment variable that carries a socket's port in env mode: PORT, PORT_SUB.
+fn port_var(socket: &str) -> String {
+    match socket {
+        MAIN_SOCKET => "PORT".to_string(),
+        sub => format!("PORT_{}", sub.to_ascii_uppercase().replace('-', "_")),
+    }
+}
+
+/// `scripts` of ./package.json, for seeing through `npm run dev`; empty if there is none.
+fn package_scripts(dir: &Path) -> BTreeMap<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Package {
+        #[serde(default)]
+        scripts: BTreeMap<String, String>,
+    }
+    std::fs::read(dir.join("package.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Package>(&bytes).ok())
+        .map(|p| p.scripts)
+        .unwrap_or_default()
+}
