@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use super::output::Output;
 use crate::control::launch;
 use crate::control::protocol::Closed;
 use crate::model::instance::{Instance, State};
 use crate::model::mode::Mode;
 use crate::model::name::Name;
 use crate::model::ports::MAIN_SOCKET;
-use crate::supervise::Output;
 use crate::sys::socket::BoundSocket;
 
 /// The instance's registration with the front proxy. The route lives as long as the control
