@@ -21,7 +21,10 @@ const PROBE_PAUSE: Duration = Duration::from_millis(100);
 pub async fn connection_waiting(sockets: &[BoundSocket]) -> std::io::Result<()> {
     let mut watchers = Vec::new();
     for b in sockets {
-        // A duplicate of the socket, so the shared one keeps its flags (blocking, as handed over).
+        // The AsyncFd owns what it watches, so it gets a duplicate (close-on-exec: the server
+        // started next never inherits it). A dup shares the socket's file status flags, so
+        // nothing here may make it non-blocking: the socket stays blocking, as it is handed
+        // over. Registering for readiness does not touch them.
         let dup = b.socket.try_clone()?;
         // SAFETY: the AsyncFd owns `dup`, so its fd stays open and the same for its lifetime.
         let watcher = unsafe { AsyncFd::register_with_interest(dup, Interest::READABLE) }
@@ -170,6 +173,10 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+        assert!(
+            !bound[0].socket.nonblocking().unwrap(),
+            "watching leaves the socket blocking, as servers are handed it"
+        );
         // Still queued: the server accepts it.
         let listener = std::net::TcpListener::from(bound[0].socket.try_clone().unwrap());
         let (_accepted, peer) = listener.accept().unwrap();
