@@ -8,11 +8,11 @@ use std::time::Duration;
 use socket2::Socket;
 
 use crate::model::name::Name;
-use crate::model::ports::*;
+use crate::model::ports::{Allocation, MAIN_SOCKET, PortRanges, Preference, Taken};
 use crate::state::registry::{self, Lease, RegistryError, Store};
 use crate::sys::netstat;
 use crate::sys::process::ProcessId;
-use crate::sys::socket::*;
+use crate::sys::socket::{BoundSocket, bind_loopback, local_port};
 
 /// How long `--force` lets the running instance shut down before killing it.
 const FORCE_GRACE: Duration = Duration::from_secs(5);
@@ -347,6 +347,7 @@ fn describe_bind_error(e: &io::Error) -> Taken {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ports::{PortRange, list_taken};
 
     #[test]
     fn range_parses_and_scans_with_wraparound() {
