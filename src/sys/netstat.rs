@@ -123,7 +123,7 @@ impl Guard {
         imp::supported().then(|| Guard {
             handed,
             main,
-            probe: TcpStream::connect_timeout(&main, Duration::from_millis(200)).ok(),
+            probe: connect_probe(main),
             elsewhere_since: None,
             closed_since: None,
         })
@@ -131,6 +131,12 @@ impl Guard {
 
     /// Look at `root`'s tree once.
     pub fn check(&mut self, root: i32) -> Verdict {
+        if self.probe.is_none() {
+            // The first connect failed (a full accept queue, a loaded machine): without a
+            // probe the server could never be seen accepting, and the guard would read /proc
+            // for the server's whole life.
+            self.probe = connect_probe(self.main);
+        }
         let main_port = self.main.port();
         let rows = imp::rows(|state, port| state == imp::LISTEN || port == main_port);
         if let Some(probe) = &self.probe
@@ -174,6 +180,11 @@ impl Guard {
         self.probe = None;
         verdict
     }
+}
+
+/// The guard's own connection to the handed socket (`None` if it could not connect now).
+fn connect_probe(main: SocketAddr) -> Option<TcpStream> {
+    TcpStream::connect_timeout(&main, Duration::from_millis(200)).ok()
 }
 
 /// The address to connect to for a socket bound at `addr`, if it is reachable over loopback.
@@ -456,6 +467,27 @@ mod imp {
             let mut guard = Guard::new(&bound).unwrap();
             let me = std::process::id() as i32;
             assert_eq!(guard.check(me), Verdict::Watching, "the probe waits");
+            let _accepted = bound[0].socket.accept().unwrap();
+            assert_eq!(guard.check(me), Verdict::Serving);
+        }
+
+        #[test]
+        fn guard_connects_again_when_its_first_probe_failed() {
+            let socket = crate::sys::socket::bind_loopback(0).unwrap();
+            let port = crate::sys::socket::local_port(&socket).unwrap();
+            let bound = [BoundSocket {
+                name: "http".into(),
+                port,
+                socket,
+            }];
+            // Every accept here finds a connection already queued, or fails at once.
+            bound[0].socket.set_nonblocking(true).unwrap();
+            let mut guard = Guard::new(&bound).unwrap();
+            // As if the connect in `new` had failed: its probe leaves the accept queue.
+            guard.probe = None;
+            drop(bound[0].socket.accept().unwrap());
+            let me = std::process::id() as i32;
+            assert_eq!(guard.check(me), Verdict::Watching, "a new probe waits");
             let _accepted = bound[0].socket.accept().unwrap();
             assert_eq!(guard.check(me), Verdict::Serving);
         }
