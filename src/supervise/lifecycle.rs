@@ -127,7 +127,9 @@ impl Supervisor {
 
     /// On demand: wait for a connection to start the server for (or a stop signal).
     async fn idle(&mut self) -> anyhow::Result<Phase> {
-        self.route.set_state(State::Idle).await;
+        if self.route.instance.state != State::Idle {
+            self.route.set_state(State::Idle).await;
+        }
         let sockets = self.held.as_ref().expect("on-demand keeps its sockets");
         // While idle the route must outlive a proxy restart like a running one.
         loop {
@@ -162,6 +164,9 @@ impl Supervisor {
         );
         match after {
             Outcome::Idle => {
+                // Listed first (idle, and how it ended), said second: whoever waits for the
+                // line finds the route so.
+                self.route.set_state(State::Idle).await;
                 out.say(format!(
                     "server {how} (ran {}); starting again on the next connection",
                     ran_for(ran)
