@@ -14,7 +14,6 @@ use super::output::{Output, ran_for};
 use super::readiness::Expect;
 use super::registration::Registration;
 use super::restart::{GIVE_UP_AFTER, Next, Restarts};
-use super::running::Exit;
 use super::start::Server;
 use super::stop::{self, Signals, Stop, StopWhy, Stopper};
 use crate::model::instance::State;
@@ -41,6 +40,14 @@ pub(super) struct Supervisor {
     pub(super) ports: Vec<u16>,
     /// The instance comes from a wharf.toml: after giving up it stays listed as failed.
     pub(super) declared: bool,
+}
+
+/// How the server ended.
+pub(super) struct Exit {
+    pub(super) status: ExitStatus,
+    /// How long it ran.
+    pub(super) ran: Duration,
+    pub(super) pid: i32,
 }
 
 /// Where an instance is in its life.

@@ -2,14 +2,14 @@
 //! and one function that acts on each event.
 
 use std::process::ExitStatus;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
 use tokio::process::Child;
 
 use super::demand::{self, IdleClock};
-use super::lifecycle::Supervisor;
+use super::lifecycle::{Exit, Supervisor};
 use super::readiness::{self, Finding, Readiness};
 use super::registration::RouteEvent;
 use crate::model::mode::Mode;
@@ -40,14 +40,6 @@ struct Running {
     pid: i32,
     ready: Readiness,
     idle: IdleClock,
-}
-
-/// How the server ended.
-pub(super) struct Exit {
-    pub(super) status: ExitStatus,
-    /// How long it ran.
-    pub(super) ran: Duration,
-    pub(super) pid: i32,
 }
 
 impl Supervisor {
