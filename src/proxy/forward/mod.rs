@@ -27,7 +27,7 @@ use crate::proxy::deadline::{BodyStalled, IdleBody};
 use crate::proxy::limits::Limits;
 use crate::proxy::pages;
 use crate::proxy::routes::{Route, Routes};
-use crate::proxy::rules::{self, Fate, VIA};
+use crate::proxy::rules::{self, Fate};
 use crate::proxy::tunnel;
 use crate::proxy::upstream::{self, idle};
 use http1::Connection;
@@ -351,11 +351,10 @@ impl Forwarder {
             return Err(ProxyError::UriTooLong(limits.max_uri));
         }
         // hyper's HTTP/1 server counts header lines itself; its HTTP/2 server does not.
-        if req.headers().len() > Limits::MAX_HEADERS
-            || req
-                .headers()
-                .iter()
-                .any(|(k, v)| k.as_str().len() + v.len() + 2 > limits.max_header_line)
+        if rules::too_many_headers(req.headers().len(), Limits::MAX_HEADERS)
+            || req.headers().iter().any(|(k, v)| {
+                rules::line_too_long(k.as_str().as_bytes(), v.as_bytes(), limits.max_header_line)
+            })
         {
             return Err(ProxyError::HeaderTooLarge(limits.max_header_line));
         }
@@ -438,7 +437,7 @@ impl Forwarder {
         };
         // A pooled connection the server closed just as we reused it fails before any answer;
         // requests that can be repeated safely get one more try.
-        let retry = (is_idempotent(&parts.method) && body.is_end_stream())
+        let retry = rules::repeatable(parts.method.as_str().as_bytes(), !body.is_end_stream())
             .then(|| (parts.method.clone(), uri.clone(), headers.clone()));
         let request = build(parts.method, uri, version, headers, body);
         let mut response = match self.send(request, &name, addr, Connection::Any).await {
@@ -452,14 +451,12 @@ impl Forwarder {
             other => other?,
         };
 
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_upgrade) = client_upgrade else {
-                return Err(ProxyError::BadResponse {
-                    name,
-                    addr,
-                    why: "101 Switching Protocols unasked",
-                });
-            };
+        if let Some(why) = rules::unasked_switch(response.status().as_u16(), websocket) {
+            return Err(ProxyError::BadResponse { name, addr, why });
+        }
+        if let Some(client_upgrade) = client_upgrade
+            && response.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             exempt.store(true, Ordering::Relaxed);
             let linger = self.limits.tunnel_linger;
@@ -614,52 +611,86 @@ fn request_host<B>(req: &Request<B>) -> Result<HeaderValue, ProxyError> {
     }
 }
 
-pub(crate) const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Remove hop-by-hop headers, the ones `Connection` names, and `Upgrade` (re-added for
-/// WebSockets only: `h2c` and other upgrades never reach a backend).
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let hop_by_hop = |name: &HeaderName| name == header::UPGRADE || HOP_BY_HOP.contains(name);
-    // Most messages have none, or only `Connection: keep-alive`: look before touching the map.
-    let mut present: Vec<HeaderName> = headers.keys().filter(|n| hop_by_hop(n)).cloned().collect();
-    if present.is_empty() {
-        return;
+/// The `Connection` header values of a message, and what they say.
+fn connection_of(headers: &HeaderMap) -> (Vec<&[u8]>, rules::Connection) {
+    let values: Vec<&[u8]> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let mut connection = rules::Connection::default();
+    for value in &values {
+        connection.read(value);
     }
-    present.extend(
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| rules::tokens(v.as_bytes()))
-            .filter_map(|name| HeaderName::from_bytes(name).ok())
-            .filter(|name| !hop_by_hop(name)),
-    );
-    for name in present {
+    (values, connection)
+}
+
+/// Remove the headers that stay on their hop (`rules::stays_on_hop`): a response's.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let (values, connection) = connection_of(headers);
+    let named = |name: &[u8]| {
+        connection.names_headers && rules::named_by_connection(values.iter().copied(), name)
+    };
+    let gone: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| rules::stays_on_hop(n.as_str().as_bytes(), named))
+        .cloned()
+        .collect();
+    for name in gone {
         headers.remove(name);
     }
 }
 
-/// Remove the forwarding headers that are the proxy's to write (`rules::request_header`).
-fn drop_proxy_owned(headers: &mut HeaderMap) {
-    let owned: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| rules::request_header(n.as_str().as_bytes()) == Fate::Dropped)
-        .cloned()
-        .collect();
-    for name in owned {
+/// Apply `rules::request_header` to a request's headers: remove every header whose fate is
+/// not `Keep`, and give the `X-Forwarded-For` value the proxy writes, from the prior hops kept
+/// and the client's address.
+fn forward_request_headers(headers: &mut HeaderMap, peer: SocketAddr) -> HeaderValue {
+    let (values, connection) = connection_of(headers);
+    let named = |name: &[u8]| {
+        connection.names_headers && rules::named_by_connection(values.iter().copied(), name)
+    };
+    let mut gone: Vec<HeaderName> = Vec::new();
+    let mut prior: Vec<&[u8]> = Vec::new();
+    for name in headers.keys() {
+        match rules::request_header(name.as_str().as_bytes(), named) {
+            Fate::Keep => {}
+            Fate::PriorHops => {
+                prior.extend(headers.get_all(name).iter().map(HeaderValue::as_bytes));
+                gone.push(name.clone());
+            }
+            Fate::Dropped => gone.push(name.clone()),
+        }
+    }
+    let forwarded_for = forwarded_for(&prior, peer);
+    drop(values);
+    for name in gone {
         headers.remove(name);
     }
+    forwarded_for
+}
+
+/// The `X-Forwarded-For` value (`rules::forwarded_for`) for these prior hops and `peer`.
+fn forwarded_for(prior: &[&[u8]], peer: SocketAddr) -> HeaderValue {
+    let ip = peer.ip().to_canonical();
+    // Every client is local: spare the formatting for the two usual addresses.
+    let peer: std::borrow::Cow<'static, str> = if ip == std::net::Ipv4Addr::LOCALHOST {
+        "127.0.0.1".into()
+    } else if ip == std::net::Ipv6Addr::LOCALHOST {
+        "::1".into()
+    } else {
+        ip.to_string().into()
+    };
+    if prior.is_empty()
+        && let std::borrow::Cow::Borrowed(peer) = peer
+    {
+        return HeaderValue::from_static(peer);
+    }
+    let mut value = Vec::new();
+    rules::forwarded_for(prior.iter().copied(), peer.as_bytes(), &mut value);
+    // The prior hops were header values, and an address is text.
+    HeaderValue::from_bytes(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 fn is_websocket(headers: &HeaderMap) -> bool {
@@ -684,13 +715,12 @@ fn upstream_headers(
     peer: SocketAddr,
 ) -> (HeaderMap, Version) {
     let te_trailers = grpc && headers.get(header::TE).is_some_and(|v| v == "trailers");
-    strip_hop_by_hop(&mut headers);
-    drop_proxy_owned(&mut headers);
+    let forwarded_for = forward_request_headers(&mut headers, peer);
     if let Some(upgrade) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade);
     }
-    add_forwarded(&mut headers, host, peer);
+    add_forwarded(&mut headers, forwarded_for, host);
     if !grpc {
         if client_version == Version::HTTP_2 {
             join_cookies(&mut headers);
@@ -736,46 +766,17 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
             })
 }
 
-fn add_forwarded(headers: &mut HeaderMap, host: &HeaderValue, peer: SocketAddr) {
-    let ip = peer.ip().to_canonical();
-    // Prior hops (a tunnel in front of wharf) keep their place, every line of them, as the
-    // client wrote them (bytes: a line that is not text is not lost).
-    let prior: Vec<&[u8]> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .filter(|v| !v.trim_ascii().is_empty())
-        .collect();
-    let forwarded_for = if !prior.is_empty() {
-        let mut hops = prior.join(&b", "[..]);
-        hops.extend_from_slice(format!(", {ip}").as_bytes());
-        HeaderValue::from_bytes(&hops).ok()
-    } else if ip == std::net::Ipv4Addr::LOCALHOST {
-        // Every client is local: spare the formatting for the two usual addresses.
-        Some(HeaderValue::from_static("127.0.0.1"))
-    } else if ip == std::net::Ipv6Addr::LOCALHOST {
-        Some(HeaderValue::from_static("::1"))
-    } else {
-        HeaderValue::from_str(&ip.to_string()).ok()
-    };
-    if let Some(v) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR, v);
+/// Write the proxy's forwarding headers (`rules::forwarded_headers`) and the request's Host.
+fn add_forwarded(headers: &mut HeaderMap, forwarded_for: HeaderValue, host: &HeaderValue) {
+    headers.append(X_FORWARDED_FOR, forwarded_for);
+    for (name, value) in rules::forwarded_headers(host.as_bytes()) {
+        let value = match name {
+            "x-forwarded-host" => host.clone(),
+            _ => HeaderValue::from_bytes(value).expect("the rulebook's own values are valid"),
+        };
+        headers.append(HeaderName::from_static(name), value);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    headers.insert(X_FORWARDED_HOST, host.clone());
     headers.insert(header::HOST, host.clone());
-    headers.append(header::VIA, HeaderValue::from_static(VIA));
-}
-
-fn is_idempotent(method: &Method) -> bool {
-    is_idempotent_str(method.as_str())
-}
-
-pub(crate) fn is_idempotent_str(method: &str) -> bool {
-    matches!(
-        method,
-        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
-    )
 }
 
 fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
@@ -920,7 +921,17 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
         // Without a Connection header too, each hop-by-hop one is found.
-        for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
             let mut h = HeaderMap::new();
             h.insert("x-kept", HeaderValue::from_static("1"));
             h.insert(name, HeaderValue::from_static("1"));
@@ -960,12 +971,30 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.1.1.1"));
         h.append("x-forwarded-for", HeaderValue::from_static("10.2.2.2"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("via", HeaderValue::from_static("1.0 fred"));
         let host = HeaderValue::from_static("api.localhost:7080");
-        add_forwarded(&mut h, &host, "[::ffff:127.0.0.1]:5000".parse().unwrap());
+        let forwarded_for =
+            forward_request_headers(&mut h, "[::ffff:127.0.0.1]:5000".parse().unwrap());
+        add_forwarded(&mut h, forwarded_for, &host);
         assert_eq!(h["x-forwarded-for"], "10.1.1.1, 10.2.2.2, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.localhost:7080");
         assert_eq!(h[header::HOST], "api.localhost:7080");
-        assert_eq!(h[header::VIA], VIA);
+        let via: Vec<_> = h.get_all(header::VIA).iter().collect();
+        assert_eq!(via, ["1.0 fred", rules::VIA]);
+    }
+
+    #[test]
+    fn a_prior_hop_named_by_connection_is_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-forwarded-for, close"),
+        );
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        let forwarded_for = forward_request_headers(&mut h, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(forwarded_for, "127.0.0.1");
+        assert!(h.is_empty(), "{h:?}");
     }
 }

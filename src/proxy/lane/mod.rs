@@ -42,7 +42,7 @@ use crate::proxy::lane::chunked::Decoder;
 use crate::proxy::lane::splice::Pipe;
 use crate::proxy::limits::Limits;
 use crate::proxy::routes::Route;
-use crate::proxy::rules::{self, Fate, VIA, tokens};
+use crate::proxy::rules::{self, Fate, tokens};
 use crate::proxy::upstream::Upstream;
 
 /// Read size for heads, and for bodies.
@@ -645,8 +645,9 @@ async fn exchange_heads(
             match res.parse(upbuf) {
                 Ok(httparse::Status::Complete(len)) => {
                     let code = res.code.unwrap_or_default();
-                    if code == 101 {
-                        return Err(Failure::Invalid("101 Switching Protocols unasked"));
+                    // The lane never asks for an upgrade.
+                    if let Some(why) = rules::unasked_switch(code, false) {
+                        return Err(Failure::Invalid(why));
                     }
                     if code < 100 {
                         return Err(Failure::Invalid("invalid status code"));
@@ -709,11 +710,10 @@ fn plan(
         return None;
     }
     let mut host = None;
-    let mut keep_alive = true;
-    let mut names_headers = false;
+    let mut connection = rules::Connection::default();
     let mut content_length = None;
     for h in req.headers.iter() {
-        if h.name.len() + h.value.len() + 2 > forwarder.limits.max_header_line {
+        if rules::line_too_long(h.name.as_bytes(), h.value, forwarder.limits.max_header_line) {
             return None;
         }
         let is = |n: &str| h.name.eq_ignore_ascii_case(n);
@@ -734,17 +734,13 @@ fn plan(
                 return None;
             }
         } else if is("connection") {
-            for token in tokens(h.value) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    return None;
-                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
-                    names_headers = true;
-                }
-            }
+            connection.read(h.value);
         }
     }
+    if connection.upgrade {
+        return None;
+    }
+    let keep_alive = !connection.close;
     let host = host?;
     let body = content_length.unwrap_or(0);
     let Ok(Target::Instance { name, sub }) = host::parse(std::str::from_utf8(host).ok()?) else {
@@ -765,48 +761,49 @@ fn plan(
     request.extend_from_slice(b" HTTP/1.1\r\n");
     // The framing is written from what was parsed, never copied: a `Connection` header naming
     // Content-Length must not leave the body unannounced upstream.
+    let connection_values = || {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .map(|h| h.value)
+    };
+    let named = |name: &[u8]| {
+        connection.names_headers && rules::named_by_connection(connection_values(), name)
+    };
     let mut prior_hops = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
-        let fate = rules::request_header(name);
-        prior_hops |= fate == Fate::PriorHops;
-        let dropped = fate != Fate::Keep
-            || is_hop_by_hop(name)
-            || name.eq_ignore_ascii_case(b"content-length")
-            || (names_headers
-                && !name.eq_ignore_ascii_case(b"host")
-                && named_by_connection(req.headers, name));
-        if !dropped {
-            header_line(request, name, h.value);
+        match rules::request_header(name, named) {
+            Fate::Keep if !name.eq_ignore_ascii_case(b"content-length") => {
+                header_line(request, name, h.value);
+            }
+            Fate::PriorHops => prior_hops = true,
+            Fate::Keep | Fate::Dropped => {}
         }
     }
     if let Some(n) = content_length {
         content_length_line(request, n);
     }
-    // Prior hops (a tunnel in front of wharf) keep their place, every line of them, unless
-    // `Connection` names them.
+    // Prior hops (a tunnel in front of wharf) keep their place, every line of them.
     request.extend_from_slice(b"x-forwarded-for: ");
-    let is_prior_hop = |name: &[u8]| {
-        rules::request_header(name) == Fate::PriorHops
-            && !(names_headers && named_by_connection(req.headers, name))
-    };
-    for h in req.headers.iter().filter(|_| prior_hops) {
-        if is_prior_hop(h.name.as_bytes()) && !h.value.trim_ascii().is_empty() {
-            request.extend_from_slice(h.value);
-            request.extend_from_slice(b", ");
-        }
+    let prior = req
+        .headers
+        .iter()
+        .filter(|h| {
+            prior_hops && rules::request_header(h.name.as_bytes(), named) == Fate::PriorHops
+        })
+        .map(|h| h.value);
+    rules::forwarded_for(prior, peer.as_bytes(), request);
+    request.extend_from_slice(b"\r\n");
+    for (name, value) in rules::forwarded_headers(host) {
+        header_line(request, name.as_bytes(), value);
     }
-    request.extend_from_slice(peer.as_bytes());
-    request.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
-    header_line(request, b"x-forwarded-host", host);
-    header_line(request, b"via", VIA.as_bytes());
     request.extend_from_slice(b"\r\n");
     Some(Plan {
         route,
         addr,
         keep_alive,
-        // A body is read once: such a request is never sent twice.
-        idempotent: crate::proxy::forward::is_idempotent_str(method) && body == 0,
+        idempotent: rules::repeatable(method.as_bytes(), body > 0),
         head: method == "HEAD",
         body,
     })
@@ -821,8 +818,7 @@ fn response_head(
     out: &mut Vec<u8>,
 ) -> Result<Answer, Failure> {
     let code = res.code.unwrap_or_default();
-    let mut reusable = res.version == Some(1);
-    let mut names_headers = false;
+    let mut connection = rules::Connection::default();
     let mut chunked = None;
     let mut length: Option<u64> = None;
     let mut has_date = false;
@@ -848,13 +844,7 @@ fn response_head(
                 }
             }
         } else if is("connection") {
-            for token in tokens(h.value) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    reusable = false;
-                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
-                    names_headers = true;
-                }
-            }
+            connection.read(h.value);
         } else if is("date") {
             has_date = true;
         }
@@ -873,16 +863,26 @@ fn response_head(
     // 204 never has one.
     let rebuilt = framing != Framing::Empty || chunked.is_some() || code == 204;
     let announced = chunked.is_some() || length.is_some_and(|n| n > 0);
-    reusable &= rules::reusable_after(head, code, announced);
+    let reusable =
+        res.version == Some(1) && !connection.close && rules::reusable_after(head, code, announced);
 
     out.clear();
     out.reserve(head_room(res.reason.map_or(0, str::len), res.headers));
     status_line(out, code, res.reason);
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
-        let dropped = is_hop_by_hop(name)
-            || (rebuilt && name.eq_ignore_ascii_case(b"content-length"))
-            || (names_headers && named_by_connection(res.headers, name));
+        let named = |name: &[u8]| {
+            connection.names_headers
+                && rules::named_by_connection(
+                    res.headers
+                        .iter()
+                        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+                        .map(|h| h.value),
+                    name,
+                )
+        };
+        let dropped = (rebuilt && name.eq_ignore_ascii_case(b"content-length"))
+            || rules::stays_on_hop(name, named);
         if !dropped {
             header_line(out, name, h.value);
         }
@@ -962,22 +962,6 @@ pub(crate) async fn linger(client: &mut TcpStream, within: Duration) {
     let mut sink = vec![0u8; 8 * 1024];
     let discard = async { while let Ok(1..) = client.read(&mut sink).await {} };
     let _ = tokio::time::timeout(within, discard).await;
-}
-
-/// The headers hop-by-hop by definition, plus `Upgrade` (the lane never upgrades).
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    crate::proxy::forward::HOP_BY_HOP
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
-        || name.eq_ignore_ascii_case(b"upgrade")
-}
-
-fn named_by_connection(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
-    headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|h| tokens(h.value))
-        .any(|t| t.eq_ignore_ascii_case(name))
 }
 
 /// Bytes a request target may hold as it is (RFC 3986 unreserved, reserved but `#`, and `%`).
