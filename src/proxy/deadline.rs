@@ -170,10 +170,10 @@ impl<B> IdleBody<B> {
 impl<B> Body for IdleBody<B>
 where
     B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<crate::proxy::forward::BoxError>,
+    B::Error: Into<crate::proxy::body::BoxError>,
 {
     type Data = Bytes;
-    type Error = crate::proxy::forward::BoxError;
+    type Error = crate::proxy::body::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -276,7 +276,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_idle_body_errors_with_body_stalled() {
         let (mut tx, body) =
-            http_body_util::channel::Channel::<Bytes, crate::proxy::forward::BoxError>::new(1);
+            http_body_util::channel::Channel::<Bytes, crate::proxy::body::BoxError>::new(1);
         tx.send_data(Bytes::from_static(b"x")).await.unwrap();
         let mut body = IdleBody::new(body, Duration::from_secs(60));
         let first = body.frame().await.unwrap().unwrap();

@@ -26,7 +26,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::forward::{BoxError, Forwarder, ProxyBody};
+use crate::proxy::body::{BoxError, ProxyBody};
+use crate::proxy::forward::Forwarder;
 /// Response data buffered per stream beyond what the client's window lets out [hyper: 400 KB].
 const SEND_BUF: usize = 64 * 1024;
 

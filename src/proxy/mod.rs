@@ -12,9 +12,11 @@
 //! - Upgraded connections become a `tunnel`; answers wharf gives itself are `pages`.
 
 pub mod accept;
+pub mod body;
 pub mod budget;
 pub mod control;
 pub mod deadline;
+pub mod errors;
 pub mod forward;
 pub mod http2;
 pub mod lane;

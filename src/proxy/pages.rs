@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 
 use crate::control::protocol::Listed;
 use crate::model::name::Name;
-use crate::proxy::forward::ProxyBody;
+use crate::proxy::body::ProxyBody;
 
 /// A complete response with a fixed body.
 pub fn respond(

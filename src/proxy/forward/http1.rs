@@ -27,8 +27,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::proxy::body::{BoxError, ProxyBody};
 use crate::proxy::budget::{Budget, Held};
-use crate::proxy::forward::{BoxError, ProxyBody, SendError};
+use crate::proxy::forward::SendError;
 use crate::proxy::limits::Limits;
 use crate::proxy::rules;
 use crate::proxy::upstream::idle::{self, Fit, Idle};

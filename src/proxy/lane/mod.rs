@@ -37,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::host::{self, Target};
 use crate::proxy::deadline::{self, CLIENT_STALLED, Timer};
-use crate::proxy::forward::{Forwarder, ProxyError};
+use crate::proxy::errors::ProxyError;
+use crate::proxy::forward::Forwarder;
 use crate::proxy::lane::chunked::Decoder;
 use crate::proxy::lane::splice::Pipe;
 use crate::proxy::limits::Limits;

@@ -18,8 +18,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::proxy::body::BoxError;
 use crate::proxy::budget::{Budget, Fds, Held};
-use crate::proxy::forward::BoxError;
 use crate::proxy::limits::Limits;
 use crate::proxy::upstream::idle::{Fit, Idle};
 

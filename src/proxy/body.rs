@@ -1,0 +1,9 @@
+//! The body type on both sides of the proxy, and its error: what hyper's path, the HTTP/2
+//! server, the deadlines and wharf's own pages hand each other.
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type on both sides of the proxy.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
