@@ -1,0 +1,259 @@
+//! Bodies: the request body on to the instance, the response body back (by length, chunked,
+//! or until close; spliced when long), and the client-side I/O both need.
+
+use std::fmt::Write as _;
+use std::io;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::proxy::deadline::{self, CLIENT_STALLED};
+use crate::proxy::lane::chunked::Decoder;
+use crate::proxy::lane::response::Framing;
+use crate::proxy::lane::splice::Pipe;
+use crate::proxy::lane::{BODY_BUF, Lane};
+use crate::proxy::upstream::Upstream;
+
+/// Why a request body did not get through.
+pub(super) enum BodyFailure {
+    /// The head could not be written: nothing of the request was used, it may go again.
+    HeadNotSent(io::Error),
+    Upstream(io::Error),
+    /// The client sent nothing for `Limits::body_idle`.
+    Stalled,
+    ClientGone,
+}
+
+impl Lane<'_> {
+    /// Send the request head and its body: what the head read brought, then the rest from the
+    /// client, each read within `Limits::body_idle`, each write within the upstream timeout.
+    pub(super) async fn send_with_body(&mut self, up: &mut Upstream) -> Result<(), BodyFailure> {
+        let (patience, body_idle) = (
+            self.forwarder.limits.upstream_head,
+            self.forwarder.limits.body_idle,
+        );
+        let write = async |up: &mut Upstream, bytes: &[u8]| {
+            let what = "the server stopped reading the request";
+            deadline::within(patience, what, up.stream.write_all(bytes)).await
+        };
+        write(up, &self.request)
+            .await
+            .map_err(BodyFailure::HeadNotSent)?;
+        loop {
+            let take = body_part(self.inbuf.len(), self.unread);
+            if take > 0 {
+                write(up, &self.inbuf[..take])
+                    .await
+                    .map_err(BodyFailure::Upstream)?;
+                self.inbuf.advance(take);
+                self.unread -= take as u64;
+            }
+            if self.unread == 0 {
+                return Ok(());
+            }
+            self.inbuf.reserve(BODY_BUF);
+            match tokio::time::timeout(body_idle, self.client.read_buf(&mut self.inbuf)).await {
+                Err(_) => return Err(BodyFailure::Stalled),
+                Ok(Ok(0) | Err(_)) => return Err(BodyFailure::ClientGone),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Send the head in `out` and the body after it. False if the body ended early (the
+    /// client connection must close so the client sees the truncation).
+    pub(super) async fn relay_body(
+        &mut self,
+        up: &mut Upstream,
+        framing: Framing,
+    ) -> io::Result<bool> {
+        match framing {
+            Framing::Empty => write_client(
+                &mut self.client,
+                &self.out,
+                self.forwarder.limits.write_stall,
+            )
+            .await
+            .map(|()| true),
+            Framing::Length(mut left) => {
+                let take = body_part(self.upbuf.len(), left);
+                self.out.extend_from_slice(&self.upbuf[..take]);
+                self.upbuf.advance(take);
+                left -= take as u64;
+                write_client(
+                    &mut self.client,
+                    &self.out,
+                    self.forwarder.limits.write_stall,
+                )
+                .await?;
+                if left > BODY_BUF as u64
+                    && let Some(pipe) = Pipe::open(&self.forwarder.budget)
+                {
+                    let stall = self.forwarder.limits.write_stall;
+                    return pipe.relay(&up.stream, &self.client, left, stall).await;
+                }
+                if left > 0 {
+                    up.ack_now();
+                }
+                while left > 0 {
+                    if read_upstream(up, &mut self.upbuf, &self.client).await? == 0 {
+                        return Ok(false);
+                    }
+                    let take = body_part(self.upbuf.len(), left);
+                    write_client(
+                        &mut self.client,
+                        &self.upbuf[..take],
+                        self.forwarder.limits.write_stall,
+                    )
+                    .await?;
+                    self.upbuf.advance(take);
+                    left -= take as u64;
+                }
+                Ok(true)
+            }
+            Framing::Chunked => {
+                let mut decoder = Decoder::new(&self.forwarder.limits);
+                let mut first_read = true;
+                loop {
+                    let out = &mut self.out;
+                    let decoded = decoder.decode(&self.upbuf, |data| {
+                        let _ = write!(Append(out), "{:x}\r\n", data.len());
+                        out.extend_from_slice(data);
+                        out.extend_from_slice(b"\r\n");
+                    });
+                    let Ok(used) = decoded else {
+                        // Pass on the head and what was valid; closing tells the rest.
+                        write_client(
+                            &mut self.client,
+                            &self.out,
+                            self.forwarder.limits.write_stall,
+                        )
+                        .await?;
+                        return Ok(false);
+                    };
+                    self.upbuf.advance(used);
+                    if decoder.is_done() {
+                        self.out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    if !self.out.is_empty() {
+                        write_client(
+                            &mut self.client,
+                            &self.out,
+                            self.forwarder.limits.write_stall,
+                        )
+                        .await?;
+                        self.out.clear();
+                    }
+                    if decoder.is_done() {
+                        return Ok(true);
+                    }
+                    if first_read {
+                        up.ack_now();
+                        first_read = false;
+                    }
+                    if read_upstream(up, &mut self.upbuf, &self.client).await? == 0 {
+                        return Ok(false);
+                    }
+                }
+            }
+            Framing::UntilClose => {
+                self.out.extend_from_slice(&self.upbuf);
+                self.upbuf.clear();
+                write_client(
+                    &mut self.client,
+                    &self.out,
+                    self.forwarder.limits.write_stall,
+                )
+                .await?;
+                up.ack_now();
+                loop {
+                    if read_upstream(up, &mut self.upbuf, &self.client).await? == 0 {
+                        return Ok(true);
+                    }
+                    write_client(
+                        &mut self.client,
+                        &self.upbuf,
+                        self.forwarder.limits.write_stall,
+                    )
+                    .await?;
+                    self.upbuf.clear();
+                }
+            }
+        }
+    }
+}
+
+/// Read more of a response body; fails if the client hangs up meanwhile.
+pub(super) async fn read_upstream(
+    up: &mut Upstream,
+    buf: &mut BytesMut,
+    client: &TcpStream,
+) -> io::Result<usize> {
+    buf.reserve(BODY_BUF);
+    tokio::select! {
+        biased;
+        n = up.stream.read_buf(buf) => n,
+        () = client_gone(client) => Err(went_away()),
+    }
+}
+
+/// Resolves once the client has closed its connection (or it failed). Bytes it sent ahead, a
+/// pipelined request, are not a close: then this never resolves.
+pub(super) async fn client_gone(client: &TcpStream) {
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    match std::future::poll_fn(|cx| client.poll_peek(cx, &mut buf)).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
+pub(super) fn went_away() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "the client went away")
+}
+
+/// Write all of `bytes`; what the socket does not take at once must go within `stall`.
+pub(super) async fn write_client(
+    client: &mut TcpStream,
+    bytes: &[u8],
+    stall: Duration,
+) -> io::Result<()> {
+    // Usually the socket takes it all at once, and no timer is needed.
+    let sent = match client.try_write(bytes) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    if sent == bytes.len() {
+        return Ok(());
+    }
+    deadline::within(stall, CLIENT_STALLED, client.write_all(&bytes[sent..])).await
+}
+
+/// Close a connection whose request was answered before its body was all read: stop
+/// writing, then discard what the client still sends for up to `within`, so that closing
+/// with unread bytes does not reset the connection before the client has read the answer.
+pub(crate) async fn linger(client: &mut TcpStream, within: Duration) {
+    let _ = client.shutdown().await;
+    // On the heap: in the future, it would be copied with every connection's task.
+    let mut sink = vec![0u8; 8 * 1024];
+    let discard = async { while let Ok(1..) = client.read(&mut sink).await {} };
+    let _ = tokio::time::timeout(within, discard).await;
+}
+
+/// How many of `buffered` bytes belong to a body with `left` bytes to go.
+pub(super) fn body_part(buffered: usize, left: u64) -> usize {
+    usize::try_from(left).map_or(buffered, |left| buffered.min(left))
+}
+
+/// `fmt::Write` into a byte buffer.
+pub(super) struct Append<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Append<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}

@@ -1,0 +1,157 @@
+//! Request heads: whether the lane takes a request (`plan`), and its upstream head, written
+//! straight from the parsed one under the rulebook.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::model::host::{self, Target};
+use crate::proxy::forward::Forwarder;
+use crate::proxy::lane::response::{content_length_line, head_room, header_line};
+use crate::proxy::routes::Route;
+use crate::proxy::rules::{self, Fate};
+
+/// A request the lane takes, once checked and its upstream head written.
+pub(super) struct Plan {
+    pub(super) route: Arc<Route>,
+    pub(super) addr: SocketAddr,
+    /// The client did not ask to close after this response.
+    pub(super) keep_alive: bool,
+    /// Safe to send again if a reused connection failed before answering.
+    pub(super) idempotent: bool,
+    /// HEAD: the response has no body whatever its headers say.
+    pub(super) head: bool,
+    /// The request body's length (`Content-Length`; 0 without one).
+    pub(super) body: u64,
+}
+
+/// Check a request head against everything the lane does not do, and write its upstream head
+/// into `request`. None: hyper takes it.
+pub(super) fn plan(
+    req: &httparse::Request<'_, '_>,
+    forwarder: &Forwarder,
+    peer: &str,
+    request: &mut Vec<u8>,
+) -> Option<Plan> {
+    let (method, path) = (req.method?, req.path?);
+    if !forwarder.express
+        || req.version != Some(1)
+        || method == "CONNECT"
+        || !path.starts_with('/')
+        || path.len() > forwarder.limits.max_uri
+        || !path.bytes().all(is_plain_uri_byte)
+    {
+        return None;
+    }
+    let mut host = None;
+    let mut connection = rules::Connection::default();
+    let mut content_length = None;
+    for h in req.headers.iter() {
+        if rules::line_too_long(h.name.as_bytes(), h.value, forwarder.limits.max_header_line) {
+            return None;
+        }
+        let is = |n: &str| h.name.eq_ignore_ascii_case(n);
+        if is("host") {
+            if host.replace(h.value).is_some() {
+                return None;
+            }
+        } else if is("content-length") {
+            // One plain length; lists, signs and the rest are hyper's to judge.
+            let n = decimal(h.value)?;
+            if content_length.replace(n).is_some() {
+                return None;
+            }
+        } else if is("transfer-encoding") || is("upgrade") || is("expect") {
+            return None;
+        } else if is("via") {
+            if rules::via_is_loop(h.value) {
+                return None;
+            }
+        } else if is("connection") {
+            connection.read(h.value);
+        }
+    }
+    if connection.upgrade {
+        return None;
+    }
+    let keep_alive = !connection.close;
+    let host = host?;
+    let body = content_length.unwrap_or(0);
+    let Ok(Target::Instance { name, sub }) = host::parse(std::str::from_utf8(host).ok()?) else {
+        return None;
+    };
+    let route = forwarder.routes.get(&name)?;
+    if route.failed() || route.not_listening() {
+        return None;
+    }
+    let addr = route.upstream(sub.as_ref())?.0;
+
+    request.clear();
+    // Room for the head and what is added to it, at once rather than by doubling.
+    request.reserve(head_room(method.len() + path.len(), req.headers));
+    request.extend_from_slice(method.as_bytes());
+    request.push(b' ');
+    request.extend_from_slice(path.as_bytes());
+    request.extend_from_slice(b" HTTP/1.1\r\n");
+    // The framing is written from what was parsed, never copied: a `Connection` header naming
+    // Content-Length must not leave the body unannounced upstream.
+    let connection_values = || {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .map(|h| h.value)
+    };
+    let named = |name: &[u8]| {
+        connection.names_headers && rules::named_by_connection(connection_values(), name)
+    };
+    let mut prior_hops = false;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        match rules::request_header(name, named) {
+            Fate::Keep if !name.eq_ignore_ascii_case(b"content-length") => {
+                header_line(request, name, h.value);
+            }
+            Fate::PriorHops => prior_hops = true,
+            Fate::Keep | Fate::Dropped => {}
+        }
+    }
+    if let Some(n) = content_length {
+        content_length_line(request, n);
+    }
+    // Prior hops (a tunnel in front of wharf) keep their place, every line of them.
+    request.extend_from_slice(b"x-forwarded-for: ");
+    let prior = req
+        .headers
+        .iter()
+        .filter(|h| {
+            prior_hops && rules::request_header(h.name.as_bytes(), named) == Fate::PriorHops
+        })
+        .map(|h| h.value);
+    rules::forwarded_for(prior, peer.as_bytes(), request);
+    request.extend_from_slice(b"\r\n");
+    for (name, value) in rules::forwarded_headers(host) {
+        header_line(request, name.as_bytes(), value);
+    }
+    request.extend_from_slice(b"\r\n");
+    Some(Plan {
+        route,
+        addr,
+        keep_alive,
+        idempotent: rules::repeatable(method.as_bytes(), body > 0),
+        head: method == "HEAD",
+        body,
+    })
+}
+
+/// Bytes a request target may hold as it is (RFC 3986 unreserved, reserved but `#`, and `%`).
+/// Anything else goes to hyper, whose URI parser decides.
+fn is_plain_uri_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~:/?[]@!$&'()*+,;=%".contains(&b)
+}
+
+/// A Content-Length value: digits only (no sign, no space), within u64.
+pub(super) fn decimal(value: &[u8]) -> Option<u64> {
+    if !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
