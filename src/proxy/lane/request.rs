@@ -155,3 +155,130 @@ pub(super) fn decimal(value: &[u8]) -> Option<u64> {
     }
     std::str::from_utf8(value).ok()?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::limits::Limits;
+    use crate::proxy::routes::{Owner, Routes, alias_instance};
+
+    /// A forwarder with one instance, `app`, at 127.0.0.1:9.
+    fn forwarder() -> Forwarder {
+        let routes = Arc::new(Routes::default());
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        routes
+            .register(Owner::Alias, alias_instance("app".parse().unwrap(), addr))
+            .unwrap();
+        Forwarder::new(
+            routes,
+            Box::new(Vec::new),
+            Limits {
+                upstream_head: std::time::Duration::from_secs(1),
+                tunnel_linger: std::time::Duration::from_secs(1),
+                ..Limits::default()
+            },
+            crate::proxy::budget::Budget::new(64),
+        )
+    }
+
+    /// What the lane decides for a request head: None (hyper takes it), or the plan's keep-alive,
+    /// repeatable, HEAD and body length, and the upstream head it wrote.
+    fn decide(head: &str) -> Option<(Decision, String)> {
+        let mut headers = [httparse::EMPTY_HEADER; Limits::MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        assert!(req.parse(head.as_bytes()).unwrap().is_complete(), "{head}");
+        let mut out = Vec::new();
+        let plan = plan(&req, &forwarder(), "127.0.0.1", &mut out)?;
+        let decision = (plan.keep_alive, plan.idempotent, plan.head, plan.body);
+        Some((decision, String::from_utf8(out).unwrap()))
+    }
+
+    /// A plan's keep-alive, repeatable, HEAD and body length.
+    type Decision = (bool, bool, bool, u64);
+
+    const FORWARDED: &str = "x-forwarded-proto: http\r\nx-forwarded-host: app.localhost\r\n\
+                             via: 1.1 wharf\r\n\r\n";
+
+    #[test]
+    fn requests_the_lane_takes_and_their_upstream_heads() {
+        let cases: &[(&str, Decision, &str)] = &[
+            // (request head, (keep-alive, repeatable, HEAD, body), upstream head before FORWARDED)
+            (
+                "GET /a?b HTTP/1.1\r\nHost: app.localhost\r\nAccept: */*\r\n\r\n",
+                (true, true, false, 0),
+                "GET /a?b HTTP/1.1\r\nHost: app.localhost\r\nAccept: */*\r\n\
+                 x-forwarded-for: 127.0.0.1\r\n",
+            ),
+            (
+                "HEAD / HTTP/1.1\r\nHost: app.localhost\r\nConnection: close\r\n\r\n",
+                (false, true, true, 0),
+                "HEAD / HTTP/1.1\r\nHost: app.localhost\r\nx-forwarded-for: 127.0.0.1\r\n",
+            ),
+            (
+                "POST /p HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 5\r\n\r\n",
+                (true, false, false, 5),
+                "POST /p HTTP/1.1\r\nHost: app.localhost\r\ncontent-length: 5\r\n\
+                 x-forwarded-for: 127.0.0.1\r\n",
+            ),
+            (
+                // A Connection naming Content-Length leaves the framing alone.
+                "PUT / HTTP/1.1\r\nHost: app.localhost\r\nConnection: content-length\r\n\
+                 Content-Length: 2\r\n\r\n",
+                (true, false, false, 2),
+                "PUT / HTTP/1.1\r\nHost: app.localhost\r\ncontent-length: 2\r\n\
+                 x-forwarded-for: 127.0.0.1\r\n",
+            ),
+            (
+                // Prior hops lead; one named by Connection is dropped; the proxy's own go.
+                "GET / HTTP/1.1\r\nHost: app.localhost\r\nX-Forwarded-For: 10.0.0.1\r\n\
+                 X_Forwarded_Host: evil\r\nForwarded: for=6.6.6.6\r\nKeep-Alive: 5\r\n\
+                 Via: 1.0 fred\r\n\r\n",
+                (true, true, false, 0),
+                "GET / HTTP/1.1\r\nHost: app.localhost\r\nVia: 1.0 fred\r\n\
+                 x-forwarded-for: 10.0.0.1, 127.0.0.1\r\n",
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: app.localhost\r\nConnection: x-forwarded-for, close\r\n\
+                 X-Forwarded-For: 10.0.0.1\r\nX-Kept: 1\r\n\r\n",
+                (false, true, false, 0),
+                "GET / HTTP/1.1\r\nHost: app.localhost\r\nX-Kept: 1\r\n\
+                 x-forwarded-for: 127.0.0.1\r\n",
+            ),
+        ];
+        for (head, decision, upstream) in cases {
+            let (got, written) = decide(head).unwrap_or_else(|| panic!("handed over: {head}"));
+            assert_eq!(got, *decision, "{head}");
+            assert_eq!(written, format!("{upstream}{FORWARDED}"), "{head}");
+        }
+    }
+
+    #[test]
+    fn requests_hyper_takes() {
+        let long_line = format!(
+            "GET / HTTP/1.1\r\nHost: app.localhost\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(Limits::default().max_header_line)
+        );
+        let cases = [
+            "GET / HTTP/1.0\r\nHost: app.localhost\r\n\r\n",
+            "CONNECT app.localhost:80 HTTP/1.1\r\nHost: app.localhost\r\n\r\n",
+            "GET http://app.localhost/ HTTP/1.1\r\nHost: app.localhost\r\n\r\n",
+            "GET /a\"b HTTP/1.1\r\nHost: app.localhost\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: app.localhost\r\nHost: app.localhost\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: other.localhost\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 5\r\n\
+             Content-Length: 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: app.localhost\r\nExpect: 100-continue\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: app.localhost\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: app.localhost\r\nConnection: Upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: app.localhost\r\nVia: 1.1 Wharf\r\n\r\n",
+            &long_line,
+        ];
+        for head in cases {
+            assert!(decide(head).is_none(), "the lane took {head}");
+        }
+    }
+}

@@ -285,3 +285,156 @@ pub(super) fn date_line(out: &mut Vec<u8>) {
         header_line(out, b"date", text.as_bytes());
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lane's reading of a response head to a request (HEAD if `head`) on a connection
+    /// that stays open if `keep_alive`: its framing, whether the upstream connection may be
+    /// reused, and the head the client gets (the Date line the lane adds left out).
+    fn read(
+        response: &str,
+        head: bool,
+        keep_alive: bool,
+    ) -> Result<(Framing, bool, String), String> {
+        let mut headers = [httparse::EMPTY_HEADER; Limits::MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut headers);
+        assert!(res.parse(response.as_bytes()).unwrap().is_complete());
+        let mut out = Vec::new();
+        match response_head(&res, head, keep_alive, &mut out) {
+            Ok(answer) => {
+                let text = String::from_utf8(out).unwrap();
+                let text: String = text
+                    .split_inclusive("\r\n")
+                    .filter(|l| !l.starts_with("date: "))
+                    .collect();
+                Ok((answer.framing, answer.reusable, text))
+            }
+            Err(Failure::Invalid(why)) => Err(why.to_string()),
+            Err(_) => Err("i/o".to_string()),
+        }
+    }
+
+    #[test]
+    fn response_heads_and_what_the_client_gets() {
+        use Framing::*;
+        let cases: &[(&str, bool, bool, Framing, bool, &str)] = &[
+            // (response head, HEAD, keep-alive, framing, reusable, client's head)
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: x\r\n\r\n",
+                false,
+                true,
+                Length(2),
+                true,
+                "HTTP/1.1 200 OK\r\nDate: x\r\ncontent-length: 2\r\n\r\n",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+                false,
+                true,
+                Chunked,
+                true,
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nX-Kept: 1\r\n\
+                 Keep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",
+                false,
+                false,
+                Length(0),
+                false,
+                "HTTP/1.1 200 OK\r\nX-Kept: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n",
+                false,
+                true,
+                UntilClose,
+                false,
+                "HTTP/1.1 200 OK\r\nX-A: 1\r\nconnection: close\r\n\r\n",
+            ),
+            (
+                // HEAD keeps the length a GET would have had; the announced body may still come.
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                true,
+                true,
+                Empty,
+                false,
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\n\r\n",
+                false,
+                true,
+                Empty,
+                true,
+                "HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\n\r\n",
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+                false,
+                true,
+                Empty,
+                true,
+                "HTTP/1.1 204 No Content\r\n\r\n",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n",
+                false,
+                true,
+                Length(3),
+                true,
+                "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n",
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n",
+                false,
+                true,
+                Length(2),
+                false,
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n",
+            ),
+        ];
+        for (response, head, keep_alive, framing, reusable, client) in cases {
+            assert_eq!(
+                read(response, *head, *keep_alive),
+                Ok((*framing, *reusable, client.to_string())),
+                "{response}"
+            );
+        }
+    }
+
+    #[test]
+    fn response_heads_refused() {
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\n",
+                "conflicting Content-Length",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+                "invalid Content-Length",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 2,\r\n\r\n",
+                "invalid Content-Length",
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "Transfer-Encoding in an HTTP/1.0 response",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n",
+                "Transfer-Encoding with an empty element",
+            ),
+        ];
+        for (response, why) in cases {
+            assert_eq!(
+                read(response, false, true),
+                Err(why.to_string()),
+                "{response}"
+            );
+        }
+    }
+}
