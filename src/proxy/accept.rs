@@ -1,8 +1,8 @@
 //! Accepting HTTP connections: the accept loop that survives errors, a 503 for clients over
 //! the descriptor budget, the deadlines and header limits, and a graceful drain on shutdown.
-//! Each connection starts in the express `lane` (which keeps the first-byte and header
-//! deadlines); what the lane does not serve goes to hyper. What happens to each request is
-//! `forward`'s job.
+//! Each connection starts in the express lane, `lane` (which keeps the first-byte and header
+//! deadlines); what the lane does not serve goes to hyper (`http2`, or HTTP/1.1 here). What
+//! happens to each request is `lane`'s and `forward`'s job, by one rulebook, `rules`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -111,7 +111,8 @@ async fn connection(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    // The lane also keeps the first-byte and header deadlines until it hands over.
+    // Where a connection chooses its path: the express lane first, hyper for what it hands
+    // over. The lane also keeps the first-byte and header deadlines until it hands over.
     let (protocol, io) = match lane::serve(stream, peer, &forwarder, &shutdown).await {
         Outcome::Closed => return,
         // The client's share of the budget goes with its stream, into a tunnel if it becomes one.

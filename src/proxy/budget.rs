@@ -192,6 +192,9 @@ impl std::fmt::Debug for Fds {
 
 /// A stream with its share of the budget: wherever the stream goes (hyper's connection task,
 /// an upgraded tunnel), the share goes, and it is given back when the stream is closed.
+/// Why a wrapper: once hyper owns the stream, its I/O type is the only thing that travels with
+/// it, and no kept crate ties a value's drop to an I/O object. (It could merge into `Replay`
+/// and `UpstreamSocket`, which wrap the same streams, giving each the budget's concern.)
 pub struct Held<S> {
     inner: S,
     _fds: Fds,

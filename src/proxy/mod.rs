@@ -9,7 +9,8 @@
 //! - `lane` (the express lane) carries plain HTTP/1.1 requests on bytes; everything else
 //!   takes hyper's path, `forward`. Both route by `routes`, follow one rulebook, `rules`,
 //!   and reach instances over `upstream` connections.
-//! - Upgraded connections become a `tunnel`; answers wharf gives itself are `pages`.
+//! - Upgraded connections become a `tunnel`; answers wharf gives itself are `pages`; why a
+//!   request failed is a `errors::ProxyError`; bodies on both sides are `body::ProxyBody`.
 
 pub mod accept;
 pub mod body;

@@ -82,23 +82,25 @@ pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
-/// Whether the `Connection` header values `connection` name `name` (any case).
+/// Whether the `Connection` header values `connection` name `name` (any case) as a header
+/// that stays on its hop — never `Host`, which is the request's, not the hop's.
 pub(crate) fn named_by_connection<'a>(
     connection: impl IntoIterator<Item = &'a [u8]>,
     name: &[u8],
 ) -> bool {
-    connection
-        .into_iter()
-        .flat_map(tokens)
-        .any(|t| t.eq_ignore_ascii_case(name))
+    !name.eq_ignore_ascii_case(b"host")
+        && connection
+            .into_iter()
+            .flat_map(tokens)
+            .any(|t| t.eq_ignore_ascii_case(name))
 }
 
 /// Whether a header (of a request or a response) stays on its hop: hop-by-hop by name, or
-/// named by its message's `Connection` (`named`, asked only when it names headers) — except
-/// `Host`, which is the request's, not the hop's.
+/// named by its message's `Connection` (`named`: `named_by_connection`, asked only when the
+/// message's `Connection` names headers at all).
 #[inline]
 pub(crate) fn stays_on_hop(name: &[u8], named: impl FnOnce(&[u8]) -> bool) -> bool {
-    is_hop_by_hop(name) || (!name.eq_ignore_ascii_case(b"host") && named(name))
+    is_hop_by_hop(name) || named(name)
 }
 
 /// The fate of a client's request header, by its name (any case) and whether the request's

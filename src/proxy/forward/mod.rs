@@ -1,6 +1,7 @@
 //! The proxy's request handling: check and route each request before any upstream I/O, then
 //! forward it to the instance over a pooled HTTP/1.1 connection, streaming both bodies, and
-//! pass WebSocket upgrades through. Accepting connections is `accept`'s job.
+//! pass WebSocket upgrades through, by the rulebook the express lane follows too (`rules`).
+//! Accepting connections is `accept`'s job.
 
 mod http1;
 
@@ -470,6 +471,8 @@ fn request_host<B>(req: &Request<B>) -> Result<HeaderValue, ProxyError> {
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// The `Connection` header values of a message, and what they say.
 fn connection_of(headers: &HeaderMap) -> (Vec<&[u8]>, rules::Connection) {
@@ -628,11 +631,20 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
 fn add_forwarded(headers: &mut HeaderMap, forwarded_for: HeaderValue, host: &HeaderValue) {
     headers.append(X_FORWARDED_FOR, forwarded_for);
     for (name, value) in rules::forwarded_headers(host.as_bytes()) {
-        let value = match name {
-            "x-forwarded-host" => host.clone(),
-            _ => HeaderValue::from_bytes(value).expect("the rulebook's own values are valid"),
+        // Names and values known here (no parsing per request); any other is checked.
+        let (name, value) = match name {
+            "x-forwarded-proto" => (X_FORWARDED_PROTO, HeaderValue::from_static("http")),
+            "x-forwarded-host" => (X_FORWARDED_HOST, host.clone()),
+            "via" => (header::VIA, HeaderValue::from_static(rules::VIA)),
+            other => match (
+                HeaderName::from_bytes(other.as_bytes()),
+                HeaderValue::from_bytes(value),
+            ) {
+                (Ok(name), Ok(value)) => (name, value),
+                _ => continue,
+            },
         };
-        headers.append(HeaderName::from_static(name), value);
+        headers.append(name, value);
     }
     headers.insert(header::HOST, host.clone());
 }

@@ -1,9 +1,9 @@
 //! The express lane. Most requests a dev proxy carries are plain HTTP/1.1 requests without a
 //! body or with a `Content-Length` one (pages, assets, API calls, HMR polls). For those the
 //! lane works on the bytes: it parses the head with httparse, writes the upstream head
-//! straight from it (same rules as `Forwarder::forward`, from `rules`: origin-form, hop-by-hop
-//! headers and those `Connection` names dropped, the proxy's `X-Forwarded-*` and `Via` written
-//! in place of the client's), sends the body on, and
+//! straight from it (`request`; by the rulebook hyper's path follows too, `rules`:
+//! origin-form, hop-by-hop headers and those `Connection` names dropped, the proxy's
+//! `X-Forwarded-*` and `Via` written in place of the client's), sends the body on, and
 //! streams the response back over the upstream connection this client connection keeps,
 //! re-framing chunked bodies. No header maps, no boxed bodies, no connection task: the request
 //! is served in the client's own task.
@@ -408,7 +408,10 @@ impl Lane<'_> {
 }
 
 /// A stream that first gives back bytes already read from it: how hyper receives a
-/// connection the lane handed over.
+/// connection the lane handed over. Why hand-written: `AsyncReadExt::chain` over a `Cursor`
+/// is a reader only, and hyper needs one object that reads and writes; `tokio::io::join` of
+/// that with a write half needs `TcpStream::into_split` (an `Arc` per connection, and a write
+/// half that shuts the socket down when dropped). hyper's own `Rewind` is private.
 pub struct Replay<S> {
     buffered: BytesMut,
     inner: S,
