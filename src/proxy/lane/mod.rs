@@ -18,6 +18,7 @@
 /// Public only for the fuzz tier (tests/it/fuzz.rs), which drives the decoder directly.
 #[doc(hidden)]
 pub mod chunked;
+mod lines;
 mod relay;
 mod request;
 mod response;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::model::host::{self, Target};
 use crate::proxy::forward::Forwarder;
-use crate::proxy::lane::response::{content_length_line, head_room, header_line};
+use crate::proxy::lane::lines::{content_length_line, decimal, head_room, header_line};
 use crate::proxy::routes::Route;
 use crate::proxy::rules::{self, Fate};
 
@@ -146,14 +146,6 @@ pub(super) fn plan(
 /// Anything else goes to hyper, whose URI parser decides.
 fn is_plain_uri_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~:/?[]@!$&'()*+,;=%".contains(&b)
-}
-
-/// A Content-Length value: digits only (no sign, no space), within u64.
-pub(super) fn decimal(value: &[u8]) -> Option<u64> {
-    if !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 #[cfg(test)]
