@@ -17,10 +17,20 @@
 //! - `sys`: the operating system: processes, socket handoff, sd_notify, netstat, stdio, trust.
 
 pub mod cli;
-pub mod control;
-pub mod install;
-pub mod model;
-pub mod proxy;
-pub mod state;
-pub mod supervise;
-pub mod sys;
+pub(crate) mod control;
+pub(crate) mod install;
+pub(crate) mod model;
+pub(crate) mod proxy;
+pub(crate) mod state;
+pub(crate) mod supervise;
+pub(crate) mod sys;
+
+/// What the fuzz tier (tests/it/fuzz.rs) drives directly, without a proxy around it.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::proxy::lane::chunked::Decoder;
+
+    pub mod host {
+        pub use crate::model::host::{HostError, Target, parse};
+    }
+}

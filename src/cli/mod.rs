@@ -3,7 +3,8 @@
 //! service commands (`service`: install, uninstall, doctor). `wharf run` and `wharf proxy`
 //! are the supervisor's and the proxy's own entry points.
 
-pub mod args;
-pub mod commands;
-pub mod service;
-pub mod up;
+pub(crate) mod args;
+pub(crate) mod commands;
+pub mod entry;
+pub(crate) mod service;
+pub(crate) mod up;

@@ -3,6 +3,6 @@
 //! `client` the commands' end, `launch` finds or starts a proxy. The proxy's end is
 //! `proxy::control`: it serves the route table this plane changes.
 
-pub mod client;
-pub mod launch;
-pub mod protocol;
+pub(crate) mod client;
+pub(crate) mod launch;
+pub(crate) mod protocol;

@@ -2,7 +2,7 @@
 //! `plists/` with this binary's path, write them into the user's own directories, remove them
 //! again. Writing outside those (for port 80 on Linux) happens only behind an explicit flag.
 
-pub mod doctor;
+pub(crate) mod doctor;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -2,11 +2,11 @@
 //! socket (the server table), and the two files a user writes (`wharf.toml`, `config.toml`),
 //! each parsed and validated once at the edge so that everything downstream can trust them.
 
-pub mod config;
-pub mod host;
-pub mod instance;
-pub mod mode;
-pub mod name;
-pub mod ports;
-pub mod project;
-pub mod text;
+pub(crate) mod config;
+pub(crate) mod host;
+pub(crate) mod instance;
+pub(crate) mod mode;
+pub(crate) mod name;
+pub(crate) mod ports;
+pub(crate) mod project;
+pub(crate) mod text;

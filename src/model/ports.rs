@@ -84,10 +84,6 @@ impl PortRanges {
         self.0.iter().any(|r| r.contains(port))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// How many ports the ranges name (overlaps counted twice).
     pub(crate) fn len(&self) -> usize {
         self.0.iter().map(PortRange::len).sum()

@@ -63,6 +63,7 @@ impl Budget {
     }
 
     /// A budget of `fds` descriptors, with a reserve of 16 outside it.
+    #[cfg(test)]
     pub fn new(fds: usize) -> Budget {
         Budget::with_reserve(fds, 16)
     }
@@ -133,6 +134,7 @@ impl Budget {
     }
 
     /// Descriptors held now.
+    #[cfg(test)]
     pub fn in_use(&self) -> usize {
         self.0.fds.load(Ordering::Relaxed)
     }

@@ -12,22 +12,22 @@
 //! - Upgraded connections become a `tunnel`; answers wharf gives itself are `pages`; why a
 //!   request failed is a `errors::ProxyError`; bodies on both sides are `body::ProxyBody`.
 
-pub mod accept;
-pub mod body;
-pub mod budget;
-pub mod control;
-pub mod deadline;
-pub mod errors;
-pub mod forward;
-pub mod http2;
-pub mod lane;
-pub mod limits;
-pub mod listeners;
-pub mod pages;
-pub mod routes;
-pub mod rules;
-pub mod tunnel;
-pub mod upstream;
+pub(crate) mod accept;
+pub(crate) mod body;
+pub(crate) mod budget;
+pub(crate) mod control;
+pub(crate) mod deadline;
+pub(crate) mod errors;
+pub(crate) mod forward;
+pub(crate) mod http2;
+pub(crate) mod lane;
+pub(crate) mod limits;
+pub(crate) mod listeners;
+pub(crate) mod pages;
+pub(crate) mod routes;
+pub(crate) mod rules;
+pub(crate) mod tunnel;
+pub(crate) mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! the port registry (sticky ports and live leases), instances' logs, and the context a command
 //! starts from (directories, this binary, the working directory, PATH, home).
 
-pub mod context;
-pub mod dirs;
-pub mod logs;
-pub mod registry;
+pub(crate) mod context;
+pub(crate) mod dirs;
+pub(crate) mod logs;
+pub(crate) mod registry;

@@ -13,12 +13,12 @@
 //! - `demand`: on demand, the connection that starts a server and the idle clock that stops it.
 //! - `output`: wharf's lines about the instance, on the terminal and in its log.
 
-pub mod demand;
+pub(crate) mod demand;
 mod lifecycle;
 pub(crate) mod output;
-pub mod ports;
+pub(crate) mod ports;
 mod readiness;
-pub mod registration;
+pub(crate) mod registration;
 mod restart;
 mod running;
 mod start;

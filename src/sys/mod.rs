@@ -2,10 +2,10 @@
 //! child (`LISTEN_FDS`), sd_notify, reading who listens where, printing without panicking, and
 //! refusing files another user could have written. Knows nothing of names, routes or HTTP.
 
-pub mod handoff;
-pub mod netstat;
-pub mod notify;
-pub mod process;
-pub mod socket;
-pub mod stdio;
-pub mod trust;
+pub(crate) mod handoff;
+pub(crate) mod netstat;
+pub(crate) mod notify;
+pub(crate) mod process;
+pub(crate) mod socket;
+pub(crate) mod stdio;
+pub(crate) mod trust;

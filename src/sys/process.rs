@@ -303,15 +303,12 @@ mod imp {
         true
     }
 
-    pub fn tree(root: i32) -> Vec<i32> {
-        vec![root]
-    }
-
     pub fn family(root: i32) -> Vec<ProcessId> {
         ProcessId::of(root).into_iter().collect()
     }
 }
 
+#[cfg(target_os = "linux")]
 pub use imp::tree;
 
 #[cfg(test)]

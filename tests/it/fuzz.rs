@@ -17,8 +17,8 @@ use hyper_util::rt::TokioIo;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
-use wharf::model::host::{self, HostError, Target};
-use wharf::proxy::lane::chunked::Decoder;
+use wharf::fuzzing::Decoder;
+use wharf::fuzzing::host::{self, HostError, Target};
 
 use super::util::*;
 

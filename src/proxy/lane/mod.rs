@@ -15,9 +15,7 @@
 //! `[proxy] express = false` every request is handed over so: the lane only keeps the first
 //! request's deadlines and tells HTTP/2 from HTTP/1.1.
 
-/// Public only for the fuzz tier (tests/it/fuzz.rs), which drives the decoder directly.
-#[doc(hidden)]
-pub mod chunked;
+pub(crate) mod chunked;
 mod lines;
 mod relay;
 mod request;

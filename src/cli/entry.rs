@@ -1,0 +1,212 @@
+//! Where the `wharf` binary starts (`main.rs` only calls `main` here): handles the exec step,
+//! reads inherited sockets, parses arguments, builds the runtime, dispatches, and prints
+//! errors.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::cli::args::{Cli, Command, ProxyCli, RunCli};
+use crate::cli::{commands, service, up};
+use crate::model::config;
+use crate::model::mode::Mode;
+use crate::model::project::Restart;
+use crate::proxy::listeners;
+use crate::state::context::Context;
+use crate::sys::{handoff, stdio};
+use crate::{proxy, supervise};
+use anyhow::Context as _;
+use clap::Parser;
+
+pub fn main() -> ExitCode {
+    // The exec step between wharf and a server runs before anything else, single-threaded.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == handoff::HELPER_ARG) {
+        let rest: Vec<_> = args.skip_while(|a| a != "--").skip(1).collect();
+        return exit(handoff::exec_step(&rest));
+    }
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => exit(code),
+        // Whoever read our output has what they wanted (`wharf ls | head`).
+        Err(e) if stdio::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            stdio::err(&format!("wharf: error: {e:#}\n"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let ctx = Context::new(
+        |k| std::env::var_os(k),
+        std::env::current_exe().context("finding the wharf binary")?,
+        std::env::current_dir().context("finding the current directory")?,
+    )?;
+    let current_thread = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    match cli.command {
+        Command::Run(args) => {
+            let config = user_config(&ctx)?;
+            let grace = stop_grace()?;
+            current_thread()?.block_on(supervise::run(&ctx, run_args(args, &config, grace)))
+        }
+        Command::Proxy(args) => {
+            // SAFETY: no other thread exists yet (the runtime is built below).
+            let inherited = match unsafe { listeners::inherited() }? {
+                Some(passed) => Some(passed),
+                None => listeners::launchd()?,
+            };
+            let args = proxy_args(args, inherited, &ctx)?;
+            // One CPU to run on (pinned, or a small machine): a single-threaded runtime does the
+            // same work without the work-stealing scheduler's cross-thread wake-ups.
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let runtime = if cpus == 1 {
+                current_thread()?
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?
+            };
+            runtime.block_on(proxy::run(args))?;
+            Ok(0)
+        }
+        Command::Ls(args) => current_thread()?.block_on(commands::ls(&ctx, args.json)),
+        Command::Stop(args) => {
+            let grace = stop_grace()?;
+            current_thread()?.block_on(commands::stop(
+                &ctx, args.names, args.all, args.proxy, grace,
+            ))
+        }
+        Command::Alias(args) => {
+            let addr = if args.rm { None } else { args.addr };
+            current_thread()?.block_on(commands::alias(&ctx, args.name, addr))
+        }
+        Command::Env(args) => {
+            current_thread()?.block_on(commands::env(&ctx, args.name, args.format))
+        }
+        Command::Install(args) => service::install(&ctx, args),
+        Command::Uninstall(args) => service::uninstall(&ctx, args),
+        Command::Doctor => current_thread()?.block_on(service::doctor(&ctx)),
+        Command::Up(args) => {
+            let trust = project_trust(&ctx)?;
+            current_thread()?.block_on(up::up(&ctx, &trust, args.file.as_deref(), &args.names))
+        }
+        Command::Down(args) => current_thread()?.block_on(up::down(
+            &ctx,
+            &crate::sys::trust::Trust::anything(),
+            args.file.as_deref(),
+            &args.names,
+        )),
+        Command::Logs(args) => up::logs(&ctx.dirs, &args.name, args.follow),
+    }
+}
+
+/// Where the proxy listens: `--listen`, else `$WHARF_LISTEN`, else config.toml, else default.
+fn proxy_args(
+    cli: ProxyCli,
+    inherited: Option<listeners::Inherited>,
+    ctx: &Context,
+) -> anyhow::Result<proxy::ProxyArgs> {
+    let config = user_config(ctx)?;
+    let limits = proxy_limits(&config)?;
+    let listen = if !cli.listen.is_empty() {
+        config::parse_listen(&cli.listen)
+            .map_err(anyhow::Error::msg)
+            .context("--listen")?
+    } else if let Some(env) = std::env::var("WHARF_LISTEN").ok().filter(|v| !v.is_empty()) {
+        config::parse_listen(&[env])
+            .map_err(anyhow::Error::msg)
+            .context("$WHARF_LISTEN")?
+    } else {
+        config.proxy_listen
+    };
+    Ok(proxy::ProxyArgs {
+        inherited,
+        listen,
+        runtime_dir: ctx.dirs.runtime()?.to_path_buf(),
+        state_dir: ctx.dirs.state()?.to_path_buf(),
+        limits,
+        express: config.express,
+    })
+}
+
+/// The proxy's limits: its defaults with config.toml's values, and for tests only,
+/// `$WHARF_TEST_LIMITS`'s shrunk deadlines (`Limits::with_test_overrides`).
+fn proxy_limits(config: &config::Config) -> anyhow::Result<crate::proxy::limits::Limits> {
+    let limits = crate::proxy::limits::Limits::new(config);
+    match std::env::var("WHARF_TEST_LIMITS") {
+        Ok(v) if !v.is_empty() => limits
+            .with_test_overrides(&v)
+            .map_err(anyhow::Error::msg)
+            .context("$WHARF_TEST_LIMITS"),
+        _ => Ok(limits),
+    }
+}
+
+/// `~/.config/wharf/config.toml` (or under `$XDG_CONFIG_HOME`); defaults if there is none.
+fn user_config(ctx: &Context) -> anyhow::Result<config::Config> {
+    Ok(match ctx.config_file() {
+        Some(path) => config::load(&path, &ctx.trust)?,
+        None => config::Config::default(),
+    })
+}
+
+/// What may be read though another user could have written it: `$WHARF_TRUST`, and for
+/// project files also `[trust] paths` in config.toml.
+fn project_trust(ctx: &Context) -> anyhow::Result<crate::sys::trust::Trust> {
+    let config = user_config(ctx)?;
+    Ok(match ctx.config_file() {
+        Some(file) => ctx.trust.with_config(&config.trust, &file),
+        None => ctx.trust.clone(),
+    })
+}
+
+/// `$WHARF_STOP_TIMEOUT` (90, 90s, 2m), else `process::STOP_GRACE`.
+fn stop_grace() -> anyhow::Result<Duration> {
+    match std::env::var("WHARF_STOP_TIMEOUT") {
+        Ok(v) if !v.is_empty() => crate::model::project::parse_duration_str(&v)
+            .map_err(anyhow::Error::msg)
+            .context("$WHARF_STOP_TIMEOUT"),
+        _ => Ok(crate::sys::process::STOP_GRACE),
+    }
+}
+
+fn run_args(cli: RunCli, config: &config::Config, stop_grace: Duration) -> supervise::RunArgs {
+    let mode = match (cli.fd, cli.env) {
+        (true, _) => Some(Mode::Fd),
+        (_, true) => Some(Mode::Env),
+        _ => None,
+    };
+    supervise::RunArgs {
+        name: cli.name,
+        mode,
+        port: cli.port,
+        range: Some(cli.range.unwrap_or_else(|| config.range.clone())),
+        exclude: config.exclude.clone(),
+        sockets: cli.sockets,
+        restart: cli.restart.unwrap_or(Restart::No),
+        on_demand: cli.on_demand,
+        idle_timeout: Some(cli.idle_timeout.unwrap_or(config.idle_timeout)),
+        ready: cli.ready,
+        log: cli.log,
+        declared: cli
+            .declared_in
+            .zip(cli.fingerprint)
+            .map(|(file, fingerprint)| crate::model::instance::Declaration { file, fingerprint }),
+        env: Vec::new(),
+        force: cli.force,
+        no_pid: cli.no_pid,
+        inherited_port: std::env::var_os("PORT").map(|p| p.to_string_lossy().into_owned()),
+        quiet: cli.quiet,
+        stop_grace,
+        verbose: cli.verbose,
+        command: cli.command,
+    }
+}
