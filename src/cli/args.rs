@@ -13,13 +13,13 @@ use crate::model::project::{Ready, Restart};
     about = "Named local servers with pre-bound sockets, routed at http://NAME.localhost",
     long_about = None,
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run a server as instance NAME, with its socket bound by wharf and passed in
     Run(RunCli),
     /// List instances: NAME URL PORT PID MODE STATE UPTIME REQUESTS
@@ -47,20 +47,20 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-pub struct UpCli {
+pub(crate) struct UpCli {
     /// The project file (default: the nearest wharf.toml at or above this directory)
     #[arg(long, short = 'f', value_name = "FILE")]
-    pub file: Option<std::path::PathBuf>,
+    pub(crate) file: Option<std::path::PathBuf>,
     /// Only these instances
-    pub names: Vec<Name>,
+    pub(crate) names: Vec<Name>,
 }
 
 #[derive(Debug, Args)]
-pub struct LogsCli {
-    pub name: Name,
+pub(crate) struct LogsCli {
+    pub(crate) name: Name,
     /// Keep printing what is written
     #[arg(long, short = 'f')]
-    pub follow: bool,
+    pub(crate) follow: bool,
 }
 
 #[derive(Debug, Args)]
@@ -69,35 +69,35 @@ pub struct LogsCli {
         wharf run --name docs -- python3 -m http.server -b 127.0.0.1 {port}\n  \
         wharf run --name web -- npm run dev            # vite etc.: env mode, flags added\n\n\
         Placeholders in the command: {port} {fd} and, per --socket SUB, {port:SUB} {fd:SUB}.")]
-pub struct RunCli {
+pub(crate) struct RunCli {
     /// Instance name: one DNS label, served at http://NAME.localhost
     #[arg(long, short = 'n')]
-    pub name: Name,
+    pub(crate) name: Name,
     /// Pass the socket as an inherited fd (LISTEN_FDS) instead of choosing by the command
     #[arg(long, conflicts_with = "env")]
-    pub fd: bool,
+    pub(crate) fd: bool,
     /// Give the server PORT (and {port}) to bind itself instead of choosing by the command
     #[arg(long)]
-    pub env: bool,
+    pub(crate) env: bool,
     /// Preferred port; if it is taken wharf says so and goes on. 0 = any free port
     #[arg(long, short = 'p')]
-    pub port: Option<u16>,
+    pub(crate) port: Option<u16>,
     /// Ports to choose from, LO-HI; a comma-separated list is tried in order (4000-4099,5000-5099).
     /// Beats the name's last port when that is outside. Default: `[defaults] range` in
     /// config.toml, else 4000-4999
     #[arg(long, value_name = "LO-HI[,LO-HI…]")]
-    pub range: Option<PortRanges>,
+    pub(crate) range: Option<PortRanges>,
     /// Another named socket (repeatable): routed at SUB.NAME.localhost, passed as fd 4… or PORT_SUB
     #[arg(long = "socket", value_name = "SUB")]
-    pub sockets: Vec<Name>,
+    pub(crate) sockets: Vec<Name>,
     /// Restart the server when it exits, on the same socket (connections wait, none is
     /// refused): always (the default of a bare --restart), on-failure, or no
     #[arg(long, value_name = "POLICY", num_args = 0..=1, default_missing_value = "always")]
-    pub restart: Option<Restart>,
+    pub(crate) restart: Option<Restart>,
     /// Start the server on the first connection, with the socket wharf already holds; stop it
     /// again after --idle-timeout without connections (fd mode)
     #[arg(long)]
-    pub on_demand: bool,
+    pub(crate) on_demand: bool,
     /// With --on-demand: how long without connections before the server is stopped (90, 90s,
     /// 15m, 2h; default 15m)
     #[arg(
@@ -106,91 +106,91 @@ pub struct RunCli {
         value_parser = crate::model::project::parse_duration_str,
         requires = "on_demand"
     )]
-    pub idle_timeout: Option<std::time::Duration>,
+    pub(crate) idle_timeout: Option<std::time::Duration>,
     /// When the server counts as ready: notify (READY=1), connect, or http:/PATH (a 2xx or 3xx
     /// answer)
     #[arg(long, value_name = "HOW")]
-    pub ready: Option<Ready>,
+    pub(crate) ready: Option<Ready>,
     /// Send the server's output, and a copy of wharf's, to FILE (rotated at 1 MiB)
     #[arg(long, value_name = "FILE")]
-    pub log: Option<std::path::PathBuf>,
+    pub(crate) log: Option<std::path::PathBuf>,
     /// Set by `wharf up`: the wharf.toml this instance is declared in
     #[arg(long, hide = true, requires = "fingerprint")]
-    pub declared_in: Option<std::path::PathBuf>,
+    pub(crate) declared_in: Option<std::path::PathBuf>,
     /// Set by `wharf up`: a digest of the declaration
     #[arg(long, hide = true)]
-    pub fingerprint: Option<String>,
+    pub(crate) fingerprint: Option<String>,
     /// Replace a running instance of the same name
     #[arg(long)]
-    pub force: bool,
+    pub(crate) force: bool,
     /// Leave LISTEN_PID unset, for servers started through wrappers (npm run, sh -c) that
     /// read LISTEN_FDS leniently
     #[arg(long)]
-    pub no_pid: bool,
+    pub(crate) no_pid: bool,
     /// Print only the URL line and errors
     #[arg(long, short = 'q')]
-    pub quiet: bool,
+    pub(crate) quiet: bool,
     /// Say every port tried and why it was not taken (default: one summary line)
     #[arg(long, short = 'v', conflicts_with = "quiet")]
-    pub verbose: bool,
+    pub(crate) verbose: bool,
     /// The server command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
-    pub command: Vec<String>,
+    pub(crate) command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
-pub struct ProxyCli {
+pub(crate) struct ProxyCli {
     /// Address to listen on (repeatable): 127.0.0.1:7080, [::1]:7080, or a port for both.
     /// Default: $WHARF_LISTEN, then `[proxy] listen` in config.toml, then port 80 if allowed,
     /// else 7080, on 127.0.0.1 and [::1]
     #[arg(long, value_name = "ADDR")]
-    pub listen: Vec<String>,
+    pub(crate) listen: Vec<String>,
 }
 
 #[derive(Debug, Args)]
-pub struct LsCli {
+pub(crate) struct LsCli {
     /// Machine-readable output
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("what").required(true))]
-pub struct StopCli {
+pub(crate) struct StopCli {
     /// The instances to stop
     #[arg(group = "what", value_name = "NAME")]
-    pub names: Vec<Name>,
+    pub(crate) names: Vec<Name>,
     /// Stop every instance
     #[arg(long, group = "what")]
-    pub all: bool,
+    pub(crate) all: bool,
     /// Stop the front proxy (instances keep running and re-register when it is back)
     #[arg(long, group = "what")]
-    pub proxy: bool,
+    pub(crate) proxy: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct AliasCli {
+pub(crate) struct AliasCli {
     /// The name to route: http://NAME.localhost
-    pub name: Name,
+    pub(crate) name: Name,
     /// Where to: PORT, 127.0.0.1:PORT, [::1]:PORT or localhost:PORT
     #[arg(required_unless_present = "rm")]
-    pub addr: Option<String>,
+    pub(crate) addr: Option<String>,
     /// Remove the alias instead
     #[arg(long, conflicts_with = "addr")]
-    pub rm: bool,
+    pub(crate) rm: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct EnvCli {
+pub(crate) struct EnvCli {
     /// Only this instance
-    pub name: Option<Name>,
+    pub(crate) name: Option<Name>,
     /// shell (`export NAME_URL=…`), dotenv (`NAME_URL=…`) or json
     #[arg(long, value_enum, default_value = "shell")]
-    pub format: EnvFormat,
+    pub(crate) format: EnvFormat,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum EnvFormat {
+pub(crate) enum EnvFormat {
     Shell,
     Dotenv,
     Json,
@@ -202,38 +202,38 @@ pub enum EnvFormat {
     wharf install                           # proxy on 7080, socket-activated by your systemd\n  \
     wharf install --port 80 --sysctl        # port 80 by lowering ip_unprivileged_port_start\n  \
     wharf install --instance api --port 4100 -- gunicorn app:app")]
-pub struct InstallCli {
+pub(crate) struct InstallCli {
     /// The proxy's port (or the instance's, with --instance)
     #[arg(long, short = 'p')]
-    pub port: Option<u16>,
+    pub(crate) port: Option<u16>,
     /// Print what would be written and run, change nothing
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Port < 1024 on Linux: lower net.ipv4.ip_unprivileged_port_start (writes /etc/sysctl.d)
     #[arg(long, conflicts_with = "system_socket")]
-    pub sysctl: bool,
+    pub(crate) sysctl: bool,
     /// Port < 1024 on Linux: a system socket unit that starts the proxy as you (writes /etc/systemd)
     #[arg(long)]
-    pub system_socket: bool,
+    pub(crate) system_socket: bool,
     /// Write a launchd LaunchAgent instead of systemd units (the default on macOS)
     #[arg(long, conflicts_with_all = ["sysctl", "system_socket", "instance"])]
-    pub launchd: bool,
+    pub(crate) launchd: bool,
     /// Export a server as its own socket-activated unit pair instead (wharf-NAME.socket/.service)
     #[arg(long, value_name = "NAME", requires = "command")]
-    pub instance: Option<Name>,
+    pub(crate) instance: Option<Name>,
     /// With --instance: the server command, which gets the socket as fd 3 (LISTEN_FDS)
     #[arg(last = true, value_name = "CMD")]
-    pub command: Vec<String>,
+    pub(crate) command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
-pub struct UninstallCli {
+pub(crate) struct UninstallCli {
     /// Print what would be removed, change nothing
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Remove an exported instance's units instead of the proxy's
     #[arg(long, value_name = "NAME")]
-    pub instance: Option<Name>,
+    pub(crate) instance: Option<Name>,
 }
 
 #[cfg(test)]

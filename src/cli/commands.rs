@@ -84,7 +84,7 @@ async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, bool)> {
     Ok((listed, false))
 }
 
-pub async fn ls(ctx: &Context, json: bool) -> anyhow::Result<i32> {
+pub(crate) async fn ls(ctx: &Context, json: bool) -> anyhow::Result<i32> {
     let (list, via_proxy) = instances(ctx).await?;
     if json {
         crate::outln!("{}", serde_json::to_string_pretty(&list)?)?;
@@ -170,7 +170,7 @@ pub async fn ls(ctx: &Context, json: bool) -> anyhow::Result<i32> {
 /// `wharf stop NAME…` / `--all`: each route goes at once, then each instance is stopped
 /// (all at the same time), its server given `grace` before it and everything it started is
 /// killed. Names that are not running are reported; the others are stopped anyway.
-pub async fn stop(
+pub(crate) async fn stop(
     ctx: &Context,
     names: Vec<Name>,
     all: bool,
@@ -275,7 +275,7 @@ async fn stop_proxy(ctx: &Context) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub async fn alias(ctx: &Context, name: Name, addr: Option<String>) -> anyhow::Result<i32> {
+pub(crate) async fn alias(ctx: &Context, name: Name, addr: Option<String>) -> anyhow::Result<i32> {
     let addr = addr.map(|a| parse_alias_addr(&a)).transpose()?;
     let runtime = ctx.dirs.runtime()?;
     ctx.dirs.state()?;
@@ -317,7 +317,7 @@ fn answers(addr: SocketAddr) -> bool {
 }
 
 /// `8080`, `127.0.0.1:8080`, `[::1]:8080`, `localhost:8080`: loopback only.
-pub fn parse_alias_addr(s: &str) -> anyhow::Result<SocketAddr> {
+pub(crate) fn parse_alias_addr(s: &str) -> anyhow::Result<SocketAddr> {
     let s = s.trim().trim_start_matches("http://").trim_end_matches('/');
     let addr = if let Ok(port) = s.parse::<u16>() {
         SocketAddr::from((Ipv4Addr::LOCALHOST, port))
@@ -340,7 +340,7 @@ pub fn parse_alias_addr(s: &str) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-pub async fn env(
+pub(crate) async fn env(
     ctx: &Context,
     name: Option<Name>,
     format: crate::cli::args::EnvFormat,

@@ -46,7 +46,7 @@ fn binary(ctx: &Context, warn: bool) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-pub fn install(ctx: &Context, cli: InstallCli) -> anyhow::Result<i32> {
+pub(crate) fn install(ctx: &Context, cli: InstallCli) -> anyhow::Result<i32> {
     let bin = binary(ctx, cli.instance.is_none())?;
     let (user, uid) = user();
     let plan = if let Some(name) = &cli.instance {
@@ -183,7 +183,7 @@ fn run_root(command: &[String], root: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn uninstall(ctx: &Context, cli: UninstallCli) -> anyhow::Result<i32> {
+pub(crate) fn uninstall(ctx: &Context, cli: UninstallCli) -> anyhow::Result<i32> {
     let (user, uid) = user();
     let root = nix::unistd::geteuid().is_root();
     let (user_files, system_files, stop) = if let Some(name) = &cli.instance {
@@ -309,7 +309,7 @@ fn remove_privileged(files: &[PathBuf], user: &str, root: bool) -> anyhow::Resul
     Ok(())
 }
 
-pub async fn doctor(ctx: &Context) -> anyhow::Result<i32> {
+pub(crate) async fn doctor(ctx: &Context) -> anyhow::Result<i32> {
     let unit_dir = ctx.systemd_user_dir().filter(|_| cfg!(target_os = "linux"));
     let findings = crate::install::doctor::examine(&ctx.dirs, unit_dir.as_deref()).await;
     Ok(crate::install::doctor::report(&findings)?)

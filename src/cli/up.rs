@@ -92,7 +92,7 @@ impl Row {
 
 /// Bring the instances of the project file (`file`, else the nearest wharf.toml) to what it
 /// declares, if `trust` allows reading it; 1 when any instance failed.
-pub async fn up(
+pub(crate) async fn up(
     ctx: &Context,
     trust: &Trust,
     file: Option<&Path>,
@@ -358,7 +358,7 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-pub async fn down(
+pub(crate) async fn down(
     ctx: &Context,
     trust: &Trust,
     file: Option<&Path>,
@@ -387,7 +387,7 @@ pub async fn down(
     Ok(0)
 }
 
-pub fn logs(dirs: &Dirs, name: &Name, follow: bool) -> anyhow::Result<i32> {
+pub(crate) fn logs(dirs: &Dirs, name: &Name, follow: bool) -> anyhow::Result<i32> {
     let path = crate::state::logs::path(&dirs.state, name);
     if !path.exists() && !follow {
         bail!(

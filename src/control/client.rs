@@ -15,7 +15,7 @@ use crate::model::name::Name;
 
 /// Why a call to the proxy got no answer to use.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     #[error(transparent)]
     Io(#[from] io::Error),
     #[error("the proxy closed the connection")]
@@ -28,7 +28,7 @@ pub enum ClientError {
 }
 
 /// A connection to the proxy's control socket.
-pub struct Client {
+pub(crate) struct Client {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
     /// The proxy said it is stopping on purpose (an `event` line, possibly mid-call).
@@ -39,7 +39,7 @@ pub struct Client {
 
 impl Client {
     /// Connect to the proxy; `Ok(None)` when no proxy listens there.
-    pub async fn connect(path: &Path) -> io::Result<Option<Client>> {
+    pub(crate) async fn connect(path: &Path) -> io::Result<Option<Client>> {
         match UnixStream::connect(path).await {
             Ok(stream) => {
                 let (r, w) = stream.into_split();
@@ -63,7 +63,7 @@ impl Client {
     }
 
     /// Send one request and read its response; a response with `ok: false` becomes an error.
-    pub async fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
+    pub(crate) async fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
         let mut line = serde_json::to_vec(request).expect("requests serialise");
         line.push(b'\n');
         self.writer.write_all(&line).await?;
@@ -98,12 +98,12 @@ impl Client {
     }
 
     /// Requests the proxy last said it forwarded to `name` (registered on this connection).
-    pub fn requests(&self, name: &Name) -> Option<u64> {
+    pub(crate) fn requests(&self, name: &Name) -> Option<u64> {
         self.requests.get(name).copied()
     }
 
     /// How this connection ended (or would, if it is broken now): on purpose or not.
-    pub fn how_closed(&self) -> Closed {
+    pub(crate) fn how_closed(&self) -> Closed {
         if self.stopping {
             Closed::Stopping
         } else {
@@ -112,7 +112,7 @@ impl Client {
     }
 
     /// Resolves when the proxy closes the connection, saying whether it meant to.
-    pub async fn closed(&mut self) -> Closed {
+    pub(crate) async fn closed(&mut self) -> Closed {
         while let Ok(Some(_)) = self.read_response().await {}
         self.how_closed()
     }
@@ -123,7 +123,7 @@ const PROXY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The instances (not aliases) the proxy whose runtime directory is `runtime` routes now:
 /// what a corrupt registry is rebuilt from. Empty when no proxy answers in time.
-pub fn running_instances(runtime: &Path) -> Vec<Instance> {
+pub(crate) fn running_instances(runtime: &Path) -> Vec<Instance> {
     list_blocking(&socket_path(runtime), PROXY_PATIENCE)
         .unwrap_or_default()
         .into_iter()
@@ -134,7 +134,7 @@ pub fn running_instances(runtime: &Path) -> Vec<Instance> {
 
 /// Every route the proxy at `path` knows, asked without an async runtime (for code holding a
 /// file lock), each step bounded by `limit`; `None` when no proxy answers in time.
-pub fn list_blocking(path: &Path, limit: std::time::Duration) -> Option<Vec<Listed>> {
+pub(crate) fn list_blocking(path: &Path, limit: std::time::Duration) -> Option<Vec<Listed>> {
     use std::io::{BufRead, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(path).ok()?;
     stream.set_read_timeout(Some(limit)).ok()?;

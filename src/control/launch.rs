@@ -18,15 +18,15 @@ const LOG_FILE: &str = "proxy.log";
 const LOG_LIMIT: u64 = 1 << 20;
 
 /// A connection to a proxy that said hello.
-pub struct Connected {
-    pub client: Client,
-    pub hello: Response,
+pub(crate) struct Connected {
+    pub(crate) client: Client,
+    pub(crate) hello: Response,
     /// True if this call started the proxy.
-    pub started: bool,
+    pub(crate) started: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum LaunchError {
+pub(crate) enum LaunchError {
     #[error("cannot start the front proxy: {0}")]
     Spawn(#[source] std::io::Error),
     #[error("the front proxy exited at once ({status}); its log {log} says:\n{tail}")]
@@ -46,7 +46,7 @@ pub enum LaunchError {
 }
 
 /// Connect to the proxy whose control socket is in `runtime`; `None` if none answers.
-pub async fn connect(runtime: &Path) -> Option<Connected> {
+pub(crate) async fn connect(runtime: &Path) -> Option<Connected> {
     let mut client = Client::connect(&crate::control::protocol::socket_path(runtime))
         .await
         .ok()??;
@@ -59,7 +59,10 @@ pub async fn connect(runtime: &Path) -> Option<Connected> {
 }
 
 /// Connect to the proxy, starting `self_exe proxy` in the background first if none answers.
-pub async fn connect_or_start(runtime: &Path, self_exe: &Path) -> Result<Connected, LaunchError> {
+pub(crate) async fn connect_or_start(
+    runtime: &Path,
+    self_exe: &Path,
+) -> Result<Connected, LaunchError> {
     if let Some(c) = connect(runtime).await {
         return Ok(c);
     }
@@ -144,7 +147,7 @@ fn spawn_proxy(self_exe: &Path, log: &Path) -> std::io::Result<tokio::process::C
 
 /// Start `cmd` in a session of its own: no controlling terminal, no signals meant for ours,
 /// and it outlives us.
-pub fn detach(cmd: &mut tokio::process::Command) {
+pub(crate) fn detach(cmd: &mut tokio::process::Command) {
     // SAFETY: setsid is async-signal-safe.
     unsafe {
         cmd.as_std_mut().pre_exec(|| {

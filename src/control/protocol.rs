@@ -18,15 +18,15 @@ use serde::{Deserialize, Serialize};
 use crate::model::instance::*;
 use crate::model::name::Name;
 
-pub const SOCKET_FILE: &str = "control.sock";
+pub(crate) const SOCKET_FILE: &str = "control.sock";
 
-pub fn socket_path(runtime: &Path) -> PathBuf {
+pub(crate) fn socket_path(runtime: &Path) -> PathBuf {
     runtime.join(SOCKET_FILE)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
-pub enum Request {
+pub(crate) enum Request {
     /// Who are you: the proxy's HTTP port and pid.
     Hello,
     /// Add or replace an instance; it lives as long as this connection.
@@ -44,52 +44,52 @@ pub enum Request {
 
 /// One route as `list` and the dashboard show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Listed {
+pub(crate) struct Listed {
     #[serde(flatten)]
-    pub instance: Instance,
-    pub url: String,
-    pub alias: bool,
-    pub uptime_secs: u64,
-    pub requests: u64,
+    pub(crate) instance: Instance,
+    pub(crate) url: String,
+    pub(crate) alias: bool,
+    pub(crate) uptime_secs: u64,
+    pub(crate) requests: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Response {
-    pub ok: bool,
+pub(crate) struct Response {
+    pub(crate) ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// `hello`: the proxy's HTTP port (for URLs) and pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http_port: Option<u16>,
+    pub(crate) http_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i32>,
+    pub(crate) pid: Option<i32>,
     /// `hello`: every address the proxy's HTTP listeners are on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub listen: Vec<SocketAddr>,
+    pub(crate) listen: Vec<SocketAddr>,
     /// `list`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instances: Option<Vec<Listed>>,
+    pub(crate) instances: Option<Vec<Listed>>,
     /// Things the user should know that did not stop the request (a corrupt file moved aside).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
     /// Unprompted news on a registration connection: `"stopping"` when the proxy shuts down,
     /// `"requests"` with the counts of the routes it registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event: Option<String>,
+    pub(crate) event: Option<String>,
     /// `requests` event: requests forwarded so far, per name this connection registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests: Option<BTreeMap<Name, u64>>,
+    pub(crate) requests: Option<BTreeMap<Name, u64>>,
 }
 
 impl Response {
-    pub fn ok() -> Response {
+    pub(crate) fn ok() -> Response {
         Response {
             ok: true,
             ..Default::default()
         }
     }
 
-    pub fn error(msg: impl Into<String>) -> Response {
+    pub(crate) fn error(msg: impl Into<String>) -> Response {
         Response {
             ok: false,
             error: Some(msg.into()),
@@ -100,7 +100,7 @@ impl Response {
 
 /// Why a registration connection ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Closed {
+pub(crate) enum Closed {
     /// The proxy said it is shutting down on purpose: do not start another.
     Stopping,
     /// The connection just broke (the proxy crashed or was killed).

@@ -13,7 +13,7 @@ use crate::state::dirs::{self, Dirs};
 use crate::sys::netstat;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Level {
+pub(crate) enum Level {
     Ok,
     /// Works, with a limit worth knowing.
     Note,
@@ -22,10 +22,10 @@ pub enum Level {
 }
 
 #[derive(Debug)]
-pub struct Finding {
-    pub level: Level,
-    pub what: String,
-    pub fix: Option<String>,
+pub(crate) struct Finding {
+    pub(crate) level: Level,
+    pub(crate) what: String,
+    pub(crate) fix: Option<String>,
 }
 
 fn finding(level: Level, what: impl Into<String>, fix: Option<String>) -> Finding {
@@ -37,7 +37,7 @@ fn finding(level: Level, what: impl Into<String>, fix: Option<String>) -> Findin
 }
 
 /// Everything `doctor` looks at, for the given directories and unit directory.
-pub async fn examine(dirs: &Dirs, unit_dir: Option<&Path>) -> Vec<Finding> {
+pub(crate) async fn examine(dirs: &Dirs, unit_dir: Option<&Path>) -> Vec<Finding> {
     let (found, proxy_pid, proxy_port) = proxy(dirs).await;
     let mut out = vec![resolver(proxy_port), curl(), found];
     if let Some(dir) = unit_dir {
@@ -353,7 +353,7 @@ fn privacy(dirs: &Dirs) -> Vec<Finding> {
 }
 
 /// Print the findings; the exit code is 1 if any is a problem. Err if stdout fails.
-pub fn report(findings: &[Finding]) -> std::io::Result<i32> {
+pub(crate) fn report(findings: &[Finding]) -> std::io::Result<i32> {
     for f in findings {
         let tag = match f.level {
             Level::Ok => "ok     ",

@@ -15,31 +15,31 @@ const SERVICE: &str = include_str!("../../units/wharf.service");
 const PLIST: &str = include_str!("../../plists/dev.wharf.proxy.plist");
 /// First line of every file `wharf install` writes; `uninstall` removes only files that have it.
 const MARKER: &str = "Written by `wharf install`; `wharf uninstall` removes it.";
-pub const DEFAULT_PORT: u16 = crate::proxy::listeners::FALLBACK_PORT;
-pub const LAUNCHD_LABEL: &str = "dev.wharf.proxy";
+pub(crate) const DEFAULT_PORT: u16 = crate::proxy::listeners::FALLBACK_PORT;
+pub(crate) const LAUNCHD_LABEL: &str = "dev.wharf.proxy";
 
 /// A file to write: where, and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct File {
-    pub path: PathBuf,
-    pub content: String,
+pub(crate) struct File {
+    pub(crate) path: PathBuf,
+    pub(crate) content: String,
 }
 
 /// What `install` will do: files, and the commands the user runs next.
 #[derive(Debug, Default)]
-pub struct Plan {
-    pub files: Vec<File>,
+pub(crate) struct Plan {
+    pub(crate) files: Vec<File>,
     /// Files outside the user's directories (port 80 on Linux), written only when asked.
-    pub privileged: Vec<File>,
+    pub(crate) privileged: Vec<File>,
     /// Commands that must run as root, in order, when `privileged` is applied.
-    pub privileged_commands: Vec<Vec<String>>,
-    pub next: Vec<String>,
-    pub notes: Vec<String>,
+    pub(crate) privileged_commands: Vec<Vec<String>>,
+    pub(crate) next: Vec<String>,
+    pub(crate) notes: Vec<String>,
 }
 
 /// How to get port 80 on Linux, where a user manager cannot bind it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Port80 {
+pub(crate) enum Port80 {
     /// Lower `net.ipv4.ip_unprivileged_port_start` to 80 (a sysctl.d file).
     Sysctl,
     /// A system socket unit on port 80 that starts the proxy as this user.
@@ -47,20 +47,20 @@ pub enum Port80 {
 }
 
 /// Where the systemd plan writes and what it needs to know.
-pub struct SystemdTarget<'a> {
-    pub binary: &'a Path,
-    pub port: u16,
+pub(crate) struct SystemdTarget<'a> {
+    pub(crate) binary: &'a Path,
+    pub(crate) port: u16,
     /// `~/.config/systemd/user`.
-    pub unit_dir: &'a Path,
+    pub(crate) unit_dir: &'a Path,
     /// The lowest port a user may bind (`ip_unprivileged_port_start`).
-    pub unprivileged_start: u16,
-    pub port80: Option<Port80>,
-    pub user: &'a str,
-    pub uid: u32,
+    pub(crate) unprivileged_start: u16,
+    pub(crate) port80: Option<Port80>,
+    pub(crate) user: &'a str,
+    pub(crate) uid: u32,
 }
 
 /// The unit files for a user manager, and what comes next.
-pub fn plan_systemd(t: &SystemdTarget) -> anyhow::Result<Plan> {
+pub(crate) fn plan_systemd(t: &SystemdTarget) -> anyhow::Result<Plan> {
     let exec = systemd_exec_path(t.binary)?;
     let mut plan = Plan::default();
     let needs_privilege = t.port < t.unprivileged_start;
@@ -180,16 +180,16 @@ pub fn plan_systemd(t: &SystemdTarget) -> anyhow::Result<Plan> {
 
 /// An instance exported as its own socket-activated unit pair: systemd binds `port` and starts
 /// `command` with it (fd mode, `LISTEN_FDS`); no wharf process is in its data path.
-pub struct InstanceTarget<'a> {
-    pub name: &'a crate::model::name::Name,
-    pub port: u16,
+pub(crate) struct InstanceTarget<'a> {
+    pub(crate) name: &'a crate::model::name::Name,
+    pub(crate) port: u16,
     /// Absolute program path, then its arguments.
-    pub command: &'a [String],
-    pub dir: &'a Path,
-    pub unit_dir: &'a Path,
+    pub(crate) command: &'a [String],
+    pub(crate) dir: &'a Path,
+    pub(crate) unit_dir: &'a Path,
 }
 
-pub fn plan_instance(t: &InstanceTarget) -> anyhow::Result<Plan> {
+pub(crate) fn plan_instance(t: &InstanceTarget) -> anyhow::Result<Plan> {
     let name = t.name;
     let (program, args) = t
         .command
@@ -246,18 +246,18 @@ pub fn plan_instance(t: &InstanceTarget) -> anyhow::Result<Plan> {
 }
 
 /// Where launchd's plan writes and what it needs to know.
-pub struct LaunchdTarget<'a> {
-    pub binary: &'a Path,
-    pub port: u16,
+pub(crate) struct LaunchdTarget<'a> {
+    pub(crate) binary: &'a Path,
+    pub(crate) port: u16,
     /// `~/Library/LaunchAgents`.
-    pub agents_dir: &'a Path,
-    pub runtime_dir: &'a Path,
-    pub state_dir: &'a Path,
-    pub uid: u32,
+    pub(crate) agents_dir: &'a Path,
+    pub(crate) runtime_dir: &'a Path,
+    pub(crate) state_dir: &'a Path,
+    pub(crate) uid: u32,
 }
 
 /// The LaunchAgent plist; launchd binds the sockets itself, port 80 included.
-pub fn plan_launchd(t: &LaunchdTarget) -> Plan {
+pub(crate) fn plan_launchd(t: &LaunchdTarget) -> Plan {
     let esc = |p: &Path| crate::model::text::escape(&p.display().to_string());
     let body = PLIST
         .replace("@WHARF@", &esc(t.binary))
@@ -308,7 +308,7 @@ fn systemd_exec_path(binary: &Path) -> anyhow::Result<String> {
 
 /// What happened to one file.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Created,
     Updated,
     Unchanged,
@@ -316,7 +316,7 @@ pub enum Outcome {
 
 /// Write the user's files (0644, their directories created). Refuses to overwrite a file
 /// wharf did not write.
-pub fn write(files: &[File]) -> anyhow::Result<Vec<(PathBuf, Outcome)>> {
+pub(crate) fn write(files: &[File]) -> anyhow::Result<Vec<(PathBuf, Outcome)>> {
     let mut done = Vec::new();
     for f in files {
         let outcome = match std::fs::read_to_string(&f.path) {
@@ -345,7 +345,7 @@ pub fn write(files: &[File]) -> anyhow::Result<Vec<(PathBuf, Outcome)>> {
 }
 
 /// Remove the files wharf wrote among `paths`; others are left alone and reported.
-pub fn remove(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, bool)>> {
+pub(crate) fn remove(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, bool)>> {
     let mut done = Vec::new();
     for path in paths {
         match std::fs::read_to_string(path) {
@@ -363,7 +363,7 @@ pub fn remove(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, bool)>> {
 }
 
 /// Every file `install` may have written for this user, whatever the options were.
-pub fn installed_paths(unit_dir: &Path, user: &str) -> (Vec<PathBuf>, Vec<PathBuf>) {
+pub(crate) fn installed_paths(unit_dir: &Path, user: &str) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let user_files = ["wharf.socket", "wharf-control.socket", "wharf.service"]
         .map(|n| unit_dir.join(n))
         .to_vec();
@@ -376,7 +376,7 @@ pub fn installed_paths(unit_dir: &Path, user: &str) -> (Vec<PathBuf>, Vec<PathBu
 }
 
 /// The plan as text: every file with its content, then the next commands.
-pub fn describe(plan: &Plan, dry_run: bool) -> String {
+pub(crate) fn describe(plan: &Plan, dry_run: bool) -> String {
     let mut out = String::new();
     let verb = if dry_run { "would write" } else { "writes" };
     for f in plan.files.iter().chain(&plan.privileged) {

@@ -56,27 +56,27 @@ struct RawProxy {
 
 /// The validated configuration.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Config {
+pub(crate) struct Config {
     /// Where the proxy listens; empty means the default (port 80 if allowed, else 7080).
-    pub proxy_listen: Vec<SocketAddr>,
+    pub(crate) proxy_listen: Vec<SocketAddr>,
     /// How long the proxy waits for an instance's response head before answering 504; unset,
     /// the proxy's default (`proxy::limits`).
-    pub upstream_timeout: Option<Duration>,
+    pub(crate) upstream_timeout: Option<Duration>,
     /// How long an upgraded connection (a WebSocket) stays open once one side has ended it;
     /// unset, the proxy's default.
-    pub tunnel_linger: Option<Duration>,
+    pub(crate) tunnel_linger: Option<Duration>,
     /// Whether plain HTTP/1.1 requests take the express lane (`proxy::lane`); off, hyper
     /// serves every HTTP/1.1 request.
-    pub express: bool,
+    pub(crate) express: bool,
     /// Ports instances choose from when they name none, ranges in order.
-    pub range: PortRanges,
+    pub(crate) range: PortRanges,
     /// Ports never handed out, whatever range or `--port` says.
-    pub exclude: PortRanges,
+    pub(crate) exclude: PortRanges,
     /// How long an on-demand instance may stay without connections.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Project files allowed whoever could have written them: absolute paths (a directory
     /// allows everything below it) or `*`.
-    pub trust: Vec<PathBuf>,
+    pub(crate) trust: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -95,7 +95,7 @@ impl Default for Config {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     #[error("{path}: {issue}")]
     Invalid { path: String, issue: ConfigIssue },
     #[error(transparent)]
@@ -104,7 +104,7 @@ pub enum ConfigError {
 
 /// What is wrong in a configuration text: the key, and what to write instead.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigIssue {
+pub(crate) enum ConfigIssue {
     /// Not TOML, or a key wharf does not know: toml's message names the line and the key.
     #[error("{0}")]
     Syntax(String),
@@ -134,7 +134,7 @@ pub enum ConfigIssue {
 
 /// A listen address wharf will not use.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum AddressError {
+pub(crate) enum AddressError {
     #[error("{0:?} is not an address; write 127.0.0.1:7080, [::1]:7080 or 7080")]
     Unparsed(String),
     #[error("{0} is not a loopback address; wharf listens on this machine only")]
@@ -142,7 +142,7 @@ pub enum AddressError {
 }
 
 /// Read `path` if `trust` allows it; a missing file is the default configuration.
-pub fn load(path: &Path, trust: &Trust) -> Result<Config, ConfigError> {
+pub(crate) fn load(path: &Path, trust: &Trust) -> Result<Config, ConfigError> {
     match trust.read(path) {
         Ok((_, text)) => parse(&text).map_err(|issue| ConfigError::Invalid {
             path: path.display().to_string(),
@@ -154,7 +154,7 @@ pub fn load(path: &Path, trust: &Trust) -> Result<Config, ConfigError> {
 }
 
 /// Parse configuration text; the error says where and what.
-pub fn parse(text: &str) -> Result<Config, ConfigIssue> {
+pub(crate) fn parse(text: &str) -> Result<Config, ConfigIssue> {
     let raw: RawConfig = toml::from_str(text)
         .map_err(|e| ConfigIssue::Syntax(e.to_string().trim_end().to_string()))?;
     let upstream_timeout = seconds("proxy.upstream_timeout", raw.proxy.upstream_timeout, 86_400)?;
@@ -215,7 +215,7 @@ fn seconds(
 
 /// Listen addresses as written by people: `127.0.0.1:7080`, `[::1]:7080`, `localhost:7080`
 /// (both loopbacks) or a bare port (both loopbacks). Comma-separated lists are split.
-pub fn parse_listen(items: &[String]) -> Result<Vec<SocketAddr>, AddressError> {
+pub(crate) fn parse_listen(items: &[String]) -> Result<Vec<SocketAddr>, AddressError> {
     let mut out = Vec::new();
     for item in items
         .iter()

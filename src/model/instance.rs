@@ -13,7 +13,7 @@ use crate::model::name::Name;
 /// Where an instance is in its life, as the proxy shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum State {
+pub(crate) enum State {
     /// Started, not yet known to serve (fd mode before `READY=1`, env mode before it listens).
     Starting,
     Ready,
@@ -44,51 +44,51 @@ impl std::fmt::Display for State {
 
 /// One instance as registered: where each of its sockets is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Instance {
-    pub name: Name,
+pub(crate) struct Instance {
+    pub(crate) name: Name,
     /// The `wharf run` process that holds the registration (`PID` in `ls`).
-    pub pid: i32,
+    pub(crate) pid: i32,
     /// The server's pid, when one runs (`SERVER PID` in `ls`).
     #[serde(default, rename = "server_pid", alias = "child_pid")]
-    pub child_pid: Option<i32>,
-    pub mode: Mode,
-    pub state: State,
+    pub(crate) child_pid: Option<i32>,
+    pub(crate) mode: Mode,
+    pub(crate) state: State,
     /// socket name (`http`, or a `--socket` name) → address the proxy forwards to.
-    pub sockets: BTreeMap<String, SocketAddr>,
+    pub(crate) sockets: BTreeMap<String, SocketAddr>,
     /// Set when its server listens on every interface (`0.0.0.0`, `[::]`): that address, so
     /// that `ls` and the dashboard warn that the network reaches it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exposed: Option<SocketAddr>,
+    pub(crate) exposed: Option<SocketAddr>,
     /// The last exit of its server, described (`exited with code 3`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_exit: Option<String>,
+    pub(crate) last_exit: Option<String>,
     /// For instances declared in a wharf.toml: which file, and a digest of the declaration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub declared: Option<Declaration>,
+    pub(crate) declared: Option<Declaration>,
     /// When the instance started (Unix seconds): its uptime outlives a proxy restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<u64>,
+    pub(crate) started_at: Option<u64>,
     /// Requests earlier proxies forwarded to it, carried to the next one when it registers
     /// again; folded into `requests` when listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests_before: Option<u64>,
+    pub(crate) requests_before: Option<u64>,
     /// What it runs and where, for people looking at it (`ls --json`, the dashboard).
     #[serde(default, flatten)]
-    pub about: About,
+    pub(crate) about: About,
 }
 
 /// Where an instance's server comes from and where its output goes, as `wharf run` knows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct About {
+pub(crate) struct About {
     /// The command as run (placeholders filled in, flags wharf added included).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub command: Vec<String>,
+    pub(crate) command: Vec<String>,
     /// Its working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dir: Option<PathBuf>,
+    pub(crate) dir: Option<PathBuf>,
     /// The file its output goes to (`--log`); `None`: the terminal of `wharf run`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log: Option<PathBuf>,
+    pub(crate) log: Option<PathBuf>,
 }
 
 /// How much of a command the registration carries: enough to recognise it, and far below
@@ -97,7 +97,7 @@ const SHOWN_COMMAND: usize = 4096;
 
 impl About {
     /// `command` is cut after `SHOWN_COMMAND` bytes, its last argument then `…`.
-    pub fn new(command: &[String], dir: Option<PathBuf>, log: Option<PathBuf>) -> About {
+    pub(crate) fn new(command: &[String], dir: Option<PathBuf>, log: Option<PathBuf>) -> About {
         let mut shown = Vec::new();
         let mut len = 0;
         for arg in command {
@@ -118,18 +118,18 @@ impl About {
 
 /// Where a declared instance comes from, so `wharf up` can tell what changed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Declaration {
-    pub file: PathBuf,
-    pub fingerprint: String,
+pub(crate) struct Declaration {
+    pub(crate) file: PathBuf,
+    pub(crate) fingerprint: String,
 }
 
 /// `http://NAME.localhost[:PORT]`, without the port when it is 80.
-pub fn url(name: &Name, port: u16) -> String {
+pub(crate) fn url(name: &Name, port: u16) -> String {
     origin(&format!("{name}.localhost"), port)
 }
 
 /// `http://localhost[:PORT]/`, the dashboard on the proxy's port.
-pub fn dashboard_url(port: u16) -> String {
+pub(crate) fn dashboard_url(port: u16) -> String {
     origin("localhost", port) + "/"
 }
 

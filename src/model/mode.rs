@@ -8,7 +8,7 @@ use std::path::Path;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Mode {
+pub(crate) enum Mode {
     Fd,
     Env,
 }
@@ -25,23 +25,23 @@ impl fmt::Display for Mode {
 /// The chosen mode, the command to run (with any options wharf adds, placeholders not yet
 /// filled in) and a sentence saying why.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Plan {
-    pub mode: Mode,
-    pub argv: Vec<String>,
-    pub reason: String,
+pub(crate) struct Plan {
+    pub(crate) mode: Mode,
+    pub(crate) argv: Vec<String>,
+    pub(crate) reason: String,
     /// Whether `LISTEN_PID` can name the server: false when a wrapper in front of it forks,
     /// since the server's pid is then not the one wharf starts.
-    pub listen_pid: bool,
+    pub(crate) listen_pid: bool,
     /// Whether to offer a `NOTIFY_SOCKET` (false for servers that only complain about it).
-    pub notify: bool,
+    pub(crate) notify: bool,
     /// fd mode for a server wharf knows cannot take the socket: wharf only follows where it
     /// listens, so nothing can wait on the socket for it (on demand cannot work).
-    pub follows: bool,
+    pub(crate) follows: bool,
 }
 
 /// Where the instance's settings come from, so that messages name the switch to change.
 #[derive(Clone, Copy, Debug)]
-pub enum Source<'a> {
+pub(crate) enum Source<'a> {
     CommandLine,
     /// A wharf.toml.
     File(&'a Path),
@@ -356,7 +356,7 @@ const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh"];
 /// Choose the mode for `argv`. `forced` is `--fd`/`--env` (or wharf.toml's `mode`),
 /// `on_demand` implies fd mode, `source` says where these came from; `scripts` are
 /// package.json's `scripts` of the working directory (empty if none).
-pub fn choose(
+pub(crate) fn choose(
     forced: Option<Mode>,
     on_demand: bool,
     source: Source,
@@ -740,7 +740,7 @@ fn walk(words: &[&str]) -> (Walked, Vec<String>) {
 
 /// Fill in `{fd}`, `{fd:SUB}`, `{port}` and `{port:SUB}`. `sockets` lists (name, port) in fd
 /// order, main socket first.
-pub fn substitute(argv: &[String], sockets: &[(String, u16)]) -> Vec<String> {
+pub(crate) fn substitute(argv: &[String], sockets: &[(String, u16)]) -> Vec<String> {
     argv.iter()
         .map(|arg| {
             let mut arg = arg.clone();

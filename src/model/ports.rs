@@ -10,20 +10,20 @@ use serde::{Deserialize, Serialize};
 use crate::model::name::Name;
 
 /// The socket every instance has; `--socket SUB` adds more, named SUB.
-pub const MAIN_SOCKET: &str = "http";
+pub(crate) const MAIN_SOCKET: &str = "http";
 /// Where instances live when nobody says otherwise: high enough to need no privileges, below
 /// the kernel's ephemeral range, so outgoing connections rarely sit on it.
-pub const DEFAULT_RANGE: PortRange = PortRange { lo: 4000, hi: 4999 };
+pub(crate) const DEFAULT_RANGE: PortRange = PortRange { lo: 4000, hi: 4999 };
 
 /// An inclusive range of ports, `LO-HI`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortRange {
-    pub lo: u16,
-    pub hi: u16,
+pub(crate) struct PortRange {
+    pub(crate) lo: u16,
+    pub(crate) hi: u16,
 }
 
 impl PortRange {
-    pub fn contains(&self, port: u16) -> bool {
+    pub(crate) fn contains(&self, port: u16) -> bool {
         (self.lo..=self.hi).contains(&port)
     }
 
@@ -42,7 +42,7 @@ impl PortRange {
 
 /// A port, range or list of them that does not say which ports it means.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PortRangeError {
+pub(crate) enum PortRangeError {
     #[error("{0:?} is not a port range; write LO-HI, like 4000-4999")]
     NotARange(String),
     #[error("{0:?}: need 1 <= LO <= HI <= 65535")]
@@ -77,10 +77,10 @@ impl fmt::Display for PortRange {
 /// Ports to choose from: one or more ranges, each tried in full before the next
 /// (`4000-4099,5000-5099`). Also the shape of the exclusion list, where one port is `N-N`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PortRanges(Vec<PortRange>);
+pub(crate) struct PortRanges(Vec<PortRange>);
 
 impl PortRanges {
-    pub fn contains(&self, port: u16) -> bool {
+    pub(crate) fn contains(&self, port: u16) -> bool {
         self.0.iter().any(|r| r.contains(port))
     }
 
@@ -96,7 +96,7 @@ impl PortRanges {
     }
 
     /// Ports of an exclusion list as people write them in TOML: `5432` or `"6000-6010"`.
-    pub fn from_toml(items: &[toml::Value]) -> Result<PortRanges, PortRangeError> {
+    pub(crate) fn from_toml(items: &[toml::Value]) -> Result<PortRanges, PortRangeError> {
         let mut out = Vec::new();
         for item in items {
             let range = match item {
@@ -147,7 +147,7 @@ impl fmt::Display for PortRanges {
 /// Why a port was tried first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Preference {
+pub(crate) enum Preference {
     /// `--port` (or `port` in wharf.toml).
     Asked,
     /// The port the name had last time.
@@ -157,7 +157,7 @@ pub enum Preference {
 /// Why a port tried was not taken.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Taken {
+pub(crate) enum Taken {
     /// Held by another wharf instance.
     Instance(Name),
     /// Bound by a process wharf did not start: its command and pid, when the platform tells.
@@ -185,28 +185,28 @@ impl fmt::Display for Taken {
 
 /// How one socket got its port: what `wharf run` summarises and `wharf up` tabulates.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Allocation {
-    pub socket: String,
-    pub port: u16,
+pub(crate) struct Allocation {
+    pub(crate) socket: String,
+    pub(crate) port: u16,
     /// The port tried first and why; `None` when the range (or the OS) chose.
-    pub preferred: Option<(u16, Preference)>,
+    pub(crate) preferred: Option<(u16, Preference)>,
     /// How many ports were tried, the one got included (0 when the OS chose).
-    pub tried: usize,
+    pub(crate) tried: usize,
     /// The ports tried that were not free, in order.
-    pub skipped: Vec<(u16, Taken)>,
+    pub(crate) skipped: Vec<(u16, Taken)>,
 }
 
 impl Allocation {
     /// Why instance `name`'s preferred port was not used (`port 4000 (--port) is in use by
     /// node (pid 9)`); `None` if it was, or if there was none.
-    pub fn fallback_reason(&self, name: &Name) -> Option<String> {
+    pub(crate) fn fallback_reason(&self, name: &Name) -> Option<String> {
         let (want, why, taken) = self.refused()?;
         Some(format!("port {want} ({}) {taken}", why.describe(name)))
     }
 
     /// The preferred port, why it was preferred and why it was not got; `None` if it was got,
     /// or if there was none.
-    pub fn refused(&self) -> Option<(u16, Preference, &Taken)> {
+    pub(crate) fn refused(&self) -> Option<(u16, Preference, &Taken)> {
         let (want, why) = self.preferred.filter(|(p, _)| *p != self.port)?;
         let (_, taken) = self.skipped.iter().find(|(p, _)| *p == want)?;
         Some((want, why, taken))
@@ -214,7 +214,7 @@ impl Allocation {
 
     /// One line saying what was skipped, and why, before the port got; `None` when the first
     /// port tried was free.
-    pub fn summary(&self, name: &Name) -> Option<String> {
+    pub(crate) fn summary(&self, name: &Name) -> Option<String> {
         if self.skipped.is_empty() {
             return None;
         }
@@ -239,7 +239,7 @@ impl Allocation {
     }
 
     /// One line per port skipped, for `--verbose`.
-    pub fn details(&self, name: &Name) -> Vec<String> {
+    pub(crate) fn details(&self, name: &Name) -> Vec<String> {
         self.skipped
             .iter()
             .map(|(port, taken)| {

@@ -16,9 +16,9 @@ use crate::model::name::{Name, NameError};
 use crate::model::ports::{PortRangeError, PortRanges};
 use crate::sys::trust::{Trust, TrustError};
 
-pub const FILE_NAME: &str = "wharf.toml";
+pub(crate) const FILE_NAME: &str = "wharf.toml";
 /// An on-demand instance with no `idle_timeout` is stopped after this long without connections.
-pub const DEFAULT_IDLE: Duration = Duration::from_secs(15 * 60);
+pub(crate) const DEFAULT_IDLE: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,7 +55,7 @@ struct RawInstance {
 /// How the server is started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Activation {
+pub(crate) enum Activation {
     /// On the first connection, with the socket wharf already holds; stopped when idle.
     OnDemand,
     /// Right away, by `wharf up`.
@@ -66,7 +66,7 @@ pub enum Activation {
     Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
 )]
 #[serde(rename_all = "kebab-case")]
-pub enum Restart {
+pub(crate) enum Restart {
     No,
     OnFailure,
     Always,
@@ -74,7 +74,7 @@ pub enum Restart {
 
 /// When the server counts as ready.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Ready {
+pub(crate) enum Ready {
     /// It sends `READY=1` to `NOTIFY_SOCKET`.
     Notify,
     /// It accepts a connection (env mode: it listens).
@@ -86,7 +86,7 @@ pub enum Ready {
 /// A `ready` that is none of the ways wharf can tell.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{0:?} is not notify, connect or http:/PATH")]
-pub struct ReadyError(String);
+pub(crate) struct ReadyError(String);
 
 impl std::str::FromStr for Ready {
     type Err = ReadyError;
@@ -112,31 +112,31 @@ impl std::fmt::Display for Ready {
 
 /// One declared instance, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Declared {
-    pub name: Name,
+pub(crate) struct Declared {
+    pub(crate) name: Name,
     /// The argv to run (a string command becomes `sh -c STRING`).
-    pub command: Vec<String>,
+    pub(crate) command: Vec<String>,
     /// Working directory, absolute.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// The line `dir` was set on (else the table's), for messages.
-    pub dir_line: usize,
-    pub env: BTreeMap<String, String>,
+    pub(crate) dir_line: usize,
+    pub(crate) env: BTreeMap<String, String>,
     /// `None` = auto.
-    pub mode: Option<Mode>,
-    pub port: Option<u16>,
-    pub range: Option<PortRanges>,
-    pub sockets: Vec<Name>,
-    pub activation: Activation,
-    pub idle_timeout: Option<Duration>,
-    pub restart: Restart,
-    pub ready: Option<Ready>,
+    pub(crate) mode: Option<Mode>,
+    pub(crate) port: Option<u16>,
+    pub(crate) range: Option<PortRanges>,
+    pub(crate) sockets: Vec<Name>,
+    pub(crate) activation: Activation,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) restart: Restart,
+    pub(crate) ready: Option<Ready>,
     /// The line of its `[instances.NAME]` table, for messages.
-    pub line: usize,
+    pub(crate) line: usize,
 }
 
 impl Declared {
     /// A digest of everything that shapes the running instance: a change means restart.
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (
@@ -163,7 +163,7 @@ impl Declared {
 
     /// Whether its working directory is there to start in; the error names the file (`path`),
     /// the line and the key.
-    pub fn check_dir(&self, path: &Path) -> Result<(), ProjectError> {
+    pub(crate) fn check_dir(&self, path: &Path) -> Result<(), ProjectError> {
         let problem = match std::fs::metadata(&self.dir) {
             Ok(m) if m.is_dir() => return Ok(()),
             Ok(_) => DirProblem::NotADirectory,
@@ -189,14 +189,14 @@ impl Declared {
 
 /// A parsed project file.
 #[derive(Debug)]
-pub struct Project {
+pub(crate) struct Project {
     /// The file itself (symlinks resolved): what its instances are declared in.
-    pub path: PathBuf,
-    pub instances: Vec<Declared>,
+    pub(crate) path: PathBuf,
+    pub(crate) instances: Vec<Declared>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProjectError {
+pub(crate) enum ProjectError {
     #[error("no {FILE_NAME} in {0} or any directory above it; write one, or pass -f FILE")]
     NotFound(PathBuf),
     #[error(transparent)]
@@ -211,14 +211,14 @@ pub enum ProjectError {
 /// A mistake in a project file: the line it is on, and what is wrong there.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{line}: {issue}")]
-pub struct Mistake {
-    pub line: usize,
-    pub issue: Issue,
+pub(crate) struct Mistake {
+    pub(crate) line: usize,
+    pub(crate) issue: Issue,
 }
 
 /// What is wrong, by key.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum Issue {
+pub(crate) enum Issue {
     /// Not TOML, or a key wharf does not know: toml's own message.
     #[error("{0}")]
     Syntax(String),
@@ -235,7 +235,7 @@ pub enum Issue {
 
 /// What is wrong with one key's value, and what to write instead.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum Problem {
+pub(crate) enum Problem {
     #[error("is empty; give the program and its arguments")]
     EmptyArgv,
     #[error("is empty")]
@@ -270,7 +270,7 @@ pub enum Problem {
 
 /// Why an instance's working directory cannot be started in.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum DirProblem {
+pub(crate) enum DirProblem {
     #[error("is not a directory")]
     NotADirectory,
     #[error("does not exist")]
@@ -282,10 +282,10 @@ pub enum DirProblem {
 /// A duration wharf cannot read (shown as TOML: a string in quotes).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{0} is not a duration; write seconds (90) or \"90s\", \"15m\", \"2h\"")]
-pub struct DurationError(String);
+pub(crate) struct DurationError(String);
 
 /// The nearest `wharf.toml` at or above `dir`.
-pub fn find(dir: &Path) -> Result<PathBuf, ProjectError> {
+pub(crate) fn find(dir: &Path) -> Result<PathBuf, ProjectError> {
     dir.ancestors()
         .map(|d| d.join(FILE_NAME))
         .find(|p| p.is_file())
@@ -293,7 +293,7 @@ pub fn find(dir: &Path) -> Result<PathBuf, ProjectError> {
 }
 
 /// Read `path` if `trust` allows it, and validate it.
-pub fn load(path: &Path, trust: &Trust) -> Result<Project, ProjectError> {
+pub(crate) fn load(path: &Path, trust: &Trust) -> Result<Project, ProjectError> {
     let (path, text) = trust.read(path)?;
     let base = path.parent().unwrap_or(Path::new("/"));
     match parse(&text, base) {
@@ -306,7 +306,7 @@ pub fn load(path: &Path, trust: &Trust) -> Result<Project, ProjectError> {
 }
 
 /// Parse project text into its instances; relative `dir`s are taken from `base`.
-pub fn parse(text: &str, base: &Path) -> Result<Vec<Declared>, Mistake> {
+pub(crate) fn parse(text: &str, base: &Path) -> Result<Vec<Declared>, Mistake> {
     let line_of = |span: Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
     let raw: RawProject = toml::from_str(text).map_err(|e| Mistake {
         line: e.span().map(&line_of).unwrap_or(1),
@@ -441,7 +441,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Vec<Declared>, Mistake> {
 }
 
 /// A duration as people write it on the command line: `90`, `90s`, `15m`, `2h`.
-pub fn parse_duration_str(s: &str) -> Result<Duration, DurationError> {
+pub(crate) fn parse_duration_str(s: &str) -> Result<Duration, DurationError> {
     let v = match s.parse::<i64>() {
         Ok(n) => toml::Value::Integer(n),
         Err(_) => toml::Value::String(s.to_string()),
@@ -450,7 +450,7 @@ pub fn parse_duration_str(s: &str) -> Result<Duration, DurationError> {
 }
 
 /// `90`, `"90s"`, `"15m"`, `"2h"`.
-pub fn parse_duration(v: &toml::Value) -> Result<Duration, DurationError> {
+pub(crate) fn parse_duration(v: &toml::Value) -> Result<Duration, DurationError> {
     let bad = || DurationError(v.to_string());
     match v {
         toml::Value::Integer(n) if *n > 0 => Ok(Duration::from_secs(*n as u64)),

@@ -2,7 +2,7 @@
 //! (the proxy's HTML pages and launchd's plist XML share the same five escapes).
 
 /// `s` safe inside markup text and quoted attributes: HTML pages and plist XML alike.
-pub fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -18,7 +18,7 @@ pub fn escape(s: &str) -> String {
 }
 
 /// A duration for people: `59s`, `1m01s`, `3h02m`, `2d04h`.
-pub fn human_duration(secs: u64) -> String {
+pub(crate) fn human_duration(secs: u64) -> String {
     match secs {
         s if s < 60 => format!("{s}s"),
         s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),

@@ -28,7 +28,7 @@ content-length: 38\r\nconnection: close\r\nretry-after: 1\r\n\r\nwharf: too many
 /// Serve `listeners` until `shutdown`, then stop accepting and drain for at most
 /// `Limits::drain`.
 /// Connections are admitted as the forwarder's descriptor budget allows.
-pub async fn serve(
+pub(crate) async fn serve(
     listeners: Vec<TcpListener>,
     forwarder: Arc<Forwarder>,
     shutdown: CancellationToken,

@@ -19,7 +19,7 @@ const MAX_STREAMS: usize = 128;
 
 /// The budget shared by every connection of one proxy. Cloning shares it.
 #[derive(Clone)]
-pub struct Budget(Arc<Counts>);
+pub(crate) struct Budget(Arc<Counts>);
 
 struct Counts {
     /// Descriptors held, and how many may be.
@@ -36,14 +36,14 @@ struct Counts {
 /// There is no descriptor to spare: the request gets a 503.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("wharf is using all {limit} file descriptors it allows itself (the open-file limit)")]
-pub struct OutOfFds {
-    pub limit: usize,
+pub(crate) struct OutOfFds {
+    pub(crate) limit: usize,
 }
 
 impl Budget {
     /// Raise the soft open-file limit to the hard one, and budget all of it but a reserve for
     /// the process's own descriptors and for refusing clients over the budget.
-    pub fn from_rlimit() -> Budget {
+    pub(crate) fn from_rlimit() -> Budget {
         use nix::sys::resource::{Resource, getrlimit, setrlimit};
         // macOS refuses a soft limit above OPEN_MAX when the hard one is unlimited (its
         // default): then the most it takes is tried.
@@ -64,7 +64,7 @@ impl Budget {
 
     /// A budget of `fds` descriptors, with a reserve of 16 outside it.
     #[cfg(test)]
-    pub fn new(fds: usize) -> Budget {
+    pub(crate) fn new(fds: usize) -> Budget {
         Budget::with_reserve(fds, 16)
     }
 
@@ -85,7 +85,7 @@ impl Budget {
 
     /// A descriptor for a client connection just accepted, and its place among the client
     /// connections; None when either is full (the client gets a 503).
-    pub fn client(&self) -> Option<Fds> {
+    pub(crate) fn client(&self) -> Option<Fds> {
         let counts = &*self.0;
         if !take(&counts.clients, 1, counts.max_clients) {
             return None;
@@ -103,7 +103,7 @@ impl Budget {
 
     /// A place among the clients being told they are over the budget (their descriptors
     /// are in the reserve); None when there are enough of those: close without a word.
-    pub fn refusal(&self) -> Option<Fds> {
+    pub(crate) fn refusal(&self) -> Option<Fds> {
         let counts = &*self.0;
         take(&counts.refusing, 1, counts.max_refusing).then(|| Fds {
             budget: self.clone(),
@@ -113,7 +113,7 @@ impl Budget {
     }
 
     /// `n` descriptors about to be opened (a connection to an instance, a pipe).
-    pub fn take(&self, n: usize) -> Result<Fds, OutOfFds> {
+    pub(crate) fn take(&self, n: usize) -> Result<Fds, OutOfFds> {
         if !take(&self.0.fds, n, self.0.limit) {
             return Err(OutOfFds {
                 limit: self.0.limit,
@@ -128,14 +128,14 @@ impl Budget {
 
     /// Streams one HTTP/2 connection may have open: each may need a connection to an
     /// instance, and no one client may hold more than an eighth of the budget that way.
-    pub fn streams_per_connection(&self) -> u32 {
+    pub(crate) fn streams_per_connection(&self) -> u32 {
         let streams = (self.0.limit / 8).clamp(1, MAX_STREAMS);
         u32::try_from(streams).expect("at most 128")
     }
 
     /// Descriptors held now.
     #[cfg(test)]
-    pub fn in_use(&self) -> usize {
+    pub(crate) fn in_use(&self) -> usize {
         self.0.fds.load(Ordering::Relaxed)
     }
 }
@@ -157,7 +157,7 @@ fn take(count: &AtomicUsize, n: usize, limit: usize) -> bool {
 }
 
 /// A share of the budget: given back when dropped, with the descriptors it stands for.
-pub struct Fds {
+pub(crate) struct Fds {
     budget: Budget,
     n: usize,
     counted: Counted,
@@ -197,13 +197,13 @@ impl std::fmt::Debug for Fds {
 /// Why a wrapper: once hyper owns the stream, its I/O type is the only thing that travels with
 /// it, and no kept crate ties a value's drop to an I/O object. (It could merge into `Replay`
 /// and `UpstreamSocket`, which wrap the same streams, giving each the budget's concern.)
-pub struct Held<S> {
+pub(crate) struct Held<S> {
     inner: S,
     _fds: Fds,
 }
 
 impl<S> Held<S> {
-    pub fn new(inner: S, fds: Fds) -> Held<S> {
+    pub(crate) fn new(inner: S, fds: Fds) -> Held<S> {
         Held { inner, _fds: fds }
     }
 }

@@ -24,14 +24,14 @@ use crate::model::name::Name;
 use crate::proxy::routes::{AliasMap, Owner, Route, RouteError, Routes, alias_instance};
 
 /// The proxy's side of the control socket: what it knows and how it answers.
-pub struct ControlPlane {
-    pub routes: Arc<Routes>,
+pub(crate) struct ControlPlane {
+    pub(crate) routes: Arc<Routes>,
     /// The port URLs use (the first HTTP listener's).
-    pub http_port: u16,
+    pub(crate) http_port: u16,
     /// Where its HTTP listeners are, for `hello`.
-    pub listen: Vec<SocketAddr>,
+    pub(crate) listen: Vec<SocketAddr>,
     /// Where aliases are kept between proxy runs.
-    pub aliases_path: PathBuf,
+    pub(crate) aliases_path: PathBuf,
     /// Notes from loading the aliases (a corrupt file moved aside) not yet told to a user:
     /// the next `alias` answer carries them.
     untold: std::sync::Mutex<Vec<String>>,
@@ -40,7 +40,7 @@ pub struct ControlPlane {
 
 /// The alias file (`aliases.json` in the state directory) cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum AliasFileError {
+pub(crate) enum AliasFileError {
     #[error("cannot read {path}: {error}")]
     Read { path: PathBuf, error: io::Error },
     #[error("{path} is corrupt ({corrupt}) and cannot be moved aside: {error}")]
@@ -94,7 +94,7 @@ const COUNTS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl ControlPlane {
     /// `listen` is every HTTP listener's address; URLs use the first one's port.
-    pub fn new(
+    pub(crate) fn new(
         routes: Arc<Routes>,
         listen: Vec<SocketAddr>,
         aliases_path: PathBuf,
@@ -111,7 +111,7 @@ impl ControlPlane {
 
     /// Route the stored aliases; returns how many, and a note if the file was corrupt and
     /// moved aside. `Err` when it cannot be read at all.
-    pub fn load_aliases(&self) -> Result<(usize, Option<String>), AliasFileError> {
+    pub(crate) fn load_aliases(&self) -> Result<(usize, Option<String>), AliasFileError> {
         let (aliases, note) = self.read_aliases()?;
         if let Some(note) = &note {
             self.untold.lock().expect("not poisoned").push(note.clone());
@@ -210,7 +210,7 @@ impl ControlPlane {
     }
 
     /// Every route, as `list` and the dashboard show them, by name.
-    pub fn listed(&self) -> Vec<Listed> {
+    pub(crate) fn listed(&self) -> Vec<Listed> {
         let table = self.routes.snapshot();
         let mut out: Vec<Listed> = table.values().map(|r| listed(r, self.http_port)).collect();
         out.sort_by(|a, b| a.instance.name.cmp(&b.instance.name));
@@ -218,7 +218,7 @@ impl ControlPlane {
     }
 
     /// Answer one request line from `owner`.
-    pub fn handle(&self, owner: Owner, line: &str) -> Response {
+    pub(crate) fn handle(&self, owner: Owner, line: &str) -> Response {
         match serde_json::from_str(line) {
             Ok(request) => self.answer(owner, request),
             Err(e) => Err(Refusal::BadRequest(e)),
@@ -339,7 +339,7 @@ fn listed(route: &Route, http_port: u16) -> Listed {
 
 /// Serve the control socket until `shutdown`; then tell every connection the proxy is
 /// stopping on purpose and close it.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: UnixListener,
     plane: Arc<ControlPlane>,
     shutdown: CancellationToken,

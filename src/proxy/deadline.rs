@@ -15,10 +15,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 /// Why a write to the client failed: it stopped reading.
-pub const CLIENT_STALLED: &str = "the client stopped reading the response";
+pub(crate) const CLIENT_STALLED: &str = "the client stopped reading the response";
 
 /// Run one I/O step within `limit`; past it, fail with `TimedOut` saying `what` stalled.
-pub async fn within<T>(
+pub(crate) async fn within<T>(
     limit: Duration,
     what: &'static str,
     step: impl Future<Output = io::Result<T>>,
@@ -30,7 +30,7 @@ pub async fn within<T>(
 
 /// A stream whose writes fail once one has made no progress for `limit`. `exempt` turns the
 /// deadline off (an upgraded WebSocket has no HTTP timers).
-pub struct WriteDeadline<S> {
+pub(crate) struct WriteDeadline<S> {
     inner: S,
     limit: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
@@ -38,7 +38,7 @@ pub struct WriteDeadline<S> {
 }
 
 impl<S> WriteDeadline<S> {
-    pub fn new(inner: S, limit: Duration) -> (Self, Arc<AtomicBool>) {
+    pub(crate) fn new(inner: S, limit: Duration) -> (Self, Arc<AtomicBool>) {
         let exempt = Arc::new(AtomicBool::new(false));
         let stream = WriteDeadline {
             inner,
@@ -121,13 +121,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
 /// it fires even when what it races has used up the task's cooperative budget (an instance
 /// flooding `100 Continue` lines, say).
 #[derive(Default)]
-pub struct Timer {
+pub(crate) struct Timer {
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl Timer {
     /// Resolves at `deadline`, never before.
-    pub async fn until(&mut self, deadline: Instant) {
+    pub(crate) async fn until(&mut self, deadline: Instant) {
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -147,18 +147,18 @@ impl Timer {
 /// The error a request body gives when the client stops sending it.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body stalled for {0:?}")]
-pub struct BodyStalled(pub Duration);
+pub(crate) struct BodyStalled(pub Duration);
 
 /// A body that fails with `BodyStalled` when no frame arrives for `limit`. Hand-written: no
 /// crate wharf keeps has one (tower-http's `TimeoutBody` would add two crates for 40 lines).
-pub struct IdleBody<B> {
+pub(crate) struct IdleBody<B> {
     inner: B,
     limit: Duration,
     timer: Pin<Box<Sleep>>,
 }
 
 impl<B> IdleBody<B> {
-    pub fn new(inner: B, limit: Duration) -> Self {
+    pub(crate) fn new(inner: B, limit: Duration) -> Self {
         IdleBody {
             inner,
             limit,

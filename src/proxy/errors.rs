@@ -13,7 +13,7 @@ use crate::proxy::budget::OutOfFds;
 
 /// Why a request was not forwarded, or failed upstream. Each maps to one status.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("CONNECT is refused: wharf is not an open proxy")]
     Connect,
     #[error("the request target is longer than {0} bytes")]

@@ -33,7 +33,7 @@ const SEND_BUF: usize = 64 * 1024;
 
 /// Serve one HTTP/2 connection until the client closes it, it idles, stops reading, or
 /// `shutdown`.
-pub async fn serve<I>(
+pub(crate) async fn serve<I>(
     io: I,
     peer: std::net::SocketAddr,
     forwarder: Arc<Forwarder>,

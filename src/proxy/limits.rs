@@ -9,71 +9,71 @@ use crate::model::config::Config;
 
 /// What the proxy bounds, and how long it waits for each I/O phase.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     // The client's side.
     /// A client that connects and sends nothing is dropped after this.
-    pub first_byte: Duration,
+    pub(crate) first_byte: Duration,
     /// The whole request head, the idle time between keep-alive requests, and an HTTP/2
     /// connection with no stream open.
-    pub header_read: Duration,
+    pub(crate) header_read: Duration,
     /// A client that stops reading our response for this long is dropped.
-    pub write_stall: Duration,
+    pub(crate) write_stall: Duration,
     /// A request body that sends nothing for this long is abandoned with 408.
-    pub body_idle: Duration,
+    pub(crate) body_idle: Duration,
     /// Largest request head [Envoy: 60 KiB].
-    pub max_head: usize,
+    pub(crate) max_head: usize,
     /// Longest request target [nginx: 8 KiB].
-    pub max_uri: usize,
+    pub(crate) max_uri: usize,
     /// Longest single header line [Envoy-like].
-    pub max_header_line: usize,
+    pub(crate) max_header_line: usize,
     /// How often a quiet HTTP/2 peer is pinged, and how long its answer may take.
-    pub http2_ping: Duration,
+    pub(crate) http2_ping: Duration,
     /// How long a connection closed mid-request-body keeps draining it (`lane::linger`).
-    pub linger: Duration,
+    pub(crate) linger: Duration,
     /// How long a client refused for want of descriptors has to read its 503.
-    pub refusal: Duration,
+    pub(crate) refusal: Duration,
     /// How long shutdown waits for requests in flight.
-    pub drain: Duration,
+    pub(crate) drain: Duration,
 
     // The instance's side.
     /// How long a connect to an instance may take: loopback connects work at once or not at all.
-    pub upstream_connect: Duration,
+    pub(crate) upstream_connect: Duration,
     /// How long to wait for an instance's response head: dev servers may compile on their
     /// first hit (`upstream_timeout` in config.toml).
-    pub upstream_head: Duration,
+    pub(crate) upstream_head: Duration,
     /// An idle connection to an instance is closed after this: below Node's 5 s keep-alive,
     /// so one the server is closing is rarely reused.
-    pub upstream_idle: Duration,
+    pub(crate) upstream_idle: Duration,
     /// How long an answer is awaited from an instance that stopped taking the request body:
     /// one it sent before it closed is there at once.
-    pub early_answer: Duration,
+    pub(crate) early_answer: Duration,
     /// How long a request waits for an env-mode instance that is (re)starting to listen.
-    pub starting_wait: Duration,
+    pub(crate) starting_wait: Duration,
     /// How long an upgraded connection (a WebSocket) stays open once one side has ended it
     /// (`tunnel_linger` in config.toml).
-    pub tunnel_linger: Duration,
+    pub(crate) tunnel_linger: Duration,
     /// Idle connections the express lane keeps per instance address; more are closed.
-    pub lane_idle_per_addr: usize,
+    pub(crate) lane_idle_per_addr: usize,
     /// Idle connections hyper's path keeps per instance address. Above what a few HTTP/2
     /// clients at 128 streams each have in flight: a lower cap closes connections that the
     /// next burst has to open again (128 made 8 600 connects for 320 streams, 1024 made 320).
-    pub http1_idle_per_addr: usize,
+    pub(crate) http1_idle_per_addr: usize,
     /// Longest chunk-size line, extensions included, in an instance's chunked body.
-    pub chunk_line: usize,
+    pub(crate) chunk_line: usize,
     /// Largest trailer section of an instance's chunked body.
-    pub chunk_trailers: usize,
+    pub(crate) chunk_trailers: usize,
 }
 
 impl Limits {
     /// Most header lines in one request or response [hyper, Envoy, Apache: 100]. Fixed at
     /// build time: it sizes the array the express lane parses a head into, on the stack.
-    pub const MAX_HEADERS: usize = 100;
+    pub(crate) const MAX_HEADERS: usize = 100;
     /// Largest response head accepted from an instance [nginx's largest proxy_buffer_size in
     /// use]. Fixed at build time: the error that names it is static text.
-    pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+    pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
     /// The defaults, with what the user configured in place of them.
-    pub fn new(config: &Config) -> Limits {
+    pub(crate) fn new(config: &Config) -> Limits {
         let default = Limits::default();
         Limits {
             upstream_head: config.upstream_timeout.unwrap_or(default.upstream_head),
@@ -87,7 +87,7 @@ impl Limits {
     /// the fields' names and the durations `model::project::parse_duration_str` reads
     /// (`3`, `3s`), e.g. `body_idle=3,write_stall=4`. Only the deadlines tests shrink are
     /// known; anything else is an error.
-    pub fn with_test_overrides(mut self, overrides: &str) -> Result<Limits, String> {
+    pub(crate) fn with_test_overrides(mut self, overrides: &str) -> Result<Limits, String> {
         for pair in overrides
             .split(',')
             .map(str::trim)

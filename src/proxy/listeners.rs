@@ -15,20 +15,20 @@ use nix::sys::socket::{
 use socket2::{Domain, Socket, Type};
 
 /// The port the proxy prefers, and the one it falls back to without privileges.
-pub const PRIVILEGED_PORT: u16 = 80;
-pub const FALLBACK_PORT: u16 = 7080;
+pub(crate) const PRIVILEGED_PORT: u16 = 80;
+pub(crate) const FALLBACK_PORT: u16 = 7080;
 
 /// Sockets a service manager passed to us.
 #[derive(Debug, Default)]
-pub struct Inherited {
-    pub http: Vec<TcpListener>,
-    pub control: Option<UnixListener>,
+pub(crate) struct Inherited {
+    pub(crate) http: Vec<TcpListener>,
+    pub(crate) control: Option<UnixListener>,
     /// Names we did not use (e.g. `https`, not served yet), for a warning.
-    pub ignored: Vec<String>,
+    pub(crate) ignored: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ListenError {
+pub(crate) enum ListenError {
     #[error("LISTEN_FDS is malformed")]
     Env(#[source] io::Error),
     #[error("inherited fd {fd} ({name}) is not a listening stream socket")]
@@ -66,7 +66,7 @@ pub enum ListenError {
 ///
 /// # Safety
 /// Edits the environment: call it before any other thread exists.
-pub unsafe fn inherited() -> Result<Option<Inherited>, ListenError> {
+pub(crate) unsafe fn inherited() -> Result<Option<Inherited>, ListenError> {
     // SAFETY: forwarded to our caller.
     let fds =
         unsafe { sd_notify::listen_fds_with_names_and_unset_env() }.map_err(ListenError::Env)?;
@@ -128,7 +128,7 @@ fn adopt(owned: OwnedFd, name: String, out: &mut Inherited) -> Result<(), Listen
 
 /// The sockets launchd holds for this job (`http`, `control`), checked in with
 /// `launch_activate_socket`. `None` when not started by launchd, and always outside macOS.
-pub fn launchd() -> Result<Option<Inherited>, ListenError> {
+pub(crate) fn launchd() -> Result<Option<Inherited>, ListenError> {
     let mut out = Inherited::default();
     let mut any = false;
     for name in ["http", "control"] {
@@ -159,7 +159,7 @@ mod imp {
 
     /// launchd's fds for socket `name`; `None` if we were not started by launchd (ESRCH) or
     /// the job has no such socket (ENOENT).
-    pub fn activate(name: &str) -> io::Result<Option<Vec<OwnedFd>>> {
+    pub(crate) fn activate(name: &str) -> io::Result<Option<Vec<OwnedFd>>> {
         let cname = CString::new(name).expect("socket names have no NUL");
         let mut fds: *mut libc::c_int = std::ptr::null_mut();
         let mut cnt: libc::size_t = 0;
@@ -205,7 +205,7 @@ mod imp {
     use std::io;
     use std::os::fd::OwnedFd;
 
-    pub fn activate(_name: &str) -> io::Result<Option<Vec<OwnedFd>>> {
+    pub(crate) fn activate(_name: &str) -> io::Result<Option<Vec<OwnedFd>>> {
         Ok(None)
     }
 }
@@ -213,7 +213,7 @@ mod imp {
 /// Bind the HTTP listeners. `addrs` empty means the default: 127.0.0.1 and [::1] on port 80
 /// when allowed and free, else 7080 (IPv6 is skipped where the machine has none). A port 0 is chosen
 /// once, by the first address, and shared by the rest.
-pub fn bind_http(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ListenError> {
+pub(crate) fn bind_http(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ListenError> {
     if addrs.is_empty() {
         let defaults = |port| {
             [
@@ -277,7 +277,7 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// Bind the control socket at `path` (0600, in a 0700 directory), replacing a stale one. Fails
 /// if another proxy answers there.
-pub fn bind_control(path: &Path) -> Result<UnixListener, ListenError> {
+pub(crate) fn bind_control(path: &Path) -> Result<UnixListener, ListenError> {
     let err = |source| ListenError::Control {
         path: path.display().to_string(),
         source,

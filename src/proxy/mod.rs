@@ -45,20 +45,20 @@ use crate::proxy::listeners::Inherited;
 use crate::proxy::routes::Routes;
 
 /// What the proxy needs from the outside world.
-pub struct ProxyArgs {
+pub(crate) struct ProxyArgs {
     /// Sockets from a service manager, read in `main` before any thread existed.
-    pub inherited: Option<Inherited>,
+    pub(crate) inherited: Option<Inherited>,
     /// Where to listen when nothing was inherited (empty: the default).
-    pub listen: Vec<SocketAddr>,
-    pub runtime_dir: PathBuf,
-    pub state_dir: PathBuf,
+    pub(crate) listen: Vec<SocketAddr>,
+    pub(crate) runtime_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// Every limit and deadline the proxy keeps.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// Whether plain HTTP/1.1 requests take the express lane (else all go to hyper).
-    pub express: bool,
+    pub(crate) express: bool,
 }
 
-pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let Inherited {
         http: inherited_http,
         control: inherited_control,
@@ -234,7 +234,7 @@ const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod imp {
-    pub fn trim() {
+    pub(crate) fn trim() {
         // SAFETY: malloc_trim only returns unused heap pages to the system.
         unsafe { libc::malloc_trim(0) };
     }
@@ -242,7 +242,7 @@ mod imp {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 mod imp {
-    pub fn trim() {}
+    pub(crate) fn trim() {}
 }
 
 async fn watchdog(every: std::time::Duration, shutdown: CancellationToken) {

@@ -13,7 +13,7 @@ use crate::model::name::Name;
 use crate::proxy::body::ProxyBody;
 
 /// A complete response with a fixed body.
-pub fn respond(
+pub(crate) fn respond(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
@@ -41,7 +41,7 @@ pub fn respond(
 /// The dashboard: JSON for programs (`Accept: application/json`), HTML for people. The HTML
 /// brings itself up to date: a small script fetches the page again every few seconds and swaps
 /// in the new list, so the rendering lives here only.
-pub fn dashboard(instances: &[Listed], wants_json: bool) -> Response<ProxyBody> {
+pub(crate) fn dashboard(instances: &[Listed], wants_json: bool) -> Response<ProxyBody> {
     if wants_json {
         let body = serde_json::to_vec_pretty(&serde_json::json!({ "instances": instances }))
             .expect("serialises");
@@ -224,7 +224,7 @@ fn shell_words(argv: &[String]) -> String {
 
 /// 404 for a name nobody registered (`Ok(name)`) or a host wharf never routes (`Err(host)`),
 /// with links to the names that are and to the dashboard.
-pub fn unknown_name(
+pub(crate) fn unknown_name(
     asked: Result<&Name, &str>,
     instances: &[Listed],
     dashboard: &str,
@@ -263,7 +263,7 @@ pub fn unknown_name(
 }
 
 /// 421 for a host that is not wharf's (an IP address, a real domain): where to go instead.
-pub fn misdirected(host: &str, dashboard: &str) -> Response<ProxyBody> {
+pub(crate) fn misdirected(host: &str, dashboard: &str) -> Response<ProxyBody> {
     let body = format!(
         "<p><b>{host}</b> is not a local name; wharf routes only NAME.localhost.</p>\
          <p>The instances, and links to each, are on the dashboard: \
@@ -279,7 +279,12 @@ pub fn misdirected(host: &str, dashboard: &str) -> Response<ProxyBody> {
 }
 
 /// Any other error: the status, what happened, what to do, and the dashboard.
-pub fn error(status: StatusCode, what: &str, hint: &str, dashboard: &str) -> Response<ProxyBody> {
+pub(crate) fn error(
+    status: StatusCode,
+    what: &str,
+    hint: &str,
+    dashboard: &str,
+) -> Response<ProxyBody> {
     let title = format!(
         "{} {}",
         status.as_u16(),

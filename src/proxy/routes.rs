@@ -18,22 +18,22 @@ use crate::model::name::Name;
 
 /// Who registered a route: a control connection, or the alias file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Owner {
+pub(crate) enum Owner {
     Connection(u64),
     Alias,
 }
 
 /// One routable instance.
 #[derive(Debug)]
-pub struct Route {
-    pub instance: Instance,
-    pub owner: Owner,
+pub(crate) struct Route {
+    pub(crate) instance: Instance,
+    pub(crate) owner: Owner,
     /// When the name was first registered (kept across re-registrations).
-    pub since: SystemTime,
+    pub(crate) since: SystemTime,
     /// Requests forwarded to it (shared across re-registrations).
-    pub requests: Arc<AtomicU64>,
+    pub(crate) requests: Arc<AtomicU64>,
     /// Whether it has answered a request since this registration.
-    pub answered: std::sync::atomic::AtomicBool,
+    pub(crate) answered: std::sync::atomic::AtomicBool,
     /// Each socket's address as an URI authority, built once.
     authorities: HashMap<String, (SocketAddr, Authority)>,
 }
@@ -62,30 +62,30 @@ impl Route {
     }
 
     /// The socket for `sub` if the instance has one by that name, else its main socket.
-    pub fn upstream(&self, sub: Option<&Name>) -> Option<&(SocketAddr, Authority)> {
+    pub(crate) fn upstream(&self, sub: Option<&Name>) -> Option<&(SocketAddr, Authority)> {
         sub.and_then(|s| self.authorities.get(s.as_str()))
             .or_else(|| self.authorities.get(crate::model::ports::MAIN_SOCKET))
     }
 
     /// True when requests must wait: an env-mode server that does not listen yet (in fd mode
     /// the kernel queues connections on the held socket, so they can go straight through).
-    pub fn not_listening(&self) -> bool {
+    pub(crate) fn not_listening(&self) -> bool {
         self.instance.mode == Mode::Env && self.instance.state != State::Ready
     }
 
-    pub fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         self.instance.state == State::Failed
     }
 
-    pub fn count_request(&self) {
+    pub(crate) fn count_request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-pub type Table = HashMap<Name, Arc<Route>>;
+pub(crate) type Table = HashMap<Name, Arc<Route>>;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RouteError {
+pub(crate) enum RouteError {
     #[error(
         "the name '{name}' is already served by wharf pid {pid}; stop it first (`wharf stop {name}`)"
     )]
@@ -96,7 +96,7 @@ pub enum RouteError {
 
 /// The shared route table. One `watch` channel is its lock, its version and its wake-up;
 /// `arc-swap` would make lookups lock-free but need a writers' lock and a wake-up beside it.
-pub struct Routes {
+pub(crate) struct Routes {
     table: watch::Sender<Arc<Table>>,
 }
 
@@ -109,22 +109,22 @@ impl Default for Routes {
 }
 
 impl Routes {
-    pub fn snapshot(&self) -> Arc<Table> {
+    pub(crate) fn snapshot(&self) -> Arc<Table> {
         self.table.borrow().clone()
     }
 
-    pub fn get(&self, name: &Name) -> Option<Arc<Route>> {
+    pub(crate) fn get(&self, name: &Name) -> Option<Arc<Route>> {
         self.table.borrow().get(name).cloned()
     }
 
     /// A receiver that changes whenever the table does (for requests waiting on a start).
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Table>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Table>> {
         self.table.subscribe()
     }
 
     /// Add or replace `instance` for `owner`. A name held by another live owner is refused;
     /// one whose registering process is dead is taken over.
-    pub fn register(&self, owner: Owner, instance: Instance) -> Result<(), RouteError> {
+    pub(crate) fn register(&self, owner: Owner, instance: Instance) -> Result<(), RouteError> {
         self.update(|table| {
             let (since, requests) = match table.get(&instance.name) {
                 Some(old) if old.owner == owner => (old.since, old.requests.clone()),
@@ -158,7 +158,7 @@ impl Routes {
     }
 
     /// Remove `name` (whoever owns it); returns what was there.
-    pub fn remove(&self, name: &Name) -> Option<Arc<Route>> {
+    pub(crate) fn remove(&self, name: &Name) -> Option<Arc<Route>> {
         let mut removed = None;
         let _ = self.update(|table| {
             removed = table.remove(name);
@@ -168,7 +168,7 @@ impl Routes {
     }
 
     /// Remove every route `owner` registered (its connection closed).
-    pub fn remove_owner(&self, owner: Owner) {
+    pub(crate) fn remove_owner(&self, owner: Owner) {
         let _ = self.update(|table| {
             table.retain(|_, route| route.owner != owner);
             Ok::<_, RouteError>(())
@@ -191,10 +191,10 @@ impl Routes {
 }
 
 /// The alias routes as stored on disk: name → address.
-pub type AliasMap = BTreeMap<Name, SocketAddr>;
+pub(crate) type AliasMap = BTreeMap<Name, SocketAddr>;
 
 /// An alias as a route: an instance with only a main socket, always ready.
-pub fn alias_instance(name: Name, addr: SocketAddr) -> Instance {
+pub(crate) fn alias_instance(name: Name, addr: SocketAddr) -> Instance {
     Instance {
         name,
         pid: 0,

@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// Relay between `client` and `upstream` until both directions have ended, or one has and
 /// `linger` has passed since.
-pub async fn relay<C, U>(client: C, upstream: U, linger: Duration)
+pub(crate) async fn relay<C, U>(client: C, upstream: U, linger: Duration)
 where
     C: AsyncRead + AsyncWrite,
     U: AsyncRead + AsyncWrite,

@@ -12,23 +12,23 @@ use std::path::PathBuf;
 use crate::state::dirs::{DirError, Dirs};
 use crate::sys::trust::Trust;
 
-pub struct Context {
-    pub dirs: Dirs,
+pub(crate) struct Context {
+    pub(crate) dirs: Dirs,
     /// This binary, to run the exec step, the background proxy and supervisors.
-    pub self_exe: PathBuf,
-    pub cwd: PathBuf,
-    pub path_var: Option<OsString>,
+    pub(crate) self_exe: PathBuf,
+    pub(crate) cwd: PathBuf,
+    pub(crate) path_var: Option<OsString>,
     /// `$HOME`, if set.
-    pub home: Option<PathBuf>,
+    pub(crate) home: Option<PathBuf>,
     /// `$XDG_CONFIG_HOME`, else `~/.config`.
-    pub config_home: Option<PathBuf>,
+    pub(crate) config_home: Option<PathBuf>,
     /// Paths allowed by `$WHARF_TRUST` though another user could have written them.
-    pub trust: Trust,
+    pub(crate) trust: Trust,
 }
 
 impl Context {
     /// Read everything through `var` (main passes `std::env::var_os`).
-    pub fn new(
+    pub(crate) fn new(
         var: impl Fn(&str) -> Option<OsString>,
         self_exe: PathBuf,
         cwd: PathBuf,
@@ -49,19 +49,19 @@ impl Context {
     }
 
     /// `~/.config/wharf/config.toml`.
-    pub fn config_file(&self) -> Option<PathBuf> {
+    pub(crate) fn config_file(&self) -> Option<PathBuf> {
         self.config_home
             .as_ref()
             .map(|d| d.join("wharf/config.toml"))
     }
 
     /// `~/.config/systemd/user`.
-    pub fn systemd_user_dir(&self) -> Option<PathBuf> {
+    pub(crate) fn systemd_user_dir(&self) -> Option<PathBuf> {
         self.config_home.as_ref().map(|d| d.join("systemd/user"))
     }
 
     /// `~/Library/LaunchAgents`.
-    pub fn launch_agents_dir(&self) -> Option<PathBuf> {
+    pub(crate) fn launch_agents_dir(&self) -> Option<PathBuf> {
         self.home.as_ref().map(|h| h.join("Library/LaunchAgents"))
     }
 }

@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 /// The two directories wharf owns: `state` survives reboots (sticky ports), `runtime` does not
 /// (sockets, the control socket, locks of live processes).
 #[derive(Clone, Debug)]
-pub struct Dirs {
-    pub state: PathBuf,
-    pub runtime: PathBuf,
+pub(crate) struct Dirs {
+    pub(crate) state: PathBuf,
+    pub(crate) runtime: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum DirError {
+pub(crate) enum DirError {
     #[error("cannot find a home for wharf's state: neither $XDG_STATE_HOME nor $HOME is set")]
     NoHome,
     #[error(
@@ -40,7 +40,7 @@ pub enum DirError {
 impl Dirs {
     /// Resolve the directories from environment variables, read through `var` (main passes
     /// `std::env::var_os`). `WHARF_STATE_DIR`/`WHARF_RUNTIME_DIR` override the XDG defaults.
-    pub fn from_env(var: impl Fn(&str) -> Option<OsString>) -> Result<Dirs, DirError> {
+    pub(crate) fn from_env(var: impl Fn(&str) -> Option<OsString>) -> Result<Dirs, DirError> {
         let nonempty = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
         let state = match nonempty("WHARF_STATE_DIR") {
             Some(dir) => dir,
@@ -64,13 +64,13 @@ impl Dirs {
     }
 
     /// The state directory, created private if missing.
-    pub fn state(&self) -> Result<&Path, DirError> {
+    pub(crate) fn state(&self) -> Result<&Path, DirError> {
         ensure_private_dir(&self.state)?;
         Ok(&self.state)
     }
 
     /// The runtime directory, created private if missing.
-    pub fn runtime(&self) -> Result<&Path, DirError> {
+    pub(crate) fn runtime(&self) -> Result<&Path, DirError> {
         ensure_private_dir(&self.runtime)?;
         Ok(&self.runtime)
     }
@@ -78,7 +78,7 @@ impl Dirs {
 
 /// Create `dir` (and its parents) if needed; then insist it is a real directory owned by us,
 /// and tighten it to 0700 if it was looser.
-pub fn ensure_private_dir(dir: &Path) -> Result<(), DirError> {
+pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), DirError> {
     let create = |source| DirError::Create {
         path: dir.to_path_buf(),
         source,
@@ -113,7 +113,7 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), DirError> {
 }
 
 /// Open (creating if needed) a private file for locking or appending; refuses symlinks.
-pub fn open_private(path: &Path) -> io::Result<File> {
+pub(crate) fn open_private(path: &Path) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -128,7 +128,7 @@ pub fn open_private(path: &Path) -> io::Result<File> {
 
 /// Replace `path` with `bytes` so that readers see the old or the new content, never a mix:
 /// a fresh 0600 temp file beside it (`O_EXCL`, no symlinks), fsync, rename, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
@@ -154,7 +154,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Move a file that cannot be used to `NAME.corrupt-UNIXTIME[-N]` beside it, so the user can
 /// look at it and wharf can start afresh; returns the new path. Never replaces an earlier one.
-pub fn move_aside(path: &Path) -> io::Result<PathBuf> {
+pub(crate) fn move_aside(path: &Path) -> io::Result<PathBuf> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -182,10 +182,10 @@ pub fn move_aside(path: &Path) -> io::Result<PathBuf> {
 }
 
 /// What `move_aside` puts between a file's name and the time: how `doctor` finds them.
-pub const CORRUPT_MARK: &str = ".corrupt-";
+pub(crate) const CORRUPT_MARK: &str = ".corrupt-";
 
 /// Read a private file, refusing to follow a symlink. `Ok(None)` when it does not exist.
-pub fn read_private(path: &Path) -> io::Result<Option<Vec<u8>>> {
+pub(crate) fn read_private(path: &Path) -> io::Result<Option<Vec<u8>>> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)

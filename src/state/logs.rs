@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A log is rotated when it passes this size; one old generation is kept.
-pub const LIMIT: u64 = 1 << 20;
+pub(crate) const LIMIT: u64 = 1 << 20;
 
 /// `state/logs/NAME.log`.
-pub fn path(state_dir: &Path, name: &crate::model::name::Name) -> PathBuf {
+pub(crate) fn path(state_dir: &Path, name: &crate::model::name::Name) -> PathBuf {
     state_dir.join("logs").join(format!("{name}.log"))
 }
 
@@ -27,7 +27,7 @@ fn rotated(path: &Path) -> PathBuf {
 
 /// An append-only, size-bounded log file shared by the supervisor and its server's output.
 #[derive(Clone)]
-pub struct Log {
+pub(crate) struct Log {
     inner: Arc<Mutex<Inner>>,
 }
 
@@ -41,7 +41,7 @@ struct Inner {
 
 /// Open (creating it 0600, never through a symlink) a log file for appending: every writer,
 /// the supervisor's `Log` and its own stderr alike, adds at the end.
-pub fn open_append(path: &Path) -> io::Result<File> {
+pub(crate) fn open_append(path: &Path) -> io::Result<File> {
     // A directory that exists is the user's (`--log /tmp/x.log`, `--log ./x.log`): never
     // tightened. One that is missing is created private, as wharf's own `logs` is.
     if let Some(dir) = path
@@ -61,7 +61,7 @@ pub fn open_append(path: &Path) -> io::Result<File> {
 }
 
 impl Log {
-    pub fn open(path: &Path) -> io::Result<Log> {
+    pub(crate) fn open(path: &Path) -> io::Result<Log> {
         let mut file = open_append(path)?;
         let size = file.seek(SeekFrom::End(0))?;
         let meta = file.metadata()?;
@@ -81,12 +81,12 @@ impl Log {
 
     /// Whether this process's stderr already goes to this log (so a copy there would be a
     /// second one).
-    pub fn is_stderr(&self) -> bool {
+    pub(crate) fn is_stderr(&self) -> bool {
         self.inner.lock().expect("log lock").is_stderr
     }
 
     /// Append `bytes`, rotating first if the file would pass `LIMIT`.
-    pub fn write(&self, bytes: &[u8]) {
+    pub(crate) fn write(&self, bytes: &[u8]) {
         let mut inner = self.inner.lock().expect("log lock");
         if inner.size + bytes.len() as u64 > LIMIT && inner.size > 0 {
             let _ = std::fs::rename(&inner.path, rotated(&inner.path));
@@ -106,7 +106,7 @@ impl Log {
     }
 
     /// Copy a child's output stream into the log until it ends.
-    pub async fn copy_from(self, mut stream: impl tokio::io::AsyncRead + Unpin) {
+    pub(crate) async fn copy_from(self, mut stream: impl tokio::io::AsyncRead + Unpin) {
         use tokio::io::AsyncReadExt;
         let mut buf = vec![0u8; 16 * 1024];
         while let Ok(n @ 1..) = stream.read(&mut buf).await {
@@ -117,7 +117,7 @@ impl Log {
 
 /// Print an instance's log (the rotated part first); with `follow`, keep printing what is
 /// appended until interrupted.
-pub fn show(path: &Path, follow: bool, out: &mut impl Write) -> io::Result<()> {
+pub(crate) fn show(path: &Path, follow: bool, out: &mut impl Write) -> io::Result<()> {
     if let Ok(mut old) = File::open(rotated(path)) {
         io::copy(&mut old, out)?;
     }

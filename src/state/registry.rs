@@ -25,33 +25,33 @@ const LOCK_PATIENCE: Duration = Duration::from_secs(10);
 /// The document stored in `registry.json`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Registry {
+pub(crate) struct Registry {
     /// Last port of each socket of each name: name → socket → port.
     #[serde(default)]
-    pub sticky: BTreeMap<Name, BTreeMap<String, u16>>,
+    pub(crate) sticky: BTreeMap<Name, BTreeMap<String, u16>>,
     /// Ports held right now by a live wharf process.
     #[serde(default)]
-    pub leases: BTreeMap<Name, Lease>,
+    pub(crate) leases: BTreeMap<Name, Lease>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Lease {
+pub(crate) struct Lease {
     /// The `wharf run` process that holds the ports.
-    pub holder: ProcessId,
+    pub(crate) holder: ProcessId,
     /// socket name → port.
-    pub ports: BTreeMap<String, u16>,
+    pub(crate) ports: BTreeMap<String, u16>,
     /// Unix seconds when the lease was taken.
-    pub since: u64,
+    pub(crate) since: u64,
     /// How the main port was chosen, for `wharf up`'s table (absent in leases older wharfs
     /// wrote).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allocation: Option<crate::model::ports::Allocation>,
+    pub(crate) allocation: Option<crate::model::ports::Allocation>,
 }
 
 impl Registry {
     /// The live instance holding `port`, if any.
-    pub fn holder_of(&self, port: u16) -> Option<&Name> {
+    pub(crate) fn holder_of(&self, port: u16) -> Option<&Name> {
         self.leases
             .iter()
             .find(|(_, lease)| lease.ports.values().any(|p| *p == port))
@@ -60,7 +60,7 @@ impl Registry {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
+pub(crate) enum RegistryError {
     #[error("cannot open the registry lock {path}")]
     Open {
         path: PathBuf,
@@ -81,26 +81,26 @@ pub enum RegistryError {
 }
 
 /// The registry in a directory; `lock` gives exclusive access to its contents.
-pub struct Store {
+pub(crate) struct Store {
     dir: PathBuf,
     /// Asked what runs when the file must be rebuilt (a proxy's routes, in practice).
     recover: Option<Box<Recovery>>,
 }
 
 /// The live instances a corrupt registry is rebuilt from; empty when nobody knows.
-pub type Recovery = dyn Fn() -> Vec<Instance> + Send + Sync;
+pub(crate) type Recovery = dyn Fn() -> Vec<Instance> + Send + Sync;
 
 /// Exclusive access to the registry until dropped; `commit` writes changes.
-pub struct Locked {
+pub(crate) struct Locked {
     _lock: File,
     path: PathBuf,
     data: Registry,
     /// Things worth telling the user that did not stop us (a corrupt file moved aside).
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 impl Store {
-    pub fn new(dir: &Path) -> Store {
+    pub(crate) fn new(dir: &Path) -> Store {
         Store {
             dir: dir.to_path_buf(),
             recover: None,
@@ -108,7 +108,7 @@ impl Store {
     }
 
     /// The same store, which rebuilds a corrupt file from the live instances `recover` names.
-    pub fn recovering_from(
+    pub(crate) fn recovering_from(
         self,
         recover: impl Fn() -> Vec<Instance> + Send + Sync + 'static,
     ) -> Store {
@@ -121,7 +121,7 @@ impl Store {
     /// Wait (bounded) for the lock, then load the registry, dropping leases of dead processes.
     /// A file that does not parse is moved aside and replaced by what the proxy knows runs
     /// (or an empty registry without a proxy); `warnings` says so.
-    pub fn lock(&self) -> Result<Locked, RegistryError> {
+    pub(crate) fn lock(&self) -> Result<Locked, RegistryError> {
         let lock_path = self.dir.join(LOCK);
         let lock = dirs::open_private(&lock_path).map_err(|source| RegistryError::Open {
             path: lock_path.clone(),
@@ -229,7 +229,7 @@ impl Store {
 
 impl Locked {
     /// Write the registry back atomically. The lock stays held until drop.
-    pub fn commit(&self) -> Result<(), RegistryError> {
+    pub(crate) fn commit(&self) -> Result<(), RegistryError> {
         let bytes = serde_json::to_vec_pretty(&self.data).expect("registry serialises");
         dirs::write_atomic(&self.path, &bytes).map_err(|source| RegistryError::Io {
             path: self.path.clone(),
@@ -251,7 +251,7 @@ impl DerefMut for Locked {
     }
 }
 
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

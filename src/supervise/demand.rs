@@ -11,14 +11,14 @@ use tokio::io::unix::AsyncFd;
 use crate::sys::socket::BoundSocket;
 
 /// How often an on-demand instance looks at its open connections.
-pub const IDLE_TICK: Duration = Duration::from_secs(1);
+pub(crate) const IDLE_TICK: Duration = Duration::from_secs(1);
 /// Pause between readiness probes.
 const PROBE_PAUSE: Duration = Duration::from_millis(100);
 
 /// Resolves when any of `sockets` has a connection waiting in its accept queue. Nothing is
 /// accepted: the server started next takes it. A fresh registration reports a connection that
 /// is already queued, so none is missed between two waits.
-pub async fn connection_waiting(sockets: &[BoundSocket]) -> std::io::Result<()> {
+pub(crate) async fn connection_waiting(sockets: &[BoundSocket]) -> std::io::Result<()> {
     let mut watchers = Vec::new();
     for b in sockets {
         // The AsyncFd owns what it watches, so it gets a duplicate (close-on-exec: the server
@@ -37,13 +37,13 @@ pub async fn connection_waiting(sockets: &[BoundSocket]) -> std::io::Result<()> 
 }
 
 /// Counts idle time from samples of the open connection count.
-pub struct IdleClock {
+pub(crate) struct IdleClock {
     limit: Duration,
     idle_for: Duration,
 }
 
 impl IdleClock {
-    pub fn new(limit: Duration) -> IdleClock {
+    pub(crate) fn new(limit: Duration) -> IdleClock {
         IdleClock {
             limit,
             idle_for: Duration::ZERO,
@@ -52,7 +52,7 @@ impl IdleClock {
 
     /// One `IDLE_TICK` passed with `open` connections (`None`: unknown, never idle). True once
     /// the instance has been idle for the whole limit.
-    pub fn tick(&mut self, open: Option<usize>) -> bool {
+    pub(crate) fn tick(&mut self, open: Option<usize>) -> bool {
         match open {
             Some(0) => self.idle_for += IDLE_TICK,
             _ => self.idle_for = Duration::ZERO,
@@ -63,7 +63,7 @@ impl IdleClock {
 
 /// What one readiness probe found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Probe {
+pub(crate) enum Probe {
     /// A 2xx or 3xx answer: ready.
     Ready(http::StatusCode),
     /// An answer, but not one that says ready (a 404 while routes load, a 503).
@@ -83,7 +83,7 @@ const PROBE_BODY_LIMIT: usize = 64 * 1024;
 /// Waits a probe pause, then asks `GET path` at `addr` and reads the whole answer, so the
 /// server sees an ordinary client that closes after its response (an abrupt close makes
 /// servers log reset connections). Pending forever when there is nothing to probe.
-pub async fn http_ready(addr: SocketAddr, path: Option<&str>) -> Probe {
+pub(crate) async fn http_ready(addr: SocketAddr, path: Option<&str>) -> Probe {
     let Some(path) = path else {
         return std::future::pending().await;
     };

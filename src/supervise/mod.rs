@@ -45,42 +45,42 @@ use registration::Registration;
 
 /// What `wharf run` was asked to do.
 #[derive(Debug)]
-pub struct RunArgs {
-    pub name: Name,
-    pub mode: Option<Mode>,
-    pub port: Option<u16>,
+pub(crate) struct RunArgs {
+    pub(crate) name: Name,
+    pub(crate) mode: Option<Mode>,
+    pub(crate) port: Option<u16>,
     /// `None`: any free port.
-    pub range: Option<PortRanges>,
+    pub(crate) range: Option<PortRanges>,
     /// Ports never handed out (`[defaults] exclude`).
-    pub exclude: PortRanges,
-    pub sockets: Vec<Name>,
-    pub restart: Restart,
+    pub(crate) exclude: PortRanges,
+    pub(crate) sockets: Vec<Name>,
+    pub(crate) restart: Restart,
     /// Start the server on the first connection; stop it after `idle_timeout` without any.
-    pub on_demand: bool,
-    pub idle_timeout: Option<Duration>,
-    pub ready: Option<Ready>,
+    pub(crate) on_demand: bool,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) ready: Option<Ready>,
     /// Send wharf's and the server's output to this bounded file instead of the terminal.
-    pub log: Option<PathBuf>,
+    pub(crate) log: Option<PathBuf>,
     /// Set by `wharf up`: the wharf.toml entry this instance comes from.
-    pub declared: Option<Declaration>,
+    pub(crate) declared: Option<Declaration>,
     /// Extra environment for the server (wharf.toml's `env`).
-    pub env: Vec<(String, String)>,
-    pub force: bool,
-    pub no_pid: bool,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) force: bool,
+    pub(crate) no_pid: bool,
     /// `PORT` in wharf's own environment, if set: a preference like `--port` when valid.
-    pub inherited_port: Option<String>,
-    pub quiet: bool,
+    pub(crate) inherited_port: Option<String>,
+    pub(crate) quiet: bool,
     /// After a stop signal, how long the server has before it (and everything it started) is
     /// killed.
-    pub stop_grace: Duration,
+    pub(crate) stop_grace: Duration,
     /// Say every port tried and why it was not taken, not just the summary.
-    pub verbose: bool,
-    pub command: Vec<String>,
+    pub(crate) verbose: bool,
+    pub(crate) command: Vec<String>,
 }
 
 /// Run the instance until its server exits for good; returns the exit code for wharf
 /// (the server's, or 128+signal).
-pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
+pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
     let log = match &args.log {
         Some(path) => Some(Log::open(path).with_context(|| format!("opening {}", path.display()))?),
         None => None,

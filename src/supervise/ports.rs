@@ -17,22 +17,22 @@ use crate::sys::socket::{BoundSocket, bind_loopback, local_port};
 /// How long `--force` lets the running instance shut down before killing it.
 const FORCE_GRACE: Duration = Duration::from_secs(5);
 /// What to bind for one instance.
-pub struct Request<'a> {
-    pub name: &'a Name,
+pub(crate) struct Request<'a> {
+    pub(crate) name: &'a Name,
     /// Socket names, `MAIN_SOCKET` first.
-    pub sockets: &'a [String],
+    pub(crate) sockets: &'a [String],
     /// `--port`: tried first for the main socket; 0 means "any free port" for every socket.
-    pub prefer: Option<u16>,
+    pub(crate) prefer: Option<u16>,
     /// Ports to scan; `None` means "any free port".
-    pub range: Option<&'a PortRanges>,
+    pub(crate) range: Option<&'a PortRanges>,
     /// Ports never handed out (`[defaults] exclude`), not even when `--port` names one.
-    pub exclude: &'a PortRanges,
+    pub(crate) exclude: &'a PortRanges,
     /// Replace a running instance of the same name instead of failing.
-    pub force: bool,
+    pub(crate) force: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum AllocError {
+pub(crate) enum AllocError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(
@@ -58,7 +58,7 @@ pub enum AllocError {
 }
 
 /// The lease on an instance's ports; dropping it gives them back (the sticky record stays).
-pub struct LeaseGuard {
+pub(crate) struct LeaseGuard {
     store: Store,
     name: Name,
     holder: ProcessId,
@@ -80,9 +80,9 @@ impl Drop for LeaseGuard {
 
 /// What `allocate` hands back: the sockets, how each port was chosen (same order), the lease.
 pub(crate) struct Allocated {
-    pub sockets: Vec<BoundSocket>,
-    pub how: Vec<Allocation>,
-    pub lease: LeaseGuard,
+    pub(crate) sockets: Vec<BoundSocket>,
+    pub(crate) how: Vec<Allocation>,
+    pub(crate) lease: LeaseGuard,
 }
 
 /// How often `--port 0` asks the OS again when it offers an excluded port.

@@ -9,13 +9,13 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 /// argv[1] that makes `wharf` act as the exec step. Not a user command.
-pub const HELPER_ARG: &str = "__exec";
+pub(crate) const HELPER_ARG: &str = "__exec";
 /// Fds (comma-separated, in order) the exec step must move to 3, 4, …
 const FDS_VAR: &str = "WHARF_EXEC_FDS";
 /// Set when the exec step must write `LISTEN_PID`.
 const SET_PID_VAR: &str = "WHARF_EXEC_SET_PID";
 /// Variables that describe *our* service manager, never the child's.
-pub const SCRUBBED: &[&str] = &[
+pub(crate) const SCRUBBED: &[&str] = &[
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
@@ -27,26 +27,26 @@ pub const SCRUBBED: &[&str] = &[
 ];
 
 /// Everything needed to start the child once.
-pub struct Handoff<'a> {
+pub(crate) struct Handoff<'a> {
     /// This binary, to run the exec step.
-    pub self_exe: &'a Path,
+    pub(crate) self_exe: &'a Path,
     /// The command, placeholders filled in.
-    pub argv: &'a [String],
+    pub(crate) argv: &'a [String],
     /// Extra environment (`WHARF_NAME`, `PORT`, `NOTIFY_SOCKET`, …).
-    pub env: &'a [(String, String)],
+    pub(crate) env: &'a [(String, String)],
     /// fd mode: the sockets in order (fd 3, 4, …) with their `LISTEN_FDNAMES`; empty in env mode.
-    pub fds: &'a [(RawFd, String)],
+    pub(crate) fds: &'a [(RawFd, String)],
     /// Write `LISTEN_PID` (off with `--no-pid`, for servers behind wrapper chains).
-    pub set_pid: bool,
+    pub(crate) set_pid: bool,
     /// Start the server in a process group of its own, so that signals reach everything it
     /// starts (`sh -c` leaves the server a grandchild). Only without a terminal: a background
     /// group could not read one.
-    pub own_group: bool,
+    pub(crate) own_group: bool,
 }
 
 impl Handoff<'_> {
     /// The child's command: wharf's exec step, which ends in the user's command.
-    pub fn command(&self) -> tokio::process::Command {
+    pub(crate) fn command(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(self.self_exe);
         cmd.arg(HELPER_ARG).arg("--").args(self.argv);
         for var in SCRUBBED {
@@ -87,7 +87,11 @@ impl Handoff<'_> {
 
 /// Find `program` the way exec will: a path as is, a bare name through `path_var`.
 /// `None` if there is nothing executable there.
-pub fn resolve_program(program: &str, path_var: Option<OsString>, cwd: &Path) -> Option<PathBuf> {
+pub(crate) fn resolve_program(
+    program: &str,
+    path_var: Option<OsString>,
+    cwd: &Path,
+) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let runnable = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -103,7 +107,7 @@ pub fn resolve_program(program: &str, path_var: Option<OsString>, cwd: &Path) ->
 
 /// The exec step (`wharf __exec -- CMD ARGS…`). Must run before any thread exists: it edits
 /// the environment. Returns only on failure, with the exit code to use (126/127 like shells).
-pub fn exec_step(argv: &[OsString]) -> i32 {
+pub(crate) fn exec_step(argv: &[OsString]) -> i32 {
     let fds: Vec<RawFd> = std::env::var(FDS_VAR)
         .ok()
         .map(|s| s.split(',').filter_map(|f| f.parse().ok()).collect())
@@ -170,7 +174,7 @@ fn place_fds(fds: &[RawFd]) -> io::Result<()> {
 mod imp {
     use std::io;
 
-    pub const FD_DIR: &str = "/proc/self/fd";
+    pub(crate) const FD_DIR: &str = "/proc/self/fd";
 
     /// Ask the kernel to SIGKILL us when wharf dies; if wharf already died, stop here.
     ///
@@ -178,7 +182,7 @@ mod imp {
     /// and then firmly. The death signal only fires when wharf itself was killed outright
     /// (SIGKILL, the OOM killer, a crash), and then nobody is left to follow up a polite signal
     /// the server ignores: it would live on, re-parented, holding the port.
-    pub fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
+    pub(crate) fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
         // SAFETY: prctl and getppid are async-signal-safe.
         unsafe {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
@@ -196,10 +200,10 @@ mod imp {
 mod imp {
     use std::io;
 
-    pub const FD_DIR: &str = "/dev/fd";
+    pub(crate) const FD_DIR: &str = "/dev/fd";
 
     /// No parent-death signal outside Linux: wharf's own shutdown path stops the child.
-    pub fn die_with_parent(_parent: libc::pid_t) -> io::Result<()> {
+    pub(crate) fn die_with_parent(_parent: libc::pid_t) -> io::Result<()> {
         Ok(())
     }
 }

@@ -10,22 +10,22 @@ use crate::sys::socket::BoundSocket;
 
 /// A TCP socket a server listens on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Listener {
+pub(crate) struct Listener {
     /// Its address as the kernel has it: `0.0.0.0` or `[::]` for every interface.
-    pub bound: SocketAddr,
+    pub(crate) bound: SocketAddr,
     /// Where to connect to reach it over loopback.
-    pub connect: SocketAddr,
+    pub(crate) connect: SocketAddr,
 }
 
 impl Listener {
     /// True if it listens on every interface, so other machines can reach it too.
-    pub fn is_exposed(&self) -> bool {
+    pub(crate) fn is_exposed(&self) -> bool {
         self.bound.ip().is_unspecified()
     }
 }
 
 /// The warning for a server bound to `bound` on every interface.
-pub fn exposed_warning(bound: SocketAddr) -> String {
+pub(crate) fn exposed_warning(bound: SocketAddr) -> String {
     format!(
         "{bound} is every interface: other machines on the network can reach this server, not \
          only this one (make it bind 127.0.0.1)"
@@ -35,7 +35,7 @@ pub fn exposed_warning(bound: SocketAddr) -> String {
 /// Sockets on which `root`'s process tree accepts TCP connections that loopback reaches,
 /// lowest port first. `expected` is the port the child was told to use (the only one probed
 /// where `/proc` is missing).
-pub fn listening(root: i32, expected: u16) -> Vec<Listener> {
+pub(crate) fn listening(root: i32, expected: u16) -> Vec<Listener> {
     let mut found = imp::listening(root, expected);
     lowest_first(&mut found);
     found.dedup();
@@ -49,16 +49,16 @@ fn lowest_first(listeners: &mut [Listener]) {
 
 /// Open TCP connections whose local port is one of `ports` (any process), or `None` where
 /// the platform cannot tell. Tells an idle on-demand instance from a busy one.
-pub fn established(ports: &[u16]) -> Option<usize> {
+pub(crate) fn established(ports: &[u16]) -> Option<usize> {
     imp::established(ports)
 }
 
 /// A process that listens on a TCP port.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Holder {
-    pub pid: i32,
+pub(crate) struct Holder {
+    pub(crate) pid: i32,
     /// Its command name (`/proc/PID/comm`).
-    pub command: String,
+    pub(crate) command: String,
 }
 
 impl std::fmt::Display for Holder {
@@ -70,13 +70,13 @@ impl std::fmt::Display for Holder {
 /// Who listens on each of `ports` (any address, any process whose descriptors we may read),
 /// in one pass over `/proc`. Ports with no listener, or one we cannot see (another user's
 /// process when we are not root, or a platform without `/proc`), are absent.
-pub fn holders(ports: &[u16]) -> std::collections::BTreeMap<u16, Holder> {
+pub(crate) fn holders(ports: &[u16]) -> std::collections::BTreeMap<u16, Holder> {
     imp::holders(ports)
 }
 
 /// True if something listens on TCP `port` on any address, as far as the platform tells
 /// (`None` where it cannot).
-pub fn is_listened_on(port: u16) -> Option<bool> {
+pub(crate) fn is_listened_on(port: u16) -> Option<bool> {
     imp::is_listened_on(port)
 }
 
@@ -87,7 +87,7 @@ const ELSEWHERE_GRACE: Duration = Duration::from_secs(3);
 
 /// What a server in fd mode does with the socket it was handed, as far as [`Guard`] can tell.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Nothing settled yet.
     Watching,
     /// It accepted a connection on the handed socket: it serves there.
@@ -102,7 +102,7 @@ pub enum Verdict {
 /// Watches a server started in fd mode: a connection of its own waits on the main socket, and
 /// either the server accepts it (all is well) or the server tree closes the socket or listens
 /// elsewhere, which is what it then serves on.
-pub struct Guard {
+pub(crate) struct Guard {
     /// Inodes of the handed sockets, main first.
     handed: Vec<u64>,
     main: SocketAddr,
@@ -113,7 +113,7 @@ pub struct Guard {
 
 impl Guard {
     /// `None` where the platform cannot see what a process tree holds (no `/proc`).
-    pub fn new(sockets: &[BoundSocket]) -> Option<Guard> {
+    pub(crate) fn new(sockets: &[BoundSocket]) -> Option<Guard> {
         let handed = sockets
             .iter()
             .map(|b| nix::sys::stat::fstat(&b.socket).map(|st| st.st_ino))
@@ -130,7 +130,7 @@ impl Guard {
     }
 
     /// Look at `root`'s tree once.
-    pub fn check(&mut self, root: i32) -> Verdict {
+    pub(crate) fn check(&mut self, root: i32) -> Verdict {
         if self.probe.is_none() {
             // The first connect failed (a full accept queue, a loaded machine): without a
             // probe the server could never be seen accepting, and the guard would read /proc
@@ -217,27 +217,27 @@ mod imp {
     use super::*;
     use std::collections::HashSet;
 
-    pub const LISTEN: u8 = 0x0A;
+    pub(crate) const LISTEN: u8 = 0x0A;
     const ESTABLISHED: u8 = 0x01;
     const TABLES: [&str; 2] = ["/proc/net/tcp", "/proc/net/tcp6"];
 
     /// One line of `/proc/net/tcp{,6}`.
     #[derive(Debug, PartialEq, Eq)]
-    pub struct Row {
-        pub local: SocketAddr,
-        pub remote: SocketAddr,
-        pub state: u8,
+    pub(crate) struct Row {
+        pub(crate) local: SocketAddr,
+        pub(crate) remote: SocketAddr,
+        pub(crate) state: u8,
         /// 0 for a connection still waiting in a listener's accept queue.
-        pub inode: u64,
+        pub(crate) inode: u64,
     }
 
-    pub fn supported() -> bool {
+    pub(crate) fn supported() -> bool {
         true
     }
 
     /// The rows `keep(state, local port)` selects. The tables can hold tens of thousands of
     /// lines (TIME_WAIT after a benchmark), so only those rows are parsed in full.
-    pub fn rows(keep: impl Fn(u8, u16) -> bool) -> Vec<Row> {
+    pub(crate) fn rows(keep: impl Fn(u8, u16) -> bool) -> Vec<Row> {
         TABLES
             .iter()
             .filter_map(|path| std::fs::read_to_string(path).ok())
@@ -245,11 +245,11 @@ mod imp {
             .collect()
     }
 
-    pub fn established(ports: &[u16]) -> Option<usize> {
+    pub(crate) fn established(ports: &[u16]) -> Option<usize> {
         Some(rows(|state, port| state == ESTABLISHED && ports.contains(&port)).len())
     }
 
-    pub fn listening(root: i32, _expected: u16) -> Vec<Listener> {
+    pub(crate) fn listening(root: i32, _expected: u16) -> Vec<Listener> {
         let inodes = socket_inodes(root);
         if inodes.is_empty() {
             return Vec::new();
@@ -257,7 +257,7 @@ mod imp {
         tree_listeners(&rows(|state, _| state == LISTEN), &inodes, &[]).0
     }
 
-    pub fn survey(rows: &[Row], root: i32, handed: &[u64]) -> Survey {
+    pub(crate) fn survey(rows: &[Row], root: i32, handed: &[u64]) -> Survey {
         let inodes = socket_inodes(root);
         let (mut elsewhere, unreachable) = tree_listeners(rows, &inodes, handed);
         lowest_first(&mut elsewhere);
@@ -294,7 +294,7 @@ mod imp {
 
     /// Whether the server side of `probe` (a connection to `server`) was accepted; `None`
     /// while it is not in the tables at all.
-    pub fn accepted(rows: &[Row], probe: &TcpStream, server: SocketAddr) -> Option<bool> {
+    pub(crate) fn accepted(rows: &[Row], probe: &TcpStream, server: SocketAddr) -> Option<bool> {
         let local = probe.local_addr().ok()?;
         rows.iter()
             .find(|r| r.state != LISTEN && r.local == server && r.remote == local)
@@ -327,11 +327,11 @@ mod imp {
             .collect()
     }
 
-    pub fn is_listened_on(port: u16) -> Option<bool> {
+    pub(crate) fn is_listened_on(port: u16) -> Option<bool> {
         Some(!rows(|state, p| state == LISTEN && p == port).is_empty())
     }
 
-    pub fn holders(ports: &[u16]) -> std::collections::BTreeMap<u16, Holder> {
+    pub(crate) fn holders(ports: &[u16]) -> std::collections::BTreeMap<u16, Holder> {
         let mut wanted: std::collections::HashMap<u64, u16> =
             rows(|state, p| state == LISTEN && ports.contains(&p))
                 .into_iter()
@@ -361,7 +361,7 @@ mod imp {
     }
 
     /// The rows of a `/proc/net/tcp{,6}` table that `keep(state, local port)` selects.
-    pub fn parse_table(table: &str, keep: impl Fn(u8, u16) -> bool) -> Vec<Row> {
+    pub(crate) fn parse_table(table: &str, keep: impl Fn(u8, u16) -> bool) -> Vec<Row> {
         table
             .lines()
             .skip(1)
@@ -523,23 +523,23 @@ mod imp {
 mod imp {
     use super::*;
 
-    pub fn supported() -> bool {
+    pub(crate) fn supported() -> bool {
         false
     }
 
-    pub fn established(_ports: &[u16]) -> Option<usize> {
+    pub(crate) fn established(_ports: &[u16]) -> Option<usize> {
         None
     }
 
-    pub fn holders(_ports: &[u16]) -> std::collections::BTreeMap<u16, Holder> {
+    pub(crate) fn holders(_ports: &[u16]) -> std::collections::BTreeMap<u16, Holder> {
         std::collections::BTreeMap::new()
     }
 
-    pub fn is_listened_on(_port: u16) -> Option<bool> {
+    pub(crate) fn is_listened_on(_port: u16) -> Option<bool> {
         None
     }
 
-    pub fn listening(_root: i32, expected: u16) -> Vec<Listener> {
+    pub(crate) fn listening(_root: i32, expected: u16) -> Vec<Listener> {
         [
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -555,19 +555,19 @@ mod imp {
     }
 
     /// Stands in for the `/proc/net/tcp` rows, which only Linux has.
-    pub struct Row;
+    pub(crate) struct Row;
 
-    pub const LISTEN: u8 = 0x0A;
+    pub(crate) const LISTEN: u8 = 0x0A;
 
-    pub fn rows(_keep: impl Fn(u8, u16) -> bool) -> Vec<Row> {
+    pub(crate) fn rows(_keep: impl Fn(u8, u16) -> bool) -> Vec<Row> {
         Vec::new()
     }
 
-    pub fn survey(_rows: &[Row], _root: i32, _handed: &[u64]) -> Survey {
+    pub(crate) fn survey(_rows: &[Row], _root: i32, _handed: &[u64]) -> Survey {
         unreachable!("the guard is never built without /proc")
     }
 
-    pub fn accepted(_rows: &[Row], _probe: &TcpStream, _server: SocketAddr) -> Option<bool> {
+    pub(crate) fn accepted(_rows: &[Row], _probe: &TcpStream, _server: SocketAddr) -> Option<bool> {
         None
     }
 }

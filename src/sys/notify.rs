@@ -12,7 +12,7 @@ use tokio::net::UnixDatagram;
 const MAX_MESSAGE: usize = 4096;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Notice {
+pub(crate) enum Notice {
     Ready,
     Status(String),
     Stopping,
@@ -20,7 +20,7 @@ pub enum Notice {
 }
 
 /// A bound notify socket; the path is removed on drop.
-pub struct NotifySocket {
+pub(crate) struct NotifySocket {
     socket: UnixDatagram,
     path: PathBuf,
 }
@@ -28,7 +28,7 @@ pub struct NotifySocket {
 impl NotifySocket {
     /// Bind a datagram socket at `path` (which must sit in a private directory), replacing a
     /// stale one left by a crashed wharf.
-    pub fn bind(path: &Path) -> io::Result<NotifySocket> {
+    pub(crate) fn bind(path: &Path) -> io::Result<NotifySocket> {
         match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -44,14 +44,17 @@ impl NotifySocket {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The next message's notices, from a sender accepted by `accept(pid)` (pid is `None`
     /// where the platform cannot tell). Oversized and rejected datagrams are dropped; fds
     /// sent along are closed.
-    pub async fn recv(&self, accept: impl Fn(Option<i32>) -> bool) -> io::Result<Vec<Notice>> {
+    pub(crate) async fn recv(
+        &self,
+        accept: impl Fn(Option<i32>) -> bool,
+    ) -> io::Result<Vec<Notice>> {
         loop {
             let (text, pid) = self
                 .socket
@@ -73,7 +76,7 @@ impl Drop for NotifySocket {
 }
 
 /// The notices in one datagram: newline-separated `KEY=VALUE`; unknown keys are ignored.
-pub fn parse(datagram: &str) -> Vec<Notice> {
+pub(crate) fn parse(datagram: &str) -> Vec<Notice> {
     datagram
         .lines()
         .filter_map(|line| match line.split_once('=')? {
@@ -95,12 +98,12 @@ mod imp {
         ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt,
     };
 
-    pub fn pass_credentials(socket: &UnixDatagram) -> io::Result<()> {
+    pub(crate) fn pass_credentials(socket: &UnixDatagram) -> io::Result<()> {
         setsockopt(socket, sockopt::PassCred, &true).map_err(io::Error::from)
     }
 
     /// One datagram: its text (`None` if oversized, truncated or not UTF-8) and sender pid.
-    pub fn recv(fd: std::os::fd::RawFd) -> io::Result<(Option<String>, Option<i32>)> {
+    pub(crate) fn recv(fd: std::os::fd::RawFd) -> io::Result<(Option<String>, Option<i32>)> {
         let mut buf = [0u8; MAX_MESSAGE + 1];
         let mut iov = [IoSliceMut::new(&mut buf)];
         let mut space = nix::cmsg_space!(UnixCredentials, [std::os::fd::RawFd; 16]);
@@ -134,11 +137,11 @@ mod imp {
 mod imp {
     use super::*;
 
-    pub fn pass_credentials(_socket: &UnixDatagram) -> io::Result<()> {
+    pub(crate) fn pass_credentials(_socket: &UnixDatagram) -> io::Result<()> {
         Ok(())
     }
 
-    pub fn recv(fd: std::os::fd::RawFd) -> io::Result<(Option<String>, Option<i32>)> {
+    pub(crate) fn recv(fd: std::os::fd::RawFd) -> io::Result<(Option<String>, Option<i32>)> {
         let mut buf = [0u8; MAX_MESSAGE + 1];
         // SAFETY: reading into a buffer we own, of the length we pass.
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };

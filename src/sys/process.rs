@@ -9,20 +9,20 @@ use nix::unistd::Pid;
 
 /// A process as recorded on disk: its pid and, where the platform tells, when it started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ProcessId {
-    pub pid: i32,
+pub(crate) struct ProcessId {
+    pub(crate) pid: i32,
     /// Start time in clock ticks since boot (Linux `/proc/PID/stat` field 22).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start: Option<u64>,
+    pub(crate) start: Option<u64>,
 }
 
 impl ProcessId {
-    pub fn current() -> ProcessId {
+    pub(crate) fn current() -> ProcessId {
         ProcessId::of(std::process::id() as i32).expect("our own process exists")
     }
 
     /// The process with this pid as it is now; `None` if there is none.
-    pub fn of(pid: i32) -> Option<ProcessId> {
+    pub(crate) fn of(pid: i32) -> Option<ProcessId> {
         if pid <= 0 || !exists(pid) || imp::is_zombie(pid) {
             return None;
         }
@@ -33,7 +33,7 @@ impl ProcessId {
     }
 
     /// True while this very process (not a later one with the same pid) is alive.
-    pub fn is_alive(&self) -> bool {
+    pub(crate) fn is_alive(&self) -> bool {
         match (ProcessId::of(self.pid), self.start) {
             (Some(now), Some(start)) => now.start.is_none_or(|s| s == start),
             (Some(_), None) => true,
@@ -43,12 +43,12 @@ impl ProcessId {
 
     /// SIGTERM, wait up to `grace` for it to go, then SIGKILL and wait a little more.
     /// Returns true if the process is gone.
-    pub fn terminate(&self, grace: Duration) -> bool {
+    pub(crate) fn terminate(&self, grace: Duration) -> bool {
         end_all(std::slice::from_ref(self), Instant::now() + grace).1
     }
 
     /// Send `signal` if this very process is still alive; true if it was.
-    pub fn signal(&self, signal: Signal) -> bool {
+    pub(crate) fn signal(&self, signal: Signal) -> bool {
         let alive = self.is_alive();
         if alive {
             let _ = kill(Pid::from_raw(self.pid), signal);
@@ -59,7 +59,7 @@ impl ProcessId {
 
 /// After a stop signal, how long a server has before it and everything it started are
 /// killed (`wharf stop` and `wharf run` take `$WHARF_STOP_TIMEOUT` instead when set).
-pub const STOP_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// After SIGKILL, how long a process may take to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(2);
@@ -82,12 +82,12 @@ fn wait_all_gone(procs: &[ProcessId], deadline: Instant) -> bool {
 /// Everything a server started, as it is now: `server`, its descendants, and the members of
 /// the process group it leads (which keeps them findable after their parent died). Empty if
 /// all are gone. Outside Linux only `server` itself: there is no cheap way to walk the tree.
-pub fn family_of(server: i32) -> Vec<ProcessId> {
+pub(crate) fn family_of(server: i32) -> Vec<ProcessId> {
     imp::family(server)
 }
 
 /// `a` plus the processes of `b` it does not already hold.
-pub fn union(mut a: Vec<ProcessId>, b: Vec<ProcessId>) -> Vec<ProcessId> {
+pub(crate) fn union(mut a: Vec<ProcessId>, b: Vec<ProcessId>) -> Vec<ProcessId> {
     for p in b {
         if !a.contains(&p) {
             a.push(p);
@@ -98,7 +98,7 @@ pub fn union(mut a: Vec<ProcessId>, b: Vec<ProcessId>) -> Vec<ProcessId> {
 
 /// SIGTERM to each of `procs` still alive, wait until `deadline` for them to go, then SIGKILL
 /// what is left. Returns how many had to be killed and whether all are gone now.
-pub fn end_all(procs: &[ProcessId], deadline: Instant) -> (usize, bool) {
+pub(crate) fn end_all(procs: &[ProcessId], deadline: Instant) -> (usize, bool) {
     procs.iter().for_each(|p| {
         p.signal(Signal::SIGTERM);
     });
@@ -110,13 +110,13 @@ pub fn end_all(procs: &[ProcessId], deadline: Instant) -> (usize, bool) {
 }
 
 /// SIGKILL each of `procs` still alive; returns how many were.
-pub fn kill_all(procs: &[ProcessId]) -> usize {
+pub(crate) fn kill_all(procs: &[ProcessId]) -> usize {
     procs.iter().filter(|p| p.signal(Signal::SIGKILL)).count()
 }
 
 /// How `stop_instance` went.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Stopped {
+pub(crate) enum Stopped {
     /// The supervisor stopped its server and itself within the grace.
     Cleanly,
     /// The supervisor had to be killed, or left processes behind: `killed` were SIGKILLed.
@@ -133,7 +133,11 @@ const SUPERVISOR_MARGIN: Duration = Duration::from_secs(5);
 /// and, after `grace`, firmly. If the supervisor itself does not end in time it is killed,
 /// and whatever is left of the server's process tree (as it was when the stop began) is
 /// killed too, so nothing it started keeps the port.
-pub fn stop_instance(supervisor: ProcessId, server: Option<i32>, grace: Duration) -> Stopped {
+pub(crate) fn stop_instance(
+    supervisor: ProcessId,
+    server: Option<i32>,
+    grace: Duration,
+) -> Stopped {
     let tree = server.map(family_of).unwrap_or_default();
     supervisor.signal(Signal::SIGTERM);
     let mut killed = 0;
@@ -161,7 +165,7 @@ fn exists(pid: i32) -> bool {
 }
 
 /// True if `pid` is `root` or one of its descendants.
-pub fn in_tree(pid: i32, root: i32) -> bool {
+pub(crate) fn in_tree(pid: i32, root: i32) -> bool {
     imp::in_tree(pid, root)
 }
 
@@ -179,20 +183,20 @@ mod imp {
     }
 
     /// An exited process nobody has reaped yet still answers `kill(pid, 0)`.
-    pub fn is_zombie(pid: i32) -> bool {
+    pub(crate) fn is_zombie(pid: i32) -> bool {
         stat_fields(pid).is_some_and(|f| f.first().is_some_and(|s| s == "Z"))
     }
 
-    pub fn start_time(pid: i32) -> Option<u64> {
+    pub(crate) fn start_time(pid: i32) -> Option<u64> {
         // Field 22 overall; index 19 after pid and comm.
         stat_fields(pid)?.get(19)?.parse().ok()
     }
 
-    pub fn parent(pid: i32) -> Option<i32> {
+    pub(crate) fn parent(pid: i32) -> Option<i32> {
         stat_fields(pid)?.get(1)?.parse().ok()
     }
 
-    pub fn in_tree(mut pid: i32, root: i32) -> bool {
+    pub(crate) fn in_tree(mut pid: i32, root: i32) -> bool {
         for _ in 0..64 {
             if pid == root {
                 return true;
@@ -206,13 +210,13 @@ mod imp {
     }
 
     /// Every process whose ancestry reaches `root`, `root` included.
-    pub fn tree(root: i32) -> Vec<i32> {
+    pub(crate) fn tree(root: i32) -> Vec<i32> {
         descendants(vec![root], &table())
     }
 
     /// `root`'s tree plus the members of the process group numbered `root`, and their trees;
     /// zombies and processes gone meanwhile left out. One look at each process's stat.
-    pub fn family(root: i32) -> Vec<ProcessId> {
+    pub(crate) fn family(root: i32) -> Vec<ProcessId> {
         let table = table();
         let mut seeds = vec![root];
         seeds.extend(
@@ -289,27 +293,27 @@ mod imp {
 mod imp {
     use super::ProcessId;
 
-    pub fn start_time(_pid: i32) -> Option<u64> {
+    pub(crate) fn start_time(_pid: i32) -> Option<u64> {
         None
     }
 
-    pub fn is_zombie(_pid: i32) -> bool {
+    pub(crate) fn is_zombie(_pid: i32) -> bool {
         false
     }
 
-    pub fn in_tree(_pid: i32, _root: i32) -> bool {
+    pub(crate) fn in_tree(_pid: i32, _root: i32) -> bool {
         // Without /proc we cannot walk the tree cheaply; the notify socket's 0700 directory
         // already limits senders to our own uid.
         true
     }
 
-    pub fn family(root: i32) -> Vec<ProcessId> {
+    pub(crate) fn family(root: i32) -> Vec<ProcessId> {
         ProcessId::of(root).into_iter().collect()
     }
 }
 
 #[cfg(target_os = "linux")]
-pub use imp::tree;
+pub(crate) use imp::tree;
 
 #[cfg(test)]
 mod tests {

@@ -8,21 +8,21 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// A bound, listening socket on 127.0.0.1, blocking, close-on-exec.
 #[derive(Debug)]
-pub struct BoundSocket {
-    pub name: String,
-    pub port: u16,
-    pub socket: Socket,
+pub(crate) struct BoundSocket {
+    pub(crate) name: String,
+    pub(crate) port: u16,
+    pub(crate) socket: Socket,
 }
 
 impl BoundSocket {
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port))
     }
 }
 
 /// Bind and listen on 127.0.0.1:`port` with the full backlog. The socket is blocking (as systemd
 /// hands sockets over) and close-on-exec (only the handoff step passes it on).
-pub fn bind_loopback(port: u16) -> io::Result<Socket> {
+pub(crate) fn bind_loopback(port: u16) -> io::Result<Socket> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into())?;
@@ -30,7 +30,7 @@ pub fn bind_loopback(port: u16) -> io::Result<Socket> {
     Ok(socket)
 }
 
-pub fn local_port(socket: &Socket) -> io::Result<u16> {
+pub(crate) fn local_port(socket: &Socket) -> io::Result<u16> {
     socket
         .local_addr()?
         .as_socket()
@@ -40,7 +40,7 @@ pub fn local_port(socket: &Socket) -> io::Result<u16> {
 
 /// The kernel's cap on listen backlogs: asking for less would make bursts of connections wait
 /// for SYN retries while an instance (re)starts. Rust's std asks for only 128.
-pub fn backlog() -> i32 {
+pub(crate) fn backlog() -> i32 {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .ok()
         .and_then(|s| s.trim().parse().ok())

@@ -7,7 +7,7 @@ use std::io::{self, Write as _};
 
 /// Write `text` to stdout and flush it. The error keeps its kind (see `is_broken_pipe`) and
 /// says it was stdout that failed.
-pub fn out(text: &str) -> io::Result<()> {
+pub(crate) fn out(text: &str) -> io::Result<()> {
     let mut stdout = io::stdout().lock();
     stdout
         .write_all(text.as_bytes())
@@ -17,18 +17,18 @@ pub fn out(text: &str) -> io::Result<()> {
 
 /// A line of progress on stdout while a command changes things (`install`, `up`): the work
 /// must not stop halfway because nobody reads any more, so errors are dropped.
-pub fn progress(text: &str) {
+pub(crate) fn progress(text: &str) {
     let _ = out(text);
 }
 
 /// Write `text` to stderr if it is still there.
-pub fn err(text: &str) {
+pub(crate) fn err(text: &str) {
     let _ = io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// `rows` as lines of left-aligned columns two spaces apart, each column as wide as its
 /// widest cell (`wharf ls`, `wharf up`'s summary).
-pub fn columns<R: AsRef<[String]>>(rows: &[R]) -> Vec<String> {
+pub(crate) fn columns<R: AsRef<[String]>>(rows: &[R]) -> Vec<String> {
     let mut widths: Vec<usize> = Vec::new();
     for row in rows {
         for (i, cell) in row.as_ref().iter().enumerate() {
@@ -77,7 +77,7 @@ macro_rules! errln {
 
 /// True if `e` (or what caused it) is a write to a pipe nobody reads any more: the reader has
 /// what it wanted, so the command ends quietly and successfully.
-pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
         cause
             .downcast_ref::<io::Error>()

@@ -15,12 +15,12 @@ use nix::unistd::{Group, Uid, User};
 const STICKY: u32 = 0o1000;
 
 /// The environment variable that allows paths for one command (`:`-separated, like `PATH`).
-pub const ENV: &str = "WHARF_TRUST";
+pub(crate) const ENV: &str = "WHARF_TRUST";
 
 /// Paths the user allowed whatever their owner or mode. An entry allows itself and everything
 /// below it; `*` allows everything.
 #[derive(Clone, Debug, Default)]
-pub struct Trust {
+pub(crate) struct Trust {
     allowed: Vec<PathBuf>,
     /// Where more paths may be allowed (`[trust] paths`), for the hint; `None` while
     /// config.toml itself is being read.
@@ -28,7 +28,7 @@ pub struct Trust {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum TrustError {
+pub(crate) enum TrustError {
     #[error("cannot read {path}")]
     Read {
         path: PathBuf,
@@ -48,14 +48,14 @@ pub enum TrustError {
 
 impl TrustError {
     /// The file does not exist (as opposed to existing and being refused or unreadable).
-    pub fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         matches!(self, TrustError::Read { source, .. } if source.kind() == io::ErrorKind::NotFound)
     }
 }
 
 impl Trust {
     /// The paths in `$WHARF_TRUST` (`None` or empty: none).
-    pub fn from_env(value: Option<&OsStr>) -> Trust {
+    pub(crate) fn from_env(value: Option<&OsStr>) -> Trust {
         Trust {
             allowed: value
                 .map(|v| std::env::split_paths(v).filter(|p| !p.as_os_str().is_empty()))
@@ -69,7 +69,7 @@ impl Trust {
     /// Everything allowed: for commands that run nothing of what they read (`wharf down` only
     /// stops what was started from the file), where refusing would only keep the user from
     /// stopping their own instances.
-    pub fn anything() -> Trust {
+    pub(crate) fn anything() -> Trust {
         Trust {
             allowed: vec![PathBuf::from("*")],
             config_file: None,
@@ -77,7 +77,7 @@ impl Trust {
     }
 
     /// These paths allowed as well: `[trust] paths` of `config_file`.
-    pub fn with_config(&self, paths: &[PathBuf], config_file: &Path) -> Trust {
+    pub(crate) fn with_config(&self, paths: &[PathBuf], config_file: &Path) -> Trust {
         Trust {
             allowed: self.allowed.iter().chain(paths).cloned().collect(),
             config_file: Some(config_file.to_path_buf()),
@@ -85,7 +85,7 @@ impl Trust {
     }
 
     /// Read `path` if it may be trusted; returns its real path (symlinks resolved) and text.
-    pub fn read(&self, path: &Path) -> Result<(PathBuf, String), TrustError> {
+    pub(crate) fn read(&self, path: &Path) -> Result<(PathBuf, String), TrustError> {
         let read_err = |source| TrustError::Read {
             path: path.to_path_buf(),
             source,

@@ -36,7 +36,7 @@ use crate::proxy::upstream::idle::{self, Fit, Idle};
 
 /// Which connection a request may go on.
 #[derive(Clone, Copy)]
-pub enum Connection {
+pub(crate) enum Connection {
     /// An idle one if there is one, else a new one.
     Any,
     /// A new one: a retry after a pooled connection failed.
@@ -80,7 +80,7 @@ impl Idle for Waiting {
 }
 
 /// hyper's idle connections to instances.
-pub struct Pool {
+pub(crate) struct Pool {
     idle: idle::Pool<Waiting>,
     /// New connections are opened under it.
     budget: Budget,
@@ -91,7 +91,7 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(budget: Budget, limits: &Limits) -> Pool {
+    pub(crate) fn new(budget: Budget, limits: &Limits) -> Pool {
         Pool {
             idle: idle::Pool::new(limits.http1_idle_per_addr),
             budget,
@@ -102,7 +102,7 @@ impl Pool {
 
     /// Send `req` (in origin form) to `addr` on an idle connection, or a new one. The
     /// response's body gives the connection back when it ends.
-    pub async fn send(
+    pub(crate) async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
         req: Request<ProxyBody>,
@@ -157,7 +157,7 @@ impl Pool {
 
     /// Close connections idle too long or closed by their server (a busy one that never
     /// becomes ready ages out too).
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         self.idle.sweep();
     }
 }

@@ -59,7 +59,7 @@ enum Routed {
 }
 
 /// The proxy's request handler, shared by every connection.
-pub struct Forwarder {
+pub(crate) struct Forwarder {
     pub(crate) routes: Arc<Routes>,
     /// hyper's HTTP/1.1 connections to instances, for requests the express lane does not carry.
     http1: Arc<http1::Pool>,
@@ -81,7 +81,7 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(
+    pub(crate) fn new(
         routes: Arc<Routes>,
         list: Box<dyn Fn() -> Vec<crate::control::protocol::Listed> + Send + Sync>,
         limits: Limits,
@@ -109,7 +109,7 @@ impl Forwarder {
     }
 
     /// The same, with error pages pointing at the dashboard on the proxy's `port`.
-    pub fn with_dashboard_port(self, port: u16) -> Forwarder {
+    pub(crate) fn with_dashboard_port(self, port: u16) -> Forwarder {
         Forwarder {
             dashboard: crate::model::instance::dashboard_url(port),
             ..self
@@ -117,22 +117,22 @@ impl Forwarder {
     }
 
     /// The same, with the express lane on or off (`[proxy] express`).
-    pub fn with_express(self, express: bool) -> Forwarder {
+    pub(crate) fn with_express(self, express: bool) -> Forwarder {
         Forwarder { express, ..self }
     }
 
     /// The descriptor budget connections are admitted and opened under.
-    pub fn budget(&self) -> &Budget {
+    pub(crate) fn budget(&self) -> &Budget {
         &self.budget
     }
 
     /// The limits and deadlines connections and requests are kept to.
-    pub fn limits(&self) -> &Limits {
+    pub(crate) fn limits(&self) -> &Limits {
         &self.limits
     }
 
     /// Close idle upstream connections that are too old or that their server closed.
-    pub fn sweep_idle(&self) {
+    pub(crate) fn sweep_idle(&self) {
         self.pool.sweep();
         self.http1.sweep();
     }
@@ -148,7 +148,7 @@ impl Forwarder {
 
     /// Answer one request. `exempt` turns the connection's HTTP write deadline off once it
     /// becomes a WebSocket.
-    pub async fn handle(
+    pub(crate) async fn handle(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,

@@ -64,7 +64,7 @@ impl Default for Decoder {
 }
 
 impl Decoder {
-    pub fn new(limits: &Limits) -> Decoder {
+    pub(crate) fn new(limits: &Limits) -> Decoder {
         Decoder {
             state: State::Size { size: 0, digits: 0 },
             max_line: limits.chunk_line,

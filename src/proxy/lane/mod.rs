@@ -52,7 +52,7 @@ const BODY_BUF: usize = 64 * 1024;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How the lane left a client connection.
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Served and closed (or the client went away).
     Closed,
     /// hyper serves the rest, in this protocol: the connection and what was read from it but
@@ -62,14 +62,14 @@ pub enum Outcome {
 
 /// What hyper is to speak on a connection the lane hands over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     Http1,
     /// The client sent HTTP/2's preface (all of it, in what was read).
     Http2,
 }
 
 /// Serve `client` for as long as its requests fit the lane.
-pub async fn serve(
+pub(crate) async fn serve(
     client: TcpStream,
     peer: SocketAddr,
     forwarder: &Forwarder,
@@ -411,13 +411,13 @@ impl Lane<'_> {
 /// is a reader only, and hyper needs one object that reads and writes; `tokio::io::join` of
 /// that with a write half needs `TcpStream::into_split` (an `Arc` per connection, and a write
 /// half that shuts the socket down when dropped). hyper's own `Rewind` is private.
-pub struct Replay<S> {
+pub(crate) struct Replay<S> {
     buffered: BytesMut,
     inner: S,
 }
 
 impl<S> Replay<S> {
-    pub fn new(buffered: BytesMut, inner: S) -> Self {
+    pub(crate) fn new(buffered: BytesMut, inner: S) -> Self {
         Replay { buffered, inner }
     }
 }

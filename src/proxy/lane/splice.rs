@@ -17,7 +17,7 @@ use crate::proxy::lane::{client_gone, went_away};
 const CHUNK: usize = 64 * 1024;
 
 /// A pipe, opened for one body.
-pub struct Pipe {
+pub(crate) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     /// Its two descriptors' share of the budget (dropped after them).
@@ -26,7 +26,7 @@ pub struct Pipe {
 
 impl Pipe {
     /// None when no pipe can be had (no two descriptors to spare, or not Linux): copy instead.
-    pub fn open(budget: &Budget) -> Option<Pipe> {
+    pub(crate) fn open(budget: &Budget) -> Option<Pipe> {
         #[cfg(target_os = "linux")]
         {
             use nix::fcntl::OFlag;
@@ -47,7 +47,7 @@ impl Pipe {
 
     /// Move `len` bytes from `from` to `to`. False when `from` ended first. Fails when the
     /// client goes away, or stops reading for `stall` (`Limits::write_stall`).
-    pub async fn relay(
+    pub(crate) async fn relay(
         &self,
         from: &TcpStream,
         to: &TcpStream,

@@ -8,13 +8,13 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// A connection that can wait in a `Pool`.
-pub trait Idle {
+pub(crate) trait Idle {
     /// Whether it can carry a request now. Asked once per look: finding out may read from the
     /// connection.
     fn fit(&self) -> Fit;
 }
 
-pub enum Fit {
+pub(crate) enum Fit {
     Ready,
     /// Still finishing its last exchange: passed over for now, kept for later.
     Busy,
@@ -22,14 +22,14 @@ pub enum Fit {
     Done,
 }
 
-pub struct Pool<T> {
+pub(crate) struct Pool<T> {
     idle: Mutex<HashMap<SocketAddr, Vec<T>>>,
     /// Idle connections kept per address; more at once are closed.
     max_per_addr: usize,
 }
 
 impl<T: Idle> Pool<T> {
-    pub fn new(max_per_addr: usize) -> Pool<T> {
+    pub(crate) fn new(max_per_addr: usize) -> Pool<T> {
         Pool {
             idle: Mutex::default(),
             max_per_addr,
@@ -43,7 +43,7 @@ impl<T: Idle> Pool<T> {
 
     /// The most recently used connection to `addr` that is ready, if any. Those found done on
     /// the way are closed.
-    pub fn take(&self, addr: SocketAddr) -> Option<T> {
+    pub(crate) fn take(&self, addr: SocketAddr) -> Option<T> {
         let mut idle = self.idle();
         let list = idle.get_mut(&addr)?;
         for i in (0..list.len()).rev() {
@@ -56,7 +56,7 @@ impl<T: Idle> Pool<T> {
         None
     }
 
-    pub fn put(&self, addr: SocketAddr, conn: T) {
+    pub(crate) fn put(&self, addr: SocketAddr, conn: T) {
         let mut idle = self.idle();
         let list = idle.entry(addr).or_default();
         if list.len() >= self.max_per_addr {
@@ -68,7 +68,7 @@ impl<T: Idle> Pool<T> {
     }
 
     /// Close the connections that are done.
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         let mut idle = self.idle();
         for list in idle.values_mut() {
             list.retain(|conn| !matches!(conn.fit(), Fit::Done));
@@ -77,7 +77,7 @@ impl<T: Idle> Pool<T> {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.idle().values().map(Vec::len).sum()
     }
 }

@@ -33,7 +33,7 @@ use crate::proxy::upstream::idle::{Fit, Idle};
 /// Connect to `addr` with a descriptor from `budget`, failing after `within`
 /// (`Limits::upstream_connect`), or at once with `OutOfFds` (inside the `io::Error`) when the
 /// budget has none to spare.
-pub async fn open(
+pub(crate) async fn open(
     addr: SocketAddr,
     budget: &Budget,
     within: std::time::Duration,
@@ -47,20 +47,20 @@ pub async fn open(
 
 /// One connection to an instance.
 #[derive(Debug)]
-pub struct Upstream {
-    pub stream: TcpStream,
-    pub addr: SocketAddr,
+pub(crate) struct Upstream {
+    pub(crate) stream: TcpStream,
+    pub(crate) addr: SocketAddr,
     /// When its last response ended.
-    pub idle_since: Instant,
+    pub(crate) idle_since: Instant,
     /// How long it may stay idle and still be reused (`Limits::upstream_idle`).
-    pub max_idle: std::time::Duration,
+    pub(crate) max_idle: std::time::Duration,
     /// Its descriptor's share of the budget.
     _fds: Fds,
 }
 
 impl Upstream {
     /// Connect (see `open`).
-    pub async fn connect(
+    pub(crate) async fn connect(
         addr: SocketAddr,
         budget: &Budget,
         limits: &Limits,
@@ -79,14 +79,14 @@ impl Upstream {
     /// with Nagle's algorithm on that writes its head and body separately (werkzeug, wsgiref,
     /// http.server) holds the body until that ACK, and on a reused connection Linux delays it:
     /// 40 ms on every response. Called only when a response did not arrive in one read.
-    pub fn ack_now(&self) {
+    pub(crate) fn ack_now(&self) {
         #[cfg(target_os = "linux")]
         let _ = socket2::SockRef::from(&self.stream).set_tcp_quickack(true);
     }
 
     /// Fit to carry another request: not idle too long, and nothing (no EOF, no stray bytes)
     /// waiting to be read. The check costs no system call unless the socket became readable.
-    pub fn reusable(&self) -> bool {
+    pub(crate) fn reusable(&self) -> bool {
         if self.idle_since.elapsed() >= self.max_idle {
             return false;
         }
@@ -112,14 +112,14 @@ impl Idle for Upstream {
 /// How hyper-util's client (gRPC's h2c) connects: with `open`, to the socket address the
 /// request's URI names (a route's authority is one).
 #[derive(Clone)]
-pub struct Connector {
+pub(crate) struct Connector {
     budget: Budget,
     /// How long a connect may take.
     within: std::time::Duration,
 }
 
 impl Connector {
-    pub fn new(budget: Budget, within: std::time::Duration) -> Connector {
+    pub(crate) fn new(budget: Budget, within: std::time::Duration) -> Connector {
         Connector { budget, within }
     }
 }
