@@ -25,7 +25,7 @@ impl fmt::Display for Mode {
 /// The chosen mode, the command to run (with any options wharf adds, placeholders not yet
 /// filled in) and a sentence saying why.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Plan {
+pub(crate) struct Launch {
     pub(crate) mode: Mode,
     pub(crate) argv: Vec<String>,
     pub(crate) reason: String,
@@ -362,14 +362,14 @@ pub(crate) fn choose(
     source: Source,
     argv: &[String],
     scripts: &BTreeMap<String, String>,
-) -> Plan {
+) -> Launch {
     let found = find_server(argv, scripts);
     let asked = match (forced, on_demand) {
         (Some(mode), _) => Some((mode, source.asked(mode))),
         (None, true) => Some((Mode::Fd, source.on_demand())),
         (None, false) => None,
     };
-    let plain = |mode, reason: String| Plan {
+    let plain = |mode, reason: String| Launch {
         mode,
         argv: argv.to_vec(),
         listen_pid: found.fork.is_none(),
@@ -492,7 +492,7 @@ pub(crate) fn choose(
              offers it)"
         ));
     }
-    Plan {
+    Launch {
         mode,
         argv: out,
         reason,
@@ -767,11 +767,11 @@ mod tests {
         s.split_whitespace().map(String::from).collect()
     }
 
-    fn choose_as(forced: Option<Mode>, on_demand: bool, source: Source, s: &str) -> Plan {
+    fn choose_as(forced: Option<Mode>, on_demand: bool, source: Source, s: &str) -> Launch {
         choose(forced, on_demand, source, &words(s), &BTreeMap::new())
     }
 
-    fn choose_str(s: &str) -> Plan {
+    fn choose_str(s: &str) -> Launch {
         choose_as(None, false, Source::CommandLine, s)
     }
 

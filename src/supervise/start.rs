@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 
 use super::RunArgs;
 use super::output::Output;
-use crate::model::mode::{self, Mode, Plan};
+use crate::model::mode::{self, Launch, Mode};
 use crate::model::ports::MAIN_SOCKET;
 use crate::model::project::Ready;
 use crate::state::context::Context;
@@ -25,7 +25,7 @@ pub(super) fn plan(
     args: &RunArgs,
     source: mode::Source<'_>,
     out: &Output,
-) -> anyhow::Result<Plan> {
+) -> anyhow::Result<Launch> {
     let plan = mode::choose(
         args.mode,
         args.on_demand,
@@ -88,7 +88,7 @@ pub(super) struct Server {
 /// `NOTIFY_SOCKET`, each socket's port, and `HOST` in env mode).
 pub(super) fn environment(
     args: &RunArgs,
-    plan: &Plan,
+    plan: &Launch,
     bound: &[BoundSocket],
     url: &str,
     notify: &NotifySocket,
@@ -128,7 +128,7 @@ impl Server {
     pub(super) fn new(
         ctx: &Context,
         args: &RunArgs,
-        plan: &Plan,
+        plan: &Launch,
         argv: Vec<String>,
         bound: &[BoundSocket],
         env: Vec<(String, String)>,
