@@ -10,7 +10,8 @@
 //!   takes hyper's path, `forward`. Both route by `routes`, follow one rulebook, `rules`,
 //!   and reach instances over `upstream` connections.
 //! - Upgraded connections become a `tunnel`; answers wharf gives itself are `pages`; why a
-//!   request failed is a `errors::ProxyError`; bodies on both sides are `body::ProxyBody`.
+//!   request failed is an `errors::ProxyError`; bodies on both sides are `body::ProxyBody`.
+//! - `control` is the proxy's end of the control socket: it changes `routes`.
 
 pub(crate) mod accept;
 pub(crate) mod body;
