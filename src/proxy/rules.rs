@@ -223,6 +223,14 @@ pub(crate) fn may_send_again(repeatable: bool, reused: bool, answered: bool) -> 
     repeatable && reused && !answered
 }
 
+/// Whether a client connection stays open after the proxy's own error answer (a 502, say)
+/// to a request it would otherwise keep open (`keep_alive`): not if the request's body was not
+/// all read (`body_unread`), for what follows on the connection is the rest of that body, never
+/// a request. The answer then says `connection: close`.
+pub(crate) fn open_after_error(keep_alive: bool, body_unread: bool) -> bool {
+    keep_alive && !body_unread
+}
+
 /// Why a response with `status` is refused (502), if it is: a 101 to a request that did not
 /// ask for an upgrade (`asked`: a WebSocket's), which would leave the connection speaking
 /// something else.
@@ -436,6 +444,9 @@ mod tests {
         assert!(!may_send_again(true, true, true));
         assert!(!may_send_again(true, false, false));
         assert!(!may_send_again(false, true, false));
+        assert!(open_after_error(true, false));
+        assert!(!open_after_error(true, true));
+        assert!(!open_after_error(false, false));
         assert!(unasked_switch(101, false).is_some());
         assert!(unasked_switch(101, true).is_none());
         assert!(unasked_switch(200, false).is_none());

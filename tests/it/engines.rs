@@ -534,8 +534,6 @@ same_on_both! {
     an_unasked_101_is_a_502: ANSWERS_101 => [get("")],
     // Nobody listens: a 502, and a body the proxy did not read never reads as a request.
     nobody_listening_is_a_502: NOBODY => [get(""), get("")],
-    #[ignore = "issue 15: both close after the 502; the lane's says `connection: close`, \
-                hyper's does not"]
     a_body_nobody_took_closes_the_connection: NOBODY => [
         post("", "GET /hidden HTTP/1.1\r\nHost: twin.localhost\r\n\r\n"),
         get(""),

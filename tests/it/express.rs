@@ -560,8 +560,6 @@ h1test!(
 
 h1test!(
     a_request_body_never_reaches_anyone_as_a_request,
-    hyper: #[ignore = "issue 15: hyper's 502 before the body was read closes the connection \
-                       but does not say `connection: close`"],
     |sb: Sandbox| {
         let p = sb.serve("inner", &[]);
         let port = p.url_port();

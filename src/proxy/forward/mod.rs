@@ -48,6 +48,44 @@ struct SendError {
     source: BoxError,
 }
 
+/// What forwarding a request sets for its client connection's handler.
+struct Signals<'a> {
+    /// Set once the connection becomes a WebSocket: its HTTP write deadline is off.
+    exempt: &'a Arc<AtomicBool>,
+    /// For an HTTP/1 request with a body: set once the body has been read to its end.
+    body_ended: Option<Arc<AtomicBool>>,
+}
+
+/// A request body that notes when it has been read to its end.
+struct Watched<B> {
+    body: B,
+    ended: Arc<AtomicBool>,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Watched<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let poll = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(poll, std::task::Poll::Ready(None)) || self.body.is_end_stream() {
+            self.ended.store(true, Ordering::Relaxed);
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// What a request asked for, once checked.
 enum Routed {
     Dashboard,
@@ -166,7 +204,28 @@ impl Forwarder {
             // Boxed: its state is kilobytes, and HTTP/2 moves a stream's future several times
             // (into its task, and out again when done).
             Ok(Routed::Instance { route, sub, host }) => {
-                Box::pin(self.forward(req, route, sub, host, peer, exempt)).await
+                // An HTTP/1 request body is watched to its end: an error answered before it
+                // closes the connection, as the lane's does (`rules::open_after_error`).
+                let ended = (req.version() < Version::HTTP_2 && !req.body().is_end_stream())
+                    .then(|| Arc::new(AtomicBool::new(false)));
+                let signals = Signals {
+                    exempt,
+                    body_ended: ended.clone(),
+                };
+                let forwarded = Box::pin(self.forward(req, route, sub, host, peer, signals));
+                match forwarded.await {
+                    Ok(response) => return response,
+                    Err(e) => {
+                        let unread = ended.is_some_and(|ended| !ended.load(Ordering::Relaxed));
+                        let mut page = self.error_page(&e);
+                        if !rules::open_after_error(true, unread) {
+                            // hyper closes the connection after an answer that says so.
+                            page.headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        }
+                        return page;
+                    }
+                }
             }
             Err(e) => Err(e),
         };
@@ -246,8 +305,9 @@ impl Forwarder {
         sub: Option<Name>,
         host: HeaderValue,
         peer: SocketAddr,
-        exempt: &Arc<AtomicBool>,
+        signals: Signals<'_>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let Signals { exempt, body_ended } = signals;
         if route.failed() {
             return Err(ProxyError::Failed(route.instance.name.clone()));
         }
@@ -292,7 +352,11 @@ impl Forwarder {
             body.map_err(|e| BoxError::from(ClientBodyError(e)))
                 .boxed_unsync()
         } else {
-            IdleBody::new(body.map_err(ClientBodyError), self.limits.body_idle).boxed_unsync()
+            let body = IdleBody::new(body.map_err(ClientBodyError), self.limits.body_idle);
+            match body_ended {
+                Some(ended) => Watched { body, ended }.boxed_unsync(),
+                None => body.boxed_unsync(),
+            }
         };
         // A pooled connection the server closed just as we reused it fails before any answer;
         // requests that can be repeated safely get one more try.

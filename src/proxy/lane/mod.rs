@@ -224,9 +224,8 @@ impl Lane<'_> {
         let (mut up, answer) = match self.send(plan).await? {
             Ok(sent) => sent,
             Err(e) => {
-                // Answered before the body was all read: what follows on the connection is
-                // the rest of that body, never a request. It closes.
-                let keep_alive = plan.keep_alive && self.unread == 0;
+                // Answered before the body was all read: the connection closes.
+                let keep_alive = rules::open_after_error(plan.keep_alive, self.unread > 0);
                 self.write_error(&e, plan.head, keep_alive).await?;
                 if self.unread > 0 {
                     linger(&mut self.client, self.forwarder.limits.linger).await;
