@@ -69,6 +69,20 @@ pub(crate) enum ProxyError {
     ClientBody(#[source] BoxError),
 }
 
+/// What an instance that closed the connection before a response head is said to have done
+/// (`ProxyError::Unreachable`), in the words both HTTP/1.1 paths give.
+pub(crate) const CLOSED_UNANSWERED: &str = "closed the connection without answering";
+
+/// Why an instance's response head is refused (`ProxyError::BadResponse`), in the words both
+/// HTTP/1.1 paths give: only kinds hyper's client can tell apart too.
+pub(crate) mod invalid {
+    pub(crate) const MALFORMED: &str = "malformed response head";
+    pub(crate) const STATUS: &str = "invalid status code";
+    pub(crate) const TOO_LARGE: &str = "response head too large";
+    /// Not a number, or two that differ: hyper's client does not tell which.
+    pub(crate) const CONTENT_LENGTH: &str = "invalid Content-Length";
+}
+
 impl From<&ProxyError> for StatusCode {
     fn from(e: &ProxyError) -> StatusCode {
         match e {

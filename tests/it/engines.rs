@@ -524,8 +524,6 @@ same_on_both! {
     // Retries: a reused connection the instance had closed is tried again, once, for a
     // request that can be repeated; never for one that cannot.
     a_get_on_a_connection_the_instance_closed_is_sent_again: CLOSES_REUSED => [get(""), get("")],
-    #[ignore = "issue 15: the 502 page gives the lane's reason (closed the connection without \
-                answering) or hyper's (connection closed before message completed)"]
     a_post_on_a_connection_the_instance_closed_is_not_sent_again: CLOSES_REUSED => [
         get(""),
         req("POST", "/", ""),
@@ -555,11 +553,7 @@ same_on_both! {
     #[ignore = "issue 15: an HTTP/1.0 answer reaches the client as `HTTP/1.1 200 OK` with \
                 `connection: close` through the lane, as `HTTP/1.0 200 OK` without it through hyper"]
     response_http10_until_close: FRAMINGS => [req("GET", "/close", "")],
-    #[ignore = "issue 15: the 502 page gives the lane's reason (sent an invalid response: \
-                malformed response head) or hyper's (is not answering: invalid HTTP version parsed)"]
     an_answer_that_is_not_http_is_a_502: FRAMINGS => [req("GET", "/garbage", "")],
-    #[ignore = "issue 15: the 502 page gives the lane's reason (sent an invalid response: \
-                conflicting Content-Length) or hyper's (is not answering: invalid content-length parsed)"]
     conflicting_lengths_are_a_502: FRAMINGS => [req("GET", "/conflict", "")],
 }
 

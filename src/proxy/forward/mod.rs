@@ -23,7 +23,7 @@ use crate::model::name::Name;
 use crate::proxy::body::{BoxError, ProxyBody};
 use crate::proxy::budget::Budget;
 use crate::proxy::deadline::{BodyStalled, IdleBody};
-use crate::proxy::errors::{ProxyError, caused_by};
+use crate::proxy::errors::{CLOSED_UNANSWERED, ProxyError, cause, caused_by, invalid};
 use crate::proxy::limits::Limits;
 use crate::proxy::pages;
 use crate::proxy::routes::{Route, Routes};
@@ -452,9 +452,7 @@ impl Forwarder {
             Ok(Err(e)) if caused_by::<ClientBodyError>(&*e.source) => {
                 Err(ProxyError::ClientBody(e.source))
             }
-            Ok(Err(e)) => Err(ProxyError::unreachable(
-                name, addr, e.reused, e.answered, e.source,
-            )),
+            Ok(Err(e)) => Err(upstream_error(name, addr, e)),
         }
     }
 
@@ -474,6 +472,47 @@ impl Forwarder {
                 _ => return Err(ProxyError::NotListening(name.clone(), patience)),
             }
         }
+    }
+}
+
+/// An instance's failure to answer, `e`, as the lane tells the same failure: hyper's client's
+/// errors read into the lane's kinds and words. An instance that closed before a response head
+/// is `Unreachable` (the retry rules read it), one whose head hyper could not read is
+/// `BadResponse`, and why; hyper tells fewer kinds of invalid head than the lane, and both say
+/// only what both can tell (`errors::invalid`). Where hyper has no accessor for a kind, its
+/// message (the kind's description) tells it.
+fn upstream_error(name: &Name, addr: SocketAddr, e: SendError) -> ProxyError {
+    let SendError {
+        reused,
+        answered,
+        source,
+    } = e;
+    let Some(hyper) = cause::<hyper::Error>(&*source) else {
+        return ProxyError::unreachable(name, addr, reused, answered, source);
+    };
+    let why = if hyper.is_incomplete_message() {
+        let closed = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, CLOSED_UNANSWERED);
+        return ProxyError::unreachable(name, addr, reused, answered, Box::new(closed));
+    } else if !hyper.is_parse() {
+        return ProxyError::unreachable(name, addr, reused, answered, source);
+    } else if hyper.is_parse_status() {
+        invalid::STATUS
+    } else if hyper.is_parse_too_large() {
+        invalid::TOO_LARGE
+    } else {
+        match hyper.to_string().as_str() {
+            "invalid content-length parsed" => invalid::CONTENT_LENGTH,
+            // hyper's client refuses Transfer-Encoding only in an HTTP/1.0 response.
+            "unexpected transfer-encoding parsed" => {
+                rules::transfer_encoding_fault(true, b"").unwrap_or(invalid::MALFORMED)
+            }
+            _ => invalid::MALFORMED,
+        }
+    };
+    ProxyError::BadResponse {
+        name: name.clone(),
+        addr,
+        why,
     }
 }
 
@@ -723,6 +762,80 @@ mod tests {
             b = b.header(header::HOST, *h);
         }
         b.body(()).unwrap()
+    }
+
+    /// What hyper's path says of an instance that answers `answer` (then closes) to a GET:
+    /// the lane's words for the same answer (`lane::response`).
+    #[tokio::test]
+    async fn hyper_failures_read_as_the_lanes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let cases: &[(&[u8], &str)] = &[
+            (
+                b"",
+                "is not answering: closed the connection without answering",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nX-A",
+                "is not answering: closed the connection without answering",
+            ),
+            (
+                b"HELLO THERE\r\n\r\n",
+                "sent an invalid response: malformed response head",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nBad Name: 1\r\n\r\n",
+                "sent an invalid response: malformed response head",
+            ),
+            (
+                b"HTTP/1.1 000 Zero\r\n\r\n",
+                "sent an invalid response: invalid status code",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+                "sent an invalid response: invalid Content-Length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+                "sent an invalid response: invalid Content-Length",
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "sent an invalid response: Transfer-Encoding in an HTTP/1.0 response",
+            ),
+        ];
+        let name: Name = "api".parse().unwrap();
+        let limits = Limits::default();
+        let pool = Arc::new(http1::Pool::new(Budget::new(64), &limits));
+        for (answer, says) in cases {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut buf = [0; 1024];
+                    let n = s.read(&mut buf).await.unwrap();
+                    assert!(n > 0);
+                    got.extend_from_slice(&buf[..n]);
+                }
+                s.write_all(answer).await.unwrap();
+            });
+            let req = build(
+                Method::GET,
+                Uri::from_static("/"),
+                Version::HTTP_11,
+                HeaderMap::new(),
+                empty_body(),
+            );
+            let Err(e) = pool.send(addr, req, Connection::Any).await else {
+                panic!("{answer:?} was taken for an answer");
+            };
+            server.await.unwrap();
+            let e = upstream_error(&name, addr, e);
+            let text = e.to_string();
+            assert!(text.ends_with(says), "{answer:?}: {text}");
+            assert_eq!(StatusCode::from(&e), StatusCode::BAD_GATEWAY, "{answer:?}");
+        }
     }
 
     #[test]

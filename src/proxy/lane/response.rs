@@ -9,6 +9,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::proxy::body::ProxyBody;
+use crate::proxy::errors::{CLOSED_UNANSWERED, invalid};
 use crate::proxy::lane::HEAD_BUF;
 use crate::proxy::lane::lines::{
     content_length_line, date_line, decimal, head_room, header_line, status_line,
@@ -72,7 +73,7 @@ pub(super) async fn exchange_heads(
                         return Err(Failure::Invalid(why));
                     }
                     if code < 100 {
-                        return Err(Failure::Invalid("invalid status code"));
+                        return Err(Failure::Invalid(invalid::STATUS));
                     }
                     if code < 200 {
                         // 100 Continue, 103 Early Hints: the final answer follows.
@@ -85,9 +86,9 @@ pub(super) async fn exchange_heads(
                 }
                 Ok(httparse::Status::Partial) if upbuf.len() < Limits::MAX_RESPONSE_HEAD => {}
                 Ok(httparse::Status::Partial) => {
-                    return Err(Failure::Invalid("response head over 64 KiB"));
+                    return Err(Failure::Invalid(invalid::TOO_LARGE));
                 }
-                Err(_) => return Err(Failure::Invalid("malformed response head")),
+                Err(_) => return Err(Failure::Invalid(invalid::MALFORMED)),
             }
         }
         upbuf.reserve(HEAD_BUF);
@@ -96,10 +97,7 @@ pub(super) async fn exchange_heads(
         }
         match up.stream.read_buf(upbuf).await {
             Ok(0) => {
-                let e = io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "closed the connection without answering",
-                );
+                let e = io::Error::new(io::ErrorKind::UnexpectedEof, CLOSED_UNANSWERED);
                 return Err(if received {
                     Failure::Io(e)
                 } else {
@@ -142,9 +140,9 @@ pub(super) fn response_head(
             // One value, or a list of the same value ("5, 5"), as hyper accepts; an empty
             // element is invalid, as there.
             for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                let n = decimal(token).ok_or(Failure::Invalid("invalid Content-Length"))?;
+                let n = decimal(token).ok_or(Failure::Invalid(invalid::CONTENT_LENGTH))?;
                 if length.replace(n).is_some_and(|prior| prior != n) {
-                    return Err(Failure::Invalid("conflicting Content-Length"));
+                    return Err(Failure::Invalid(invalid::CONTENT_LENGTH));
                 }
             }
         } else if is("connection") {
@@ -364,7 +362,7 @@ mod tests {
         let cases = [
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\n",
-                "conflicting Content-Length",
+                "invalid Content-Length",
             ),
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
