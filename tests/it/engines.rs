@@ -540,8 +540,6 @@ same_on_both! {
     response_hop_by_hop_fields_stay_behind: FRAMINGS => [req("GET", "/hop", ""), req("GET", "/named", "")],
     response_chunked: FRAMINGS => [req("GET", "/chunked", ""), req("GET", "/next", "")],
     response_chunked_with_length: FRAMINGS => [req("GET", "/chunked-cl", ""), req("GET", "/next", "")],
-    #[ignore = "issue 15: after a chunked answer with trailers the lane reuses the upstream \
-                connection, hyper opens a new one"]
     response_chunked_with_trailers: FRAMINGS => [req("GET", "/chunked-trailer", ""), req("GET", "/next", "")],
     response_chunked_with_extension: FRAMINGS => [req("GET", "/chunked-ext", ""), req("GET", "/next", "")],
     response_framings: FRAMINGS => [
@@ -551,7 +549,10 @@ same_on_both! {
         req("DELETE", "/nocontent", ""),
     ],
     #[ignore = "issue 15: an HTTP/1.0 answer reaches the client as `HTTP/1.1 200 OK` with \
-                `connection: close` through the lane, as `HTTP/1.0 200 OK` without it through hyper"]
+                `connection: close` through the lane, as `HTTP/1.0 200 OK` without it through hyper. \
+                Not fixed: hyper's server frames a body of unknown length as chunked in an \
+                HTTP/1.1 response, close-delimited only in an HTTP/1.0 one (hyper 1.12, \
+                proto/h1/role.rs), so hyper's path cannot send the lane's answer"]
     response_http10_until_close: FRAMINGS => [req("GET", "/close", "")],
     an_answer_that_is_not_http_is_a_502: FRAMINGS => [req("GET", "/garbage", "")],
     conflicting_lengths_are_a_502: FRAMINGS => [req("GET", "/conflict", "")],

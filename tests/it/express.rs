@@ -186,8 +186,7 @@ fn framings(line: &str, _: usize) -> Reply {
 h1test!(
     every_response_framing_reaches_the_client_reframed,
     hyper: #[ignore = "issue 15: hyper answers an HTTP/1.0 response as HTTP/1.0 without \
-                       `connection: close`, and after a chunked response with trailers opens \
-                       a new upstream connection (engines::response_*)"],
+                       `connection: close` (engines::response_http10_until_close says why)"],
     |sb: Sandbox| {
         let backend = Scripted::start(framings);
         let port = alias(&sb, "framed", backend.port);

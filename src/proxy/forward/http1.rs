@@ -346,6 +346,8 @@ impl Body for Returning {
         let poll = Pin::new(&mut self.body).poll_frame(cx);
         match &poll {
             Poll::Ready(None) => self.go_home(),
+            // Trailers end an HTTP/1.1 body, and hyper's server asks for nothing after them.
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => self.go_home(),
             Poll::Ready(Some(Ok(_))) => self.settle(),
             Poll::Ready(Some(Err(_))) => self.home = None,
             Poll::Pending => {}
@@ -430,6 +432,29 @@ mod tests {
         response.into_body().collect().await.unwrap();
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
         assert_eq!(pool.idle.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_read_up_to_its_trailers_gives_its_connection_back() {
+        let (addr, accepted) = serve(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-t: 1\r\n\r\n",
+        )
+        .await;
+        let pool = Arc::new(Pool::new(Budget::new(64), &Limits::default()));
+        for _ in 0..2 {
+            let response = pool.send(addr, get(), Connection::Any).await.unwrap();
+            let mut body = response.into_body();
+            // As hyper's server reads it: up to the trailers, then the body is dropped.
+            loop {
+                let frame = body.frame().await.unwrap().unwrap();
+                if frame.is_trailers() {
+                    break;
+                }
+            }
+            drop(body);
+            assert_eq!(pool.idle.len(), 1);
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
