@@ -515,8 +515,6 @@ same_on_both! {
     expect_continue: OK => [post("Expect: 100-continue\r\n", "hello")],
     pipelined_requests: OK => [get("") + &post("", "abc") + &get("")],
     // A connection the lane hands to hyper part-way (a chunked body) goes on with hyper.
-    #[ignore = "issue 15 (item 6, one pool): after the hand-over hyper opens a new upstream \
-                connection; the lane's kept one is not in hyper's pool"]
     a_connection_handed_over_keeps_its_upstream_connection: OK => [
         get(""),
         post_chunked("", "hello"),

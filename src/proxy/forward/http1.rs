@@ -1,8 +1,10 @@
 //! HTTP/1.1 connections to instances for the requests that take hyper's path: HTTP/2 clients'
 //! requests, and the HTTP/1.1 ones the express lane hands over (chunked bodies, WebSockets).
 //! Each connection is driven by a task of its own; while it idles, its `SendRequest` waits in
-//! an `idle::Pool`. A connection goes back to the pool the moment its response body ends, is
-//! reused for at most `Limits::upstream_idle`, and only if it is ready for a request when taken.
+//! an `idle::Pool`. With none idle, one of the express lane's idle connections is taken over
+//! before a new one is opened. A connection goes back to the pool the moment its response body
+//! ends, is reused for at most `Limits::upstream_idle`, and only if it is ready for a request
+//! when taken.
 //!
 //! hyper-util's pool did this before, at about a tenth of the proxy's instructions per
 //! request on HTTP/2: a SipHash of the key on every checkout and return, and a task spawned
@@ -28,10 +30,11 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::proxy::body::{BoxError, ProxyBody};
-use crate::proxy::budget::{Budget, Held};
+use crate::proxy::budget::{Budget, Fds, Held};
 use crate::proxy::forward::SendError;
 use crate::proxy::limits::Limits;
 use crate::proxy::rules;
+use crate::proxy::upstream::Upstream;
 use crate::proxy::upstream::idle::{self, Fit, Idle};
 
 /// Which connection a request may go on.
@@ -82,6 +85,10 @@ impl Idle for Waiting {
 /// hyper's idle connections to instances.
 pub(crate) struct Pool {
     idle: idle::Pool<Waiting>,
+    /// The express lane's idle connections: one is taken over when none of hyper's is idle,
+    /// so a client connection the lane hands to hyper goes on with the instance's connection
+    /// it had.
+    lane: Arc<idle::Pool<Upstream>>,
     /// New connections are opened under it.
     budget: Budget,
     /// How long a connect may take.
@@ -91,9 +98,10 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub(crate) fn new(budget: Budget, limits: &Limits) -> Pool {
+    pub(crate) fn new(budget: Budget, limits: &Limits, lane: Arc<idle::Pool<Upstream>>) -> Pool {
         Pool {
             idle: idle::Pool::new(limits.http1_idle_per_addr),
+            lane,
             budget,
             connect: limits.upstream_connect,
             max_idle: limits.upstream_idle,
@@ -109,11 +117,21 @@ impl Pool {
         connection: Connection,
     ) -> Result<Response<ProxyBody>, SendError> {
         let idle = match connection {
-            Connection::Any => self.idle.take(addr),
+            Connection::Any => match self.idle.take(addr) {
+                Some(waiting) => Some(waiting.link),
+                None => match self.lane.take(addr) {
+                    Some(up) => {
+                        let (stream, fds) = up.into_parts();
+                        // Only a handshake without I/O fails here: a new connection then.
+                        link(stream, fds).await.ok()
+                    }
+                    None => None,
+                },
+            },
             Connection::New => None,
         };
         let (mut link, reused) = match idle {
-            Some(idle) => (idle.link, true),
+            Some(link) => (link, true),
             None => {
                 let link = connect(addr, &self.budget, self.connect)
                     .await
@@ -176,6 +194,11 @@ fn announces_body<B>(response: &Response<B>) -> bool {
 /// with its share of the budget.
 async fn connect(addr: SocketAddr, budget: &Budget, within: Duration) -> Result<Link, BoxError> {
     let (stream, fds) = crate::proxy::upstream::open(addr, budget, within).await?;
+    link(stream, fds).await
+}
+
+/// hyper's client on `stream`, its task started.
+async fn link(stream: TcpStream, fds: Fds) -> Result<Link, BoxError> {
     let cut = Arc::new(AtomicBool::new(false));
     let read = Arc::new(AtomicBool::new(false));
     let stream = UpstreamSocket {
@@ -377,6 +400,10 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
+    fn lane() -> Arc<idle::Pool<Upstream>> {
+        Arc::new(idle::Pool::new(8))
+    }
+
     fn get() -> Request<ProxyBody> {
         let mut req = Request::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
         *req.uri_mut() = "/".parse().unwrap();
@@ -419,7 +446,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_goes_back_when_its_body_ends_and_is_reused() {
         let (addr, accepted) = serve(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-        let pool = Arc::new(Pool::new(Budget::new(64), &Limits::default()));
+        let pool = Arc::new(Pool::new(Budget::new(64), &Limits::default(), lane()));
         for _ in 0..3 {
             let response = pool.send(addr, get(), Connection::Any).await.unwrap();
             let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -435,12 +462,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_idle_connection_of_the_lanes_is_taken_over() {
+        let (addr, accepted) = serve(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+        let (budget, limits) = (Budget::new(64), Limits::default());
+        let lanes = lane();
+        let up = Upstream::connect(addr, &budget, &limits).await.unwrap();
+        lanes.put(addr, up);
+        let pool = Arc::new(Pool::new(budget, &limits, Arc::clone(&lanes)));
+        let response = pool.send(addr, get(), Connection::Any).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        assert_eq!(lanes.len(), 0);
+        assert_eq!(pool.idle.len(), 1, "it is hyper's now");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
     async fn a_body_read_up_to_its_trailers_gives_its_connection_back() {
         let (addr, accepted) = serve(
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-t: 1\r\n\r\n",
         )
         .await;
-        let pool = Arc::new(Pool::new(Budget::new(64), &Limits::default()));
+        let pool = Arc::new(Pool::new(Budget::new(64), &Limits::default(), lane()));
         for _ in 0..2 {
             let response = pool.send(addr, get(), Connection::Any).await.unwrap();
             let mut body = response.into_body();
@@ -460,7 +503,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_half_read_or_a_closing_server_keeps_nothing() {
         let (addr, _) = serve(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nok").await;
-        let pool = Arc::new(Pool::new(Budget::new(64), &Limits::default()));
+        let pool = Arc::new(Pool::new(Budget::new(64), &Limits::default(), lane()));
         let response = pool.send(addr, get(), Connection::Any).await.unwrap();
         drop(response);
         assert_eq!(pool.idle.len(), 0, "3 bytes of its body were never read");
@@ -512,7 +555,7 @@ mod tests {
                 }
             }
         });
-        let pool = Arc::new(Pool::new(Budget::new(64), &Limits::default()));
+        let pool = Arc::new(Pool::new(Budget::new(64), &Limits::default(), lane()));
         let response = pool.send(addr, get(), Connection::Any).await.unwrap();
         response.into_body().collect().await.unwrap();
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
@@ -551,7 +594,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let pool = Arc::new(Pool::new(Budget::new(64), &Limits::default()));
+        let pool = Arc::new(Pool::new(Budget::new(64), &Limits::default(), lane()));
         let err = pool.send(addr, get(), Connection::Any).await.unwrap_err();
         assert!(!err.reused);
     }

@@ -104,7 +104,7 @@ pub(crate) struct Forwarder {
     /// For gRPC, which needs HTTP/2 end to end: the instance is spoken to over h2c.
     h2c: Client<upstream::Connector, ProxyBody>,
     /// The express lane's idle upstream connections.
-    pub(crate) pool: idle::Pool<upstream::Upstream>,
+    pub(crate) pool: Arc<idle::Pool<upstream::Upstream>>,
     /// The dashboard's data (the control plane's view of the routes).
     list: Box<dyn Fn() -> Vec<crate::control::protocol::Listed> + Send + Sync>,
     /// Every limit and deadline, for each connection and request to read.
@@ -126,6 +126,7 @@ impl Forwarder {
         budget: Budget,
     ) -> Forwarder {
         let connector = upstream::Connector::new(budget.clone(), limits.upstream_connect);
+        let pool = Arc::new(idle::Pool::new(limits.lane_idle_per_addr));
         let h2c = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(limits.upstream_idle)
             .pool_timer(TokioTimer::new())
@@ -135,9 +136,9 @@ impl Forwarder {
             .build(connector);
         Forwarder {
             routes,
-            http1: Arc::new(http1::Pool::new(budget.clone(), &limits)),
+            http1: Arc::new(http1::Pool::new(budget.clone(), &limits, Arc::clone(&pool))),
             h2c,
-            pool: idle::Pool::new(limits.lane_idle_per_addr),
+            pool,
             list,
             limits,
             budget,
@@ -805,7 +806,8 @@ mod tests {
         ];
         let name: Name = "api".parse().unwrap();
         let limits = Limits::default();
-        let pool = Arc::new(http1::Pool::new(Budget::new(64), &limits));
+        let lane = Arc::new(idle::Pool::new(8));
+        let pool = Arc::new(http1::Pool::new(Budget::new(64), &limits, lane));
         for (answer, says) in cases {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();

@@ -9,9 +9,10 @@
 //! time) does not do. The first two share `idle::Pool`.
 //!
 //! The express lane's: each client connection keeps the one it used last, and gives it to
-//! the shared pool of idle ones (`idle::Pool`) when it closes. An idle connection is reused
-//! for at most `Limits::upstream_idle` (below Node's 5 s keep-alive) and never once the server has
-//! closed or written to it.
+//! the shared pool of idle ones (`idle::Pool`) when it closes; hyper's pool takes one over from
+//! there when it has none idle. An idle connection is reused for at most
+//! `Limits::upstream_idle` (below Node's 5 s keep-alive) and never once the server has closed or
+//! written to it.
 
 pub(crate) mod idle;
 
@@ -55,7 +56,7 @@ pub(crate) struct Upstream {
     /// How long it may stay idle and still be reused (`Limits::upstream_idle`).
     pub(crate) max_idle: std::time::Duration,
     /// Its descriptor's share of the budget.
-    _fds: Fds,
+    fds: Fds,
 }
 
 impl Upstream {
@@ -71,8 +72,14 @@ impl Upstream {
             addr,
             idle_since: Instant::now(),
             max_idle: limits.upstream_idle,
-            _fds: fds,
+            fds,
         })
+    }
+
+    /// Its stream and share of the budget: an idle one of the lane's, for hyper's client to
+    /// carry requests on (`forward::http1`).
+    pub(crate) fn into_parts(self) -> (TcpStream, Fds) {
+        (self.stream, self.fds)
     }
 
     /// Acknowledge at once what the server sent so far, before waiting for the rest. A server
