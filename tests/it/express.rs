@@ -366,9 +366,6 @@ fn invalid_answers(line: &str, _: usize) -> Reply {
 
 h1test!(
     invalid_or_truncated_answers_give_502_or_a_closed_connection,
-    hyper: #[ignore = "issue 15: the 502 pages agree now; but when an answer is cut short after \
-                       its head (/short, /badchunk), hyper's path closes the client connection \
-                       without sending the head, where the lane sends the head, then closes"],
     |sb: Sandbox| {
         let backend = Scripted::start(invalid_answers);
         let port = alias(&sb, "odd", backend.port);

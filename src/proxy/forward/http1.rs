@@ -156,14 +156,14 @@ impl Pool {
         }
         if !rules::reusable_after(head, response.status().as_u16(), announces_body(&response)) {
             // Dropping its sender closes the connection once this response is read.
-            return Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()));
+            return Ok(response.map(|body| Returning::boxed(body, None)));
         }
         let home = Home {
             link,
             addr,
             pool: Arc::clone(self),
         };
-        Ok(response.map(|body| Returning::boxed(body, home)))
+        Ok(response.map(|body| Returning::boxed(body, Some(home))))
     }
 
     fn put(&self, addr: SocketAddr, link: Link) {
@@ -326,18 +326,26 @@ struct Home {
     pool: Arc<Pool>,
 }
 
-/// A response body that returns its connection to the pool when it ends. One dropped before
-/// its end takes the connection with it: hyper closes it.
+/// A response body that returns its connection to the pool when it ends (if it has a `home`).
+/// One dropped before its end takes the connection with it: hyper closes it.
+///
+/// A body that fails (cut short, invalid chunking) fails one poll late: hyper's server drops
+/// what it holds for the client (the head, the start of the body) when a body fails, but
+/// flushes it when the body is pending. The client then gets the head and what came of the
+/// body before the connection closes, as from the express lane.
 struct Returning {
     body: Incoming,
     home: Option<Home>,
+    /// The body's failure, held back until hyper has flushed.
+    failed: Option<hyper::Error>,
 }
 
 impl Returning {
-    fn boxed(body: Incoming, home: Home) -> ProxyBody {
+    fn boxed(body: Incoming, home: Option<Home>) -> ProxyBody {
         let mut returning = Returning {
             body,
-            home: Some(home),
+            home,
+            failed: None,
         };
         // An empty body may never be polled.
         returning.settle();
@@ -366,14 +374,22 @@ impl Body for Returning {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(e) = self.failed.take() {
+            return Poll::Ready(Some(Err(e.into())));
+        }
         let poll = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Err(e))) = poll {
+            self.home = None;
+            self.failed = Some(e);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         match &poll {
             Poll::Ready(None) => self.go_home(),
             // Trailers end an HTTP/1.1 body, and hyper's server asks for nothing after them.
             Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => self.go_home(),
             Poll::Ready(Some(Ok(_))) => self.settle(),
-            Poll::Ready(Some(Err(_))) => self.home = None,
-            Poll::Pending => {}
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
         }
         poll.map_err(BoxError::from)
     }
