@@ -117,13 +117,9 @@ fn proxy_args(
     let config = user_config(ctx)?;
     let limits = proxy_limits(&config)?;
     let listen = if !cli.listen.is_empty() {
-        config::parse_listen(&cli.listen)
-            .map_err(anyhow::Error::msg)
-            .context("--listen")?
+        config::parse_listen(&cli.listen).context("--listen")?
     } else if let Some(env) = std::env::var("WHARF_LISTEN").ok().filter(|v| !v.is_empty()) {
-        config::parse_listen(&[env])
-            .map_err(anyhow::Error::msg)
-            .context("$WHARF_LISTEN")?
+        config::parse_listen(&[env]).context("$WHARF_LISTEN")?
     } else {
         config.proxy_listen
     };
@@ -171,9 +167,9 @@ fn project_trust(ctx: &Context) -> anyhow::Result<crate::sys::trust::Trust> {
 /// `$WHARF_STOP_TIMEOUT` (90, 90s, 2m), else `process::STOP_GRACE`.
 fn stop_grace() -> anyhow::Result<Duration> {
     match std::env::var("WHARF_STOP_TIMEOUT") {
-        Ok(v) if !v.is_empty() => crate::model::project::parse_duration_str(&v)
-            .map_err(anyhow::Error::msg)
-            .context("$WHARF_STOP_TIMEOUT"),
+        Ok(v) if !v.is_empty() => {
+            crate::model::project::parse_duration_str(&v).context("$WHARF_STOP_TIMEOUT")
+        }
         _ => Ok(crate::sys::process::STOP_GRACE),
     }
 }
