@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
+use crate::control::client::ClientError;
 use crate::control::launch;
 use crate::control::protocol::{Listed, Request};
 use crate::model::instance::{Instance, State};
@@ -40,8 +41,12 @@ pub(crate) fn registry(ctx: &Context) -> anyhow::Result<crate::state::registry::
 async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, bool)> {
     let runtime = ctx.dirs.runtime()?;
     if let Some(mut c) = launch::connect(runtime).await {
-        let list = c.client.call(&Request::List).await?;
-        return Ok((list.instances.unwrap_or_default(), true));
+        match c.client.call(&Request::List).await {
+            Ok(list) => return Ok((list.instances.unwrap_or_default(), true)),
+            // It went away between hello and list (a proxy stopping): answer as without one.
+            Err(ClientError::Io(_) | ClientError::Closed) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     let reg = registry(ctx)?;
     let now = crate::state::registry::unix_now();

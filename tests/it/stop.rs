@@ -266,6 +266,37 @@ fn without_a_proxy_ls_and_its_json_name_the_state_alike() {
 }
 
 #[test]
+fn a_proxy_that_goes_away_mid_list_leaves_ls_the_registry() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.runtime_dir()).unwrap();
+    std::fs::set_permissions(sb.runtime_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // A proxy that answers hello, then closes instead of answering the next request.
+    let listener =
+        std::os::unix::net::UnixListener::bind(sb.runtime_dir().join("control.sock")).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) > 0 {
+                let _ = conn.write_all(b"{\"ok\":true,\"http_port\":7080,\"pid\":1}\n");
+                line.clear();
+                let _ = reader.read_line(&mut line);
+            }
+        }
+    });
+    for args in [&["ls"][..], &["ls", "--json"]] {
+        let (status, log) = sb.output(args);
+        assert!(
+            status.success() && !log.contains("error"),
+            "{args:?}: {log}"
+        );
+    }
+}
+
+#[test]
 fn idle_timeout_without_on_demand_is_an_error() {
     let sb = Sandbox::new();
     let (status, log) = sb.output(&["run", "--name", "x", "--idle-timeout", "5", "--", "true"]);
