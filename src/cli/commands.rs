@@ -11,7 +11,6 @@ use crate::control::client::ClientError;
 use crate::control::launch;
 use crate::control::protocol::{Listed, Request};
 use crate::model::instance::{Instance, State};
-use crate::model::mode::Mode;
 use crate::model::name::Name;
 use crate::model::text::human_duration;
 use crate::state::context::Context;
@@ -66,20 +65,7 @@ async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, bool)> {
                 .unwrap_or(0);
             Listed {
                 url: crate::model::instance::url(name, port),
-                instance: Instance {
-                    name: name.clone(),
-                    pid: lease.holder.pid,
-                    child_pid: None,
-                    mode: Mode::Fd,
-                    state: State::Running,
-                    sockets,
-                    last_exit: None,
-                    exposed: None,
-                    declared: None,
-                    started_at: None,
-                    requests_before: None,
-                    about: Default::default(),
-                },
+                instance: Instance::bare(name.clone(), lease.holder.pid, State::Running, sockets),
                 alias: false,
                 uptime_secs: now.saturating_sub(lease.since),
                 requests: 0,

@@ -95,6 +95,32 @@ pub(crate) struct About {
 /// the control socket's line limit however long the real one is.
 const SHOWN_COMMAND: usize = 4096;
 
+impl Instance {
+    /// An instance known only by name, pid, state and sockets (an alias, a lease read from
+    /// the registry): mode fd, everything else unknown.
+    pub(crate) fn bare(
+        name: Name,
+        pid: i32,
+        state: State,
+        sockets: BTreeMap<String, SocketAddr>,
+    ) -> Instance {
+        Instance {
+            name,
+            pid,
+            child_pid: None,
+            mode: Mode::Fd,
+            state,
+            sockets,
+            last_exit: None,
+            exposed: None,
+            declared: None,
+            started_at: None,
+            requests_before: None,
+            about: About::default(),
+        }
+    }
+}
+
 impl About {
     /// `command` is cut after `SHOWN_COMMAND` bytes, its last argument then `…`.
     pub(crate) fn new(command: &[String], dir: Option<PathBuf>, log: Option<PathBuf>) -> About {

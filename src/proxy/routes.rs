@@ -195,20 +195,8 @@ pub(crate) type AliasMap = BTreeMap<Name, SocketAddr>;
 
 /// An alias as a route: an instance with only a main socket, always ready.
 pub(crate) fn alias_instance(name: Name, addr: SocketAddr) -> Instance {
-    Instance {
-        name,
-        pid: 0,
-        child_pid: None,
-        mode: Mode::Fd,
-        state: State::Ready,
-        sockets: BTreeMap::from([(crate::model::ports::MAIN_SOCKET.to_string(), addr)]),
-        last_exit: None,
-        exposed: None,
-        declared: None,
-        started_at: None,
-        requests_before: None,
-        about: Default::default(),
-    }
+    let sockets = BTreeMap::from([(crate::model::ports::MAIN_SOCKET.to_string(), addr)]);
+    Instance::bare(name, 0, State::Ready, sockets)
 }
 
 #[cfg(test)]
@@ -216,23 +204,11 @@ mod tests {
     use super::*;
 
     fn instance(name: &str, pid: i32, sockets: &[(&str, &str)]) -> Instance {
-        Instance {
-            name: name.parse().unwrap(),
-            pid,
-            child_pid: None,
-            mode: Mode::Fd,
-            state: State::Starting,
-            sockets: sockets
-                .iter()
-                .map(|(n, a)| (n.to_string(), a.parse().unwrap()))
-                .collect(),
-            last_exit: None,
-            exposed: None,
-            declared: None,
-            started_at: None,
-            requests_before: None,
-            about: Default::default(),
-        }
+        let sockets = sockets
+            .iter()
+            .map(|(n, a)| (n.to_string(), a.parse().unwrap()))
+            .collect();
+        Instance::bare(name.parse().unwrap(), pid, State::Starting, sockets)
     }
 
     #[test]
