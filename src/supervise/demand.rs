@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+use tokio::task::JoinHandle;
 
 use crate::sys::socket::BoundSocket;
 
@@ -72,42 +73,70 @@ pub(crate) enum Probe {
     Silent,
 }
 
-/// How long the supervisor waits for one probe's answer.
+/// How long the supervisor waits for a probe's answer before it says `Silent` (and waits on).
 const PROBE_DEADLINE: Duration = Duration::from_secs(2);
-/// How long a probe that missed its deadline still waits for its answer in the background: a
-/// server still starting accepts the probe's queued connection late, and finds a client gone.
+/// How long a probe waits for its answer at most: a server still starting accepts the probe's
+/// queued connection late.
 const PROBE_LINGER: Duration = Duration::from_secs(30);
 /// A probe reads at most this much of a body before it stops caring.
 const PROBE_BODY_LIMIT: usize = 64 * 1024;
 
-/// Waits a probe pause, then asks `GET path` at `addr` and reads the whole answer, so the
-/// server sees an ordinary client that closes after its response (an abrupt close makes
-/// servers log reset connections). Pending forever when there is nothing to probe.
-pub(crate) async fn http_ready(addr: SocketAddr, path: Option<&str>) -> Probe {
-    let Some(path) = path else {
-        return std::future::pending().await;
-    };
-    tokio::time::sleep(PROBE_PAUSE).await;
-    // The probe runs on its own, so that one past the deadline still reads its answer and
-    // closes like an ordinary client instead of leaving the server a broken pipe.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let path = path.to_string();
-    tokio::spawn(async move {
-        let status = tokio::time::timeout(PROBE_LINGER, probe(addr, &path)).await;
-        let _ = tx.send(status.ok().flatten());
-    });
-    tokio::time::timeout(PROBE_DEADLINE, rx)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten()
-        .map_or(Probe::Silent, |status| {
-            if status.is_success() || status.is_redirection() {
-                Probe::Ready(status)
-            } else {
-                Probe::Answered(status)
+/// `--ready http:PATH` probes, one at a time. A probe outlives the supervisor's wait for it
+/// (a `select!` that ended for another reason, or its deadline), so the server sees an
+/// ordinary client that reads its whole answer and closes, never one that vanishes mid-request
+/// (servers log reset connections and broken pipes for those).
+pub(crate) struct Prober {
+    path: String,
+    /// The probe under way and when the wait for it reports `Silent`.
+    inflight: Option<(tokio::time::Instant, JoinHandle<Option<http::StatusCode>>)>,
+}
+
+impl Prober {
+    pub(crate) fn new(path: String) -> Prober {
+        Prober {
+            path,
+            inflight: None,
+        }
+    }
+
+    pub(crate) fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// After a probe pause, `GET path` at `addr`. A probe not answered within its deadline is
+    /// `Silent` and still awaited by the next call. Cancel-safe: a probe under way is kept.
+    pub(crate) async fn next(&mut self, addr: SocketAddr) -> Probe {
+        if self.inflight.is_none() {
+            tokio::time::sleep(PROBE_PAUSE).await;
+            let path = self.path.clone();
+            let task = tokio::spawn(async move {
+                tokio::time::timeout(PROBE_LINGER, probe(addr, &path))
+                    .await
+                    .ok()
+                    .flatten()
+            });
+            self.inflight = Some((tokio::time::Instant::now() + PROBE_DEADLINE, task));
+        }
+        let Some((deadline, task)) = self.inflight.as_mut() else {
+            return Probe::Silent;
+        };
+        match tokio::time::timeout_at(*deadline, task).await {
+            Err(_) => {
+                *deadline = tokio::time::Instant::now() + PROBE_DEADLINE;
+                Probe::Silent
             }
-        })
+            Ok(joined) => {
+                self.inflight = None;
+                joined.ok().flatten().map_or(Probe::Silent, |status| {
+                    if status.is_success() || status.is_redirection() {
+                        Probe::Ready(status)
+                    } else {
+                        Probe::Answered(status)
+                    }
+                })
+            }
+        }
+    }
 }
 
 /// One `GET path` with `Connection: close`: the status, once the body has been read (up to
@@ -191,8 +220,12 @@ mod tests {
         // probe's deadline, then is accepted and answered.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let probe = http_ready(addr, Some("/health"));
-        assert_eq!(probe.await, Probe::Silent, "no answer within the deadline");
+        let mut prober = Prober::new("/health".into());
+        assert_eq!(
+            prober.next(addr).await,
+            Probe::Silent,
+            "no answer within the deadline"
+        );
         let (mut conn, _) = listener.accept().unwrap();
         conn.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();

@@ -69,7 +69,7 @@ pub(super) struct Readiness {
     guard: Option<Guard>,
     checking: Option<JoinHandle<(Guard, Verdict)>>,
     /// `--ready http:PATH`, until it answers 2xx or 3xx.
-    probing: Option<String>,
+    probing: Option<demand::Prober>,
     last_answer: Option<http::StatusCode>,
 }
 
@@ -95,7 +95,7 @@ impl Readiness {
         };
         route.instance.exposed = None;
         let probing = match &expect.ready {
-            Some(Ready::Http(path)) => Some(path.clone()),
+            Some(Ready::Http(path)) => Some(demand::Prober::new(path.clone())),
             _ => None,
         };
         if expect.mode == Mode::Fd && expect.ready == Some(Ready::Connect) {
@@ -124,7 +124,7 @@ impl Readiness {
             Some((g, verdict)) = async { self.checking.as_mut()?.await.ok() }, if self.checking.is_some() => {
                 Finding::Checked(g, verdict)
             }
-            probe = demand::http_ready(main, self.probing.as_deref()), if self.probing.is_some() => {
+            Some(probe) = async { Some(self.probing.as_mut()?.next(main).await) }, if self.probing.is_some() => {
                 Finding::Probed(probe)
             }
             else => std::future::pending().await,
@@ -181,7 +181,11 @@ impl Readiness {
     }
 
     async fn on_probe(&mut self, probe: Probe, route: &mut Registration, out: &Output) {
-        let path = self.probing.as_deref().unwrap_or_default();
+        let path = self
+            .probing
+            .as_ref()
+            .map(|p| p.path().to_string())
+            .unwrap_or_default();
         match probe {
             Probe::Ready(status) => {
                 out.say(format!("ready (GET {path} answered {status})"));
