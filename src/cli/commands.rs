@@ -24,10 +24,9 @@ const PROXY_GRACE: Duration = Duration::from_secs(10);
 /// what was done about it is said.
 pub(crate) fn registry(ctx: &Context) -> anyhow::Result<crate::state::registry::Locked> {
     let reg = Store::new(ctx.dirs.state()?)
-        .recovering_from({
-            let runtime = ctx.dirs.runtime()?.to_path_buf();
-            move || crate::control::client::running_instances(&runtime)
-        })
+        .recovering_from(crate::control::client::running_instances(
+            ctx.dirs.runtime()?,
+        ))
         .lock()?;
     reg.warnings
         .iter()

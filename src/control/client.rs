@@ -121,15 +121,21 @@ impl Client {
 /// How long a registry rebuild waits on each step of asking the proxy what runs.
 const PROXY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The instances (not aliases) the proxy whose runtime directory is `runtime` routes now:
-/// what a corrupt registry is rebuilt from. Empty when no proxy answers in time.
-pub(crate) fn running_instances(runtime: &Path) -> Vec<Instance> {
-    list_blocking(&socket_path(runtime), PROXY_PATIENCE)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|l| !l.alias)
-        .map(|l| l.instance)
-        .collect()
+/// What a corrupt registry is rebuilt from (`Store::recovering_from`): the instances (not
+/// aliases) the proxy whose runtime directory is `runtime` routes when asked; empty when no
+/// proxy answers in time.
+pub(crate) fn running_instances(
+    runtime: &Path,
+) -> impl Fn() -> Vec<Instance> + Send + Sync + 'static {
+    let control = socket_path(runtime);
+    move || {
+        list_blocking(&control, PROXY_PATIENCE)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|l| !l.alias)
+            .map(|l| l.instance)
+            .collect()
+    }
 }
 
 /// Every route the proxy at `path` knows, asked without an async runtime (for code holding a

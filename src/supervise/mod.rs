@@ -169,10 +169,8 @@ fn allocate(
         exclude: &args.exclude,
         force: args.force,
     };
-    let store = Store::new(state_dir).recovering_from({
-        let runtime = runtime_dir.to_path_buf();
-        move || crate::control::client::running_instances(&runtime)
-    });
+    let store = Store::new(state_dir)
+        .recovering_from(crate::control::client::running_instances(runtime_dir));
     let allocated = ports::allocate(store, &request, &mut |line| out.say(line))?;
     for how in &allocated.how {
         if args.verbose {
