@@ -155,6 +155,8 @@ pub(crate) struct IdleBody<B> {
     inner: B,
     limit: Duration,
     timer: Pin<Box<Sleep>>,
+    /// Set once the body has been read to its end, for whoever asked (`noting_end`).
+    ended: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl<B> IdleBody<B> {
@@ -163,6 +165,15 @@ impl<B> IdleBody<B> {
             inner,
             limit,
             timer: Box::pin(tokio::time::sleep(limit)),
+            ended: None,
+        }
+    }
+
+    /// The same body, which sets `ended` once it has been read to its end.
+    pub(crate) fn noting_end(self, ended: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        IdleBody {
+            ended: Some(ended),
+            ..self
         }
     }
 }
@@ -182,6 +193,11 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
+                if let Some(ended) = &this.ended
+                    && (frame.is_none() || this.inner.is_end_stream())
+                {
+                    ended.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 let deadline = Instant::now() + this.limit;
                 this.timer.as_mut().reset(deadline);
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))

@@ -56,36 +56,6 @@ struct Signals<'a> {
     body_ended: Option<Arc<AtomicBool>>,
 }
 
-/// A request body that notes when it has been read to its end.
-struct Watched<B> {
-    body: B,
-    ended: Arc<AtomicBool>,
-}
-
-impl<B: http_body::Body + Unpin> http_body::Body for Watched<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        let poll = std::pin::Pin::new(&mut self.body).poll_frame(cx);
-        if matches!(poll, std::task::Poll::Ready(None)) || self.body.is_end_stream() {
-            self.ended.store(true, Ordering::Relaxed);
-        }
-        poll
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
 /// What a request asked for, once checked.
 enum Routed {
     Dashboard,
@@ -355,7 +325,7 @@ impl Forwarder {
         } else {
             let body = IdleBody::new(body.map_err(ClientBodyError), self.limits.body_idle);
             match body_ended {
-                Some(ended) => Watched { body, ended }.boxed_unsync(),
+                Some(ended) => body.noting_end(ended).boxed_unsync(),
                 None => body.boxed_unsync(),
             }
         };
