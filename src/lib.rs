@@ -12,10 +12,13 @@
 //! - `control`: the control plane between commands and the proxy (wire format, client,
 //!   server), and starting a proxy when none runs.
 //! - `install`: running the proxy as a service (systemd units, launchd agents) and `doctor`.
+//! - `ca`: wharf's local certificate authority, name-constrained to `localhost`, and the
+//!   certificates it issues per name.
 //! - `state`: what wharf keeps between commands: private directories, registry, logs.
 //! - `model`: wharf's vocabulary as types: names, hosts, modes, instances, the user's files.
 //! - `sys`: the operating system: processes, socket handoff, sd_notify, netstat, stdio, trust.
 
+pub(crate) mod ca;
 pub mod cli;
 pub(crate) mod control;
 pub(crate) mod install;

@@ -44,6 +44,15 @@ pub(crate) enum Command {
     Down(UpCli),
     /// Show the output of an instance started by `wharf up`
     Logs(LogsCli),
+    /// Print the path of wharf's local CA certificate (PEM), made if there is none yet
+    Ca(CaCli),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CaCli {
+    /// Print the certificate itself instead of its path
+    #[arg(long)]
+    pub(crate) pem: bool,
 }
 
 #[derive(Debug, Args)]

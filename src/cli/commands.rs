@@ -63,7 +63,7 @@ async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, bool)> {
                 .copied()
                 .unwrap_or(0);
             Listed {
-                url: crate::model::instance::url(name, port),
+                url: crate::model::instance::Front::http(port).url(name),
                 instance: Instance::bare(name.clone(), lease.holder.pid, State::Running, sockets),
                 alias: false,
                 uptime_secs: now.saturating_sub(lease.since),
@@ -282,7 +282,7 @@ pub(crate) async fn alias(ctx: &Context, name: Name, addr: Option<String>) -> an
     }
     match addr {
         Some(addr) => {
-            let port = c.hello.http_port.unwrap_or(80);
+            let front = c.hello.front();
             crate::errln!("wharf: {name} → {addr}");
             if !answers(addr) {
                 crate::errln!(
@@ -290,10 +290,7 @@ pub(crate) async fn alias(ctx: &Context, name: Name, addr: Option<String>) -> an
                      requests to {name}.localhost fail until a server listens there"
                 );
             }
-            crate::errln!(
-                "wharf: {name} is at {}",
-                crate::model::instance::url(&name, port)
-            );
+            crate::errln!("wharf: {name} is at {}", front.url(&name));
         }
         None => crate::errln!("wharf: removed the alias {name}"),
     }

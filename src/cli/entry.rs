@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::cli::args::{Cli, Command, ProxyCli, RunCli};
-use crate::cli::{commands, service, up};
+use crate::cli::{commands, https, service, up};
 use crate::model::config;
 use crate::model::mode::Mode;
 use crate::model::project::Restart;
@@ -105,6 +105,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             &args.names,
         )),
         Command::Logs(args) => up::logs(&ctx.dirs, &args.name, args.follow),
+        Command::Ca(args) => https::ca(&ctx, args.pem),
     }
 }
 
@@ -130,6 +131,7 @@ fn proxy_args(
         state_dir: ctx.dirs.state()?.to_path_buf(),
         limits,
         express: config.express,
+        https: config.https,
     })
 }
 
@@ -197,6 +199,12 @@ fn run_args(cli: RunCli, config: &config::Config, stop_grace: Duration) -> super
             .zip(cli.fingerprint)
             .map(|(file, fingerprint)| crate::model::instance::Declaration { file, fingerprint }),
         env: Vec::new(),
+        https: config.https,
+        ca_vars_set: crate::ca::bundle::VARS
+            .iter()
+            .filter(|v| std::env::var_os(v).is_some())
+            .map(|v| v.to_string())
+            .collect(),
         force: cli.force,
         no_pid: cli.no_pid,
         inherited_port: std::env::var_os("PORT").map(|p| p.to_string_lossy().into_owned()),

@@ -103,7 +103,7 @@ pub(crate) async fn up(
     let runtime = ctx.dirs.runtime()?.to_path_buf();
     let state = ctx.dirs.state()?.to_path_buf();
     let mut proxy = launch::connect_or_start(&runtime, &ctx.self_exe).await?;
-    let http_port = proxy.hello.http_port.unwrap_or(80);
+    let front = proxy.hello.front();
     let running = routes(&mut proxy.client).await?;
     let mut rows = Vec::new();
     let mut row = |decl: &Declared, outcome| {
@@ -225,13 +225,13 @@ pub(crate) async fn up(
     }
     rows.sort_by_key(|r| selected.iter().position(|d| d.name == r.name));
     let failed = rows.iter().any(|r| !r.running());
-    print_summary(ctx, &rows, http_port);
+    print_summary(ctx, &rows, front);
     Ok(i32::from(failed))
 }
 
 /// The table `up` ends with: each instance, what happened, its port and how it was chosen
 /// (preferred or fallback, and why), how many ports were tried, its URL.
-fn print_summary(ctx: &Context, rows: &[Row], http_port: u16) {
+fn print_summary(ctx: &Context, rows: &[Row], front: crate::model::instance::Front) {
     if rows.is_empty() {
         return;
     }
@@ -248,7 +248,7 @@ fn print_summary(ctx: &Context, rows: &[Row], http_port: u16) {
             known(port.map(u16::to_string)),
             known(how.map(describe_choice)),
             known(how.map(|a| a.tried.to_string())),
-            known(Some(crate::model::instance::url(&r.name, http_port))),
+            known(Some(front.url(&r.name))),
         ]);
     }
     for line in crate::sys::stdio::columns(&table) {

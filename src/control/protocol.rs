@@ -63,6 +63,12 @@ pub(crate) struct Response {
     pub(crate) http_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) pid: Option<i32>,
+    /// `hello`: the port the proxy serves HTTPS on, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) https_port: Option<u16>,
+    /// `hello`: URLs say `https://` (on `https_port`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) https: bool,
     /// `hello`: every address the proxy's HTTP listeners are on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) listen: Vec<SocketAddr>,
@@ -86,6 +92,14 @@ impl Response {
         Response {
             ok: true,
             ..Default::default()
+        }
+    }
+
+    /// `hello`: how URLs reach this proxy.
+    pub(crate) fn front(&self) -> Front {
+        match (self.https, self.https_port) {
+            (true, Some(port)) => Front { https: true, port },
+            _ => Front::http(self.http_port.unwrap_or(80)),
         }
     }
 

@@ -52,6 +52,8 @@ struct RawProxy {
     upstream_timeout: Option<u64>,
     tunnel_linger: Option<u64>,
     express: Option<bool>,
+    https: Option<bool>,
+    redirect: Option<bool>,
 }
 
 /// The validated configuration.
@@ -68,6 +70,10 @@ pub(crate) struct Config {
     /// Whether plain HTTP/1.1 requests take the express lane (`proxy::lane`); off, hyper
     /// serves every HTTP/1.1 request.
     pub(crate) express: bool,
+    /// Whether the proxy serves HTTPS and URLs say `https://` (`[proxy] https`).
+    pub(crate) https: Https,
+    /// Whether plain-HTTP requests for an instance are redirected to HTTPS (308).
+    pub(crate) redirect: bool,
     /// Ports instances choose from when they name none, ranges in order.
     pub(crate) range: PortRanges,
     /// Ports never handed out, whatever range or `--port` says.
@@ -86,12 +92,27 @@ impl Default for Config {
             upstream_timeout: None,
             tunnel_linger: None,
             express: true,
+            https: Https::Auto,
+            redirect: false,
             range: crate::model::ports::DEFAULT_RANGE.into(),
             exclude: PortRanges::default(),
             idle_timeout: crate::model::project::DEFAULT_IDLE,
             trust: Vec::new(),
         }
     }
+}
+
+/// `[proxy] https`: TLS on the proxy's listeners (the first byte of a connection tells a
+/// ClientHello from a request), and which scheme the URLs wharf prints use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Https {
+    /// Unset: HTTPS is served; URLs say `https://` once `wharf trust` has put the CA in a
+    /// trust store, since before that a browser would only show a warning.
+    Auto,
+    /// `true`: served, and URLs say `https://`.
+    On,
+    /// `false`: no TLS at all; a ClientHello is closed, and no CA is made.
+    Off,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +209,12 @@ pub(crate) fn parse(text: &str) -> Result<Config, ConfigIssue> {
         upstream_timeout,
         tunnel_linger,
         express: raw.proxy.express.unwrap_or(true),
+        https: match raw.proxy.https {
+            None => Https::Auto,
+            Some(true) => Https::On,
+            Some(false) => Https::Off,
+        },
+        redirect: raw.proxy.redirect.unwrap_or(false),
         range,
         exclude,
         idle_timeout,

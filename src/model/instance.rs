@@ -149,20 +149,36 @@ pub(crate) struct Declaration {
     pub(crate) fingerprint: String,
 }
 
-/// `http://NAME.localhost[:PORT]`, without the port when it is 80.
-pub(crate) fn url(name: &Name, port: u16) -> String {
-    origin(&format!("{name}.localhost"), port)
+/// How URLs reach the front proxy: the scheme, and the port (left out when it is the
+/// scheme's own). The proxy decides it and tells every client in its `hello`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Front {
+    pub(crate) https: bool,
+    pub(crate) port: u16,
 }
 
-/// `http://localhost[:PORT]/`, the dashboard on the proxy's port.
-pub(crate) fn dashboard_url(port: u16) -> String {
-    origin("localhost", port) + "/"
-}
+impl Front {
+    pub(crate) const fn http(port: u16) -> Front {
+        Front { https: false, port }
+    }
 
-fn origin(host: &str, port: u16) -> String {
-    match port {
-        80 => format!("http://{host}"),
-        port => format!("http://{host}:{port}"),
+    /// `http://NAME.localhost[:PORT]` (or `https://`).
+    pub(crate) fn url(&self, name: &Name) -> String {
+        self.origin(&format!("{name}.localhost"))
+    }
+
+    /// `http://localhost[:PORT]/`, the dashboard.
+    pub(crate) fn dashboard(&self) -> String {
+        self.origin("localhost") + "/"
+    }
+
+    fn origin(&self, host: &str) -> String {
+        match (self.https, self.port) {
+            (false, 80) => format!("http://{host}"),
+            (true, 443) => format!("https://{host}"),
+            (false, port) => format!("http://{host}:{port}"),
+            (true, port) => format!("https://{host}:{port}"),
+        }
     }
 }
 

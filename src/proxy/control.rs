@@ -19,6 +19,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 
 use crate::control::protocol::*;
+use crate::model::config::Https;
 use crate::model::instance::*;
 use crate::model::name::Name;
 use crate::proxy::routes::{AliasMap, Owner, Route, RouteError, Routes, alias_instance};
@@ -26,8 +27,8 @@ use crate::proxy::routes::{AliasMap, Owner, Route, RouteError, Routes, alias_ins
 /// The proxy's side of the control socket: what it knows and how it answers.
 pub(crate) struct ControlPlane {
     pub(crate) routes: Arc<Routes>,
-    /// The port URLs use (the first HTTP listener's).
-    pub(crate) http_port: u16,
+    /// Where the proxy serves HTTP and HTTPS, and which URLs say.
+    pub(crate) fronts: Fronts,
     /// Where its HTTP listeners are, for `hello`.
     pub(crate) listen: Vec<SocketAddr>,
     /// Where aliases are kept between proxy runs.
@@ -92,16 +93,48 @@ pub(crate) const MAX_LINE: usize = 64 * 1024;
 /// what a proxy crash can lose.
 const COUNTS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Where the proxy serves, and so how URLs reach it (`Response::front`).
+pub(crate) struct Fronts {
+    /// The first HTTP listener's port.
+    pub(crate) http_port: u16,
+    /// Where HTTPS is served, if it is.
+    pub(crate) https_port: Option<u16>,
+    pub(crate) https: Https,
+    /// The state directory, where `wharf trust` notes that the CA is trusted.
+    pub(crate) state: PathBuf,
+}
+
+impl Fronts {
+    /// Whether URLs say `https://`: always when `[proxy] https = true`; when unset, once the
+    /// CA is trusted (asked each time: `wharf trust` may run while the proxy does).
+    pub(crate) fn https_urls(&self) -> bool {
+        self.https_port.is_some()
+            && match self.https {
+                Https::On => true,
+                Https::Auto => crate::ca::is_trusted(&self.state),
+                Https::Off => false,
+            }
+    }
+
+    pub(crate) fn front(&self) -> Front {
+        match self.https_port {
+            Some(port) if self.https_urls() => Front { https: true, port },
+            _ => Front::http(self.http_port),
+        }
+    }
+}
+
 impl ControlPlane {
-    /// `listen` is every HTTP listener's address; URLs use the first one's port.
+    /// `listen` is every HTTP listener's address.
     pub(crate) fn new(
         routes: Arc<Routes>,
         listen: Vec<SocketAddr>,
+        fronts: Fronts,
         aliases_path: PathBuf,
     ) -> ControlPlane {
         ControlPlane {
             routes,
-            http_port: listen.first().map_or(80, SocketAddr::port),
+            fronts,
             listen,
             aliases_path,
             untold: std::sync::Mutex::default(),
@@ -212,7 +245,8 @@ impl ControlPlane {
     /// Every route, as `list` and the dashboard show them, by name.
     pub(crate) fn listed(&self) -> Vec<Listed> {
         let table = self.routes.snapshot();
-        let mut out: Vec<Listed> = table.values().map(|r| listed(r, self.http_port)).collect();
+        let front = self.fronts.front();
+        let mut out: Vec<Listed> = table.values().map(|r| listed(r, front)).collect();
         out.sort_by(|a, b| a.instance.name.cmp(&b.instance.name));
         out
     }
@@ -229,7 +263,9 @@ impl ControlPlane {
     fn answer(&self, owner: Owner, request: Request) -> Result<Response, Refusal> {
         match request {
             Request::Hello => Ok(Response {
-                http_port: Some(self.http_port),
+                http_port: Some(self.fronts.http_port),
+                https_port: self.fronts.https_port,
+                https: self.fronts.https_urls(),
                 pid: Some(std::process::id() as i32),
                 listen: self.listen.clone(),
                 ..Response::ok()
@@ -320,7 +356,7 @@ impl ControlPlane {
     }
 }
 
-fn listed(route: &Route, http_port: u16) -> Listed {
+fn listed(route: &Route, front: Front) -> Listed {
     let mut instance = route.instance.clone();
     // Already part of `requests`.
     instance.requests_before = None;
@@ -330,7 +366,7 @@ fn listed(route: &Route, http_port: u16) -> Listed {
     }
     Listed {
         instance,
-        url: url(&route.instance.name, http_port),
+        url: front.url(&route.instance.name),
         alias: route.owner == Owner::Alias,
         uptime_secs: route.since.elapsed().map(|d| d.as_secs()).unwrap_or(0),
         requests: route.requests.load(Ordering::Relaxed),

@@ -57,6 +57,8 @@ pub(crate) struct ProxyArgs {
     pub(crate) limits: Limits,
     /// Whether plain HTTP/1.1 requests take the express lane (else all go to hyper).
     pub(crate) express: bool,
+    /// `[proxy] https`.
+    pub(crate) https: crate::model::config::Https,
 }
 
 pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
@@ -90,9 +92,17 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         .map(|a| a.port())
         .context("no HTTP listener")?;
     let routes = Arc::new(Routes::default());
+    let fronts = crate::proxy::control::Fronts {
+        http_port,
+        https_port: None,
+        https: args.https,
+        state: args.state_dir.clone(),
+    };
+    let front = fronts.front();
     let plane = Arc::new(ControlPlane::new(
         routes.clone(),
         addrs.clone(),
+        fronts,
         args.state_dir.join("aliases.json"),
     ));
     match plane.load_aliases() {
@@ -108,7 +118,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             args.limits,
             crate::proxy::budget::Budget::from_rlimit(),
         )
-        .with_dashboard_port(http_port)
+        .with_dashboard(front)
         .with_express(args.express),
     );
 
@@ -142,7 +152,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         std::process::id(),
         shown.join(", "),
         control_path.display(),
-        crate::model::instance::dashboard_url(http_port),
+        front.dashboard(),
     );
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("0 instances")]);
     tasks.spawn(report_status(routes.clone(), changes, shutdown.clone()));
@@ -177,7 +187,7 @@ fn already_running(
     };
     let dashboard = hello
         .http_port
-        .map(|p| format!(", dashboard {}", crate::model::instance::dashboard_url(p)))
+        .map(|_| format!(", dashboard {}", hello.front().dashboard()))
         .unwrap_or_default();
     format!(
         "a front proxy already runs ({pid}, serving {at}{dashboard}; control {}); use it, \

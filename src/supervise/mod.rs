@@ -65,6 +65,10 @@ pub(crate) struct RunArgs {
     pub(crate) declared: Option<Declaration>,
     /// Extra environment for the server (wharf.toml's `env`).
     pub(crate) env: Vec<(String, String)>,
+    /// `[proxy] https`: unless off, the server is given wharf's CA to trust.
+    pub(crate) https: crate::model::config::Https,
+    /// The CA variables (`ca::bundle::VARS`) wharf's own environment sets: the user's, kept.
+    pub(crate) ca_vars_set: Vec<String>,
     pub(crate) force: bool,
     pub(crate) no_pid: bool,
     /// `PORT` in wharf's own environment, if set: a preference like `--port` when valid.
@@ -127,7 +131,8 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         NotifySocket::bind(&runtime_dir.join(format!("notify-{}.sock", std::process::id())))
             .context("creating the notify socket for the server")?;
 
-    let env = start::environment(&args, &plan, &bound, &url, &notify);
+    let mut env = start::environment(&args, &plan, &bound, &url, &notify);
+    env.extend(start::trust_environment(&state_dir, &args, &out));
     start::say_handoff(&out, plan.mode, &bound);
     out.url(&url);
     let server = start::Server::new(ctx, &args, &plan, argv, &bound, env, log);

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use super::output::Output;
 use crate::control::launch;
 use crate::control::protocol::Closed;
-use crate::model::instance::{Instance, State};
+use crate::model::instance::{Front, Instance, State};
 use crate::model::mode::Mode;
 use crate::model::name::Name;
 use crate::model::ports::MAIN_SOCKET;
@@ -27,7 +27,8 @@ pub(crate) struct Registration {
     runtime: PathBuf,
     self_exe: PathBuf,
     client: Option<crate::control::client::Client>,
-    http_port: Option<u16>,
+    /// How URLs reach the proxy, once one answered.
+    front: Option<Front>,
     /// Why the last connection ended, and when to try again.
     closed: Closed,
     retry_at: Option<tokio::time::Instant>,
@@ -57,7 +58,7 @@ impl Registration {
             runtime: runtime.to_path_buf(),
             self_exe: self_exe.to_path_buf(),
             client: None,
-            http_port: None,
+            front: None,
             instance: Instance {
                 name: name.clone(),
                 pid: std::process::id() as i32,
@@ -90,7 +91,7 @@ impl Registration {
                         self.runtime.join("proxy.log").display()
                     ));
                 }
-                self.http_port = connected.hello.http_port;
+                self.front = Some(connected.hello.front());
                 self.client = Some(connected.client);
                 let register = crate::control::protocol::Request::Register {
                     instance: Box::new(self.instance.clone()),
@@ -109,9 +110,11 @@ impl Registration {
         Ok(())
     }
 
-    /// `http://NAME.localhost[:PORT]`: through the proxy if there is one, else direct.
+    /// `http(s)://NAME.localhost[:PORT]`: through the proxy if there is one, else direct.
     pub(crate) fn url(&self, direct_port: u16) -> String {
-        crate::model::instance::url(&self.instance.name, self.http_port.unwrap_or(direct_port))
+        self.front
+            .unwrap_or(Front::http(direct_port))
+            .url(&self.instance.name)
     }
 
     pub(crate) async fn started(&mut self, child: i32) {

@@ -113,6 +113,35 @@ pub(super) fn environment(
     env
 }
 
+/// What makes the server's own HTTPS clients trust wharf's CA (`ca::bundle`), made now if
+/// there is none yet, except the variables the user set (in wharf.toml or wharf's own
+/// environment). Without a CA (`[proxy] https = false`, or it cannot be made) nothing.
+pub(super) fn trust_environment(
+    state: &std::path::Path,
+    args: &RunArgs,
+    out: &Output,
+) -> Vec<(String, String)> {
+    if args.https == crate::model::config::Https::Off {
+        return Vec::new();
+    }
+    let vars = crate::ca::Authority::open_or_create(state)
+        .and_then(|ca| crate::ca::bundle::environment(state, &ca));
+    match vars {
+        Ok(vars) => vars
+            .into_iter()
+            .filter(|(k, _)| {
+                !args.ca_vars_set.iter().any(|set| set == k)
+                    && !args.env.iter().any(|(e, _)| e == k)
+            })
+            .map(|(k, v)| (k.to_string(), v.display().to_string()))
+            .collect(),
+        Err(e) => {
+            out.say(format!("not offering the server wharf's CA: {e}"));
+            Vec::new()
+        }
+    }
+}
+
 /// Say how each socket reaches the server: as an fd, or as a port in its environment.
 pub(super) fn say_handoff(out: &Output, mode: Mode, bound: &[BoundSocket]) {
     for (i, b) in bound.iter().enumerate() {

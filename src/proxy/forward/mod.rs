@@ -112,15 +112,15 @@ impl Forwarder {
             list,
             limits,
             budget,
-            dashboard: crate::model::instance::dashboard_url(80),
+            dashboard: crate::model::instance::Front::http(80).dashboard(),
             express: true,
         }
     }
 
-    /// The same, with error pages pointing at the dashboard on the proxy's `port`.
-    pub(crate) fn with_dashboard_port(self, port: u16) -> Forwarder {
+    /// The same, with error pages pointing at the dashboard at `front`.
+    pub(crate) fn with_dashboard(self, front: crate::model::instance::Front) -> Forwarder {
         Forwarder {
-            dashboard: crate::model::instance::dashboard_url(port),
+            dashboard: front.dashboard(),
             ..self
         }
     }
