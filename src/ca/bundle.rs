@@ -1,15 +1,15 @@
 //! What an instance needs to trust wharf's CA when it calls `https://NAME.localhost`: Node
 //! adds `NODE_EXTRA_CA_CERTS` to its own roots, but OpenSSL, Python's `ssl`, requests and curl
 //! take one file that replaces the roots (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`,
-//! `CURL_CA_BUNDLE`). So the bundle is the system's roots followed by the CA, in
-//! `STATE/ca/bundle.pem`, written again when either changes.
+//! `CURL_CA_BUNDLE`). So each gets a file in `STATE/ca/`: what it would have read without
+//! wharf (the user's own file if the variable is set, else the system's roots, or nothing for
+//! Node), followed by the CA; written again when either changes. The user's choice of roots
+//! is kept, and wharf's CA added to it.
 
 use std::path::{Path, PathBuf};
 
 use crate::ca::{Authority, CaError, dir, io_error};
 use crate::state::dirs;
-
-const BUNDLE_FILE: &str = "bundle.pem";
 
 /// Where each system keeps its roots as one PEM file, most common first.
 const SYSTEM_ROOTS: &[&str] = &[
@@ -32,34 +32,45 @@ pub(crate) const VARS: [&str; 4] = [
     "CURL_CA_BUNDLE",
 ];
 
-/// The environment that makes an instance's clients trust wharf's CA, each variable (`VARS`)
-/// with its file.
+/// The environment that makes an instance's clients trust wharf's CA: each of `VARS` with
+/// its file. `user` is the value the user gave a variable, if any.
 pub(crate) fn environment(
     state: &Path,
     ca: &Authority,
+    user: impl Fn(&str) -> Option<PathBuf>,
 ) -> Result<Vec<(&'static str, PathBuf)>, CaError> {
-    let bundle = write(state, ca)?;
-    let [node, ssl, requests, curl] = VARS;
-    Ok(vec![
-        (node, ca.cert_path().to_path_buf()),
-        (ssl, bundle.clone()),
-        (requests, bundle.clone()),
-        (curl, bundle),
-    ])
+    let mut vars = Vec::new();
+    for var in VARS {
+        let base = user(var);
+        let path = match (var, &base) {
+            // Node's are extra certificates: the CA alone will do.
+            ("NODE_EXTRA_CA_CERTS", None) => ca.cert_path().to_path_buf(),
+            (_, Some(base)) => write(state, ca, &format!("{var}.pem"), &read(base))?,
+            (_, None) => write(state, ca, "bundle.pem", &system_roots())?,
+        };
+        vars.push((var, path));
+    }
+    Ok(vars)
 }
 
-/// Write the bundle if it is missing or out of date; its path.
-fn write(state: &Path, ca: &Authority) -> Result<PathBuf, CaError> {
-    let path = dir(state).join(BUNDLE_FILE);
-    let roots = SYSTEM_ROOTS
+fn system_roots() -> String {
+    SYSTEM_ROOTS
         .iter()
         .find_map(|p| std::fs::read_to_string(p).ok())
-        .unwrap_or_default();
-    let mut bundle = roots;
+        .unwrap_or_default()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// `STATE/ca/NAME`: `certs` then the CA, rewritten only when that changed.
+fn write(state: &Path, ca: &Authority, name: &str, certs: &str) -> Result<PathBuf, CaError> {
+    let path = dir(state).join(name);
+    let mut bundle = certs.to_string();
     if !bundle.is_empty() && !bundle.ends_with('\n') {
         bundle.push('\n');
     }
-    bundle.push_str("# wharf's local CA (name-constrained to localhost and *.localhost)\n");
     bundle.push_str(ca.cert_pem());
     let current = dirs::read_private(&path).map_err(io_error(&path))?;
     if current.as_deref() != Some(bundle.as_bytes()) {

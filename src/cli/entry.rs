@@ -200,10 +200,9 @@ fn run_args(cli: RunCli, config: &config::Config, stop_grace: Duration) -> super
             .map(|(file, fingerprint)| crate::model::instance::Declaration { file, fingerprint }),
         env: Vec::new(),
         https: config.https,
-        ca_vars_set: crate::ca::bundle::VARS
+        ca_vars: crate::ca::bundle::VARS
             .iter()
-            .filter(|v| std::env::var_os(v).is_some())
-            .map(|v| v.to_string())
+            .filter_map(|v| Some((v.to_string(), std::env::var_os(v)?.into())))
             .collect(),
         force: cli.force,
         no_pid: cli.no_pid,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,6 +21,8 @@ use crate::proxy::deadline::WriteDeadline;
 use crate::proxy::forward::Forwarder;
 use crate::proxy::lane::{self, Outcome, Protocol, Replay};
 use crate::proxy::limits::Limits;
+use crate::proxy::rules::Peer;
+use crate::proxy::tls::Alpn;
 
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
 content-length: 38\r\nconnection: close\r\nretry-after: 1\r\n\r\nwharf: too many connections; try again\n";
@@ -120,10 +122,46 @@ async fn connection(
             (protocol, Held::new(Replay::new(read, stream), fds))
         }
     };
+    let peer = Peer {
+        addr: peer,
+        tls: false,
+    };
+    match protocol {
+        Protocol::Http1 => serve_hyper(io, Alpn::Http1, peer, forwarder, shutdown).await,
+        Protocol::Http2 => serve_hyper(io, Alpn::Http2, peer, forwarder, shutdown).await,
+        // Boxed: a TLS session's state is large, and plain connections should not carry it.
+        Protocol::Tls => Box::pin(serve_tls(io, peer, forwarder, shutdown)).await,
+    }
+}
+
+/// Shake hands, then serve what ALPN chose.
+async fn serve_tls<I>(io: I, peer: Peer, forwarder: Arc<Forwarder>, shutdown: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // `[proxy] https = false`: nothing to say to a TLS client in plain text.
+    let Some(tls) = forwarder.tls() else { return };
+    let within = forwarder.limits().header_read;
+    if let Some((io, alpn)) = tls.accept(io, &forwarder.routes, within).await {
+        let peer = Peer { tls: true, ..peer };
+        serve_hyper(io, alpn, peer, forwarder, shutdown).await;
+    }
+}
+
+/// Serve a connection the lane handed over (or its TLS stream) with hyper, in `protocol`.
+async fn serve_hyper<I>(
+    io: I,
+    protocol: Alpn,
+    peer: Peer,
+    forwarder: Arc<Forwarder>,
+    shutdown: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let limits = forwarder.limits();
     let (io, exempt) = WriteDeadline::new(io, limits.write_stall);
     let (header_read, max_head) = (limits.header_read, limits.max_head);
-    if protocol == Protocol::Http2 {
+    if protocol == Alpn::Http2 {
         return crate::proxy::http2::serve(io, peer, forwarder, &shutdown).await;
     }
     let service = service_fn(move |req| {

@@ -26,7 +26,9 @@ pub(crate) enum ProxyError {
     DuplicateHost,
     #[error("the absolute URI's host does not match the Host header")]
     HostMismatch,
-    #[error("only http:// absolute URIs are served")]
+    #[error(
+        "the absolute URI's scheme is not the connection's (http:// over plain HTTP, https:// over TLS)"
+    )]
     BadScheme,
     #[error(transparent)]
     Host(#[from] HostError),

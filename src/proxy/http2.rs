@@ -35,7 +35,7 @@ const SEND_BUF: usize = 64 * 1024;
 /// `shutdown`.
 pub(crate) async fn serve<I>(
     io: I,
-    peer: std::net::SocketAddr,
+    peer: crate::proxy::rules::Peer,
     forwarder: Arc<Forwarder>,
     shutdown: &CancellationToken,
 ) where

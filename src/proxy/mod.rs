@@ -27,6 +27,7 @@ pub(crate) mod listeners;
 pub(crate) mod pages;
 pub(crate) mod routes;
 pub(crate) mod rules;
+pub(crate) mod tls;
 pub(crate) mod tunnel;
 pub(crate) mod upstream;
 
@@ -92,9 +93,11 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         .map(|a| a.port())
         .context("no HTTP listener")?;
     let routes = Arc::new(Routes::default());
+    let https = args.https != crate::model::config::Https::Off;
     let fronts = crate::proxy::control::Fronts {
         http_port,
-        https_port: None,
+        // Every listener serves HTTPS too; URLs use the first one's port.
+        https_port: https.then_some(http_port),
         https: args.https,
         state: args.state_dir.clone(),
     };
@@ -119,7 +122,8 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             crate::proxy::budget::Budget::from_rlimit(),
         )
         .with_dashboard(front)
-        .with_express(args.express),
+        .with_express(args.express)
+        .with_tls(https.then(|| crate::proxy::tls::Tls::new(args.state_dir.clone()))),
     );
 
     let shutdown = CancellationToken::new();

@@ -168,12 +168,25 @@ pub(crate) fn forwarded_for<'a>(
     out.extend_from_slice(peer);
 }
 
+/// Who sent a request: its address, and whether it came over TLS (then
+/// `X-Forwarded-Proto: https`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Peer {
+    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) tls: bool,
+}
+
+/// `X-Forwarded-Proto`'s value.
+pub(crate) fn scheme(tls: bool) -> &'static str {
+    if tls { "https" } else { "http" }
+}
+
 /// The forwarding headers the proxy writes on every request after its `X-Forwarded-For`
-/// (`forwarded_for`), in order: `X-Forwarded-Proto`, `X-Forwarded-Host` (the request's
-/// Host), and its `Via`, after any the client sent.
-pub(crate) fn forwarded_headers(host: &[u8]) -> [(&'static str, &[u8]); 3] {
+/// (`forwarded_for`), in order: `X-Forwarded-Proto` (`scheme`), `X-Forwarded-Host` (the
+/// request's Host), and its `Via`, after any the client sent.
+pub(crate) fn forwarded_headers(host: &[u8], tls: bool) -> [(&'static str, &[u8]); 3] {
     [
-        ("x-forwarded-proto", b"http"),
+        ("x-forwarded-proto", scheme(tls).as_bytes()),
         ("x-forwarded-host", host),
         ("via", VIA.as_bytes()),
     ]
@@ -393,7 +406,7 @@ mod tests {
             forwarded_for(prior.iter().map(|p| p.as_bytes()), b"127.0.0.1", &mut out);
             assert_eq!(String::from_utf8(out).unwrap(), *expected, "{prior:?}");
         }
-        let names: Vec<&str> = forwarded_headers(b"a.localhost")
+        let names: Vec<&str> = forwarded_headers(b"a.localhost", false)
             .iter()
             .map(|(name, _)| *name)
             .collect();

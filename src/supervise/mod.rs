@@ -67,8 +67,9 @@ pub(crate) struct RunArgs {
     pub(crate) env: Vec<(String, String)>,
     /// `[proxy] https`: unless off, the server is given wharf's CA to trust.
     pub(crate) https: crate::model::config::Https,
-    /// The CA variables (`ca::bundle::VARS`) wharf's own environment sets: the user's, kept.
-    pub(crate) ca_vars_set: Vec<String>,
+    /// The CA variables (`ca::bundle::VARS`) wharf's own environment sets, with their values:
+    /// the user's roots, which the server's files keep and add wharf's CA to.
+    pub(crate) ca_vars: Vec<(String, PathBuf)>,
     pub(crate) force: bool,
     pub(crate) no_pid: bool,
     /// `PORT` in wharf's own environment, if set: a preference like `--port` when valid.

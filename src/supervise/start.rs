@@ -114,8 +114,8 @@ pub(super) fn environment(
 }
 
 /// What makes the server's own HTTPS clients trust wharf's CA (`ca::bundle`), made now if
-/// there is none yet, except the variables the user set (in wharf.toml or wharf's own
-/// environment). Without a CA (`[proxy] https = false`, or it cannot be made) nothing.
+/// there is none yet; a variable wharf.toml sets for the instance is left to it. Without a CA
+/// (`[proxy] https = false`, or it cannot be made) nothing.
 pub(super) fn trust_environment(
     state: &std::path::Path,
     args: &RunArgs,
@@ -124,15 +124,18 @@ pub(super) fn trust_environment(
     if args.https == crate::model::config::Https::Off {
         return Vec::new();
     }
+    let user = |var: &str| {
+        args.ca_vars
+            .iter()
+            .find(|(k, _)| k == var)
+            .map(|(_, v)| v.clone())
+    };
     let vars = crate::ca::Authority::open_or_create(state)
-        .and_then(|ca| crate::ca::bundle::environment(state, &ca));
+        .and_then(|ca| crate::ca::bundle::environment(state, &ca, user));
     match vars {
         Ok(vars) => vars
             .into_iter()
-            .filter(|(k, _)| {
-                !args.ca_vars_set.iter().any(|set| set == k)
-                    && !args.env.iter().any(|(e, _)| e == k)
-            })
+            .filter(|(k, _)| !args.env.iter().any(|(e, _)| e == k))
             .map(|(k, v)| (k.to_string(), v.display().to_string()))
             .collect(),
         Err(e) => {

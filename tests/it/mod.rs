@@ -7,6 +7,7 @@ mod express;
 mod fuzz;
 mod hostile;
 mod http2;
+mod https;
 mod pages;
 mod ports;
 mod proxy;

@@ -34,7 +34,8 @@ report = {
     "fds": open_fds,
     "pid": os.getpid(),
     "env": {k: v for k, v in os.environ.items()
-            if k.startswith(("LISTEN_", "WHARF_", "PORT", "NOTIFY_", "WATCHDOG")) or k == "HOST"},
+            if k.startswith(("LISTEN_", "WHARF_", "PORT", "NOTIFY_", "WATCHDOG")) or k == "HOST"
+            or k in ("NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")},
 }
 
 

@@ -27,7 +27,7 @@ use crate::proxy::errors::{CLOSED_UNANSWERED, ProxyError, cause, caused_by, inva
 use crate::proxy::limits::Limits;
 use crate::proxy::pages;
 use crate::proxy::routes::{Route, Routes};
-use crate::proxy::rules::{self, Fate};
+use crate::proxy::rules::{self, Fate, Peer};
 use crate::proxy::tunnel;
 use crate::proxy::upstream::{self, idle};
 use http1::Connection;
@@ -86,6 +86,8 @@ pub(crate) struct Forwarder {
     /// Whether plain HTTP/1.1 requests take the express lane (`[proxy] express`); off, the
     /// lane hands every connection to hyper at its first request head.
     pub(crate) express: bool,
+    /// HTTPS, unless `[proxy] https = false`.
+    tls: Option<crate::proxy::tls::Tls>,
 }
 
 impl Forwarder {
@@ -114,6 +116,7 @@ impl Forwarder {
             budget,
             dashboard: crate::model::instance::Front::http(80).dashboard(),
             express: true,
+            tls: None,
         }
     }
 
@@ -128,6 +131,16 @@ impl Forwarder {
     /// The same, with the express lane on or off (`[proxy] express`).
     pub(crate) fn with_express(self, express: bool) -> Forwarder {
         Forwarder { express, ..self }
+    }
+
+    /// The same, serving HTTPS on the listeners too.
+    pub(crate) fn with_tls(self, tls: Option<crate::proxy::tls::Tls>) -> Forwarder {
+        Forwarder { tls, ..self }
+    }
+
+    /// HTTPS, if it is served.
+    pub(crate) fn tls(&self) -> Option<&crate::proxy::tls::Tls> {
+        self.tls.as_ref()
     }
 
     /// The descriptor budget connections are admitted and opened under.
@@ -160,10 +173,10 @@ impl Forwarder {
     pub(crate) async fn handle(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: Peer,
         exempt: &Arc<AtomicBool>,
     ) -> Response<ProxyBody> {
-        let result = match self.route(&req) {
+        let result = match self.route(&req, peer.tls) {
             Ok(Routed::Dashboard) => {
                 let wants_json = req
                     .headers()
@@ -228,7 +241,7 @@ impl Forwarder {
     }
 
     /// Every check that happens before any upstream I/O.
-    fn route(&self, req: &Request<Incoming>) -> Result<Routed, ProxyError> {
+    fn route(&self, req: &Request<Incoming>, tls: bool) -> Result<Routed, ProxyError> {
         if req.method() == Method::CONNECT {
             return Err(ProxyError::Connect);
         }
@@ -255,7 +268,7 @@ impl Forwarder {
         {
             return Err(ProxyError::Loop);
         }
-        let host = request_host(req)?;
+        let host = request_host(req, tls)?;
         let host_str = host.to_str().map_err(|_| ProxyError::NoHost)?;
         match host::parse(host_str)? {
             Target::Dashboard => Ok(Routed::Dashboard),
@@ -275,7 +288,7 @@ impl Forwarder {
         route: Arc<Route>,
         sub: Option<Name>,
         host: HeaderValue,
-        peer: SocketAddr,
+        peer: Peer,
         signals: Signals<'_>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let Signals { exempt, body_ended } = signals;
@@ -517,14 +530,17 @@ fn upstream_uri(authority: &Authority, path: PathAndQuery) -> Uri {
 /// The request's Host: exactly one Host header, which an absolute-form URI must agree with.
 /// HTTP/1.0 requests may carry only the URI's authority, and HTTP/2 ones usually do
 /// (`:authority`).
-fn request_host<B>(req: &Request<B>) -> Result<HeaderValue, ProxyError> {
+/// The request's Host: the header, or an absolute URI's authority (whose scheme must be the
+/// connection's: `https` over TLS, else `http`).
+fn request_host<B>(req: &Request<B>, tls: bool) -> Result<HeaderValue, ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let header = hosts.next().cloned();
     if hosts.next().is_some() {
         return Err(ProxyError::DuplicateHost);
     }
     let authority = req.uri().authority();
-    if authority.is_some() && req.uri().scheme() != Some(&Scheme::HTTP) {
+    let scheme = if tls { &Scheme::HTTPS } else { &Scheme::HTTP };
+    if authority.is_some() && req.uri().scheme() != Some(scheme) {
         return Err(ProxyError::BadScheme);
     }
     match (header, authority) {
@@ -647,15 +663,15 @@ fn upstream_headers(
     grpc: bool,
     upgrade: Option<HeaderValue>,
     host: &HeaderValue,
-    peer: SocketAddr,
+    peer: Peer,
 ) -> (HeaderMap, Version) {
     let te_trailers = grpc && headers.get(header::TE).is_some_and(|v| v == "trailers");
-    let forwarded_for = forward_request_headers(&mut headers, peer);
+    let forwarded_for = forward_request_headers(&mut headers, peer.addr);
     if let Some(upgrade) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade);
     }
-    add_forwarded(&mut headers, forwarded_for, host);
+    add_forwarded(&mut headers, forwarded_for, host, peer.tls);
     if !grpc {
         if client_version == Version::HTTP_2 {
             join_cookies(&mut headers);
@@ -702,12 +718,20 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
 }
 
 /// Write the proxy's forwarding headers (`rules::forwarded_headers`) and the request's Host.
-fn add_forwarded(headers: &mut HeaderMap, forwarded_for: HeaderValue, host: &HeaderValue) {
+fn add_forwarded(
+    headers: &mut HeaderMap,
+    forwarded_for: HeaderValue,
+    host: &HeaderValue,
+    tls: bool,
+) {
     headers.append(X_FORWARDED_FOR, forwarded_for);
-    for (name, value) in rules::forwarded_headers(host.as_bytes()) {
+    for (name, value) in rules::forwarded_headers(host.as_bytes(), tls) {
         // Names and values known here (no parsing per request); any other is checked.
         let (name, value) = match name {
-            "x-forwarded-proto" => (X_FORWARDED_PROTO, HeaderValue::from_static("http")),
+            "x-forwarded-proto" => (
+                X_FORWARDED_PROTO,
+                HeaderValue::from_static(rules::scheme(tls)),
+            ),
             "x-forwarded-host" => (X_FORWARDED_HOST, host.clone()),
             "via" => (header::VIA, HeaderValue::from_static(rules::VIA)),
             other => match (
@@ -814,42 +838,49 @@ mod tests {
     fn host_rules() {
         let v11 = Version::HTTP_11;
         assert_eq!(
-            request_host(&req("/", &["a.localhost"], v11)).unwrap(),
+            request_host(&req("/", &["a.localhost"], v11), false).unwrap(),
             "a.localhost"
         );
         assert!(matches!(
-            request_host(&req("/", &["a.localhost", "b.localhost"], v11)),
+            request_host(&req("/", &["a.localhost", "b.localhost"], v11), false),
             Err(ProxyError::DuplicateHost)
         ));
         assert!(matches!(
-            request_host(&req("/", &[], v11)),
+            request_host(&req("/", &[], v11), false),
             Err(ProxyError::NoHost)
         ));
         let abs = "http://a.localhost:7080/x";
-        assert!(request_host(&req(abs, &["A.localhost:7080"], v11)).is_ok());
+        assert!(request_host(&req(abs, &["A.localhost:7080"], v11), false).is_ok());
         assert!(matches!(
-            request_host(&req(abs, &["b.localhost"], v11)),
+            request_host(&req(abs, &["b.localhost"], v11), false),
             Err(ProxyError::HostMismatch)
         ));
         assert!(matches!(
-            request_host(&req(abs, &[], v11)),
+            request_host(&req(abs, &[], v11), false),
             Err(ProxyError::NoHost)
         ));
         assert_eq!(
-            request_host(&req(abs, &[], Version::HTTP_10)).unwrap(),
+            request_host(&req(abs, &[], Version::HTTP_10), false).unwrap(),
             "a.localhost:7080"
         );
         let h2 = Version::HTTP_2;
         assert_eq!(
-            request_host(&req(abs, &[], h2)).unwrap(),
+            request_host(&req(abs, &[], h2), false).unwrap(),
             "a.localhost:7080"
         );
         assert!(matches!(
-            request_host(&req(abs, &["b.localhost"], h2)),
+            request_host(&req(abs, &["b.localhost"], h2), false),
             Err(ProxyError::HostMismatch)
         ));
         assert!(matches!(
-            request_host(&req("https://a.localhost/", &["a.localhost"], v11)),
+            request_host(&req("https://a.localhost/", &["a.localhost"], v11), false),
+            Err(ProxyError::BadScheme)
+        ));
+        // Over TLS the scheme is https, and http is the wrong one.
+        let https = "https://a.localhost/";
+        assert!(request_host(&req(https, &[], h2), true).is_ok());
+        assert!(matches!(
+            request_host(&req(abs, &[], h2), true),
             Err(ProxyError::BadScheme)
         ));
     }
@@ -931,7 +962,7 @@ mod tests {
         let host = HeaderValue::from_static("api.localhost:7080");
         let forwarded_for =
             forward_request_headers(&mut h, "[::ffff:127.0.0.1]:5000".parse().unwrap());
-        add_forwarded(&mut h, forwarded_for, &host);
+        add_forwarded(&mut h, forwarded_for, &host, false);
         assert_eq!(h["x-forwarded-for"], "10.1.1.1, 10.2.2.2, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.localhost:7080");

@@ -50,6 +50,8 @@ const HEAD_BUF: usize = 8 * 1024;
 const BODY_BUF: usize = 64 * 1024;
 /// What a client speaking HTTP/2 with prior knowledge sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The first byte of a TLS handshake record (a ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// How the lane left a client connection.
 pub(crate) enum Outcome {
@@ -66,6 +68,8 @@ pub(crate) enum Protocol {
     Http1,
     /// The client sent HTTP/2's preface (all of it, in what was read).
     Http2,
+    /// The client's first byte opens a TLS handshake record: HTTPS (`proxy::tls`).
+    Tls,
 }
 
 /// Serve `client` for as long as its requests fit the lane.
@@ -205,6 +209,9 @@ impl Lane<'_> {
             match read {
                 Some(Ok(n)) if n > 0 => {
                     if self.fresh {
+                        if self.inbuf[0] == TLS_HANDSHAKE {
+                            return Next::Handoff(Protocol::Tls);
+                        }
                         self.fresh = false;
                         deadline = Instant::now() + limits.header_read;
                     }

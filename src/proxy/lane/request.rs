@@ -128,7 +128,7 @@ pub(super) fn plan(
         .map(|h| h.value);
     rules::forwarded_for(prior, peer.as_bytes(), request);
     request.extend_from_slice(b"\r\n");
-    for (name, value) in rules::forwarded_headers(host) {
+    for (name, value) in rules::forwarded_headers(host, false) {
         header_line(request, name.as_bytes(), value);
     }
     request.extend_from_slice(b"\r\n");

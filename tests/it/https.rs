@@ -1,0 +1,266 @@
+//! HTTPS on the proxy's listeners: real clients (curl, Python's ssl, websockets) trusting only
+//! wharf's CA reach instances over HTTP/2 and HTTP/1.1; names the proxy does not route get an
+//! alert, never a certificate; hostile handshakes touch no instance.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::util::*;
+
+/// The CA certificate's path (`wharf ca`).
+fn ca(sb: &Sandbox) -> String {
+    let out = sb.wharf(&["ca"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+struct Curl {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// `curl https://HOST:PORT/PATH` resolved to 127.0.0.1, trusting only `ca`.
+fn curl(ca: &str, port: u16, host: &str, extra: &[&str]) -> Option<Curl> {
+    let curl = need("curl")?;
+    let out = Command::new(curl)
+        .args(["-sS", "--max-time", "20", "--cacert", ca])
+        .arg("--resolve")
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .args(extra)
+        .arg(format!("https://{host}:{port}/"))
+        .output()
+        .unwrap();
+    Some(Curl {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+#[test]
+fn curl_reaches_an_instance_over_h2_and_http1_trusting_only_the_local_ca() {
+    let sb = Sandbox::new();
+    let app = sb.serve("app", &[]);
+    let port = app.url_port();
+    let ca = ca(&sb);
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let Some(c) = curl(
+            &ca,
+            port,
+            "app.localhost",
+            &[flag, "-w", "\n%{http_version}"],
+        ) else {
+            return;
+        };
+        assert_eq!(c.code, Some(0), "{flag}: {}", c.stderr);
+        let (body, got) = c.stdout.rsplit_once('\n').unwrap();
+        assert_eq!(got, version, "{flag}");
+        let seen: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(seen["headers"]["x-forwarded-proto"], "https", "{body}");
+        assert_eq!(seen["headers"]["host"], format!("app.localhost:{port}"));
+    }
+    // A name under the instance's (a socket name, or none) is covered by the same certificate.
+    let c = curl(&ca, port, "x.app.localhost", &[]).unwrap();
+    assert_eq!(c.code, Some(0), "{}", c.stderr);
+    // And the dashboard has one of its own.
+    let c = curl(&ca, port, "localhost", &["-H", "accept: application/json"]).unwrap();
+    assert_eq!(c.code, Some(0), "{}", c.stderr);
+    assert!(c.stdout.contains("\"app\""), "{}", c.stdout);
+}
+
+#[test]
+fn names_the_proxy_does_not_route_get_an_alert_and_no_certificate() {
+    let sb = Sandbox::new();
+    let app = sb.serve("app", &[]);
+    let port = app.url_port();
+    let ca = ca(&sb);
+    for host in ["nope.localhost", "example.com"] {
+        let Some(c) = curl(&ca, port, host, &[]) else {
+            return;
+        };
+        assert_eq!(c.code, Some(35), "{host}: {}", c.stderr);
+        assert!(
+            c.stderr.contains("unrecognized name"),
+            "{host}: {}",
+            c.stderr
+        );
+    }
+    // No SNI at all: an address.
+    let out = Command::new(need("curl").unwrap())
+        .args(["-sS", "--max-time", "20", "--cacert", &ca])
+        .arg(format!("https://127.0.0.1:{port}/"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(35));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unrecognized name"));
+    assert_eq!(requests(&sb, "app"), 0, "the instance saw nothing");
+}
+
+/// How many requests the proxy forwarded to `name`.
+fn requests(sb: &Sandbox, name: &str) -> u64 {
+    let ls = sb.ls();
+    let entry = ls.iter().find(|i| i["name"] == name).unwrap();
+    entry["requests"].as_u64().unwrap()
+}
+
+#[test]
+fn hostile_handshakes_end_without_touching_an_instance() {
+    let sb = Sandbox::with_limits("first_byte=3,header_read=2");
+    let app = sb.serve("app", &[]);
+    let port = app.url_port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // Garbage after a handshake record's first byte: an alert or a close, at once.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(b"\x16\x03\x01\x00\x05hello, this is not TLS at all\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty() || answer[0] == 0x15,
+        "not an alert: {answer:?}"
+    );
+    // A handshake that stalls after its first bytes is closed at the deadline.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(b"\x16\x03\x01").unwrap();
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(8),
+        "closed after {waited:?}"
+    );
+    // Early data is refused: curl with --tls-earlydata would need a resumed session; what
+    // the proxy offers is the proof: no early data in its tickets (rustls default, kept).
+    assert_eq!(requests(&sb, "app"), 0);
+}
+
+#[test]
+fn an_instance_gets_the_ca_and_python_trusts_the_proxy_with_it() {
+    let sb = Sandbox::new();
+    let app = sb.serve("app", &[]);
+    let port = app.url_port();
+    let env = app.report()["env"].clone();
+    let ca = ca(&sb);
+    let ca_pem = std::fs::read_to_string(&ca).unwrap();
+    // Each variable names a file of wharf's that ends with the CA (after the user's own
+    // roots, when the variable was set for wharf: the test runner may set them).
+    for var in [
+        "NODE_EXTRA_CA_CERTS",
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+    ] {
+        let file = env[var]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {var}: {env}"));
+        assert!(file.starts_with(path_str(&sb.state_dir())), "{var}={file}");
+        assert!(
+            std::fs::read_to_string(file).unwrap().ends_with(&ca_pem),
+            "{var}"
+        );
+    }
+    let bundle = env["SSL_CERT_FILE"].as_str().unwrap().to_string();
+    // Python's ssl with the instance's environment: the default context reads SSL_CERT_FILE.
+    let script = "import os, socket, ssl, sys\n\
+        ctx = ssl.create_default_context()\n\
+        s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', int(sys.argv[1]))), \
+        server_hostname='app.localhost')\n\
+        s.sendall(f'GET / HTTP/1.1\\r\\nHost: app.localhost:{sys.argv[1]}\\r\\nConnection: close\\r\\n\\r\\n'.encode())\n\
+        data = b''\n\
+        while chunk := s.recv(65536):\n    data += chunk\n\
+        print(data.split(b'\\r\\n')[0].decode(), s.version())\n";
+    let out = Command::new(python())
+        .args(["-c", script, &port.to_string()])
+        .env("SSL_CERT_FILE", &bundle)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("HTTP/1.1 200"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The bundle still trusts the system's roots: it starts with them (or the user's).
+    let roots = std::env::var("SSL_CERT_FILE")
+        .unwrap_or_else(|_| "/etc/ssl/certs/ca-certificates.crt".into());
+    let roots = std::fs::read_to_string(roots).unwrap_or_default();
+    assert!(
+        std::fs::read_to_string(&bundle)
+            .unwrap()
+            .starts_with(&roots)
+    );
+}
+
+h1test!(a_websocket_over_tls_round_trips, |sb: Sandbox| {
+    let Some(py) = need_venv() else { return };
+    let ws = repo().join("tests/servers/ws.py");
+    let server = sb.spawn(&[
+        "run",
+        "--name",
+        "ws",
+        "--env",
+        "--port",
+        "0",
+        "--",
+        path_str(&py),
+        path_str(&ws),
+        "server",
+    ]);
+    server.expect("WS ready");
+    let port = server.url_port();
+    let out = Command::new(&py)
+        .args([
+            path_str(&ws),
+            "client",
+            &port.to_string(),
+            &format!("ws.localhost:{port}"),
+            "hello over TLS",
+        ])
+        .env("WS_CAFILE", ca(&sb))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ECHO hello over TLS"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+});
+
+#[test]
+fn https_on_prints_https_urls_and_off_refuses_tls_and_makes_no_ca() {
+    let sb = Sandbox::new();
+    sb.config("[proxy]\nhttps = true\n");
+    let app = sb.serve("app", &[]);
+    let line = app.expect(" is at https://");
+    assert!(line.contains("https://app.localhost:"), "{line}");
+    drop(app);
+
+    let sb = Sandbox::new();
+    sb.config("[proxy]\nhttps = false\n");
+    let app = sb.serve("app", &[]);
+    let port = app.url_port();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(b"\x16\x03\x01\x00\x05hello").unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{answer:?}");
+    assert!(!sb.state_dir().join("ca").exists(), "a CA was made");
+    let env = app.report()["env"].clone();
+    let state = sb.state_dir();
+    for var in ["NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE"] {
+        let value = env[var].as_str().unwrap_or_default();
+        assert!(!value.starts_with(path_str(&state)), "{var}={value}");
+    }
+}
