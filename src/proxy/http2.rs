@@ -1,5 +1,6 @@
-//! HTTP/2 with prior knowledge (`h2c`, RFC 9113 §3.3), on the same port as HTTP/1.1: what
-//! `curl --http2-prior-knowledge`, `h2load` and plaintext gRPC clients speak. Requests are
+//! HTTP/2, over TLS (ALPN `h2`) or with prior knowledge (`h2c`, RFC 9113 §3.3) on the same
+//! port as HTTP/1.1: what browsers, `curl --http2-prior-knowledge`, `h2load` and gRPC
+//! clients speak. WebSockets open over it with extended CONNECT (RFC 8441), as browsers do. Requests are
 //! routed by `:authority` under the same rules as HTTP/1.1 ones and forwarded as HTTP/1.1,
 //! except gRPC, which `forward` sends on over h2c.
 //!
@@ -47,8 +48,10 @@ pub(crate) async fn serve<I>(
     let counted = streams.clone();
     // Each stream may need a connection to an instance: the budget says how many.
     let max_streams = forwarder.budget().streams_per_connection();
-    // Never set: HTTP/2 has no upgrades (extended CONNECT is not enabled).
-    let exempt = Arc::default();
+    // Set once a WebSocket opens over extended CONNECT (RFC 8441): from then on its stream
+    // may idle as long as it likes, so the connection is not closed as idle.
+    let exempt: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+    let tunnels = exempt.clone();
     let service = service_fn(move |req| {
         let forwarder = forwarder.clone();
         let exempt = Arc::clone(&exempt);
@@ -70,6 +73,7 @@ pub(crate) async fn serve<I>(
             .max_concurrent_streams(max_streams)
             .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
             .max_send_buf_size(SEND_BUF)
+            .enable_connect_protocol()
             .serve_connection(TokioIo::new(io), service)
     );
     // Once GOAWAY is sent, streams in flight finish and no new ones start.
@@ -90,6 +94,9 @@ pub(crate) async fn serve<I>(
                 // dropped, as an HTTP/1.1 client that stops reading is.
                 State::Stalled => return,
                 // Still no stream and still not closed: a handshake that never ended.
+                State::Idle if tunnels.load(std::sync::atomic::Ordering::Relaxed) => {
+                    streams.idle_from_now();
+                }
                 State::Idle if closing => return,
                 State::Idle => {
                     closing = true;

@@ -264,3 +264,93 @@ fn https_on_prints_https_urls_and_off_refuses_tls_and_makes_no_ca() {
         assert!(!value.starts_with(path_str(&state)), "{var}={value}");
     }
 }
+
+/// What a browser does when the proxy offers extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL):
+/// its WebSocket is a CONNECT stream with `:protocol websocket` on the HTTP/2 connection it
+/// already has (RFC 8441); the instance sees an HTTP/1.1 handshake and echoes a frame back.
+#[test]
+fn a_websocket_opens_over_http2_with_extended_connect() {
+    use http_body_util::Empty;
+    use hyper::body::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let Some(py) = need_venv() else { return };
+    let sb = Sandbox::new();
+    let ws = repo().join("tests/servers/ws.py");
+    let server = sb.spawn(&[
+        "run",
+        "--name",
+        "ws",
+        "--env",
+        "--port",
+        "0",
+        "--",
+        path_str(&py),
+        path_str(&ws),
+        "server",
+    ]);
+    server.expect("WS ready");
+    let port = server.url_port();
+    let ca_pem = std::fs::read_to_string(ca(&sb)).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let echoed = runtime.block_on(async {
+        let mut roots = rustls::RootCertStore::empty();
+        let der = pem::parse(&ca_pem).unwrap().into_contents();
+        roots.add(der.into()).unwrap();
+        let provider = Arc::new(rustls_graviola::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("ws.localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        // The server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) come with its first frames.
+        let warmup = hyper::Request::get(format!("https://ws.localhost:{port}/"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let _ = sender.send_request(warmup).await;
+        let mut req = hyper::Request::builder()
+            .method(hyper::Method::CONNECT)
+            .uri(format!("https://ws.localhost:{port}/"))
+            .header("sec-websocket-version", "13")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let response = sender.send_request(req).await.unwrap();
+        assert_eq!(response.status(), 200, "{response:?}");
+        assert!(response.headers().get("sec-websocket-accept").is_none());
+        let mut stream = TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+        // A masked text frame, "hi" (RFC 6455 §5.2); the echo comes back unmasked.
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | 2];
+        frame.extend(mask);
+        frame.extend(b"hi".iter().zip(mask).map(|(b, m)| b ^ m));
+        stream.write_all(&frame).await.unwrap();
+        let mut echo = [0u8; 4];
+        tokio::time::timeout(PATIENCE, stream.read_exact(&mut echo))
+            .await
+            .unwrap()
+            .unwrap();
+        echo
+    });
+    assert_eq!(&echoed, b"\x81\x02hi");
+}

@@ -242,7 +242,7 @@ impl Forwarder {
 
     /// Every check that happens before any upstream I/O.
     fn route(&self, req: &Request<Incoming>, tls: bool) -> Result<Routed, ProxyError> {
-        if req.method() == Method::CONNECT {
+        if req.method() == Method::CONNECT && !is_extended_connect(req) {
             return Err(ProxyError::Connect);
         }
         let uri = req.uri();
@@ -307,13 +307,25 @@ impl Forwarder {
             .ok_or_else(|| ProxyError::Unknown(name.clone()))?;
         route.count_request();
 
-        let websocket = is_websocket(req.headers());
+        // A WebSocket over HTTP/2 (RFC 8441) goes to the instance as HTTP/1.1's handshake.
+        let extended = is_extended_connect(&req);
+        let websocket = extended || is_websocket(req.headers());
         let grpc = is_grpc(&req);
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-        let upgrade = websocket
-            .then(|| req.headers().get(header::UPGRADE).cloned())
-            .flatten();
-        let (parts, body) = req.into_parts();
+        let upgrade = if extended {
+            Some(HeaderValue::from_static("websocket"))
+        } else {
+            websocket
+                .then(|| req.headers().get(header::UPGRADE).cloned())
+                .flatten()
+        };
+        let (mut parts, body) = req.into_parts();
+        if extended {
+            parts.method = Method::GET;
+            parts
+                .headers
+                .insert(header::SEC_WEBSOCKET_KEY, websocket_key());
+        }
         let (headers, version) =
             upstream_headers(parts.headers, parts.version, grpc, upgrade, &host, peer);
         let path = parts
@@ -375,7 +387,19 @@ impl Forwarder {
                 };
                 tunnel::relay(TokioIo::new(client), TokioIo::new(upstream), linger).await;
             });
-            let (parts, _) = response.into_parts();
+            let (mut parts, _) = response.into_parts();
+            if extended {
+                // HTTP/2 says yes to a CONNECT with 200; the HTTP/1.1 handshake's headers
+                // answer a key the client never sent.
+                parts.status = StatusCode::OK;
+                for name in [
+                    header::UPGRADE,
+                    header::CONNECTION,
+                    header::SEC_WEBSOCKET_ACCEPT,
+                ] {
+                    parts.headers.remove(name);
+                }
+            }
             return Ok(Response::from_parts(parts, empty_body()));
         }
         self.mark_answered(&route);
@@ -642,6 +666,30 @@ fn forwarded_for(prior: &[&[u8]], peer: SocketAddr) -> HeaderValue {
     rules::forwarded_for(prior.iter().copied(), peer.as_bytes(), &mut value);
     // The prior hops were header values, and an address is text.
     HeaderValue::from_bytes(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A WebSocket opened over HTTP/2: `CONNECT` with `:protocol websocket` (RFC 8441).
+fn is_extended_connect<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64 (RFC 6455 §4.1).
+fn websocket_key() -> HeaderValue {
+    use base64::Engine as _;
+    let mut nonce = [0u8; 16];
+    if graviola::random::fill(&mut nonce).is_err() {
+        // Not a secret, only a nonce the server echoes: the time will do.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        nonce = now.as_nanos().to_le_bytes();
+    }
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    HeaderValue::from_str(&key).unwrap_or(HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
 }
 
 fn is_websocket(headers: &HeaderMap) -> bool {
