@@ -132,6 +132,7 @@ fn proxy_args(
         limits,
         express: config.express,
         https: config.https,
+        redirect: config.redirect,
     })
 }
 

@@ -60,6 +60,8 @@ pub(crate) struct ProxyArgs {
     pub(crate) express: bool,
     /// `[proxy] https`.
     pub(crate) https: crate::model::config::Https,
+    /// `[proxy] redirect`: plain-HTTP requests for instances get a 308 to HTTPS.
+    pub(crate) redirect: bool,
 }
 
 pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
@@ -94,10 +96,11 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         .context("no HTTP listener")?;
     let routes = Arc::new(Routes::default());
     let https = args.https != crate::model::config::Https::Off;
+    // Every listener serves HTTPS too; URLs use the first one's port.
+    let https_port = https.then_some(http_port);
     let fronts = crate::proxy::control::Fronts {
         http_port,
-        // Every listener serves HTTPS too; URLs use the first one's port.
-        https_port: https.then_some(http_port),
+        https_port,
         https: args.https,
         state: args.state_dir.clone(),
     };
@@ -123,7 +126,8 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         )
         .with_dashboard(front)
         .with_express(args.express)
-        .with_tls(https.then(|| crate::proxy::tls::Tls::new(args.state_dir.clone()))),
+        .with_tls(https.then(|| crate::proxy::tls::Tls::new(args.state_dir.clone())))
+        .with_redirect(args.redirect.then_some(https_port).flatten()),
     );
 
     let shutdown = CancellationToken::new();

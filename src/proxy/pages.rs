@@ -278,6 +278,23 @@ pub(crate) fn misdirected(host: &str, dashboard: &str) -> Response<ProxyBody> {
     )
 }
 
+/// `[proxy] redirect`: the same request over HTTPS (308 keeps the method and the body).
+pub(crate) fn to_https(location: &str) -> Response<ProxyBody> {
+    let body = format!(
+        "<p>This instance is served over HTTPS: <a href=\"{0}\">{0}</a>.</p>",
+        escape(location)
+    );
+    let mut response = respond(
+        StatusCode::PERMANENT_REDIRECT,
+        "text/html; charset=utf-8",
+        page("308 moved to HTTPS", &body),
+    );
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
 /// Any other error: the status, what happened, what to do, and the dashboard.
 pub(crate) fn error(
     status: StatusCode,

@@ -354,3 +354,39 @@ fn a_websocket_opens_over_http2_with_extended_connect() {
     });
     assert_eq!(&echoed, b"\x81\x02hi");
 }
+
+h1test!(
+    plain_http_is_redirected_to_https_when_asked,
+    |sb: Sandbox| {
+        sb.config("[proxy]\nredirect = true\n");
+        let app = sb.serve("app", &[]);
+        let port = app.url_port();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        write!(
+            s,
+            "POST /a/b?c=1 HTTP/1.1\r\nHost: app.localhost:{port}\r\ncontent-length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let (head, _) = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 308"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains(&format!(
+                "location: https://app.localhost:{port}/a/b?c=1\r\n"
+            )),
+            "{head}"
+        );
+        // The dashboard stays on plain HTTP, and HTTPS is served, not redirected.
+        assert_eq!(get(addr, &format!("localhost:{port}"), "/").unwrap().0, 200);
+        let Some(c) = curl(&ca(&sb), port, "app.localhost", &[]) else {
+            return;
+        };
+        assert_eq!(c.code, Some(0), "{}", c.stderr);
+        assert_eq!(
+            requests(&sb, "app"),
+            1,
+            "only the HTTPS request reached the instance"
+        );
+    }
+);

@@ -88,6 +88,8 @@ pub(crate) struct Forwarder {
     pub(crate) express: bool,
     /// HTTPS, unless `[proxy] https = false`.
     tls: Option<crate::proxy::tls::Tls>,
+    /// `[proxy] redirect`: plain-HTTP requests for instances get a 308 to HTTPS on this port.
+    pub(crate) redirect: Option<u16>,
 }
 
 impl Forwarder {
@@ -117,6 +119,7 @@ impl Forwarder {
             dashboard: crate::model::instance::Front::http(80).dashboard(),
             express: true,
             tls: None,
+            redirect: None,
         }
     }
 
@@ -136,6 +139,14 @@ impl Forwarder {
     /// The same, serving HTTPS on the listeners too.
     pub(crate) fn with_tls(self, tls: Option<crate::proxy::tls::Tls>) -> Forwarder {
         Forwarder { tls, ..self }
+    }
+
+    /// The same, redirecting plain-HTTP requests for instances to HTTPS on `port`.
+    pub(crate) fn with_redirect(self, port: Option<u16>) -> Forwarder {
+        Forwarder {
+            redirect: port,
+            ..self
+        }
     }
 
     /// HTTPS, if it is served.
@@ -187,6 +198,10 @@ impl Forwarder {
             }
             // Boxed: its state is kilobytes, and HTTP/2 moves a stream's future several times
             // (into its task, and out again when done).
+            Ok(Routed::Instance { host, .. }) if self.redirect.is_some() && !peer.tls => {
+                let port = self.redirect.unwrap_or(443);
+                return pages::to_https(&https_location(&host, port, req.uri()));
+            }
             Ok(Routed::Instance { route, sub, host }) => {
                 // An HTTP/1 request body is watched to its end: an error answered before it
                 // closes the connection, as the lane's does (`rules::open_after_error`).
@@ -666,6 +681,18 @@ fn forwarded_for(prior: &[&[u8]], peer: SocketAddr) -> HeaderValue {
     rules::forwarded_for(prior.iter().copied(), peer.as_bytes(), &mut value);
     // The prior hops were header values, and an address is text.
     HeaderValue::from_bytes(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Where `[proxy] redirect` sends a plain-HTTP request: the same host, HTTPS's port, the same
+/// path and query.
+fn https_location(host: &HeaderValue, port: u16, uri: &Uri) -> String {
+    let host = host.to_str().unwrap_or_default();
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    match port {
+        443 => format!("https://{name}{path}"),
+        port => format!("https://{name}:{port}{path}"),
+    }
 }
 
 /// A WebSocket opened over HTTP/2: `CONNECT` with `:protocol websocket` (RFC 8441).

@@ -34,6 +34,7 @@ pub(super) fn plan(
 ) -> Option<Plan> {
     let (method, path) = (req.method?, req.path?);
     if !forwarder.express
+        || forwarder.redirect.is_some()
         || req.version != Some(1)
         || method == "CONNECT"
         || !path.starts_with('/')
