@@ -37,7 +37,7 @@ pub(crate) enum Command {
     /// Remove what `wharf install` wrote
     Uninstall(UninstallCli),
     /// Check name resolution, the proxy, the units, port 80 and file privacy; say how to fix
-    Doctor,
+    Doctor(DoctorCli),
     /// Start the instances declared in wharf.toml (or only NAMES), applying any changes
     Up(UpCli),
     /// Stop the instances declared in wharf.toml (or only NAMES)
@@ -53,6 +53,16 @@ pub(crate) struct CaCli {
     /// Print the certificate itself instead of its path
     #[arg(long)]
     pub(crate) pem: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DoctorCli {
+    /// Apply the fixes wharf can make (`myhostname` in /etc/nsswitch.conf, with a backup)
+    #[arg(long)]
+    pub(crate) fix: bool,
+    /// With --fix: print what would change, change nothing
+    #[arg(long, requires = "fix")]
+    pub(crate) dry_run: bool,
 }
 
 #[derive(Debug, Args)]

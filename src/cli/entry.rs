@@ -93,7 +93,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Install(args) => service::install(&ctx, args),
         Command::Uninstall(args) => service::uninstall(&ctx, args),
-        Command::Doctor => current_thread()?.block_on(service::doctor(&ctx)),
+        Command::Doctor(args) => current_thread()?.block_on(service::doctor(&ctx, args)),
         Command::Up(args) => {
             let trust = project_trust(&ctx)?;
             current_thread()?.block_on(up::up(&ctx, &trust, args.file.as_deref(), &args.names))

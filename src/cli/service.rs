@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 
-use crate::cli::args::{InstallCli, UninstallCli};
+use crate::cli::args::{DoctorCli, InstallCli, UninstallCli};
 use crate::install::{self, File, Outcome, Plan, Port80};
 use crate::state::context::Context;
 
@@ -309,8 +309,47 @@ fn remove_privileged(files: &[PathBuf], user: &str, root: bool) -> anyhow::Resul
     Ok(())
 }
 
-pub(crate) async fn doctor(ctx: &Context) -> anyhow::Result<i32> {
+pub(crate) async fn doctor(ctx: &Context, cli: DoctorCli) -> anyhow::Result<i32> {
+    use crate::install::doctor::{self, Nss, Repair};
     let unit_dir = ctx.systemd_user_dir().filter(|_| cfg!(target_os = "linux"));
-    let findings = crate::install::doctor::examine(&ctx.dirs, unit_dir.as_deref()).await;
-    Ok(crate::install::doctor::report(&findings)?)
+    let nss = Nss::examine(&ctx.nsswitch_file, ctx.path_var.clone());
+    let findings = doctor::examine(&ctx.dirs, unit_dir.as_deref(), &nss).await;
+    let code = doctor::report(&findings)?;
+    if !cli.fix {
+        return Ok(code);
+    }
+    let repairs: Vec<&Repair> = findings.iter().filter_map(|f| f.repair.as_ref()).collect();
+    if repairs.is_empty() {
+        crate::progressln!("--fix: nothing here that wharf can fix itself; see each fix: above");
+        return Ok(code);
+    }
+    for repair in repairs {
+        match repair {
+            Repair::Myhostname(path) => {
+                let Some(fix) = crate::install::nsswitch::plan(path)? else {
+                    continue;
+                };
+                if cli.dry_run {
+                    crate::outln!(
+                        "--- {0}\n+++ {0} (after `wharf doctor --fix`)",
+                        path.display()
+                    )?;
+                    crate::sys::stdio::out(&fix.diff())?;
+                    crate::progressln!(
+                        "dry run: nothing written (the fix would keep a backup at {})",
+                        fix.backup.display()
+                    );
+                    continue;
+                }
+                fix.apply()?;
+                crate::progressln!(
+                    "added `myhostname` to the hosts: line of {} (backup: {}); to undo: {}",
+                    path.display(),
+                    fix.backup.display(),
+                    fix.undo()
+                );
+            }
+        }
+    }
+    Ok(code)
 }

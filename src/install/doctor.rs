@@ -1,14 +1,15 @@
 //! `wharf doctor`: checks what makes `http://NAME.localhost` work on this machine (name
 //! resolution, the proxy, the service units, port 80 and who holds it, private files, corrupt
 //! state files) and says, for each problem, the command or change that fixes it. It changes
-//! nothing.
+//! nothing; the few fixes it can make itself (`Repair`) are made by `doctor --fix`.
 
 use std::net::ToSocketAddrs;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::control::launch;
+use crate::install::nsswitch::{self, HostsLine};
 use crate::state::dirs::{self, Dirs};
 use crate::sys::netstat;
 
@@ -26,6 +27,15 @@ pub(crate) struct Finding {
     pub(crate) level: Level,
     pub(crate) what: String,
     pub(crate) fix: Option<String>,
+    /// What `doctor --fix` may change about it.
+    pub(crate) repair: Option<Repair>,
+}
+
+/// A change `doctor --fix` makes, only when asked.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Repair {
+    /// Add `myhostname` to the `hosts:` line of this nsswitch.conf (`install::nsswitch`).
+    Myhostname(PathBuf),
 }
 
 fn finding(level: Level, what: impl Into<String>, fix: Option<String>) -> Finding {
@@ -33,13 +43,15 @@ fn finding(level: Level, what: impl Into<String>, fix: Option<String>) -> Findin
         level,
         what: what.into(),
         fix,
+        repair: None,
     }
 }
 
-/// Everything `doctor` looks at, for the given directories and unit directory.
-pub(crate) async fn examine(dirs: &Dirs, unit_dir: Option<&Path>) -> Vec<Finding> {
+/// Everything `doctor` looks at, for the given directories, unit directory and name
+/// resolution facts.
+pub(crate) async fn examine(dirs: &Dirs, unit_dir: Option<&Path>, nss: &Nss) -> Vec<Finding> {
     let (found, proxy_pid, proxy_port) = proxy(dirs).await;
-    let mut out = vec![resolver(proxy_port), curl(), found];
+    let mut out = vec![resolver(proxy_port, lookup(), nss), curl(), found];
     if let Some(dir) = unit_dir {
         out.push(units(dir));
     }
@@ -50,37 +62,106 @@ pub(crate) async fn examine(dirs: &Dirs, unit_dir: Option<&Path>) -> Vec<Finding
     out
 }
 
-/// `port`: the running proxy's, for the `http_proxy=` way round (`PORT` when none runs).
-fn resolver(port: Option<u16>) -> Finding {
+/// What name resolution depends on besides the resolver's answer: the nsswitch.conf `hosts:`
+/// line and whether the `myhostname` module is installed.
+pub(crate) struct Nss {
+    pub(crate) path: PathBuf,
+    pub(crate) line: HostsLine,
+    pub(crate) library: bool,
+    /// The command that installs the module here.
+    pub(crate) install: String,
+}
+
+impl Nss {
+    /// This machine's facts, with nsswitch.conf at `path`.
+    pub(crate) fn examine(path: &Path, path_var: Option<std::ffi::OsString>) -> Nss {
+        let text = std::fs::read_to_string(path).ok();
+        Nss {
+            path: path.to_path_buf(),
+            line: nsswitch::examine(text.as_deref()),
+            library: nsswitch::library_present(),
+            install: nsswitch::install_command(path_var),
+        }
+    }
+}
+
+/// How the system resolver answered for a `*.localhost` name (`None`: not at all).
+fn lookup() -> Option<Vec<std::net::SocketAddr>> {
+    ("wharf-doctor.localhost", 80)
+        .to_socket_addrs()
+        .ok()
+        .map(Iterator::collect)
+}
+
+/// The one place that decides what to say and do about name resolution. `port`: the running
+/// proxy's, for the `http_proxy=` way round (`PORT` when none runs).
+fn resolver(port: Option<u16>, answer: Option<Vec<std::net::SocketAddr>>, nss: &Nss) -> Finding {
     let port = port.map_or_else(|| "PORT".to_string(), |p| p.to_string());
-    let fix = format!(
-        "install libnss-myhostname and add `myhostname` to the hosts: line of \
-         /etc/nsswitch.conf (or use systemd-resolved); until then such clients can use \
-         http_proxy=http://127.0.0.1:{port}"
+    let path = nss.path.display();
+    let meanwhile = format!(
+        "or `wharf hosts sync` lists the current names in /etc/hosts; until then such clients \
+         can use http_proxy=http://127.0.0.1:{port}"
     );
-    match ("wharf-doctor.localhost", 80).to_socket_addrs() {
-        Ok(addrs) => {
-            let addrs: Vec<_> = addrs.collect();
-            if !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()) {
-                finding(
-                    Level::Ok,
-                    "the system resolver maps *.localhost to loopback (Python, Node, Java too)",
+    match answer {
+        Some(addrs) if !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()) => finding(
+            Level::Ok,
+            "the system resolver maps *.localhost to loopback (Python, Node, Java too)",
+            None,
+        ),
+        Some(addrs) => finding(
+            Level::Problem,
+            format!("the system resolver maps *.localhost to {addrs:?}, not loopback"),
+            Some(format!(
+                "make the hosts: line of {path} list `myhostname` before `dns`; {meanwhile}"
+            )),
+        ),
+        None => {
+            let (fix, repair) = match (&nss.line, nss.library) {
+                (HostsLine::Lacks, true) => (
+                    format!(
+                        "`wharf doctor --fix` adds `myhostname` to the hosts: line of {path} \
+                         (before dns, keeping a backup); {meanwhile}"
+                    ),
+                    Some(Repair::Myhostname(nss.path.clone())),
+                ),
+                (HostsLine::Lacks, false) => (
+                    format!(
+                        "install the myhostname module: `{}`, then `wharf doctor --fix` adds it \
+                         to the hosts: line of {path} if the package did not; {meanwhile}",
+                        nss.install
+                    ),
                     None,
-                )
-            } else {
-                finding(
-                    Level::Problem,
-                    format!("the system resolver maps *.localhost to {addrs:?}, not loopback"),
-                    Some(fix.clone()),
+                ),
+                (HostsLine::Resolves("myhostname"), false) => (
+                    format!(
+                        "{path} lists `myhostname` but {} is missing: `{}`; {meanwhile}",
+                        nsswitch::LIBRARY,
+                        nss.install
+                    ),
+                    None,
+                ),
+                (HostsLine::Resolves(module), _) => (
+                    format!(
+                        "{path} lists `{module}` yet *.localhost does not resolve (for \
+                         `resolve`: is systemd-resolved running?); {meanwhile}"
+                    ),
+                    None,
+                ),
+                (HostsLine::Absent, _) => (
+                    format!("{path} has no hosts: line to add `myhostname` to; {meanwhile}"),
+                    None,
+                ),
+            };
+            Finding {
+                repair,
+                ..finding(
+                    Level::Note,
+                    "the system resolver (glibc) does not resolve *.localhost: browsers and curl \
+                     do by themselves, Python, Node and Java here do not",
+                    Some(fix),
                 )
             }
         }
-        Err(_) => finding(
-            Level::Note,
-            "the system resolver (glibc) does not resolve *.localhost: browsers and curl do by themselves, \
-             Python, Node and Java here do not",
-            Some(fix.clone()),
-        ),
     }
 }
 
@@ -385,6 +466,34 @@ mod tests {
         assert_eq!(port_holder(port, Some(me)).unwrap().level, Level::Ok);
         drop(listener);
         assert!(port_holder(port, None).is_none());
+    }
+
+    #[test]
+    fn resolution_is_repaired_only_where_the_module_is_installed() {
+        let nss = |line, library| Nss {
+            path: PathBuf::from("/x/nsswitch.conf"),
+            line,
+            library,
+            install: "sudo apt install libnss-myhostname".into(),
+        };
+        let f = resolver(None, None, &nss(HostsLine::Lacks, true));
+        assert_eq!(
+            f.repair,
+            Some(Repair::Myhostname("/x/nsswitch.conf".into()))
+        );
+        assert!(f.fix.unwrap().contains("wharf hosts sync"));
+        let f = resolver(Some(7080), None, &nss(HostsLine::Lacks, false));
+        assert_eq!(f.repair, None);
+        let fix = f.fix.unwrap();
+        assert!(
+            fix.contains("sudo apt install libnss-myhostname") && fix.contains(":7080"),
+            "{fix}"
+        );
+        let loopback = Some(vec!["127.0.0.1:80".parse().unwrap()]);
+        let f = resolver(None, loopback, &nss(HostsLine::Lacks, true));
+        assert_eq!((f.level, f.repair), (Level::Ok, None));
+        let f = resolver(None, None, &nss(HostsLine::Resolves("myhostname"), false));
+        assert!(f.fix.unwrap().contains("libnss_myhostname.so.2 is missing"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What the process around the library knows: wharf's directories, this binary, the working
-//! directory, PATH and the user's home. `main` builds it once from the real environment and
+//! directory, PATH, the user's home, and the system files wharf edits when asked
+//! (`$WHARF_NSSWITCH_FILE`, for tests). `main` builds it once from the real environment and
 //! every command takes it; `main` also reads `WHARF_LISTEN`, `WHARF_STOP_TIMEOUT` and `PORT`
 //! itself. Below `main`, only the service-manager protocols read the environment, where they
 //! are spoken: `sys::handoff::exec_step` (`WHARF_EXEC_FDS`, `WHARF_EXEC_SET_PID`),
@@ -24,6 +25,8 @@ pub(crate) struct Context {
     pub(crate) config_home: Option<PathBuf>,
     /// Paths allowed by `$WHARF_TRUST` though another user could have written them.
     pub(crate) trust: Trust,
+    /// `$WHARF_NSSWITCH_FILE`, else `/etc/nsswitch.conf`: what `doctor --fix` edits.
+    pub(crate) nsswitch_file: PathBuf,
 }
 
 impl Context {
@@ -45,6 +48,8 @@ impl Context {
             home,
             config_home,
             trust: Trust::from_env(var(crate::sys::trust::ENV).as_deref()),
+            nsswitch_file: nonempty("WHARF_NSSWITCH_FILE")
+                .unwrap_or_else(|| PathBuf::from("/etc/nsswitch.conf")),
         })
     }
 

@@ -1,6 +1,7 @@
 //! The operating system, as wharf uses it: processes and their trees, handing sockets to a
-//! child (`LISTEN_FDS`), sd_notify, reading who listens where, printing without panicking, and
-//! refusing files another user could have written. Knows nothing of names, routes or HTTP.
+//! child (`LISTEN_FDS`), sd_notify, reading who listens where, printing without panicking,
+//! refusing files another user could have written, and rewriting a system file wharf was asked
+//! to change (`sysfile`). Knows nothing of names, routes or HTTP.
 
 pub(crate) mod handoff;
 pub(crate) mod netstat;
@@ -8,4 +9,5 @@ pub(crate) mod notify;
 pub(crate) mod process;
 pub(crate) mod socket;
 pub(crate) mod stdio;
+pub(crate) mod sysfile;
 pub(crate) mod trust;

@@ -6,6 +6,7 @@ mod engines;
 mod express;
 mod fuzz;
 mod hostile;
+mod hosts;
 mod http2;
 mod https;
 mod pages;

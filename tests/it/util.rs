@@ -165,6 +165,11 @@ impl Sandbox {
         self.dir.path().join("run")
     }
 
+    /// The nsswitch.conf `doctor --fix` edits: never /etc/nsswitch.conf.
+    pub fn nsswitch_file(&self) -> PathBuf {
+        self.dir.path().join("nsswitch.conf")
+    }
+
     /// `wharf ARGS` with this sandbox's directories and none of the caller's socket variables.
     pub fn wharf(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wharf"));
@@ -173,6 +178,7 @@ impl Sandbox {
             .env("WHARF_RUNTIME_DIR", self.runtime_dir())
             .env("WHARF_LISTEN", "127.0.0.1:0")
             .env("XDG_CONFIG_HOME", self.config_dir())
+            .env("WHARF_NSSWITCH_FILE", self.nsswitch_file())
             .current_dir(self.dir.path())
             .stdin(Stdio::null());
         match &self.limits {
