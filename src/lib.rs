@@ -11,7 +11,8 @@
 //!   forwards HTTP/1.1 (express lane and hyper's path), HTTP/2 and tunnels.
 //! - `control`: the control plane between commands and the proxy (wire format, client,
 //!   server), and starting a proxy when none runs.
-//! - `install`: running the proxy as a service (systemd units, launchd agents) and `doctor`.
+//! - `install`: running the proxy as a service (systemd units, launchd agents), `doctor`, and
+//!   the system files wharf edits when asked (`/etc/hosts` through sudo, nsswitch.conf).
 //! - `ca`: wharf's local certificate authority, name-constrained to `localhost`, and the
 //!   certificates it issues per name.
 //! - `state`: what wharf keeps between commands: private directories, registry, logs.

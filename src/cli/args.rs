@@ -38,6 +38,9 @@ pub(crate) enum Command {
     Uninstall(UninstallCli),
     /// Check name resolution, the proxy, the units, port 80 and file privacy; say how to fix
     Doctor(DoctorCli),
+    /// Keep NAME.localhost in /etc/hosts for clients that do not resolve *.localhost
+    #[command(subcommand)]
+    Hosts(HostsCli),
     /// Start the instances declared in wharf.toml (or only NAMES), applying any changes
     Up(UpCli),
     /// Stop the instances declared in wharf.toml (or only NAMES)
@@ -63,6 +66,28 @@ pub(crate) struct DoctorCli {
     /// With --fix: print what would change, change nothing
     #[arg(long, requires = "fix")]
     pub(crate) dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum HostsCli {
+    /// Write the current names (instances, their sockets, aliases) as wharf's block in
+    /// /etc/hosts (through sudo when needed); `[hosts] sync = true` in config.toml keeps it in
+    /// step while the proxy runs
+    Sync {
+        /// Print the change, write nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// These NAME.localhost names (comma-separated) instead of asking the proxy: how wharf
+        /// re-runs itself through sudo
+        #[arg(long, hide = true, value_name = "HOSTS")]
+        names: Option<String>,
+    },
+    /// Remove wharf's block from /etc/hosts, and nothing else
+    Clean {
+        /// Print the change, write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -36,7 +36,7 @@ pub(crate) fn registry(ctx: &Context) -> anyhow::Result<crate::state::registry::
 
 /// What is running: from the proxy if it answers (`true`), else from the registry's leases
 /// with direct URLs (`false`).
-async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, bool)> {
+pub(crate) async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, bool)> {
     let runtime = ctx.dirs.runtime()?;
     if let Some(mut c) = launch::connect(runtime).await {
         match c.client.call(&Request::List).await {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::cli::args::{Cli, Command, ProxyCli, RunCli};
-use crate::cli::{commands, https, service, up};
+use crate::cli::{commands, hosts, https, service, up};
 use crate::model::config;
 use crate::model::mode::Mode;
 use crate::model::project::Restart;
@@ -94,6 +94,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Install(args) => service::install(&ctx, args),
         Command::Uninstall(args) => service::uninstall(&ctx, args),
         Command::Doctor(args) => current_thread()?.block_on(service::doctor(&ctx, args)),
+        Command::Hosts(args) => {
+            let keep = user_config(&ctx)?.hosts_sync;
+            current_thread()?.block_on(hosts::hosts(&ctx, args, keep))
+        }
         Command::Up(args) => {
             let trust = project_trust(&ctx)?;
             current_thread()?.block_on(up::up(&ctx, &trust, args.file.as_deref(), &args.names))
@@ -133,6 +137,7 @@ fn proxy_args(
         express: config.express,
         https: config.https,
         redirect: config.redirect,
+        hosts_file: config.hosts_sync.then(|| ctx.hosts_file.clone()),
     })
 }
 

@@ -1,9 +1,11 @@
 //! Running the proxy as a service: render the unit and plist templates of `units/` and
 //! `plists/` with this binary's path, write them into the user's own directories, remove them
 //! again. Writing outside those (for port 80 on Linux) happens only behind an explicit flag.
-//! Beside it: `doctor`, and `nsswitch`, the one system file `doctor --fix` edits.
+//! Beside it: `doctor`, and the system files only an explicit command edits (`hosts`: the
+//! hosts file through sudo; `nsswitch`: `doctor --fix`).
 
 pub(crate) mod doctor;
+pub(crate) mod hosts;
 pub(crate) mod nsswitch;
 
 use std::fmt::Write as _;

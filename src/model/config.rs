@@ -22,6 +22,15 @@ struct RawConfig {
     defaults: RawDefaults,
     #[serde(default)]
     trust: RawTrust,
+    #[serde(default)]
+    hosts: RawHosts,
+}
+
+/// `[hosts] sync = true`: the proxy keeps wharf's block in the hosts file in step.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHosts {
+    sync: Option<bool>,
 }
 
 /// Paths read even though another user could have written them (`wharf.toml`s).
@@ -83,6 +92,9 @@ pub(crate) struct Config {
     /// Project files allowed whoever could have written them: absolute paths (a directory
     /// allows everything below it) or `*`.
     pub(crate) trust: Vec<PathBuf>,
+    /// Whether the proxy rewrites wharf's block in the hosts file as routes come and go
+    /// (`wharf hosts sync`, kept in step).
+    pub(crate) hosts_sync: bool,
 }
 
 impl Default for Config {
@@ -98,6 +110,7 @@ impl Default for Config {
             exclude: PortRanges::default(),
             idle_timeout: crate::model::project::DEFAULT_IDLE,
             trust: Vec::new(),
+            hosts_sync: false,
         }
     }
 }
@@ -219,6 +232,7 @@ pub(crate) fn parse(text: &str) -> Result<Config, ConfigIssue> {
         exclude,
         idle_timeout,
         trust,
+        hosts_sync: raw.hosts.sync.unwrap_or(false),
     })
 }
 
@@ -284,6 +298,7 @@ mod tests {
                 .contains("loopback")
         );
         assert_eq!(parse("").unwrap(), Config::default());
+        assert!(parse("[hosts]\nsync = true\n").unwrap().hosts_sync);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub(crate) mod config;
 pub(crate) mod host;
+pub(crate) mod hosts;
 pub(crate) mod instance;
 pub(crate) mod mode;
 pub(crate) mod name;

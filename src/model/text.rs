@@ -27,6 +27,21 @@ pub(crate) fn human_duration(secs: u64) -> String {
     }
 }
 
+/// `argv` as one line a shell would read back: arguments with spaces or quotes are quoted.
+pub(crate) fn shell_words(argv: &[String]) -> String {
+    let word = |a: &String| {
+        if !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+{}".contains(c))
+        {
+            a.clone()
+        } else {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        }
+    };
+    argv.iter().map(word).collect::<Vec<_>>().join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@
 //! - Upgraded connections become a `tunnel`; answers wharf gives itself are `pages`; why a
 //!   request failed is an `errors::ProxyError`; bodies on both sides are `body::ProxyBody`.
 //! - `control` is the proxy's end of the control socket: it changes `routes`.
+//! - `hosts` keeps wharf's block in the hosts file in step with `routes` (`[hosts] sync`).
 
 pub(crate) mod accept;
 pub(crate) mod body;
@@ -20,6 +21,7 @@ pub(crate) mod control;
 pub(crate) mod deadline;
 pub(crate) mod errors;
 pub(crate) mod forward;
+pub(crate) mod hosts;
 pub(crate) mod http2;
 pub(crate) mod lane;
 pub(crate) mod limits;
@@ -62,6 +64,8 @@ pub(crate) struct ProxyArgs {
     pub(crate) https: crate::model::config::Https,
     /// `[proxy] redirect`: plain-HTTP requests for instances get a 308 to HTTPS.
     pub(crate) redirect: bool,
+    /// The hosts file to keep wharf's block in step in (`[hosts] sync = true`), if any.
+    pub(crate) hosts_file: Option<PathBuf>,
 }
 
 pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
@@ -164,6 +168,13 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     );
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("0 instances")]);
     tasks.spawn(report_status(routes.clone(), changes, shutdown.clone()));
+    if let Some(path) = args.hosts_file {
+        eprintln!(
+            "wharf proxy: keeping wharf's block in {} in step ([hosts] sync = true)",
+            path.display()
+        );
+        tasks.spawn(hosts::keep(routes.clone(), path, shutdown.clone()));
+    }
 
     wait_for_stop_signal().await?;
     eprintln!("wharf proxy: stopping");

@@ -2,7 +2,7 @@
 //! unknown instance and lists the known ones, the 421 for hosts that are not wharf's, and error
 //! pages that say what happened and what to do; each links the dashboard. No CORS headers, ever.
 
-use crate::model::text::{escape, human_duration};
+use crate::model::text::{escape, human_duration, shell_words};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -205,21 +205,6 @@ fn logs_cell(i: &crate::model::instance::Instance) -> String {
         (Some(path), None) => format!("<code>{}</code>", escape(&path.display().to_string())),
         (None, _) => "the terminal of <code>wharf run</code>".to_string(),
     }
-}
-
-/// `argv` as one line a shell would read back: arguments with spaces or quotes are quoted.
-fn shell_words(argv: &[String]) -> String {
-    let word = |a: &String| {
-        if !a.is_empty()
-            && a.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+{}".contains(c))
-        {
-            a.clone()
-        } else {
-            format!("'{}'", a.replace('\'', r"'\''"))
-        }
-    };
-    argv.iter().map(word).collect::<Vec<_>>().join(" ")
 }
 
 /// 404 for a name nobody registered (`Ok(name)`) or a host wharf never routes (`Err(host)`),

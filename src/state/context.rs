@@ -1,6 +1,6 @@
 //! What the process around the library knows: wharf's directories, this binary, the working
 //! directory, PATH, the user's home, and the system files wharf edits when asked
-//! (`$WHARF_NSSWITCH_FILE`, for tests). `main` builds it once from the real environment and
+//! (`$WHARF_HOSTS_FILE`, `$WHARF_NSSWITCH_FILE`, for tests). `main` builds it once from the real environment and
 //! every command takes it; `main` also reads `WHARF_LISTEN`, `WHARF_STOP_TIMEOUT` and `PORT`
 //! itself. Below `main`, only the service-manager protocols read the environment, where they
 //! are spoken: `sys::handoff::exec_step` (`WHARF_EXEC_FDS`, `WHARF_EXEC_SET_PID`),
@@ -12,6 +12,9 @@ use std::path::PathBuf;
 
 use crate::state::dirs::{DirError, Dirs};
 use crate::sys::trust::Trust;
+
+/// The variable that points `wharf hosts` (and a re-run of it through sudo) at another file.
+pub(crate) const HOSTS_ENV: &str = "WHARF_HOSTS_FILE";
 
 pub(crate) struct Context {
     pub(crate) dirs: Dirs,
@@ -25,6 +28,8 @@ pub(crate) struct Context {
     pub(crate) config_home: Option<PathBuf>,
     /// Paths allowed by `$WHARF_TRUST` though another user could have written them.
     pub(crate) trust: Trust,
+    /// `$WHARF_HOSTS_FILE`, else `/etc/hosts`: where `wharf hosts` writes its block.
+    pub(crate) hosts_file: PathBuf,
     /// `$WHARF_NSSWITCH_FILE`, else `/etc/nsswitch.conf`: what `doctor --fix` edits.
     pub(crate) nsswitch_file: PathBuf,
 }
@@ -48,6 +53,8 @@ impl Context {
             home,
             config_home,
             trust: Trust::from_env(var(crate::sys::trust::ENV).as_deref()),
+            hosts_file: nonempty(HOSTS_ENV)
+                .unwrap_or_else(|| PathBuf::from(crate::state::hosts::DEFAULT_PATH)),
             nsswitch_file: nonempty("WHARF_NSSWITCH_FILE")
                 .unwrap_or_else(|| PathBuf::from("/etc/nsswitch.conf")),
         })

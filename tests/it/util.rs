@@ -165,6 +165,11 @@ impl Sandbox {
         self.dir.path().join("run")
     }
 
+    /// The hosts file `wharf hosts` (and a proxy with `[hosts] sync`) edits: never /etc/hosts.
+    pub fn hosts_file(&self) -> PathBuf {
+        self.dir.path().join("hosts")
+    }
+
     /// The nsswitch.conf `doctor --fix` edits: never /etc/nsswitch.conf.
     pub fn nsswitch_file(&self) -> PathBuf {
         self.dir.path().join("nsswitch.conf")
@@ -178,6 +183,7 @@ impl Sandbox {
             .env("WHARF_RUNTIME_DIR", self.runtime_dir())
             .env("WHARF_LISTEN", "127.0.0.1:0")
             .env("XDG_CONFIG_HOME", self.config_dir())
+            .env("WHARF_HOSTS_FILE", self.hosts_file())
             .env("WHARF_NSSWITCH_FILE", self.nsswitch_file())
             .current_dir(self.dir.path())
             .stdin(Stdio::null());
