@@ -242,3 +242,130 @@ fn doctor_fix_edits_only_the_nsswitch_conf_it_is_pointed_at() {
         assert_eq!(files(), ["nsswitch.conf"]);
     }
 }
+
+/// `/etc/hosts` in a container is a bind mount, which cannot be renamed over: the block is
+/// written through the file itself. Needs root (mount); skipped elsewhere.
+#[test]
+fn a_bind_mounted_hosts_file_is_rewritten_in_place() {
+    let sb = Sandbox::new();
+    let under = sb.dir.path().join("hosts.real");
+    std::fs::write(&under, "127.0.0.1 localhost\n").unwrap();
+    std::fs::write(sb.hosts_file(), "").unwrap();
+    let mounted = std::process::Command::new("mount")
+        .arg("--bind")
+        .args([&under, &sb.hosts_file()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot bind-mount here (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _mount = Unmount(sb.hosts_file());
+    let (ok, out, err) = run(&sb, &["hosts", "sync", "--names=a.localhost"]);
+    assert!(ok, "{out}{err}");
+    let expected = format!("127.0.0.1 localhost\n{}\n", block(&["a.localhost"], "\n"));
+    assert_eq!(
+        std::fs::read_to_string(&under).unwrap(),
+        expected,
+        "written through the mount"
+    );
+    let (ok, out, err) = run(&sb, &["hosts", "clean"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        std::fs::read_to_string(&under).unwrap(),
+        "127.0.0.1 localhost\n"
+    );
+    let strays: Vec<_> = std::fs::read_dir(sb.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".wharf-"))
+        .collect();
+    assert!(strays.is_empty(), "no temporary file left: {strays:?}");
+}
+
+/// A hosts file the user may not write: wharf says what it runs through sudo, then runs it
+/// (here a stand-in sudo that records its arguments). Run as `nobody` through setpriv; needs
+/// root to switch, skipped elsewhere.
+#[test]
+fn a_file_you_may_not_write_goes_through_sudo_said_first() {
+    let Some(setpriv) = need("setpriv") else {
+        return;
+    };
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run wharf as another user");
+        return;
+    }
+    let sb = Sandbox::new();
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hosts = sb.hosts_file();
+    let original = format!("127.0.0.1 localhost\n{}\n", block(&["old.localhost"], "\n"));
+    std::fs::write(&hosts, &original).unwrap();
+    let bin = sb.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let recorded = sb.dir.path().join("sudo-args");
+    std::fs::write(&recorded, "").unwrap();
+    std::fs::set_permissions(&recorded, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let sudo = bin.join("sudo");
+    std::fs::write(
+        &sudo,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > {}\n",
+            recorded.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&sudo, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wharf = std::fs::canonicalize(env!("CARGO_BIN_EXE_wharf")).unwrap();
+    for (args, expect) in [
+        (
+            &["hosts", "sync", "--names=new.localhost"][..],
+            "hosts\nsync\n--names=new.localhost\n",
+        ),
+        (&["hosts", "clean"], "hosts\nclean\n"),
+    ] {
+        let out = std::process::Command::new(&setpriv)
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&wharf)
+            .args(args)
+            .env_clear()
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .env("HOME", sb.dir.path())
+            .env("WHARF_HOSTS_FILE", &hosts)
+            .current_dir(sb.dir.path())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{args:?}: {text}");
+        let said = format!(
+            "is not writable by you; running: sudo env WHARF_HOSTS_FILE={} {}",
+            hosts.display(),
+            wharf.display()
+        );
+        assert!(text.contains(&said), "{args:?}: {text}");
+        let ran = std::fs::read_to_string(&recorded).unwrap();
+        assert_eq!(
+            ran,
+            format!(
+                "env\nWHARF_HOSTS_FILE={}\n{}\n{expect}",
+                hosts.display(),
+                wharf.display()
+            )
+        );
+        assert_eq!(
+            std::fs::read_to_string(&hosts).unwrap(),
+            original,
+            "{args:?}"
+        );
+    }
+}
