@@ -148,7 +148,12 @@ fn resolver(port: Option<u16>, answer: Option<Vec<std::net::SocketAddr>>, nss: &
                     None,
                 ),
                 (HostsLine::Absent, _) => (
-                    format!("{path} has no hosts: line to add `myhostname` to; {meanwhile}"),
+                    format!(
+                        "{path} is missing or has no hosts: line (not glibc?), so there is no \
+                         `myhostname` to add: `wharf hosts sync` lists the current names in \
+                         /etc/hosts; until then such clients can use \
+                         http_proxy=http://127.0.0.1:{port}"
+                    ),
                     None,
                 ),
             };
