@@ -7,7 +7,7 @@
 pub(crate) mod args;
 pub(crate) mod commands;
 pub mod entry;
-pub(crate) mod https;
 pub(crate) mod hosts;
+pub(crate) mod https;
 pub(crate) mod service;
 pub(crate) mod up;

@@ -17,13 +17,17 @@ use socket2::{Domain, Socket, Type};
 /// The port the proxy prefers, and the one it falls back to without privileges.
 pub(crate) const PRIVILEGED_PORT: u16 = 80;
 pub(crate) const FALLBACK_PORT: u16 = 7080;
+pub(crate) const HTTPS_PORT: u16 = 443;
 
 /// Sockets a service manager passed to us.
 #[derive(Debug, Default)]
 pub(crate) struct Inherited {
     pub(crate) http: Vec<TcpListener>,
+    /// Listeners named `https` (port 443, say): served as `http` ones are (the first byte
+    /// tells TLS from HTTP), and HTTPS URLs name their port.
+    pub(crate) https: Vec<TcpListener>,
     pub(crate) control: Option<UnixListener>,
-    /// Names we did not use (e.g. `https`, not served yet), for a warning.
+    /// Names we did not use, for a warning.
     pub(crate) ignored: Vec<String>,
 }
 
@@ -97,7 +101,7 @@ fn adopt(owned: OwnedFd, name: String, out: &mut Inherited) -> Result<(), Listen
         .and_then(|a| a.family());
     let is_ip = matches!(family, Some(AddressFamily::Inet | AddressFamily::Inet6));
     match name.as_str() {
-        "http" | "unknown" | "" => {
+        "http" | "https" | "unknown" | "" => {
             if !is_ip {
                 return Err(ListenError::WrongFamily {
                     fd,
@@ -107,7 +111,11 @@ fn adopt(owned: OwnedFd, name: String, out: &mut Inherited) -> Result<(), Listen
             }
             let listener = TcpListener::from(owned);
             listener.set_nonblocking(true).map_err(ListenError::Env)?;
-            out.http.push(listener);
+            if name == "https" {
+                out.https.push(listener);
+            } else {
+                out.http.push(listener);
+            }
         }
         "control" => {
             if family != Some(AddressFamily::Unix) {
@@ -126,12 +134,12 @@ fn adopt(owned: OwnedFd, name: String, out: &mut Inherited) -> Result<(), Listen
     Ok(())
 }
 
-/// The sockets launchd holds for this job (`http`, `control`), checked in with
+/// The sockets launchd holds for this job (`http`, `https`, `control`), checked in with
 /// `launch_activate_socket`. `None` when not started by launchd, and always outside macOS.
 pub(crate) fn launchd() -> Result<Option<Inherited>, ListenError> {
     let mut out = Inherited::default();
     let mut any = false;
-    for name in ["http", "control"] {
+    for name in ["http", "https", "control"] {
         for owned in imp::activate(name)
             .map_err(ListenError::Env)?
             .unwrap_or_default()
@@ -235,6 +243,23 @@ pub(crate) fn bind_http(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, Listen
         };
     }
     bind_all(addrs, false)
+}
+
+/// Beside HTTP on port 80, HTTPS's own port 443 on both loopbacks, when it may be bound; else
+/// none (HTTPS is served on the HTTP listeners all the same).
+pub(crate) fn bind_https_beside(http: &[TcpListener]) -> Vec<TcpListener> {
+    let on_80 = http
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .is_some_and(|a| a.port() == PRIVILEGED_PORT);
+    if !on_80 {
+        return Vec::new();
+    }
+    let addrs = [
+        SocketAddr::from((Ipv4Addr::LOCALHOST, HTTPS_PORT)),
+        SocketAddr::from((Ipv6Addr::LOCALHOST, HTTPS_PORT)),
+    ];
+    bind_all(&addrs, true).unwrap_or_default()
 }
 
 fn bind_all(addrs: &[SocketAddr], v6_optional: bool) -> Result<Vec<TcpListener>, ListenError> {

@@ -71,11 +71,16 @@ pub(crate) struct ProxyArgs {
 pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let Inherited {
         http: inherited_http,
+        https: inherited_https,
         control: inherited_control,
         ignored,
     } = args.inherited.unwrap_or_default();
     for name in ignored {
         eprintln!("wharf proxy: ignoring the inherited socket named {name:?} (not served yet)");
+    }
+    let https = args.https != crate::model::config::Https::Off;
+    if !https && !inherited_https.is_empty() {
+        eprintln!("wharf proxy: ignoring the inherited https sockets ([proxy] https = false)");
     }
     let control_path = crate::control::protocol::socket_path(&args.runtime_dir);
     if inherited_control.is_none()
@@ -83,25 +88,38 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     {
         bail!(already_running(&running.hello, &control_path));
     }
-    let http = if inherited_http.is_empty() {
-        listeners::bind_http(&args.listen)?
-    } else {
+    let inherited_any = !inherited_http.is_empty() || !inherited_https.is_empty();
+    let http = if inherited_any {
         inherited_http
+    } else {
+        listeners::bind_http(&args.listen)?
+    };
+    // Port 443 beside port 80 when wharf chose the ports itself and may bind it.
+    let https_listeners = match (https, inherited_any) {
+        (false, _) => Vec::new(),
+        (true, true) => inherited_https,
+        (true, false) if args.listen.is_empty() => listeners::bind_https_beside(&http),
+        (true, false) => Vec::new(),
     };
     let (control_listener, own_control_file) = match inherited_control {
         Some(l) => (l, false),
         None => (listeners::bind_control(&control_path)?, true),
     };
 
-    let addrs: Vec<SocketAddr> = http.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let https_addrs: Vec<SocketAddr> = https_listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let mut addrs: Vec<SocketAddr> = http.iter().filter_map(|l| l.local_addr().ok()).collect();
     let http_port = addrs
         .first()
+        .or(https_addrs.first())
         .map(|a| a.port())
         .context("no HTTP listener")?;
     let routes = Arc::new(Routes::default());
-    let https = args.https != crate::model::config::Https::Off;
-    // Every listener serves HTTPS too; URLs use the first one's port.
-    let https_port = https.then_some(http_port);
+    // Every listener serves HTTPS too; URLs use an https listener's port if there is one.
+    let https_port = https.then(|| https_addrs.first().map_or(http_port, |a| a.port()));
+    addrs.extend(&https_addrs);
     let fronts = crate::proxy::control::Fronts {
         http_port,
         https_port,
@@ -138,6 +156,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
     let http_listeners = http
         .into_iter()
+        .chain(https_listeners)
         .map(tokio::net::TcpListener::from_std)
         .collect::<Result<Vec<_>, _>>()
         .context("registering the HTTP listeners")?;
@@ -158,7 +177,13 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         tasks.spawn(watchdog(interval / 2, shutdown.clone()));
     }
 
-    let shown: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let shown: Vec<String> = addrs
+        .iter()
+        .map(|a| match https_addrs.contains(a) {
+            true => format!("https://{a}"),
+            false => format!("http://{a}"),
+        })
+        .collect();
     eprintln!(
         "wharf proxy: pid {} serving {} (control {}); dashboard {}",
         std::process::id(),

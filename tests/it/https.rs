@@ -390,3 +390,56 @@ h1test!(
         );
     }
 );
+
+/// A service manager's socket named `https` (port 443 in a real install) is served, and with
+/// `https = true` the URLs name its port.
+#[test]
+fn an_inherited_https_socket_is_served_and_urls_name_its_port() {
+    let Some(activate) = need("systemd-socket-activate") else {
+        return;
+    };
+    let sb = Sandbox::new();
+    sb.config("[proxy]\nhttps = true\n");
+    std::fs::create_dir_all(sb.runtime_dir()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(sb.runtime_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let ((http, hold_http), (https, hold_https)) = (os_port(), os_port());
+    drop((hold_http, hold_https));
+    let control = sb.runtime_dir().join("control.sock");
+    let sandbox_env = sb.wharf(&[]);
+    let mut activated = Command::new(activate);
+    activated
+        .args(["-l", &format!("127.0.0.1:{http}")])
+        .args(["-l", &format!("127.0.0.1:{https}")])
+        .args(["-l", path_str(&control), "--fdname=http:https:control"])
+        .args([
+            "-E",
+            &format!("WHARF_RUNTIME_DIR={}", sb.runtime_dir().display()),
+        ])
+        .args([
+            "-E",
+            &format!("WHARF_STATE_DIR={}", sb.state_dir().display()),
+        ])
+        .args([
+            "-E",
+            &format!("XDG_CONFIG_HOME={}", sb.config_dir().display()),
+        ])
+        .arg(sandbox_env.get_program())
+        .arg("proxy");
+    let _proxy = Proc::spawn(activated, "systemd-socket-activate wharf proxy");
+    _proxy.expect("Listening on");
+    let app = sb.serve("app", &[]);
+    let line = app.expect(" is at https://");
+    assert!(
+        line.ends_with(&format!("https://app.localhost:{https}")),
+        "{line}"
+    );
+    let ca = ca(&sb);
+    let c = curl(&ca, https, "app.localhost", &[]).unwrap();
+    assert_eq!(c.code, Some(0), "{}", c.stderr);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], http));
+    assert_eq!(
+        get(addr, &format!("app.localhost:{http}"), "/").unwrap().0,
+        200
+    );
+}
