@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run wharf's whole test suite on a fresh machine: provision the real peers the tests use
-# (curl, h2load, systemd's tools, headless Chromium, puma, a project-local Python venv with
-# gunicorn, uv, websockets and grpcio), then `cargo test`. Extra arguments go to cargo test.
+# (curl, h2load, systemd's tools, headless Chromium, puma, NSS's certutil, update-ca-certificates,
+# a project-local Python venv with gunicorn, uv, websockets and grpcio), then `cargo test`. Extra arguments go to cargo test.
 #
 # `--soak` adds the soak tier: tests too long for every run (`#[ignore]`d, such as a minute of
 # load with the proxy's memory watched). Run it before a release.
@@ -30,6 +30,8 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v chromium >/dev/null || missing+=(chromium)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v puma >/dev/null || missing+=(puma ruby-rack)
+command -v certutil >/dev/null || missing+=(libnss3-tools)
+command -v update-ca-certificates >/dev/null || missing+=(ca-certificates)
 if ((${#missing[@]})); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     echo "tests/run.sh: installing ${missing[*]}"

@@ -227,6 +227,21 @@ pub(crate) fn is_trusted(state: &Path) -> bool {
     dir(state).join(TRUSTED_FILE).is_file()
 }
 
+/// The stores `mark_trusted` noted, a line each.
+pub(crate) fn trusted_stores(state: &Path) -> Vec<String> {
+    dirs::read_private(&dir(state).join(TRUSTED_FILE))
+        .ok()
+        .flatten()
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Note the stores the CA was added to (none: forget it was trusted).
 pub(crate) fn mark_trusted(state: &Path, stores: &[String]) -> Result<(), CaError> {
     let path = dir(state).join(TRUSTED_FILE);

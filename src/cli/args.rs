@@ -49,6 +49,17 @@ pub(crate) enum Command {
     Logs(LogsCli),
     /// Print the path of wharf's local CA certificate (PEM), made if there is none yet
     Ca(CaCli),
+    /// Add wharf's CA to this machine's trust stores (system, Chrome/Firefox NSS, keychain)
+    Trust(TrustCli),
+    /// Remove wharf's CA from every trust store `wharf trust` added it to
+    Untrust(TrustCli),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TrustCli {
+    /// Print what would be run, change nothing
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -110,6 +110,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         )),
         Command::Logs(args) => up::logs(&ctx.dirs, &args.name, args.follow),
         Command::Ca(args) => https::ca(&ctx, args.pem),
+        Command::Trust(args) => https::trust(&ctx, args.dry_run),
+        Command::Untrust(args) => https::untrust(&ctx, args.dry_run),
     }
 }
 

@@ -313,7 +313,9 @@ pub(crate) async fn doctor(ctx: &Context, cli: DoctorCli) -> anyhow::Result<i32>
     use crate::install::doctor::{self, Nss, Repair};
     let unit_dir = ctx.systemd_user_dir().filter(|_| cfg!(target_os = "linux"));
     let nss = Nss::examine(&ctx.nsswitch_file, ctx.path_var.clone());
-    let findings = doctor::examine(&ctx.dirs, unit_dir.as_deref(), &nss).await;
+    let mut findings = doctor::examine(&ctx.dirs, unit_dir.as_deref(), &nss).await;
+    let places = crate::cli::https::places(ctx);
+    findings.extend(doctor::trust_stores(&ctx.dirs.state, &places));
     let code = doctor::report(&findings)?;
     if !cli.fix {
         return Ok(code);

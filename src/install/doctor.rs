@@ -1,7 +1,8 @@
 //! `wharf doctor`: checks what makes `http://NAME.localhost` work on this machine (name
 //! resolution, the proxy, the service units, port 80 and who holds it, private files, corrupt
-//! state files) and says, for each problem, the command or change that fixes it. It changes
-//! nothing; the few fixes it can make itself (`Repair`) are made by `doctor --fix`.
+//! state files, wharf's CA in each trust store) and says, for each problem, the command or
+//! change that fixes it. It changes nothing; the few fixes it can make itself (`Repair`) are
+//! made by `doctor --fix`.
 
 use std::net::ToSocketAddrs;
 use std::os::unix::fs::MetadataExt;
@@ -10,6 +11,7 @@ use std::process::Command;
 
 use crate::control::launch;
 use crate::install::nsswitch::{self, HostsLine};
+use crate::install::stores::{self, Cert, Places, Store};
 use crate::state::dirs::{self, Dirs};
 use crate::sys::netstat;
 
@@ -435,6 +437,84 @@ fn privacy(dirs: &Dirs) -> Vec<Finding> {
             Some("chmod go-rwx on them (or remove them; wharf recreates what it needs)".into()),
         ));
     }
+    out
+}
+
+/// Whether each trust store has wharf's CA, and who fails where it is missing. Missing is a
+/// problem once `wharf trust` was run (its marker is there), a note before.
+pub(crate) fn trust_stores(state: &Path, places: &Places) -> Vec<Finding> {
+    let ca = match crate::ca::Authority::open(state) {
+        Ok(Some(ca)) => ca,
+        Ok(None) => {
+            return vec![finding(
+                Level::Note,
+                "there is no local CA yet, so https://NAME.localhost is not trusted anywhere",
+                Some("`wharf trust` makes it and adds it to this machine's trust stores".into()),
+            )];
+        }
+        Err(e) => return vec![finding(Level::Problem, format!("the local CA: {e}"), None)],
+    };
+    let Some(cert) = Cert::new(ca.cert_path(), ca.cert_pem()) else {
+        return vec![finding(
+            Level::Problem,
+            format!("{} holds no certificate", ca.cert_path().display()),
+            None,
+        )];
+    };
+    let missing = if crate::ca::is_trusted(state) {
+        Level::Problem
+    } else {
+        Level::Note
+    };
+    let mut found = stores::detect(places);
+    for store in crate::ca::trusted_stores(state)
+        .iter()
+        .filter_map(|l| Store::from_id(l))
+    {
+        if !found.contains(&store) {
+            found.push(store);
+        }
+    }
+    let mut out = Vec::new();
+    if cfg!(target_os = "linux") && !found.iter().any(|s| matches!(s, Store::System(_))) {
+        out.push(finding(
+            Level::Note,
+            "no system trust store wharf knows (Debian/Ubuntu, Fedora/RHEL, openSUSE, Arch): \
+             curl, wget and Go outside instances will reject https://NAME.localhost",
+            Some(format!(
+                "add {} to your system's trust store by hand",
+                cert.path.display()
+            )),
+        ));
+    }
+    for store in &found {
+        let what = store.describe(places);
+        out.push(match store.contains(&cert, places) {
+            Ok(true) => finding(Level::Ok, format!("{what} has wharf's CA"), None),
+            Ok(false) => finding(
+                missing,
+                format!(
+                    "{what} lacks wharf's CA: {} will reject https://NAME.localhost",
+                    store.clients()
+                ),
+                Some("wharf trust".into()),
+            ),
+            Err(why) => finding(
+                Level::Note,
+                format!("{what}: cannot tell whether it has wharf's CA"),
+                Some(why),
+            ),
+        });
+    }
+    out.push(finding(
+        Level::Ok,
+        format!(
+            "instances wharf starts get {} with wharf's CA: Node, Python and curl in them trust \
+             https://NAME.localhost without `wharf trust` (unless `[proxy] https = false`)",
+            crate::ca::bundle::VARS.join(", ")
+        ),
+        None,
+    ));
     out
 }
 

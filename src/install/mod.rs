@@ -7,6 +7,7 @@
 pub(crate) mod doctor;
 pub(crate) mod hosts;
 pub(crate) mod nsswitch;
+pub(crate) mod stores;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

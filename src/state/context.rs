@@ -2,7 +2,8 @@
 //! directory, PATH, the user's home, and the system files wharf edits when asked
 //! (`$WHARF_HOSTS_FILE`, `$WHARF_NSSWITCH_FILE`, for tests). `main` builds it once from the
 //! real environment and every command takes it; `main` also reads `WHARF_LISTEN`,
-//! `WHARF_STOP_TIMEOUT` and `PORT` itself. Below `main`, only the service-manager protocols
+//! `WHARF_STOP_TIMEOUT` and `PORT` itself, and `cli::https::places` the test seam
+//! `WHARF_SYSTEM_TRUST_ROOT`. Below `main`, only the service-manager protocols
 //! read the environment, where they are spoken: `sys::handoff::exec_step` (`WHARF_EXEC_FDS`,
 //! `WHARF_EXEC_SET_PID`), `proxy::listeners::inherited` (`LISTEN_FDS`, `LISTEN_PID`,
 //! `LISTEN_FDNAMES`, then unset), and the proxy's `sd_notify` calls (`NOTIFY_SOCKET`,

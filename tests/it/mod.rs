@@ -16,6 +16,7 @@ mod rules;
 mod run;
 mod service;
 mod stop;
+mod trust;
 mod up;
 pub mod util;
 mod wild;
