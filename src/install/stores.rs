@@ -223,23 +223,32 @@ impl Cmd {
         argv
     }
 
-    /// The command as a shell would take it.
+    /// The command as run, as a shell would take it.
     pub(crate) fn shown(&self) -> String {
-        self.full()
-            .iter()
-            .map(|a| {
-                if !a.is_empty()
-                    && a.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c))
-                {
-                    a.clone()
-                } else {
-                    format!("'{}'", a.replace('\'', r"'\''"))
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
+        shell(&self.full())
     }
+
+    /// The command without `sudo`, for someone who is root.
+    fn shown_as_root(&self) -> String {
+        shell(&self.argv)
+    }
+}
+
+/// `argv` as a shell would take it.
+fn shell(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Run a command that changes a store; stdout is dropped, stderr comes back when it fails.
@@ -523,7 +532,7 @@ impl Store {
     pub(crate) fn fix(&self, cmds: &[Cmd]) -> String {
         match self {
             Store::System(_) => {
-                let shown: Vec<String> = cmds.iter().map(Cmd::shown).collect();
+                let shown: Vec<String> = cmds.iter().map(Cmd::shown_as_root).collect();
                 format!(
                     "this needs root; run as root (or with sudo): {}",
                     shown.join(" && ")
@@ -548,7 +557,7 @@ fn as_root(places: &Places, cmds: Vec<Cmd>) -> Result<Vec<Cmd>, String> {
     if !cmds.iter().any(Cmd::sudo) || places.has_tool("sudo") {
         return Ok(cmds);
     }
-    let shown: Vec<String> = cmds.iter().map(Cmd::shown).collect();
+    let shown: Vec<String> = cmds.iter().map(Cmd::shown_as_root).collect();
     Err(format!(
         "it needs root and sudo is not installed; run as root: {}",
         shown.join(" && ")
