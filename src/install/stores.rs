@@ -497,13 +497,28 @@ impl Store {
                     return Err(test_root_only());
                 }
                 let file = places.under_root(f.anchors()).join(cert.file_name());
-                as_root(
-                    places,
-                    vec![
-                        Cmd::root(vec!["rm".into(), "-f".into(), file.display().to_string()]),
-                        Cmd::root(f.update(places, true)),
-                    ],
-                )
+                let mut cmds = vec![
+                    Cmd::root(vec!["rm".into(), "-f".into(), file.display().to_string()]),
+                    Cmd::root(f.update(places, true)),
+                ];
+                // Debian's update-ca-certificates tells its hooks (Java's keystore) only of
+                // removals listed in ca-certificates.conf, never of a local file gone: tell
+                // them as it would.
+                let hooks = places.under_root("/etc/ca-certificates/update.d");
+                if *f == Flavour::Debian && hooks.is_dir() {
+                    let pem = places
+                        .under_root("/etc/ssl/certs")
+                        .join(cert.file_name().replace(".crt", ".pem"));
+                    cmds.push(Cmd::root(vec![
+                        "sh".into(),
+                        "-c".into(),
+                        HOOKS_SCRIPT.into(),
+                        "sh".into(),
+                        hooks.display().to_string(),
+                        pem.display().to_string(),
+                    ]));
+                }
+                as_root(places, cmds)
             }
             Store::Chrome(dir) | Store::Firefox(dir) => {
                 if !places.has_tool("certutil") {
@@ -563,6 +578,10 @@ fn as_root(places: &Places, cmds: Vec<Cmd>) -> Result<Vec<Cmd>, String> {
         shown.join(" && ")
     ))
 }
+
+/// Pipe `-PEM` ($2) into each hook of update-ca-certificates in $1, as it does itself.
+const HOOKS_SCRIPT: &str =
+    r#"for h in $(run-parts --test -- "$1"); do printf -- '-%s\n' "$2" | "$h"; done"#;
 
 fn test_root_only() -> String {
     "under $WHARF_SYSTEM_TRUST_ROOT only the Debian layout is used".into()

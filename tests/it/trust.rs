@@ -65,6 +65,17 @@ fn stores() -> Option<Stores> {
         format!("mozilla/{}\n", some_root.to_string_lossy()),
     )
     .unwrap();
+    // A hook as Java's keystore has one: it logs what update-ca-certificates tells it.
+    let hook = root.join("etc/ca-certificates/update.d/log");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ncat >> {}\n",
+            sb.dir.path().join("hook.log").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let sub = |p: &str| root.join(p).display().to_string();
     run_tool(Command::new(update).args([
         "--certsconf",
@@ -214,6 +225,13 @@ fn trust_adds_to_every_store_once_and_untrust_leaves_nothing_behind() {
         wharf_files.len() == 1 && wharf_files[0].starts_with("wharf-"),
         "{wharf_files:?}"
     );
+    let hook_log = || std::fs::read_to_string(s.sb.dir.path().join("hook.log")).unwrap_or_default();
+    let added = format!("+{}/etc/ssl/certs/wharf-", s.root.display());
+    assert!(
+        hook_log().contains(&added),
+        "the hooks hear of it:\n{}",
+        hook_log()
+    );
     let marker = s.marker().expect("trust writes the marker");
     assert_eq!(marker.lines().count(), 3, "{marker}");
 
@@ -236,6 +254,12 @@ fn trust_adds_to_every_store_once_and_untrust_leaves_nothing_behind() {
         );
     }
     assert_eq!(s.marker(), None, "untrust clears the marker");
+    let removed = added.replacen('+', "-", 1);
+    assert!(
+        hook_log().contains(&removed),
+        "the hooks hear of the removal too (Java's keystore):\n{}",
+        hook_log()
+    );
     assert_eq!(
         s.bundle(),
         bundle_before,
