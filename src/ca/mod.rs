@@ -8,7 +8,7 @@
 //! which never leaves the directory; `bundle.pem`, the system's roots plus the CA (`bundle`).
 //! `leaves` issues the certificates the proxy shows, per name, on demand.
 
-#![allow(dead_code, reason = "the proxy's TLS and `wharf trust` come next")]
+#![allow(dead_code, reason = "the proxy's TLS comes next")]
 
 pub(crate) mod bundle;
 mod key;
