@@ -46,6 +46,7 @@ impl Leaves {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn authority(&self) -> &Authority {
         &self.ca
     }
@@ -220,7 +221,7 @@ mod tests {
     fn a_damaged_ca_file_is_an_error_that_says_what_to_do() {
         let tmp = tempfile::tempdir().unwrap();
         Authority::open_or_create(tmp.path()).unwrap();
-        let cert = crate::ca::cert_path(tmp.path());
+        let cert = crate::ca::dir(tmp.path()).join(crate::ca::CERT_FILE);
         std::fs::write(&cert, "garbage").unwrap();
         let e = Authority::open(tmp.path()).unwrap_err().to_string();
         assert!(

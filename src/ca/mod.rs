@@ -8,8 +8,6 @@
 //! which never leaves the directory; `bundle.pem`, the system's roots plus the CA (`bundle`).
 //! `leaves` issues the certificates the proxy shows, per name, on demand.
 
-#![allow(dead_code, reason = "the proxy's TLS comes next")]
-
 pub(crate) mod bundle;
 mod key;
 pub(crate) mod leaves;
@@ -98,11 +96,6 @@ impl std::fmt::Debug for Authority {
 /// `STATE/ca`, where the CA's files are.
 pub(crate) fn dir(state: &Path) -> PathBuf {
     state.join("ca")
-}
-
-/// Where the CA certificate is (or will be).
-pub(crate) fn cert_path(state: &Path) -> PathBuf {
-    dir(state).join(CERT_FILE)
 }
 
 impl Authority {

@@ -367,3 +367,23 @@ fn doctor_reports_each_store() {
     assert_eq!(status.code(), Some(1), "{out}");
     s.ok(&["untrust"]);
 }
+
+/// With `[proxy] https` unset, URLs say `https://` once the CA is trusted, and `http://`
+/// again after `untrust`: a browser would show a warning before.
+#[test]
+fn urls_switch_to_https_once_the_ca_is_trusted() {
+    let Some(s) = stores() else { return };
+    let before = s.sb.serve("before", &[]);
+    before.expect(" is at http://before.localhost:");
+    s.ok(&["trust"]);
+    let trusted = s.sb.serve("after", &[]);
+    trusted.expect(" is at https://after.localhost:");
+    assert!(s.sb.ls().iter().any(|i| {
+        i["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("https://before.localhost:"))
+    }));
+    s.ok(&["untrust"]);
+    let again = s.sb.serve("again", &[]);
+    again.expect(" is at http://again.localhost:");
+}
