@@ -41,7 +41,9 @@ pub(crate) fn environment(
 ) -> Result<Vec<(&'static str, PathBuf)>, CaError> {
     let mut vars = Vec::new();
     for var in VARS {
-        let base = user(var);
+        // A value that is already one of these files (an instance's own, or an earlier
+        // `wharf env --ca`) says nothing of the user's roots.
+        let base = user(var).filter(|p| !p.starts_with(dir(state)));
         let path = match (var, &base) {
             // Node's are extra certificates: the CA alone will do.
             ("NODE_EXTRA_CA_CERTS", None) => ca.cert_path().to_path_buf(),

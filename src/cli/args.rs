@@ -242,6 +242,10 @@ pub(crate) struct EnvCli {
     /// shell (`export NAME_URL=…`), dotenv (`NAME_URL=…`) or json
     #[arg(long, value_enum, default_value = "shell")]
     pub(crate) format: EnvFormat,
+    /// Also what makes HTTPS clients trust wharf's CA, as instances get it
+    /// (NODE_EXTRA_CA_CERTS, SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE)
+    #[arg(long)]
+    pub(crate) ca: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -331,6 +331,7 @@ pub(crate) async fn env(
     ctx: &Context,
     name: Option<Name>,
     format: crate::cli::args::EnvFormat,
+    ca: bool,
 ) -> anyhow::Result<i32> {
     use crate::cli::args::EnvFormat;
     let (list, _) = instances(ctx).await?;
@@ -341,14 +342,25 @@ pub(crate) async fn env(
     if let (Some(name), true) = (&name, selected.is_empty()) {
         bail!("no instance named '{name}' is running; `wharf ls` lists them");
     }
-    let vars: BTreeMap<String, &str> = selected
+    let mut vars: BTreeMap<String, String> = selected
         .iter()
-        .map(|l| (l.instance.name.env_var("URL"), l.url.as_str()))
+        .map(|l| (l.instance.name.env_var("URL"), l.url.clone()))
         .collect();
+    if ca {
+        let state = ctx.dirs.state()?;
+        let authority = crate::ca::Authority::open_or_create(state)?;
+        let user = |var: &str| std::env::var_os(var).map(std::path::PathBuf::from);
+        for (var, path) in crate::ca::bundle::environment(state, &authority, user)? {
+            vars.insert(var.to_string(), path.display().to_string());
+        }
+    }
     let text = match format {
         EnvFormat::Shell => vars
             .iter()
-            .map(|(k, v)| format!("export {k}={v}\n"))
+            .map(|(k, v)| {
+                let v = crate::model::text::shell_words(std::slice::from_ref(v));
+                format!("export {k}={v}\n")
+            })
             .collect(),
         EnvFormat::Dotenv => vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect(),
         EnvFormat::Json => format!("{}\n", serde_json::to_string_pretty(&vars)?),

@@ -89,7 +89,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             current_thread()?.block_on(commands::alias(&ctx, args.name, addr))
         }
         Command::Env(args) => {
-            current_thread()?.block_on(commands::env(&ctx, args.name, args.format))
+            current_thread()?.block_on(commands::env(&ctx, args.name, args.format, args.ca))
         }
         Command::Install(args) => service::install(&ctx, args),
         Command::Uninstall(args) => service::uninstall(&ctx, args),

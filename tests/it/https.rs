@@ -443,3 +443,52 @@ fn an_inherited_https_socket_is_served_and_urls_name_its_port() {
         200
     );
 }
+
+/// `wharf env --ca` prints what instances get, and a value that is already one of wharf's
+/// files (an earlier `eval "$(wharf env --ca)"`) is not taken for the user's own roots.
+#[test]
+fn env_prints_the_ca_variables_instances_get() {
+    let sb = Sandbox::new();
+    let ca_pem = std::fs::read_to_string(ca(&sb)).unwrap();
+    let json = |extra: &[(&str, String)]| {
+        let mut cmd = sb.wharf(&["env", "--ca", "--format", "json"]);
+        for var in [
+            "NODE_EXTRA_CA_CERTS",
+            "SSL_CERT_FILE",
+            "REQUESTS_CA_BUNDLE",
+            "CURL_CA_BUNDLE",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(extra.iter().map(|(k, v)| (k, v)));
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let vars = json(&[]);
+    let bundle = vars["SSL_CERT_FILE"].as_str().unwrap().to_string();
+    for var in [
+        "NODE_EXTRA_CA_CERTS",
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+    ] {
+        let file = vars[var].as_str().unwrap();
+        assert!(
+            std::fs::read_to_string(file).unwrap().ends_with(&ca_pem),
+            "{var}"
+        );
+    }
+    let size = std::fs::metadata(&bundle).unwrap().len();
+    let again = json(&[("SSL_CERT_FILE", bundle.clone())]);
+    assert_eq!(again["SSL_CERT_FILE"], bundle.as_str());
+    assert_eq!(
+        std::fs::metadata(&bundle).unwrap().len(),
+        size,
+        "the CA went in twice"
+    );
+}
