@@ -492,3 +492,75 @@ fn env_prints_the_ca_variables_instances_get() {
         "the CA went in twice"
     );
 }
+
+/// A client asking to renegotiate a TLS 1.2 session is refused (rustls does not renegotiate),
+/// and the connection ends; the instance saw nothing.
+#[test]
+fn renegotiation_is_refused() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let Some(openssl) = need("openssl") else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let app = sb.serve("app", &[]);
+    let port = app.url_port();
+    let mut client = Command::new(openssl)
+        .args([
+            "s_client",
+            "-tls1_2",
+            "-servername",
+            "app.localhost",
+            "-CAfile",
+            &ca(&sb),
+        ])
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = client.stderr.take().unwrap();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx2.send(line);
+        }
+    });
+    let stdout = client.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + PATIENCE;
+    let mut seen = Vec::new();
+    let mut asked = false;
+    let refused = loop {
+        let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+            break false;
+        };
+        if line.contains("Verify return code: 0") && !asked {
+            // s_client renegotiates when it reads "R" on a line of its own.
+            stdin.write_all(b"R\n").unwrap();
+            asked = true;
+        }
+        if line.contains("no renegotiation") {
+            break true;
+        }
+        seen.push(line);
+    };
+    let _ = client.kill();
+    let _ = client.wait();
+    assert!(refused, "{}", seen.join("\n"));
+    assert_eq!(requests(&sb, "app"), 0);
+}
