@@ -564,3 +564,61 @@ fn renegotiation_is_refused() {
     assert!(refused, "{}", seen.join("\n"));
     assert_eq!(requests(&sb, "app"), 0);
 }
+
+/// gRPC over TLS: the client's HTTP/2 comes over ALPN, the instance is reached over h2c with
+/// its server stream and the status in the trailers, as over plain HTTP/2.
+#[test]
+fn grpc_over_tls_reaches_an_http2_instance_with_streams_and_trailers() {
+    let Some(python) = need_venv() else { return };
+    let servers = repo().join("tests/servers");
+    let sb = Sandbox::new();
+    let p = sb.spawn(&[
+        "run",
+        "--name",
+        "rpc",
+        "--port",
+        "0",
+        "--",
+        path_str(&python),
+        path_str(&servers.join("grpc_echo.py")),
+        "{port}",
+    ]);
+    let port = p.url_port();
+    p.expect("READY");
+    let out = Command::new(&python)
+        .arg(servers.join("grpc_call.py"))
+        .args([&port.to_string(), "rpc.localhost"])
+        .env("GRPC_CAFILE", ca(&sb))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["unary"], "hello via rpc.localhost", "{got}");
+    assert_eq!(got["count"], serde_json::json!(["0", "1", "2", "3", "4"]));
+    assert_eq!(got["fail"]["code"], "NOT_FOUND", "{got}");
+}
+
+/// An on-demand instance is started by its first request, when that request comes over TLS.
+#[test]
+fn an_on_demand_instance_is_started_by_an_https_request() {
+    let sb = Sandbox::new();
+    let mut args = serve_args("lazy", &[]);
+    args.splice(3..3, ["--on-demand".to_string()]);
+    let p = sb.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let port = p.url_port();
+    eventually("listed as idle", PATIENCE, || {
+        sb.ls()
+            .iter()
+            .any(|i| i["name"] == "lazy" && i["state"] == "idle")
+    });
+    let Some(c) = curl(&ca(&sb), port, "lazy.localhost", &["-w", "\n%{http_code}"]) else {
+        return;
+    };
+    assert_eq!(c.code, Some(0), "{}", c.stderr);
+    assert!(c.stdout.ends_with("\n200"), "{}", c.stdout);
+    p.expect("a connection is waiting; starting the server");
+}
