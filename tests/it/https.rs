@@ -622,3 +622,42 @@ fn an_on_demand_instance_is_started_by_an_https_request() {
     assert!(c.stdout.ends_with("\n200"), "{}", c.stdout);
     p.expect("a connection is waiting; starting the server");
 }
+
+/// Python's urllib, which resolves names through glibc, reaches `https://NAME.localhost` once
+/// `wharf hosts sync` wrote the name (into a hosts file mounted over /etc/hosts in a private
+/// mount namespace: the machine's own is never touched), trusting the proxy with the bundle
+/// the instance was given.
+#[test]
+fn python_urllib_reaches_an_instance_by_name_with_its_bundle() {
+    let Some(unshare) = need("unshare") else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let app = sb.serve("app", &[]);
+    let port = app.url_port();
+    let bundle = app.report()["env"]["SSL_CERT_FILE"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::copy("/etc/hosts", sb.hosts_file()).unwrap();
+    let (status, out) = sb.output(&["hosts", "sync"]);
+    assert!(status.success(), "{out}");
+    let script = format!(
+        "mount --bind {hosts} /etc/hosts && exec {python} -c \"import urllib.request as u; \
+         r = u.urlopen('https://app.localhost:{port}/', timeout=20); print(r.status, r.read(20))\"",
+        hosts = path_str(&sb.hosts_file()),
+        python = path_str(&python()),
+    );
+    let out = Command::new(unshare)
+        .args(["-m", "sh", "-c", &script])
+        .env("SSL_CERT_FILE", &bundle)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("Operation not permitted") || stderr.contains("must be superuser") {
+        eprintln!("skipped: no private mount namespace here ({stderr})");
+        return;
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("200 "), "{stdout}{stderr}");
+}
