@@ -28,6 +28,9 @@ use crate::proxy::routes::Routes;
 
 /// A fatal `unrecognized_name` alert (RFC 6066 §3), as a TLS record.
 const UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 112];
+/// A fatal `internal_error` alert: the name is fine, but there is no CA to vouch for it (its
+/// reason is in the proxy's log).
+const INTERNAL_ERROR: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 80];
 
 /// What ALPN settled on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,10 +81,15 @@ impl Tls {
             let mut io = io;
             let hello = read_hello(&mut io).await?;
             let known = knows(hello.client_hello().server_name(), routes);
-            let config = match (known, self.config()) {
-                (true, Some(config)) => config.clone(),
-                _ => {
-                    let _ = io.write_all(&UNRECOGNIZED_NAME).await;
+            let refusal = match (known, self.config()) {
+                (true, Some(config)) => Ok(config.clone()),
+                (false, _) => Err(UNRECOGNIZED_NAME),
+                (true, None) => Err(INTERNAL_ERROR),
+            };
+            let config = match refusal {
+                Ok(config) => config,
+                Err(alert) => {
+                    let _ = io.write_all(&alert).await;
                     let _ = io.shutdown().await;
                     return None;
                 }
