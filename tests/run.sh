@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run wharf's whole test suite on a fresh machine: provision the real peers the tests use
-# (curl, h2load, systemd's tools, headless Chromium, puma, NSS's certutil, update-ca-certificates,
-# a project-local Python venv with gunicorn, uv, websockets and grpcio), then `cargo test`. Extra arguments go to cargo test.
+# (curl, h2load, systemd's tools, headless Chromium, NSS's certutil and vfychain,
+# update-ca-certificates, puma, a project-local Python venv with gunicorn, uv, websockets and
+# grpcio), then `cargo test`. Extra arguments go to cargo test.
 #
 # `--soak` adds the soak tier: tests too long for every run (`#[ignore]`d, such as a minute of
 # load with the proxy's memory watched). Run it before a release.
@@ -28,9 +29,9 @@ command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v systemd-socket-activate >/dev/null || missing+=(systemd)
 command -v python3 >/dev/null || missing+=(python3)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v certutil >/dev/null && command -v vfychain >/dev/null || missing+=(libnss3-tools)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v puma >/dev/null || missing+=(puma ruby-rack)
-command -v certutil >/dev/null || missing+=(libnss3-tools)
 command -v update-ca-certificates >/dev/null || missing+=(ca-certificates)
 if ((${#missing[@]})); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::util::*;
 
 /// The CA certificate's path (`wharf ca`).
-fn ca(sb: &Sandbox) -> String {
+pub(super) fn ca(sb: &Sandbox) -> String {
     let out = sb.wharf(&["ca"]).output().unwrap();
     assert!(
         out.status.success(),

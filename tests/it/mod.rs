@@ -1,6 +1,7 @@
 #[macro_use]
 mod macros;
 
+mod browser;
 mod budget;
 mod engines;
 mod express;

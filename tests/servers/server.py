@@ -68,6 +68,8 @@ class Handler(BaseHTTPRequestHandler):
             threading.Event().wait()
         if self.path.startswith("/big/"):
             return self.big(int(self.path.split("/")[2]))
+        if self.path == "/page":
+            return self.page()
         if self.path == "/unasked-101":
             self.send_response(101)
             self.end_headers()
@@ -94,6 +96,24 @@ class Handler(BaseHTTPRequestHandler):
             # Exit like a well-behaved server: stop accepting, finish what was accepted.
             # Connections still queued wait for the next server.
             threading.Thread(target=self.server.shutdown).start()
+
+    def page(self):
+        """An HTML page for browsers: who served it, and its own script's word on the protocol
+        that carried it (the browser's, not the server's: the proxy speaks HTTP/1.1 to us)."""
+        name = os.environ.get("WHARF_NAME", "?")
+        proto = self.headers.get("X-Forwarded-Proto", "none")
+        body = f"""<!doctype html><title>wharf test page</title>
+<p id="served">served by instance {name} over {proto}</p>
+<script>
+const nav = performance.getEntriesByType('navigation')[0];
+document.body.insertAdjacentHTML('beforeend', `<p id="protocol">${{nav.nextHopProtocol}}</p>`);
+</script>
+""".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def big(self, mib):
         self.send_response(200)
