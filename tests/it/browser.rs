@@ -1,5 +1,6 @@
 //! HTTPS with real peers: headless Chromium trusting wharf's CA the way Chrome on Linux does
-//! (the user's NSS database) loads an instance's page over HTTP/2, and refuses it without.
+//! (the user's NSS database) loads an instance's page over HTTP/2, and a Vite dev server's page
+//! whose HMR WebSocket connects through the proxy.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -160,4 +161,78 @@ fn chromium_trusting_the_ca_in_its_nss_database_loads_a_page_over_h2() {
     );
     // The page's own script: the browser's word on the protocol it spoke.
     assert!(page.dom.contains(r#"<p id="protocol">h2</p>"#), "{page}");
+}
+
+/// A program from the npm packages tests/run.sh installs into target/test-node (see
+/// tests/node/package.json), or `None` after saying the test is skipped. Under CI nothing may
+/// skip.
+fn need_npm(program: &str) -> Option<PathBuf> {
+    let path = repo()
+        .join("target/test-node/node_modules/.bin")
+        .join(program);
+    if path.exists() {
+        return Some(path);
+    }
+    let msg = format!(
+        "skipped: no {} (bash tests/run.sh installs it)",
+        path.display()
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}; CI must not skip");
+    }
+    eprintln!("{msg}");
+    None
+}
+
+/// A real dev server behind the proxy: Vite's page over HTTP/2, and its HMR WebSocket opened by
+/// Chromium on that connection (extended CONNECT, RFC 8441), through the proxy to Vite and back.
+#[test]
+fn a_vite_dev_server_page_and_its_hmr_websocket_work_through_the_proxy_over_h2() {
+    let (Some(chromium), Some(nss), Some(vite)) = (need("chromium"), Nss::new(), need_npm("vite"))
+    else {
+        return;
+    };
+    let sb = Sandbox::new();
+    nss.trust(Path::new(&ca(&sb)));
+    // The project: tests/servers/vite (a page, its script, a plugin), copied where Vite may
+    // write its cache.
+    let site = sb.dir.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    for file in ["index.html", "main.js", "vite.config.mjs"] {
+        std::fs::copy(
+            repo().join("tests/servers/vite").join(file),
+            site.join(file),
+        )
+        .unwrap();
+    }
+    let mut run = sb.wharf(&["run", "--name", "web", "--port", "0", "--", path_str(&vite)]);
+    run.current_dir(&site);
+    let web = Proc::spawn(run, "wharf run --name web -- vite");
+    let port = web.url_port();
+    web.expect("web: listening on");
+
+    let netlog = sb.dir.path().join("netlog.json");
+    let page = visit(
+        &chromium,
+        &nss,
+        &format!("https://web.localhost:{port}/"),
+        &[&format!("--log-net-log={}", netlog.display())],
+    );
+    assert!(page.dom.contains("a page from vite"), "{page}");
+    assert!(page.dom.contains("protocol=h2"), "{page}");
+    // Vite saw the socket's upgrade request as the proxy sent it, and answered over it.
+    assert!(
+        page.dom.contains(&format!(
+            "hmr round trip: host=web.localhost:{port} proto=https"
+        )),
+        "{page}"
+    );
+    // Vite's own client says so too (its console, in Chromium's log).
+    assert!(page.log.contains("[vite] connected."), "{page}");
+    // The browser opened the socket on its HTTP/2 connection, not on one of its own.
+    let netlog = std::fs::read_to_string(&netlog).unwrap();
+    assert!(
+        netlog.contains(":protocol: websocket") && netlog.contains(":method: CONNECT"),
+        "no extended CONNECT in Chromium's net log\n{page}"
+    );
 }
