@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run wharf's whole test suite on a fresh machine: provision the real peers the tests use
-# (curl, h2load, systemd's tools, headless Chromium, NSS's certutil and vfychain,
+# (curl, h2load, systemd's tools, headless Chromium, NSS's certutil and vfychain, openssl,
 # update-ca-certificates, puma, a project-local Python venv with gunicorn, uv, websockets and
 # grpcio, and project-local npm packages: Vite), then `cargo test`. Extra arguments go to
 # cargo test.
@@ -31,6 +31,7 @@ command -v systemd-socket-activate >/dev/null || missing+=(systemd)
 command -v python3 >/dev/null || missing+=(python3)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v certutil >/dev/null && command -v vfychain >/dev/null || missing+=(libnss3-tools)
+command -v openssl >/dev/null || missing+=(openssl)
 command -v npm >/dev/null || missing+=(nodejs npm)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v puma >/dev/null || missing+=(puma ruby-rack)

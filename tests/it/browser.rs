@@ -1,6 +1,8 @@
 //! HTTPS with real peers: headless Chromium trusting wharf's CA the way Chrome on Linux does
 //! (the user's NSS database) loads an instance's page over HTTP/2, and a Vite dev server's page
-//! whose HMR WebSocket connects through the proxy.
+//! whose HMR WebSocket connects through the proxy; `openssl` shows the chain and the CA's name
+//! constraints; a certificate for a real site signed with the CA's own key is refused by NSS
+//! and by Chromium, while one for a local name made the same way is accepted.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -235,4 +237,239 @@ fn a_vite_dev_server_page_and_its_hmr_websocket_work_through_the_proxy_over_h2()
         netlog.contains(":protocol: websocket") && netlog.contains(":method: CONNECT"),
         "no extended CONNECT in Chromium's net log\n{page}"
     );
+}
+
+/// `openssl ARGS` (stdin closed); its exit status and everything it printed.
+fn openssl(openssl: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(openssl)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn openssl_shows_the_chain_and_the_cas_name_constraints() {
+    let Some(tool) = need("openssl") else { return };
+    let sb = Sandbox::new();
+    let app = sb.serve("app", &[]);
+    let port = app.url_port();
+    let ca = ca(&sb);
+
+    // The CA: a CA that may vouch for localhost and names under it, for no IP address at all.
+    let (ok, text) = openssl(&tool, &["x509", "-in", &ca, "-noout", "-text"]);
+    assert!(ok, "{text}");
+    let constraints = text
+        .split("X509v3 Name Constraints: critical")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no critical name constraints:\n{text}"));
+    let constraints: Vec<&str> = constraints.lines().map(str::trim).take(6).collect();
+    assert_eq!(
+        constraints[..6],
+        [
+            "",
+            "Permitted:",
+            "DNS:localhost",
+            "Excluded:",
+            "IP:0.0.0.0/0.0.0.0",
+            "IP:0:0:0:0:0:0:0:0/0:0:0:0:0:0:0:0",
+        ],
+        "{text}"
+    );
+    assert!(text.contains("CA:TRUE"), "{text}");
+    let (_, subject) = openssl(&tool, &["x509", "-in", &ca, "-noout", "-subject"]);
+    let subject = subject.trim().strip_prefix("subject=").unwrap().to_string();
+
+    // The chain the proxy sends for app.localhost: its leaf, issued by that CA, which verifies.
+    let connect = format!("127.0.0.1:{port}");
+    let (ok, text) = openssl(
+        &tool,
+        &[
+            "s_client",
+            "-connect",
+            &connect,
+            "-servername",
+            "app.localhost",
+            "-showcerts",
+            "-CAfile",
+            &ca,
+            "-verify_hostname",
+            "app.localhost",
+            "-verify_return_error",
+        ],
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains(" 0 s:CN = app.localhost\n"), "{text}");
+    assert!(text.contains(&format!("   i:{subject}\n")), "{text}");
+    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    // The leaf names the instance and every name under it, nothing else.
+    let leaf = text
+        .split("-----BEGIN CERTIFICATE-----")
+        .nth(1)
+        .and_then(|rest| rest.split("-----END CERTIFICATE-----").next())
+        .unwrap_or_else(|| panic!("no certificate shown:\n{text}"));
+    let pem = sb.dir.path().join("leaf.pem");
+    std::fs::write(
+        &pem,
+        format!("-----BEGIN CERTIFICATE-----{leaf}-----END CERTIFICATE-----\n"),
+    )
+    .unwrap();
+    let (ok, san) = openssl(
+        &tool,
+        &[
+            "x509",
+            "-in",
+            path_str(&pem),
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ],
+    );
+    assert!(ok, "{san}");
+    assert_eq!(
+        san.lines().nth(1).map(str::trim),
+        Some("DNS:app.localhost, DNS:*.app.localhost"),
+        "{san}"
+    );
+}
+
+/// A server certificate for `name` signed with the CA's own key, as whoever stole that key
+/// could make one: (certificate, key) files in `dir`.
+fn sign_with_the_cas_key(tool: &Path, sb: &Sandbox, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let ca_dir = sb.state_dir().join("ca");
+    let (key, csr, cert, ext) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.csr")),
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.ext")),
+    );
+    std::fs::write(
+        &ext,
+        format!(
+            "subjectAltName = DNS:{name}\n\
+             extendedKeyUsage = serverAuth\n\
+             basicConstraints = CA:FALSE\n"
+        ),
+    )
+    .unwrap();
+    let subject = format!("/CN={name}");
+    for args in [
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &subject,
+            "-keyout",
+            path_str(&key),
+            "-out",
+            path_str(&csr),
+        ][..],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            path_str(&csr),
+            "-days",
+            "7",
+            "-CA",
+            path_str(&ca_dir.join("wharf-ca.pem")),
+            "-CAkey",
+            path_str(&ca_dir.join("wharf-ca-key.pem")),
+            "-extfile",
+            path_str(&ext),
+            "-out",
+            path_str(&cert),
+        ][..],
+    ] {
+        let (ok, text) = openssl(tool, args);
+        assert!(ok, "openssl {args:?}: {text}");
+    }
+    (cert, key)
+}
+
+/// `openssl s_server -www` with `cert`, on a port from the OS; the port once it accepts.
+fn s_server(tool: &Path, cert: &Path, key: &Path) -> (Proc, u16) {
+    let mut cmd = Command::new(tool);
+    cmd.args(["s_server", "-www", "-accept", "127.0.0.1:0", "-cert"])
+        .args([cert, Path::new("-key"), key]);
+    let server = Proc::spawn(cmd, "openssl s_server");
+    let line = server.expect("ACCEPT 127.0.0.1:");
+    (server, port_after(&line, "ACCEPT 127.0.0.1:"))
+}
+
+/// The name constraints at work: a stolen CA key can sign `example.com`, but neither NSS nor
+/// Chromium (with the CA trusted) accepts the result; the same recipe for `app.localhost` is
+/// accepted by both, so it is the name that is refused, not the recipe.
+#[test]
+fn a_certificate_for_a_real_site_signed_with_the_cas_key_is_refused_by_nss_and_chromium() {
+    let (Some(tool), Some(vfychain), Some(chromium), Some(nss)) = (
+        need("openssl"),
+        need("vfychain"),
+        need("chromium"),
+        Nss::new(),
+    ) else {
+        return;
+    };
+    let sb = Sandbox::new();
+    nss.trust(Path::new(&ca(&sb)));
+    let dir = sb.dir.path();
+    let (forged, forged_key) = sign_with_the_cas_key(&tool, &sb, dir, "example.com");
+    let (local, local_key) = sign_with_the_cas_key(&tool, &sb, dir, "app.localhost");
+
+    // NSS's classic verifier names the reason; its libpkix one (-pp) refuses as well.
+    let verify = |cert: &Path, pkix: bool| {
+        let mut cmd = Command::new(&vfychain);
+        cmd.args(["-d", &nss.db_arg(), "-u", "1", "-v"]);
+        if pkix {
+            cmd.arg("-pp");
+        }
+        cmd.args(["-a", path_str(cert)]);
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = verify(&forged, false);
+    assert!(!ok && text.contains("Chain is bad!"), "{text}");
+    assert!(
+        text.contains("ERROR -8080:")
+            && text.contains("not permitted to issue a certificate with this name"),
+        "not SEC_ERROR_CERT_NOT_IN_NAME_SPACE:\n{text}"
+    );
+    let (ok, text) = verify(&forged, true);
+    assert!(!ok && text.contains("Chain is bad!"), "{text}");
+    for pkix in [false, true] {
+        let (ok, text) = verify(&local, pkix);
+        assert!(ok && text.contains("Chain is good!"), "{text}");
+    }
+
+    // Chromium, its host resolver pointing example.com at the forger's server: refused as an
+    // invalid certificate (an untrusted issuer would be ERR_CERT_AUTHORITY_INVALID).
+    let (_forger, port) = s_server(&tool, &forged, &forged_key);
+    let rule = format!("--host-resolver-rules=MAP example.com 127.0.0.1:{port}");
+    let refused = visit(&chromium, &nss, "https://example.com/", &[&rule]);
+    assert!(refused.log.contains("net::ERR_CERT_INVALID"), "{refused}");
+    assert!(!refused.dom.contains("s_server"), "{refused}");
+    let (_server, port) = s_server(&tool, &local, &local_key);
+    let loaded = visit(
+        &chromium,
+        &nss,
+        &format!("https://app.localhost:{port}/"),
+        &[],
+    );
+    assert!(loaded.dom.contains("s_server -www"), "{loaded}");
 }
