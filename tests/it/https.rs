@@ -201,8 +201,8 @@ fn an_instance_gets_the_ca_and_python_trusts_the_proxy_with_it() {
     );
 }
 
-h1test!(a_websocket_over_tls_round_trips, |sb: Sandbox| {
-    let Some(py) = need_venv() else { return };
+/// tests/servers/ws.py's echo server as instance `ws`: the script, its process, the proxy's port.
+fn ws_echo(sb: &Sandbox, py: &std::path::Path) -> (std::path::PathBuf, Proc, u16) {
     let ws = repo().join("tests/servers/ws.py");
     let server = sb.spawn(&[
         "run",
@@ -212,12 +212,18 @@ h1test!(a_websocket_over_tls_round_trips, |sb: Sandbox| {
         "--port",
         "0",
         "--",
-        path_str(&py),
+        path_str(py),
         path_str(&ws),
         "server",
     ]);
     server.expect("WS ready");
     let port = server.url_port();
+    (ws, server, port)
+}
+
+h1test!(a_websocket_over_tls_round_trips, |sb: Sandbox| {
+    let Some(py) = need_venv() else { return };
+    let (ws, _server, port) = ws_echo(&sb, &py);
     let out = Command::new(&py)
         .args([
             path_str(&ws),
@@ -278,21 +284,7 @@ fn a_websocket_opens_over_http2_with_extended_connect() {
 
     let Some(py) = need_venv() else { return };
     let sb = Sandbox::new();
-    let ws = repo().join("tests/servers/ws.py");
-    let server = sb.spawn(&[
-        "run",
-        "--name",
-        "ws",
-        "--env",
-        "--port",
-        "0",
-        "--",
-        path_str(&py),
-        path_str(&ws),
-        "server",
-    ]);
-    server.expect("WS ready");
-    let port = server.url_port();
+    let (_, _server, port) = ws_echo(&sb, &py);
     let ca_pem = std::fs::read_to_string(ca(&sb)).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
