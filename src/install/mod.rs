@@ -274,6 +274,7 @@ pub(crate) fn plan_launchd(t: &LaunchdTarget) -> Plan {
         .replace("@RUNTIME@", &esc(t.runtime_dir))
         .replace("@STATE@", &esc(t.state_dir))
         .replace("@LOG@", &esc(&t.state_dir.join("proxy.log")));
+    let body = with_https_sockets(&body, t.port);
     let content = body.replacen(
         "<plist version=\"1.0\">",
         &format!("<!-- {MARKER} -->\n<plist version=\"1.0\">"),
@@ -288,6 +289,24 @@ pub(crate) fn plan_launchd(t: &LaunchdTarget) -> Plan {
     ));
     plan.files.push(File { path, content });
     plan
+}
+
+/// On port 80, the plist's `http` sockets again as `https` on 443, so that HTTPS URLs need no
+/// port either (macOS lets a user's agent bind both). On another port that one serves both.
+fn with_https_sockets(plist: &str, port: u16) -> String {
+    let start = "\t\t<key>http</key>\n";
+    let (Some(from), true) = (plist.find(start), port == 80) else {
+        return plist.to_string();
+    };
+    let Some(len) = plist[from..].find("\t\t</array>\n") else {
+        return plist.to_string();
+    };
+    let http = &plist[from..from + len + "\t\t</array>\n".len()];
+    let https = http.replace("<key>http</key>", "<key>https</key>").replace(
+        "<string>80</string>",
+        &format!("<string>{}</string>", crate::proxy::listeners::HTTPS_PORT),
+    );
+    plist.replacen(http, &format!("{http}{https}"), 1)
 }
 
 /// systemd's ExecStart= spelling of `binary`: absolute, `%` doubled, quoted if it has spaces.
@@ -519,6 +538,9 @@ mod tests {
         });
         let c = &plan.files[0].content;
         assert!(!c.contains('@'));
+        // Port 80 brings HTTPS's 443 beside it, on both loopbacks.
+        assert!(c.contains("<key>https</key>"));
+        assert_eq!(c.matches("<string>443</string>").count(), 2);
         assert!(c.contains("<string>/Users/a&amp;b/bin/wharf</string>"));
         assert!(c.contains("<string>/tmp/wharf-501/control.sock</string>"));
         assert!(plan.next[0].starts_with("launchctl bootstrap gui/501 "));
