@@ -143,7 +143,7 @@ pub(crate) struct RunCli {
     #[arg(long, value_name = "LO-HI[,LO-HI…]")]
     pub(crate) range: Option<PortRanges>,
     /// Another named socket (repeatable): routed at SUB.NAME.localhost, passed as fd 4… or PORT_SUB
-    #[arg(long = "socket", value_name = "SUB")]
+    #[arg(long = "socket", value_name = "SUB", value_parser = Name::label)]
     pub(crate) sockets: Vec<Name>,
     /// Restart the server when it exits, on the same socket (connections wait, none is
     /// refused): always (the default of a bare --restart), on-failure, or no

@@ -1,5 +1,7 @@
 //! Turning a request's Host into a routing target, once, at the edge: ASCII only, lowercase,
 //! port and one trailing dot stripped, every label checked. Only `*.localhost` names route.
+//! Which instance (and which of its sockets) a name means is the route table's to say: the
+//! longest instance name the host ends with, the one label left in front a socket of it.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -11,8 +13,9 @@ use crate::model::name::Name;
 pub enum Target {
     /// Bare `localhost`: the dashboard.
     Dashboard,
-    /// `NAME.localhost`, or `SUB.NAME.localhost` (socket SUB of NAME if it has one).
-    Instance { name: Name, sub: Option<Name> },
+    /// `NAME.localhost`: every label before `.localhost`, as one (possibly dotted) name; an
+    /// instance's, or `SUB.NAME` for its socket SUB (see `proxy::routes::Routes::resolve`).
+    Instance { name: Name },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -22,20 +25,13 @@ pub enum HostError {
     /// A real host name or an IP address: wharf is not an open proxy.
     #[error("{0} is not a local name; wharf routes only NAME.localhost")]
     Foreign(String),
-    /// Under `.localhost` but deeper than `SUB.NAME.localhost`.
-    #[error("{0} is not a name wharf routes (NAME.localhost or SUB.NAME.localhost)")]
-    Unroutable(String),
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Dashboard => f.write_str("localhost"),
-            Target::Instance { name, sub: None } => write!(f, "{name}.localhost"),
-            Target::Instance {
-                name,
-                sub: Some(sub),
-            } => write!(f, "{sub}.{name}.localhost"),
+            Target::Instance { name } => write!(f, "{name}.localhost"),
         }
     }
 }
@@ -74,23 +70,9 @@ pub fn parse(raw: &str) -> Result<Target, HostError> {
         }
         return Err(HostError::Foreign(host.to_string()));
     };
-    let label = |s: &str| s.parse::<Name>().map_err(|_| invalid());
-    match rest.split_once('.') {
-        None => Ok(Target::Instance {
-            name: label(rest)?,
-            sub: None,
-        }),
-        Some((sub, name)) if !name.contains('.') => Ok(Target::Instance {
-            name: label(name)?,
-            sub: Some(label(sub)?),
-        }),
-        Some(_) => {
-            for l in rest.split('.') {
-                label(l)?;
-            }
-            Err(HostError::Unroutable(host.to_string()))
-        }
-    }
+    Ok(Target::Instance {
+        name: rest.parse().map_err(|_| invalid())?,
+    })
 }
 
 /// A port as a Host may give it: plain digits without a leading zero, 1 to 65535. Other
@@ -106,10 +88,9 @@ fn is_port(port: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn inst(name: &str, sub: Option<&str>) -> Target {
+    fn inst(name: &str) -> Target {
         Target::Instance {
             name: name.parse().unwrap(),
-            sub: sub.map(|s| s.parse().unwrap()),
         }
     }
 
@@ -122,12 +103,10 @@ mod tests {
             "api.localhost:7080",
             "Api.localhost.:80",
         ] {
-            assert_eq!(parse(host), Ok(inst("api", None)), "{host}");
+            assert_eq!(parse(host), Ok(inst("api")), "{host}");
         }
-        assert_eq!(
-            parse("admin.api.localhost:7080"),
-            Ok(inst("api", Some("admin")))
-        );
+        assert_eq!(parse("admin.api.localhost:7080"), Ok(inst("admin.api")));
+        assert_eq!(parse("A.Fix-UI.shop.localhost."), Ok(inst("a.fix-ui.shop")));
         assert_eq!(parse("localhost"), Ok(Target::Dashboard));
         assert_eq!(parse("LOCALHOST.:7080"), Ok(Target::Dashboard));
     }
@@ -148,6 +127,7 @@ mod tests {
     #[test]
     fn malformed_hosts_are_invalid() {
         let long = format!("{}.localhost", "a".repeat(64));
+        let too_deep = format!("{}.localhost", ["a"; 123].join("."));
         for host in [
             "",
             "a/b.localhost",
@@ -167,6 +147,7 @@ mod tests {
             &long,
             "user@api.localhost",
             "a b.localhost",
+            &too_deep,
         ] {
             assert!(
                 matches!(parse(host), Err(HostError::Invalid(_))),
@@ -174,13 +155,10 @@ mod tests {
                 parse(host)
             );
         }
-        assert!(matches!(
-            parse("a.b.c.localhost"),
-            Err(HostError::Unroutable(_))
-        ));
+        assert_eq!(parse("a.b.c.localhost"), Ok(inst("a.b.c")));
         assert_eq!(
             parse(&format!("{}.localhost", "a".repeat(63))),
-            Ok(inst(&"a".repeat(63), None))
+            Ok(inst(&"a".repeat(63)))
         );
     }
 }

@@ -1,20 +1,28 @@
-//! Instance names: one DNS label, so `NAME.localhost` is a valid host name.
+//! Instance names: DNS labels joined by dots, so `NAME.localhost` is a valid host name. Most
+//! are one label (`shop`); a linked git worktree's gets its branch in front (`fix-ui.shop`).
+//! Socket names are always one label (`Name::label`): `SUB.NAME.localhost` is routed by the
+//! longest instance name the host ends with, and what is left must be one of its sockets.
 //! Parsing is the only way to get a `Name`; everything downstream trusts it.
 
 use std::fmt;
 use std::str::FromStr;
 
-/// A validated instance (or socket) name: `[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?`.
+/// A validated instance (or socket) name: labels `[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?` joined by
+/// `.`, at most `MAX_LEN` in all; a socket name is one label.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
 pub struct Name(String);
+
+/// The longest name: `NAME.localhost` stays within a host name's 253 characters.
+pub const MAX_LEN: usize = 253 - ".localhost".len();
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NameError {
     #[error("a name cannot be empty")]
     Empty,
     #[error(
-        "{0:?} is {1} characters long; a name is at most 63 (one DNS label){try_}",
+        "{0:?} is {1} characters long; a name is at most 63 between dots (one DNS label) \
+         and {MAX_LEN} in all{try_}",
         try_ = try_(.2)
     )]
     TooLong(String, usize, Option<String>),
@@ -29,6 +37,12 @@ pub enum NameError {
         /// A valid name close to the one given, when there is one.
         suggestion: Option<String>,
     },
+    /// A socket name with a dot: `SUB.NAME.localhost` has room for one label.
+    #[error(
+        "{0:?} has a '.'; a socket name is one label, like \"admin\"{try_}",
+        try_ = try_(.1)
+    )]
+    Dotted(String, Option<String>),
 }
 
 fn try_(suggestion: &Option<String>) -> String {
@@ -46,7 +60,8 @@ impl Name {
     /// The environment variable `NAME_WHAT` for this name, valid in every shell and dotenv
     /// file: uppercase, `-` → `_`, and a leading `_` when the name starts with a digit
     /// (`admin-api` → `ADMIN_API_URL`, `2web` → `_2WEB_URL`). No name starts with `-`, so the
-    /// leading `_` never makes two names share a variable.
+    /// leading `_` never makes two names share a variable. A dot is `__` (`fix-ui.shop` →
+    /// `FIX_UI__SHOP_URL`), which only a name with `--` in the same place shares.
     pub fn env_var(&self, what: &str) -> String {
         let prefix = if self.0.starts_with(|c: char| c.is_ascii_digit()) {
             "_"
@@ -55,12 +70,49 @@ impl Name {
         };
         format!(
             "{prefix}{}_{what}",
-            self.0.to_ascii_uppercase().replace('-', "_")
+            self.0
+                .to_ascii_uppercase()
+                .replace('-', "_")
+                .replace('.', "__")
         )
     }
 
-    /// A valid name made from `s`, if any: lowercase, each run of other characters as one
-    /// `-`, none at the ends, at most 63 characters (`Bad_Name` → `bad-name`).
+    /// A one-label name: what a socket name must be.
+    pub fn label(s: &str) -> Result<Name, NameError> {
+        let name: Name = s.parse()?;
+        if name.is_label() {
+            Ok(name)
+        } else {
+            Err(NameError::Dotted(
+                s.to_string(),
+                Name::suggest(s).map(|n| n.0),
+            ))
+        }
+    }
+
+    /// One label, no dot.
+    pub fn is_label(&self) -> bool {
+        !self.0.contains('.')
+    }
+
+    /// `PREFIX.NAME`: a linked worktree's branch in front of the project's name.
+    pub fn prefixed(&self, prefix: &Name) -> Result<Name, NameError> {
+        format!("{prefix}.{self}").parse()
+    }
+
+    /// The names this one ends with, itself first, then each without its first label
+    /// (`a.b.c`, `b.c`, `c`), each with what was cut off (`None`, `a`, `a.b`).
+    pub fn suffixes(name: &str) -> impl Iterator<Item = (Option<&str>, &str)> {
+        std::iter::once((None, name)).chain(
+            name.match_indices('.')
+                .map(move |(i, _)| (Some(&name[..i]), &name[i + 1..])),
+        )
+    }
+
+    /// A valid one-label name made from `s`, if any: lowercase, each run of other characters
+    /// (dots included) as one `-`, none at the ends, at most 63 characters (`Bad_Name` →
+    /// `bad-name`, `fix/ui` → `fix-ui`). wharf's one normaliser: inferred names and branch
+    /// prefixes go through it, and error messages suggest what it makes.
     pub fn suggest(s: &str) -> Option<Name> {
         let mut out = String::new();
         for c in s.chars() {
@@ -76,6 +128,17 @@ impl Name {
     }
 }
 
+/// What a name close to `s` could be: each label normalised, empty ones dropped.
+fn suggest_dotted(s: &str) -> Option<String> {
+    let labels: Vec<String> = s
+        .split('.')
+        .filter_map(Name::suggest)
+        .map(|n| n.0)
+        .collect();
+    let joined = labels.join(".");
+    (!labels.is_empty() && joined.len() <= MAX_LEN).then_some(joined)
+}
+
 impl FromStr for Name {
     type Err = NameError;
 
@@ -83,8 +146,8 @@ impl FromStr for Name {
         if s.is_empty() {
             return Err(NameError::Empty);
         }
-        let suggestion = || Name::suggest(s).map(|n| n.0);
-        if s.len() > 63 {
+        let suggestion = || suggest_dotted(s);
+        if s.len() > MAX_LEN || s.split('.').any(|l| l.len() > 63) {
             return Err(NameError::TooLong(s.to_string(), s.len(), suggestion()));
         }
         let invalid = |what: String| NameError::Invalid {
@@ -100,6 +163,7 @@ impl FromStr for Name {
             } else if !(c.is_ascii_lowercase()
                 || c.is_ascii_digit()
                 || c == '-'
+                || c == '.'
                 || others.contains(&c))
             {
                 others.push(c);
@@ -123,8 +187,19 @@ impl FromStr for Name {
             }
             return Err(invalid(what.join(" and ")));
         }
-        if s.starts_with('-') || s.ends_with('-') {
-            return Err(invalid("a '-' at its start or end".to_string()));
+        let labels = || s.split('.');
+        if labels().any(str::is_empty) {
+            return Err(invalid(
+                "an empty label (a '.' at its start or end, or two together)".to_string(),
+            ));
+        }
+        if labels().any(|l| l.starts_with('-') || l.ends_with('-')) {
+            let what = if s.contains('.') {
+                "a '-' at the start or end of a label"
+            } else {
+                "a '-' at its start or end"
+            };
+            return Err(invalid(what.to_string()));
         }
         Ok(Name(s.to_string()))
     }
@@ -144,6 +219,13 @@ impl<'de> serde::Deserialize<'de> for Name {
     }
 }
 
+/// Tables keyed by `Name` can be asked with a `&str` (a suffix of a host) without a copy.
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(&self.0)
@@ -155,19 +237,59 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepts_dns_labels() {
-        for ok in ["a", "api", "web-2", "0", &"x".repeat(63)] {
+    fn accepts_dns_labels_and_dotted_names() {
+        let longest = [&"x".repeat(63); 4].map(String::as_str).join(".")[..MAX_LEN].to_string();
+        for ok in [
+            "a",
+            "api",
+            "web-2",
+            "0",
+            &"x".repeat(63),
+            "fix-ui.shop",
+            "a.b.c",
+            &longest,
+        ] {
             assert_eq!(ok.parse::<Name>().unwrap().as_str(), ok);
         }
+        assert!(format!("{longest}.localhost").len() == 253);
     }
 
     #[test]
-    fn rejects_what_is_not_one_label() {
+    fn socket_names_are_one_label() {
+        assert_eq!(Name::label("admin").unwrap().as_str(), "admin");
+        let err = Name::label("a.b").unwrap_err();
+        assert_eq!(err, NameError::Dotted("a.b".into(), Some("a-b".into())));
+        assert!(err.to_string().ends_with("try \"a-b\""), "{err}");
+        assert!(matches!(Name::label("A"), Err(NameError::Invalid { .. })));
+    }
+
+    #[test]
+    fn prefixes_and_suffixes() {
+        let shop: Name = "shop".parse().unwrap();
+        let fix = Name::suggest("fix/ui").unwrap();
+        assert_eq!(shop.prefixed(&fix).unwrap().as_str(), "fix-ui.shop");
+        let all: Vec<_> = Name::suffixes("a.b.c").collect();
+        assert_eq!(
+            all,
+            [(None, "a.b.c"), (Some("a"), "b.c"), (Some("a.b"), "c")]
+        );
+        assert_eq!(Name::suffixes("c").collect::<Vec<_>>(), [(None, "c")]);
+    }
+
+    #[test]
+    fn rejects_what_is_not_labels() {
+        let long = format!("{}.x", ["x"; 122].join("."));
         for bad in [
             "",
             "-a",
             "a-",
-            "a.b",
+            ".a",
+            "a.",
+            "a..b",
+            "a.-b",
+            "a-.b",
+            &long,
+            &format!("{}.a", "x".repeat(64)),
             "a_b",
             "Api",
             "a b",
@@ -192,7 +314,8 @@ mod tests {
             ("my app", Some("my-app")),
             ("-api-", Some("api")),
             ("__x__y..", Some("x-y")),
-            ("a.b", Some("a-b")),
+            ("a_b.C", Some("a-b.c")),
+            ("a..b", Some("a.b")),
             ("ü", None),
             ("__", None),
         ] {
@@ -223,7 +346,8 @@ mod tests {
         assert_eq!(var("admin-api"), "ADMIN_API_URL");
         assert_eq!(var("2web"), "_2WEB_URL");
         assert_eq!(var("0"), "_0_URL");
-        for n in ["a", "web-2", "2web", "9-9"] {
+        assert_eq!(var("fix-ui.shop"), "FIX_UI__SHOP_URL");
+        for n in ["a", "web-2", "2web", "9-9", "a.b"] {
             let v = var(n);
             assert!(
                 v.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')

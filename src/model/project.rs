@@ -358,9 +358,7 @@ pub(crate) fn parse(text: &str, base: &Path) -> Result<Vec<Declared>, Mistake> {
         };
         let mut sockets = Vec::new();
         for s in &raw.sockets {
-            let sub: Name = s
-                .get_ref()
-                .parse()
+            let sub: Name = Name::label(s.get_ref())
                 .map_err(|e| at(s.span(), "sockets", Problem::SocketName(e)))?;
             if sub.as_str() == crate::model::ports::MAIN_SOCKET || sockets.contains(&sub) {
                 return Err(at(s.span(), "sockets", Problem::SocketTwice(sub)));

@@ -34,6 +34,8 @@ pub(crate) enum ProxyError {
     Host(#[from] HostError),
     #[error("no instance is named {0}")]
     Unknown(Name),
+    #[error("{sub}.{name}.localhost: '{name}' has no socket named {sub}")]
+    NoSocket { name: Name, sub: String },
     #[error("this request already went through wharf: a route points back at the proxy")]
     Loop,
     #[error("{0} did not start listening within {secs}s", secs = .1.as_secs())]
@@ -98,9 +100,7 @@ impl From<&ProxyError> for StatusCode {
             | ProxyError::BadScheme => StatusCode::BAD_REQUEST,
             ProxyError::Host(HostError::Invalid(_)) => StatusCode::BAD_REQUEST,
             ProxyError::Host(HostError::Foreign(_)) => StatusCode::MISDIRECTED_REQUEST,
-            ProxyError::Host(HostError::Unroutable(_)) | ProxyError::Unknown(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ProxyError::Unknown(_) | ProxyError::NoSocket { .. } => StatusCode::NOT_FOUND,
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
             ProxyError::NotListening(..) | ProxyError::Failed(_) | ProxyError::OutOfFds(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -210,6 +210,13 @@ mod tests {
             ),
             (ProxyError::Host(HostError::Invalid("a/b".into())), 400),
             (ProxyError::Unknown("x".parse().unwrap()), 404),
+            (
+                ProxyError::NoSocket {
+                    name: name.clone(),
+                    sub: "x".into(),
+                },
+                404,
+            ),
             (ProxyError::Loop, 508),
             (
                 ProxyError::NotListening(name.clone(), Duration::from_secs(60)),

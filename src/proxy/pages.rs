@@ -210,7 +210,7 @@ fn logs_cell(i: &crate::model::instance::Instance) -> String {
 /// 404 for a name nobody registered (`Ok(name)`) or a host wharf never routes (`Err(host)`),
 /// with links to the names that are and to the dashboard.
 pub(crate) fn unknown_name(
-    asked: Result<&Name, &str>,
+    asked: Result<&Name, (&Name, &str)>,
     instances: &[Listed],
     dashboard: &str,
 ) -> Response<ProxyBody> {
@@ -230,11 +230,27 @@ pub(crate) fn unknown_name(
              <code>wharf up</code>.</p>",
             name = escape(name.as_str())
         ),
-        Err(host) => format!(
-            "<p><b>{}</b> is not a name wharf routes: ask for NAME.localhost or \
-             SUB.NAME.localhost.</p>",
-            escape(host)
-        ),
+        Err((name, sub)) => {
+            let sockets: Vec<String> = instances
+                .iter()
+                .filter(|l| &l.instance.name == name)
+                .flat_map(|l| l.instance.sockets.keys())
+                .filter(|s| *s != crate::model::ports::MAIN_SOCKET)
+                .map(|s| format!("<b>{}</b>", escape(s)))
+                .collect();
+            let has = match sockets.len() {
+                0 => "it has no other sockets".to_string(),
+                _ => format!("its other sockets are {}", sockets.join(", ")),
+            };
+            format!(
+                "<p>No instance is named <b>{full}</b>, and <b>{name}</b> has no socket named \
+                 <b>{sub}</b> ({has}). Start it with <code>wharf run --name {full} -- \
+                 CMD</code>.</p>",
+                full = escape(&format!("{sub}.{name}")),
+                name = escape(name.as_str()),
+                sub = escape(sub),
+            )
+        }
     };
     let body = format!(
         "{what}{list}<p>The dashboard: <a href=\"{0}\">{0}</a></p>",
@@ -409,10 +425,11 @@ mod tests {
 
     #[test]
     fn pages_carry_no_cors_headers() {
+        let api: Name = "api".parse().unwrap();
         for r in [
             dashboard(&[], true),
             dashboard(&[], false),
-            unknown_name(Err("a.b.c.localhost"), &[], "http://localhost/"),
+            unknown_name(Err((&api, "b")), &[], "http://localhost/"),
             misdirected("127.0.0.1", "http://localhost/"),
         ] {
             assert!(

@@ -92,6 +92,22 @@ pub(crate) enum RouteError {
     Taken { name: Name, pid: i32 },
     #[error("the name '{0}' is an alias; remove it first (`wharf alias --rm {0}`)")]
     Alias(Name),
+    /// `SUB.NAME` while NAME has a socket SUB (or the other way round): one host, two meanings.
+    #[error(
+        "{sub}.{name}.localhost is already the host of '{name}''s socket {sub}; pick another name"
+    )]
+    SocketHost { name: Name, sub: String },
+}
+
+/// What a host's name finds in the table.
+pub(crate) enum Resolved {
+    /// The instance, and which socket (`None`: the main one).
+    Found(Arc<Route>, Option<Name>),
+    /// No instance's name is the host's or ends it.
+    Unknown,
+    /// The longest instance name the host ends with is `route`'s, but what is left in front,
+    /// `sub`, is none of its sockets.
+    NoSocket { route: Arc<Route>, sub: String },
 }
 
 /// The shared route table. One `watch` channel is its lock, its version and its wake-up;
@@ -117,6 +133,15 @@ impl Routes {
         self.table.borrow().get(name).cloned()
     }
 
+    /// The instance a host's name means: the longest registered name that is the host's name or
+    /// a suffix of it on a dot, the one label left in front its socket (`admin.api` → api's
+    /// socket admin; `fix-ui.shop` → the instance `fix-ui.shop` if registered, else shop's
+    /// socket `fix-ui`, else nothing). One hash lookup for a registered name.
+    pub(crate) fn resolve(&self, asked: &Name) -> Resolved {
+        let table = self.table.borrow();
+        resolve_in(&table, asked)
+    }
+
     /// A receiver that changes whenever the table does (for requests waiting on a start).
     pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Table>> {
         self.table.subscribe()
@@ -126,6 +151,7 @@ impl Routes {
     /// one whose registering process is dead is taken over.
     pub(crate) fn register(&self, owner: Owner, instance: Instance) -> Result<(), RouteError> {
         self.update(|table| {
+            shadowing(table, &instance)?;
             let (since, requests) = match table.get(&instance.name) {
                 Some(old) if old.owner == owner => (old.since, old.requests.clone()),
                 Some(old) if old.owner == Owner::Alias => {
@@ -188,6 +214,53 @@ impl Routes {
         });
         result
     }
+}
+
+fn resolve_in(table: &Table, asked: &Name) -> Resolved {
+    for (front, name) in Name::suffixes(asked.as_str()) {
+        let Some(route) = table.get(name) else {
+            continue;
+        };
+        let Some(front) = front else {
+            return Resolved::Found(route.clone(), None);
+        };
+        return match Name::label(front) {
+            Ok(sub) if route.authorities.contains_key(sub.as_str()) => {
+                Resolved::Found(route.clone(), Some(sub))
+            }
+            _ => Resolved::NoSocket {
+                route: route.clone(),
+                sub: front.to_string(),
+            },
+        };
+    }
+    Resolved::Unknown
+}
+
+/// Refuse an instance whose name is the host of another's socket, or with a socket whose host
+/// is another instance's name: each host means one thing.
+fn shadowing(table: &Table, instance: &Instance) -> Result<(), RouteError> {
+    let name = instance.name.as_str();
+    if let Some((sub, rest)) = name.split_once('.')
+        && let Some(other) = table.get(rest)
+        && other.instance.sockets.contains_key(sub)
+        && sub != crate::model::ports::MAIN_SOCKET
+    {
+        return Err(RouteError::SocketHost {
+            name: other.instance.name.clone(),
+            sub: sub.to_string(),
+        });
+    }
+    for sub in instance.sockets.keys() {
+        if sub != crate::model::ports::MAIN_SOCKET && table.contains_key(&*format!("{sub}.{name}"))
+        {
+            return Err(RouteError::SocketHost {
+                name: instance.name.clone(),
+                sub: sub.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The alias routes as stored on disk: name → address.
@@ -272,6 +345,53 @@ mod tests {
         routes.remove_owner(Owner::Connection(1));
         assert!(routes.get(&"api".parse().unwrap()).is_none());
         assert!(routes.get(&"web".parse().unwrap()).is_some());
+    }
+
+    /// The longest registered name the host ends with wins; the one label left must be one of
+    /// its sockets.
+    #[test]
+    fn dotted_names_and_sockets_share_hosts_unambiguously() {
+        let routes = Routes::default();
+        let me = std::process::id() as i32;
+        let shop = instance(
+            "shop",
+            me,
+            &[("http", "127.0.0.1:4001"), ("admin", "127.0.0.1:4002")],
+        );
+        routes.register(Owner::Connection(1), shop).unwrap();
+        let wt = instance("fix-ui.shop", me, &[("http", "127.0.0.1:4003")]);
+        routes.register(Owner::Connection(2), wt).unwrap();
+        let found = |host: &str| match routes.resolve(&host.parse().unwrap()) {
+            Resolved::Found(r, sub) => format!(
+                "{} {}",
+                r.instance.name,
+                r.upstream(sub.as_ref()).unwrap().0.port()
+            ),
+            Resolved::Unknown => "unknown".into(),
+            Resolved::NoSocket { route, sub } => format!("{} has no {sub}", route.instance.name),
+        };
+        assert_eq!(found("shop"), "shop 4001");
+        assert_eq!(found("admin.shop"), "shop 4002");
+        assert_eq!(found("http.shop"), "shop 4001");
+        assert_eq!(found("fix-ui.shop"), "fix-ui.shop 4003");
+        assert_eq!(found("other.shop"), "shop has no other");
+        assert_eq!(found("a.admin.shop"), "shop has no a.admin");
+        assert_eq!(found("admin.fix-ui.shop"), "fix-ui.shop has no admin");
+        assert_eq!(found("nope"), "unknown");
+        assert_eq!(found("shop.nope"), "unknown");
+        // One host, one meaning: `admin.shop` is shop's socket, so no instance may take it,
+        // and no instance may add a socket whose host is another instance.
+        let err = routes
+            .register(Owner::Connection(3), instance("admin.shop", me, &[]))
+            .unwrap_err();
+        assert!(matches!(err, RouteError::SocketHost { .. }), "{err}");
+        let err = routes
+            .register(
+                Owner::Connection(4),
+                instance("shop", me, &[("fix-ui", "127.0.0.1:4004")]),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("fix-ui.shop.localhost"), "{err}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::ca::leaves::Leaves;
 use crate::model::host::{self, Target};
-use crate::proxy::routes::Routes;
+use crate::proxy::routes::{Resolved, Routes};
 
 /// A fatal `unrecognized_name` alert (RFC 6066 §3), as a TLS record.
 const UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 112];
@@ -143,7 +143,9 @@ where
 fn knows(sni: Option<&str>, routes: &Routes) -> bool {
     match sni.map(host::parse) {
         Some(Ok(Target::Dashboard)) => true,
-        Some(Ok(Target::Instance { name, .. })) => routes.get(&name).is_some(),
+        Some(Ok(Target::Instance { name })) => {
+            matches!(routes.resolve(&name), Resolved::Found(..))
+        }
         _ => false,
     }
 }

@@ -119,10 +119,13 @@ h1test!(
         let (status, page) = proxy_get(port, "nope.localhost", "/");
         assert_eq!(status, 404);
         assert!(page.contains("known.localhost"), "{page}");
-        let (status, _) = proxy_get(port, "admin.known.localhost", "/");
-        assert_eq!(
-            status, 200,
-            "an unknown socket name falls back to the main socket"
+        // Once it fell back to the main socket: with dotted instance names (a worktree's
+        // `fix-ui.shop`), that would serve one checkout under another's name.
+        let (status, page) = proxy_get(port, "admin.known.localhost", "/");
+        assert_eq!(status, 404, "{page}");
+        assert!(
+            page.contains("<b>known</b> has no socket named <b>admin</b>"),
+            "{page}"
         );
     }
 );

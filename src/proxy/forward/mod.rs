@@ -26,7 +26,7 @@ use crate::proxy::deadline::{BodyStalled, IdleBody};
 use crate::proxy::errors::{CLOSED_UNANSWERED, ProxyError, cause, caused_by, invalid};
 use crate::proxy::limits::Limits;
 use crate::proxy::pages;
-use crate::proxy::routes::{Route, Routes};
+use crate::proxy::routes::{Resolved, Route, Routes};
 use crate::proxy::rules::{self, Fate, Peer};
 use crate::proxy::tunnel;
 use crate::proxy::upstream::{self, idle};
@@ -236,8 +236,8 @@ impl Forwarder {
             ProxyError::Unknown(name) => {
                 pages::unknown_name(Ok(name), &(self.list)(), &self.dashboard)
             }
-            ProxyError::Host(HostError::Unroutable(host)) => {
-                pages::unknown_name(Err(host), &(self.list)(), &self.dashboard)
+            ProxyError::NoSocket { name, sub } => {
+                pages::unknown_name(Err((name, sub)), &(self.list)(), &self.dashboard)
             }
             ProxyError::Host(HostError::Foreign(host)) => pages::misdirected(host, &self.dashboard),
             ProxyError::Failed(name) => pages::error(
@@ -287,13 +287,14 @@ impl Forwarder {
         let host_str = host.to_str().map_err(|_| ProxyError::NoHost)?;
         match host::parse(host_str)? {
             Target::Dashboard => Ok(Routed::Dashboard),
-            Target::Instance { name, sub } => {
-                let route = self
-                    .routes
-                    .get(&name)
-                    .ok_or_else(|| ProxyError::Unknown(name))?;
-                Ok(Routed::Instance { route, sub, host })
-            }
+            Target::Instance { name } => match self.routes.resolve(&name) {
+                Resolved::Found(route, sub) => Ok(Routed::Instance { route, sub, host }),
+                Resolved::Unknown => Err(ProxyError::Unknown(name)),
+                Resolved::NoSocket { route, sub } => Err(ProxyError::NoSocket {
+                    name: route.instance.name.clone(),
+                    sub,
+                }),
+            },
         }
     }
 

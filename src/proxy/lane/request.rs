@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::model::host::{self, Target};
 use crate::proxy::forward::Forwarder;
 use crate::proxy::lane::lines::{content_length_line, decimal, head_room, header_line};
-use crate::proxy::routes::Route;
+use crate::proxy::routes::{Resolved, Route};
 use crate::proxy::rules::{self, Fate};
 
 /// A request the lane takes, once checked and its upstream head written.
@@ -77,10 +77,12 @@ pub(super) fn plan(
     let keep_alive = !connection.close;
     let host = host?;
     let body = content_length.unwrap_or(0);
-    let Ok(Target::Instance { name, sub }) = host::parse(std::str::from_utf8(host).ok()?) else {
+    let Ok(Target::Instance { name }) = host::parse(std::str::from_utf8(host).ok()?) else {
         return None;
     };
-    let route = forwarder.routes.get(&name)?;
+    let Resolved::Found(route, sub) = forwarder.routes.resolve(&name) else {
+        return None;
+    };
     if route.failed() || route.not_listening() {
         return None;
     }
