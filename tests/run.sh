@@ -36,6 +36,7 @@ command -v npm >/dev/null || missing+=(nodejs npm)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v puma >/dev/null || missing+=(puma ruby-rack)
 command -v update-ca-certificates >/dev/null || missing+=(ca-certificates)
+command -v git >/dev/null || missing+=(git)
 if ((${#missing[@]})); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     echo "tests/run.sh: installing ${missing[*]}"

@@ -122,12 +122,16 @@ pub(crate) struct LogsCli {
 #[command(after_help = "Examples:\n  \
         wharf run --name api -- gunicorn app:app        # fd mode: gunicorn reads LISTEN_FDS\n  \
         wharf run --name docs -- python3 -m http.server -b 127.0.0.1 {port}\n  \
-        wharf run --name web -- npm run dev            # vite etc.: env mode, flags added\n\n\
+        wharf run --name web -- npm run dev            # vite etc.: env mode, flags added\n  \
+        wharf run -- npm run dev                       # named after package.json, a worktree's branch\n  \
+        wharf run                                      # the project's dev command, so named\n\n\
         Placeholders in the command: {port} {fd} and, per --socket SUB, {port:SUB} {fd:SUB}.")]
 pub(crate) struct RunCli {
-    /// Instance name: one DNS label, served at http://NAME.localhost
+    /// Instance name, served at http://NAME.localhost. Default: the matching wharf.toml
+    /// instance, package.json, pyproject.toml or Cargo.toml name, else the git repository's or
+    /// this directory's; in a linked git worktree with its branch in front (fix-ui.shop)
     #[arg(long, short = 'n')]
-    pub(crate) name: Name,
+    pub(crate) name: Option<Name>,
     /// Pass the socket as an inherited fd (LISTEN_FDS) instead of choosing by the command
     #[arg(long, conflicts_with = "env")]
     pub(crate) fd: bool,
@@ -188,8 +192,9 @@ pub(crate) struct RunCli {
     /// Say every port tried and why it was not taken (default: one summary line)
     #[arg(long, short = 'v', conflicts_with = "quiet")]
     pub(crate) verbose: bool,
-    /// The server command and its arguments
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The server command and its arguments. Default: the one instance of wharf.toml, else
+    /// package.json's scripts.dev (run by npm, or pnpm, yarn or bun as the lockfile says)
+    #[arg(last = true, value_name = "CMD")]
     pub(crate) command: Vec<String>,
 }
 

@@ -5,8 +5,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::cli::args::{Cli, Command, ProxyCli, RunCli};
-use crate::cli::{commands, hosts, https, service, up};
+use crate::cli::args::{Cli, Command, ProxyCli};
+use crate::cli::{commands, hosts, https, run, service, up};
 use crate::model::config;
 use crate::model::mode::Mode;
 use crate::model::project::Restart;
@@ -41,7 +41,7 @@ fn exit(code: i32) -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<i32> {
-    let ctx = Context::new(
+    let mut ctx = Context::new(
         |k| std::env::var_os(k),
         std::env::current_exe().context("finding the wharf binary")?,
         std::env::current_dir().context("finding the current directory")?,
@@ -55,7 +55,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(args) => {
             let config = user_config(&ctx)?;
             let grace = stop_grace()?;
-            current_thread()?.block_on(supervise::run(&ctx, run_args(args, &config, grace)))
+            let filled = run::fill(&ctx, &project_trust(&ctx)?, args)?;
+            if let Some(dir) = &filled.dir {
+                // A declared instance's `dir`: where its server starts, as under `wharf up`.
+                std::env::set_current_dir(dir)
+                    .with_context(|| format!("changing to {}", dir.display()))?;
+                ctx.cwd = dir.clone();
+            }
+            let args = run_args(filled, &config, grace)?;
+            current_thread()?.block_on(supervise::run(&ctx, args))
         }
         Command::Proxy(args) => {
             // SAFETY: no other thread exists yet (the runtime is built below).
@@ -184,14 +192,22 @@ fn stop_grace() -> anyhow::Result<Duration> {
     }
 }
 
-fn run_args(cli: RunCli, config: &config::Config, stop_grace: Duration) -> supervise::RunArgs {
+fn run_args(
+    filled: run::Filled,
+    config: &config::Config,
+    stop_grace: Duration,
+) -> anyhow::Result<supervise::RunArgs> {
+    let cli = filled.cli;
     let mode = match (cli.fd, cli.env) {
         (true, _) => Some(Mode::Fd),
         (_, true) => Some(Mode::Env),
         _ => None,
     };
-    supervise::RunArgs {
-        name: cli.name,
+    Ok(supervise::RunArgs {
+        name: cli
+            .name
+            .context("no name for the instance; pass --name NAME")?,
+        notes: filled.notes,
         mode,
         port: cli.port,
         range: Some(cli.range.unwrap_or_else(|| config.range.clone())),
@@ -206,7 +222,7 @@ fn run_args(cli: RunCli, config: &config::Config, stop_grace: Duration) -> super
             .declared_in
             .zip(cli.fingerprint)
             .map(|(file, fingerprint)| crate::model::instance::Declaration { file, fingerprint }),
-        env: Vec::new(),
+        env: filled.env,
         https: config.https,
         ca_vars: crate::ca::bundle::VARS
             .iter()
@@ -219,5 +235,5 @@ fn run_args(cli: RunCli, config: &config::Config, stop_grace: Duration) -> super
         stop_grace,
         verbose: cli.verbose,
         command: cli.command,
-    }
+    })
 }

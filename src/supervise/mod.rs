@@ -47,6 +47,8 @@ use registration::Registration;
 #[derive(Debug)]
 pub(crate) struct RunArgs {
     pub(crate) name: Name,
+    /// How the name and command were chosen when not given, said first.
+    pub(crate) notes: Vec<String>,
     pub(crate) mode: Option<Mode>,
     pub(crate) port: Option<u16>,
     /// `None`: any free port.
@@ -91,6 +93,7 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         None => None,
     };
     let out = Output::new(args.name.clone(), args.quiet, log.clone());
+    args.notes.iter().for_each(|n| out.note(n));
     let socket_names = socket_names(&args.sockets)?;
     let source = match &args.declared {
         Some(d) => mode::Source::File(&d.file),

@@ -24,6 +24,11 @@ impl Output {
         self.emit(&format!("wharf: {}: {line}\n", self.name), !self.quiet);
     }
 
+    /// A line about the instance before it has one: how its name was chosen.
+    pub(crate) fn note(&self, line: &str) {
+        self.emit(&format!("wharf: {line}\n"), !self.quiet);
+    }
+
     /// The one line a script looks for: always printed, even with --quiet.
     pub(crate) fn url(&self, url: &str) {
         self.emit(&format!("wharf: {} is at {url}\n", self.name), true);

@@ -222,14 +222,7 @@ fn port_var(socket: &str) -> String {
 
 /// `scripts` of ./package.json, for seeing through `npm run dev`; empty if there is none.
 fn package_scripts(dir: &Path) -> BTreeMap<String, String> {
-    #[derive(serde::Deserialize)]
-    struct Package {
-        #[serde(default)]
-        scripts: BTreeMap<String, String>,
-    }
-    std::fs::read(dir.join("package.json"))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<Package>(&bytes).ok())
+    crate::model::naming::Package::read(&dir.join("package.json"))
         .map(|p| p.scripts)
         .unwrap_or_default()
 }

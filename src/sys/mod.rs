@@ -3,6 +3,7 @@
 //! refusing files another user could have written, and rewriting a system file wharf was asked
 //! to change (`sysfile`). Knows nothing of names, routes or HTTP.
 
+pub(crate) mod git;
 pub(crate) mod handoff;
 pub(crate) mod netstat;
 pub(crate) mod notify;

@@ -286,12 +286,16 @@ fn a_second_run_of_a_name_is_refused_unless_forced() {
 #[test]
 fn bad_names_are_refused_with_the_rule() {
     let sb = Sandbox::new();
-    for bad in ["Api", "a_b", "-x", "a.b"] {
+    for bad in ["Api", "a_b", "-x", "a..b", "a.-b"] {
         let name = format!("--name={bad}");
         let (status, log) = sb.output(&["run", &name, "--", "true"]);
         assert_eq!(status.code(), Some(2), "{log}");
         assert!(log.contains("lowercase letters, digits and '-'"), "{log}");
     }
+    // A dotted instance name is fine; a socket name is one label.
+    let (status, log) = sb.output(&["run", "--name=a", "--socket=x.y", "--", "true"]);
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("a socket name is one label"), "{log}");
     let (status, log) = sb.output(&["run", "--name", "ok", "--", "no-such-program-wharf"]);
     assert!(!status.success());
     assert!(log.contains("cannot find `no-such-program-wharf`"), "{log}");

@@ -1,0 +1,174 @@
+//! Names without `--name` (issue 17): from the project's files, a linked git worktree's branch
+//! in front, dotted names routed beside named sockets, `--reuse`, `wharf url` and `wharf wait`.
+//! Real git repositories and worktrees, real npm, the test server.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::it::util::*;
+
+/// `git ARGS` in `dir`, which must succeed.
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A git repository `shop` in the sandbox whose package.json is `@acme/shop` with the test
+/// server as `scripts.dev`; `None` (skipped) without git or npm.
+fn shop_repo(sb: &Sandbox) -> Option<PathBuf> {
+    need("git")?;
+    need("npm")?;
+    let repo = sb.dir.path().join("shop");
+    std::fs::create_dir(&repo).unwrap();
+    let dev = format!("{} {}", path_str(&python()), path_str(&server_py()));
+    let package = serde_json::json!({"name": "@acme/shop", "scripts": {"dev": dev}});
+    std::fs::write(repo.join("package.json"), package.to_string()).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "init"]);
+    Some(repo)
+}
+
+/// `wharf ARGS` started in `dir`.
+fn spawn_in(sb: &Sandbox, dir: &Path, args: &[&str]) -> Proc {
+    let mut cmd = sb.wharf(args);
+    cmd.current_dir(dir);
+    Proc::spawn(
+        cmd,
+        &format!("wharf {} (in {})", args.join(" "), dir.display()),
+    )
+}
+
+/// `wharf ARGS` in `dir` to completion (bounded): its exit code and output.
+fn run_in(sb: &Sandbox, dir: &Path, args: &[&str]) -> (i32, String) {
+    let mut p = spawn_in(sb, dir, args);
+    let status = p.wait(PATIENCE);
+    (status.code().unwrap_or(-1), p.log())
+}
+
+fn via_proxy(port: u16, name: &str) -> (u16, String) {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    get(addr, &format!("{name}.localhost:{port}"), "/").unwrap()
+}
+
+/// The issue's acceptance: `wharf run` in a repository named by package.json serves
+/// shop.localhost; in a linked worktree of branch fix/ui, fix-ui.shop.localhost, at the
+/// same time; both reachable.
+#[test]
+fn a_repository_and_its_worktree_side_by_side() {
+    let sb = Sandbox::new();
+    let Some(repo) = shop_repo(&sb) else { return };
+    let main = spawn_in(&sb, &repo, &["run"]);
+    main.expect("wharf: name shop (from package.json)");
+    main.expect("running `npm run dev` (package.json scripts.dev; no lockfile: npm)");
+    let port = main.url_port();
+    main.expect(&format!("shop is at http://shop.localhost:{port}"));
+
+    let wt = sb.dir.path().join("wt");
+    git(
+        &repo,
+        &["worktree", "add", "-q", path_str(&wt), "-b", "fix/ui"],
+    );
+    let linked = spawn_in(&sb, &wt, &["run"]);
+    linked.expect("wharf: name fix-ui.shop (from package.json, in the worktree of fix/ui)");
+    linked.expect(&format!(
+        "fix-ui.shop is at http://fix-ui.shop.localhost:{port}"
+    ));
+
+    let shop = get_json(port, "shop");
+    let fix = get_json(port, "fix-ui.shop");
+    assert_ne!(shop["pid"], fix["pid"], "two servers: {shop} {fix}");
+    assert_eq!(main.report()["pid"], shop["pid"]);
+    assert_eq!(linked.report()["pid"], fix["pid"]);
+
+    // The shop has no socket `other`: a 404 that says so, never the shop itself.
+    let (status, page) = via_proxy(port, "other.shop");
+    assert_eq!(status, 404, "{page}");
+    assert!(
+        page.contains("<b>shop</b> has no socket named <b>other</b>"),
+        "{page}"
+    );
+
+    let names: Vec<String> = sb
+        .ls()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["fix-ui.shop", "shop"]);
+
+    // `--name` always wins, in a worktree too.
+    let named = spawn_in(
+        &sb,
+        &wt,
+        &[
+            "run",
+            "--name",
+            "mine",
+            "--",
+            path_str(&python()),
+            path_str(&server_py()),
+        ],
+    );
+    named.expect(&format!("mine is at http://mine.localhost:{port}"));
+    assert_eq!(named.count_lines(|l| l.contains("wharf: name ")), 0);
+
+    // A dotted name is stopped by its name like any other.
+    let out = sb.wharf(&["stop", "fix-ui.shop"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut linked = linked;
+    linked.wait(PATIENCE);
+    let (status, _) = via_proxy(port, "fix-ui.shop");
+    assert_eq!(status, 404);
+    assert_eq!(get_json(port, "shop")["pid"], shop["pid"]);
+}
+
+/// Without a project file or a repository the directory names the instance; a command given
+/// beside a package.json without scripts.dev is run as given.
+#[test]
+fn the_directory_names_what_nothing_else_does() {
+    let sb = Sandbox::new();
+    let dir = sb.dir.path().join("My_App");
+    std::fs::create_dir(&dir).unwrap();
+    let p = spawn_in(
+        &sb,
+        &dir,
+        &[
+            "run",
+            "--fd",
+            "--",
+            path_str(&python()),
+            path_str(&server_py()),
+        ],
+    );
+    // A temp dir may sit inside some repository; then its directory names it instead.
+    let line = p.expect("wharf: name ");
+    if line.contains("(from the current directory)") {
+        assert!(
+            line.ends_with("name my-app (from the current directory)"),
+            "{line}"
+        );
+        p.expect("my-app is at http://my-app.localhost:");
+    }
+
+    let (code, log) = run_in(&sb, &dir, &["run"]);
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains("nothing to run") && log.contains("wharf run -- CMD"),
+        "{log}"
+    );
+}
