@@ -180,8 +180,12 @@ pub(crate) struct RunCli {
     #[arg(long, hide = true)]
     pub(crate) fingerprint: Option<String>,
     /// Replace a running instance of the same name
-    #[arg(long)]
+    #[arg(long, conflicts_with = "reuse")]
     pub(crate) force: bool,
+    /// If the name already runs this same command from this directory, print its URL and exit
+    /// 0 instead of failing (many agents asking for one server get one)
+    #[arg(long)]
+    pub(crate) reuse: bool,
     /// Leave LISTEN_PID unset, for servers started through wrappers (npm run, sh -c) that
     /// read LISTEN_FDS leniently
     #[arg(long)]

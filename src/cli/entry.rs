@@ -229,6 +229,7 @@ fn run_args(
             .filter_map(|v| Some((v.to_string(), std::env::var_os(v)?.into())))
             .collect(),
         force: cli.force,
+        reuse: cli.reuse,
         no_pid: cli.no_pid,
         inherited_port: std::env::var_os("PORT").map(|p| p.to_string_lossy().into_owned()),
         quiet: cli.quiet,

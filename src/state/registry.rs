@@ -47,6 +47,18 @@ pub(crate) struct Lease {
     /// wrote).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) allocation: Option<crate::model::ports::Allocation>,
+    /// What the holder runs and where (absent in leases older wharfs wrote): who holds a
+    /// name, and whether `--reuse` may use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) run: Option<Run>,
+}
+
+/// A `wharf run`'s command as given (before wharf fills anything in) and its directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Run {
+    pub(crate) command: Vec<String>,
+    pub(crate) dir: PathBuf,
 }
 
 impl Registry {
@@ -220,6 +232,7 @@ impl Store {
                     ports,
                     since: instance.started_at.unwrap_or(now),
                     allocation: None,
+                    run: None,
                 },
             );
         }
@@ -289,6 +302,7 @@ mod tests {
                         ports,
                         since: 0,
                         allocation: None,
+                        run: None,
                     },
                 );
             }

@@ -36,7 +36,7 @@ use crate::model::ports::{MAIN_SOCKET, PortRanges};
 use crate::model::project::{Ready, Restart};
 use crate::state::context::Context;
 use crate::state::logs::Log;
-use crate::state::registry::Store;
+use crate::state::registry::{Lease, Run, Store};
 use crate::sys::notify::NotifySocket;
 use lifecycle::Supervisor;
 use output::Output;
@@ -73,6 +73,8 @@ pub(crate) struct RunArgs {
     /// the user's roots, which the server's files keep and add wharf's CA to.
     pub(crate) ca_vars: Vec<(String, PathBuf)>,
     pub(crate) force: bool,
+    /// The name already running this command from this directory: say its URL, exit 0.
+    pub(crate) reuse: bool,
     pub(crate) no_pid: bool,
     /// `PORT` in wharf's own environment, if set: a preference like `--port` when valid.
     pub(crate) inherited_port: Option<String>,
@@ -103,7 +105,14 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
 
     let state_dir = ctx.dirs.state()?.to_path_buf();
     let runtime_dir = ctx.dirs.runtime()?.to_path_buf();
-    let allocated = allocate(&args, &socket_names, &state_dir, &runtime_dir, &out)?;
+    let run = Run {
+        command: args.command.clone(),
+        dir: ctx.cwd.clone(),
+    };
+    let allocated = match allocate(&args, &run, &socket_names, &state_dir, &runtime_dir, &out)? {
+        Ok(allocated) => allocated,
+        Err(running) => return reuse(ctx, &args.name, &running, &runtime_dir, &out).await,
+    };
     let (bound, _lease) = (allocated.sockets, allocated.lease);
     let ports: Vec<(String, u16)> = bound.iter().map(|b| (b.name.clone(), b.port)).collect();
     let argv = mode::substitute(&plan.argv, &ports);
@@ -162,14 +171,38 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
     .await
 }
 
-/// Bind the instance's sockets and lease their ports, saying how each port was found.
+/// `--reuse` found the name running this command here: its URL, through the proxy (started if
+/// it must be, as the running one would), else its own port.
+async fn reuse(
+    ctx: &Context,
+    name: &Name,
+    running: &Lease,
+    runtime_dir: &Path,
+    out: &Output,
+) -> anyhow::Result<i32> {
+    out.say(format!(
+        "already running this command here (wharf pid {}); using it",
+        running.holder.pid
+    ));
+    let port = match crate::control::launch::connect_or_start(runtime_dir, &ctx.self_exe).await {
+        Ok(connected) => connected.hello.http_port,
+        Err(_) => None,
+    };
+    let direct = running.ports.get(MAIN_SOCKET).copied().unwrap_or(0);
+    out.url(&crate::model::instance::url(name, port.unwrap_or(direct)));
+    Ok(0)
+}
+
+/// Bind the instance's sockets and lease their ports, saying how each port was found; the
+/// running instance's lease instead when `--reuse` finds this command running already.
 fn allocate(
     args: &RunArgs,
+    run: &Run,
     socket_names: &[String],
     state_dir: &Path,
     runtime_dir: &Path,
     out: &Output,
-) -> anyhow::Result<ports::Allocated> {
+) -> anyhow::Result<Result<ports::Allocated, Lease>> {
     let request = ports::Request {
         name: &args.name,
         sockets: socket_names,
@@ -177,10 +210,15 @@ fn allocate(
         range: args.range.as_ref(),
         exclude: &args.exclude,
         force: args.force,
+        run,
+        reuse: args.reuse,
     };
     let store = Store::new(state_dir)
         .recovering_from(crate::control::client::running_instances(runtime_dir));
-    let allocated = ports::allocate(store, &request, &mut |line| out.say(line))?;
+    let allocated = match ports::allocate(store, &request, &mut |line| out.say(line)) {
+        Err(ports::AllocError::AlreadyRunning { lease, .. }) => return Ok(Err(*lease)),
+        other => other?,
+    };
     for how in &allocated.how {
         if args.verbose {
             how.details(&args.name).into_iter().for_each(|l| out.say(l));
@@ -189,7 +227,7 @@ fn allocate(
             out.say(summary);
         }
     }
-    Ok(allocated)
+    Ok(Ok(allocated))
 }
 
 /// The port to try first: `--port`, else a valid `PORT` inherited from our own environment

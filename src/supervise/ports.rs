@@ -9,7 +9,7 @@ use socket2::Socket;
 
 use crate::model::name::Name;
 use crate::model::ports::{Allocation, MAIN_SOCKET, PortRanges, Preference, Taken};
-use crate::state::registry::{self, Lease, RegistryError, Store};
+use crate::state::registry::{self, Lease, RegistryError, Run, Store};
 use crate::sys::netstat;
 use crate::sys::process::ProcessId;
 use crate::sys::socket::{BoundSocket, bind_loopback, local_port};
@@ -29,6 +29,10 @@ pub(crate) struct Request<'a> {
     pub(crate) exclude: &'a PortRanges,
     /// Replace a running instance of the same name instead of failing.
     pub(crate) force: bool,
+    /// What this instance runs and where, recorded in its lease.
+    pub(crate) run: &'a Run,
+    /// An instance of the name running `run` already is no error: `AlreadyRunning`.
+    pub(crate) reuse: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,10 +40,27 @@ pub(crate) enum AllocError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(
-        "an instance named '{name}' is already running (wharf pid {pid}, port {port}); \
-         stop it with `wharf stop {name}`, pick another --name, or pass --force to replace it"
+        "an instance named '{name}' is already running: {holder}; {fix}",
+        holder = holder(*.pid, *.port, .run.as_ref()),
+        fix = if *.same {
+            format!("it runs this same command here: pass --reuse to use it, or --force to \
+                     replace it (`wharf stop {name}` stops it)")
+        } else {
+            format!("pick another name with --name, pass --force to replace it, or stop it \
+                     with `wharf stop {name}`")
+        }
     )]
-    NameTaken { name: Name, pid: i32, port: u16 },
+    NameTaken {
+        name: Name,
+        pid: i32,
+        port: u16,
+        run: Option<Run>,
+        /// It runs the same command in the same directory.
+        same: bool,
+    },
+    /// `--reuse`, and the name runs the same command in the same directory: not an error.
+    #[error("'{name}' already runs this command here (wharf pid {pid})", pid = .lease.holder.pid)]
+    AlreadyRunning { name: Name, lease: Box<Lease> },
     #[error("the running '{name}' (pid {pid}) did not stop when asked; stop it by hand")]
     WouldNotStop { name: Name, pid: i32 },
     #[error("no free port in {range} for '{socket}': {who}. {fix}")]
@@ -55,6 +76,19 @@ pub(crate) enum AllocError {
         #[source]
         source: io::Error,
     },
+}
+
+/// `wharf pid 12, port 4001, running `npm run dev` in /src/shop`.
+fn holder(pid: i32, port: u16, run: Option<&Run>) -> String {
+    let mut s = format!("wharf pid {pid}, port {port}");
+    if let Some(run) = run {
+        s.push_str(&format!(
+            ", running `{}` in {}",
+            run.command.join(" "),
+            run.dir.display()
+        ));
+    }
+    s
 }
 
 /// The lease on an instance's ports; dropping it gives them back (the sticky record stays).
@@ -103,11 +137,20 @@ pub(crate) fn allocate(
             lease.holder,
             lease.ports.get(MAIN_SOCKET).copied().unwrap_or(0),
         );
+        let same = lease.run.as_ref() == Some(req.run);
+        if same && req.reuse {
+            return Err(AllocError::AlreadyRunning {
+                name: req.name.clone(),
+                lease: Box::new(lease.clone()),
+            });
+        }
         if !req.force {
             return Err(AllocError::NameTaken {
                 name: req.name.clone(),
                 pid: holder.pid,
                 port,
+                run: lease.run.clone(),
+                same,
             });
         }
         drop(reg);
@@ -224,6 +267,7 @@ pub(crate) fn allocate(
             ports,
             since: registry::unix_now(),
             allocation: how.iter().find(|a| a.socket == MAIN_SOCKET).cloned(),
+            run: Some(req.run.clone()),
         },
     );
     reg.commit()?;
@@ -409,6 +453,11 @@ mod tests {
             range: Some(&range),
             exclude: &exclude,
             force: false,
+            run: &Run {
+                command: vec![who.to_string()],
+                dir: "/".into(),
+            },
+            reuse: false,
         };
         allocate(store, &req, &mut |_| {})
     }

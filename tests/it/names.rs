@@ -172,3 +172,106 @@ fn the_directory_names_what_nothing_else_does() {
         "{log}"
     );
 }
+
+/// The acceptance: ten `wharf run --reuse -- CMD` at once in one directory make one
+/// server; all ten print the same URL; the nine that found it running exit 0 at once, the
+/// one that runs it exits 0 when stopped.
+#[test]
+fn ten_parallel_reuses_make_one_server() {
+    let sb = Sandbox::new();
+    let dir = sb.dir.path().join("app");
+    std::fs::create_dir(&dir).unwrap();
+    let (py, server) = (python(), server_py());
+    let args = [
+        "run",
+        "--reuse",
+        "--fd",
+        "--",
+        path_str(&py),
+        path_str(&server),
+    ];
+    let runs: Vec<Proc> = (0..10).map(|_| spawn_in(&sb, &dir, &args)).collect();
+    let urls: Vec<String> = runs
+        .iter()
+        .map(|p| {
+            let line = p.expect(" is at http://");
+            line.split(" is at ").nth(1).unwrap().to_string()
+        })
+        .collect();
+    assert!(urls.iter().all(|u| *u == urls[0]), "{urls:?}");
+    let (mut reused, mut serving): (Vec<Proc>, Vec<Proc>) = runs
+        .into_iter()
+        .partition(|p| p.count_lines(|l| l.contains("already running this command here")) == 1);
+    assert_eq!((reused.len(), serving.len()), (9, 1));
+    for p in &mut reused {
+        assert_eq!(p.wait(PATIENCE).code(), Some(0), "{}", p.log());
+        assert_eq!(
+            p.count_lines(|l| l.starts_with("REPORT ")),
+            0,
+            "{}",
+            p.log()
+        );
+    }
+    let server = &mut serving[0];
+    let ls = sb.ls();
+    assert_eq!(ls.len(), 1, "{ls:?}");
+    let name = ls[0]["name"].as_str().unwrap().to_string();
+    assert_eq!(ls[0]["url"], urls[0].as_str());
+    let port: u16 = urls[0].rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(get_json(port, &name)["pid"], server.report()["pid"]);
+
+    // Another command under the same name is an error that says who holds it and the fixes.
+    let mut other = spawn_in(
+        &sb,
+        &dir,
+        &[
+            "run",
+            "--reuse",
+            "--name",
+            &name,
+            "--",
+            path_str(&py),
+            path_str(&server_py()),
+            "--notify-ready",
+        ],
+    );
+    assert_eq!(other.wait(PATIENCE).code(), Some(1));
+    let log = other.log();
+    assert!(
+        log.contains(&format!(
+            "an instance named '{name}' is already running: wharf pid {}",
+            server.pid()
+        )) && log.contains(&format!(
+            "running `{} {}` in {}",
+            path_str(&py),
+            path_str(&server_py()),
+            dir.display()
+        )) && log.contains("--name")
+            && log.contains("--force"),
+        "{log}"
+    );
+    // The same command without --reuse: the error offers it.
+    let mut again = spawn_in(
+        &sb,
+        &dir,
+        &args[..1]
+            .iter()
+            .chain(&args[2..])
+            .copied()
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(again.wait(PATIENCE).code(), Some(1));
+    assert!(
+        again.log().contains("pass --reuse to use it"),
+        "{}",
+        again.log()
+    );
+
+    let out = sb.wharf(&["stop", &name]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.wait(PATIENCE).code(), Some(0), "{}", server.log());
+}
