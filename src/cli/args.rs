@@ -53,6 +53,10 @@ pub(crate) enum Command {
     Trust(TrustCli),
     /// Remove wharf's CA from every trust store `wharf trust` added it to
     Untrust(TrustCli),
+    /// Print a running instance's URL (exit 1 if none runs)
+    Url(UrlCli),
+    /// Wait until an instance is ready, then print its URL (exit 1 with the reason if it fails)
+    Wait(WaitCli),
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +103,24 @@ pub(crate) enum HostsCli {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UrlCli {
+    pub(crate) name: Name,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WaitCli {
+    pub(crate) name: Name,
+    /// How long to wait (90, 90s, 15m, 2h)
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "60s",
+        value_parser = crate::model::project::parse_duration_str
+    )]
+    pub(crate) timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

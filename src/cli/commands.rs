@@ -1,5 +1,6 @@
-//! The small client commands: `ls`, `stop`, `alias`, `env`. Each asks the front proxy when one
-//! runs and falls back to the on-disk registry when none does.
+//! The small client commands: `ls`, `stop`, `alias`, `env`, `url`, `wait`. Each asks the front
+//! proxy when one runs and falls back to the on-disk registry when none does (`wait` excepted:
+//! only the proxy knows whether an instance is ready).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -246,6 +247,115 @@ pub(crate) async fn stop(
     Ok(if failed == 0 { 0 } else { 1 })
 }
 
+/// `wharf url NAME`: the URL of a running instance (through the proxy, else its own port).
+/// None is made up: an instance that does not run is exit 1 and a message.
+pub(crate) async fn url(ctx: &Context, name: &Name) -> anyhow::Result<i32> {
+    let (list, _) = instances(ctx).await?;
+    match list.iter().find(|l| &l.instance.name == name) {
+        Some(l) => {
+            crate::outln!("{}", l.url)?;
+            Ok(0)
+        }
+        None => {
+            crate::errln!("wharf: no instance named '{name}' is running; `wharf ls` lists them");
+            Ok(1)
+        }
+    }
+}
+
+/// How often `wharf wait` asks the proxy again.
+const WAIT_POLL: Duration = Duration::from_millis(50);
+
+/// Where an awaited instance is, by what the proxy lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Awaited {
+    /// Ready (or on demand with its socket held: the next request starts it): its URL.
+    Ready(String),
+    /// Gave up restarting, or went away after it had been seen: why.
+    Failed(String),
+    /// Starting, restarting, or not (yet) registered.
+    Pending,
+}
+
+/// What the proxy's listing says of `name`; `seen`: it was listed before.
+fn awaited(name: &Name, listed: Option<&Listed>, seen: bool) -> Awaited {
+    match listed {
+        Some(l) => match l.instance.state {
+            State::Ready | State::Idle => Awaited::Ready(l.url.clone()),
+            State::Failed => Awaited::Failed(format!(
+                "'{name}' failed and gave up restarting{}",
+                l.instance
+                    .last_exit
+                    .as_ref()
+                    .map(|e| format!(" (its server {e})"))
+                    .unwrap_or_default()
+            )),
+            State::Starting | State::Restarting | State::Running => Awaited::Pending,
+        },
+        None if seen => Awaited::Failed(format!(
+            "'{name}' stopped before it was ready; its output says why"
+        )),
+        None => Awaited::Pending,
+    }
+}
+
+/// `wharf wait NAME`: until the proxy lists NAME as ready (the readiness its `wharf run`
+/// reports: `READY=1`, a connection accepted or an answer, a listening server), then its URL;
+/// exit 1 with the reason if it fails, goes away, or `timeout` passes first. A name not yet
+/// running is waited for too: it may be starting.
+pub(crate) async fn wait(ctx: &Context, name: &Name, timeout: Duration) -> anyhow::Result<i32> {
+    let runtime = ctx.dirs.runtime()?.to_path_buf();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut seen = false;
+    let mut proxy = None;
+    let why = loop {
+        if proxy.is_none() {
+            proxy = launch::connect(&runtime).await;
+        }
+        let listed = match proxy.as_mut() {
+            Some(c) => match c.client.call(&Request::List).await {
+                Ok(list) => list.instances.unwrap_or_default(),
+                Err(ClientError::Io(_) | ClientError::Closed) => {
+                    proxy = None;
+                    Vec::new()
+                }
+                Err(e) => return Err(e.into()),
+            },
+            None => Vec::new(),
+        };
+        let this = listed.iter().find(|l| &l.instance.name == name);
+        match awaited(name, this, seen) {
+            Awaited::Ready(url) => {
+                crate::outln!("{url}")?;
+                return Ok(0);
+            }
+            Awaited::Failed(why) => break why,
+            Awaited::Pending => {}
+        }
+        seen |= this.is_some();
+        if tokio::time::Instant::now() + WAIT_POLL > deadline {
+            break match (this, proxy.is_some()) {
+                (Some(l), _) => format!(
+                    "'{name}' is still {} after {}s",
+                    l.instance.state,
+                    timeout.as_secs()
+                ),
+                (None, true) => format!(
+                    "no instance named '{name}' ran within {}s; `wharf ls` lists them",
+                    timeout.as_secs()
+                ),
+                (None, false) => format!(
+                    "no front proxy ran within {}s, and only it knows when '{name}' is ready",
+                    timeout.as_secs()
+                ),
+            };
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    };
+    crate::errln!("wharf: {why}");
+    Ok(1)
+}
+
 async fn stop_proxy(ctx: &Context) -> anyhow::Result<i32> {
     let Some(c) = launch::connect(ctx.dirs.runtime()?).await else {
         crate::errln!("wharf: no front proxy is running");
@@ -390,5 +500,42 @@ mod tests {
         assert!(parse_alias_addr("10.0.0.1:80").is_err());
         assert!(parse_alias_addr("example.com:80").is_err());
         assert!(parse_alias_addr("0").is_err());
+    }
+
+    #[test]
+    fn waiting_reads_the_listed_state() {
+        let name: Name = "shop".parse().unwrap();
+        let listed = |state, last_exit: Option<&str>| {
+            let mut instance = Instance::bare(name.clone(), 1, state, BTreeMap::new());
+            instance.last_exit = last_exit.map(String::from);
+            Listed {
+                instance,
+                url: "http://shop.localhost".into(),
+                alias: false,
+                uptime_secs: 0,
+                requests: 0,
+            }
+        };
+        let ready = Awaited::Ready("http://shop.localhost".into());
+        for (state, want) in [
+            (State::Ready, ready.clone()),
+            (State::Idle, ready),
+            (State::Starting, Awaited::Pending),
+            (State::Restarting, Awaited::Pending),
+        ] {
+            assert_eq!(awaited(&name, Some(&listed(state, None)), true), want);
+        }
+        assert_eq!(
+            awaited(
+                &name,
+                Some(&listed(State::Failed, Some("exited with code 3"))),
+                true
+            ),
+            Awaited::Failed(
+                "'shop' failed and gave up restarting (its server exited with code 3)".into()
+            )
+        );
+        assert_eq!(awaited(&name, None, false), Awaited::Pending);
+        assert!(matches!(awaited(&name, None, true), Awaited::Failed(_)));
     }
 }

@@ -120,6 +120,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Ca(args) => https::ca(&ctx, args.pem),
         Command::Trust(args) => https::trust(&ctx, args.dry_run),
         Command::Untrust(args) => https::untrust(&ctx, args.dry_run),
+        Command::Url(args) => current_thread()?.block_on(commands::url(&ctx, &args.name)),
+        Command::Wait(args) => {
+            current_thread()?.block_on(commands::wait(&ctx, &args.name, args.timeout))
+        }
     }
 }
 

@@ -184,12 +184,12 @@ async fn reuse(
         "already running this command here (wharf pid {}); using it",
         running.holder.pid
     ));
-    let port = match crate::control::launch::connect_or_start(runtime_dir, &ctx.self_exe).await {
-        Ok(connected) => connected.hello.http_port,
-        Err(_) => None,
-    };
     let direct = running.ports.get(MAIN_SOCKET).copied().unwrap_or(0);
-    out.url(&crate::model::instance::url(name, port.unwrap_or(direct)));
+    let front = match crate::control::launch::connect_or_start(runtime_dir, &ctx.self_exe).await {
+        Ok(connected) => connected.hello.front(),
+        Err(_) => crate::model::instance::Front::http(direct),
+    };
+    out.url(&front.url(name));
     Ok(0)
 }
 

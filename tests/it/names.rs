@@ -100,6 +100,21 @@ fn a_repository_and_its_worktree_side_by_side() {
         "{page}"
     );
 
+    // `wharf url` prints what runs, and makes nothing up.
+    let (code, log) = run_in(&sb, &wt, &["url", "shop"]);
+    assert_eq!(
+        (code, log.trim()),
+        (0, format!("http://shop.localhost:{port}").as_str())
+    );
+    let (code, log) = run_in(&sb, &repo, &["url", "fix-ui.shop"]);
+    assert_eq!(
+        (code, log.trim()),
+        (0, format!("http://fix-ui.shop.localhost:{port}").as_str())
+    );
+    let (code, log) = run_in(&sb, &repo, &["url", "nope"]);
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("no instance named 'nope' is running"), "{log}");
+
     let names: Vec<String> = sb
         .ls()
         .iter()
@@ -274,4 +289,59 @@ fn ten_parallel_reuses_make_one_server() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(server.wait(PATIENCE).code(), Some(0), "{}", server.log());
+}
+
+/// `wharf wait` returns when the proxy lists the instance ready (here: once the server
+/// listens, which it does late), waiting for one not yet registered too; a server that keeps
+/// failing is exit 1 and why; a name that never runs, exit 1 at the timeout.
+#[test]
+fn wait_until_ready_or_say_why_not() {
+    let sb = Sandbox::new();
+    let (py, server) = (python(), server_py());
+    let mut waiting = sb.spawn(&["wait", "slow", "--timeout", "20"]);
+    let slow = sb.spawn(&[
+        "run",
+        "--name",
+        "slow",
+        "--env",
+        "--",
+        path_str(&py),
+        path_str(&server),
+        "--bind-delay",
+        "1",
+    ]);
+    let port = slow.url_port();
+    assert_eq!(waiting.wait(PATIENCE).code(), Some(0), "{}", waiting.log());
+    assert_eq!(
+        waiting.log().trim(),
+        format!("http://slow.localhost:{port}")
+    );
+    // Ready means served: the request needs no waiting of its own.
+    slow.expect("listening on 127.0.0.1:");
+    get_json(port, "slow");
+
+    let failing = sb.spawn(&[
+        "run",
+        "--name",
+        "bad",
+        "--env",
+        "--restart=on-failure",
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    failing.url_port();
+    let (status, log) = sb.output(&["wait", "bad", "--timeout", "20"]);
+    assert_eq!(status.code(), Some(1), "{log}");
+    // A `wharf run` that gives up ends (one of `wharf up` stays listed as failed, which
+    // `wait` says with its last exit: see the unit test).
+    assert!(log.contains("'bad' stopped before it was ready"), "{log}");
+
+    let (status, log) = sb.output(&["wait", "never", "--timeout", "1"]);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("no instance named 'never' ran within 1s"),
+        "{log}"
+    );
 }
