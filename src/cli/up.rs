@@ -13,6 +13,7 @@ use crate::control::protocol::{Listed, Request};
 use crate::model::instance::State;
 use crate::model::mode::Mode;
 use crate::model::name::Name;
+use crate::model::naming;
 use crate::model::ports::{Allocation, MAIN_SOCKET, Preference};
 use crate::model::project::{self, Activation, Declared, Project, Restart};
 use crate::state::context::Context;
@@ -35,7 +36,7 @@ fn load(
         Some(f) => ctx.cwd.join(f),
         None => project::find(&ctx.cwd)?,
     };
-    let project = project::load(&path, trust)?;
+    let mut project = project::load(&path, trust)?;
     for n in names {
         if !project.instances.iter().any(|d| d.name == *n) {
             let known: Vec<&str> = project.instances.iter().map(|d| d.name.as_str()).collect();
@@ -46,12 +47,30 @@ fn load(
             );
         }
     }
-    let selected = project
+    let mut selected: Vec<Declared> = project
         .instances
         .iter()
         .filter(|d| names.is_empty() || names.contains(&d.name))
         .cloned()
         .collect();
+    let dir = project.path.parent().unwrap_or(Path::new("/"));
+    if let Some(checkout) = crate::sys::git::checkout(dir).filter(|c| c.linked) {
+        let file = project.path.clone();
+        let mut prefix = None;
+        for d in project.instances.iter_mut().chain(selected.iter_mut()) {
+            let named = naming::declared_name(d, Some(&checkout), &file)?;
+            let label = named
+                .name
+                .as_str()
+                .strip_suffix(d.name.as_str())
+                .map(String::from);
+            prefix = named.worktree.zip(label);
+            d.name = named.name;
+        }
+        if let Some((branch, label)) = prefix {
+            crate::errln!("wharf: in the worktree of {branch}: instances run as {label}NAME");
+        }
+    }
     Ok((project, selected))
 }
 

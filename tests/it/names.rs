@@ -345,3 +345,51 @@ fn wait_until_ready_or_say_why_not() {
         "{log}"
     );
 }
+
+/// `wharf up` in a linked worktree runs the declared instances under the worktree's names,
+/// beside the main checkout's; `down` there stops only its own.
+#[test]
+fn declared_instances_in_a_worktree_get_its_branch() {
+    let sb = Sandbox::new();
+    if need("git").is_none() {
+        return;
+    }
+    let repo = sb.dir.path().join("proj");
+    std::fs::create_dir(&repo).unwrap();
+    let toml = format!(
+        "[instances.api]\ncommand = [{:?}, {:?}]\nmode = \"fd\"\n",
+        path_str(&python()),
+        path_str(&server_py())
+    );
+    std::fs::write(repo.join("wharf.toml"), toml).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "init"]);
+    let wt = sb.dir.path().join("proj-fix");
+    git(
+        &repo,
+        &["worktree", "add", "-q", path_str(&wt), "-b", "fix"],
+    );
+
+    let (code, log) = run_in(&sb, &repo, &["up"]);
+    assert_eq!(code, 0, "{log}");
+    let (code, log) = run_in(&sb, &wt, &["up"]);
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("in the worktree of fix: instances run as fix.NAME"),
+        "{log}"
+    );
+    let port = sb.proxy().unwrap().1;
+    let main = get_json(port, "api");
+    let fix = get_json(port, "fix.api");
+    assert_ne!(main["pid"], fix["pid"]);
+
+    let (code, log) = run_in(&sb, &wt, &["down"]);
+    assert_eq!(code, 0, "{log}");
+    let names: Vec<String> = sb
+        .ls()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["api"]);
+}
