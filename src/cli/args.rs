@@ -215,6 +215,10 @@ pub(crate) struct RunCli {
     /// Print only the URL line and errors
     #[arg(long, short = 'q')]
     pub(crate) quiet: bool,
+    /// Events on stdout, one JSON object a line: mode, port, url (or reused), ready, exited;
+    /// the server's own stdout then goes to stderr
+    #[arg(long)]
+    pub(crate) json: bool,
     /// Say every port tried and why it was not taken (default: one summary line)
     #[arg(long, short = 'v', conflicts_with = "quiet")]
     pub(crate) verbose: bool,

@@ -237,6 +237,7 @@ fn run_args(
         no_pid: cli.no_pid,
         inherited_port: std::env::var_os("PORT").map(|p| p.to_string_lossy().into_owned()),
         quiet: cli.quiet,
+        json: cli.json,
         stop_grace,
         verbose: cli.verbose,
         command: cli.command,

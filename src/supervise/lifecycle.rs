@@ -169,6 +169,21 @@ impl Supervisor {
             status,
             ran,
         );
+        out.event(
+            "exited",
+            serde_json::json!({
+                "code": status.code(),
+                "signal": std::os::unix::process::ExitStatusExt::signal(&status),
+                "status": how,
+                "ran_secs": ran.as_secs_f64(),
+                "then": match after {
+                    Outcome::Idle => "idle",
+                    Outcome::Stop => "stop",
+                    Outcome::GiveUp => "give-up",
+                    Outcome::RestartAfter(_) => "restart",
+                },
+            }),
+        );
         match after {
             Outcome::Idle => {
                 // Listed first (idle, and how it ended), said second: whoever waits for the

@@ -79,6 +79,8 @@ pub(crate) struct RunArgs {
     /// `PORT` in wharf's own environment, if set: a preference like `--port` when valid.
     pub(crate) inherited_port: Option<String>,
     pub(crate) quiet: bool,
+    /// Events on stdout, one JSON object a line (the server's stdout goes to stderr).
+    pub(crate) json: bool,
     /// After a stop signal, how long the server has before it (and everything it started) is
     /// killed.
     pub(crate) stop_grace: Duration,
@@ -94,7 +96,7 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         Some(path) => Some(Log::open(path).with_context(|| format!("opening {}", path.display()))?),
         None => None,
     };
-    let out = Output::new(args.name.clone(), args.quiet, log.clone());
+    let out = Output::new(args.name.clone(), args.quiet, log.clone(), args.json);
     args.notes.iter().for_each(|n| out.note(n));
     let socket_names = socket_names(&args.sockets)?;
     let source = match &args.declared {
@@ -102,6 +104,10 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         None => mode::Source::CommandLine,
     };
     let plan = start::plan(ctx, &args, source, &out)?;
+    out.event(
+        "mode",
+        serde_json::json!({"mode": plan.mode.to_string(), "reason": plan.reason}),
+    );
 
     let state_dir = ctx.dirs.state()?.to_path_buf();
     let runtime_dir = ctx.dirs.runtime()?.to_path_buf();
@@ -114,6 +120,12 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         Err(running) => return reuse(ctx, &args.name, &running, &runtime_dir, &out).await,
     };
     let (bound, _lease) = (allocated.sockets, allocated.lease);
+    for b in &bound {
+        out.event(
+            "port",
+            serde_json::json!({"socket": b.name, "port": b.port}),
+        );
+    }
     let ports: Vec<(String, u16)> = bound.iter().map(|b| (b.name.clone(), b.port)).collect();
     let argv = mode::substitute(&plan.argv, &ports);
 
@@ -184,6 +196,7 @@ async fn reuse(
         "already running this command here (wharf pid {}); using it",
         running.holder.pid
     ));
+    out.event("reused", serde_json::json!({"pid": running.holder.pid}));
     let direct = running.ports.get(MAIN_SOCKET).copied().unwrap_or(0);
     let front = match crate::control::launch::connect_or_start(runtime_dir, &ctx.self_exe).await {
         Ok(connected) => connected.hello.front(),

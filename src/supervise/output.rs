@@ -1,5 +1,6 @@
 //! What wharf says about an instance: one prefixed line each, on stderr so that the server's
-//! own output stays its own, and in the instance's log with `--log`.
+//! own output stays its own, and in the instance's log with `--log`; with `--json`, also
+//! events for programs, one JSON object a line on stdout.
 
 use std::time::Duration;
 
@@ -13,11 +14,31 @@ pub(crate) struct Output {
     quiet: bool,
     /// With `--log`, everything goes there too (the terminal may be gone).
     log: Option<Log>,
+    /// `--json`: events on stdout.
+    json: bool,
 }
 
 impl Output {
-    pub(crate) fn new(name: Name, quiet: bool, log: Option<Log>) -> Output {
-        Output { name, quiet, log }
+    pub(crate) fn new(name: Name, quiet: bool, log: Option<Log>, json: bool) -> Output {
+        Output {
+            name,
+            quiet,
+            log,
+            json,
+        }
+    }
+
+    /// With `--json`, one event on stdout: `{"event": KIND, "name": NAME, …fields}`.
+    pub(crate) fn event(&self, kind: &str, fields: serde_json::Value) {
+        if !self.json {
+            return;
+        }
+        let mut event = serde_json::json!({"event": kind, "name": self.name});
+        if let (Some(all), serde_json::Value::Object(more)) = (event.as_object_mut(), fields) {
+            all.extend(more);
+        }
+        // Nobody reading any more must not take the supervisor (and its server) down.
+        let _ = crate::sys::stdio::out(&format!("{event}\n"));
     }
 
     pub(crate) fn say(&self, line: String) {
@@ -29,9 +50,11 @@ impl Output {
         self.emit(&format!("wharf: {line}\n"), !self.quiet);
     }
 
-    /// The one line a script looks for: always printed, even with --quiet.
+    /// The one line a script looks for: always printed, even with --quiet (and the `url`
+    /// event).
     pub(crate) fn url(&self, url: &str) {
         self.emit(&format!("wharf: {} is at {url}\n", self.name), true);
+        self.event("url", serde_json::json!({ "url": url }));
     }
 
     fn emit(&self, line: &str, to_terminal: bool) {

@@ -123,6 +123,9 @@ impl Registration {
     }
 
     pub(crate) async fn set_state(&mut self, state: State) {
+        if state == State::Ready && self.instance.state != State::Ready {
+            self.out.event("ready", serde_json::json!({}));
+        }
         self.instance.state = state;
         self.send().await;
     }

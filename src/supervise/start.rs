@@ -82,6 +82,8 @@ pub(super) struct Server {
     pub(super) own_group: bool,
     /// With `--log`, the server's output goes there.
     log: Option<Log>,
+    /// `--json`: stdout carries wharf's events, so the server's goes to stderr.
+    stdout_to_stderr: bool,
 }
 
 /// The server's environment: wharf.toml's `env`, then what wharf tells it (its name and URL,
@@ -181,6 +183,7 @@ impl Server {
             set_pid: !args.no_pid && plan.listen_pid,
             own_group: !std::io::IsTerminal::is_terminal(&std::io::stdin()),
             log,
+            stdout_to_stderr: args.json,
         }
     }
 
@@ -200,6 +203,11 @@ impl Server {
             command
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped());
+        } else if self.stdout_to_stderr {
+            let stderr = std::os::fd::AsFd::as_fd(&std::io::stderr())
+                .try_clone_to_owned()
+                .context("passing stderr to the server as its stdout")?;
+            command.stdout(std::process::Stdio::from(stderr));
         }
         let mut child = command
             .spawn()

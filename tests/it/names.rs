@@ -69,7 +69,10 @@ fn via_proxy(port: u16, name: &str) -> (u16, String) {
 fn a_repository_and_its_worktree_side_by_side() {
     let sb = Sandbox::new();
     let Some(repo) = shop_repo(&sb) else { return };
-    let main = spawn_in(&sb, &repo, &["run"]);
+    // Any free port: in env mode (npm's children get no inherited sockets) wharf lets go of
+    // the port for the server to bind, and a test beside this one could take one of the
+    // shared range meanwhile.
+    let main = spawn_in(&sb, &repo, &["run", "--port", "0"]);
     main.expect("wharf: name shop (from package.json)");
     main.expect("running `npm run dev` (package.json scripts.dev; no lockfile: npm)");
     let port = main.url_port();
@@ -80,7 +83,7 @@ fn a_repository_and_its_worktree_side_by_side() {
         &repo,
         &["worktree", "add", "-q", path_str(&wt), "-b", "fix/ui"],
     );
-    let linked = spawn_in(&sb, &wt, &["run"]);
+    let linked = spawn_in(&sb, &wt, &["run", "--port", "0"]);
     linked.expect("wharf: name fix-ui.shop (from package.json, in the worktree of fix/ui)");
     linked.expect(&format!(
         "fix-ui.shop is at http://fix-ui.shop.localhost:{port}"
@@ -304,6 +307,10 @@ fn wait_until_ready_or_say_why_not() {
         "--name",
         "slow",
         "--env",
+        // Any free port: the server binds it a second late, so one in the shared range
+        // could be taken by a test beside this one meanwhile.
+        "--port",
+        "0",
         "--",
         path_str(&py),
         path_str(&server),
@@ -392,4 +399,78 @@ fn declared_instances_in_a_worktree_get_its_branch() {
         .map(|l| l["name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names, ["api"]);
+}
+
+/// `wharf run --json`: stdout is events only, one JSON object a line (the server's own stdout
+/// goes to stderr): mode, port, url, ready, then exited with its status.
+#[test]
+fn json_events_on_stdout() {
+    use std::io::BufRead;
+    let sb = Sandbox::new();
+    let (py, server) = (python(), server_py());
+    let mut cmd = sb.wharf(&[
+        "run",
+        "--json",
+        "--name",
+        "ev",
+        "--fd",
+        "--",
+        path_str(&py),
+        path_str(&server),
+    ]);
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut events = Vec::new();
+    let next = |events: &mut Vec<serde_json::Value>| {
+        let line = rx.recv_timeout(PATIENCE).expect("an event line");
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        assert_eq!(event["name"], "ev", "{event}");
+        events.push(event.clone());
+        event
+    };
+    assert_eq!(next(&mut events)["event"], "mode");
+    let port = next(&mut events);
+    assert_eq!(
+        (&port["event"], &port["socket"]),
+        (&"port".into(), &"http".into())
+    );
+    let url = next(&mut events);
+    assert_eq!(url["event"], "url");
+    let proxy_port: u16 = url["url"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    get_json(proxy_port, "ev");
+    assert_eq!(next(&mut events)["event"], "ready");
+    let out = sb.wharf(&["stop", "ev"]).output().unwrap();
+    assert!(out.status.success());
+    let exited = next(&mut events);
+    assert_eq!(exited["event"], "exited", "{events:?}");
+    assert_eq!(exited["then"], "stop");
+    assert_eq!(exited["status"], "stopped on request");
+    assert!(
+        exited["code"].is_i64() || exited["signal"].is_i64(),
+        "{exited}"
+    );
+    assert!(child.wait().unwrap().success());
+    // Nothing else reached stdout: the server's REPORT went to stderr.
+    assert!(rx.recv_timeout(PATIENCE).is_err());
 }
