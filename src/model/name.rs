@@ -28,7 +28,8 @@ pub enum NameError {
     TooLong(String, usize, Option<String>),
     #[error(
         "{name:?} has {what}; a name is lowercase letters, digits and '-' \
-         (not first or last), like \"api\" or \"web-2\"{try_}",
+         (not first or last), like \"api\" or \"web-2\", or such labels joined by '.' \
+         (\"fix-ui.shop\"){try_}",
         try_ = try_(suggestion)
     )]
     Invalid {
