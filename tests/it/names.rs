@@ -474,3 +474,30 @@ fn json_events_on_stdout() {
     // Nothing else reached stdout: the server's REPORT went to stderr.
     assert!(rx.recv_timeout(PATIENCE).is_err());
 }
+
+/// A bare `wharf run` beside a wharf.toml with one instance runs that instance, with its
+/// settings (here its socket and `dir`), under its name.
+#[test]
+fn a_bare_run_runs_the_one_declared_instance() {
+    let sb = Sandbox::new();
+    let proj = sb.dir.path().join("proj");
+    std::fs::create_dir_all(proj.join("srv")).unwrap();
+    let toml = format!(
+        "[instances.solo]\ncommand = [{:?}, {:?}]\nmode = \"fd\"\nsockets = [\"admin\"]\n\
+         dir = \"srv\"\nenv = {{ SOLO = \"1\" }}\n",
+        path_str(&python()),
+        path_str(&server_py())
+    );
+    std::fs::write(proj.join("wharf.toml"), toml).unwrap();
+    let p = spawn_in(&sb, &proj, &["run"]);
+    p.expect("wharf: name solo (from ");
+    p.expect("running instance solo of ");
+    let port = p.url_port();
+    let report = p.report();
+    assert_eq!(report["env"]["LISTEN_FDNAMES"], "http:admin", "{report}");
+    let admin = get_json(port, "admin.solo");
+    assert_eq!(admin["socket"], "admin", "{admin}");
+    let ls = sb.ls();
+    let dir = ls[0]["dir"].as_str().unwrap();
+    assert!(dir.ends_with("proj/srv"), "{dir}");
+}
