@@ -42,7 +42,7 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Hosts(HostsCli),
     /// Start the instances declared in wharf.toml (or only NAMES), applying any changes
-    Up(UpCli),
+    Up(UpJsonCli),
     /// Stop the instances declared in wharf.toml (or only NAMES)
     Down(UpCli),
     /// Show the output of an instance started by `wharf up`
@@ -130,6 +130,15 @@ pub(crate) struct UpCli {
     pub(crate) file: Option<std::path::PathBuf>,
     /// Only these instances
     pub(crate) names: Vec<Name>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UpJsonCli {
+    #[command(flatten)]
+    pub(crate) up: UpCli,
+    /// The result as JSON, one object a line per instance (status, port, url)
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

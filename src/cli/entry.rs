@@ -107,8 +107,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             current_thread()?.block_on(hosts::hosts(&ctx, args, keep))
         }
         Command::Up(args) => {
-            let trust = project_trust(&ctx)?;
-            current_thread()?.block_on(up::up(&ctx, &trust, args.file.as_deref(), &args.names))
+            let (trust, up) = (project_trust(&ctx)?, args.up);
+            let file = up.file.as_deref();
+            current_thread()?.block_on(up::up(&ctx, &trust, file, &up.names, args.json))
         }
         Command::Down(args) => current_thread()?.block_on(up::down(
             &ctx,

@@ -111,12 +111,22 @@ impl Row {
 
 /// Bring the instances of the project file (`file`, else the nearest wharf.toml) to what it
 /// declares, if `trust` allows reading it; 1 when any instance failed.
+/// With `json`, the summary is one JSON object a line on stdout, and the lines on the way go
+/// to stderr.
 pub(crate) async fn up(
     ctx: &Context,
     trust: &Trust,
     file: Option<&Path>,
     names: &[Name],
+    json: bool,
 ) -> anyhow::Result<i32> {
+    let progress = |line: String| {
+        if json {
+            crate::errln!("{line}");
+        } else {
+            crate::progressln!("{line}");
+        }
+    };
     // A broken file changes nothing: everything is validated before anything is touched.
     let (project, selected) = load(ctx, trust, file, names)?;
     let runtime = ctx.dirs.runtime()?.to_path_buf();
@@ -136,11 +146,11 @@ pub(crate) async fn up(
         for l in running.values().filter(|l| declared_here(l, &project)) {
             if !project.instances.iter().any(|d| d.name == l.instance.name) {
                 stop(&mut proxy.client, l).await;
-                crate::progressln!(
+                progress(format!(
                     "{:<12} removed (no longer in {})",
                     l.instance.name,
                     project.path.display()
-                );
+                ));
             }
         }
     }
@@ -180,7 +190,7 @@ pub(crate) async fn up(
             }
             Some(l) => {
                 stop(&mut proxy.client, l).await;
-                crate::progressln!("{:<12} changed: restarting", decl.name);
+                progress(format!("{:<12} changed: restarting", decl.name));
                 restarted.push(decl.name.clone());
             }
             None => {}
@@ -244,15 +254,22 @@ pub(crate) async fn up(
     }
     rows.sort_by_key(|r| selected.iter().position(|d| d.name == r.name));
     let failed = rows.iter().any(|r| !r.running());
-    print_summary(ctx, &rows, front);
+    print_summary(ctx, &rows, front, json)?;
     Ok(i32::from(failed))
 }
 
 /// The table `up` ends with: each instance, what happened, its port and how it was chosen
-/// (preferred or fallback, and why), how many ports were tried, its URL.
-fn print_summary(ctx: &Context, rows: &[Row], front: crate::model::instance::Front) {
+/// (preferred or fallback, and why), how many ports were tried, its URL. With `json`, one
+/// object a line instead (`event` "instance", `name`, `status`, and for a running one `port`,
+/// `chosen`, `tried`, `url`).
+fn print_summary(
+    ctx: &Context,
+    rows: &[Row],
+    front: crate::model::instance::Front,
+    json: bool,
+) -> anyhow::Result<()> {
     if rows.is_empty() {
-        return;
+        return Ok(());
     }
     let leases = crate::cli::commands::registry(ctx).map(|reg| reg.leases.clone());
     let mut table = vec![["NAME", "STATUS", "PORT", "CHOSEN", "TRIED", "URL"].map(String::from)];
@@ -260,6 +277,24 @@ fn print_summary(ctx: &Context, rows: &[Row], front: crate::model::instance::Fro
         let lease = leases.as_ref().ok().and_then(|l| l.get(&r.name));
         let port = lease.and_then(|l| l.ports.get(MAIN_SOCKET));
         let how = lease.and_then(|l| l.allocation.as_ref());
+        if json {
+            let mut event = serde_json::json!({
+                "event": "instance",
+                "name": r.name,
+                "status": r.outcome,
+            });
+            if r.running()
+                && let Some(fields) = event.as_object_mut()
+            {
+                fields.insert("port".into(), port.copied().into());
+                fields.insert("chosen".into(), how.map(describe_choice).into());
+                fields.insert("tried".into(), how.map(|a| a.tried).into());
+                let url = front.url(&r.name);
+                fields.insert("url".into(), url.into());
+            }
+            crate::outln!("{event}")?;
+            continue;
+        }
         let known = |s: Option<String>| s.filter(|_| r.running()).unwrap_or_else(|| "-".into());
         table.push([
             r.name.to_string(),
@@ -270,9 +305,12 @@ fn print_summary(ctx: &Context, rows: &[Row], front: crate::model::instance::Fro
             known(Some(front.url(&r.name))),
         ]);
     }
-    for line in crate::sys::stdio::columns(&table) {
-        crate::progressln!("{line}");
+    if !json {
+        for line in crate::sys::stdio::columns(&table) {
+            crate::progressln!("{line}");
+        }
     }
+    Ok(())
 }
 
 /// `preferred (its port)`, `fallback: 4000 (its last port) is in use by python3 (pid 7)`.

@@ -380,13 +380,36 @@ fn declared_instances_in_a_worktree_get_its_branch() {
 
     let (code, log) = run_in(&sb, &repo, &["up"]);
     assert_eq!(code, 0, "{log}");
-    let (code, log) = run_in(&sb, &wt, &["up"]);
-    assert_eq!(code, 0, "{log}");
+    // `--json`: stdout is one object per instance; the rest goes to stderr.
+    let out = sb
+        .wharf(&["up", "--json"])
+        .current_dir(&wt)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
     assert!(
-        log.contains("in the worktree of fix: instances run as fix.NAME"),
-        "{log}"
+        stderr.contains("in the worktree of fix: instances run as fix.NAME"),
+        "{stderr}"
     );
     let port = sb.proxy().unwrap().1;
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    assert_eq!(events.len(), 1, "{stdout}");
+    assert_eq!(
+        (&events[0]["name"], &events[0]["status"], &events[0]["url"]),
+        (
+            &"fix.api".into(),
+            &"started".into(),
+            &format!("http://fix.api.localhost:{port}").into()
+        ),
+        "{stdout}"
+    );
     let main = get_json(port, "api");
     let fix = get_json(port, "fix.api");
     assert_ne!(main["pid"], fix["pid"]);
