@@ -18,7 +18,7 @@
 //! - `state`: what wharf keeps between commands: private directories, registry, logs.
 //! - `model`: wharf's vocabulary as types: names, hosts, modes, instances, the user's files.
 //! - `sys`: the operating system: processes, socket handoff, sd_notify, netstat, stdio, trust,
-//!   and writing system files in place.
+//!   what `git` says of a checkout, and writing system files in place.
 
 pub(crate) mod ca;
 pub mod cli;

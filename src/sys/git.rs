@@ -89,12 +89,56 @@ mod tests {
         );
     }
 
+    /// A repository and a linked worktree of it, as git makes them.
     #[test]
-    fn no_repository_is_none() {
-        let dir = tempfile::tempdir().unwrap();
-        // GIT_CEILING_DIRECTORIES is not ours to set; a temp dir under a repository is rare.
-        if let Some(c) = checkout(dir.path()) {
-            assert_ne!(c.top, dir.path());
+    fn main_and_linked_worktrees() {
+        if git(Path::new("/"), &["--version"]).is_none() {
+            eprintln!("skipped: no git");
+            return;
         }
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let repo = root.join("shop");
+        std::fs::create_dir(&repo).unwrap();
+        let run = |dir: &Path, args: &[&str]| {
+            let mut all = vec!["-c", "user.email=t@example.com", "-c", "user.name=t"];
+            all.extend(args);
+            git(dir, &all).unwrap_or_else(|| panic!("git {args:?} failed"));
+        };
+        run(&repo, &["init", "-q", "-b", "main"]);
+        run(&repo, &["commit", "-q", "--allow-empty", "-m", "init"]);
+        let wt = root.join("wt");
+        run(
+            &repo,
+            &[
+                "worktree",
+                "add",
+                "-q",
+                wt.to_str().unwrap(),
+                "-b",
+                "fix/ui",
+            ],
+        );
+        std::fs::create_dir(repo.join("sub")).unwrap();
+        assert_eq!(
+            checkout(&repo.join("sub")),
+            Some(Checkout {
+                top: repo.clone(),
+                repo: repo.clone(),
+                linked: false,
+                branch: Some("main".into()),
+            })
+        );
+        assert_eq!(
+            checkout(&wt),
+            Some(Checkout {
+                top: wt.clone(),
+                repo: repo.clone(),
+                linked: true,
+                branch: Some("fix/ui".into()),
+            })
+        );
+        run(&wt, &["checkout", "-q", "--detach"]);
+        assert_eq!(checkout(&wt).unwrap().branch, None);
     }
 }

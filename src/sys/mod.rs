@@ -1,7 +1,8 @@
 //! The operating system, as wharf uses it: processes and their trees, handing sockets to a
 //! child (`LISTEN_FDS`), sd_notify, reading who listens where, printing without panicking,
-//! refusing files another user could have written, and rewriting a system file wharf was asked
-//! to change (`sysfile`). Knows nothing of names, routes or HTTP.
+//! refusing files another user could have written, rewriting a system file wharf was asked
+//! to change (`sysfile`), and what `git` says of a checkout. Knows nothing of names, routes or
+//! HTTP.
 
 pub(crate) mod git;
 pub(crate) mod handoff;
