@@ -1,8 +1,10 @@
 //! An instance's life as a small state machine. It is [`Phase::Idle`] (on demand: wharf holds
 //! the socket, no server runs), [`Phase::Running`] (a server runs: see `running`),
 //! [`Phase::Restarting`] (a pause before the next start), [`Phase::Failed`] (gave up, listed
-//! as failed until asked to stop) or [`Phase::Done`]. After each exit of the server, [`decide`]
-//! names what follows.
+//! as failed until asked to stop), [`Phase::Detached`] (its first process exited cleanly but
+//! left processes running: the server went to the background, and they are followed until
+//! they end or a stop ends them) or [`Phase::Done`]. After each exit of the server,
+//! [`decide`] names what follows.
 
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -18,7 +20,11 @@ use super::start::Server;
 use super::stop::{self, Signals, Stop, StopWhy, Stopper};
 use crate::model::instance::State;
 use crate::sys::notify::NotifySocket;
+use crate::sys::process::{self, ProcessId};
 use crate::sys::socket::BoundSocket;
+
+/// How often a server gone to the background is looked for.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
 /// One instance's supervisor: what it holds for the instance's whole life.
 pub(super) struct Supervisor {
@@ -60,6 +66,8 @@ enum Phase {
     Restarting { delay: Duration, code: i32 },
     /// Gave up: listed as failed until a stop signal.
     Failed { code: i32 },
+    /// The server went to the background: these processes are it now.
+    Detached { procs: Vec<ProcessId> },
     /// Over: wharf exits with `code`.
     Done { code: i32 },
 }
@@ -125,6 +133,7 @@ impl Supervisor {
                     self.pause(None).await;
                     Phase::Done { code }
                 }
+                Phase::Detached { procs } => self.follow(procs).await,
                 Phase::Done { code } => break code,
             };
         };
@@ -157,7 +166,25 @@ impl Supervisor {
         let Exit { status, ran, pid } = exit;
         let code = stop::exit_code(status);
         let stop = self.stopper.take_stop();
-        stop::end_leftovers(&self.out, pid, stop.as_ref(), self.stopper.grace).await;
+        if stop.is_none() && status.success() && !self.on_demand {
+            let procs = self.left_behind(pid);
+            if let Some(first) = procs.first() {
+                self.out.say(format!(
+                    "the server went to the background (pid {}, {} process(es)); following it",
+                    first.pid,
+                    procs.len()
+                ));
+                self.route.instance.child_pid = Some(first.pid);
+                self.route.set_state(self.route.instance.state).await;
+                self.out
+                    .event("detached", serde_json::json!({ "pid": first.pid }));
+                return Phase::Detached { procs };
+            }
+        }
+        let mut except = self.route.proxies_started.clone();
+        except.push(pid);
+        let orphans = process::orphans(&except);
+        stop::end_leftovers(&self.out, pid, stop.as_ref(), self.stopper.grace, orphans).await;
         let how = stop::describe(status, stop.as_ref());
         self.route.instance.last_exit = Some(how.clone());
         self.route.instance.child_pid = None;
@@ -237,6 +264,71 @@ impl Supervisor {
                 ));
                 self.route.set_state(State::Restarting).await;
                 Phase::Restarting { delay, code }
+            }
+        }
+    }
+
+    /// What a server that exited left running: its process group and tree, and (Linux, as the
+    /// subreaper) the orphans that came to us, the proxies we started excepted.
+    fn left_behind(&self, server: i32) -> Vec<ProcessId> {
+        let mine = process::family_of(server)
+            .into_iter()
+            .filter(|p| p.pid != server)
+            .collect();
+        let mut except = self.route.proxies_started.clone();
+        except.push(server);
+        process::union(mine, process::orphans(&except))
+    }
+
+    /// The server went to the background: follow `procs` (and what they start) until they are
+    /// gone, or end them on a stop signal as a server is ended.
+    async fn follow(&mut self, mut procs: Vec<ProcessId>) -> Phase {
+        let mut except = self.route.proxies_started.clone();
+        loop {
+            tokio::select! {
+                () = stop::stop_signal(&mut self.signals) => {
+                    let (out, grace) = (self.out.clone(), self.stopper.grace);
+                    out.say(format!("stopping the server's {} background process(es)", procs.len()));
+                    let deadline = std::time::Instant::now() + grace;
+                    let all = process::union(procs, process::orphans(&except));
+                    let ended = tokio::task::spawn_blocking(move || {
+                        let ended = process::end_all(&all, deadline);
+                        process::orphans(&except);
+                        ended
+                    })
+                    .await;
+                    match ended {
+                        Ok((0, true)) => {}
+                        Ok((killed, true)) => out.say(format!(
+                            "killed {killed} of them (SIGKILL): they ignored SIGTERM"
+                        )),
+                        _ => out.say("some survived SIGKILL; are they stuck in the kernel?".to_string()),
+                    }
+                    out.event("exited", serde_json::json!({"code": 0, "signal": null,
+                        "status": "stopped on request", "then": "stop"}));
+                    self.route.remove().await;
+                    out.say("server stopped on request; route removed".to_string());
+                    return Phase::Done { code: 0 };
+                }
+                () = tokio::time::sleep(FOLLOW_EVERY) => {
+                    except.clone_from(&self.route.proxies_started);
+                    procs = process::union(procs, process::orphans(&except));
+                    procs.retain(ProcessId::is_alive);
+                    let shown = self.route.instance.child_pid;
+                    if let Some(first) = procs.first().filter(|f| shown != Some(f.pid)) {
+                        // The one shown went (the middle of a double fork): show who is left.
+                        self.route.instance.child_pid = Some(first.pid);
+                        self.route.set_state(self.route.instance.state).await;
+                    }
+                    if procs.is_empty() {
+                        self.out.event("exited", serde_json::json!({"code": 0, "signal": null,
+                            "status": "its background processes ended", "then": "stop"}));
+                        self.route.remove().await;
+                        self.out.say("the server's background processes ended; route removed".to_string());
+                        return Phase::Done { code: 0 };
+                    }
+                }
+                event = self.route.next_event() => self.route.on_event(event).await,
             }
         }
     }

@@ -162,6 +162,8 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
     out.url(&url);
     let server = start::Server::new(ctx, &args, &plan, argv, &bound, env, log);
     let signals = stop::catch_signals()?;
+    // A server that detaches itself stays ours to follow and stop (`lifecycle`).
+    crate::sys::process::become_subreaper();
     Supervisor {
         stopper: stop::Stopper::new(&out, server.own_group, args.stop_grace),
         restarts: restart::Restarts::new(args.restart, args.on_demand),

@@ -33,6 +33,8 @@ pub(crate) struct Registration {
     closed: Closed,
     retry_at: Option<tokio::time::Instant>,
     retry_pause: Duration,
+    /// The proxies this supervisor started: children of ours that are not the server's.
+    pub(crate) proxies_started: Vec<i32>,
 }
 
 pub(crate) enum RouteEvent {
@@ -76,6 +78,7 @@ impl Registration {
             closed: Closed::Lost,
             retry_at: None,
             retry_pause: RETRY_FIRST,
+            proxies_started: Vec::new(),
         }
     }
 
@@ -86,6 +89,7 @@ impl Registration {
         match launch::connect_or_start(&self.runtime, &self.self_exe).await {
             Ok(connected) => {
                 if connected.started {
+                    self.proxies_started.extend(connected.hello.pid);
                     out.say(format!(
                         "started the front proxy (log: {})",
                         self.runtime.join("proxy.log").display()
@@ -209,6 +213,9 @@ impl Registration {
             self.schedule_retry();
             return;
         };
+        if connected.started {
+            self.proxies_started.extend(connected.hello.pid);
+        }
         self.client = Some(connected.client);
         self.retry_at = None;
         self.send().await;

@@ -216,10 +216,18 @@ fn is_stop(signal: i32) -> bool {
 }
 
 /// After the server exited: whatever it started that still runs (in its process tree when a
-/// stop began, or in the process group it led) is stopped too, SIGTERM then SIGKILL after
-/// the rest of the grace, so nothing keeps the socket or outlives the instance.
-pub(super) async fn end_leftovers(out: &Output, server: i32, stop: Option<&Stop>, grace: Duration) {
+/// stop began, in the process group it led, or among `orphans`: what detached from it and came
+/// to us as the subreaper) is stopped too, SIGTERM then SIGKILL after the rest of the grace,
+/// so nothing keeps the socket or outlives the instance.
+pub(super) async fn end_leftovers(
+    out: &Output,
+    server: i32,
+    stop: Option<&Stop>,
+    grace: Duration,
+    orphans: Vec<process::ProcessId>,
+) {
     let known = stop.map(|s| s.family.clone()).unwrap_or_default();
+    let known = process::union(known, orphans);
     let left: Vec<_> = process::union(known, process::family_of(server))
         .into_iter()
         .filter(|p| p.pid != server && p.is_alive())

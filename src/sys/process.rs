@@ -86,6 +86,20 @@ pub(crate) fn family_of(server: i32) -> Vec<ProcessId> {
     imp::family(server)
 }
 
+/// Make this process the reaper of its descendants' orphans (Linux), so that a server that
+/// detaches itself (forks, `setsid`, and lets its first process exit) stays below us, where
+/// `orphans` finds it, instead of going to init. False where the system has no such thing.
+pub(crate) fn become_subreaper() -> bool {
+    imp::become_subreaper()
+}
+
+/// Our own children other than `except`, and their descendants: with `become_subreaper`,
+/// what a server left behind when its first process exited. Zombies left out (and reaped:
+/// they are ours). Empty outside Linux.
+pub(crate) fn orphans(except: &[i32]) -> Vec<ProcessId> {
+    imp::orphans(except)
+}
+
 /// `a` plus the processes of `b` it does not already hold.
 pub(crate) fn union(mut a: Vec<ProcessId>, b: Vec<ProcessId>) -> Vec<ProcessId> {
     for p in b {
@@ -268,6 +282,40 @@ mod imp {
             .collect()
     }
 
+    pub(crate) fn become_subreaper() -> bool {
+        nix::sys::prctl::set_child_subreaper(true).is_ok()
+    }
+
+    pub(crate) fn orphans(except: &[i32]) -> Vec<ProcessId> {
+        let me = std::process::id() as i32;
+        let table = table();
+        let mut seeds = Vec::new();
+        for e in table
+            .iter()
+            .filter(|e| e.parent == me && !except.contains(&e.pid))
+        {
+            if e.zombie {
+                // Ours to reap; the server itself is tokio's, and never among them.
+                let _ = nix::sys::wait::waitpid(
+                    nix::unistd::Pid::from_raw(e.pid),
+                    Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                );
+            } else {
+                seeds.push(e.pid);
+            }
+        }
+        let by_pid: HashMap<i32, &Entry> = table.iter().map(|e| (e.pid, e)).collect();
+        descendants(seeds, &table)
+            .into_iter()
+            .filter_map(|pid| by_pid.get(&pid))
+            .filter(|e| !e.zombie)
+            .map(|e| ProcessId {
+                pid: e.pid,
+                start: e.start,
+            })
+            .collect()
+    }
+
     /// `seeds` and everything below them in `table`, each once.
     fn descendants(mut out: Vec<i32>, table: &[Entry]) -> Vec<i32> {
         let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
@@ -309,6 +357,14 @@ mod imp {
 
     pub(crate) fn family(root: i32) -> Vec<ProcessId> {
         ProcessId::of(root).into_iter().collect()
+    }
+
+    pub(crate) fn become_subreaper() -> bool {
+        false
+    }
+
+    pub(crate) fn orphans(_except: &[i32]) -> Vec<ProcessId> {
+        Vec::new()
     }
 }
 

@@ -524,3 +524,39 @@ fn a_bare_run_runs_the_one_declared_instance() {
     let dir = ls[0]["dir"].as_str().unwrap();
     assert!(dir.ends_with("proj/srv"), "{dir}");
 }
+
+/// A server that goes to the background (fork, setsid, fork; its first process exits 0)
+/// is followed as the instance, served, and ended by `wharf stop` (issue 17, item 6).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_server_gone_to_the_background_is_still_stopped() {
+    let sb = Sandbox::new();
+    let mut p = sb.serve("bg", &["--daemonize"]);
+    let port = p.url_port();
+    p.expect("the server went to the background (pid ");
+    let daemon = p.report()["pid"].as_i64().unwrap() as i32;
+    assert_eq!(get_json(port, "bg")["pid"], daemon);
+    // The middle of the double fork may be shown first; then the daemon, once it is alone.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while sb.ls()[0]["server_pid"] != daemon {
+        assert!(std::time::Instant::now() < deadline, "{:?}", sb.ls());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    let out = sb.wharf(&["stop", "bg"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(p.wait(PATIENCE).code(), Some(0), "{}", p.log());
+    let deadline = std::time::Instant::now() + PATIENCE;
+    // SAFETY: kill with signal 0 only asks whether the pid exists.
+    while unsafe { libc::kill(daemon, 0) } == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon {daemon} lives on"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

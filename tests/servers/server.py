@@ -19,7 +19,16 @@ parser.add_argument("--bind-elsewhere", action="store_true", help="ignore PORT, 
 parser.add_argument("--notify-ready", action="store_true", help="send READY=1 to NOTIFY_SOCKET")
 parser.add_argument("--exit-code", type=int, default=0, help="code for --exit-after exits")
 parser.add_argument("--bind-delay", type=float, default=0, help="env mode: wait before binding")
+parser.add_argument("--daemonize", action="store_true",
+                    help="go to the background: fork, setsid, fork, the first two exit 0")
 args = parser.parse_args()
+
+if args.daemonize:
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
 
 # Before anything opens an fd: which fds did we inherit?
 open_fds = []
