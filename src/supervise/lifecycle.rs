@@ -10,6 +10,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures_util::StreamExt;
 
 use super::demand;
 use super::output::{Output, ran_for};
@@ -286,29 +287,16 @@ impl Supervisor {
         let mut except = self.route.proxies_started.clone();
         loop {
             tokio::select! {
-                () = stop::stop_signal(&mut self.signals) => {
-                    let (out, grace) = (self.out.clone(), self.stopper.grace);
-                    out.say(format!("stopping the server's {} background process(es)", procs.len()));
-                    let deadline = std::time::Instant::now() + grace;
-                    let all = process::union(procs, process::orphans(&except));
-                    let ended = tokio::task::spawn_blocking(move || {
-                        let ended = process::end_all(&all, deadline);
-                        process::orphans(&except);
-                        ended
-                    })
-                    .await;
-                    match ended {
-                        Ok((0, true)) => {}
-                        Ok((killed, true)) => out.say(format!(
-                            "killed {killed} of them (SIGKILL): they ignored SIGTERM"
-                        )),
-                        _ => out.say("some survived SIGKILL; are they stuck in the kernel?".to_string()),
+                Some(info) = self.signals.next() => {
+                    if stop::is_stop(info.si_signo) {
+                        return self.end_background(procs, except).await;
                     }
-                    out.event("exited", serde_json::json!({"code": 0, "signal": null,
-                        "status": "stopped on request", "then": "stop"}));
-                    self.route.remove().await;
-                    out.say("server stopped on request; route removed".to_string());
-                    return Phase::Done { code: 0 };
+                    // SIGHUP, SIGUSR1, SIGUSR2: to the background processes, as to a server.
+                    if let Ok(signal) = nix::sys::signal::Signal::try_from(info.si_signo) {
+                        procs.iter().for_each(|p| {
+                            p.signal(signal);
+                        });
+                    }
                 }
                 () = tokio::time::sleep(FOLLOW_EVERY) => {
                     except.clone_from(&self.route.proxies_started);
@@ -324,13 +312,48 @@ impl Supervisor {
                         self.out.event("exited", serde_json::json!({"code": 0, "signal": null,
                             "status": "its background processes ended", "then": "stop"}));
                         self.route.remove().await;
-                        self.out.say("the server's background processes ended; route removed".to_string());
+                        self.out.say(
+                            "the server's background processes ended; route removed".to_string(),
+                        );
                         return Phase::Done { code: 0 };
                     }
                 }
                 event = self.route.next_event() => self.route.on_event(event).await,
             }
         }
+    }
+
+    /// A stop signal while the server is in the background: end its processes as a server is
+    /// ended (SIGTERM, the grace, SIGKILL), reaping those that are ours.
+    async fn end_background(&mut self, procs: Vec<ProcessId>, except: Vec<i32>) -> Phase {
+        let (out, grace) = (self.out.clone(), self.stopper.grace);
+        out.say(format!(
+            "stopping the server's {} background process(es)",
+            procs.len()
+        ));
+        let deadline = std::time::Instant::now() + grace;
+        let all = process::union(procs, process::orphans(&except));
+        let ended = tokio::task::spawn_blocking(move || {
+            let ended = process::end_all(&all, deadline);
+            process::orphans(&except);
+            ended
+        })
+        .await;
+        match ended {
+            Ok((0, true)) => {}
+            Ok((killed, true)) => out.say(format!(
+                "killed {killed} of them (SIGKILL): they ignored SIGTERM"
+            )),
+            _ => out.say("some survived SIGKILL; are they stuck in the kernel?".to_string()),
+        }
+        out.event(
+            "exited",
+            serde_json::json!({"code": 0, "signal": null, "status": "stopped on request",
+                "then": "stop"}),
+        );
+        self.route.remove().await;
+        out.say("server stopped on request; route removed".to_string());
+        Phase::Done { code: 0 }
     }
 
     /// Waits `delay` (`None`: until a stop signal) while keeping the route registered through

@@ -211,7 +211,7 @@ fn typed_at_terminal(_: &libc::siginfo_t) -> bool {
     nix::unistd::tcgetpgrp(std::io::stdin()).is_ok_and(|fg| fg == nix::unistd::getpgrp())
 }
 
-fn is_stop(signal: i32) -> bool {
+pub(super) fn is_stop(signal: i32) -> bool {
     matches!(signal, SIGINT | SIGTERM | SIGQUIT)
 }
 

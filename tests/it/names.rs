@@ -543,6 +543,10 @@ fn a_server_gone_to_the_background_is_still_stopped() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 
+    // Signals other than stops reach it as they would a server in the foreground.
+    p.signal(libc::SIGHUP);
+    p.expect("got SIGHUP");
+
     let out = sb.wharf(&["stop", "bg"]).output().unwrap();
     assert!(
         out.status.success(),
@@ -550,6 +554,7 @@ fn a_server_gone_to_the_background_is_still_stopped() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(p.wait(PATIENCE).code(), Some(0), "{}", p.log());
+    p.expect("stopping the server's 1 background process(es)");
     let deadline = std::time::Instant::now() + PATIENCE;
     // SAFETY: kill with signal 0 only asks whether the pid exists.
     while unsafe { libc::kill(daemon, 0) } == 0 {
