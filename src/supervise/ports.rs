@@ -462,6 +462,78 @@ mod tests {
         allocate(store, &req, &mut |_| {})
     }
 
+    /// A name held by a live process: the same command in the same directory is a reuse when
+    /// asked for, anything else an error naming the holder, its command and directory.
+    #[test]
+    fn a_held_name_is_reused_or_refused_with_its_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut holder = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let held = Run {
+            command: vec!["npm".into(), "run".into(), "dev".into()],
+            dir: "/src/shop".into(),
+        };
+        {
+            let mut reg = Store::new(tmp.path()).lock().unwrap();
+            reg.leases.insert(
+                name("shop"),
+                Lease {
+                    holder: ProcessId::of(holder.id() as i32).unwrap(),
+                    ports: BTreeMap::from([(MAIN_SOCKET.to_string(), 4321)]),
+                    since: 0,
+                    allocation: None,
+                    run: Some(held.clone()),
+                },
+            );
+            reg.commit().unwrap();
+        }
+        let ask = |run: &Run, reuse: bool| {
+            let (n, sockets, exclude) = (
+                name("shop"),
+                [MAIN_SOCKET.to_string()],
+                PortRanges::default(),
+            );
+            let req = Request {
+                name: &n,
+                sockets: &sockets,
+                prefer: Some(0),
+                range: None,
+                exclude: &exclude,
+                force: false,
+                run,
+                reuse,
+            };
+            allocate(Store::new(tmp.path()), &req, &mut |_| {})
+                .err()
+                .unwrap()
+        };
+        let AllocError::AlreadyRunning { lease, .. } = ask(&held, true) else {
+            panic!("not reused")
+        };
+        assert_eq!(lease.ports[MAIN_SOCKET], 4321);
+        let same = ask(&held, false).to_string();
+        assert!(
+            same.contains(&format!(
+                "wharf pid {}, port 4321, running `npm run dev` in /src/shop",
+                holder.id()
+            )) && same.contains("pass --reuse"),
+            "{same}"
+        );
+        let elsewhere = Run {
+            dir: "/src/other".into(),
+            ..held
+        };
+        let other = ask(&elsewhere, true).to_string();
+        assert!(
+            other.contains("pick another name with --name, pass --force"),
+            "{other}"
+        );
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+    }
+
     #[test]
     fn port_zero_forgets_the_last_port_of_every_socket() {
         let tmp = tempfile::tempdir().unwrap();
