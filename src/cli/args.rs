@@ -20,7 +20,7 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Run a server as instance NAME, with its socket bound by wharf and passed in
+    /// Run a server as an instance (named by --name or the project), its socket bound by wharf
     Run(RunCli),
     /// List instances: NAME URL PORT PID MODE STATE UPTIME REQUESTS
     Ls(LsCli),
@@ -224,7 +224,8 @@ pub(crate) struct RunCli {
     /// Print only the URL line and errors
     #[arg(long, short = 'q')]
     pub(crate) quiet: bool,
-    /// Events on stdout, one JSON object a line: mode, port, url (or reused), ready, exited;
+    /// Events on stdout, one JSON object a line: mode, port, url (or reused), ready, detached,
+    /// exited;
     /// the server's own stdout then goes to stderr
     #[arg(long)]
     pub(crate) json: bool,
