@@ -225,8 +225,7 @@ pub(crate) struct RunCli {
     #[arg(long, short = 'q')]
     pub(crate) quiet: bool,
     /// Events on stdout, one JSON object a line: mode, port, url (or reused), ready, detached,
-    /// exited;
-    /// the server's own stdout then goes to stderr
+    /// exited; the server's own stdout then goes to stderr
     #[arg(long)]
     pub(crate) json: bool,
     /// Say every port tried and why it was not taken (default: one summary line)
