@@ -164,19 +164,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         .context("registering the control socket")?;
     tasks.spawn(housekeeping(forwarder.clone(), shutdown.clone()));
     let http_task = tokio::spawn(accept::serve(http_listeners, forwarder, shutdown.clone()));
-    // Subscribed before anything can register, reported after READY: a STATUS= never comes
-    // first, and no registration goes uncounted.
-    let changes = routes.subscribe();
-    tasks.spawn(crate::proxy::control::serve(
-        control_listener,
-        plane.clone(),
-        shutdown.clone(),
-        tasks.clone(),
-    ));
-    if let Some(interval) = sd_notify::watchdog_enabled() {
-        tasks.spawn(watchdog(interval / 2, shutdown.clone()));
-    }
-
+    // Said before the control socket answers: whoever the proxy answers can read it in the log.
     let shown: Vec<String> = addrs
         .iter()
         .map(|a| match https_addrs.contains(a) {
@@ -191,6 +179,19 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         control_path.display(),
         front.dashboard(),
     );
+    // Subscribed before anything can register, reported after READY: a STATUS= never comes
+    // first, and no registration goes uncounted.
+    let changes = routes.subscribe();
+    tasks.spawn(crate::proxy::control::serve(
+        control_listener,
+        plane.clone(),
+        shutdown.clone(),
+        tasks.clone(),
+    ));
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        tasks.spawn(watchdog(interval / 2, shutdown.clone()));
+    }
+
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("0 instances")]);
     tasks.spawn(report_status(routes.clone(), changes, shutdown.clone()));
     if let Some(path) = args.hosts_file {
