@@ -47,7 +47,9 @@ fn curl(ca: &str, port: u16, host: &str, extra: &[&str]) -> Option<Curl> {
 #[test]
 fn curl_reaches_an_instance_over_h2_and_http1_trusting_only_the_local_ca() {
     let sb = Sandbox::new();
-    let app = sb.serve("app", &[]);
+    let mut args = serve_args("app", &[]);
+    args.splice(3..3, ["--socket".to_string(), "admin".to_string()]);
+    let app = sb.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let port = app.url_port();
     let ca = ca(&sb);
     for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
@@ -66,9 +68,11 @@ fn curl_reaches_an_instance_over_h2_and_http1_trusting_only_the_local_ca() {
         assert_eq!(seen["headers"]["x-forwarded-proto"], "https", "{body}");
         assert_eq!(seen["headers"]["host"], format!("app.localhost:{port}"));
     }
-    // A name under the instance's (a socket name, or none) is covered by the same certificate.
-    let c = curl(&ca, port, "x.app.localhost", &[]).unwrap();
+    // A socket's name under the instance's is served too; a name that is neither is unknown.
+    let c = curl(&ca, port, "admin.app.localhost", &[]).unwrap();
     assert_eq!(c.code, Some(0), "{}", c.stderr);
+    let c = curl(&ca, port, "x.app.localhost", &[]).unwrap();
+    assert_eq!(c.code, Some(35), "{}", c.stderr);
     // And the dashboard has one of its own.
     let c = curl(&ca, port, "localhost", &["-H", "accept: application/json"]).unwrap();
     assert_eq!(c.code, Some(0), "{}", c.stderr);
