@@ -5,8 +5,11 @@
 # 1 MiB bodies and a single connection; alternating rounds; medians, spread and ratios.
 # Extra arguments go to ../shared/bench/run.sh (--rounds, --duration, --cases, ...).
 # Results: bench/results/<timestamp>/report.md
+# Then the HTTPS cases (bench/https.sh: wharf, nginx and Caddy terminating TLS; h2load),
+# unless BENCH_HTTPS=0; `bash bench/run.sh https [--rounds N]` runs only those.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+[[ ${1:-} == https ]] && shift && exec bash "$root/bench/https.sh" "$@"
 shared=$root/../shared/bench
 [[ -x $shared/run.sh ]] || { echo "bench/run.sh: needs ../shared/bench beside the repository" >&2; exit 1; }
 
@@ -17,7 +20,7 @@ wharf=$root/target/release/wharf
 # Each run gets private state in the harness's scratch dir ({dir}); the route is an alias, so
 # the proxy forwards exactly as it does for `wharf run` instances.
 env="WHARF_STATE_DIR={dir}/state WHARF_RUNTIME_DIR={dir}/run"
-exec "$shared/run.sh" \
+"$shared/run.sh" \
   --targets "${BENCH_TARGETS:-direct,nginx,wharf}" \
   --out "$root/bench/results/$(date +%Y%m%d-%H%M%S)" \
   --target wharf \
@@ -25,3 +28,5 @@ exec "$shared/run.sh" \
   --setup "h={host}; $env $wharf alias \"\${h%.localhost}\" {backend}" \
   --version-cmd "$wharf --version" \
   "$@"
+case " $* " in *" --help "* | *" -h "* | *" --list "*) exit 0 ;; esac
+[[ ${BENCH_HTTPS:-1} == 0 ]] || bash "$root/bench/https.sh"
