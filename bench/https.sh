@@ -119,22 +119,25 @@ ticks() { local t=0 p; for p in "$@"; do t=$((t + $(sed 's/.*) //' "/proc/$p/sta
 cases=("h1 keep-alive, 32 conns|60000|--h1 -c 32 -m 1"
   "h1 new connection per request (handshakes), 32 conns|6000|--h1 -c 32 -m 1 -H connection:close"
   "h2, 32 conns x 10 streams|100000|-c 32 -m 10")
-# run TARGET ARGS: one measurement, "req/s p99-µs cpu-µs/req".
+# busy0: CPU 0's busy and total jiffies, from /proc/stat (as bench/cpus.sh reads them).
+busy0() { awk '/^cpu0 / {t=0; for (i=2;i<=9;i++) t+=$i; printf "%d %d", t-$5-$6, t}' /proc/stat; }
+# run TARGET ARGS: one measurement, "req/s p99-µs cpu-µs/req cpu0-busy-%".
 run() {
-  local t=$1 out before after
-  before=$(ticks ${procs[$t]})
+  local t=$1 out before after cpu0
+  before=$(ticks ${procs[$t]}) cpu0=$(busy0)
+  rm -f "$work/h2load.log"
   # shellcheck disable=SC2086
   out=$(taskset -c $client_cpu h2load $2 --log-file "$work/h2load.log" \
     --connect-to "127.0.0.1:${port[$t]}" "https://$host:${port[$t]}/" 2>&1) || true
-  after=$(ticks ${procs[$t]})
+  after=$(ticks ${procs[$t]}) cpu0="$cpu0 $(busy0)"
   grep -q ", 0 failed, 0 errored" <<<"$out" && grep -q "status codes: [1-9][0-9]* 2xx, 0 3xx, 0 4xx, 0 5xx" <<<"$out" ||
     { echo "bench/https.sh: $t failed requests ($2):" >&2; echo "$out" >&2; exit 1; }
   # h2load's log: start µs, status, µs until the end of the response.
   local p99
   p99=$(cut -f3 "$work/h2load.log" | sort -n | awk '{a[NR] = $1} END {i = int(NR * 0.99); if (i < 1) i = 1; print a[i]}')
-  awk -v p99="$p99" -v d="$((after - before))" -v hz="$(getconf CLK_TCK)" '
+  awk -v p99="$p99" -v d="$((after - before))" -v hz="$(getconf CLK_TCK)" -v c="$cpu0" '
     /^requests:/ {n = $8} /^finished in/ {rps = $4}
-    END {printf "%.0f %d %.1f\n", rps, p99, d / hz * 1e6 / n}' <<<"$out"
+    END {split(c, x, " "); printf "%.0f %d %.1f %.0f\n", rps, p99, d / hz * 1e6 / n, 100 * (x[3] - x[1]) / (x[4] - x[2])}' <<<"$out"
 }
 
 echo "h2load $(h2load --version | awk '{print $2}'), nginx $(nginx -v 2>&1 | sed 's/.*\///'), caddy $("$caddy" version | awk '{print $1}'), $rounds rounds; h2load and backend on cpu $client_cpu, proxies on cpu $proxy_cpu"
@@ -154,15 +157,16 @@ done
 # median COLUMN: the median of one column of a target's runs.
 median() { awk -v c="$1" 'NF {print $c}' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 span() { awk 'NF {print $1}' | sort -g | sed -n '1p;$p' | paste -sd- ; }
-printf '\n| case | target | req/s | / nginx | spread req/s | p99 µs | proxy CPU µs/req |\n|---|---|---:|---:|---|---:|---:|\n'
+printf '\n| case | target | req/s | / nginx | spread req/s | p99 µs | proxy CPU µs/req | proxy CPU busy | cpu 0 busy (h2load, backend) |\n|---|---|---:|---:|---|---:|---:|---:|---:|\n'
 for c in "${cases[@]}"; do
   name=${c%%|*}
   n=$(median 1 <<<"${runs[$name|nginx]}")
   for t in wharf nginx caddy; do
     r=${runs[$name|$t]}
-    printf '| %s | %s | %.0f | %.2f | %s | %.0f | %.1f |\n' "$name" "$t" "$(median 1 <<<"$r")" \
-      "$(echo "$(median 1 <<<"$r") / $n" | bc -l)" "$(span <<<"$r")" "$(median 2 <<<"$r")" "$(median 3 <<<"$r")"
+    printf '| %s | %s | %.0f | %.2f | %s | %.0f | %.1f | %.0f %% | %.0f %% |\n' "$name" "$t" "$(median 1 <<<"$r")" \
+      "$(echo "$(median 1 <<<"$r") / $n" | bc -l)" "$(span <<<"$r")" "$(median 2 <<<"$r")" "$(median 3 <<<"$r")" \
+      "$(echo "$(median 1 <<<"$r") * $(median 3 <<<"$r") / 10000" | bc -l)" "$(median 4 <<<"$r")"
   done
 done
 echo
-echo "(handshakes case: each request is a new TLS 1.3 connection, so handshakes/s = req/s and CPU per request = CPU per handshake)"
+echo "(handshakes case: each request is a new TLS 1.3 connection, so handshakes/s = req/s and CPU per request = CPU per handshake; proxy CPU busy = req/s x CPU per request, of its one CPU)"
