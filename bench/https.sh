@@ -149,7 +149,9 @@ for round in $(seq "$rounds"); do
     args="-n $(echo "$n * $scale / 1" | bc) $args"
     for k in 0 1 2; do
       t=${targets[$(((k + round - 1) % 3))]}
-      runs[$name|$t]+="$(run "$t" "$args")"$'\n'
+      line=$(run "$t" "$args")
+      runs[$name|$t]+=$line$'\n'
+      echo "round $round, $name, $t: req/s p99-µs cpu-µs/req cpu0-% = $line" >&2
     done
   done
 done
