@@ -6,10 +6,17 @@
 # bench.localhost from the URL and connects to 127.0.0.1 (--connect-to), so nothing on the
 # machine has to resolve the name. Cases:
 #   h1 keep-alive    h2load --h1, 32 connections, one request in flight on each
-#   h1 handshakes    h2load --h1 with "Connection: close": the server closes after each
+#   h1 resumed       h2load --h1 with "Connection: close": the server closes after each
 #                    response and h2load reconnects, so every request is a new TCP
-#                    connection and a full TLS 1.3 handshake (h2load 1.52 never resumes a
-#                    session: it does not call SSL_set_session); handshakes/s = req/s
+#                    connection and a TLS 1.3 handshake; each h2load client keeps its TLS
+#                    session, so all but its first handshake are resumptions (PSK with
+#                    X25519, no certificate; all three servers resume), as a browser's are
+#   h1 full          h2load --h1 with as many clients as requests, started at a fixed rate
+#                    (-r, 600 per second): each client has one connection and a new session,
+#                    so each request is a full TLS 1.3 handshake (certificate, ECDSA
+#                    signature); req/s is then the offered rate while a server keeps up,
+#                    and CPU per request is CPU per full handshake
+# In both handshake cases handshakes/s = req/s.
 #   h2 32x10         h2load, 32 connections x 10 streams
 # Per run: req/s, p99 (from h2load's per-request log), and the proxy's CPU time per request
 # (utime+stime of its processes from /proc/PID/stat, before and after). Rounds rotate the
@@ -117,7 +124,8 @@ ticks() { local t=0 p; for p in "$@"; do t=$((t + $(sed 's/.*) //' "/proc/$p/sta
 # CASE: name|requests|h2load arguments (URL added by run). Request counts, not durations:
 # h2load's timed mode (-D) stalls once servers close connections (1.52).
 cases=("h1 keep-alive, 32 conns|60000|--h1 -c 32 -m 1"
-  "h1 new connection per request (handshakes), 32 conns|6000|--h1 -c 32 -m 1 -H connection:close"
+  "h1 new connection per request, resumed handshakes, 32 conns|6000|--h1 -c 32 -m 1 -H connection:close"
+  "h1 full handshakes, one per client, 600/s offered|3000|--h1 -c = -r 60 --rate-period 100ms"
   "h2, 32 conns x 10 streams|100000|-c 32 -m 10")
 # busy0: CPU 0's busy and total jiffies, from /proc/stat (as bench/cpus.sh reads them).
 busy0() { awk '/^cpu0 / {t=0; for (i=2;i<=9;i++) t+=$i; printf "%d %d", t-$5-$6, t}' /proc/stat; }
@@ -146,7 +154,8 @@ declare -A runs
 for round in $(seq "$rounds"); do
   for c in "${cases[@]}"; do
     IFS='|' read -r name n args <<<"$c"
-    args="-n $(echo "$n * $scale / 1" | bc) $args"
+    n=$(echo "$n * $scale / 1" | bc)
+    args="-n $n ${args/-c =/-c $n}"
     for k in 0 1 2; do
       t=${targets[$(((k + round - 1) % 3))]}
       line=$(run "$t" "$args")
@@ -171,4 +180,4 @@ for c in "${cases[@]}"; do
   done
 done
 echo
-echo "(handshakes case: each request is a new TLS 1.3 connection, so handshakes/s = req/s and CPU per request = CPU per handshake; proxy CPU busy = req/s x CPU per request, of its one CPU)"
+echo "(handshake cases: each request is a new TLS 1.3 connection, so handshakes/s = req/s and CPU per request = CPU per handshake; proxy CPU busy = req/s x CPU per request, of its one CPU)"
