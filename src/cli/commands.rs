@@ -171,57 +171,108 @@ pub(crate) async fn stop(
     if proxy {
         return stop_proxy(ctx).await;
     }
-    let (list, _) = instances(ctx).await?;
-    // name → (supervisor, server): the registry knows every supervisor, the proxy the servers.
-    let mut running: BTreeMap<Name, (i32, Option<i32>)> = {
+    let running = running(ctx).await?;
+    let mut failed = 0;
+    let targets: Vec<Name> = if all {
+        running.supervisors.keys().cloned().collect()
+    } else {
+        let mut targets = Vec::new();
+        for name in names {
+            match running.stoppable(&name) {
+                Err(why) => {
+                    crate::errln!("wharf: {why}");
+                    failed += 1;
+                }
+                Ok(()) if !targets.contains(&name) => targets.push(name),
+                Ok(()) => {}
+            }
+        }
+        targets
+    };
+    for (ok, line) in stop_running(ctx, &running, targets, grace).await? {
+        crate::errln!("wharf: {line}");
+        failed += usize::from(!ok);
+    }
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// The instances that run, as `stop` needs them.
+pub(crate) struct Running {
+    /// What the proxy (else the registry) lists.
+    pub(crate) listed: Vec<Listed>,
+    /// name → (supervisor, server): the registry knows every supervisor, the proxy the servers.
+    pub(crate) supervisors: BTreeMap<Name, (i32, Option<i32>)>,
+}
+
+impl Running {
+    /// Whether `name` is an instance that can be stopped; else why not, and what to do.
+    pub(crate) fn stoppable(&self, name: &Name) -> Result<(), String> {
+        if self
+            .listed
+            .iter()
+            .any(|l| l.alias && &l.instance.name == name)
+        {
+            Err(format!(
+                "'{name}' is an alias, not a process; remove it with `wharf alias --rm {name}`"
+            ))
+        } else if !self.supervisors.contains_key(name) {
+            Err(format!(
+                "no instance named '{name}' is running; `wharf ls` lists them"
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// What runs: the proxy's list and the registry's leases together.
+pub(crate) async fn running(ctx: &Context) -> anyhow::Result<Running> {
+    let (listed, _) = instances(ctx).await?;
+    let mut supervisors: BTreeMap<Name, (i32, Option<i32>)> = {
         let reg = registry(ctx)?;
         reg.leases
             .iter()
             .map(|(n, l)| (n.clone(), (l.holder.pid, None)))
             .collect()
     };
-    for l in list.iter().filter(|l| !l.alias) {
-        let entry = running
+    for l in listed.iter().filter(|l| !l.alias) {
+        let entry = supervisors
             .entry(l.instance.name.clone())
             .or_insert((l.instance.pid, None));
         if entry.0 == l.instance.pid {
             entry.1 = l.instance.child_pid;
         }
     }
-    let mut failed = 0;
-    let targets: Vec<Name> = if all {
-        running.keys().cloned().collect()
-    } else {
-        let mut targets = Vec::new();
-        for name in names {
-            if list.iter().any(|l| l.alias && l.instance.name == name) {
-                crate::errln!(
-                    "wharf: '{name}' is an alias, not a process; remove it with `wharf alias --rm {name}`"
-                );
-                failed += 1;
-            } else if !running.contains_key(&name) {
-                crate::errln!(
-                    "wharf: no instance named '{name}' is running; `wharf ls` lists them"
-                );
-                failed += 1;
-            } else if !targets.contains(&name) {
-                targets.push(name);
-            }
-        }
-        targets
-    };
+    Ok(Running {
+        listed,
+        supervisors,
+    })
+}
+
+/// Stop `targets` (instances of `running`): the routes go first, then every instance at the
+/// same time (`process::stop_instance`). One line per instance saying how it went, and
+/// whether it is gone.
+pub(crate) async fn stop_running(
+    ctx: &Context,
+    running: &Running,
+    targets: Vec<Name>,
+    grace: Duration,
+) -> anyhow::Result<Vec<(bool, String)>> {
+    let targets: Vec<(Name, (i32, Option<i32>))> = targets
+        .into_iter()
+        .filter_map(|n| running.supervisors.get(&n).map(|p| (n, *p)))
+        .collect();
     let runtime = ctx.dirs.runtime()?.to_path_buf();
     let mut proxy = launch::connect(&runtime).await;
     // The routes go first, so nobody is sent to a server that is shutting down.
     if let Some(c) = proxy.as_mut() {
-        for name in &targets {
+        for (name, _) in &targets {
             let _ = c.client.call(&Request::Stop { name: name.clone() }).await;
         }
     }
     let stops: Vec<_> = targets
         .into_iter()
-        .map(|name| {
-            let (pid, server) = running[&name];
+        .map(|(name, (pid, server))| {
             let stopping = tokio::task::spawn_blocking(move || match ProcessId::of(pid) {
                 None => Stopped::Cleanly,
                 Some(id) => crate::sys::process::stop_instance(id, server, grace),
@@ -229,22 +280,20 @@ pub(crate) async fn stop(
             (name, pid, stopping)
         })
         .collect();
+    let mut lines = Vec::new();
     for (name, pid, stopping) in stops {
-        match stopping.await? {
-            Stopped::Cleanly => crate::errln!("wharf: stopped {name} (pid {pid})"),
-            Stopped::Forced { killed } => crate::errln!(
-                "wharf: stopped {name} (pid {pid}); {killed} process(es) did not stop within {}s and were killed",
+        lines.push(match stopping.await? {
+            Stopped::Cleanly => (true, format!("stopped {name} (pid {pid})")),
+            Stopped::Forced { killed } => (true, format!(
+                "stopped {name} (pid {pid}); {killed} process(es) did not stop within {}s and were killed",
                 grace.as_secs()
-            ),
-            Stopped::Stuck => {
-                crate::errln!(
-                    "wharf: {name} (pid {pid}) survived SIGKILL; is it stuck in the kernel?"
-                );
-                failed += 1;
-            }
-        }
+            )),
+            Stopped::Stuck => (false, format!(
+                "{name} (pid {pid}) survived SIGKILL; is it stuck in the kernel?"
+            )),
+        });
     }
-    Ok(if failed == 0 { 0 } else { 1 })
+    Ok(lines)
 }
 
 /// `wharf url NAME`: the URL of a running instance (through the proxy, else its own port).
@@ -299,11 +348,30 @@ fn awaited(name: &Name, listed: Option<&Listed>, seen: bool) -> Awaited {
     }
 }
 
-/// `wharf wait NAME`: until the proxy lists NAME as ready (the readiness its `wharf run`
-/// reports: `READY=1`, a connection accepted or an answer, a listening server), then its URL;
-/// exit 1 with the reason if it fails, goes away, or `timeout` passes first. A name not yet
-/// running is waited for too: it may be starting.
+/// `wharf wait NAME`: until the proxy lists NAME as ready (`until_ready`), then its URL; exit 1
+/// with the reason if it fails, goes away, or `timeout` passes first.
 pub(crate) async fn wait(ctx: &Context, name: &Name, timeout: Duration) -> anyhow::Result<i32> {
+    match until_ready(ctx, name, timeout).await? {
+        Ok(url) => {
+            crate::outln!("{url}")?;
+            Ok(0)
+        }
+        Err(why) => {
+            crate::errln!("wharf: {why}");
+            Ok(1)
+        }
+    }
+}
+
+/// Until the proxy lists `name` as ready (the readiness its `wharf run` reports: `READY=1`, a
+/// connection accepted or an answer, a listening server): its URL; else why not, when it
+/// fails, goes away, or `timeout` passes first. A name not yet running is waited for too: it
+/// may be starting.
+pub(crate) async fn until_ready(
+    ctx: &Context,
+    name: &Name,
+    timeout: Duration,
+) -> anyhow::Result<Result<String, String>> {
     let runtime = ctx.dirs.runtime()?.to_path_buf();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut seen = false;
@@ -325,10 +393,7 @@ pub(crate) async fn wait(ctx: &Context, name: &Name, timeout: Duration) -> anyho
         };
         let this = listed.iter().find(|l| &l.instance.name == name);
         match awaited(name, this, seen) {
-            Awaited::Ready(url) => {
-                crate::outln!("{url}")?;
-                return Ok(0);
-            }
+            Awaited::Ready(url) => return Ok(Ok(url)),
             Awaited::Failed(why) => break why,
             Awaited::Pending => {}
         }
@@ -352,8 +417,7 @@ pub(crate) async fn wait(ctx: &Context, name: &Name, timeout: Duration) -> anyho
         }
         tokio::time::sleep(WAIT_POLL).await;
     };
-    crate::errln!("wharf: {why}");
-    Ok(1)
+    Ok(Err(why))
 }
 
 async fn stop_proxy(ctx: &Context) -> anyhow::Result<i32> {
