@@ -45,7 +45,7 @@ pub(crate) enum Command {
     Up(UpJsonCli),
     /// Stop the instances declared in wharf.toml (or only NAMES)
     Down(UpCli),
-    /// Show the output of an instance started by `wharf up`
+    /// Show the output of an instance started by `wharf up` (or `wharf mcp`)
     Logs(LogsCli),
     /// Print the path of wharf's local CA certificate (PEM), made if there is none yet
     Ca(CaCli),
@@ -57,6 +57,9 @@ pub(crate) enum Command {
     Url(UrlCli),
     /// Wait until an instance is ready, then print its URL (exit 1 with the reason if it fails)
     Wait(WaitCli),
+    /// Serve the Model Context Protocol on stdin/stdout, for coding agents: list, ensure, logs,
+    /// stop; what a session starts is stopped when it ends
+    Mcp,
 }
 
 #[derive(Debug, Args)]
@@ -149,7 +152,7 @@ pub(crate) struct LogsCli {
     pub(crate) follow: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 #[command(after_help = "Examples:\n  \
         wharf run --name api -- gunicorn app:app        # fd mode: gunicorn reads LISTEN_FDS\n  \
         wharf run --name docs -- python3 -m http.server -b 127.0.0.1 {port}\n  \

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::cli::args::{Cli, Command, ProxyCli};
-use crate::cli::{commands, hosts, https, run, service, up};
+use crate::cli::{commands, hosts, https, mcp, run, service, up};
 use crate::model::config;
 use crate::model::mode::Mode;
 use crate::model::project::Restart;
@@ -124,6 +124,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Url(args) => current_thread()?.block_on(commands::url(&ctx, &args.name)),
         Command::Wait(args) => {
             current_thread()?.block_on(commands::wait(&ctx, &args.name, args.timeout))
+        }
+        Command::Mcp => {
+            let (trust, grace, runtime) = (project_trust(&ctx)?, stop_grace()?, current_thread()?);
+            let code = runtime.block_on(mcp::run(ctx, trust, grace));
+            // A read of stdin may still be under way: it must not hold up the exit.
+            runtime.shutdown_background();
+            code
         }
     }
 }

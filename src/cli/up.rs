@@ -26,7 +26,7 @@ const REGISTER_PATIENCE: Duration = Duration::from_secs(15);
 
 /// The project file (`file`, else the nearest wharf.toml), read if `trust` allows it, and
 /// the instances `names` pick from it (all of them when `names` is empty).
-fn load(
+pub(crate) fn load(
     ctx: &Context,
     trust: &Trust,
     file: Option<&Path>,
@@ -227,7 +227,7 @@ pub(crate) async fn up(
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                let tail = tail(&log, 8);
+                let tail = crate::state::logs::tail(&log, 8).unwrap_or_default();
                 crate::errln!(
                     "wharf: {} ({}:{}) did not start ({status}); its log {} ends:\n{tail}",
                     decl.name,
@@ -333,6 +333,19 @@ fn spawn_supervisor(
     fingerprint: &str,
     log: &Path,
 ) -> std::io::Result<tokio::process::Child> {
+    supervisor(ctx, decl, file, fingerprint, log, &[])?.spawn()
+}
+
+/// The background `wharf run` of a declared instance, with `extra` options: in its own
+/// session, in the instance's directory, its output and its own errors in `log`.
+pub(crate) fn supervisor(
+    ctx: &Context,
+    decl: &Declared,
+    file: &Path,
+    fingerprint: &str,
+    log: &Path,
+    extra: &[&str],
+) -> std::io::Result<tokio::process::Command> {
     let mut cmd = tokio::process::Command::new(&ctx.self_exe);
     cmd.arg("run")
         .arg("--name")
@@ -376,7 +389,7 @@ fn spawn_supervisor(
         .arg(file)
         .arg("--fingerprint")
         .arg(fingerprint);
-    cmd.arg("--").args(&decl.command);
+    cmd.args(extra).arg("--").args(&decl.command);
     // Its own errors (a missing program, no free port) go to the log `wharf logs` shows.
     let stderr = crate::state::logs::open_append(log)?;
     // The shell's PORT is no preference for every instance of the file (each has `port`).
@@ -389,7 +402,7 @@ fn spawn_supervisor(
         .kill_on_drop(false);
     // The supervisor must not die with this terminal.
     launch::detach(&mut cmd);
-    cmd.spawn()
+    Ok(cmd)
 }
 
 /// Remove the route at once, then stop the instance: its supervisor and whatever its server
@@ -407,12 +420,6 @@ async fn stop(client: &mut crate::control::client::Client, l: &Listed) {
         })
         .await;
     }
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 pub(crate) async fn down(
@@ -448,7 +455,7 @@ pub(crate) fn logs(dirs: &Dirs, name: &Name, follow: bool) -> anyhow::Result<i32
     let path = crate::state::logs::path(&dirs.state, name);
     if !path.exists() && !follow {
         bail!(
-            "no log for '{name}' ({} does not exist); only instances started by `wharf up` keep one",
+            "no log for '{name}' ({} does not exist); only instances started by `wharf up` or `wharf mcp` keep one",
             path.display()
         );
     }

@@ -18,6 +18,7 @@ use crate::sys::trust::Trust;
 /// The variable that points `wharf hosts` (and a re-run of it through sudo) at another file.
 pub(crate) const HOSTS_ENV: &str = "WHARF_HOSTS_FILE";
 
+#[derive(Clone)]
 pub(crate) struct Context {
     pub(crate) dirs: Dirs,
     /// This binary, to run the exec step, the background proxy and supervisors.

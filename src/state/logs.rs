@@ -1,7 +1,7 @@
-//! Output of instances started in the background (`wharf up`): one file per instance in the
-//! state directory, bounded (rotated to `NAME.log.1` past `LIMIT`), and the reader behind
-//! `wharf logs NAME [-f]`. A supervisor `wharf up` starts has its own stderr in the same file
-//! (`open_append`), so its errors are kept too.
+//! Output of instances started in the background (`wharf up`, `wharf mcp`): one file per
+//! instance in the state directory, bounded (rotated to `NAME.log.1` past `LIMIT`), and the
+//! readers behind `wharf logs NAME [-f]` and `instance_logs`. A supervisor started so has its
+//! own stderr in the same file (`open_append`), so its errors are kept too.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -147,6 +147,20 @@ pub(crate) fn show(path: &Path, follow: bool, out: &mut impl Write) -> io::Resul
     }
 }
 
+/// The last `lines` lines of an instance's log, the rotated part included, as text (bytes
+/// that are not UTF-8 replaced).
+pub(crate) fn tail(path: &Path, lines: usize) -> io::Result<String> {
+    let mut bytes = match std::fs::read(rotated(path)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    bytes.extend(std::fs::read(path)?);
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    Ok(all[all.len().saturating_sub(lines)..].join("\n"))
+}
+
 fn wait_for(path: &Path) -> io::Result<File> {
     loop {
         match File::open(path) {
@@ -177,6 +191,17 @@ mod tests {
         let mut shown = Vec::new();
         show(&path, false, &mut shown).unwrap();
         assert_eq!(shown.len() as u64, (LIMIT / 1000 + 10) * 1000);
+    }
+
+    #[test]
+    fn the_tail_reaches_into_the_rotated_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.log");
+        std::fs::write(rotated(&path), "one\ntwo\n").unwrap();
+        std::fs::write(&path, "three\nfour\n").unwrap();
+        assert_eq!(tail(&path, 1).unwrap(), "four");
+        assert_eq!(tail(&path, 3).unwrap(), "two\nthree\nfour");
+        assert_eq!(tail(&path, 100).unwrap().lines().count(), 4);
     }
 
     /// `wharf run --log /tmp/x.log` once made /tmp 0700, for every user of the machine.

@@ -10,6 +10,7 @@ mod hostile;
 mod hosts;
 mod http2;
 mod https;
+mod mcp;
 mod names;
 mod pages;
 mod ports;
