@@ -41,7 +41,14 @@ const FAILURE_LINES: usize = 20;
 /// Serve one MCP session on stdin/stdout until the client goes (stdin closes) or a signal
 /// ends it; then stop what this session leased and nobody else holds.
 pub(crate) async fn run(ctx: Context, trust: Trust, grace: Duration) -> anyhow::Result<i32> {
+    use std::io::IsTerminal as _;
     use tokio::signal::unix::{SignalKind, signal};
+    if std::io::stdin().is_terminal() {
+        crate::errln!(
+            "wharf: wharf mcp speaks the Model Context Protocol on stdin/stdout, for an agent to \
+             start; add it to one with `claude mcp add wharf -- wharf mcp` (README: For agents)"
+        );
+    }
     let wharf = Wharf {
         session: Arc::new(Session {
             ctx,
