@@ -372,7 +372,8 @@ impl Wharf {
             ..s.ctx.clone()
         };
         let state = ctx.dirs.state()?.to_path_buf();
-        const EXTRA: [&str; 3] = ["--reuse", "--json", "--quiet"];
+        // `--reuse` decides between starting and reusing; `--json`'s events say which.
+        const EXTRA: [&str; 2] = ["--reuse", "--json"];
         if let (true, Some(wanted)) = (command.is_empty(), &name) {
             use crate::model::project::{ProjectError, find};
             if let Err(ProjectError::NotFound(_)) = find(dir) {
@@ -427,6 +428,7 @@ impl Wharf {
             .arg("--name")
             .arg(name.as_str())
             .args(EXTRA)
+            .arg("--quiet")
             .arg("--log")
             .arg(&log);
         if !command.is_empty() {

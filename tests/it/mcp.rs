@@ -329,3 +329,51 @@ fn two_sessions_share_a_lease_and_the_last_to_leave_stops_it() {
     by_hand.signal(libc::SIGTERM);
     by_hand.wait(PATIENCE);
 }
+
+/// Only a name: that instance of the project's wharf.toml, run as `wharf up` runs it (so `up`
+/// finds it unchanged), and the session's like any other.
+#[test]
+fn a_name_alone_ensures_the_declared_instance() {
+    let sb = Sandbox::new();
+    std::fs::write(
+        sb.dir.path().join("wharf.toml"),
+        format!(
+            "[instances.api]\ncommand = [{:?}, {:?}]\nport = 0\n\n[instances.other]\ncommand = \"false\"\n",
+            path_str(&python()),
+            path_str(&server_py())
+        ),
+    )
+    .unwrap();
+    let mut c = Client::start(&sb);
+    c.request(
+        "initialize",
+        json!({
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "wharf-test", "version": "0"},
+        }),
+    );
+    c.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    let dir = path_str(sb.dir.path());
+    let api = c.ok("ensure_instance", json!({"name": "api", "dir": dir}));
+    assert_eq!(api["reused"], false, "{api}");
+    let listed = sb.ls();
+    let declared = &listed.iter().find(|l| l["name"] == "api").unwrap()["declared"];
+    assert!(
+        declared["file"].as_str().unwrap().ends_with("wharf.toml"),
+        "{listed:?}"
+    );
+    let (status, log) = sb.output(&["up", "api"]);
+    assert!(status.success() && log.contains("unchanged"), "{log}");
+    let unknown = c.call("ensure_instance", json!({"name": "nope", "dir": dir}));
+    assert_eq!(unknown["isError"], true, "{unknown}");
+    let why = unknown["content"][0]["text"].as_str().unwrap();
+    assert!(why.contains("declares no instance 'nope'"), "{why}");
+    c.close();
+    let pid = api["pid"].as_i64().unwrap() as i32;
+    eventually(
+        "the declared instance stopped with the session",
+        PATIENCE,
+        || !sb.ls().iter().any(|l| l["name"] == "api") && gone(pid),
+    );
+}
