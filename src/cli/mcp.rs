@@ -457,24 +457,27 @@ impl Wharf {
     async fn logs(&self, args: LogsArgs) -> anyhow::Result<String> {
         let ctx = &self.session.ctx;
         let name: Name = args.name.parse().context("name")?;
-        let (list, _) = commands::instances(ctx).await?;
-        let listed = list.iter().find(|l| l.instance.name == name);
-        let path = listed
-            .and_then(|l| l.instance.about.log.clone())
-            .unwrap_or_else(|| logs::path(&ctx.dirs.state, &name));
-        if !path.exists() {
-            match listed {
-                Some(l) if l.alias => bail!("'{name}' is an alias: wharf runs no process for it"),
-                Some(l) => bail!(
+        let (list, via_proxy) = commands::instances(ctx).await?;
+        let path = match list.iter().find(|l| l.instance.name == name) {
+            Some(l) if l.alias => bail!("'{name}' is an alias: wharf runs no process for it"),
+            Some(l) => match &l.instance.about.log {
+                Some(log) => log.clone(),
+                // Only the proxy knows where an instance's output goes.
+                None if !via_proxy => logs::path(&ctx.dirs.state, &name),
+                None => bail!(
                     "'{name}' keeps no log: its output goes to the terminal of its `wharf run` \
                      (pid {}); instances started by ensure_instance or `wharf up` keep one",
                     l.instance.pid
                 ),
-                None => bail!(
-                    "no instance named '{name}' runs, and none left a log; list_instances \
-                     lists them"
-                ),
-            }
+            },
+            // Stopped: what it left behind, if anything.
+            None => logs::path(&ctx.dirs.state, &name),
+        };
+        if !path.exists() {
+            bail!(
+                "no log of '{name}' ({} does not exist); list_instances lists what runs",
+                path.display()
+            );
         }
         logs::tail(&path, args.lines.unwrap_or(DEFAULT_LINES))
             .with_context(|| format!("reading {}", path.display()))

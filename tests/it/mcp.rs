@@ -320,6 +320,10 @@ fn two_sessions_share_a_lease_and_the_last_to_leave_stops_it() {
     );
     assert_eq!(reused["reused"], true, "{reused}");
     assert_eq!(reused["leased"], false, "{reused}");
+    let no_log = c.call("instance_logs", json!({"name": "manual"}));
+    assert_eq!(no_log["isError"], true, "{no_log}");
+    let why = no_log["content"][0]["text"].as_str().unwrap();
+    assert!(why.contains("keeps no log"), "{why}");
     c.close();
     assert!(c.wait(PATIENCE).is_some());
     assert!(
