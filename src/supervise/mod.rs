@@ -138,6 +138,10 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         &bound,
     );
     route.instance.declared = args.declared.clone();
+    if args.on_demand {
+        // Registered as what it is until its first connection: not starting, waiting.
+        route.instance.state = crate::model::instance::State::Idle;
+    }
     route.instance.about = About::new(
         &argv,
         Some(ctx.cwd.clone()),
