@@ -414,20 +414,20 @@ mod tests {
         s.parse().unwrap()
     }
 
-    /// `n` ports in a row that nobody listens on right now (found by binding port 0).
+    /// `n` ports in a row that nobody uses right now, looked for in 15000-29999: below the
+    /// ephemeral range, which a machine busy with client connections (a benchmark beside the
+    /// tests) can fill so that even port 0 fails. Each test process starts elsewhere.
     fn free_run(n: u16) -> u16 {
-        'search: loop {
-            let base = local_port(&bind_loopback(0).unwrap()).unwrap();
-            if base.checked_add(n).is_none() {
-                continue;
+        static TRIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let start = std::process::id().wrapping_mul(7919);
+        for _ in 0..2000 {
+            let k = TRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let base = 15_000 + u16::try_from(start.wrapping_add(k * 16) % 15_000).unwrap();
+            if (base..base + n).all(|p| bind_loopback(p).is_ok()) {
+                return base;
             }
-            for p in base..base + n {
-                if bind_loopback(p).is_err() {
-                    continue 'search;
-                }
-            }
-            return base;
         }
+        panic!("no {n} free ports in a row in 15000-29999");
     }
 
     fn alloc(
