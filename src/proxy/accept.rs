@@ -1,7 +1,8 @@
 //! Accepting HTTP connections: the accept loop that survives errors, a 503 for clients over
 //! the descriptor budget, the deadlines and header limits, and a graceful drain on shutdown.
 //! Each connection starts in the express lane, `lane` (which keeps the first-byte and header
-//! deadlines); what the lane does not serve goes to hyper (`http2`, or HTTP/1.1 here). What
+//! deadlines); what the lane does not serve goes to hyper (`http2`, or HTTP/1.1 here). HTTPS
+//! connections (`tls`) start in the lane again once their handshake chose HTTP/1.1. What
 //! happens to each request is `lane`'s and `forward`'s job, by one rulebook, `rules`.
 
 use std::net::SocketAddr;
@@ -134,17 +135,32 @@ async fn connection(
     }
 }
 
-/// Shake hands, then serve what ALPN chose.
-async fn serve_tls<I>(io: I, peer: Peer, forwarder: Arc<Forwarder>, shutdown: CancellationToken)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+/// Shake hands, then serve what ALPN chose: HTTP/2 with hyper, HTTP/1.1 in the express lane
+/// as plain connections are, and with hyper what the lane hands over.
+async fn serve_tls(
+    io: Held<Replay<TcpStream>>,
+    peer: Peer,
+    forwarder: Arc<Forwarder>,
+    shutdown: CancellationToken,
+) {
     // `[proxy] https = false`: nothing to say to a TLS client in plain text.
     let Some(tls) = forwarder.tls() else { return };
     let within = forwarder.limits().header_read;
-    if let Some((io, alpn)) = tls.accept(io, &forwarder.routes, within).await {
-        let peer = Peer { tls: true, ..peer };
-        serve_hyper(io, alpn, peer, forwarder, shutdown).await;
+    let Some((io, alpn)) = tls.accept(io, &forwarder.routes, within).await else {
+        return;
+    };
+    let peer = Peer { tls: true, ..peer };
+    if alpn == Alpn::Http2 {
+        return serve_hyper(io, alpn, peer, forwarder, shutdown).await;
+    }
+    match lane::serve(io, peer.addr, &forwarder, &shutdown).await {
+        Outcome::Closed => {}
+        // ALPN said HTTP/1.1 (or nothing): hyper speaks it whatever the lane saw (an HTTP/2
+        // preface is then a bad request, as it always was).
+        Outcome::Handoff(_, io, read) => {
+            let io = Replay::new(read, io);
+            serve_hyper(io, Alpn::Http1, peer, forwarder, shutdown).await;
+        }
     }
 }
 

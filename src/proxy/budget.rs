@@ -206,6 +206,10 @@ impl<S> Held<S> {
     pub(crate) fn new(inner: S, fds: Fds) -> Held<S> {
         Held { inner, _fds: fds }
     }
+
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Held<S> {

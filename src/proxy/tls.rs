@@ -1,6 +1,7 @@
 //! HTTPS on the proxy's own listeners. A connection whose first byte opens a TLS handshake
 //! record (0x16; no HTTP request starts so) comes here from the lane; what it carries after
-//! the handshake goes to hyper, HTTP/2 or HTTP/1.1 as ALPN chose.
+//! the handshake goes, as ALPN chose, to hyper's HTTP/2 or back to the lane as HTTP/1.1
+//! (`proxy::accept`).
 //!
 //! The ClientHello is read first, and its name (SNI) decides: `localhost`, or a name the
 //! proxy routes, gets a certificate for that name from the local CA (`ca::leaves`, issued on

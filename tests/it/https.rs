@@ -7,6 +7,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::express::{Reply, Scripted, alias};
 use super::util::*;
 
 /// The CA certificate's path (`wharf ca`).
@@ -657,3 +658,158 @@ fn python_urllib_reaches_an_instance_by_name_with_its_bundle() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with("200 "), "{stdout}{stderr}");
 }
+
+/// A Python client on one TLS connection (ALPN `http/1.1`) to `host` on the proxy's `port`:
+/// each of `requests` (`[method, path, body length]`) in turn; per response its status,
+/// headers, body length and whether it is all `b`s (or the body, when short), and whether the
+/// TLS connection was still the first one.
+fn https_session(sb: &Sandbox, port: u16, host: &str, requests: &str) -> Vec<serde_json::Value> {
+    const CLIENT: &str = r#"
+import http.client, json, socket, ssl, sys
+host, port, ca, requests = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+ctx = ssl.create_default_context(cafile=ca)
+ctx.set_alpn_protocols(["http/1.1"])
+conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=20)
+conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=20), server_hostname=host)
+first = conn.sock
+for method, path, length in requests:
+    conn.request(method, path, body=b"p" * length if length else None)
+    r = conn.getresponse()
+    body = r.read()
+    print(json.dumps({
+        "status": r.status,
+        "headers": {k.lower(): v for k, v in r.getheaders()},
+        "len": len(body),
+        "all_b": body == b"b" * len(body),
+        "body": body.decode("latin-1") if len(body) < 4096 else "",
+        "same_connection": conn.sock is first,
+        "alpn": first.selected_alpn_protocol(),
+    }), flush=True)
+"#;
+    let out = Command::new(python())
+        .args(["-c", CLIENT, host, &port.to_string(), &ca(sb), requests])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+h1test!(
+    http1_over_tls_keeps_both_connections_and_reframes_chunked_answers,
+    |sb: Sandbox| {
+        let backend = Scripted::start(|line, _| {
+            if line.starts_with("GET /chunked") {
+                Reply::Send(
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                      5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+                )
+            } else {
+                Reply::Send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            }
+        });
+        let port = alias(&sb, "tls", backend.port);
+        let got = https_session(
+            &sb,
+            port,
+            "tls.localhost",
+            r#"[["GET", "/one", 0], ["GET", "/chunked", 0], ["GET", "/two", 0]]"#,
+        );
+        assert_eq!(got.len(), 3, "{got:?}");
+        for r in &got {
+            assert_eq!(r["status"], 200, "{r}");
+            assert_eq!(r["same_connection"], true, "{r}");
+            assert_eq!(r["alpn"], "http/1.1", "{r}");
+        }
+        assert_eq!(got[0]["body"], "ok");
+        assert_eq!(got[1]["body"], "hello world");
+        assert_eq!(got[1]["headers"]["transfer-encoding"], "chunked");
+        assert_eq!(got[2]["body"], "ok");
+        let lines = backend.seen();
+        assert_eq!(
+            lines,
+            [
+                (0, "GET /one HTTP/1.1".to_string()),
+                (0, "GET /chunked HTTP/1.1".to_string()),
+                (0, "GET /two HTTP/1.1".to_string()),
+            ],
+            "one upstream connection for the client's one"
+        );
+    }
+);
+
+h1test!(
+    http1_over_tls_carries_forwarded_proto_bodies_and_a_large_response,
+    |sb: Sandbox| {
+        let app = sb.serve("app", &[]);
+        let port = app.url_port();
+        let got = https_session(
+            &sb,
+            port,
+            "app.localhost",
+            r#"[["GET", "/", 0], ["POST", "/up", 100000], ["GET", "/big/1", 0], ["GET", "/", 0]]"#,
+        );
+        assert_eq!(got.len(), 4, "{got:?}");
+        for r in &got {
+            assert_eq!(r["status"], 200, "{r}");
+            assert_eq!(r["same_connection"], true, "{r}");
+        }
+        for seen in [&got[0], &got[3]] {
+            let seen: serde_json::Value =
+                serde_json::from_str(seen["body"].as_str().unwrap()).unwrap();
+            assert_eq!(seen["headers"]["x-forwarded-proto"], "https", "{seen}");
+            assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1", "{seen}");
+            assert_eq!(seen["headers"]["host"], format!("app.localhost:{port}"));
+        }
+        assert_eq!(got[1]["body"], r#"{"received": 100000}"#);
+        assert_eq!(got[2]["len"], 1 << 20);
+        assert_eq!(got[2]["all_b"], true);
+    }
+);
+
+h1test!(
+    an_answer_until_the_close_ends_with_close_notify_over_tls,
+    hyper: #[ignore = "hyper's path closes such a TLS connection without close_notify, after \
+                       15 s (found with the lane over TLS, left for its own change)"],
+    |sb: Sandbox| {
+        let backend = Scripted::start(|_, _| {
+            Reply::SendAndClose(b"HTTP/1.1 200 OK\r\n\r\nuntil the close")
+        });
+        let port = alias(&sb, "tls", backend.port);
+        // An answer that runs until the close ends with close_notify, so a client can tell
+        // its end from a cut (Python raises SSLEOFError on a close without one here).
+        const UNTIL_CLOSE: &str = r#"
+import socket, ssl, sys
+host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.set_alpn_protocols(["http/1.1"])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=20),
+                    server_hostname=host, suppress_ragged_eofs=False)
+s.sendall(f"GET /until-close HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+got = b""
+while chunk := s.recv(65536):
+    got += chunk
+print(got.split(b"\r\n\r\n", 1)[1].decode())
+"#;
+        let out = Command::new(python())
+            .args([
+                "-c",
+                UNTIL_CLOSE,
+                "tls.localhost",
+                &port.to_string(),
+                &ca(&sb),
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "until the close\n");
+    }
+);

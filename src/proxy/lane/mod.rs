@@ -6,22 +6,26 @@
 //! `X-Forwarded-*` and `Via` written in place of the client's), sends the body on, and
 //! streams the response back over the upstream connection this client connection keeps,
 //! re-framing chunked bodies. No header maps, no boxed bodies, no connection task: the request
-//! is served in the client's own task.
+//! is served in the client's own task. It does so on plain TCP and, once `proxy::tls` has
+//! shaken hands and ALPN said HTTP/1.1 (or nothing), on TLS (`client`: long bodies are spliced
+//! on plain TCP only, and requests over TLS say `X-Forwarded-Proto: https`).
 //!
 //! Anything else — a chunked body, an upgrade, `Expect`, HTTP/1.0, an absolute-form target, a
 //! Host that is not a ready instance, anything odd or over a limit — is handed to hyper, with
 //! the bytes read so far, before the lane has answered or forwarded any of it. hyper then
-//! serves the connection to its end and gives the answers and errors it always gave. With
-//! `[proxy] express = false` every request is handed over so: the lane only keeps the first
-//! request's deadlines and tells HTTP/2 from HTTP/1.1.
+//! serves the connection (over TLS, the TLS stream) to its end and gives the answers and
+//! errors it always gave. With `[proxy] express = false` every request is handed over so: the
+//! lane only keeps the first request's deadlines and tells HTTP/2 from HTTP/1.1 and TLS.
 
 pub(crate) mod chunked;
+mod client;
 mod lines;
 mod relay;
 mod request;
 mod response;
 mod splice;
 
+use client::Client;
 pub(crate) use relay::linger;
 
 use std::io;
@@ -30,15 +34,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::proxy::deadline::Timer;
 use crate::proxy::errors::ProxyError;
 use crate::proxy::forward::Forwarder;
-use crate::proxy::lane::relay::{BodyFailure, client_gone, went_away, write_client};
+use crate::proxy::lane::relay::{BodyFailure, went_away};
 use crate::proxy::lane::request::{Plan, plan};
 use crate::proxy::lane::response::{Answer, Failure, Framing, exchange_heads, page_bytes};
 use crate::proxy::limits::Limits;
@@ -54,12 +57,12 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const TLS_HANDSHAKE: u8 = 0x16;
 
 /// How the lane left a client connection.
-pub(crate) enum Outcome {
+pub(crate) enum Outcome<C> {
     /// Served and closed (or the client went away).
     Closed,
     /// hyper serves the rest, in this protocol: the connection and what was read from it but
     /// not used.
-    Handoff(Protocol, TcpStream, BytesMut),
+    Handoff(Protocol, C, BytesMut),
 }
 
 /// What hyper is to speak on a connection the lane hands over.
@@ -73,12 +76,12 @@ pub(crate) enum Protocol {
 }
 
 /// Serve `client` for as long as its requests fit the lane.
-pub(crate) async fn serve(
-    client: TcpStream,
+pub(crate) async fn serve<C: Client>(
+    client: C,
     peer: SocketAddr,
     forwarder: &Forwarder,
     shutdown: &CancellationToken,
-) -> Outcome {
+) -> Outcome<C> {
     let mut lane = Lane {
         client,
         // Rendered once: every request's X-Forwarded-For carries it.
@@ -90,7 +93,9 @@ pub(crate) async fn serve(
         request: Vec::new(),
         out: Vec::new(),
         upstream: None,
-        fresh: true,
+        // Over TLS the handshake was the first byte; the head has `header_read`, and a
+        // record of its own is no ClientHello.
+        fresh: !C::TLS,
         unread: 0,
     };
     let handoff = lane.run(shutdown).await;
@@ -99,12 +104,20 @@ pub(crate) async fn serve(
     }
     match handoff {
         Some(protocol) => Outcome::Handoff(protocol, lane.client, lane.inbuf),
-        None => Outcome::Closed,
+        None => {
+            if C::TLS {
+                // close_notify: how a TLS client tells the end of an answer that runs until
+                // the close from a cut (OpenSSL reports a close without one as an error).
+                let stall = forwarder.limits.write_stall;
+                let _ = tokio::time::timeout(stall, lane.client.shutdown()).await;
+            }
+            Outcome::Closed
+        }
     }
 }
 
-struct Lane<'f> {
-    client: TcpStream,
+struct Lane<'f, C> {
+    client: C,
     /// The client's address, as X-Forwarded-For gives it.
     peer: String,
     forwarder: &'f Forwarder,
@@ -137,7 +150,7 @@ fn unreachable(plan: &Plan, e: io::Error, reused: bool, answered: bool) -> Proxy
     ProxyError::unreachable(name, plan.addr, reused, answered, Box::new(e))
 }
 
-impl Lane<'_> {
+impl<C: Client> Lane<'_, C> {
     /// Serve requests until the connection ends (None) or must go to hyper.
     async fn run(&mut self, shutdown: &CancellationToken) -> Option<Protocol> {
         let mut cancelled = std::pin::pin!(shutdown.cancelled());
@@ -179,7 +192,8 @@ impl Lane<'_> {
                 let mut req = httparse::Request::new(&mut headers);
                 match req.parse(&self.inbuf) {
                     Ok(httparse::Status::Complete(len)) if len <= limits.max_head => {
-                        let plan = plan(&req, self.forwarder, &self.peer, &mut self.request);
+                        let (forwarder, peer) = (self.forwarder, &self.peer);
+                        let plan = plan(&req, forwarder, peer, C::TLS, &mut self.request);
                         let Some(plan) = plan else {
                             return Next::Handoff(Protocol::Http1);
                         };
@@ -202,7 +216,7 @@ impl Lane<'_> {
                 .filter(|at| *at < deadline);
             let read = tokio::select! {
                 biased;
-                read = self.client.read_buf(&mut self.inbuf) => Some(read),
+                read = self.client.read_into(&mut self.inbuf) => Some(read),
                 () = self.timer.until(release.unwrap_or(deadline)) => None,
                 _ = cancelled.as_mut(), if self.inbuf.is_empty() => return Next::Close,
             };
@@ -337,7 +351,7 @@ impl Lane<'_> {
                 result = exchange => Some(result),
                 () = self.timer.until(deadline) => None,
                 // Nobody is left to answer: drop the request (and its connection).
-                () = client_gone(&self.client) => return Err(went_away()),
+                () = self.client.gone() => return Err(went_away()),
             };
             match result {
                 Some(Ok(answer)) => {
@@ -403,12 +417,8 @@ impl Lane<'_> {
             &mut self.out,
         )
         .await;
-        write_client(
-            &mut self.client,
-            &self.out,
-            self.forwarder.limits.write_stall,
-        )
-        .await
+        let stall = self.forwarder.limits.write_stall;
+        self.client.send(&self.out, stall).await
     }
 }
 
@@ -425,6 +435,15 @@ pub(crate) struct Replay<S> {
 impl<S> Replay<S> {
     pub(crate) fn new(buffered: BytesMut, inner: S) -> Self {
         Replay { buffered, inner }
+    }
+
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Bytes read ahead are still to be given back.
+    pub(crate) fn has_buffered(&self) -> bool {
+        !self.buffered.is_empty()
     }
 }
 

@@ -6,11 +6,11 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::proxy::deadline::{self, CLIENT_STALLED};
+use crate::proxy::deadline;
 use crate::proxy::lane::chunked::Decoder;
+use crate::proxy::lane::client::Client;
 use crate::proxy::lane::response::Framing;
 use crate::proxy::lane::splice::Pipe;
 use crate::proxy::lane::{BODY_BUF, Lane};
@@ -26,7 +26,7 @@ pub(super) enum BodyFailure {
     ClientGone,
 }
 
-impl Lane<'_> {
+impl<C: Client> Lane<'_, C> {
     /// Send the request head and its body: what the head read brought, then the rest from the
     /// client, each read within `Limits::body_idle`, each write within the upstream timeout.
     pub(super) async fn send_with_body(&mut self, up: &mut Upstream) -> Result<(), BodyFailure> {
@@ -54,7 +54,7 @@ impl Lane<'_> {
                 return Ok(());
             }
             self.inbuf.reserve(BODY_BUF);
-            match tokio::time::timeout(body_idle, self.client.read_buf(&mut self.inbuf)).await {
+            match tokio::time::timeout(body_idle, self.client.read_into(&mut self.inbuf)).await {
                 Err(_) => return Err(BodyFailure::Stalled),
                 Ok(Ok(0) | Err(_)) => return Err(BodyFailure::ClientGone),
                 Ok(Ok(_)) => {}
@@ -70,29 +70,25 @@ impl Lane<'_> {
         framing: Framing,
     ) -> io::Result<bool> {
         match framing {
-            Framing::Empty => write_client(
-                &mut self.client,
-                &self.out,
-                self.forwarder.limits.write_stall,
-            )
-            .await
-            .map(|()| true),
+            Framing::Empty => self
+                .client
+                .send(&self.out, self.forwarder.limits.write_stall)
+                .await
+                .map(|()| true),
             Framing::Length(mut left) => {
                 let take = body_part(self.upbuf.len(), left);
                 self.out.extend_from_slice(&self.upbuf[..take]);
                 self.upbuf.advance(take);
                 left -= take as u64;
-                write_client(
-                    &mut self.client,
-                    &self.out,
-                    self.forwarder.limits.write_stall,
-                )
-                .await?;
+                self.client
+                    .send(&self.out, self.forwarder.limits.write_stall)
+                    .await?;
                 if left > BODY_BUF as u64
+                    && let Some(to) = self.client.splice_target()
                     && let Some(pipe) = Pipe::open(&self.forwarder.budget)
                 {
                     let stall = self.forwarder.limits.write_stall;
-                    return pipe.relay(&up.stream, &self.client, left, stall).await;
+                    return pipe.relay(&up.stream, to, left, stall).await;
                 }
                 if left > 0 {
                     up.ack_now();
@@ -102,12 +98,9 @@ impl Lane<'_> {
                         return Ok(false);
                     }
                     let take = body_part(self.upbuf.len(), left);
-                    write_client(
-                        &mut self.client,
-                        &self.upbuf[..take],
-                        self.forwarder.limits.write_stall,
-                    )
-                    .await?;
+                    self.client
+                        .send(&self.upbuf[..take], self.forwarder.limits.write_stall)
+                        .await?;
                     self.upbuf.advance(take);
                     left -= take as u64;
                 }
@@ -125,12 +118,9 @@ impl Lane<'_> {
                     });
                     let Ok(used) = decoded else {
                         // Pass on the head and what was valid; closing tells the rest.
-                        write_client(
-                            &mut self.client,
-                            &self.out,
-                            self.forwarder.limits.write_stall,
-                        )
-                        .await?;
+                        self.client
+                            .send(&self.out, self.forwarder.limits.write_stall)
+                            .await?;
                         return Ok(false);
                     };
                     self.upbuf.advance(used);
@@ -138,12 +128,9 @@ impl Lane<'_> {
                         self.out.extend_from_slice(b"0\r\n\r\n");
                     }
                     if !self.out.is_empty() {
-                        write_client(
-                            &mut self.client,
-                            &self.out,
-                            self.forwarder.limits.write_stall,
-                        )
-                        .await?;
+                        self.client
+                            .send(&self.out, self.forwarder.limits.write_stall)
+                            .await?;
                         self.out.clear();
                     }
                     if decoder.is_done() {
@@ -161,23 +148,17 @@ impl Lane<'_> {
             Framing::UntilClose => {
                 self.out.extend_from_slice(&self.upbuf);
                 self.upbuf.clear();
-                write_client(
-                    &mut self.client,
-                    &self.out,
-                    self.forwarder.limits.write_stall,
-                )
-                .await?;
+                self.client
+                    .send(&self.out, self.forwarder.limits.write_stall)
+                    .await?;
                 up.ack_now();
                 loop {
                     if read_upstream(up, &mut self.upbuf, &self.client).await? == 0 {
                         return Ok(true);
                     }
-                    write_client(
-                        &mut self.client,
-                        &self.upbuf,
-                        self.forwarder.limits.write_stall,
-                    )
-                    .await?;
+                    self.client
+                        .send(&self.upbuf, self.forwarder.limits.write_stall)
+                        .await?;
                     self.upbuf.clear();
                 }
             }
@@ -189,24 +170,13 @@ impl Lane<'_> {
 pub(super) async fn read_upstream(
     up: &mut Upstream,
     buf: &mut BytesMut,
-    client: &TcpStream,
+    client: &impl Client,
 ) -> io::Result<usize> {
     buf.reserve(BODY_BUF);
     tokio::select! {
         biased;
         n = up.stream.read_buf(buf) => n,
-        () = client_gone(client) => Err(went_away()),
-    }
-}
-
-/// Resolves once the client has closed its connection (or it failed). Bytes it sent ahead, a
-/// pipelined request, are not a close: then this never resolves.
-pub(super) async fn client_gone(client: &TcpStream) {
-    let mut byte = [0u8; 1];
-    let mut buf = ReadBuf::new(&mut byte);
-    match std::future::poll_fn(|cx| client.poll_peek(cx, &mut buf)).await {
-        Ok(0) | Err(_) => {}
-        Ok(_) => std::future::pending().await,
+        () = client.gone() => Err(went_away()),
     }
 }
 
@@ -214,28 +184,10 @@ pub(super) fn went_away() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "the client went away")
 }
 
-/// Write all of `bytes`; what the socket does not take at once must go within `stall`.
-pub(super) async fn write_client(
-    client: &mut TcpStream,
-    bytes: &[u8],
-    stall: Duration,
-) -> io::Result<()> {
-    // Usually the socket takes it all at once, and no timer is needed.
-    let sent = match client.try_write(bytes) {
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(e) => return Err(e),
-    };
-    if sent == bytes.len() {
-        return Ok(());
-    }
-    deadline::within(stall, CLIENT_STALLED, client.write_all(&bytes[sent..])).await
-}
-
 /// Close a connection whose request was answered before its body was all read: stop
 /// writing, then discard what the client still sends for up to `within`, so that closing
 /// with unread bytes does not reset the connection before the client has read the answer.
-pub(crate) async fn linger(client: &mut TcpStream, within: Duration) {
+pub(crate) async fn linger(client: &mut (impl AsyncRead + AsyncWrite + Unpin), within: Duration) {
     let _ = client.shutdown().await;
     // On the heap: in the future, it would be copied with every connection's task.
     let mut sink = vec![0u8; 8 * 1024];

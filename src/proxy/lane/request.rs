@@ -25,16 +25,17 @@ pub(super) struct Plan {
 }
 
 /// Check a request head against everything the lane does not do, and write its upstream head
-/// into `request`. None: hyper takes it.
+/// into `request`. None: hyper takes it. `tls`: the request came over HTTPS.
 pub(super) fn plan(
     req: &httparse::Request<'_, '_>,
     forwarder: &Forwarder,
     peer: &str,
+    tls: bool,
     request: &mut Vec<u8>,
 ) -> Option<Plan> {
     let (method, path) = (req.method?, req.path?);
     if !forwarder.express
-        || forwarder.redirect.is_some()
+        || (forwarder.redirect.is_some() && !tls)
         || req.version != Some(1)
         || method == "CONNECT"
         || !path.starts_with('/')
@@ -131,7 +132,7 @@ pub(super) fn plan(
         .map(|h| h.value);
     rules::forwarded_for(prior, peer.as_bytes(), request);
     request.extend_from_slice(b"\r\n");
-    for (name, value) in rules::forwarded_headers(host, false) {
+    for (name, value) in rules::forwarded_headers(host, tls) {
         header_line(request, name.as_bytes(), value);
     }
     request.extend_from_slice(b"\r\n");
@@ -183,7 +184,7 @@ mod tests {
         let mut req = httparse::Request::new(&mut headers);
         assert!(req.parse(head.as_bytes()).unwrap().is_complete(), "{head}");
         let mut out = Vec::new();
-        let plan = plan(&req, &forwarder(), "127.0.0.1", &mut out)?;
+        let plan = plan(&req, &forwarder(), "127.0.0.1", false, &mut out)?;
         let decision = (plan.keep_alive, plan.idempotent, plan.head, plan.body);
         Some((decision, String::from_utf8(out).unwrap()))
     }

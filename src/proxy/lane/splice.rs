@@ -11,7 +11,8 @@ use tokio::net::TcpStream;
 
 use crate::proxy::budget::{Budget, Fds};
 use crate::proxy::deadline::{self, CLIENT_STALLED};
-use crate::proxy::lane::{client_gone, went_away};
+use crate::proxy::lane::client::socket_gone;
+use crate::proxy::lane::went_away;
 
 /// Bytes moved per splice: the default pipe capacity.
 const CHUNK: usize = 64 * 1024;
@@ -59,7 +60,7 @@ impl Pipe {
             let filled = tokio::select! {
                 biased;
                 n = io_op(from, Interest::READABLE, || splice(from, &self.write, want)) => n?,
-                () = client_gone(to) => return Err(went_away()),
+                () = socket_gone(to) => return Err(went_away()),
             };
             if filled == 0 {
                 return Ok(false);

@@ -1,0 +1,139 @@
+//! The client side of a lane connection: a plain TCP stream, or the TLS stream `proxy::tls`
+//! made of one. The lane is generic over it (monomorphised: the plain path pays nothing for
+//! TLS), and asks it three things beyond reading and writing: whether it is TLS (for
+//! `X-Forwarded-Proto` and the redirect), the socket a long body may be spliced into (plain
+//! only: over TLS the bytes must pass through rustls), and whether the client has gone away.
+
+use std::future::Future;
+use std::io;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use crate::proxy::budget::Held;
+use crate::proxy::deadline::{self, CLIENT_STALLED};
+use crate::proxy::lane::Replay;
+
+/// A client connection the lane serves.
+pub(crate) trait Client: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Requests arrive over TLS (`https`).
+    const TLS: bool;
+
+    /// The socket a response body may be spliced into, when the bytes go to it unchanged.
+    fn splice_target(&self) -> Option<&TcpStream>;
+
+    /// Resolves once the client has closed its connection (or it failed). Bytes it sent
+    /// ahead — a pipelined request, or over TLS any record (a close_notify too) — are not a
+    /// close: then this never resolves, and the next read finds out what they are.
+    fn gone(&self) -> impl Future<Output = ()> + Send + '_;
+
+    /// Read what the client sent next into `buf`; 0 at its end.
+    fn read_into(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
+
+    /// Write all of `bytes` (and, over TLS, the records they make); what the socket does not
+    /// take at once must go within `stall`.
+    fn send(
+        &mut self,
+        bytes: &[u8],
+        stall: Duration,
+    ) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl Client for TcpStream {
+    const TLS: bool = false;
+
+    fn splice_target(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+
+    fn gone(&self) -> impl Future<Output = ()> + Send + '_ {
+        socket_gone(self)
+    }
+
+    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        self.read_buf(buf).await
+    }
+
+    async fn send(&mut self, bytes: &[u8], stall: Duration) -> io::Result<()> {
+        // Usually the socket takes it all at once, and no timer is needed.
+        let sent = match self.try_write(bytes) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if sent == bytes.len() {
+            return Ok(());
+        }
+        deadline::within(stall, CLIENT_STALLED, self.write_all(&bytes[sent..])).await
+    }
+}
+
+/// HTTPS after the handshake: what `proxy::accept` hands `proxy::tls`, a TCP stream behind
+/// the bytes the lane read before it saw a ClientHello, holding its share of the budget.
+type TlsClient = TlsStream<Held<Replay<TcpStream>>>;
+
+impl Client for TlsClient {
+    const TLS: bool = true;
+
+    fn splice_target(&self) -> Option<&TcpStream> {
+        None
+    }
+
+    fn gone(&self) -> impl Future<Output = ()> + Send + '_ {
+        // rustls may hold records or plaintext it has read already; those were bytes ahead
+        // on the socket, as a plain client's pipelined request in the lane's buffer is, and
+        // are not a close either. What the socket says next decides, as for plain TCP.
+        let replay = self.get_ref().0.get_ref();
+        let ahead = replay.has_buffered();
+        let socket = replay.get_ref();
+        async move {
+            if ahead {
+                std::future::pending::<()>().await;
+            }
+            socket_gone(socket).await;
+        }
+    }
+
+    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        std::future::poll_fn(|cx| {
+            let read = tokio_util::io::poll_read_buf(Pin::new(&mut *self), cx, buf);
+            // What rustls answers on its own while reading (a `no_renegotiation` alert, a
+            // TLS 1.3 key update) waits in its buffer for a write; none may come, so it goes
+            // now. A failure shows on the next read.
+            if self.get_ref().1.wants_write() {
+                let _ = Pin::new(&mut *self).poll_flush(cx);
+            }
+            read
+        })
+        .await
+    }
+
+    async fn send(&mut self, bytes: &[u8], stall: Duration) -> io::Result<()> {
+        // rustls encrypts into its own buffer and writes what the socket takes; the flush
+        // sends the rest. Tried once without a timer: usually the socket takes it all.
+        let mut write = pin!(async {
+            self.write_all(bytes).await?;
+            self.flush().await
+        });
+        if let Poll::Ready(done) = write.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            return done;
+        }
+        deadline::within(stall, CLIENT_STALLED, write).await
+    }
+}
+
+/// Resolves once the peer of `socket` has closed it (or it failed); never while it has
+/// bytes to read.
+pub(super) async fn socket_gone(socket: &TcpStream) {
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    match std::future::poll_fn(|cx| socket.poll_peek(cx, &mut buf)).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
