@@ -239,16 +239,7 @@ mod imp {
                 .filter(|p| p.group == root && p.pid != root)
                 .map(|p| p.pid),
         );
-        let by_pid: HashMap<i32, &Entry> = table.iter().map(|e| (e.pid, e)).collect();
-        descendants(seeds, &table)
-            .into_iter()
-            .filter_map(|pid| by_pid.get(&pid))
-            .filter(|e| !e.zombie)
-            .map(|e| ProcessId {
-                pid: e.pid,
-                start: e.start,
-            })
-            .collect()
+        living(seeds, &table)
     }
 
     /// One process, as its stat says.
@@ -304,8 +295,13 @@ mod imp {
                 seeds.push(e.pid);
             }
         }
+        living(seeds, &table)
+    }
+
+    /// `seeds` and everything below them in `table` that has not exited.
+    fn living(seeds: Vec<i32>, table: &[Entry]) -> Vec<ProcessId> {
         let by_pid: HashMap<i32, &Entry> = table.iter().map(|e| (e.pid, e)).collect();
-        descendants(seeds, &table)
+        descendants(seeds, table)
             .into_iter()
             .filter_map(|pid| by_pid.get(&pid))
             .filter(|e| !e.zombie)
