@@ -40,6 +40,8 @@ pub(crate) fn environment(
     user: impl Fn(&str) -> Option<PathBuf>,
 ) -> Result<Vec<(&'static str, PathBuf)>, CaError> {
     let mut vars = Vec::new();
+    // The system's roots plus the CA, read and written once for every variable that uses it.
+    let mut system = None;
     for var in VARS {
         // A value that is already one of these files (an instance's own, or an earlier
         // `wharf env --ca`) says nothing of the user's roots.
@@ -48,7 +50,12 @@ pub(crate) fn environment(
             // Node's are extra certificates: the CA alone will do.
             ("NODE_EXTRA_CA_CERTS", None) => ca.cert_path().to_path_buf(),
             (_, Some(base)) => write(state, ca, &format!("{var}.pem"), &read(base))?,
-            (_, None) => write(state, ca, "bundle.pem", &system_roots())?,
+            (_, None) => match &system {
+                Some(path) => PathBuf::clone(path),
+                None => system
+                    .insert(write(state, ca, "bundle.pem", &system_roots())?)
+                    .clone(),
+            },
         };
         vars.push((var, path));
     }
