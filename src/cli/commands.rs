@@ -339,7 +339,9 @@ fn awaited(name: &Name, listed: Option<&Listed>, seen: bool) -> Awaited {
                     .map(|e| format!(" (its server {e})"))
                     .unwrap_or_default()
             )),
-            State::Starting | State::Restarting | State::Running => Awaited::Pending,
+            State::Starting | State::Restarting | State::Running | State::Unhealthy => {
+                Awaited::Pending
+            }
         },
         None if seen => Awaited::Failed(format!(
             "'{name}' stopped before it was ready; its output says why"

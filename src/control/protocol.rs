@@ -2,7 +2,7 @@
 //! line, over a Unix stream socket in the private runtime directory (same user only). This
 //! file owns the messages; `client` and `proxy::control` are the two ends.
 //!
-//! Requests (`op`): `hello`, `register`, `list`, `stop`, `alias`. Every request gets one
+//! Requests (`op`): `hello`, `register`, `list`, `stop`, `alias`, `reload`, `reloaded`. Every request gets one
 //! response line: `{"ok":true,…}` or `{"ok":false,"error":"…"}`. A `register`ed route lives as
 //! long as the connection that registered it; on shutdown the proxy sends
 //! `{"ok":true,"event":"stopping"}` before closing. While routes live, the proxy sends their
@@ -39,6 +39,23 @@ pub(crate) enum Request {
     Alias {
         name: Name,
         addr: Option<SocketAddr>,
+    },
+    /// Start a new version of `name`'s server(s) and switch to it once ready, one member at a
+    /// time (only `member`, if given). The proxy passes a `reload` event to each member's
+    /// registration connection and answers when every one has reported (`reloaded`), or at the
+    /// first that failed, with its `error`.
+    Reload {
+        name: Name,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member: Option<u32>,
+    },
+    /// A supervisor's report on the `reload` event numbered `reload`: `error` (with the new
+    /// version's last output) when the new version did not become ready and the old one
+    /// kept serving.
+    Reloaded {
+        reload: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
 }
 
@@ -79,12 +96,16 @@ pub(crate) struct Response {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) notes: Vec<String>,
     /// Unprompted news on a registration connection: `"stopping"` when the proxy shuts down,
-    /// `"requests"` with the counts of the routes it registered.
+    /// `"requests"` with the counts of the routes it registered, `"reload"` to start a new version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) event: Option<String>,
     /// `requests` event: requests forwarded so far, per name this connection registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) requests: Option<BTreeMap<Name, u64>>,
+    /// `reload` event: the number to answer with `reloaded`. `reload` answer: how many
+    /// members were reloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) reload: Option<u64>,
 }
 
 impl Response {
@@ -132,6 +153,8 @@ mod tests {
         let instance = Instance {
             name: "api".parse().unwrap(),
             pid: 10,
+            member: None,
+            sticky: false,
             child_pid: Some(11),
             mode: Mode::Fd,
             state: State::Starting,

@@ -21,6 +21,9 @@ pub(crate) enum State {
     Restarting,
     /// On demand: the socket is held, no server runs; the next connection starts one.
     Idle,
+    /// Its server runs but failed its health check `failures` times in a row: out of rotation
+    /// until a check passes again.
+    Unhealthy,
     /// Gave up after repeated failures; the proxy answers for it (`wharf logs NAME`).
     Failed,
     /// Listed from the registry while no proxy runs: its `wharf run` lives, nothing more is
@@ -36,6 +39,7 @@ impl std::fmt::Display for State {
             State::Ready => "ready",
             State::Restarting => "restarting",
             State::Idle => "idle",
+            State::Unhealthy => "unhealthy",
             State::Failed => "failed",
             State::Running => "running",
         })
@@ -48,6 +52,16 @@ pub(crate) struct Instance {
     pub(crate) name: Name,
     /// The `wharf run` process that holds the registration (`PID` in `ls`).
     pub(crate) pid: i32,
+    /// Set when this is one member of a replicated name (`--replicas`, `--join`): its number,
+    /// unique among the name's members. Registrations of one name that all carry a member
+    /// number share it, and the proxy balances across them; without one, a name is its
+    /// registration's alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) member: Option<u32>,
+    /// Keep each client on one member (a cookie) for apps with in-memory sessions: set by
+    /// `sticky = true`; a name is sticky when any of its members asks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) sticky: bool,
     /// The server's pid, when one runs (`SERVER PID` in `ls`).
     #[serde(default, rename = "server_pid", alias = "child_pid")]
     pub(crate) child_pid: Option<i32>,
@@ -107,6 +121,8 @@ impl Instance {
         Instance {
             name,
             pid,
+            member: None,
+            sticky: false,
             child_pid: None,
             mode: Mode::Fd,
             state,

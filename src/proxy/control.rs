@@ -298,6 +298,10 @@ impl ControlPlane {
                 }
             }
             Request::Alias { name, addr } => self.alias(name, addr),
+            // The relay is being built (issue 18): until then a reload is refused plainly.
+            Request::Reload { .. } | Request::Reloaded { .. } => Err(Refusal::BadRequest(
+                serde::de::Error::custom("this proxy cannot reload instances yet"),
+            )),
         }
     }
 

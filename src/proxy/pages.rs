@@ -352,6 +352,8 @@ mod tests {
             instance: crate::model::instance::Instance {
                 name: name.parse().unwrap(),
                 pid: 10,
+                member: None,
+                sticky: false,
                 child_pid: Some(11),
                 mode: crate::model::mode::Mode::Env,
                 state: crate::model::instance::State::Ready,

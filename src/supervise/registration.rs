@@ -64,6 +64,8 @@ impl Registration {
             instance: Instance {
                 name: name.clone(),
                 pid: std::process::id() as i32,
+                member: None,
+                sticky: false,
                 child_pid: None,
                 mode,
                 state: State::Starting,
