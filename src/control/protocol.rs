@@ -102,6 +102,9 @@ pub(crate) struct Response {
     /// `requests` event: requests forwarded so far, per name this connection registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) requests: Option<BTreeMap<Name, u64>>,
+    /// `register` of `member: Some(0)` (a `--join`): the member number the proxy gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) member: Option<u32>,
     /// `reload` event: the number to answer with `reloaded`. `reload` answer: how many
     /// members were reloaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -53,9 +53,10 @@ pub(crate) struct Instance {
     /// The `wharf run` process that holds the registration (`PID` in `ls`).
     pub(crate) pid: i32,
     /// Set when this is one member of a replicated name (`--replicas`, `--join`): its number,
-    /// unique among the name's members. Registrations of one name that all carry a member
-    /// number share it, and the proxy balances across them; without one, a name is its
-    /// registration's alone.
+    /// unique among the name's members (`Some(0)`: any free number, which the proxy answers
+    /// with). A registration with a member number joins the name's other registrations, and
+    /// the proxy balances across them (a registration without one counts as member 1 there);
+    /// one without a member number is refused while the name is registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) member: Option<u32>,
     /// Keep each client on one member (a cookie) for apps with in-memory sessions: set by
