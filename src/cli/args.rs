@@ -21,7 +21,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run a server as an instance (named by --name or the project), its socket bound by wharf
-    Run(RunCli),
+    Run(Box<RunCli>),
     /// List instances: NAME URL PORT PID MODE STATE UPTIME REQUESTS
     Ls(LsCli),
     /// Stop instances (SIGTERM, wait, SIGKILL everything they started); routes go at once
@@ -234,10 +234,39 @@ pub(crate) struct RunCli {
     /// Say every port tried and why it was not taken (default: one summary line)
     #[arg(long, short = 'v', conflicts_with = "quiet")]
     pub(crate) verbose: bool,
+    #[command(flatten)]
+    pub(crate) members: MembersCli,
     /// The server command and its arguments. Default: the one instance of wharf.toml, else
     /// package.json's scripts.dev (run by npm, or pnpm, yarn or bun as the lockfile says)
     #[arg(last = true, value_name = "CMD")]
     pub(crate) command: Vec<String>,
+}
+
+/// `wharf run`'s replicas and health flags (issue 18).
+#[derive(Debug, Default, Args)]
+pub(crate) struct MembersCli {
+    /// Run N members of the name (1-64), each a server with a socket of its own, balanced by
+    /// the proxy; their lines say NAME#K
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub(crate) replicas: Option<u32>,
+    /// Add one member to a name that runs already (started by another `wharf run`)
+    #[arg(long, conflicts_with_all = ["replicas", "force", "reuse"])]
+    pub(crate) join: bool,
+    /// Keep each client on one member (a cookie), for apps with in-memory sessions
+    #[arg(long)]
+    pub(crate) sticky: bool,
+    /// Check GET PATH while the server is ready; after --health-failures failures in a row it
+    /// is out of rotation until a check passes
+    #[arg(long, value_name = "PATH", value_parser = crate::model::project::parse_health_path)]
+    pub(crate) health: Option<String>,
+    /// With --health: time between checks (2s, 500ms; default 2s)
+    #[arg(long, value_name = "DURATION", requires = "health",
+        value_parser = crate::model::project::parse_duration_str)]
+    pub(crate) health_interval: Option<std::time::Duration>,
+    /// With --health: failures in a row before the server is out of rotation (default 3)
+    #[arg(long, value_name = "N", requires = "health",
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) health_failures: Option<u32>,
 }
 
 #[derive(Debug, Args)]

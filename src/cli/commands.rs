@@ -50,8 +50,7 @@ pub(crate) async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, boo
     let reg = registry(ctx)?;
     let now = crate::state::registry::unix_now();
     let listed = reg
-        .leases
-        .iter()
+        .all_leases()
         .map(|(name, lease)| {
             let sockets: BTreeMap<String, SocketAddr> = lease
                 .ports
@@ -63,9 +62,12 @@ pub(crate) async fn instances(ctx: &Context) -> anyhow::Result<(Vec<Listed>, boo
                 .get(crate::model::ports::MAIN_SOCKET)
                 .copied()
                 .unwrap_or(0);
+            let mut instance =
+                Instance::bare(name.clone(), lease.holder.pid, State::Running, sockets);
+            instance.member = lease.member;
             Listed {
                 url: crate::model::instance::Front::http(port).url(name),
-                instance: Instance::bare(name.clone(), lease.holder.pid, State::Running, sockets),
+                instance,
                 alias: false,
                 uptime_secs: now.saturating_sub(lease.since),
                 requests: 0,
@@ -200,8 +202,10 @@ pub(crate) async fn stop(
 pub(crate) struct Running {
     /// What the proxy (else the registry) lists.
     pub(crate) listed: Vec<Listed>,
-    /// name → (supervisor, server): the registry knows every supervisor, the proxy the servers.
-    pub(crate) supervisors: BTreeMap<Name, (i32, Option<i32>)>,
+    /// name → its supervisors, each with its server: the registry knows every supervisor,
+    /// the proxy the servers. Several for a name whose members run in several `wharf run`s
+    /// (`--join`); one `wharf run --replicas` supervises all its members.
+    pub(crate) supervisors: BTreeMap<Name, Vec<(i32, Option<i32>)>>,
 }
 
 impl Running {
@@ -228,19 +232,21 @@ impl Running {
 /// What runs: the proxy's list and the registry's leases together.
 pub(crate) async fn running(ctx: &Context) -> anyhow::Result<Running> {
     let (listed, _) = instances(ctx).await?;
-    let mut supervisors: BTreeMap<Name, (i32, Option<i32>)> = {
+    let mut supervisors: BTreeMap<Name, Vec<(i32, Option<i32>)>> = BTreeMap::new();
+    {
         let reg = registry(ctx)?;
-        reg.leases
-            .iter()
-            .map(|(n, l)| (n.clone(), (l.holder.pid, None)))
-            .collect()
-    };
+        for (n, l) in reg.all_leases() {
+            let pids = supervisors.entry(n.clone()).or_default();
+            if !pids.iter().any(|(pid, _)| *pid == l.holder.pid) {
+                pids.push((l.holder.pid, None));
+            }
+        }
+    }
     for l in listed.iter().filter(|l| !l.alias) {
-        let entry = supervisors
-            .entry(l.instance.name.clone())
-            .or_insert((l.instance.pid, None));
-        if entry.0 == l.instance.pid {
-            entry.1 = l.instance.child_pid;
+        let pids = supervisors.entry(l.instance.name.clone()).or_default();
+        match pids.iter_mut().find(|(pid, _)| *pid == l.instance.pid) {
+            Some(entry) => entry.1 = entry.1.or(l.instance.child_pid),
+            None => pids.push((l.instance.pid, l.instance.child_pid)),
         }
     }
     Ok(Running {
@@ -260,13 +266,18 @@ pub(crate) async fn stop_running(
 ) -> anyhow::Result<Vec<(bool, String)>> {
     let targets: Vec<(Name, (i32, Option<i32>))> = targets
         .into_iter()
-        .filter_map(|n| running.supervisors.get(&n).map(|p| (n, *p)))
+        .flat_map(|n| {
+            let pids = running.supervisors.get(&n).cloned().unwrap_or_default();
+            pids.into_iter().map(move |p| (n.clone(), p))
+        })
         .collect();
     let runtime = ctx.dirs.runtime()?.to_path_buf();
     let mut proxy = launch::connect(&runtime).await;
     // The routes go first, so nobody is sent to a server that is shutting down.
     if let Some(c) = proxy.as_mut() {
-        for (name, _) in &targets {
+        let mut names: Vec<&Name> = targets.iter().map(|(name, _)| name).collect();
+        names.dedup();
+        for name in names {
             let _ = c.client.call(&Request::Stop { name: name.clone() }).await;
         }
     }

@@ -9,7 +9,7 @@ use crate::cli::args::{Cli, Command, ProxyCli};
 use crate::cli::{commands, hosts, https, mcp, run, service, up};
 use crate::model::config;
 use crate::model::mode::Mode;
-use crate::model::project::Restart;
+use crate::model::project::{DEFAULT_HEALTH_FAILURES, DEFAULT_HEALTH_INTERVAL, Health, Restart};
 use crate::proxy::listeners;
 use crate::state::context::Context;
 use crate::sys::{handoff, stdio};
@@ -55,7 +55,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(args) => {
             let config = user_config(&ctx)?;
             let grace = stop_grace()?;
-            let filled = run::fill(&ctx, &project_trust(&ctx)?, args)?;
+            let filled = run::fill(&ctx, &project_trust(&ctx)?, *args)?;
             if let Some(dir) = &filled.dir {
                 // A declared instance's `dir`: where its server starts, as under `wharf up`.
                 std::env::set_current_dir(dir)
@@ -248,6 +248,20 @@ fn run_args(
         json: cli.json,
         stop_grace,
         verbose: cli.verbose,
+        replicas: cli.members.replicas.unwrap_or(1),
+        join: cli.members.join,
+        sticky: cli.members.sticky,
+        health: cli.members.health.map(|path| Health {
+            interval: cli
+                .members
+                .health_interval
+                .unwrap_or(DEFAULT_HEALTH_INTERVAL),
+            failures: cli
+                .members
+                .health_failures
+                .unwrap_or(DEFAULT_HEALTH_FAILURES),
+            path,
+        }),
         command: cli.command,
     })
 }

@@ -115,6 +115,17 @@ fn apply(cli: &mut RunCli, d: &project::Declared) {
     }
     cli.restart = cli.restart.or(Some(d.restart));
     cli.ready = cli.ready.take().or_else(|| d.ready.clone());
+    if cli.members.replicas.is_none() && !cli.members.join && d.replicas > 1 {
+        cli.members.replicas = Some(d.replicas);
+    }
+    cli.members.sticky |= d.sticky;
+    if cli.members.health.is_none()
+        && let Some(h) = &d.health
+    {
+        cli.members.health = Some(h.path.clone());
+        cli.members.health_interval = Some(h.interval);
+        cli.members.health_failures = Some(h.failures);
+    }
     if d.activation == Activation::OnDemand {
         cli.on_demand = true;
         cli.idle_timeout = cli.idle_timeout.or(d.idle_timeout);

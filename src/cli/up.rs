@@ -274,7 +274,11 @@ fn print_summary(
     let leases = crate::cli::commands::registry(ctx).map(|reg| reg.leases.clone());
     let mut table = vec![["NAME", "STATUS", "PORT", "CHOSEN", "TRIED", "URL"].map(String::from)];
     for r in rows {
-        let lease = leases.as_ref().ok().and_then(|l| l.get(&r.name));
+        let lease = leases
+            .as_ref()
+            .ok()
+            .and_then(|l| l.get(&r.name))
+            .and_then(|l| l.first());
         let port = lease.and_then(|l| l.ports.get(MAIN_SOCKET));
         let how = lease.and_then(|l| l.allocation.as_ref());
         if json {
@@ -383,6 +387,18 @@ pub(crate) fn supervisor(
     cmd.arg(format!("--restart={restart}"));
     if let Some(ready) = &decl.ready {
         cmd.arg("--ready").arg(ready.to_string());
+    }
+    if decl.replicas > 1 {
+        cmd.arg("--replicas").arg(decl.replicas.to_string());
+    }
+    if decl.sticky {
+        cmd.arg("--sticky");
+    }
+    if let Some(h) = &decl.health {
+        cmd.arg("--health").arg(&h.path);
+        let ms = h.interval.as_millis();
+        cmd.arg("--health-interval").arg(format!("{ms}ms"));
+        cmd.arg("--health-failures").arg(h.failures.to_string());
     }
     cmd.arg("--log").arg(log);
     cmd.arg("--declared-in")

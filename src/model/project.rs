@@ -50,6 +50,17 @@ struct RawInstance {
     idle_timeout: Option<Spanned<toml::Value>>,
     restart: Option<Spanned<String>>,
     ready: Option<Spanned<String>>,
+    replicas: Option<Spanned<i64>>,
+    sticky: Option<bool>,
+    health: Option<Spanned<RawHealth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    path: Spanned<String>,
+    interval: Option<Spanned<toml::Value>>,
+    failures: Option<Spanned<i64>>,
 }
 
 /// How the server is started.
@@ -110,6 +121,36 @@ impl std::fmt::Display for Ready {
     }
 }
 
+/// The most members one name may have (`replicas`, `--replicas`).
+pub(crate) const MAX_REPLICAS: u32 = 64;
+/// How often a ready server's health is checked when `health` names no `interval`.
+pub(crate) const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// Failed health checks in a row before a server is out of rotation, when `health` says not.
+pub(crate) const DEFAULT_HEALTH_FAILURES: u32 = 3;
+
+/// Health checks while a server is ready: `GET path` on its own address every `interval`;
+/// `failures` failures in a row (an answer other than 2xx or 3xx, or none) take it out of
+/// rotation (unhealthy) until one passes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Health {
+    pub(crate) path: String,
+    pub(crate) interval: Duration,
+    pub(crate) failures: u32,
+}
+
+/// A health check path that is not one.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0:?} is not an HTTP path; write one that starts with /, like \"/health\"")]
+pub(crate) struct HealthPathError(String);
+
+/// A health check path as given: it must start with `/`.
+pub(crate) fn parse_health_path(s: &str) -> Result<String, HealthPathError> {
+    match s.starts_with('/') && !s.chars().any(char::is_whitespace) {
+        true => Ok(s.to_string()),
+        false => Err(HealthPathError(s.to_string())),
+    }
+}
+
 /// One declared instance, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Declared {
@@ -130,6 +171,11 @@ pub(crate) struct Declared {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) restart: Restart,
     pub(crate) ready: Option<Ready>,
+    /// Members to run (`replicas`, 1 when not given).
+    pub(crate) replicas: u32,
+    /// Keep each client on one member.
+    pub(crate) sticky: bool,
+    pub(crate) health: Option<Health>,
     /// The line of its `[instances.NAME]` table, for messages.
     pub(crate) line: usize,
 }
@@ -158,6 +204,11 @@ impl Declared {
             format!("{:?}{:?}", self.restart, self.ready),
         )
             .hash(&mut h);
+        // Left out while they are the defaults, so that files written before them keep
+        // their fingerprints (and running instances are not restarted by an upgrade).
+        if (self.replicas, self.sticky, &self.health) != (1, false, &None) {
+            (self.replicas, self.sticky, &self.health).hash(&mut h);
+        }
         format!("{:016x}", h.finish())
     }
 
@@ -266,6 +317,12 @@ pub(crate) enum Problem {
     Ready(ReadyError),
     #[error("{dir} {problem}")]
     Dir { dir: PathBuf, problem: DirProblem },
+    #[error("{0} is not a number of members from 1 to {MAX_REPLICAS}")]
+    Replicas(i64),
+    #[error("{0}")]
+    HealthPath(HealthPathError),
+    #[error("{0} is not a number of failures (1 or more)")]
+    HealthFailures(i64),
 }
 
 /// Why an instance's working directory cannot be started in.
@@ -414,6 +471,44 @@ pub(crate) fn parse(text: &str, base: &Path) -> Result<Vec<Declared>, Mistake> {
                     .map_err(|e| at(r.span(), "ready", Problem::Ready(e)))?,
             ),
         };
+        let replicas = match &raw.replicas {
+            None => 1,
+            Some(r) => u32::try_from(*r.get_ref())
+                .ok()
+                .filter(|n| (1..=MAX_REPLICAS).contains(n))
+                .ok_or_else(|| at(r.span(), "replicas", Problem::Replicas(*r.get_ref())))?,
+        };
+        let health = match &raw.health {
+            None => None,
+            Some(h) => {
+                let h = h.get_ref();
+                let path = parse_health_path(h.path.get_ref())
+                    .map_err(|e| at(h.path.span(), "health.path", Problem::HealthPath(e)))?;
+                let interval = match &h.interval {
+                    None => DEFAULT_HEALTH_INTERVAL,
+                    Some(v) => parse_duration(v.get_ref())
+                        .map_err(|e| at(v.span(), "health.interval", Problem::Duration(e)))?,
+                };
+                let failures = match &h.failures {
+                    None => DEFAULT_HEALTH_FAILURES,
+                    Some(f) => u32::try_from(*f.get_ref())
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| {
+                            at(
+                                f.span(),
+                                "health.failures",
+                                Problem::HealthFailures(*f.get_ref()),
+                            )
+                        })?,
+                };
+                Some(Health {
+                    path,
+                    interval,
+                    failures,
+                })
+            }
+        };
         let (dir, dir_line) = match &raw.dir {
             None => (base.to_path_buf(), line),
             Some(d) => (base.join(d.get_ref()), line_of(d.span())),
@@ -432,13 +527,16 @@ pub(crate) fn parse(text: &str, base: &Path) -> Result<Vec<Declared>, Mistake> {
             idle_timeout,
             restart,
             ready,
+            replicas,
+            sticky: raw.sticky.unwrap_or(false),
+            health,
             line,
         });
     }
     Ok(instances)
 }
 
-/// A duration as people write it on the command line: `90`, `90s`, `15m`, `2h`.
+/// A duration as people write it on the command line: `90`, `90s`, `15m`, `2h`, `250ms`.
 pub(crate) fn parse_duration_str(s: &str) -> Result<Duration, DurationError> {
     let v = match s.parse::<i64>() {
         Ok(n) => toml::Value::Integer(n),
@@ -447,7 +545,7 @@ pub(crate) fn parse_duration_str(s: &str) -> Result<Duration, DurationError> {
     parse_duration(&v)
 }
 
-/// `90`, `"90s"`, `"15m"`, `"2h"`.
+/// `90`, `"90s"`, `"15m"`, `"2h"`, and `"250ms"` for what must be quick.
 pub(crate) fn parse_duration(v: &toml::Value) -> Result<Duration, DurationError> {
     let bad = || DurationError(v.to_string());
     match v {
@@ -456,15 +554,14 @@ pub(crate) fn parse_duration(v: &toml::Value) -> Result<Duration, DurationError>
             let s = s.trim();
             let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
             let n: u64 = s[..split].parse().map_err(|_| bad())?;
-            let unit = match &s[split..] {
-                "" | "s" => 1,
-                "m" => 60,
-                "h" => 3600,
+            let d = match &s[split..] {
+                "ms" => Duration::from_millis(n),
+                "" | "s" => Duration::from_secs(n),
+                "m" => Duration::from_secs(n.saturating_mul(60)),
+                "h" => Duration::from_secs(n.saturating_mul(3600)),
                 _ => return Err(bad()),
             };
-            (n > 0)
-                .then(|| Duration::from_secs(n * unit))
-                .ok_or_else(bad)
+            (n > 0).then_some(d).ok_or_else(bad)
         }
         _ => Err(bad()),
     }
@@ -600,6 +697,102 @@ command = "python3 -m http.server $PORT"
             err.to_string(),
             "/p/wharf.toml:3: instances.api.dir: /p/nowhere does not exist"
         );
+    }
+
+    #[test]
+    fn replicas_sticky_and_health() {
+        let p = parse_ok(
+            r#"
+[instances.api]
+command = "x"
+replicas = 3
+sticky = true
+health = { path = "/up", interval = "50ms", failures = 5 }
+
+[instances.web]
+command = "y"
+health = { path = "/health" }
+"#,
+        );
+        let (api, web) = (&p[0], &p[1]);
+        assert_eq!((api.replicas, api.sticky), (3, true));
+        assert_eq!(
+            api.health,
+            Some(Health {
+                path: "/up".into(),
+                interval: Duration::from_millis(50),
+                failures: 5
+            })
+        );
+        assert_eq!((web.replicas, web.sticky), (1, false));
+        assert_eq!(
+            web.health,
+            Some(Health {
+                path: "/health".into(),
+                interval: DEFAULT_HEALTH_INTERVAL,
+                failures: DEFAULT_HEALTH_FAILURES
+            })
+        );
+        let mut more = api.clone();
+        more.replicas = 4;
+        assert_ne!(
+            api.fingerprint(),
+            more.fingerprint(),
+            "a change restarts it"
+        );
+        let plain = &parse_ok("[instances.api]\ncommand = \"x\"\n")[0];
+        let mut one = plain.clone();
+        one.replicas = 1;
+        assert_eq!(plain.fingerprint(), one.fingerprint());
+    }
+
+    #[test]
+    fn bad_replicas_and_health_name_the_line_and_key() {
+        let head = "[instances.api]\ncommand = \"x\"\n";
+        for (rest, line, want) in [
+            (
+                "replicas = 0",
+                3,
+                "instances.api.replicas: 0 is not a number of members from 1 to 64",
+            ),
+            (
+                "replicas = 65",
+                3,
+                "instances.api.replicas: 65 is not a number of members from 1 to 64",
+            ),
+            (
+                "[instances.api.health]\npath = \"health\"",
+                4,
+                "instances.api.health.path: \"health\" is not an HTTP path; write one that starts with /, like \"/health\"",
+            ),
+            (
+                "[instances.api.health]\npath = \"/h\"\ninterval = \"soon\"",
+                5,
+                "instances.api.health.interval: \"soon\" is not a duration; write seconds (90) or \"90s\", \"15m\", \"2h\"",
+            ),
+            (
+                "[instances.api.health]\npath = \"/h\"\nfailures = 0",
+                5,
+                "instances.api.health.failures: 0 is not a number of failures (1 or more)",
+            ),
+        ] {
+            let (got_line, msg) = parse_err(&format!("{head}{rest}\n"));
+            assert_eq!((got_line, msg.as_str()), (line, want), "{rest}");
+        }
+        let (line, msg) = parse_err(&format!("{head}sticky = \"yes\"\n"));
+        assert_eq!(line, 3);
+        assert!(msg.contains("sticky") || msg.contains("bool"), "{msg}");
+        let (line, msg) = parse_err(&format!("{head}health = {{ path = \"/h\", every = 2 }}\n"));
+        assert_eq!(line, 3);
+        assert!(msg.contains("every"), "{msg}");
+    }
+
+    #[test]
+    fn durations_take_milliseconds_too() {
+        assert_eq!(parse_duration_str("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration_str("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration_str("0ms").is_err());
+        assert!(parse_duration_str("5us").is_err());
     }
 
     #[test]

@@ -29,9 +29,15 @@ pub(crate) struct Registry {
     /// Last port of each socket of each name: name → socket → port.
     #[serde(default)]
     pub(crate) sticky: BTreeMap<Name, BTreeMap<String, u16>>,
-    /// Ports held right now by a live wharf process.
-    #[serde(default)]
-    pub(crate) leases: BTreeMap<Name, Lease>,
+    /// Ports held right now by live wharf processes: one lease per member of a name (one for
+    /// a name without replicas). A name with one lease is written as that lease alone, as
+    /// wharfs before replicas wrote (and read) it.
+    #[serde(
+        default,
+        serialize_with = "one_or_many::serialize",
+        deserialize_with = "one_or_many::deserialize"
+    )]
+    pub(crate) leases: BTreeMap<Name, Vec<Lease>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -51,6 +57,11 @@ pub(crate) struct Lease {
     /// name, and whether `--reuse` may use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) run: Option<Run>,
+    /// Which member of a replicated name this lease is for (`--replicas`): one holder may
+    /// hold several. `None` for a name without replicas, and for a `--join`ed member (its
+    /// holder holds that one lease only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) member: Option<u32>,
 }
 
 /// A `wharf run`'s command as given (before wharf fills anything in) and its directory.
@@ -62,12 +73,101 @@ pub(crate) struct Run {
 }
 
 impl Registry {
-    /// The live instance holding `port`, if any.
-    pub(crate) fn holder_of(&self, port: u16) -> Option<&Name> {
+    /// The live instance holding `port`, if any, and its lease.
+    pub(crate) fn holder_of(&self, port: u16) -> Option<(&Name, &Lease)> {
+        self.all_leases()
+            .find(|(_, lease)| lease.ports.values().any(|p| *p == port))
+    }
+
+    /// Every lease, each with its name: a name with replicas once per member.
+    pub(crate) fn all_leases(&self) -> impl Iterator<Item = (&Name, &Lease)> {
         self.leases
             .iter()
-            .find(|(_, lease)| lease.ports.values().any(|p| *p == port))
-            .map(|(name, _)| name)
+            .flat_map(|(name, leases)| leases.iter().map(move |l| (name, l)))
+    }
+
+    /// The leases of `name`'s members (one without replicas; none when it does not run).
+    pub(crate) fn leases_of(&self, name: &Name) -> &[Lease] {
+        self.leases.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// Record `lease` for `name`, replacing one of the same holder and member.
+    pub(crate) fn add_lease(&mut self, name: &Name, lease: Lease) {
+        let leases = self.leases.entry(name.clone()).or_default();
+        leases.retain(|l| !(l.holder == lease.holder && l.member == lease.member));
+        leases.push(lease);
+        leases.sort_by_key(|l| (l.member.unwrap_or(0), l.since));
+    }
+
+    /// Remove `holder`'s lease of `name` for `member`; true if there was one.
+    pub(crate) fn remove_lease(
+        &mut self,
+        name: &Name,
+        holder: ProcessId,
+        member: Option<u32>,
+    ) -> bool {
+        let Some(leases) = self.leases.get_mut(name) else {
+            return false;
+        };
+        let before = leases.len();
+        leases.retain(|l| !(l.holder == holder && l.member == member));
+        let removed = leases.len() != before;
+        if leases.is_empty() {
+            self.leases.remove(name);
+        }
+        removed
+    }
+}
+
+/// A name's leases on disk: one lease alone as an object (what wharfs before replicas read
+/// and write), several as a list.
+mod one_or_many {
+    use super::{BTreeMap, Lease, Name};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        One(Lease),
+        Many(Vec<Lease>),
+    }
+
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum Writing<'a> {
+        One(&'a Lease),
+        Many(&'a [Lease]),
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        leases: &BTreeMap<Name, Vec<Lease>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        leases
+            .iter()
+            .map(|(name, l)| {
+                let writing = match l.as_slice() {
+                    [one] => Writing::One(one),
+                    many => Writing::Many(many),
+                };
+                (name, writing)
+            })
+            .collect::<BTreeMap<_, _>>()
+            .serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<Name, Vec<Lease>>, D::Error> {
+        let stored = BTreeMap::<Name, Stored>::deserialize(d)?;
+        Ok(stored
+            .into_iter()
+            .map(|(name, s)| match s {
+                Stored::One(l) => (name, vec![l]),
+                Stored::Many(l) => (name, l),
+            })
+            .filter(|(_, l)| !l.is_empty())
+            .collect())
     }
 }
 
@@ -196,10 +296,10 @@ impl Store {
             data,
             warnings,
         };
-        locked
-            .data
-            .leases
-            .retain(|_, lease| lease.holder.is_alive());
+        for leases in locked.data.leases.values_mut() {
+            leases.retain(|lease| lease.holder.is_alive());
+        }
+        locked.data.leases.retain(|_, leases| !leases.is_empty());
         if rebuilt {
             // Saved now: the caller may fail before it commits, and the old file is gone.
             locked.commit()?;
@@ -224,15 +324,18 @@ impl Store {
                 .iter()
                 .map(|(socket, addr)| (socket.clone(), addr.port()))
                 .collect();
-            reg.sticky.insert(instance.name.clone(), ports.clone());
-            reg.leases.insert(
-                instance.name,
+            if instance.member.is_none_or(|m| m == 1) {
+                reg.sticky.insert(instance.name.clone(), ports.clone());
+            }
+            reg.add_lease(
+                &instance.name,
                 Lease {
                     holder,
                     ports,
                     since: instance.started_at.unwrap_or(now),
                     allocation: None,
                     run: None,
+                    member: instance.member,
                 },
             );
         }
@@ -295,14 +398,15 @@ mod tests {
             for (n, holder, port) in [("dead", dead, 4000), ("live", ProcessId::current(), 4001)] {
                 let ports = BTreeMap::from([("http".to_string(), port)]);
                 reg.sticky.insert(name(n), ports.clone());
-                reg.leases.insert(
-                    name(n),
+                reg.add_lease(
+                    &name(n),
                     Lease {
                         holder,
                         ports,
                         since: 0,
                         allocation: None,
                         run: None,
+                        member: None,
                     },
                 );
             }
@@ -310,9 +414,60 @@ mod tests {
         }
         let reg = store.lock().unwrap();
         assert_eq!(reg.leases.keys().collect::<Vec<_>>(), [&name("live")]);
-        assert_eq!(reg.holder_of(4001), Some(&name("live")));
-        assert_eq!(reg.holder_of(4000), None);
+        assert_eq!(reg.holder_of(4001).map(|(n, _)| n), Some(&name("live")));
+        assert!(reg.holder_of(4000).is_none());
         assert_eq!(reg.sticky.len(), 2);
+    }
+
+    /// A name's members each have a lease; one lease alone is written as wharfs before
+    /// replicas wrote it, so they still read the file.
+    #[test]
+    fn members_lease_apart_and_a_lone_lease_keeps_the_old_shape() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        let me = ProcessId::current();
+        let lease = |member, port| Lease {
+            holder: me,
+            ports: BTreeMap::from([("http".to_string(), port)]),
+            since: 0,
+            allocation: None,
+            run: None,
+            member,
+        };
+        {
+            let mut reg = store.lock().unwrap();
+            reg.add_lease(&name("solo"), lease(None, 4000));
+            for k in 1..=3 {
+                reg.add_lease(&name("api"), lease(Some(k), 4000 + k as u16));
+            }
+            // The same member again replaces its lease.
+            reg.add_lease(&name("api"), lease(Some(2), 4012));
+            reg.commit().unwrap();
+        }
+        let text = std::fs::read_to_string(tmp.path().join(FILE)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(json["leases"]["solo"].is_object(), "{text}");
+        assert_eq!(json["leases"]["api"].as_array().unwrap().len(), 3, "{text}");
+        let mut reg = store.lock().unwrap();
+        let ports: Vec<u16> = reg
+            .leases_of(&name("api"))
+            .iter()
+            .map(|l| l.ports["http"])
+            .collect();
+        assert_eq!(ports, [4001, 4012, 4003]);
+        assert_eq!(
+            reg.holder_of(4012).map(|(n, l)| (n.as_str(), l.member)),
+            Some(("api", Some(2)))
+        );
+        assert_eq!(reg.all_leases().count(), 4);
+        assert!(reg.remove_lease(&name("api"), me, Some(2)));
+        assert!(!reg.remove_lease(&name("api"), me, Some(2)), "gone already");
+        assert!(reg.remove_lease(&name("solo"), me, None));
+        assert!(
+            !reg.leases.contains_key(&name("solo")),
+            "no empty list is kept"
+        );
+        assert_eq!(reg.leases_of(&name("api")).len(), 2);
     }
 
     #[test]

@@ -87,14 +87,29 @@ const PROBE_BODY_LIMIT: usize = 64 * 1024;
 /// (servers log reset connections and broken pipes for those).
 pub(crate) struct Prober {
     path: String,
+    /// Pause before each probe.
+    pause: Duration,
+    /// How long a probe may go unanswered before the wait for it says `Silent`.
+    deadline: Duration,
+    /// When the next probe starts, once a wait for it began (a cancelled wait keeps it).
+    due: Option<tokio::time::Instant>,
     /// The probe under way and when the wait for it reports `Silent`.
     inflight: Option<(tokio::time::Instant, JoinHandle<Option<http::StatusCode>>)>,
 }
 
 impl Prober {
+    /// Readiness probes: quick pauses, a generous deadline.
     pub(crate) fn new(path: String) -> Prober {
+        Prober::every(path, PROBE_PAUSE, PROBE_DEADLINE)
+    }
+
+    /// Probes `pause` apart, each `Silent` after `deadline` without an answer.
+    pub(crate) fn every(path: String, pause: Duration, deadline: Duration) -> Prober {
         Prober {
             path,
+            pause,
+            deadline,
+            due: None,
             inflight: None,
         }
     }
@@ -107,7 +122,11 @@ impl Prober {
     /// `Silent` and still awaited by the next call. Cancel-safe: a probe under way is kept.
     pub(crate) async fn next(&mut self, addr: SocketAddr) -> Probe {
         if self.inflight.is_none() {
-            tokio::time::sleep(PROBE_PAUSE).await;
+            let due = *self
+                .due
+                .get_or_insert_with(|| tokio::time::Instant::now() + self.pause);
+            tokio::time::sleep_until(due).await;
+            self.due = None;
             let path = self.path.clone();
             let task = tokio::spawn(async move {
                 tokio::time::timeout(PROBE_LINGER, probe(addr, &path))
@@ -115,14 +134,14 @@ impl Prober {
                     .ok()
                     .flatten()
             });
-            self.inflight = Some((tokio::time::Instant::now() + PROBE_DEADLINE, task));
+            self.inflight = Some((tokio::time::Instant::now() + self.deadline, task));
         }
         let Some((deadline, task)) = self.inflight.as_mut() else {
             return Probe::Silent;
         };
         match tokio::time::timeout_at(*deadline, task).await {
             Err(_) => {
-                *deadline = tokio::time::Instant::now() + PROBE_DEADLINE;
+                *deadline = tokio::time::Instant::now() + self.deadline;
                 Probe::Silent
             }
             Ok(joined) => {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures_util::StreamExt;
 
+use super::children;
 use super::demand;
 use super::output::{Output, ran_for};
 use super::readiness::Expect;
@@ -47,6 +48,8 @@ pub(super) struct Supervisor {
     pub(super) ports: Vec<u16>,
     /// The instance comes from a wharf.toml: after giving up it stays listed as failed.
     pub(super) declared: bool,
+    /// Health checks while the server is ready.
+    pub(super) health: Option<crate::model::project::Health>,
 }
 
 /// How the server ended.
@@ -182,9 +185,7 @@ impl Supervisor {
                 return Phase::Detached { procs };
             }
         }
-        let mut except = self.route.proxies_started.clone();
-        except.push(pid);
-        let orphans = process::orphans(&except);
+        let orphans = children::orphans();
         stop::end_leftovers(&self.out, pid, stop.as_ref(), self.stopper.grace, orphans).await;
         let how = stop::describe(status, stop.as_ref());
         self.route.instance.last_exit = Some(how.clone());
@@ -276,20 +277,17 @@ impl Supervisor {
             .into_iter()
             .filter(|p| p.pid != server)
             .collect();
-        let mut except = self.route.proxies_started.clone();
-        except.push(server);
-        process::union(mine, process::orphans(&except))
+        process::union(mine, children::orphans())
     }
 
     /// The server went to the background: follow `procs` (and what they start) until they are
     /// gone, or end them on a stop signal as a server is ended.
     async fn follow(&mut self, mut procs: Vec<ProcessId>) -> Phase {
-        let mut except = self.route.proxies_started.clone();
         loop {
             tokio::select! {
                 Some(info) = self.signals.next() => {
                     if stop::is_stop(info.si_signo) {
-                        return self.end_background(procs, except).await;
+                        return self.end_background(procs).await;
                     }
                     // SIGHUP, SIGUSR1, SIGUSR2: to the background processes, as to a server.
                     if let Ok(signal) = nix::sys::signal::Signal::try_from(info.si_signo) {
@@ -299,8 +297,7 @@ impl Supervisor {
                     }
                 }
                 () = tokio::time::sleep(FOLLOW_EVERY) => {
-                    except.clone_from(&self.route.proxies_started);
-                    procs = process::union(procs, process::orphans(&except));
+                    procs = process::union(procs, children::orphans());
                     procs.retain(ProcessId::is_alive);
                     let shown = self.route.instance.child_pid;
                     if let Some(first) = procs.first().filter(|f| shown != Some(f.pid)) {
@@ -325,17 +322,18 @@ impl Supervisor {
 
     /// A stop signal while the server is in the background: end its processes as a server is
     /// ended (SIGTERM, the grace, SIGKILL), reaping those that are ours.
-    async fn end_background(&mut self, procs: Vec<ProcessId>, except: Vec<i32>) -> Phase {
+    async fn end_background(&mut self, procs: Vec<ProcessId>) -> Phase {
         let (out, grace) = (self.out.clone(), self.stopper.grace);
         out.say(format!(
             "stopping the server's {} background process(es)",
             procs.len()
         ));
         let deadline = std::time::Instant::now() + grace;
-        let all = process::union(procs, process::orphans(&except));
+        let all = process::union(procs, children::orphans());
         let ended = tokio::task::spawn_blocking(move || {
             let ended = process::end_all(&all, deadline);
-            process::orphans(&except);
+            // Reaps what ended.
+            children::orphans();
             ended
         })
         .await;

@@ -1,5 +1,15 @@
 //! `wharf run`: bind an instance's sockets, start its server with them, supervise it (signals,
-//! readiness, restarts on the same socket) and keep its route registered while it lives.
+//! readiness, health, restarts on the same socket) and keep its route registered while it lives.
+//!
+//! With `--replicas N` one `wharf run` supervises N members of the name at once, each a full
+//! instance of its own: its own sockets (so `{port}`, `PORT` and fd 3 differ per member), its
+//! own notify socket, registration (`member: Some(k)`), readiness, health and restarts; its
+//! lines say `NAME#K`. Every member gets a socket of its own rather than one socket accepted by
+//! all: the proxy then sees each member apart, so readiness, health, ejection and request
+//! counts are per member, a member that dies refuses nothing the others were given, and it
+//! works for every server (sharing a socket needs servers that accept on it cooperatively,
+//! and leaves the kernel, not the proxy, choosing the member). `--join` adds one member to a
+//! name that runs, from another `wharf run`.
 //!
 //! [`run`] is the whole flow; each step has its file:
 //! - `start`: choosing fd or env mode, the server's environment and sockets, spawning it.
@@ -12,8 +22,12 @@
 //! - `restart`: the restart policy and its backoff.
 //! - `demand`: on demand, the connection that starts a server and the idle clock that stops it.
 //! - `output`: wharf's lines about the instance, on the terminal and in its log.
+//! - `health`: checks of a ready server, taking it out of rotation and back.
+//! - `children`: which children are servers or proxies of ours, whichever member started them.
 
+mod children;
 pub(crate) mod demand;
+mod health;
 mod lifecycle;
 pub(crate) mod output;
 pub(crate) mod ports;
@@ -33,7 +47,7 @@ use crate::model::instance::{About, Declaration};
 use crate::model::mode::{self, Mode};
 use crate::model::name::Name;
 use crate::model::ports::{MAIN_SOCKET, PortRanges};
-use crate::model::project::{Ready, Restart};
+use crate::model::project::{Health, Ready, Restart};
 use crate::state::context::Context;
 use crate::state::logs::Log;
 use crate::state::registry::{Lease, Run, Store};
@@ -86,11 +100,21 @@ pub(crate) struct RunArgs {
     pub(crate) stop_grace: Duration,
     /// Say every port tried and why it was not taken, not just the summary.
     pub(crate) verbose: bool,
+    /// Members to run (`--replicas`, `replicas`): 1 is a plain instance, without member
+    /// numbers.
+    pub(crate) replicas: u32,
+    /// `--join`: one more member for a name that runs (its number comes from the proxy).
+    pub(crate) join: bool,
+    /// Ask the proxy to keep each client on one member (`sticky`).
+    pub(crate) sticky: bool,
+    /// Health checks while the server is ready (`--health`, `health`).
+    pub(crate) health: Option<Health>,
     pub(crate) command: Vec<String>,
 }
 
-/// Run the instance until its server exits for good; returns the exit code for wharf
-/// (the server's, or 128+signal).
+/// Run the instance (every member of it, with `--replicas`) until its servers exit for good;
+/// returns the exit code for wharf (the server's, or 128+signal; with several members the
+/// first member's that is not 0).
 pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
     let log = match &args.log {
         Some(path) => Some(Log::open(path).with_context(|| format!("opening {}", path.display()))?),
@@ -109,17 +133,104 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         serde_json::json!({"mode": plan.mode.to_string(), "reason": plan.reason}),
     );
 
-    let state_dir = ctx.dirs.state()?.to_path_buf();
-    let runtime_dir = ctx.dirs.runtime()?.to_path_buf();
+    let dirs = Dirs {
+        state: ctx.dirs.state()?.to_path_buf(),
+        runtime: ctx.dirs.runtime()?.to_path_buf(),
+    };
     let run = Run {
         command: args.command.clone(),
         dir: ctx.cwd.clone(),
     };
-    let allocated = match allocate(&args, &run, &socket_names, &state_dir, &runtime_dir, &out)? {
-        Ok(allocated) => allocated,
-        Err(running) => return reuse(ctx, &args.name, &running, &runtime_dir, &out).await,
-    };
-    let (bound, _lease) = (allocated.sockets, allocated.lease);
+    // Every member's sockets before any server starts: a name taken or a range full stops
+    // the whole run, not some of its members.
+    let mut allocated = Vec::new();
+    for member in members(&args) {
+        let out = out.for_member(member);
+        match allocate(&args, &run, member, &socket_names, &dirs, &out)? {
+            Ok(a) => allocated.push((member, out, a)),
+            Err(running) => return reuse(ctx, &args.name, &running, &dirs.runtime, &out).await,
+        }
+    }
+    if args.replicas > 1 {
+        out.say(format!(
+            "{} members, each with a socket of its own",
+            args.replicas
+        ));
+    }
+    // A server that detaches itself stays ours to follow and stop (`lifecycle`).
+    crate::sys::process::become_subreaper();
+    let mut supervisors = Vec::new();
+    let mut leases = Vec::new();
+    for (member, out, a) in allocated {
+        leases.push(a.lease);
+        let member = Member {
+            member,
+            out,
+            bound: a.sockets,
+        };
+        supervisors.push(supervisor(ctx, &args, &plan, source, &dirs, member, &log).await?);
+    }
+    let mut ends = futures_util::future::join_all(supervisors.into_iter().map(|s| {
+        let out = s.out.clone();
+        async move { (out, s.run().await) }
+    }))
+    .await;
+    drop(leases);
+    if ends.len() == 1
+        && let Some((_, end)) = ends.pop()
+    {
+        return end;
+    }
+    let mut code = 0;
+    for (out, end) in ends {
+        match end {
+            Ok(c) if code == 0 => code = c,
+            Ok(_) => {}
+            Err(e) => {
+                out.say(format!("error: {e:#}"));
+                code = if code == 0 { 1 } else { code };
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// wharf's directories for instance state and runtime files.
+struct Dirs {
+    state: PathBuf,
+    runtime: PathBuf,
+}
+
+/// The member numbers to run: none for a plain instance, 1..=N with replicas, `Some(0)` (the
+/// proxy's choice) for a `--join`.
+fn members(args: &RunArgs) -> Vec<Option<u32>> {
+    match (args.join, args.replicas) {
+        (true, _) => vec![Some(0)],
+        (false, 0 | 1) => vec![None],
+        (false, n) => (1..=n).map(Some).collect(),
+    }
+}
+
+/// One member, its sockets bound.
+struct Member {
+    member: Option<u32>,
+    out: Output,
+    bound: Vec<crate::sys::socket::BoundSocket>,
+}
+
+/// Everything one member's supervisor holds, made ready: its route registered, its notify
+/// socket bound, its server's command and environment filled in. The reload helper can
+/// build a new member's server the same way.
+async fn supervisor(
+    ctx: &Context,
+    args: &RunArgs,
+    plan: &mode::Launch,
+    source: mode::Source<'_>,
+    dirs: &Dirs,
+    member: Member,
+    log: &Option<Log>,
+) -> anyhow::Result<Supervisor> {
+    let Member { member, out, bound } = member;
     for b in &bound {
         out.event(
             "port",
@@ -131,12 +242,14 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
 
     let mut route = Registration::new(
         &out,
-        &runtime_dir,
+        &dirs.runtime,
         &ctx.self_exe,
         &args.name,
         plan.mode,
         &bound,
     );
+    route.instance.member = member;
+    route.instance.sticky = args.sticky;
     route.instance.declared = args.declared.clone();
     if args.on_demand {
         // Registered as what it is until its first connection: not starting, waiting.
@@ -156,19 +269,25 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         route.main_addr(),
         source,
     );
-    let notify =
-        NotifySocket::bind(&runtime_dir.join(format!("notify-{}.sock", std::process::id())))
-            .context("creating the notify socket for the server")?;
+    let notify_file = match member {
+        None => format!("notify-{}.sock", std::process::id()),
+        Some(k) => format!("notify-{}-{k}.sock", std::process::id()),
+    };
+    let notify = NotifySocket::bind(&dirs.runtime.join(notify_file))
+        .context("creating the notify socket for the server")?;
 
-    let mut env = start::environment(&args, &plan, &bound, &url, &notify);
-    env.extend(start::trust_environment(&state_dir, &args, &out));
+    let mut env = start::environment(args, plan, &bound, &url, &notify);
+    env.extend(start::trust_environment(&dirs.state, args, &out));
+    if let Some(k) = route.instance.member {
+        env.push(("WHARF_MEMBER".to_string(), k.to_string()));
+    }
     start::say_handoff(&out, plan.mode, &bound);
     out.url(&url);
-    let server = start::Server::new(ctx, &args, &plan, argv, &bound, env, log);
+    let server = start::Server::new(ctx, args, plan, argv, &bound, env, log.clone());
+    // Every member catches the signals itself: each gets every one, so a Ctrl-C or SIGTERM
+    // stops them all.
     let signals = stop::catch_signals()?;
-    // A server that detaches itself stays ours to follow and stop (`lifecycle`).
-    crate::sys::process::become_subreaper();
-    Supervisor {
+    Ok(Supervisor {
         stopper: stop::Stopper::new(&out, server.own_group, args.stop_grace),
         restarts: restart::Restarts::new(args.restart, args.on_demand),
         on_demand: args.on_demand,
@@ -177,6 +296,7 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
             .unwrap_or(crate::model::project::DEFAULT_IDLE),
         ports: bound.iter().map(|b| b.port).collect(),
         declared: args.declared.is_some(),
+        health: args.health.clone(),
         held: Some(bound),
         out,
         route,
@@ -184,9 +304,7 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         notify,
         server,
         expect,
-    }
-    .run()
-    .await
+    })
 }
 
 /// `--reuse` found the name running this command here: its URL, through the proxy (started if
@@ -217,23 +335,30 @@ async fn reuse(
 fn allocate(
     args: &RunArgs,
     run: &Run,
+    member: Option<u32>,
     socket_names: &[String],
-    state_dir: &Path,
-    runtime_dir: &Path,
+    dirs: &Dirs,
     out: &Output,
 ) -> anyhow::Result<Result<ports::Allocated, Lease>> {
+    // `--port` (and PORT) is the first member's; the others take what the range has free.
+    let prefer = match member.is_none_or(|k| k == 1) {
+        true => preference(args.port, args.inherited_port.as_deref(), out),
+        false => args.port.filter(|p| *p == 0),
+    };
     let request = ports::Request {
         name: &args.name,
         sockets: socket_names,
-        prefer: preference(args.port, args.inherited_port.as_deref(), out),
+        prefer,
         range: args.range.as_ref(),
         exclude: &args.exclude,
         force: args.force,
         run,
         reuse: args.reuse,
+        member,
+        join: args.join,
     };
-    let store = Store::new(state_dir)
-        .recovering_from(crate::control::client::running_instances(runtime_dir));
+    let store = Store::new(&dirs.state)
+        .recovering_from(crate::control::client::running_instances(&dirs.runtime));
     let allocated = match ports::allocate(store, &request, &mut |line| out.say(line)) {
         Err(ports::AllocError::AlreadyRunning { lease, .. }) => return Ok(Err(*lease)),
         other => other?,

@@ -2,6 +2,8 @@
 //! own output stays its own, and in the instance's log with `--log`; with `--json`, also
 //! events for programs, one JSON object a line on stdout.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::model::name::Name;
@@ -11,6 +13,11 @@ use crate::state::logs::Log;
 #[derive(Clone)]
 pub(crate) struct Output {
     name: Name,
+    /// Which member of a replicated name the lines are about (`api#2`): 0 for none, shared by
+    /// the clones so that a `--join`ed member's number, learnt from the proxy, shows in all.
+    member: Arc<AtomicU32>,
+    /// A member whose number is not known yet (`--join` before the proxy answered).
+    joining: bool,
     quiet: bool,
     /// With `--log`, everything goes there too (the terminal may be gone).
     log: Option<Log>,
@@ -22,9 +29,35 @@ impl Output {
     pub(crate) fn new(name: Name, quiet: bool, log: Option<Log>, json: bool) -> Output {
         Output {
             name,
+            member: Arc::new(AtomicU32::new(0)),
+            joining: false,
             quiet,
             log,
             json,
+        }
+    }
+
+    /// The same output for one member of a replicated name: its lines say `NAME#K`, its
+    /// events carry `member`. `Some(0)`: a member whose number comes later (`set_member`).
+    pub(crate) fn for_member(&self, member: Option<u32>) -> Output {
+        Output {
+            member: Arc::new(AtomicU32::new(member.unwrap_or(0))),
+            joining: member == Some(0),
+            ..self.clone()
+        }
+    }
+
+    /// The member number the proxy gave a `--join`ed member.
+    pub(crate) fn set_member(&self, member: u32) {
+        self.member.store(member, Ordering::Relaxed);
+    }
+
+    /// `api`, or `api#2` for member 2 (`api#?` while a joining member's number is unknown).
+    fn who(&self) -> String {
+        match (self.member.load(Ordering::Relaxed), self.joining) {
+            (0, false) => self.name.to_string(),
+            (0, true) => format!("{}#?", self.name),
+            (k, _) => format!("{}#{k}", self.name),
         }
     }
 
@@ -34,6 +67,10 @@ impl Output {
             return;
         }
         let mut event = serde_json::json!({"event": kind, "name": self.name});
+        let member = self.member.load(Ordering::Relaxed);
+        if let (Some(all), true) = (event.as_object_mut(), member > 0 || self.joining) {
+            all.insert("member".into(), member.into());
+        }
         if let (Some(all), serde_json::Value::Object(more)) = (event.as_object_mut(), fields) {
             all.extend(more);
         }
@@ -42,7 +79,7 @@ impl Output {
     }
 
     pub(crate) fn say(&self, line: String) {
-        self.emit(&format!("wharf: {}: {line}\n", self.name), !self.quiet);
+        self.emit(&format!("wharf: {}: {line}\n", self.who()), !self.quiet);
     }
 
     /// A line about the instance before it has one: how its name was chosen.
@@ -53,7 +90,7 @@ impl Output {
     /// The one line a script looks for: always printed, even with --quiet (and the `url`
     /// event).
     pub(crate) fn url(&self, url: &str) {
-        self.emit(&format!("wharf: {} is at {url}\n", self.name), true);
+        self.emit(&format!("wharf: {} is at {url}\n", self.who()), true);
         self.event("url", serde_json::json!({ "url": url }));
     }
 
@@ -75,5 +112,24 @@ pub(crate) fn ran_for(d: Duration) -> String {
         format!("{:.1}s", d.as_secs_f64())
     } else {
         crate::model::text::human_duration(d.as_secs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_are_told_apart_and_a_join_learns_its_number() {
+        let out = Output::new("api".parse().unwrap(), true, None, false);
+        assert_eq!(out.who(), "api");
+        assert_eq!(out.for_member(None).who(), "api");
+        assert_eq!(out.for_member(Some(2)).who(), "api#2");
+        let joining = out.for_member(Some(0));
+        let clone = joining.clone();
+        assert_eq!(clone.who(), "api#?");
+        joining.set_member(4);
+        assert_eq!(clone.who(), "api#4", "every clone learns it");
+        assert_eq!(out.who(), "api", "not the one it came from");
     }
 }

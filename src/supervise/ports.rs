@@ -33,6 +33,12 @@ pub(crate) struct Request<'a> {
     pub(crate) run: &'a Run,
     /// An instance of the name running `run` already is no error: `AlreadyRunning`.
     pub(crate) reuse: bool,
+    /// Which member of the name this is (`--replicas`: 1, 2, …); `None` without replicas.
+    /// Only a name's first member has a last port to prefer.
+    pub(crate) member: Option<u32>,
+    /// `--join`: one more member for a name that runs: its leases are no conflict, and a
+    /// name that does not run is (`NothingToJoin`).
+    pub(crate) join: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +67,11 @@ pub(crate) enum AllocError {
     /// `--reuse`, and the name runs the same command in the same directory: not an error.
     #[error("'{name}' already runs this command here (wharf pid {pid})", pid = .lease.holder.pid)]
     AlreadyRunning { name: Name, lease: Box<Lease> },
+    #[error(
+        "nothing named '{name}' is running to join; start it with \
+         `wharf run --name {name} -- CMD` (or `--replicas N` for several members at once)"
+    )]
+    NothingToJoin { name: Name },
     #[error("the running '{name}' (pid {pid}) did not stop when asked; stop it by hand")]
     WouldNotStop { name: Name, pid: i32 },
     #[error("no free port in {range} for '{socket}': {who}. {fix}")]
@@ -91,22 +102,20 @@ fn holder(pid: i32, port: u16, run: Option<&Run>) -> String {
     s
 }
 
-/// The lease on an instance's ports; dropping it gives them back (the sticky record stays).
+/// The lease on an instance's (or one member's) ports; dropping it gives them back (the
+/// sticky record stays).
 pub(crate) struct LeaseGuard {
     store: Store,
     name: Name,
     holder: ProcessId,
+    member: Option<u32>,
 }
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
         if let Ok(mut reg) = self.store.lock()
-            && reg
-                .leases
-                .get(&self.name)
-                .is_some_and(|l| l.holder == self.holder)
+            && reg.remove_lease(&self.name, self.holder, self.member)
         {
-            reg.leases.remove(&self.name);
             let _ = reg.commit();
         }
     }
@@ -132,7 +141,19 @@ pub(crate) fn allocate(
 ) -> Result<Allocated, AllocError> {
     let me = ProcessId::current();
     let mut reg = store.lock()?;
-    if let Some(lease) = reg.leases.get(req.name).filter(|l| l.holder != me) {
+    if req.join && reg.leases_of(req.name).is_empty() {
+        return Err(AllocError::NothingToJoin {
+            name: req.name.clone(),
+        });
+    }
+    // Another process's leases of the name: a conflict, unless this is a member joining it.
+    let others: Vec<Lease> = reg
+        .leases_of(req.name)
+        .iter()
+        .filter(|l| l.holder != me && !req.join)
+        .cloned()
+        .collect();
+    if let Some(lease) = others.first() {
         let (holder, port) = (
             lease.holder,
             lease.ports.get(MAIN_SOCKET).copied().unwrap_or(0),
@@ -154,15 +175,19 @@ pub(crate) fn allocate(
             });
         }
         drop(reg);
-        say(format!(
-            "stopping the running '{}' (pid {}) as --force asks",
-            req.name, holder.pid
-        ));
-        if !holder.terminate(FORCE_GRACE) {
-            return Err(AllocError::WouldNotStop {
-                name: req.name.clone(),
-                pid: holder.pid,
-            });
+        let mut holders: Vec<ProcessId> = others.iter().map(|l| l.holder).collect();
+        holders.dedup();
+        for holder in holders {
+            say(format!(
+                "stopping the running '{}' (pid {}) as --force asks",
+                req.name, holder.pid
+            ));
+            if !holder.terminate(FORCE_GRACE) {
+                return Err(AllocError::WouldNotStop {
+                    name: req.name.clone(),
+                    pid: holder.pid,
+                });
+            }
         }
         reg = store.lock()?;
     }
@@ -170,7 +195,12 @@ pub(crate) fn allocate(
         say(w);
     }
 
-    let sticky = reg.sticky.get(req.name).cloned().unwrap_or_default();
+    // The last ports are the first member's (or the only one's); other members take any.
+    let first = req.member.is_none_or(|m| m == 1);
+    let sticky = match first {
+        true => reg.sticky.get(req.name).cloned().unwrap_or_default(),
+        false => BTreeMap::new(),
+    };
     let ephemeral = req.prefer == Some(0) || req.range.is_none();
     let mut bound: Vec<BoundSocket> = Vec::new();
     let mut how: Vec<Allocation> = Vec::new();
@@ -203,7 +233,10 @@ pub(crate) fn allocate(
             tried += 1;
             let taken = if req.exclude.contains(port) {
                 Taken::Excluded
-            } else if let Some(holder) = reg.holder_of(port).filter(|h| *h != req.name) {
+            } else if let Some((holder, _)) = reg
+                .holder_of(port)
+                .filter(|(h, l)| *h != req.name || l.holder != me || l.member != req.member)
+            {
                 Taken::Instance(holder.clone())
             } else {
                 match bind_loopback(port) {
@@ -259,15 +292,18 @@ pub(crate) fn allocate(
     }
 
     let ports: BTreeMap<String, u16> = bound.iter().map(|b| (b.name.clone(), b.port)).collect();
-    reg.sticky.insert(req.name.clone(), ports.clone());
-    reg.leases.insert(
-        req.name.clone(),
+    if first {
+        reg.sticky.insert(req.name.clone(), ports.clone());
+    }
+    reg.add_lease(
+        req.name,
         Lease {
             holder: me,
             ports,
             since: registry::unix_now(),
             allocation: how.iter().find(|a| a.socket == MAIN_SOCKET).cloned(),
             run: Some(req.run.clone()),
+            member: req.member,
         },
     );
     reg.commit()?;
@@ -278,6 +314,7 @@ pub(crate) fn allocate(
         store,
         name: req.name.clone(),
         holder: me,
+        member: req.member,
     };
     Ok(Allocated {
         sockets: bound,
@@ -392,6 +429,7 @@ fn describe_bind_error(e: &io::Error) -> Taken {
 mod tests {
     use super::*;
     use crate::model::ports::{PortRange, list_taken};
+    use std::collections::BTreeSet;
 
     #[test]
     fn range_parses_and_scans_with_wraparound() {
@@ -458,6 +496,8 @@ mod tests {
                 dir: "/".into(),
             },
             reuse: false,
+            member: None,
+            join: false,
         };
         allocate(store, &req, &mut |_| {})
     }
@@ -477,14 +517,15 @@ mod tests {
         };
         {
             let mut reg = Store::new(tmp.path()).lock().unwrap();
-            reg.leases.insert(
-                name("shop"),
+            reg.add_lease(
+                &name("shop"),
                 Lease {
                     holder: ProcessId::of(holder.id() as i32).unwrap(),
                     ports: BTreeMap::from([(MAIN_SOCKET.to_string(), 4321)]),
                     since: 0,
                     allocation: None,
                     run: Some(held.clone()),
+                    member: None,
                 },
             );
             reg.commit().unwrap();
@@ -504,6 +545,8 @@ mod tests {
                 force: false,
                 run,
                 reuse,
+                member: None,
+                join: false,
             };
             allocate(Store::new(tmp.path()), &req, &mut |_| {})
                 .err()
@@ -530,6 +573,128 @@ mod tests {
             other.contains("pick another name with --name, pass --force"),
             "{other}"
         );
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+    }
+
+    fn member_request<'a>(
+        n: &'a Name,
+        sockets: &'a [String],
+        range: &'a PortRanges,
+        exclude: &'a PortRanges,
+        run: &'a Run,
+        member: Option<u32>,
+        join: bool,
+    ) -> Request<'a> {
+        Request {
+            name: n,
+            sockets,
+            prefer: None,
+            range: Some(range),
+            exclude,
+            force: false,
+            run,
+            reuse: false,
+            member,
+            join,
+        }
+    }
+
+    /// `--replicas`: one process leases a port per member under one name; the first
+    /// member's port is the name's last port, tried first next time.
+    #[test]
+    fn members_of_one_process_each_get_a_port_and_the_first_keeps_the_last_port() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = free_run(6);
+        let range: PortRanges = format!("{base}-{}", base + 5).parse().unwrap();
+        let (n, sockets, exclude) = (
+            name("api"),
+            [MAIN_SOCKET.to_string()],
+            PortRanges::default(),
+        );
+        let run = Run {
+            command: vec!["srv".into()],
+            dir: "/".into(),
+        };
+        let members: Vec<Allocated> = (1..=3)
+            .map(|k| {
+                let req = member_request(&n, &sockets, &range, &exclude, &run, Some(k), false);
+                allocate(Store::new(tmp.path()), &req, &mut |_| {}).unwrap()
+            })
+            .collect();
+        let ports: BTreeSet<u16> = members.iter().map(|a| a.sockets[0].port).collect();
+        assert_eq!(ports.len(), 3, "{ports:?}");
+        let reg = Store::new(tmp.path()).lock().unwrap();
+        assert_eq!(reg.leases_of(&n).len(), 3);
+        assert_eq!(reg.sticky[&n][MAIN_SOCKET], members[0].sockets[0].port);
+        drop(reg);
+        let second = members[1].sockets[0].port;
+        drop(members);
+        let reg = Store::new(tmp.path()).lock().unwrap();
+        assert!(
+            reg.leases_of(&n).is_empty(),
+            "every member's lease went with it"
+        );
+        assert_ne!(reg.sticky[&n][MAIN_SOCKET], second);
+    }
+
+    /// `--join` needs the name to run, and then another process's lease is no conflict.
+    #[test]
+    fn a_join_needs_a_running_name_and_is_no_conflict_with_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = free_run(4);
+        let range: PortRanges = format!("{base}-{}", base + 3).parse().unwrap();
+        let (n, sockets, exclude) = (
+            name("api"),
+            [MAIN_SOCKET.to_string()],
+            PortRanges::default(),
+        );
+        let run = Run {
+            command: vec!["srv".into()],
+            dir: "/".into(),
+        };
+        let join = member_request(&n, &sockets, &range, &exclude, &run, Some(0), true);
+        let err = allocate(Store::new(tmp.path()), &join, &mut |_| {})
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("nothing named 'api' is running to join; start it with `wharf run --name api -- CMD`"),
+            "{err}"
+        );
+        let mut holder = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        {
+            let mut reg = Store::new(tmp.path()).lock().unwrap();
+            reg.add_lease(
+                &n,
+                Lease {
+                    holder: ProcessId::of(holder.id() as i32).unwrap(),
+                    ports: BTreeMap::from([(MAIN_SOCKET.to_string(), base)]),
+                    since: 0,
+                    allocation: None,
+                    run: Some(run.clone()),
+                    member: None,
+                },
+            );
+            reg.commit().unwrap();
+        }
+        let joined = allocate(Store::new(tmp.path()), &join, &mut |_| {}).unwrap();
+        assert_ne!(
+            joined.sockets[0].port, base,
+            "the running member's port is not given"
+        );
+        assert_eq!(
+            Store::new(tmp.path()).lock().unwrap().leases_of(&n).len(),
+            2
+        );
+        let plain = member_request(&n, &sockets, &range, &exclude, &run, None, false);
+        let taken = allocate(Store::new(tmp.path()), &plain, &mut |_| {})
+            .err()
+            .unwrap();
+        assert!(matches!(taken, AllocError::NameTaken { .. }), "{taken}");
+        drop(joined);
         holder.kill().unwrap();
         holder.wait().unwrap();
     }

@@ -33,8 +33,6 @@ pub(crate) struct Registration {
     closed: Closed,
     retry_at: Option<tokio::time::Instant>,
     retry_pause: Duration,
-    /// The proxies this supervisor started: children of ours that are not the server's.
-    pub(crate) proxies_started: Vec<i32>,
 }
 
 pub(crate) enum RouteEvent {
@@ -80,7 +78,6 @@ impl Registration {
             closed: Closed::Lost,
             retry_at: None,
             retry_pause: RETRY_FIRST,
-            proxies_started: Vec::new(),
         }
     }
 
@@ -91,7 +88,11 @@ impl Registration {
         match launch::connect_or_start(&self.runtime, &self.self_exe).await {
             Ok(connected) => {
                 if connected.started {
-                    self.proxies_started.extend(connected.hello.pid);
+                    connected
+                        .hello
+                        .pid
+                        .into_iter()
+                        .for_each(super::children::add);
                     out.say(format!(
                         "started the front proxy (log: {})",
                         self.runtime.join("proxy.log").display()
@@ -103,10 +104,11 @@ impl Registration {
                     instance: Box::new(self.instance.clone()),
                 };
                 if let Some(client) = self.client.as_mut() {
-                    client
+                    let answer = client
                         .call(&register)
                         .await
                         .context("the front proxy refused this instance")?;
+                    self.numbered(&answer);
                 }
             }
             Err(e) => out.say(format!(
@@ -148,11 +150,25 @@ impl Registration {
         let request = crate::control::protocol::Request::Register {
             instance: Box::new(self.instance.clone()),
         };
-        if let Some(client) = self.client.as_mut()
-            && client.call(&request).await.is_err()
-        {
-            let closed = client.how_closed();
-            self.on_lost(closed);
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        match client.call(&request).await {
+            Ok(answer) => self.numbered(&answer),
+            Err(_) => {
+                let closed = client.how_closed();
+                self.on_lost(closed);
+            }
+        }
+    }
+
+    /// A `--join`ed member (`member: Some(0)`) keeps the number the proxy gave it, so that
+    /// every later registration (a state change, a new proxy) is the same member.
+    fn numbered(&mut self, answer: &crate::control::protocol::Response) {
+        if let (Some(0), Some(k)) = (self.instance.member, answer.member.filter(|k| *k > 0)) {
+            self.instance.member = Some(k);
+            self.out.set_member(k);
+            self.out.event("member", serde_json::json!({ "member": k }));
         }
     }
 
@@ -216,7 +232,11 @@ impl Registration {
             return;
         };
         if connected.started {
-            self.proxies_started.extend(connected.hello.pid);
+            connected
+                .hello
+                .pid
+                .into_iter()
+                .for_each(super::children::add);
         }
         self.client = Some(connected.client);
         self.retry_at = None;

@@ -8,7 +8,8 @@ use anyhow::Context as _;
 use futures_util::StreamExt;
 use tokio::process::Child;
 
-use super::demand::{self, IdleClock};
+use super::demand::{self, IdleClock, Probe};
+use super::health::Checks;
 use super::lifecycle::{Exit, Supervisor};
 use super::readiness::{self, Finding, Readiness};
 use super::registration::RouteEvent;
@@ -26,6 +27,8 @@ enum Event {
     Notices(std::io::Result<Vec<Notice>>),
     /// Something about where the server listens or whether it is ready.
     Readiness(Finding),
+    /// A health check's result.
+    Health(Probe),
     /// On demand: time to count open connections.
     IdleTick,
     /// A stop ran out of grace.
@@ -40,14 +43,20 @@ struct Running {
     pid: i32,
     ready: Readiness,
     idle: IdleClock,
+    health: Option<Checks>,
 }
 
 impl Supervisor {
     /// Start the server and supervise it until it exits.
     pub(super) async fn run_server(&mut self) -> anyhow::Result<Exit> {
         let started = Instant::now();
-        let child = self.server.spawn()?;
-        let pid = child.id().expect("a child just spawned has a pid") as i32;
+        let (child, pid) = super::children::spawn(|| {
+            let child = self.server.spawn()?;
+            let pid = child
+                .id()
+                .context("the server exited before it could be followed")?;
+            Ok((child, pid as i32))
+        })?;
         if self.expect.mode == Mode::Env {
             // Held until this moment so that nobody else could take the port.
             self.held = None;
@@ -59,13 +68,12 @@ impl Supervisor {
             pid,
             ready,
             idle: IdleClock::new(self.idle_limit),
+            health: self.health.as_ref().map(Checks::new),
         };
-        let status = loop {
-            let event = self.next_event(&mut server).await;
-            if let Some(status) = self.on_event(event, &mut server).await? {
-                break status;
-            }
-        };
+        let status = self.until_exit(&mut server).await;
+        // Reaped (or never to be waited for again): the pid is no longer one of ours.
+        super::children::remove(pid);
+        let status = status?;
         Ok(Exit {
             status,
             ran: started.elapsed(),
@@ -73,17 +81,33 @@ impl Supervisor {
         })
     }
 
+    async fn until_exit(&mut self, server: &mut Running) -> anyhow::Result<ExitStatus> {
+        loop {
+            let event = self.next_event(server).await;
+            if let Some(status) = self.on_event(event, server).await? {
+                return Ok(status);
+            }
+        }
+    }
+
     /// Wait for the next event; nothing is acted on here.
     async fn next_event(&mut self, server: &mut Running) -> Event {
         let pid = server.pid;
         let idle_watch = self.on_demand && !self.stopper.is_stopping();
+        let checking = server.health.is_some()
+            && Checks::due_in(self.route.instance.state)
+            && !self.stopper.is_stopping();
+        let main = self.route.main_addr();
         tokio::select! {
             status = server.child.wait() => Event::Exited(status),
             Some(info) = self.signals.next() => Event::Signal(info),
             notices = self.notify.recv(|p| p.is_none_or(|p| crate::sys::process::in_tree(p, pid))) => {
                 Event::Notices(notices)
             }
-            finding = server.ready.next(self.route.main_addr()) => Event::Readiness(finding),
+            finding = server.ready.next(main) => Event::Readiness(finding),
+            Some(probe) = async { Some(server.health.as_mut()?.next(main).await) }, if checking => {
+                Event::Health(probe)
+            }
             _ = tokio::time::sleep(demand::IDLE_TICK), if idle_watch => Event::IdleTick,
             () = self.stopper.kill_due(), if self.stopper.kill_pending() => Event::KillDue,
             event = self.route.next_event() => Event::Route(event),
@@ -108,6 +132,11 @@ impl Supervisor {
                     .ready
                     .on(finding, pid, &mut self.route, &self.out)
                     .await
+            }
+            Event::Health(probe) => {
+                if let Some(checks) = server.health.as_mut() {
+                    checks.on(probe, &mut self.route, &self.out).await;
+                }
             }
             Event::IdleTick => {
                 if server.idle.tick(netstat::established(&self.ports)) {

@@ -21,6 +21,8 @@ parser.add_argument("--exit-code", type=int, default=0, help="code for --exit-af
 parser.add_argument("--bind-delay", type=float, default=0, help="env mode: wait before binding")
 parser.add_argument("--daemonize", action="store_true",
                     help="go to the background: fork, setsid, fork, the first two exit 0")
+parser.add_argument("--sick-while", metavar="FILE",
+                    help="GET /health answers 500 while FILE exists, else 200")
 args = parser.parse_args()
 
 if args.daemonize:
@@ -79,6 +81,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.big(int(self.path.split("/")[2]))
         if self.path == "/page":
             return self.page()
+        if self.path == "/health" and args.sick_while:
+            return self.health()
         if self.path == "/unasked-101":
             self.send_response(101)
             self.end_headers()
@@ -120,6 +124,14 @@ document.body.insertAdjacentHTML('beforeend', `<p id="protocol">${{nav.nextHopPr
 """.encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def health(self):
+        sick = os.path.exists(args.sick_while)
+        body = b"sick" if sick else b"ok"
+        self.send_response(500 if sick else 200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
