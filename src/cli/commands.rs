@@ -202,10 +202,8 @@ pub(crate) async fn stop(
 pub(crate) struct Running {
     /// What the proxy (else the registry) lists.
     pub(crate) listed: Vec<Listed>,
-    /// name → its supervisors, each with its server: the registry knows every supervisor,
-    /// the proxy the servers. Several for a name whose members run in several `wharf run`s
-    /// (`--join`); one `wharf run --replicas` supervises all its members.
-    pub(crate) supervisors: BTreeMap<Name, Vec<(i32, Option<i32>)>>,
+    /// name → (supervisor, server): the registry knows every supervisor, the proxy the servers.
+    pub(crate) supervisors: BTreeMap<Name, (i32, Option<i32>)>,
 }
 
 impl Running {
@@ -232,21 +230,20 @@ impl Running {
 /// What runs: the proxy's list and the registry's leases together.
 pub(crate) async fn running(ctx: &Context) -> anyhow::Result<Running> {
     let (listed, _) = instances(ctx).await?;
-    let mut supervisors: BTreeMap<Name, Vec<(i32, Option<i32>)>> = BTreeMap::new();
-    {
+    let mut supervisors: BTreeMap<Name, (i32, Option<i32>)> = {
         let reg = registry(ctx)?;
-        for (n, l) in reg.all_leases() {
-            let pids = supervisors.entry(n.clone()).or_default();
-            if !pids.iter().any(|(pid, _)| *pid == l.holder.pid) {
-                pids.push((l.holder.pid, None));
-            }
-        }
-    }
+        // A name's first supervisor; the others (`--join`) are found with its members.
+        reg.leases
+            .iter()
+            .filter_map(|(n, l)| Some((n.clone(), (l.first()?.holder.pid, None))))
+            .collect()
+    };
     for l in listed.iter().filter(|l| !l.alias) {
-        let pids = supervisors.entry(l.instance.name.clone()).or_default();
-        match pids.iter_mut().find(|(pid, _)| *pid == l.instance.pid) {
-            Some(entry) => entry.1 = entry.1.or(l.instance.child_pid),
-            None => pids.push((l.instance.pid, l.instance.child_pid)),
+        let entry = supervisors
+            .entry(l.instance.name.clone())
+            .or_insert((l.instance.pid, None));
+        if entry.0 == l.instance.pid {
+            entry.1 = l.instance.child_pid;
         }
     }
     Ok(Running {
@@ -266,18 +263,13 @@ pub(crate) async fn stop_running(
 ) -> anyhow::Result<Vec<(bool, String)>> {
     let targets: Vec<(Name, (i32, Option<i32>))> = targets
         .into_iter()
-        .flat_map(|n| {
-            let pids = running.supervisors.get(&n).cloned().unwrap_or_default();
-            pids.into_iter().map(move |p| (n.clone(), p))
-        })
+        .filter_map(|n| running.supervisors.get(&n).map(|p| (n, *p)))
         .collect();
     let runtime = ctx.dirs.runtime()?.to_path_buf();
     let mut proxy = launch::connect(&runtime).await;
     // The routes go first, so nobody is sent to a server that is shutting down.
     if let Some(c) = proxy.as_mut() {
-        let mut names: Vec<&Name> = targets.iter().map(|(name, _)| name).collect();
-        names.dedup();
-        for name in names {
+        for (name, _) in &targets {
             let _ = c.client.call(&Request::Stop { name: name.clone() }).await;
         }
     }

@@ -529,7 +529,7 @@ impl Wharf {
                     running
                         .supervisors
                         .get(n)
-                        .is_some_and(|s| s.iter().any(|(pid, _)| *pid == sup.pid))
+                        .is_some_and(|(pid, _)| *pid == sup.pid)
                 })
                 .map(|(n, _)| n)
                 .collect();
