@@ -168,6 +168,8 @@ impl Registration {
         if let (Some(0), Some(k)) = (self.instance.member, answer.member.filter(|k| *k > 0)) {
             self.instance.member = Some(k);
             self.out.set_member(k);
+            self.out
+                .say(format!("joined {} as member {k}", self.instance.name));
             self.out.event("member", serde_json::json!({ "member": k }));
         }
     }

@@ -11,6 +11,7 @@ mod hosts;
 mod http2;
 mod https;
 mod mcp;
+mod members;
 mod names;
 mod pages;
 mod ports;

@@ -196,6 +196,16 @@ fn bad_project_files_are_explained_and_change_nothing() {
             6,
             "missing field `command`",
         ),
+        (
+            "replicas = 0\n",
+            5,
+            "instances.keep.replicas: 0 is not a number of members from 1 to 64",
+        ),
+        (
+            "health = { path = \"/\", failures = -1 }\n",
+            5,
+            "instances.keep.health.failures: -1 is not a number of failures",
+        ),
     ];
     for (extra, line, what) in cases {
         write_project(&sb, &format!("{good}{extra}"));
