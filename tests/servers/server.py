@@ -22,7 +22,8 @@ parser.add_argument("--bind-delay", type=float, default=0, help="env mode: wait 
 parser.add_argument("--daemonize", action="store_true",
                     help="go to the background: fork, setsid, fork, the first two exit 0")
 parser.add_argument("--sick-while", metavar="FILE",
-                    help="GET /health answers 500 while FILE exists, else 200")
+                    help="GET /health answers 500 while FILE exists, else 200 ($VARS expanded: "
+                         "sick-$WHARF_MEMBER is one file per member)")
 args = parser.parse_args()
 
 if args.daemonize:
@@ -129,7 +130,7 @@ document.body.insertAdjacentHTML('beforeend', `<p id="protocol">${{nav.nextHopPr
         self.wfile.write(body)
 
     def health(self):
-        sick = os.path.exists(args.sick_while)
+        sick = os.path.exists(os.path.expandvars(args.sick_while))
         body = b"sick" if sick else b"ok"
         self.send_response(500 if sick else 200)
         self.send_header("Content-Length", str(len(body)))
