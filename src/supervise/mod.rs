@@ -157,8 +157,6 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
             args.replicas
         ));
     }
-    // A server that detaches itself stays ours to follow and stop (`lifecycle`).
-    crate::sys::process::become_subreaper();
     let mut supervisors = Vec::new();
     let mut leases = Vec::new();
     for (member, out, a) in allocated {
@@ -170,6 +168,8 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         };
         supervisors.push(supervisor(ctx, &args, &plan, source, &dirs, member, &log).await?);
     }
+    // A server that detaches itself stays ours to follow and stop (`lifecycle`).
+    crate::sys::process::become_subreaper();
     let mut ends = futures_util::future::join_all(supervisors.into_iter().map(|s| {
         let out = s.out.clone();
         async move { (out, s.run().await) }
