@@ -57,9 +57,9 @@ pub(crate) struct Lease {
     /// name, and whether `--reuse` may use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) run: Option<Run>,
-    /// Which member of a replicated name this lease is for (`--replicas`): one holder may
-    /// hold several. `None` for a name without replicas, and for a `--join`ed member (its
-    /// holder holds that one lease only).
+    /// Which member of a replicated name this lease is for (`--replicas`: one holder may
+    /// hold several). `None` for a name without replicas; `Some(0)` for a `--join`ed member,
+    /// whose number only the proxy knows (its holder holds that one lease only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) member: Option<u32>,
 }

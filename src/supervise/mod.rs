@@ -340,8 +340,9 @@ fn allocate(
     dirs: &Dirs,
     out: &Output,
 ) -> anyhow::Result<Result<ports::Allocated, Lease>> {
-    // `--port` (and PORT) is the first member's; the others take what the range has free.
-    let prefer = match member.is_none_or(|k| k == 1) {
+    // `--port` (and PORT) is the first member's (or the joining one's); the others take what
+    // the range has free.
+    let prefer = match member.is_none_or(|k| k <= 1) {
         true => preference(args.port, args.inherited_port.as_deref(), out),
         false => args.port.filter(|p| *p == 0),
     };

@@ -33,8 +33,8 @@ pub(crate) struct Request<'a> {
     pub(crate) run: &'a Run,
     /// An instance of the name running `run` already is no error: `AlreadyRunning`.
     pub(crate) reuse: bool,
-    /// Which member of the name this is (`--replicas`: 1, 2, …); `None` without replicas.
-    /// Only a name's first member has a last port to prefer.
+    /// Which member of the name this is (`--replicas`: 1, 2, …; `--join`: 0, numbered later);
+    /// `None` without replicas. Only a name's first member has a last port to prefer.
     pub(crate) member: Option<u32>,
     /// `--join`: one more member for a name that runs: its leases are no conflict, and a
     /// name that does not run is (`NothingToJoin`).

@@ -81,6 +81,7 @@ impl Supervisor {
         })
     }
 
+    /// Act on each event until the server exits.
     async fn until_exit(&mut self, server: &mut Running) -> anyhow::Result<ExitStatus> {
         loop {
             let event = self.next_event(server).await;
