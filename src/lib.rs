@@ -7,8 +7,9 @@
 //! - `cli`: the commands a user types, and what each one does with the parts below.
 //! - `install`: running the proxy as a service (systemd units, launchd agents), `doctor`, and
 //!   the system files wharf edits when asked (`/etc/hosts` through sudo, nsswitch.conf).
-//! - `supervise`: `wharf run`, one instance's supervisor: binds its ports, starts its server
-//!   with them, watches readiness, restarts it, and keeps its route registered.
+//! - `supervise`: `wharf run`, one instance's supervisor (one per member with `--replicas`):
+//!   binds its ports, starts its server with them, watches readiness and health, restarts it,
+//!   and keeps its route registered.
 //! - `proxy`: `wharf proxy`, the front proxy: accepts connections, routes `NAME.localhost`,
 //!   forwards HTTP/1.1 (express lane and hyper's path), HTTP/2 and tunnels.
 //! - `control`: the control plane between commands and the proxy (wire format, client,

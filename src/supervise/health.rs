@@ -85,3 +85,60 @@ impl Checks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::mode::Mode;
+    use crate::sys::socket::{BoundSocket, bind_loopback, local_port};
+    use std::path::Path;
+
+    /// Out after `failures` failures in a row (said once), back at the first pass; a pass in
+    /// between starts the count again.
+    #[tokio::test]
+    async fn unhealthy_after_failures_in_a_row_and_ready_at_the_first_pass() {
+        let tmp = tempfile::tempdir().unwrap();
+        let socket = bind_loopback(0).unwrap();
+        let port = local_port(&socket).unwrap();
+        let bound = [BoundSocket {
+            name: "http".into(),
+            port,
+            socket,
+        }];
+        let name = "api".parse().unwrap();
+        let out = Output::new("api".parse().unwrap(), true, None, false);
+        // Never connected: the route only records its state.
+        let mut route = Registration::new(
+            &out,
+            tmp.path(),
+            Path::new("/nonexistent"),
+            &name,
+            Mode::Fd,
+            &bound,
+        );
+        route.instance.state = State::Ready;
+        let health = Health {
+            path: "/health".into(),
+            interval: Duration::from_millis(10),
+            failures: 2,
+        };
+        let mut checks = Checks::new(&health);
+        let ok = || Probe::Ready(http::StatusCode::OK);
+        let bad = || Probe::Answered(http::StatusCode::INTERNAL_SERVER_ERROR);
+        checks.on(bad(), &mut route, &out).await;
+        checks.on(ok(), &mut route, &out).await;
+        checks.on(bad(), &mut route, &out).await;
+        assert_eq!(route.instance.state, State::Ready, "not two in a row");
+        checks.on(Probe::Silent, &mut route, &out).await;
+        assert_eq!(route.instance.state, State::Unhealthy);
+        checks.on(bad(), &mut route, &out).await;
+        assert_eq!(route.instance.state, State::Unhealthy);
+        checks.on(ok(), &mut route, &out).await;
+        assert_eq!(route.instance.state, State::Ready);
+        // A server still starting is not made ready by a passing check.
+        route.instance.state = State::Starting;
+        checks.on(ok(), &mut route, &out).await;
+        assert_eq!(route.instance.state, State::Starting);
+        assert!(!Checks::due_in(State::Starting) && Checks::due_in(State::Unhealthy));
+    }
+}
