@@ -157,16 +157,32 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
             args.replicas
         ));
     }
+    // Every member catches the signals itself, each getting every one, so a Ctrl-C or SIGTERM
+    // stops them all: all caught before the first member registers, so that one coming while
+    // the others register reaches them too.
+    let signals = allocated
+        .iter()
+        .map(|_| stop::catch_signals())
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut supervisors = Vec::new();
     let mut leases = Vec::new();
-    for (member, out, a) in allocated {
+    for ((member, out, a), signals) in allocated.into_iter().zip(signals) {
         leases.push(a.lease);
         let member = Member {
             member,
             out,
             bound: a.sockets,
+            signals,
         };
         supervisors.push(supervisor(ctx, &args, &plan, source, &dirs, member, &log).await?);
+    }
+    // Asked to stop while registering: no server is started (the routes go with `supervisors`).
+    if let Some(signal) = supervisors
+        .iter_mut()
+        .find_map(|s| stop::pending_stop(&mut s.signals))
+    {
+        out.say("asked to stop before the server started; route removed".to_string());
+        return Ok(128 + signal);
     }
     // A server that detaches itself stays ours to follow and stop (`lifecycle`).
     crate::sys::process::become_subreaper();
@@ -211,11 +227,12 @@ fn members(args: &RunArgs) -> Vec<Option<u32>> {
     }
 }
 
-/// One member, its sockets bound.
+/// One member, its sockets bound and the signals caught for it.
 struct Member {
     member: Option<u32>,
     out: Output,
     bound: Vec<crate::sys::socket::BoundSocket>,
+    signals: stop::Signals,
 }
 
 /// Everything one member's supervisor holds, made ready: its route registered, its notify
@@ -230,7 +247,12 @@ async fn supervisor(
     member: Member,
     log: &Option<Log>,
 ) -> anyhow::Result<Supervisor> {
-    let Member { member, out, bound } = member;
+    let Member {
+        member,
+        out,
+        bound,
+        signals,
+    } = member;
     for b in &bound {
         out.event(
             "port",
@@ -284,9 +306,6 @@ async fn supervisor(
     start::say_handoff(&out, plan.mode, &bound);
     out.url(&url);
     let server = start::Server::new(ctx, args, plan, argv, &bound, env, log.clone());
-    // Every member catches the signals itself: each gets every one, so a Ctrl-C or SIGTERM
-    // stops them all.
-    let signals = stop::catch_signals()?;
     Ok(Supervisor {
         stopper: stop::Stopper::new(&out, server.own_group, args.stop_grace),
         restarts: restart::Restarts::new(args.restart, args.on_demand),

@@ -39,6 +39,17 @@ pub(super) async fn stop_signal(signals: &mut Signals) {
     std::future::pending().await
 }
 
+/// A stop signal (SIGINT/SIGTERM/SIGQUIT) already caught and not yet read, if any; others
+/// waiting are read and dropped (no server runs to pass them to).
+pub(super) fn pending_stop(signals: &mut Signals) -> Option<i32> {
+    while let Some(Some(info)) = futures_util::FutureExt::now_or_never(signals.next()) {
+        if is_stop(info.si_signo) {
+            return Some(info.si_signo);
+        }
+    }
+    None
+}
+
 /// Passes signals on to the server and carries out stops: the one in progress, and how many
 /// times wharf was asked.
 pub(super) struct Stopper {
