@@ -21,7 +21,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run a server as an instance (named by --name or the project), its socket bound by wharf
-    Run(Box<RunCli>),
+    Run(RunCli),
     /// List instances: NAME URL PORT PID MODE STATE UPTIME REQUESTS
     Ls(LsCli),
     /// Stop instances (SIGTERM, wait, SIGKILL everything they started); routes go at once
@@ -235,7 +235,7 @@ pub(crate) struct RunCli {
     #[arg(long, short = 'v', conflicts_with = "quiet")]
     pub(crate) verbose: bool,
     #[command(flatten)]
-    pub(crate) members: MembersCli,
+    pub(crate) members: Box<MembersCli>,
     /// The server command and its arguments. Default: the one instance of wharf.toml, else
     /// package.json's scripts.dev (run by npm, or pnpm, yarn or bun as the lockfile says)
     #[arg(last = true, value_name = "CMD")]

@@ -55,7 +55,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(args) => {
             let config = user_config(&ctx)?;
             let grace = stop_grace()?;
-            let filled = run::fill(&ctx, &project_trust(&ctx)?, *args)?;
+            let filled = run::fill(&ctx, &project_trust(&ctx)?, args)?;
             if let Some(dir) = &filled.dir {
                 // A declared instance's `dir`: where its server starts, as under `wharf up`.
                 std::env::set_current_dir(dir)
