@@ -186,12 +186,17 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
     }
     // A server that detaches itself stays ours to follow and stop (`lifecycle`).
     crate::sys::process::become_subreaper();
-    let mut ends = futures_util::future::join_all(supervisors.into_iter().map(|s| {
+    // Each member's lease goes when it ends: its ports are free again though others run on.
+    let members = supervisors.into_iter().zip(leases);
+    let mut ends = futures_util::future::join_all(members.map(|(s, lease)| {
         let out = s.out.clone();
-        async move { (out, s.run().await) }
+        async move {
+            let end = s.run().await;
+            drop(lease);
+            (out, end)
+        }
     }))
     .await;
-    drop(leases);
     if ends.len() == 1
         && let Some((_, end)) = ends.pop()
     {
