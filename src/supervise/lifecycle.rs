@@ -28,7 +28,7 @@ use crate::sys::socket::BoundSocket;
 /// How often a server gone to the background is looked for.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
-/// One instance's supervisor: what it holds for the instance's whole life.
+/// One instance's supervisor (one member's, with replicas): what it holds for its whole life.
 pub(super) struct Supervisor {
     pub(super) out: Output,
     pub(super) route: Registration,

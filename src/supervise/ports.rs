@@ -175,8 +175,12 @@ pub(crate) fn allocate(
             });
         }
         drop(reg);
-        let mut holders: Vec<ProcessId> = others.iter().map(|l| l.holder).collect();
-        holders.dedup();
+        let mut holders: Vec<ProcessId> = Vec::new();
+        for l in &others {
+            if !holders.contains(&l.holder) {
+                holders.push(l.holder);
+            }
+        }
         for holder in holders {
             say(format!(
                 "stopping the running '{}' (pid {}) as --force asks",
