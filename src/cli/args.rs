@@ -247,7 +247,7 @@ pub(crate) struct RunCli {
 pub(crate) struct MembersCli {
     /// Run N members of the name (1-64), each a server with a socket of its own, balanced by
     /// the proxy; their lines say NAME#K
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::model::project::MAX_REPLICAS)))]
     pub(crate) replicas: Option<u32>,
     /// Add one member to a name that runs already (started by another `wharf run`)
     #[arg(long, conflicts_with_all = ["replicas", "force", "reuse"])]
