@@ -1,7 +1,7 @@
 //! The commands' end of the control socket: one connection to the proxy, its requests, and the
-//! events it may hear (the proxy stopping, request counts).
+//! events it may hear (the proxy stopping, request counts, a reload to carry out).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::path::Path;
 
@@ -35,6 +35,18 @@ pub(crate) struct Client {
     stopping: bool,
     /// The latest request counts the proxy sent for what this connection registered.
     requests: BTreeMap<Name, u64>,
+    /// `reload` events heard and not yet taken by `next_event` (one may come mid-call).
+    reloads: VecDeque<u64>,
+}
+
+/// What a registration connection hears next (`Client::next_event`).
+#[cfg_attr(not(test), allow(dead_code))] // until the supervisor acts on reloads
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// The connection ended, on purpose or not.
+    Closed(Closed),
+    /// Start a new version and switch to it; answer with `Client::reloaded(number, …)`.
+    Reload(u64),
 }
 
 impl Client {
@@ -48,6 +60,7 @@ impl Client {
                     writer: w,
                     stopping: false,
                     requests: BTreeMap::new(),
+                    reloads: VecDeque::new(),
                 }))
             }
             Err(e)
@@ -92,6 +105,7 @@ impl Client {
         match response.event.as_deref() {
             Some("stopping") => self.stopping = true,
             Some("requests") => self.requests = response.requests.clone().unwrap_or_default(),
+            Some("reload") => self.reloads.extend(response.reload),
             _ => {}
         }
         Ok(Some(response))
@@ -111,10 +125,36 @@ impl Client {
         }
     }
 
-    /// Resolves when the proxy closes the connection, saying whether it meant to.
+    /// Resolves when the proxy closes the connection, saying whether it meant to. Reload
+    /// events heard meanwhile wait for `next_event`.
     pub(crate) async fn closed(&mut self) -> Closed {
         while let Ok(Some(_)) = self.read_response().await {}
         self.how_closed()
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))] // until the supervisor acts on reloads
+    /// The next thing to act on: a `reload` event (one heard during a `call` first), or the
+    /// connection's end. Like `closed`, not to be cancelled mid-line: a line half read is lost.
+    pub(crate) async fn next_event(&mut self) -> Event {
+        loop {
+            if let Some(reload) = self.reloads.pop_front() {
+                return Event::Reload(reload);
+            }
+            if !matches!(self.read_response().await, Ok(Some(_))) {
+                return Event::Closed(self.how_closed());
+            }
+        }
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))] // until the supervisor acts on reloads
+    /// Report on the `reload` event numbered `reload`: `error` (with the new version's last
+    /// output) when the new version did not take over and the old one kept serving.
+    pub(crate) async fn reloaded(
+        &mut self,
+        reload: u64,
+        error: Option<String>,
+    ) -> Result<Response, ClientError> {
+        self.call(&Request::Reloaded { reload, error }).await
     }
 }
 

@@ -42,6 +42,10 @@ pub(crate) enum ProxyError {
     NotListening(Name, Duration),
     #[error("{0} failed and gave up restarting")]
     Failed(Name),
+    /// A replicated name none of whose members can take the request: each described
+    /// (`balance::describe`).
+    #[error("no member of {name} can take requests now")]
+    NoMember { name: Name, members: Vec<String> },
     #[error("{name} ({addr}) is not answering: {source}")]
     Unreachable {
         name: Name,
@@ -102,9 +106,10 @@ impl From<&ProxyError> for StatusCode {
             ProxyError::Host(HostError::Foreign(_)) => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::Unknown(_) | ProxyError::NoSocket { .. } => StatusCode::NOT_FOUND,
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
-            ProxyError::NotListening(..) | ProxyError::Failed(_) | ProxyError::OutOfFds(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NotListening(..)
+            | ProxyError::Failed(_)
+            | ProxyError::NoMember { .. }
+            | ProxyError::OutOfFds(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unreachable { .. } | ProxyError::BadResponse { .. } => {
                 StatusCode::BAD_GATEWAY
             }

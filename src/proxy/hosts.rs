@@ -42,7 +42,11 @@ pub(crate) async fn keep(routes: Arc<Routes>, path: PathBuf, shutdown: Cancellat
         }
         let names = {
             let table = changes.borrow_and_update();
-            crate::model::hosts::hostnames(table.values().map(|r| &r.instance))
+            crate::model::hosts::hostnames(
+                table
+                    .values()
+                    .flat_map(|m| m.all.iter().map(|r| &r.instance)),
+            )
         };
         if written.as_ref() == Some(&names) {
             continue;

@@ -15,6 +15,7 @@
 //! - `hosts` keeps wharf's block in the hosts file in step with `routes` (`[hosts] sync`).
 
 pub(crate) mod accept;
+pub(crate) mod balance;
 pub(crate) mod body;
 pub(crate) mod budget;
 pub(crate) mod control;

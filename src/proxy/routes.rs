@@ -1,12 +1,14 @@
-//! The route table: instance name → where its sockets are. It lives in a `watch` channel:
-//! readers clone the current table's `Arc` (or one route's) under the channel's read lock, so a
-//! lookup waits only while a writer copies and edits the table (a registration, rarely); writers
-//! edit a copy, swap it in and wake every subscriber, in one step.
+//! The route table: instance name → its members, and where each one's sockets are. A name
+//! is one registration's (a single server), or several members' (replicas: `--replicas`,
+//! `--join`), which `balance` chooses among per request. The table lives in a `watch` channel:
+//! readers clone the current table's `Arc` (or one name's) under the channel's read lock, so a
+//! lookup waits only while a writer copies and edits the table (a registration, rarely);
+//! writers edit a copy, swap it in and wake every subscriber, in one step.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::SystemTime;
 
 use http::uri::Authority;
@@ -15,6 +17,7 @@ use tokio::sync::watch;
 use crate::model::instance::{Instance, State};
 use crate::model::mode::Mode;
 use crate::model::name::Name;
+use crate::proxy::balance::Health;
 
 /// Who registered a route: a control connection, or the alias file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,15 +26,19 @@ pub(crate) enum Owner {
     Alias,
 }
 
-/// One routable instance.
+/// One routable server: a name's only registration, or one member of it.
 #[derive(Debug)]
 pub(crate) struct Route {
     pub(crate) instance: Instance,
     pub(crate) owner: Owner,
+    /// Its number among the name's members (a registration without one is member 1).
+    pub(crate) number: u32,
     /// When the name was first registered (kept across re-registrations).
     pub(crate) since: SystemTime,
     /// Requests forwarded to it (shared across re-registrations).
     pub(crate) requests: Arc<AtomicU64>,
+    /// Requests in flight and passive health (shared across re-registrations).
+    pub(crate) health: Arc<Health>,
     /// Whether it has answered a request since this registration.
     pub(crate) answered: std::sync::atomic::AtomicBool,
     /// Each socket's address as an URI authority, built once.
@@ -39,7 +46,14 @@ pub(crate) struct Route {
 }
 
 impl Route {
-    fn new(instance: Instance, owner: Owner, since: SystemTime, requests: Arc<AtomicU64>) -> Route {
+    fn new(
+        instance: Instance,
+        owner: Owner,
+        number: u32,
+        since: SystemTime,
+        requests: Arc<AtomicU64>,
+        health: Arc<Health>,
+    ) -> Route {
         let authorities = instance
             .sockets
             .iter()
@@ -54,8 +68,10 @@ impl Route {
         Route {
             instance,
             owner,
+            number,
             since,
             requests,
+            health,
             answered: Default::default(),
             authorities,
         }
@@ -76,20 +92,69 @@ impl Route {
     pub(crate) fn failed(&self) -> bool {
         self.instance.state == State::Failed
     }
+}
 
-    pub(crate) fn count_request(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+/// A name's registrations: one, or the members of a replicated name, by number.
+#[derive(Debug)]
+pub(crate) struct Members {
+    /// At least one, ordered by `Route::number`.
+    pub(crate) all: Vec<Arc<Route>>,
+    /// Where the balancer's round-robin tie-break starts next (kept across table versions).
+    pub(crate) turn: Arc<AtomicUsize>,
+}
+
+impl Members {
+    pub(crate) fn name(&self) -> &Name {
+        &self.all[0].instance.name
+    }
+
+    /// The first member's: the name's registration for everything that knows only one.
+    pub(crate) fn first(&self) -> &Arc<Route> {
+        &self.all[0]
+    }
+
+    pub(crate) fn alias(&self) -> bool {
+        self.all[0].owner == Owner::Alias
+    }
+
+    /// Several members, or one that registered as a member: requests are balanced, and an
+    /// answer about the name names its members.
+    pub(crate) fn replicated(&self) -> bool {
+        self.all.len() > 1 || self.all[0].instance.member.is_some()
+    }
+
+    /// Clients are kept on one member (a cookie): when any member asks.
+    pub(crate) fn sticky(&self) -> bool {
+        self.all.iter().any(|r| r.instance.sticky)
+    }
+
+    pub(crate) fn by_owner(&self, owner: Owner) -> Option<&Arc<Route>> {
+        self.all.iter().find(|r| r.owner == owner)
+    }
+
+    pub(crate) fn by_number(&self, number: u32) -> Option<&Arc<Route>> {
+        self.all.iter().find(|r| r.number == number)
+    }
+
+    fn has_socket(&self, sub: &str) -> bool {
+        self.all.iter().any(|r| r.authorities.contains_key(sub))
     }
 }
 
-pub(crate) type Table = HashMap<Name, Arc<Route>>;
+pub(crate) type Table = HashMap<Name, Arc<Members>>;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum RouteError {
     #[error(
-        "the name '{name}' is already served by wharf pid {pid}; stop it first (`wharf stop {name}`)"
+        "the name '{name}' is already served by wharf pid {pid}; stop it first (`wharf stop {name}`), \
+         or add a member to it with `wharf run --name {name} --join -- CMD`"
     )]
     Taken { name: Name, pid: i32 },
+    #[error(
+        "member {member} of '{name}' is already served by wharf pid {pid}; pick another number, \
+         or let wharf pick one (`--join`)"
+    )]
+    MemberTaken { name: Name, member: u32, pid: i32 },
     #[error("the name '{0}' is an alias; remove it first (`wharf alias --rm {0}`)")]
     Alias(Name),
     /// `SUB.NAME` while NAME has a socket SUB (or the other way round): one host, two meanings.
@@ -101,13 +166,13 @@ pub(crate) enum RouteError {
 
 /// What a host's name finds in the table.
 pub(crate) enum Resolved {
-    /// The instance, and which socket (`None`: the main one).
-    Found(Arc<Route>, Option<Name>),
+    /// The name's members, and which socket (`None`: the main one).
+    Found(Arc<Members>, Option<Name>),
     /// No instance's name is the host's or ends it.
     Unknown,
-    /// The longest instance name the host ends with is `route`'s, but what is left in front,
-    /// `sub`, is none of its sockets.
-    NoSocket { route: Arc<Route>, sub: String },
+    /// The longest instance name the host ends with is `members`', but what is left in
+    /// front, `sub`, is none of their sockets.
+    NoSocket { members: Arc<Members>, sub: String },
 }
 
 /// The shared route table. One `watch` channel is its lock, its version and its wake-up;
@@ -129,7 +194,7 @@ impl Routes {
         self.table.borrow().clone()
     }
 
-    pub(crate) fn get(&self, name: &Name) -> Option<Arc<Route>> {
+    pub(crate) fn get(&self, name: &Name) -> Option<Arc<Members>> {
         self.table.borrow().get(name).cloned()
     }
 
@@ -147,44 +212,96 @@ impl Routes {
         self.table.subscribe()
     }
 
-    /// Add or replace `instance` for `owner`. A name held by another live owner is refused;
-    /// one whose registering process is dead is taken over.
-    pub(crate) fn register(&self, owner: Owner, instance: Instance) -> Result<(), RouteError> {
+    /// Add or replace `instance` for `owner`; returns its member number when it registered
+    /// as a member (`Some(0)` asks for the smallest free one). The rules:
+    /// - a registration without a member number is refused while another live owner holds
+    ///   the name;
+    /// - one with a number joins the name (a registration without one there counts as member
+    ///   1), unless another live owner holds that number;
+    /// - the same owner registering again updates its member (state, sockets: a reload moves
+    ///   a member to a new socket), keeping its number and counters;
+    /// - what an owner whose process is dead registered is taken over.
+    pub(crate) fn register(
+        &self,
+        owner: Owner,
+        mut instance: Instance,
+    ) -> Result<Option<u32>, RouteError> {
+        let asked = instance.member.is_some();
         self.update(|table| {
             shadowing(table, &instance)?;
-            let (since, requests) = match table.get(&instance.name) {
-                Some(old) if old.owner == owner => (old.since, old.requests.clone()),
-                Some(old) if old.owner == Owner::Alias => {
-                    return Err(RouteError::Alias(instance.name.clone()));
+            let name = instance.name.clone();
+            let old = table.get(&name);
+            let mut mine = None;
+            let mut others = Vec::new();
+            if let Some(old) = old {
+                if old.alias() && owner != Owner::Alias {
+                    return Err(RouteError::Alias(name));
                 }
-                Some(old)
-                    if owner != Owner::Alias
-                        && crate::sys::process::ProcessId::of(old.instance.pid).is_some() =>
-                {
-                    return Err(RouteError::Taken {
-                        name: instance.name.clone(),
-                        pid: old.instance.pid,
-                    });
+                for route in &old.all {
+                    if route.owner == owner {
+                        mine = Some(route.clone());
+                    } else if owner != Owner::Alias
+                        && crate::sys::process::ProcessId::of(route.instance.pid).is_some()
+                    {
+                        others.push(route.clone());
+                    }
                 }
+            }
+            let taken = |n: u32| others.iter().find(|r| r.number == n);
+            let number = match (instance.member, &mine) {
+                (None | Some(0), Some(mine)) => mine.number,
+                (None, None) => match others.first() {
+                    Some(other) => {
+                        return Err(RouteError::Taken {
+                            name,
+                            pid: other.instance.pid,
+                        });
+                    }
+                    None => 1,
+                },
+                (Some(0), None) => (1..).find(|n| taken(*n).is_none()).unwrap_or(1),
+                (Some(k), _) => match taken(k) {
+                    Some(other) => {
+                        return Err(RouteError::MemberTaken {
+                            name,
+                            member: k,
+                            pid: other.instance.pid,
+                        });
+                    }
+                    None => k,
+                },
+            };
+            if instance.member.is_some() {
+                instance.member = Some(number);
+            }
+            let (since, requests, health) = match &mine {
+                Some(old) => (old.since, old.requests.clone(), old.health.clone()),
                 // New here (or a proxy restart): the instance says how long it has been up
                 // and what earlier proxies counted.
-                _ => (
+                None => (
                     instance.started_at.map_or_else(SystemTime::now, |t| {
                         SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t)
                     }),
                     Arc::new(AtomicU64::new(instance.requests_before.unwrap_or(0))),
+                    Arc::default(),
                 ),
             };
-            table.insert(
-                instance.name.clone(),
-                Arc::new(Route::new(instance, owner, since, requests)),
-            );
-            Ok(())
+            // Its supervisor says it is ready: whatever the proxy saw fail before is past.
+            if instance.state == State::Ready {
+                health.admit();
+            }
+            let route = Route::new(instance, owner, number, since, requests, health);
+            let mut all = others;
+            all.push(Arc::new(route));
+            all.sort_by_key(|r| r.number);
+            let turn = old.map(|m| m.turn.clone()).unwrap_or_default();
+            table.insert(name, Arc::new(Members { all, turn }));
+            Ok(asked.then_some(number))
         })
     }
 
-    /// Remove `name` (whoever owns it); returns what was there.
-    pub(crate) fn remove(&self, name: &Name) -> Option<Arc<Route>> {
+    /// Remove `name` (all its members, whoever owns them); returns what was there.
+    pub(crate) fn remove(&self, name: &Name) -> Option<Arc<Members>> {
         let mut removed = None;
         let _ = self.update(|table| {
             removed = table.remove(name);
@@ -193,43 +310,64 @@ impl Routes {
         removed
     }
 
-    /// Remove every route `owner` registered (its connection closed).
+    /// Remove every member `owner` registered (its connection closed); a name stays while
+    /// other members remain.
     pub(crate) fn remove_owner(&self, owner: Owner) {
         let _ = self.update(|table| {
-            table.retain(|_, route| route.owner != owner);
+            table.retain(|_, members| {
+                if members.all.iter().all(|r| r.owner != owner) {
+                    return true;
+                }
+                let all: Vec<Arc<Route>> = members
+                    .all
+                    .iter()
+                    .filter(|r| r.owner != owner)
+                    .cloned()
+                    .collect();
+                if all.is_empty() {
+                    return false;
+                }
+                *members = Arc::new(Members {
+                    all,
+                    turn: members.turn.clone(),
+                });
+                true
+            });
             Ok::<_, RouteError>(())
         });
     }
 
     /// Edit a copy of the table and swap it in, waking subscribers; an `Err` changes nothing.
-    fn update<E>(&self, edit: impl FnOnce(&mut Table) -> Result<(), E>) -> Result<(), E> {
-        let mut result = Ok(());
+    fn update<T, E>(&self, edit: impl FnOnce(&mut Table) -> Result<T, E>) -> Result<T, E> {
+        let mut result = None;
         self.table.send_if_modified(|table| {
             let mut next = Table::clone(table);
-            result = edit(&mut next);
-            if result.is_ok() {
+            let edited = edit(&mut next);
+            let changed = edited.is_ok();
+            if changed {
                 *table = Arc::new(next);
             }
-            result.is_ok()
+            result = Some(edited);
+            changed
         });
-        result
+        result.expect("the edit ran")
     }
 }
 
 fn resolve_in(table: &Table, asked: &Name) -> Resolved {
     for (front, name) in Name::suffixes(asked.as_str()) {
-        let Some(route) = table.get(name) else {
+        let Some(members) = table.get(name) else {
             continue;
         };
         let Some(front) = front else {
-            return Resolved::Found(route.clone(), None);
+            return Resolved::Found(members.clone(), None);
         };
         return match Name::label(front) {
-            Ok(sub) if route.authorities.contains_key(sub.as_str()) => {
-                Resolved::Found(route.clone(), Some(sub))
+            Ok(sub) if members.has_socket(sub.as_str()) => {
+                Resolved::Found(members.clone(), Some(sub))
             }
             _ => Resolved::NoSocket {
-                route: route.clone(),
+                members: members.clone(),
                 sub: front.to_string(),
             },
         };
@@ -243,11 +381,11 @@ fn shadowing(table: &Table, instance: &Instance) -> Result<(), RouteError> {
     let name = instance.name.as_str();
     if let Some((sub, rest)) = name.split_once('.')
         && let Some(other) = table.get(rest)
-        && other.instance.sockets.contains_key(sub)
+        && other.has_socket(sub)
         && sub != crate::model::ports::MAIN_SOCKET
     {
         return Err(RouteError::SocketHost {
-            name: other.instance.name.clone(),
+            name: other.name().clone(),
             sub: sub.to_string(),
         });
     }
@@ -275,6 +413,7 @@ pub(crate) fn alias_instance(name: Name, addr: SocketAddr) -> Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     fn instance(name: &str, pid: i32, sockets: &[(&str, &str)]) -> Instance {
         let sockets = sockets
@@ -294,7 +433,7 @@ mod tests {
             &[("http", "127.0.0.1:4001"), ("admin", "127.0.0.1:4002")],
         );
         routes.register(Owner::Connection(1), inst).unwrap();
-        let route = routes.get(&"api".parse().unwrap()).unwrap();
+        let route = routes.get(&"api".parse().unwrap()).unwrap().first().clone();
         let admin: Name = "admin".parse().unwrap();
         let other: Name = "other".parse().unwrap();
         assert_eq!(
@@ -320,7 +459,8 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, RouteError::Taken { .. }));
         // Re-registering by the same owner keeps the counters.
-        routes.get(&"api".parse().unwrap()).unwrap().count_request();
+        let api = routes.get(&"api".parse().unwrap()).unwrap();
+        api.first().requests.fetch_add(1, Ordering::Relaxed);
         routes
             .register(Owner::Connection(1), instance("api", me, &[]))
             .unwrap();
@@ -328,6 +468,7 @@ mod tests {
             routes
                 .get(&"api".parse().unwrap())
                 .unwrap()
+                .first()
                 .requests
                 .load(Ordering::Relaxed),
             1
@@ -364,11 +505,11 @@ mod tests {
         let found = |host: &str| match routes.resolve(&host.parse().unwrap()) {
             Resolved::Found(r, sub) => format!(
                 "{} {}",
-                r.instance.name,
-                r.upstream(sub.as_ref()).unwrap().0.port()
+                r.name(),
+                r.first().upstream(sub.as_ref()).unwrap().0.port()
             ),
             Resolved::Unknown => "unknown".into(),
-            Resolved::NoSocket { route, sub } => format!("{} has no {sub}", route.instance.name),
+            Resolved::NoSocket { members, sub } => format!("{} has no {sub}", members.name()),
         };
         assert_eq!(found("shop"), "shop 4001");
         assert_eq!(found("admin.shop"), "shop 4002");

@@ -38,7 +38,7 @@ use crate::proxy::upstream::Upstream;
 use crate::proxy::upstream::idle::{self, Fit, Idle};
 
 /// Which connection a request may go on.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Connection {
     /// An idle one if there is one, else a new one.
     Any,
@@ -132,16 +132,18 @@ impl Pool {
         };
         let (mut link, reused) = match idle {
             Some(link) => (link, true),
-            None => {
-                let link = connect(addr, &self.budget, self.connect)
-                    .await
-                    .map_err(|source| SendError {
+            None => match connect(addr, &self.budget, self.connect).await {
+                Ok(link) => (link, false),
+                // Nothing was sent: the request comes back, to go elsewhere.
+                Err(source) => {
+                    return Err(SendError {
                         reused: false,
                         answered: false,
                         source,
-                    })?;
-                (link, false)
-            }
+                        unsent: Some(Box::new(req)),
+                    });
+                }
+            },
         };
         let head = req.method() == http::Method::HEAD;
         link.read.store(false, Ordering::Relaxed);
@@ -149,6 +151,7 @@ impl Pool {
             reused,
             answered: link.read.load(Ordering::Relaxed),
             source: e.into(),
+            unsent: None,
         })?;
         if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             // The upgrade takes the connection over.

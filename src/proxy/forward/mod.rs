@@ -20,13 +20,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::model::host::{self, HostError, Target};
 use crate::model::name::Name;
+use crate::proxy::balance::{self, Busy, Choice};
 use crate::proxy::body::{BoxError, ProxyBody};
 use crate::proxy::budget::Budget;
 use crate::proxy::deadline::{BodyStalled, IdleBody};
 use crate::proxy::errors::{CLOSED_UNANSWERED, ProxyError, cause, caused_by, invalid};
 use crate::proxy::limits::Limits;
 use crate::proxy::pages;
-use crate::proxy::routes::{Resolved, Route, Routes};
+use crate::proxy::routes::{Members, Resolved, Route, Routes};
 use crate::proxy::rules::{self, Fate, Peer};
 use crate::proxy::tunnel;
 use crate::proxy::upstream::{self, idle};
@@ -46,7 +47,13 @@ struct SendError {
     /// Some of an answer had arrived before it failed.
     answered: bool,
     source: BoxError,
+    /// The request, when it never left: no connection could be opened for it.
+    unsent: Option<Box<Request<ProxyBody>>>,
 }
+
+/// A request `Forwarder::send` could not get answered: why, and the request itself when it
+/// never left (it may go to another member).
+type Unanswered = (ProxyError, Option<Box<Request<ProxyBody>>>);
 
 /// What forwarding a request sets for its client connection's handler.
 struct Signals<'a> {
@@ -60,7 +67,7 @@ struct Signals<'a> {
 enum Routed {
     Dashboard,
     Instance {
-        route: Arc<Route>,
+        members: Arc<Members>,
         sub: Option<Name>,
         host: HeaderValue,
     },
@@ -173,7 +180,8 @@ impl Forwarder {
     /// Mark the route as it is now as answering: the server may have re-registered meanwhile.
     pub(crate) fn mark_answered(&self, route: &Route) {
         if !route.answered.load(Ordering::Relaxed)
-            && let Some(current) = self.routes.get(&route.instance.name)
+            && let Some(members) = self.routes.get(&route.instance.name)
+            && let Some(current) = members.by_owner(route.owner)
         {
             current.answered.store(true, Ordering::Relaxed);
         }
@@ -202,7 +210,7 @@ impl Forwarder {
                 let port = self.redirect.unwrap_or(443);
                 return pages::to_https(&https_location(&host, port, req.uri()));
             }
-            Ok(Routed::Instance { route, sub, host }) => {
+            Ok(Routed::Instance { members, sub, host }) => {
                 // An HTTP/1 request body is watched to its end: an error answered before it
                 // closes the connection, as the lane's does (`rules::open_after_error`).
                 let ended = (req.version() < Version::HTTP_2 && !req.body().is_end_stream())
@@ -211,7 +219,7 @@ impl Forwarder {
                     exempt,
                     body_ended: ended.clone(),
                 };
-                let forwarded = Box::pin(self.forward(req, route, sub, host, peer, signals));
+                let forwarded = Box::pin(self.forward(req, members, sub, host, peer, signals));
                 match forwarded.await {
                     Ok(response) => return response,
                     Err(e) => {
@@ -240,6 +248,9 @@ impl Forwarder {
                 pages::unknown_name(Err((name, sub)), &(self.list)(), &self.dashboard)
             }
             ProxyError::Host(HostError::Foreign(host)) => pages::misdirected(host, &self.dashboard),
+            ProxyError::NoMember { name, members } => {
+                pages::no_member(name, members, &self.dashboard)
+            }
             ProxyError::Failed(name) => pages::error(
                 StatusCode::from(e),
                 &e.to_string(),
@@ -288,10 +299,10 @@ impl Forwarder {
         match host::parse(host_str)? {
             Target::Dashboard => Ok(Routed::Dashboard),
             Target::Instance { name } => match self.routes.resolve(&name) {
-                Resolved::Found(route, sub) => Ok(Routed::Instance { route, sub, host }),
+                Resolved::Found(members, sub) => Ok(Routed::Instance { members, sub, host }),
                 Resolved::Unknown => Err(ProxyError::Unknown(name)),
-                Resolved::NoSocket { route, sub } => Err(ProxyError::NoSocket {
-                    name: route.instance.name.clone(),
+                Resolved::NoSocket { members, sub } => Err(ProxyError::NoSocket {
+                    name: members.name().clone(),
                     sub,
                 }),
             },
@@ -301,27 +312,30 @@ impl Forwarder {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        route: Arc<Route>,
+        members: Arc<Members>,
         sub: Option<Name>,
         host: HeaderValue,
         peer: Peer,
         signals: Signals<'_>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let Signals { exempt, body_ended } = signals;
-        if route.failed() {
-            return Err(ProxyError::Failed(route.instance.name.clone()));
-        }
-        let route = if route.not_listening() {
-            self.wait_listening(&route.instance.name).await?
-        } else {
-            route
+        let name = members.name().clone();
+        let cookie = members
+            .sticky()
+            .then(|| {
+                let values = req.headers().get_all(header::COOKIE).iter();
+                balance::cookie_member(values.map(HeaderValue::as_bytes), &name)
+            })
+            .flatten();
+        let (members, mut member) = self.member(members, cookie).await?;
+        let socket = |member: &Busy| {
+            member
+                .route()
+                .upstream(sub.as_ref())
+                .cloned()
+                .ok_or_else(|| ProxyError::Unknown(name.clone()))
         };
-        let name = route.instance.name.clone();
-        let (addr, authority) = route
-            .upstream(sub.as_ref())
-            .cloned()
-            .ok_or_else(|| ProxyError::Unknown(name.clone()))?;
-        route.count_request();
+        let (mut addr, authority) = socket(&member)?;
 
         // A WebSocket over HTTP/2 (RFC 8441) goes to the instance as HTTP/1.1's handshake.
         let extended = is_extended_connect(&req);
@@ -371,20 +385,58 @@ impl Forwarder {
             }
         };
         // A pooled connection the server closed just as we reused it fails before any answer;
-        // requests that can be repeated safely get one more try.
+        // requests that can be repeated safely get one more try. A member that refuses the
+        // connection (or, to such a request, closes a new one unanswered: it is going away)
+        // leaves rotation, and another takes the request.
         let retry = rules::repeatable(parts.method.as_str().as_bytes(), !body.is_end_stream())
             .then(|| (parts.method.clone(), uri.clone(), headers.clone()));
-        let request = build(parts.method, uri, version, headers, body);
-        let mut response = match self.send(request, &name, addr, Connection::Any).await {
-            Err(ProxyError::Unreachable {
-                reused, answered, ..
-            }) if rules::may_send_again(retry.is_some(), reused, answered) => {
-                let (method, uri, headers) = retry.expect("checked");
-                let request = build(method, uri, version, headers, empty_body());
-                self.send(request, &name, addr, Connection::New).await?
-            }
-            other => other?,
+        let again = || {
+            let (method, uri, headers) = retry.clone()?;
+            Some(Box::new(build(method, uri, version, headers, empty_body())))
         };
+        let mut request = Box::new(build(parts.method, uri, version, headers, body));
+        let mut connection = Connection::Any;
+        let mut tried = Vec::new();
+        let mut response = loop {
+            let unsent = match self.send(*request, &name, addr, connection).await {
+                Ok(response) => break response,
+                Err((e @ ProxyError::OutOfFds(_), _)) => return Err(e),
+                Err((
+                    ProxyError::Unreachable {
+                        reused, answered, ..
+                    },
+                    None,
+                )) if connection == Connection::Any
+                    && rules::may_send_again(retry.is_some(), reused, answered) =>
+                {
+                    request = again().expect("repeatable");
+                    connection = Connection::New;
+                    continue;
+                }
+                Err((e, Some(unsent))) => (e, unsent),
+                Err((
+                    e @ ProxyError::Unreachable {
+                        reused: false,
+                        answered: false,
+                        ..
+                    },
+                    None,
+                )) if members.replicated() && retry.is_some() => (e, again().expect("repeatable")),
+                Err((e, None)) => return Err(e),
+            };
+            let (e, unsent) = unsent;
+            balance::eject(member.route(), e.to_string());
+            tried.push(member.route().number);
+            member = match balance::choose(&members, None, &tried) {
+                Choice::Member(next) => next,
+                _ => return Err(balance::exhausted(&members, e)),
+            };
+            addr = socket(&member)?.0;
+            request = unsent;
+            connection = Connection::Any;
+        };
+        let route = member.route().clone();
+        route.health.admit();
 
         if let Some(why) = rules::unasked_switch(response.status().as_u16(), websocket) {
             return Err(ProxyError::BadResponse { name, addr, why });
@@ -436,7 +488,50 @@ impl Forwarder {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(cookie) = balance::cookie_to_set(&members, cookie, route.number)
+            && let Ok(cookie) = HeaderValue::from_str(&cookie)
+        {
+            parts.headers.append(header::SET_COOKIE, cookie);
+        }
+        let body = Holding {
+            body,
+            _member: member,
+        }
+        .boxed_unsync();
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// The member of `members` a request goes to (`balance::choose`), waiting (bounded) while
+    /// none is in rotation but one is starting; the name's members may change meanwhile.
+    async fn member(
+        &self,
+        mut members: Arc<Members>,
+        cookie: Option<u32>,
+    ) -> Result<(Arc<Members>, Busy), ProxyError> {
+        let name = members.name().clone();
+        let mut changes = self.routes.subscribe();
+        let patience = self.limits.starting_wait;
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut fresh = false;
+        loop {
+            match balance::choose(&members, cookie, &[]) {
+                Choice::Member(member) => return Ok((members, member)),
+                Choice::Nobody if !members.replicated() && members.first().failed() => {
+                    return Err(ProxyError::Failed(name));
+                }
+                Choice::Nobody => return Err(balance::nobody(&members)),
+                // The table as it was before this request subscribed may be stale already.
+                Choice::Wait if !fresh => fresh = true,
+                Choice::Wait => match tokio::time::timeout_at(deadline, changes.changed()).await {
+                    Ok(Ok(())) => {}
+                    _ => return Err(ProxyError::NotListening(name, patience)),
+                },
+            }
+            members = self
+                .routes
+                .get(&name)
+                .ok_or_else(|| ProxyError::Unknown(name.clone()))?;
+        }
     }
 
     async fn send(
@@ -445,7 +540,7 @@ impl Forwarder {
         name: &Name,
         addr: SocketAddr,
         connection: Connection,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Response<ProxyBody>, Unanswered> {
         let response = async {
             if req.version() != Version::HTTP_2 {
                 return self.http1.send(addr, req, connection).await;
@@ -459,43 +554,59 @@ impl Forwarder {
                     reused: !e.is_connect(),
                     answered: false,
                     source: e.into(),
+                    unsent: None,
                 }),
             }
         };
         let patience = self.limits.upstream_head;
         match tokio::time::timeout(patience, response).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout {
-                name: name.clone(),
-                addr,
-                after: patience,
-            }),
+            Err(_) => Err((
+                ProxyError::UpstreamTimeout {
+                    name: name.clone(),
+                    addr,
+                    after: patience,
+                },
+                None,
+            )),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) if caused_by::<BodyStalled>(&*e.source) => {
-                Err(ProxyError::BodyStalled(self.limits.body_idle))
+                Err((ProxyError::BodyStalled(self.limits.body_idle), None))
             }
             Ok(Err(e)) if caused_by::<ClientBodyError>(&*e.source) => {
-                Err(ProxyError::ClientBody(e.source))
+                Err((ProxyError::ClientBody(e.source), None))
             }
-            Ok(Err(e)) => Err(upstream_error(name, addr, e)),
+            Ok(Err(mut e)) => {
+                let unsent = e.unsent.take();
+                Err((upstream_error(name, addr, e), unsent))
+            }
         }
     }
+}
 
-    /// Wait (bounded) until an env-mode server listens; its route may be replaced meanwhile.
-    async fn wait_listening(&self, name: &Name) -> Result<Arc<Route>, ProxyError> {
-        let mut changes = self.routes.subscribe();
-        let patience = self.limits.starting_wait;
-        let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            match self.routes.get(name) {
-                None => return Err(ProxyError::Unknown(name.clone())),
-                Some(route) if !route.not_listening() => return Ok(route),
-                Some(_) => {}
-            }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return Err(ProxyError::NotListening(name.clone(), patience)),
-            }
-        }
+/// A response body that keeps its request counted among its member's outstanding ones until
+/// it ends (or the client goes away).
+struct Holding {
+    body: ProxyBody,
+    _member: Busy,
+}
+
+impl http_body::Body for Holding {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -510,6 +621,7 @@ fn upstream_error(name: &Name, addr: SocketAddr, e: SendError) -> ProxyError {
         reused,
         answered,
         source,
+        ..
     } = e;
     let Some(hyper) = cause::<hyper::Error>(&*source) else {
         return ProxyError::unreachable(name, addr, reused, answered, source);

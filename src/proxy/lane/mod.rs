@@ -38,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::proxy::balance::{self, Choice};
 use crate::proxy::deadline::Timer;
 use crate::proxy::errors::ProxyError;
 use crate::proxy::forward::Forwarder;
@@ -146,7 +147,7 @@ enum Next {
 }
 
 fn unreachable(plan: &Plan, e: io::Error, reused: bool, answered: bool) -> ProxyError {
-    let name = &plan.route.instance.name;
+    let name = plan.members.name();
     ProxyError::unreachable(name, plan.addr, reused, answered, Box::new(e))
 }
 
@@ -155,12 +156,12 @@ impl<C: Client> Lane<'_, C> {
     async fn run(&mut self, shutdown: &CancellationToken) -> Option<Protocol> {
         let mut cancelled = std::pin::pin!(shutdown.cancelled());
         loop {
-            let plan = match self.next_request(cancelled.as_mut()).await {
+            let mut plan = match self.next_request(cancelled.as_mut()).await {
                 Next::Request(plan) => plan,
                 Next::Handoff(protocol) => return Some(protocol),
                 Next::Close => return None,
             };
-            match self.exchange(&plan).await {
+            match self.exchange(&mut plan).await {
                 Ok(true) if plan.keep_alive => {}
                 _ => return None,
             }
@@ -239,8 +240,7 @@ impl<C: Client> Lane<'_, C> {
 
     /// Forward one request and its response. True when both connections are fit for the
     /// next request.
-    async fn exchange(&mut self, plan: &Plan) -> io::Result<bool> {
-        plan.route.count_request();
+    async fn exchange(&mut self, plan: &mut Plan) -> io::Result<bool> {
         self.unread = plan.body;
         let (mut up, answer) = match self.send(plan).await? {
             Ok(sent) => sent,
@@ -254,7 +254,15 @@ impl<C: Client> Lane<'_, C> {
                 return Ok(keep_alive);
             }
         };
-        self.forwarder.mark_answered(&plan.route);
+        self.forwarder.mark_answered(plan.route());
+        if let Some(cookie) =
+            balance::cookie_to_set(&plan.members, plan.cookie, plan.route().number)
+        {
+            // Before the blank line that ends the head.
+            self.out.truncate(self.out.len() - 2);
+            lines::header_line(&mut self.out, b"set-cookie", cookie.as_bytes());
+            self.out.extend_from_slice(b"\r\n");
+        }
         // On any error the connection is dropped here, mid-response: never kept or pooled.
         let complete = self.relay_body(&mut up, answer.framing).await?;
         if self.unread > 0 {
@@ -285,9 +293,15 @@ impl<C: Client> Lane<'_, C> {
     /// Send the request head and read the response head, on the kept connection or a pooled
     /// one (once more on a fresh one if that had been closed), within the upstream timeout.
     /// The outer error: the client went away meanwhile.
-    async fn send(&mut self, plan: &Plan) -> io::Result<Result<(Upstream, Answer), ProxyError>> {
-        let name = &plan.route.instance.name;
+    /// A connection refused (or closed unanswered on a fresh connection, to a request that
+    /// may go again) sends it to another member, if the name has one in rotation.
+    async fn send(
+        &mut self,
+        plan: &mut Plan,
+    ) -> io::Result<Result<(Upstream, Answer), ProxyError>> {
+        let name = plan.members.name().clone();
         let mut fresh_only = false;
+        let mut tried = Vec::new();
         loop {
             // After a failure the kept connection is gone, and only a new one will do.
             let (mut up, reused) = match self.upstream.take() {
@@ -308,7 +322,16 @@ impl<C: Client> Lane<'_, C> {
                             let (budget, limits) = (&self.forwarder.budget, &self.forwarder.limits);
                             match Upstream::connect(plan.addr, budget, limits).await {
                                 Ok(up) => (up, false),
-                                Err(e) => return Ok(Err(unreachable(plan, e, false, false))),
+                                Err(e) => {
+                                    let e = unreachable(plan, e, false, false);
+                                    match self.next_member(plan, &mut tried, e) {
+                                        Ok(()) => {
+                                            fresh_only = false;
+                                            continue;
+                                        }
+                                        Err(e) => return Ok(Err(e)),
+                                    }
+                                }
                             }
                         }
                     }
@@ -355,11 +378,12 @@ impl<C: Client> Lane<'_, C> {
             };
             match result {
                 Some(Ok(answer)) => {
+                    plan.route().health.admit();
                     return Ok(Ok((up, answer)));
                 }
                 None => {
                     return Ok(Err(ProxyError::UpstreamTimeout {
-                        name: name.clone(),
+                        name,
                         addr: plan.addr,
                         after: self.forwarder.limits.upstream_head,
                     }));
@@ -369,18 +393,51 @@ impl<C: Client> Lane<'_, C> {
                 {
                     fresh_only = true;
                 }
+                // A member closing new connections unanswered is going away (a drain, a
+                // crash): another may take a request that can go again.
+                Some(Err(Failure::Silent(e))) if plan.idempotent && plan.members.replicated() => {
+                    let e = unreachable(plan, e, reused, false);
+                    match self.next_member(plan, &mut tried, e) {
+                        Ok(()) => fresh_only = false,
+                        Err(e) => return Ok(Err(e)),
+                    }
+                }
                 Some(Err(Failure::Silent(e))) => {
                     return Ok(Err(unreachable(plan, e, reused, false)));
                 }
                 Some(Err(Failure::Io(e))) => return Ok(Err(unreachable(plan, e, reused, true))),
                 Some(Err(Failure::Invalid(why))) => {
                     return Ok(Err(ProxyError::BadResponse {
-                        name: name.clone(),
+                        name,
                         addr: plan.addr,
                         why,
                     }));
                 }
             }
+        }
+    }
+
+    /// The member `plan` went to could not be reached (`e`): take it out of rotation and
+    /// switch to the next one in rotation; `e` (or, for a replicated name, what each member
+    /// is up to) when none is left.
+    fn next_member(
+        &self,
+        plan: &mut Plan,
+        tried: &mut Vec<u32>,
+        e: ProxyError,
+    ) -> Result<(), ProxyError> {
+        if matches!(e, ProxyError::OutOfFds(_)) {
+            return Err(e);
+        }
+        balance::eject(plan.route(), e.to_string());
+        tried.push(plan.route().number);
+        let switched = match balance::choose(&plan.members, None, tried) {
+            Choice::Member(member) => plan.switch(member),
+            _ => false,
+        };
+        match switched {
+            true => Ok(()),
+            false => Err(balance::exhausted(&plan.members, e)),
         }
     }
 

@@ -5,15 +5,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::model::host::{self, Target};
+use crate::model::name::Name;
+use crate::proxy::balance::{self, Busy, Choice};
 use crate::proxy::forward::Forwarder;
 use crate::proxy::lane::lines::{content_length_line, decimal, head_room, header_line};
-use crate::proxy::routes::{Resolved, Route};
+use crate::proxy::routes::{Members, Resolved, Route};
 use crate::proxy::rules::{self, Fate};
 
 /// A request the lane takes, once checked and its upstream head written.
 pub(super) struct Plan {
-    pub(super) route: Arc<Route>,
+    /// The name's members, and the socket asked for.
+    pub(super) members: Arc<Members>,
+    pub(super) sub: Option<Name>,
+    /// The member it goes to (another if that one refuses the connection).
+    pub(super) member: Busy,
+    /// That member's socket.
     pub(super) addr: SocketAddr,
+    /// The member the request's sticky cookie names, if the name is sticky.
+    pub(super) cookie: Option<u32>,
     /// The client did not ask to close after this response.
     pub(super) keep_alive: bool,
     /// Safe to send again if a reused connection failed before answering.
@@ -22,6 +31,23 @@ pub(super) struct Plan {
     pub(super) head: bool,
     /// The request body's length (`Content-Length`; 0 without one).
     pub(super) body: u64,
+}
+
+impl Plan {
+    pub(super) fn route(&self) -> &Arc<Route> {
+        self.member.route()
+    }
+
+    /// Go to `member` instead (the last one refused the connection); false when it has no
+    /// socket by that name.
+    pub(super) fn switch(&mut self, member: Busy) -> bool {
+        let Some((addr, _)) = member.route().upstream(self.sub.as_ref()) else {
+            return false;
+        };
+        self.addr = *addr;
+        self.member = member;
+        true
+    }
 }
 
 /// Check a request head against everything the lane does not do, and write its upstream head
@@ -45,6 +71,7 @@ pub(super) fn plan(
         return None;
     }
     let mut host = None;
+    let mut cookies = false;
     let mut connection = rules::Connection::default();
     let mut content_length = None;
     for h in req.headers.iter() {
@@ -70,6 +97,8 @@ pub(super) fn plan(
             }
         } else if is("connection") {
             connection.read(h.value);
+        } else if is("cookie") {
+            cookies = true;
         }
     }
     if connection.upgrade {
@@ -81,13 +110,23 @@ pub(super) fn plan(
     let Ok(Target::Instance { name }) = host::parse(std::str::from_utf8(host).ok()?) else {
         return None;
     };
-    let Resolved::Found(route, sub) = forwarder.routes.resolve(&name) else {
+    let Resolved::Found(members, sub) = forwarder.routes.resolve(&name) else {
         return None;
     };
-    if route.failed() || route.not_listening() {
+    let cookie = (cookies && members.sticky())
+        .then(|| {
+            let values = req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("cookie"));
+            balance::cookie_member(values.map(|h| h.value), members.name())
+        })
+        .flatten();
+    // Waits and refusals are hyper's to give.
+    let Choice::Member(member) = balance::choose(&members, cookie, &[]) else {
         return None;
-    }
-    let addr = route.upstream(sub.as_ref())?.0;
+    };
+    let addr = member.route().upstream(sub.as_ref())?.0;
 
     request.clear();
     // Room for the head and what is added to it, at once rather than by doubling.
@@ -137,8 +176,11 @@ pub(super) fn plan(
     }
     request.extend_from_slice(b"\r\n");
     Some(Plan {
-        route,
+        members,
+        sub,
+        member,
         addr,
+        cookie,
         keep_alive,
         idempotent: rules::repeatable(method.as_bytes(), body > 0),
         head: method == "HEAD",
