@@ -117,8 +117,13 @@ pub(crate) async fn ls(ctx: &Context, json: bool) -> anyhow::Result<i32> {
             } else {
                 "-".to_string()
             };
+            // A replicated name's members: NAME#K.
+            let name = match i.member {
+                Some(k) => format!("{}#{k}", i.name),
+                None => i.name.to_string(),
+            };
             [
-                i.name.to_string(),
+                name,
                 l.url.clone(),
                 port,
                 pid,
@@ -261,10 +266,32 @@ pub(crate) async fn stop_running(
     targets: Vec<Name>,
     grace: Duration,
 ) -> anyhow::Result<Vec<(bool, String)>> {
-    let targets: Vec<(Name, (i32, Option<i32>))> = targets
+    let mut targets: Vec<(Name, (i32, Option<i32>))> = targets
         .into_iter()
         .filter_map(|n| running.supervisors.get(&n).map(|p| (n, *p)))
         .collect();
+    // Members a name's other `wharf run`s serve (`--join`) stop with it.
+    let joined: Vec<(Name, (i32, Option<i32>))> = running
+        .listed
+        .iter()
+        .filter(|l| !l.alias && l.instance.member.is_some())
+        .filter(|l| {
+            targets
+                .iter()
+                .any(|(n, (pid, _))| *n == l.instance.name && *pid != l.instance.pid)
+        })
+        .map(|l| {
+            (
+                l.instance.name.clone(),
+                (l.instance.pid, l.instance.child_pid),
+            )
+        })
+        .collect();
+    for member in joined {
+        if !targets.iter().any(|(_, (pid, _))| *pid == member.1.0) {
+            targets.push(member);
+        }
+    }
     let runtime = ctx.dirs.runtime()?.to_path_buf();
     let mut proxy = launch::connect(&runtime).await;
     // The routes go first, so nobody is sent to a server that is shutting down.

@@ -106,8 +106,12 @@ const PAGE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src d
 fn dashboard_row(l: &Listed) -> String {
     let i = &l.instance;
     let url = escape(&l.url);
+    let member = i
+        .member
+        .map(|k| format!(" <span class=\"member\">member {k}</span>"))
+        .unwrap_or_default();
     let mut where_ = format!(
-        "<a class=\"name\" href=\"{url}\">{name}</a><div class=\"sub\"><a href=\"{url}\">{url}</a></div>",
+        "<a class=\"name\" href=\"{url}\">{name}</a>{member}<div class=\"sub\"><a href=\"{url}\">{url}</a></div>",
         name = escape(i.name.as_str()),
     );
     for sub in i
@@ -359,7 +363,8 @@ overflow-wrap:anywhere}.bar{color:#555;margin-top:0}.nowrap,.nowrap .sub{white-s
 .state{display:inline-block;padding:.05em .5em;border-radius:1em;font-size:13px;\
 background:#eee}.state.ready{background:#d7f5dd;color:#14532d}\
 .state.starting,.state.restarting{background:#fdf0c8;color:#713f12}\
-.state.failed{background:#fde0e0;color:#7f1d1d}.state.alias{background:#e0ecfd;color:#1e3a8a}\
+.state.failed,.state.unhealthy{background:#fde0e0;color:#7f1d1d}\
+.member{font-size:13px;color:#555;white-space:nowrap}.state.alias{background:#e0ecfd;color:#1e3a8a}\
 .live{font-size:13px;color:#14532d;margin-left:.6em}.live::before{content:'● '}\
 .down{font-size:13px;color:#b91c1c;margin-left:.6em;font-weight:600}\
 tr.warn td{background:#fff4e5;color:#7c2d12;border-bottom:1px solid #f5c58a}";
@@ -431,6 +436,30 @@ mod tests {
             !page.contains("<b>hi</b>"),
             "markup from a command is escaped"
         );
+    }
+
+    #[tokio::test]
+    async fn members_show_their_number_and_a_503_names_each() {
+        let mut two = listed("api", Default::default());
+        two.instance.member = Some(2);
+        two.instance.state = crate::model::instance::State::Unhealthy;
+        let page = html(dashboard(&[two], false)).await;
+        assert!(page.contains("member 2"), "{page}");
+        assert!(page.contains("state unhealthy"), "{page}");
+        let api: Name = "api".parse().unwrap();
+        let members = [
+            "member 1 (wharf pid 10): ready, <refused>".to_string(),
+            "member 2 (wharf pid 10): unhealthy, failing its health check".to_string(),
+        ];
+        let r = no_member(&api, &members, "http://localhost/");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let page = html(r).await;
+        assert!(
+            page.contains("member 1 (wharf pid 10): ready, &lt;refused&gt;"),
+            "{page}"
+        );
+        assert!(page.contains("failing its health check"), "{page}");
+        assert!(page.contains("wharf logs api"), "{page}");
     }
 
     #[test]

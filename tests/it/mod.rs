@@ -16,6 +16,7 @@ mod names;
 mod pages;
 mod ports;
 mod proxy;
+mod replicas;
 mod rules;
 mod run;
 mod service;
