@@ -98,9 +98,27 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Take `route` out of rotation for `BACKOFF`: a connection to it was refused or reset
-/// before anything was sent (`why`).
-pub(crate) fn eject(route: &Route, why: String) {
+/// The request `member` was sending did not reach it (`e`: the connection was refused or
+/// reset before anything was sent, or a new one closed unanswered): out of rotation for
+/// `BACKOFF`, and the request is no longer counted as its (another member takes it).
+pub(crate) fn refused(member: Busy, e: &ProxyError) {
+    eject(&member.route, e);
+    member.route.requests.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Take `route` out of rotation for `BACKOFF`: a request could not reach it (`e`, noted for
+/// the 503 page).
+pub(crate) fn eject(route: &Route, e: &ProxyError) {
+    let why = match e {
+        ProxyError::Unreachable { addr, source, .. } => {
+            format!("not answering at {addr}: {source}")
+        }
+        other => other.to_string(),
+    };
+    mark_ejected(route, why);
+}
+
+fn mark_ejected(route: &Route, why: String) {
     let health = &route.health;
     health
         .ejected_until
@@ -363,7 +381,7 @@ mod tests {
     #[test]
     fn an_ejected_member_waits_its_backoff_then_gets_one_trial() {
         let (_r, m) = members(&[State::Ready, State::Ready]);
-        eject(&m.all[0], "connection refused".into());
+        mark_ejected(&m.all[0], "connection refused".into());
         for _ in 0..4 {
             assert_eq!(chosen(choose(&m, None, &[])), 2);
         }
@@ -373,7 +391,7 @@ mod tests {
             describe(&m.all[0])
         );
         // Every member ejected: tried anyway.
-        eject(&m.all[1], "connection refused".into());
+        mark_ejected(&m.all[1], "connection refused".into());
         assert!(matches!(choose(&m, None, &[]), Choice::Member(_)));
         // The backoff over: one trial, and the others keep away meanwhile.
         m.all[0].health.ejected_until.store(1, Ordering::Relaxed);
@@ -398,7 +416,7 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(chosen(choose(&m, k, &[])), 2);
         }
-        eject(&m.all[1], "connection refused".into());
+        mark_ejected(&m.all[1], "connection refused".into());
         assert_ne!(chosen(choose(&m, k, &[])), 2);
         for bad in [
             &b"wharf-member-api=x"[..],
@@ -417,7 +435,7 @@ mod tests {
     #[test]
     fn a_single_server_is_always_tried_or_waited_for() {
         let (_r, m) = members(&[State::Ready]);
-        eject(&m.all[0], "connection refused".into());
+        mark_ejected(&m.all[0], "connection refused".into());
         assert_eq!(chosen(choose(&m, None, &[])), 1);
         assert!(matches!(choose(&m, None, &[1]), Choice::Nobody));
     }

@@ -425,13 +425,16 @@ impl Forwarder {
                 Err((e, None)) => return Err(e),
             };
             let (e, unsent) = unsent;
-            balance::eject(member.route(), e.to_string());
             tried.push(member.route().number);
-            member = match balance::choose(&members, None, &tried) {
+            let next = match balance::choose(&members, None, &tried) {
                 Choice::Member(next) => next,
-                _ => return Err(balance::exhausted(&members, e)),
+                _ => {
+                    balance::eject(member.route(), &e);
+                    return Err(balance::exhausted(&members, e));
+                }
             };
-            addr = socket(&member)?.0;
+            addr = socket(&next)?.0;
+            balance::refused(std::mem::replace(&mut member, next), &e);
             request = unsent;
             connection = Connection::Any;
         };

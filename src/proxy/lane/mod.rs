@@ -429,16 +429,14 @@ impl<C: Client> Lane<'_, C> {
         if matches!(e, ProxyError::OutOfFds(_)) {
             return Err(e);
         }
-        balance::eject(plan.route(), e.to_string());
         tried.push(plan.route().number);
-        let switched = match balance::choose(&plan.members, None, tried) {
-            Choice::Member(member) => plan.switch(member),
-            _ => false,
-        };
-        match switched {
-            true => Ok(()),
-            false => Err(balance::exhausted(&plan.members, e)),
+        if let Choice::Member(next) = balance::choose(&plan.members, None, tried)
+            && plan.switch(next, &e)
+        {
+            return Ok(());
         }
+        balance::eject(plan.route(), &e);
+        Err(balance::exhausted(&plan.members, e))
     }
 
     /// The answer a server sent before it stopped taking the request body (`e`, the failed

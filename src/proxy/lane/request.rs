@@ -38,14 +38,14 @@ impl Plan {
         self.member.route()
     }
 
-    /// Go to `member` instead (the last one refused the connection); false when it has no
-    /// socket by that name.
-    pub(super) fn switch(&mut self, member: Busy) -> bool {
+    /// Go to `member` instead; the last one is out of rotation (`e`: it refused the
+    /// connection). False when `member` has no socket by that name.
+    pub(super) fn switch(&mut self, member: Busy, e: &crate::proxy::errors::ProxyError) -> bool {
         let Some((addr, _)) = member.route().upstream(self.sub.as_ref()) else {
             return false;
         };
         self.addr = *addr;
-        self.member = member;
+        balance::refused(std::mem::replace(&mut self.member, member), e);
         true
     }
 }
