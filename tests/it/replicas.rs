@@ -325,3 +325,36 @@ fn members_join_and_leave_by_the_rules() {
     assert!(line.contains("\"ok\":true"), "{line}");
     assert!(sb.ls().is_empty());
 }
+
+/// HTTP/2 requests take hyper's path whatever the engine: 60 streams on one connection
+/// (nghttp, from nghttp2-client beside h2load) spread over the members too.
+#[test]
+fn http2_requests_spread_over_members() {
+    let Some(nghttp) = need("nghttp") else { return };
+    let sb = Sandbox::new();
+    let (_proxy, port, _servers, _regs) = three(&sb, false);
+    let out = Command::new(nghttp)
+        .args([
+            "-t",
+            "20",
+            "-H",
+            &format!(":authority: api.localhost:{port}"),
+        ])
+        .args((0..60).map(|i| format!("http://127.0.0.1:{port}/{i}")))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bodies = String::from_utf8(out.stdout).unwrap();
+    let mut served: BTreeMap<i32, usize> = BTreeMap::new();
+    for piece in bodies.split("\"pid\": ").skip(1) {
+        let pid: String = piece.chars().take_while(char::is_ascii_digit).collect();
+        *served.entry(pid.parse().unwrap()).or_default() += 1;
+    }
+    assert_eq!(served.values().sum::<usize>(), 60, "{bodies}");
+    assert_eq!(served.len(), 3, "{served:?}");
+    assert!(served.values().all(|n| *n >= 12), "{served:?}");
+}
