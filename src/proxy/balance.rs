@@ -179,7 +179,7 @@ pub(crate) fn choose(members: &Members, cookie: Option<u32>, tried: &[u32]) -> C
     // The usual case: one server, in rotation.
     if let [only] = members.all.as_slice() {
         return if !usable(&only) {
-            match only.not_listening() && !only.failed() && !tried.contains(&only.number) {
+            match only.coming() && !tried.contains(&only.number) {
                 true => Choice::Wait,
                 false => Choice::Nobody,
             }
@@ -218,7 +218,7 @@ pub(crate) fn choose(members: &Members, cookie: Option<u32>, tried: &[u32]) -> C
         None if members
             .all
             .iter()
-            .any(|r| !tried.contains(&r.number) && !r.failed() && r.not_listening()) =>
+            .any(|r| !tried.contains(&r.number) && r.coming()) =>
         {
             Choice::Wait
         }
@@ -226,10 +226,14 @@ pub(crate) fn choose(members: &Members, cookie: Option<u32>, tried: &[u32]) -> C
     }
 }
 
-/// One member as the 503 page tells it: its number, state, and last error.
-pub(crate) fn describe(route: &Route) -> String {
+/// One member as the 503 page tells it: its number (its name, when it is the name's only
+/// registration), state, and last error.
+pub(crate) fn describe(route: &Route, replicated: bool) -> String {
     let i = &route.instance;
-    let mut line = format!("member {} (wharf pid {}): {}", route.number, i.pid, i.state);
+    let mut line = match replicated {
+        true => format!("member {} (wharf pid {}): {}", route.number, i.pid, i.state),
+        false => format!("{} (wharf pid {}): {}", i.name, i.pid, i.state),
+    };
     let ejected = route.health.ejected(clock());
     let error = route.health.last_error().clone();
     match (error, &i.last_exit) {
@@ -259,7 +263,11 @@ pub(crate) fn exhausted(members: &Members, last: ProxyError) -> ProxyError {
 pub(crate) fn nobody(members: &Members) -> ProxyError {
     ProxyError::NoMember {
         name: members.name().clone(),
-        members: members.all.iter().map(|r| describe(r)).collect(),
+        members: members
+            .all
+            .iter()
+            .map(|r| describe(r, members.replicated()))
+            .collect(),
     }
 }
 
@@ -386,9 +394,9 @@ mod tests {
             assert_eq!(chosen(choose(&m, None, &[])), 2);
         }
         assert!(
-            describe(&m.all[0]).contains("connection refused"),
+            describe(&m.all[0], true).contains("connection refused"),
             "{}",
-            describe(&m.all[0])
+            describe(&m.all[0], true)
         );
         // Every member ejected: tried anyway.
         mark_ejected(&m.all[1], "connection refused".into());
@@ -403,7 +411,7 @@ mod tests {
         assert!(m.all[0].health.ejected(clock()), "the trial holds it out");
         m.all[0].health.admit();
         assert!(!m.all[0].health.ejected(clock()));
-        assert!(!describe(&m.all[0]).contains("refused"));
+        assert!(!describe(&m.all[0], true).contains("refused"));
     }
 
     #[test]

@@ -42,9 +42,9 @@ pub(crate) enum ProxyError {
     NotListening(Name, Duration),
     #[error("{0} failed and gave up restarting")]
     Failed(Name),
-    /// A replicated name none of whose members can take the request: each described
-    /// (`balance::describe`).
-    #[error("no member of {name} can take requests now")]
+    /// A name none of whose members (or whose only server) can take the request: each
+    /// described (`balance::describe`).
+    #[error("{name} cannot take requests now")]
     NoMember { name: Name, members: Vec<String> },
     #[error("{name} ({addr}) is not answering: {source}")]
     Unreachable {

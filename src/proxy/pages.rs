@@ -300,17 +300,17 @@ pub(crate) fn to_https(location: &str) -> Response<ProxyBody> {
     response
 }
 
-/// 503 for a replicated name none of whose members can take a request: each member, its
-/// state and its last error.
+/// 503 for a name none of whose members (or whose only server) can take a request: each
+/// member, its state and its last error.
 pub(crate) fn no_member(name: &Name, members: &[String], dashboard: &str) -> Response<ProxyBody> {
     let list: String = members
         .iter()
         .map(|m| format!("<li>{}</li>", escape(m)))
         .collect();
     let body = format!(
-        "<p>No member of <b>{name}</b> can take requests now:</p><ul>{list}</ul>\
-         <p>Members return to rotation as they recover; <code>wharf logs {name}</code> shows \
-         their output.</p><p>The dashboard: <a href=\"{dashboard}\">{dashboard}</a></p>",
+        "<p><b>{name}</b> cannot take requests now:</p><ul>{list}</ul>\
+         <p>Each returns to rotation as it recovers; <code>wharf logs {name}</code> shows \
+         the output.</p><p>The dashboard: <a href=\"{dashboard}\">{dashboard}</a></p>",
         name = escape(name.as_str()),
         dashboard = escape(dashboard),
     );

@@ -92,6 +92,12 @@ impl Route {
     pub(crate) fn failed(&self) -> bool {
         self.instance.state == State::Failed
     }
+
+    /// Not listening yet, but on its way (not failed, not failing its health check): worth
+    /// waiting for.
+    pub(crate) fn coming(&self) -> bool {
+        self.not_listening() && !matches!(self.instance.state, State::Failed | State::Unhealthy)
+    }
 }
 
 /// A name's registrations: one, or the members of a replicated name, by number.

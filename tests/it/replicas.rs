@@ -48,13 +48,25 @@ struct Registration {
     answer: serde_json::Value,
 }
 
-/// Register `server` as member `member` of `name` (`None`: a plain registration).
+/// Register `server` as member `member` of `name` (`None`: a plain registration), ready.
 fn register(
     sb: &Sandbox,
     name: &str,
     member: Option<u32>,
     s: &Server,
     sticky: bool,
+) -> Registration {
+    register_as(sb, name, member, s, sticky, "ready")
+}
+
+/// The same, in `state`.
+fn register_as(
+    sb: &Sandbox,
+    name: &str,
+    member: Option<u32>,
+    s: &Server,
+    sticky: bool,
+    state: &str,
 ) -> Registration {
     let control = UnixStream::connect(sb.runtime_dir().join("control.sock")).unwrap();
     control.set_read_timeout(Some(PATIENCE)).unwrap();
@@ -63,7 +75,7 @@ fn register(
         "pid": std::process::id(),
         "server_pid": s.pid,
         "mode": "env",
-        "state": "ready",
+        "state": state,
         "sockets": { "http": format!("127.0.0.1:{}", s.port) },
     });
     if let Some(k) = member {
@@ -358,3 +370,29 @@ fn http2_requests_spread_over_members() {
     assert_eq!(served.len(), 3, "{served:?}");
     assert!(served.values().all(|n| *n >= 12), "{served:?}");
 }
+
+h1test!(
+    unhealthy_members_get_no_requests_and_an_unhealthy_server_gets_a_503,
+    |sb: Sandbox| {
+        let (_proxy, port) = start_proxy(&sb);
+        let (a, b) = (server(), server());
+        let _sick = register_as(&sb, "api", Some(1), &a, false, "unhealthy");
+        let _well = register(&sb, "api", Some(2), &b, false);
+        for _ in 0..10 {
+            let (status, _, body) = request(port, "api", None);
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(pid_of(&body), b.pid, "the healthy member answers");
+        }
+        // A single server failing its health check: a 503 that says so, not a try.
+        let c = server();
+        let _alone = register_as(&sb, "web", None, &c, false, "unhealthy");
+        let (status, _, body) = request(port, "web", None);
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("web (wharf pid"), "{body}");
+        assert!(
+            body.contains("unhealthy, failing its health check"),
+            "{body}"
+        );
+        assert_eq!(c.proc.count_lines(|l| l.starts_with("REQ ")), 0);
+    }
+);
