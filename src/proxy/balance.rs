@@ -99,16 +99,23 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// The request `member` was sending did not reach it (`e`: the connection was refused or
-/// reset before anything was sent, or a new one closed unanswered): out of rotation for
-/// `BACKOFF`, and the request is no longer counted as its (another member takes it).
-pub(crate) fn refused(member: Busy, e: &ProxyError) {
-    eject(&member.route, e);
+/// reset before anything was sent, or a new one closed unanswered) and goes elsewhere: the
+/// member is out of rotation (`eject`), and the request is no longer counted as its.
+pub(crate) fn refused(member: Busy, e: &ProxyError, now: &Members) {
+    eject(&member.route, e, now);
     member.route.requests.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Take `route` out of rotation for `BACKOFF`: a request could not reach it (`e`, noted for
-/// the 503 page).
-pub(crate) fn eject(route: &Route, e: &ProxyError) {
+/// the 503 page). Not if it has moved since (`now`, the name's members as they are: a reload
+/// registers a member's new socket before its old one closes).
+pub(crate) fn eject(route: &Route, e: &ProxyError, now: &Members) {
+    let moved = now
+        .by_owner(route.owner)
+        .is_none_or(|r| r.instance.sockets != route.instance.sockets);
+    if moved {
+        return;
+    }
     let why = match e {
         ProxyError::Unreachable { addr, source, .. } => {
             format!("not answering at {addr}: {source}")
@@ -117,6 +124,10 @@ pub(crate) fn eject(route: &Route, e: &ProxyError) {
     };
     mark_ejected(route, why);
 }
+
+/// At most this many connections are tried for one request beyond one per member (a member
+/// that re-registers meanwhile, at a new socket, is tried again).
+const EXTRA_TRIES: usize = 2;
 
 fn mark_ejected(route: &Route, why: String) {
     let health = &route.health;
@@ -167,19 +178,21 @@ pub(crate) enum Choice {
 
 /// The member of `members` that takes the next request: the one `cookie` names if it is in
 /// rotation, else the least busy in rotation (see the module's doc), never one of `tried`
-/// (members this request failed to reach).
-pub(crate) fn choose(members: &Members, cookie: Option<u32>, tried: &[u32]) -> Choice {
+/// (registrations this request failed to reach; the same member registered again since, at a
+/// new socket, may be tried).
+pub(crate) fn choose(members: &Members, cookie: Option<u32>, tried: &[Arc<Route>]) -> Choice {
     let now = clock();
+    if tried.len() >= members.all.len() + EXTRA_TRIES {
+        return Choice::Nobody;
+    }
+    let was_tried = |r: &Arc<Route>| tried.iter().any(|t| Arc::ptr_eq(t, r));
     let usable = |r: &&Arc<Route>| {
-        !tried.contains(&r.number)
-            && !r.failed()
-            && r.instance.state != State::Unhealthy
-            && !r.not_listening()
+        !was_tried(r) && !r.failed() && r.instance.state != State::Unhealthy && !r.not_listening()
     };
     // The usual case: one server, in rotation.
     if let [only] = members.all.as_slice() {
         return if !usable(&only) {
-            match only.coming() && !tried.contains(&only.number) {
+            match only.coming() && !was_tried(only) {
                 true => Choice::Wait,
                 false => Choice::Nobody,
             }
@@ -215,13 +228,7 @@ pub(crate) fn choose(members: &Members, cookie: Option<u32>, tried: &[u32]) -> C
             route.health.take_trial(now);
             Choice::Member(Busy::new(route.clone()))
         }
-        None if members
-            .all
-            .iter()
-            .any(|r| !tried.contains(&r.number) && r.coming()) =>
-        {
-            Choice::Wait
-        }
+        None if members.all.iter().any(|r| !was_tried(r) && r.coming()) => Choice::Wait,
         None => Choice::Nobody,
     }
 }
@@ -377,13 +384,16 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(chosen(choose(&m, None, &[])), 3);
         }
-        assert!(matches!(choose(&m, None, &[3]), Choice::Nobody));
+        assert!(matches!(
+            choose(&m, None, &[m.all[2].clone()]),
+            Choice::Nobody
+        ));
         // Starting behind a held socket (fd mode) serves only when none is ready.
         let (_r, m) = members(&[State::Starting, State::Ready]);
         for _ in 0..4 {
             assert_eq!(chosen(choose(&m, None, &[])), 2);
         }
-        assert_eq!(chosen(choose(&m, None, &[2])), 1);
+        assert_eq!(chosen(choose(&m, None, &[m.all[1].clone()])), 1);
     }
 
     #[test]
@@ -441,10 +451,35 @@ mod tests {
     }
 
     #[test]
+    fn a_member_registered_again_at_a_new_socket_is_tried_again_and_not_ejected() {
+        let (routes, m) = members(&[State::Ready]);
+        let old = m.all[0].clone();
+        let mut instance = old.instance.clone();
+        instance.sockets = [("http".to_string(), "127.0.0.1:5001".parse().unwrap())].into();
+        routes.register(Owner::Connection(0), instance).unwrap();
+        let now = routes.get(&"api".parse().unwrap()).unwrap();
+        assert_eq!(chosen(choose(&now, None, std::slice::from_ref(&old))), 1);
+        let e = ProxyError::Unknown("api".parse().unwrap());
+        eject(&old, &e, &now);
+        assert!(
+            !now.all[0].health.ejected(clock()),
+            "its old socket failed, not it"
+        );
+        eject(&now.all[0], &e, &now);
+        assert!(now.all[0].health.ejected(clock()));
+        // However often it moves, one request tries a bounded number of times.
+        let tried = vec![old; 3];
+        assert!(matches!(choose(&now, None, &tried), Choice::Nobody));
+    }
+
+    #[test]
     fn a_single_server_is_always_tried_or_waited_for() {
         let (_r, m) = members(&[State::Ready]);
         mark_ejected(&m.all[0], "connection refused".into());
         assert_eq!(chosen(choose(&m, None, &[])), 1);
-        assert!(matches!(choose(&m, None, &[1]), Choice::Nobody));
+        assert!(matches!(
+            choose(&m, None, &[m.all[0].clone()]),
+            Choice::Nobody
+        ));
     }
 }

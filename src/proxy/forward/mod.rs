@@ -327,7 +327,7 @@ impl Forwarder {
                 balance::cookie_member(values.map(HeaderValue::as_bytes), &name)
             })
             .flatten();
-        let (members, mut member) = self.member(members, cookie).await?;
+        let (mut members, mut member) = self.member(members, cookie).await?;
         let socket = |member: &Busy| {
             member
                 .route()
@@ -421,20 +421,25 @@ impl Forwarder {
                         ..
                     },
                     None,
-                )) if members.replicated() && retry.is_some() => (e, again().expect("repeatable")),
+                )) if retry.is_some() => (e, again().expect("repeatable")),
                 Err((e, None)) => return Err(e),
             };
+            // The name's members as they are now: the same member may have registered a new
+            // socket since (a reload).
             let (e, unsent) = unsent;
-            tried.push(member.route().number);
+            tried.push(member.route().clone());
+            if let Some(now) = self.routes.get(&name) {
+                members = now;
+            }
             let next = match balance::choose(&members, None, &tried) {
                 Choice::Member(next) => next,
                 _ => {
-                    balance::eject(member.route(), &e);
+                    balance::eject(member.route(), &e, &members);
                     return Err(balance::exhausted(&members, e));
                 }
             };
             addr = socket(&next)?.0;
-            balance::refused(std::mem::replace(&mut member, next), &e);
+            balance::refused(std::mem::replace(&mut member, next), &e, &members);
             request = unsent;
             connection = Connection::Any;
         };

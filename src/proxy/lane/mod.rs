@@ -46,8 +46,10 @@ use crate::proxy::lane::relay::{BodyFailure, went_away};
 use crate::proxy::lane::request::{Plan, plan};
 use crate::proxy::lane::response::{Answer, Failure, Framing, exchange_heads, page_bytes};
 use crate::proxy::limits::Limits;
+use crate::proxy::routes::Route;
 use crate::proxy::rules;
 use crate::proxy::upstream::Upstream;
+use std::sync::Arc;
 
 /// Read size for heads, and for bodies.
 const HEAD_BUF: usize = 8 * 1024;
@@ -394,8 +396,9 @@ impl<C: Client> Lane<'_, C> {
                     fresh_only = true;
                 }
                 // A member closing new connections unanswered is going away (a drain, a
-                // crash): another may take a request that can go again.
-                Some(Err(Failure::Silent(e))) if plan.idempotent && plan.members.replicated() => {
+                // crash): another (or its new registration) may take a request that can go
+                // again, as nginx's `proxy_next_upstream error` does.
+                Some(Err(Failure::Silent(e))) if plan.idempotent => {
                     let e = unreachable(plan, e, reused, false);
                     match self.next_member(plan, &mut tried, e) {
                         Ok(()) => fresh_only = false,
@@ -418,24 +421,28 @@ impl<C: Client> Lane<'_, C> {
     }
 
     /// The member `plan` went to could not be reached (`e`): take it out of rotation and
-    /// switch to the next one in rotation; `e` (or, for a replicated name, what each member
-    /// is up to) when none is left.
+    /// switch to the next one in rotation, by the name's members as they are now (the same
+    /// member, if it has registered a new socket since); `e` (or, for a replicated name, what
+    /// each member is up to) when none is left.
     fn next_member(
         &self,
         plan: &mut Plan,
-        tried: &mut Vec<u32>,
+        tried: &mut Vec<Arc<Route>>,
         e: ProxyError,
     ) -> Result<(), ProxyError> {
         if matches!(e, ProxyError::OutOfFds(_)) {
             return Err(e);
         }
-        tried.push(plan.route().number);
+        tried.push(plan.route().clone());
+        if let Some(now) = self.forwarder.routes.get(plan.members.name()) {
+            plan.members = now;
+        }
         if let Choice::Member(next) = balance::choose(&plan.members, None, tried)
             && plan.switch(next, &e)
         {
             return Ok(());
         }
-        balance::eject(plan.route(), &e);
+        balance::eject(plan.route(), &e, &plan.members);
         Err(balance::exhausted(&plan.members, e))
     }
 

@@ -45,7 +45,11 @@ impl Plan {
             return false;
         };
         self.addr = *addr;
-        balance::refused(std::mem::replace(&mut self.member, member), e);
+        balance::refused(
+            std::mem::replace(&mut self.member, member),
+            e,
+            &self.members,
+        );
         true
     }
 }
