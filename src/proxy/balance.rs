@@ -66,25 +66,29 @@ impl Health {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn ejected(&self, now: u64) -> bool {
-        now < self.ejected_until.load(Ordering::Relaxed)
+    /// Out of rotation now. The clock is read only for a member ejected once.
+    fn ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && clock() < until
     }
 
-    /// Ejected once, its backoff over: the one request that may try it. Taking the trial
-    /// pushes the backoff on, so the requests after it keep away until it has gone well.
-    fn take_trial(&self, now: u64) -> bool {
+    /// Ejected once, its backoff over: this request is the one that may try it. Taking the
+    /// trial pushes the backoff on, so the requests after it keep away until it has gone well.
+    fn take_trial(&self) {
         let until = self.ejected_until.load(Ordering::Relaxed);
-        until == 0
-            || (now >= until
-                && self
-                    .ejected_until
-                    .compare_exchange(
-                        until,
-                        now + millis(BACKOFF),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok())
+        if until == 0 {
+            return;
+        }
+        let now = clock();
+        if now >= until {
+            let later = now + millis(BACKOFF);
+            let _ = self.ejected_until.compare_exchange(
+                until,
+                later,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
     }
 }
 
@@ -181,7 +185,6 @@ pub(crate) enum Choice {
 /// (registrations this request failed to reach; the same member registered again since, at a
 /// new socket, may be tried).
 pub(crate) fn choose(members: &Members, cookie: Option<u32>, tried: &[Arc<Route>]) -> Choice {
-    let now = clock();
     if tried.len() >= members.all.len() + EXTRA_TRIES {
         return Choice::Nobody;
     }
@@ -197,13 +200,13 @@ pub(crate) fn choose(members: &Members, cookie: Option<u32>, tried: &[Arc<Route>
                 false => Choice::Nobody,
             }
         } else {
-            only.health.take_trial(now);
+            only.health.take_trial();
             Choice::Member(Busy::new(only.clone()))
         };
     }
     if let Some(route) = cookie
         .and_then(|k| members.by_number(k))
-        .filter(|r| usable(r) && !r.health.ejected(now))
+        .filter(|r| usable(r) && !r.health.ejected())
     {
         return Choice::Member(Busy::new(route.clone()));
     }
@@ -218,14 +221,14 @@ pub(crate) fn choose(members: &Members, cookie: Option<u32>, tried: &[Arc<Route>
             .filter(|r| admitted(r))
             .min_by_key(|r| r.health.outstanding())
     };
-    let in_rotation = |r: &Arc<Route>| !r.health.ejected(now);
+    let in_rotation = |r: &Arc<Route>| !r.health.ejected();
     let pick = least(&|r| in_rotation(r) && ready(r))
         .or_else(|| least(&in_rotation))
         // All ejected: try them anyway rather than turn the request away untried.
         .or_else(|| least(&|_| true));
     match pick {
         Some(route) => {
-            route.health.take_trial(now);
+            route.health.take_trial();
             Choice::Member(Busy::new(route.clone()))
         }
         None if members.all.iter().any(|r| !was_tried(r) && r.coming()) => Choice::Wait,
@@ -241,7 +244,7 @@ pub(crate) fn describe(route: &Route, replicated: bool) -> String {
         true => format!("member {} (wharf pid {}): {}", route.number, i.pid, i.state),
         false => format!("{} (wharf pid {}): {}", i.name, i.pid, i.state),
     };
-    let ejected = route.health.ejected(clock());
+    let ejected = route.health.ejected();
     let error = route.health.last_error().clone();
     match (error, &i.last_exit) {
         (Some(error), _) => {
@@ -418,9 +421,9 @@ mod tests {
             .ejected_until
             .store(u64::MAX, Ordering::Relaxed);
         assert_eq!(chosen(choose(&m, None, &[])), 1);
-        assert!(m.all[0].health.ejected(clock()), "the trial holds it out");
+        assert!(m.all[0].health.ejected(), "the trial holds it out");
         m.all[0].health.admit();
-        assert!(!m.all[0].health.ejected(clock()));
+        assert!(!m.all[0].health.ejected());
         assert!(!describe(&m.all[0], true).contains("refused"));
     }
 
@@ -462,11 +465,11 @@ mod tests {
         let e = ProxyError::Unknown("api".parse().unwrap());
         eject(&old, &e, &now);
         assert!(
-            !now.all[0].health.ejected(clock()),
+            !now.all[0].health.ejected(),
             "its old socket failed, not it"
         );
         eject(&now.all[0], &e, &now);
-        assert!(now.all[0].health.ejected(clock()));
+        assert!(now.all[0].health.ejected());
         // However often it moves, one request tries a bounded number of times.
         let tried = vec![old; 3];
         assert!(matches!(choose(&now, None, &tried), Choice::Nobody));

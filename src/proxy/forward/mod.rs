@@ -327,7 +327,7 @@ impl Forwarder {
                 balance::cookie_member(values.map(HeaderValue::as_bytes), &name)
             })
             .flatten();
-        let (mut members, mut member) = self.member(members, cookie).await?;
+        let (mut members, mut member) = self.member(&name, members, cookie).await?;
         let socket = |member: &Busy| {
             member
                 .route()
@@ -509,35 +509,43 @@ impl Forwarder {
         Ok(Response::from_parts(parts, body))
     }
 
-    /// The member of `members` a request goes to (`balance::choose`), waiting (bounded) while
-    /// none is in rotation but one is starting; the name's members may change meanwhile.
+    /// The member of `members` (of `name`) a request goes to (`balance::choose`), waiting
+    /// (bounded) while none is in rotation but one is starting; the name's members may change
+    /// meanwhile.
     async fn member(
         &self,
+        name: &Name,
         mut members: Arc<Members>,
         cookie: Option<u32>,
     ) -> Result<(Arc<Members>, Busy), ProxyError> {
-        let name = members.name().clone();
-        let mut changes = self.routes.subscribe();
         let patience = self.limits.starting_wait;
-        let deadline = tokio::time::Instant::now() + patience;
-        let mut fresh = false;
+        // Subscribed at the first wait (rarely: it costs every request otherwise), after
+        // which the table is read again, as it may have changed before.
+        let mut changes = None;
+        let mut deadline = tokio::time::Instant::now();
         loop {
             match balance::choose(&members, cookie, &[]) {
                 Choice::Member(member) => return Ok((members, member)),
                 Choice::Nobody if !members.replicated() && members.first().failed() => {
-                    return Err(ProxyError::Failed(name));
+                    return Err(ProxyError::Failed(name.clone()));
                 }
                 Choice::Nobody => return Err(balance::nobody(&members)),
-                // The table as it was before this request subscribed may be stale already.
-                Choice::Wait if !fresh => fresh = true,
-                Choice::Wait => match tokio::time::timeout_at(deadline, changes.changed()).await {
-                    Ok(Ok(())) => {}
-                    _ => return Err(ProxyError::NotListening(name, patience)),
+                Choice::Wait => match &mut changes {
+                    None => {
+                        changes = Some(self.routes.subscribe());
+                        deadline += patience;
+                    }
+                    Some(changes) => {
+                        match tokio::time::timeout_at(deadline, changes.changed()).await {
+                            Ok(Ok(())) => {}
+                            _ => return Err(ProxyError::NotListening(name.clone(), patience)),
+                        }
+                    }
                 },
             }
             members = self
                 .routes
-                .get(&name)
+                .get(name)
                 .ok_or_else(|| ProxyError::Unknown(name.clone()))?;
         }
     }
