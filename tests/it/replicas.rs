@@ -396,3 +396,56 @@ h1test!(
         assert_eq!(c.proc.count_lines(|l| l.starts_with("REQ ")), 0);
     }
 );
+
+h1test!(
+    websockets_open_through_a_name_with_members,
+    |sb: Sandbox| {
+        let Some(py) = need_venv() else { return };
+        let (_proxy, port) = start_proxy(&sb);
+        let ws = repo().join("tests/servers/ws.py");
+        let members: Vec<Server> = (0..2)
+            .map(|_| {
+                let (free, hold) = os_port();
+                drop(hold);
+                let mut cmd = Command::new(&py);
+                cmd.arg(&ws).arg("server").env("PORT", free.to_string());
+                let proc = Proc::spawn(cmd, "ws.py server");
+                proc.expect("WS ready");
+                Server {
+                    pid: proc.pid(),
+                    proc,
+                    port: free,
+                }
+            })
+            .collect();
+        let _regs: Vec<Registration> = members
+            .iter()
+            .map(|s| register(&sb, "ws", Some(0), s, false))
+            .collect();
+        // Each WebSocket is one upstream connection: it stays on the member it opened on.
+        for i in 0..4 {
+            let out = Command::new(&py)
+                .args([
+                    path_str(&ws),
+                    "client",
+                    &port.to_string(),
+                    &format!("ws.localhost:{port}"),
+                    &format!("hello {i}"),
+                ])
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                stdout.contains(&format!("ECHO hello {i}")),
+                "{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let listed = sb.ls();
+        let counts: Vec<u64> = listed
+            .iter()
+            .map(|l| l["requests"].as_u64().unwrap())
+            .collect();
+        assert_eq!(counts, [2, 2], "the handshakes took turns: {listed:?}");
+    }
+);
