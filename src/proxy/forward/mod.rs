@@ -501,11 +501,16 @@ impl Forwarder {
         {
             parts.headers.append(header::SET_COOKIE, cookie);
         }
-        let body = Holding {
-            body,
-            _member: member,
-        }
-        .boxed_unsync();
+        // Balancing reads the count of requests in flight only where there is a choice: a
+        // single server's response is spared the wrapping (an allocation per request).
+        let body = match members.all.len() {
+            1 => body,
+            _ => Holding {
+                body,
+                _member: member,
+            }
+            .boxed_unsync(),
+        };
         Ok(Response::from_parts(parts, body))
     }
 

@@ -301,7 +301,6 @@ impl<C: Client> Lane<'_, C> {
         &mut self,
         plan: &mut Plan,
     ) -> io::Result<Result<(Upstream, Answer), ProxyError>> {
-        let name = plan.members.name().clone();
         let mut fresh_only = false;
         let mut tried = Vec::new();
         loop {
@@ -385,7 +384,7 @@ impl<C: Client> Lane<'_, C> {
                 }
                 None => {
                     return Ok(Err(ProxyError::UpstreamTimeout {
-                        name,
+                        name: plan.members.name().clone(),
                         addr: plan.addr,
                         after: self.forwarder.limits.upstream_head,
                     }));
@@ -411,7 +410,7 @@ impl<C: Client> Lane<'_, C> {
                 Some(Err(Failure::Io(e))) => return Ok(Err(unreachable(plan, e, reused, true))),
                 Some(Err(Failure::Invalid(why))) => {
                     return Ok(Err(ProxyError::BadResponse {
-                        name,
+                        name: plan.members.name().clone(),
                         addr: plan.addr,
                         why,
                     }));
