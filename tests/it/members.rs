@@ -1,10 +1,8 @@
 //! One name, several members (issue 18), the supervisor's side: `wharf run --replicas N`
 //! supervises N servers, each with a socket, a registration and restarts of its own; `--join`
 //! adds one from another `wharf run`; `--health` takes a ready server out of rotation after
-//! failed checks and puts it back when one passes.
-//!
-//! The tests marked `needs the proxy's members` register several members of one name, which
-//! only a proxy with members (branch h-px) accepts.
+//! failed checks and puts it back when one passes. The proxy's side (balancing, ejection,
+//! stickiness) is tested in `replicas`.
 
 use super::util::*;
 
@@ -36,7 +34,6 @@ fn port_of(listed: &serde_json::Value) -> u16 {
 }
 
 #[test]
-#[ignore = "needs the proxy's members (h-px)"]
 fn three_replicas_each_serve_on_a_port_of_their_own_and_restart_alone() {
     let sb = Sandbox::new();
     let p = spawn(
@@ -126,7 +123,6 @@ fn three_replicas_each_serve_on_a_port_of_their_own_and_restart_alone() {
 }
 
 #[test]
-#[ignore = "needs the proxy's members (h-px)"]
 fn a_joined_member_learns_its_number_and_stops_with_the_name() {
     let sb = Sandbox::new();
     let first = sb.serve("api", &[]);
@@ -203,7 +199,6 @@ fn failing_health_checks_take_the_server_out_and_a_pass_puts_it_back() {
 /// A member failing its health checks gets no requests while the others serve them all, and
 /// gets its share again once it passes.
 #[test]
-#[ignore = "needs the proxy's members (h-px)"]
 fn an_unhealthy_member_is_out_of_rotation_until_it_passes() {
     let sb = Sandbox::new();
     let sick = sb.dir.path().join("sick-2");
@@ -262,7 +257,6 @@ fn an_unhealthy_member_is_out_of_rotation_until_it_passes() {
 
 /// `replicas`, `sticky` and `health` in wharf.toml reach the `wharf run` that `up` starts.
 #[test]
-#[ignore = "needs the proxy's members (h-px)"]
 fn up_runs_the_declared_replicas_with_their_health_checks() {
     let sb = Sandbox::new();
     let (py, script) = (python(), server_py());
