@@ -184,7 +184,8 @@ pub(crate) struct RunCli {
     #[arg(long = "socket", value_name = "SUB", value_parser = Name::label)]
     pub(crate) sockets: Vec<Name>,
     /// Restart the server when it exits, on the same socket (connections wait, none is
-    /// refused): always (the default of a bare --restart), on-failure, or no
+    /// refused): always (the default of a bare --restart), on-failure, or no (the default,
+    /// but on-failure for --replicas and --join)
     #[arg(long, value_name = "POLICY", num_args = 0..=1, default_missing_value = "always")]
     pub(crate) restart: Option<Restart>,
     /// Start the server on the first connection, with the socket wharf already holds; stop it

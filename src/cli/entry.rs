@@ -225,7 +225,13 @@ fn run_args(
         range: Some(cli.range.unwrap_or_else(|| config.range.clone())),
         exclude: config.exclude.clone(),
         sockets: cli.sockets,
-        restart: cli.restart.unwrap_or(Restart::No),
+        // A member that dies comes back: replicas are there to keep the name served.
+        restart: cli.restart.unwrap_or(
+            match cli.members.replicas.is_some_and(|n| n > 1) || cli.members.join {
+                true => Restart::OnFailure,
+                false => Restart::No,
+            },
+        ),
         on_demand: cli.on_demand,
         idle_timeout: Some(cli.idle_timeout.unwrap_or(config.idle_timeout)),
         ready: cli.ready,

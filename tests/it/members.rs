@@ -38,7 +38,8 @@ fn three_replicas_each_serve_on_a_port_of_their_own_and_restart_alone() {
     let sb = Sandbox::new();
     let p = spawn(
         &sb,
-        &run_args("api", &["--replicas", "3", "--restart"], &[]),
+        // No --restart: a member restarts on failure by default.
+        &run_args("api", &["--replicas", "3"], &[]),
     );
     for k in 1..=3 {
         p.expect(&format!("wharf: api#{k}: ready"));
