@@ -215,11 +215,16 @@ impl Allocation {
     /// One line saying what was skipped, and why, before the port got; `None` when the first
     /// port tried was free.
     pub(crate) fn summary(&self, name: &Name) -> Option<String> {
-        if self.skipped.is_empty() {
+        // Ports the name's other members hold are no news to whoever started them.
+        let mut rest: Vec<&(u16, Taken)> = self
+            .skipped
+            .iter()
+            .filter(|(_, taken)| !matches!(taken, Taken::Instance(holder) if holder == name))
+            .collect();
+        if rest.is_empty() {
             return None;
         }
         let mut parts = Vec::new();
-        let mut rest: Vec<&(u16, Taken)> = self.skipped.iter().collect();
         if let Some(reason) = self.fallback_reason(name) {
             parts.push(reason);
             rest.retain(|(p, _)| Some(*p) != self.preferred.map(|(want, _)| want));

@@ -628,6 +628,9 @@ mod tests {
             .collect();
         let ports: BTreeSet<u16> = members.iter().map(|a| a.sockets[0].port).collect();
         assert_eq!(ports.len(), 3, "{ports:?}");
+        // Skipping a sibling's port is no news worth a line.
+        assert!(members[2].how[0].tried > 1);
+        assert_eq!(members[2].how[0].summary(&n), None);
         let reg = Store::new(tmp.path()).lock().unwrap();
         assert_eq!(reg.leases_of(&n).len(), 3);
         assert_eq!(reg.sticky[&n][MAIN_SOCKET], members[0].sockets[0].port);
