@@ -124,7 +124,14 @@ impl Supervisor {
         let pid = server.pid;
         match event {
             Event::Exited(status) => return status.context("waiting for the server").map(Some),
-            Event::Signal(info) => self.stopper.on_signal(&info, pid),
+            Event::Signal(info) => {
+                if super::stop::is_stop(info.si_signo) && !self.stopper.asked() {
+                    // Out of rotation first: the proxy sends no new request while the server
+                    // finishes those it has.
+                    self.route.remove().await;
+                }
+                self.stopper.on_signal(&info, pid)
+            }
             Event::Notices(notices) => {
                 readiness::on_notices(notices.unwrap_or_default(), &mut self.route, &self.out).await
             }

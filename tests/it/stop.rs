@@ -2,7 +2,8 @@
 //! processes behind, the death signal when wharf itself is killed, what wharf says when a
 //! server exits, `ls` after a proxy restart, and commands writing into closed pipes.
 
-use std::net::SocketAddr;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpStream};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -379,4 +380,38 @@ fn an_http_readiness_probe_wants_2xx_or_3xx_and_closes_politely() {
         "the probe closes like an ordinary client:\n{}",
         p.log()
     );
+}
+
+/// A stop takes the instance out of rotation before its server is signalled: a request that
+/// comes while the server finishes the one it has is not sent to it (where it would wait in
+/// a socket nobody accepts on until the grace ends) but answered at once.
+#[test]
+fn a_stopping_instance_is_out_of_rotation_before_its_server_hears_of_it() {
+    let sb = Sandbox::new();
+    let args = serve_args("api", &["--graceful"]);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.insert(1, "--restart");
+    let mut cmd = sb.wharf(&args);
+    cmd.env("WHARF_STOP_TIMEOUT", "5s");
+    let mut p = Proc::spawn(cmd, "wharf run");
+    let port = p.url_port();
+    p.expect("ready");
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    // A request in flight that never ends keeps the server in its graceful stop.
+    let mut hanging = TcpStream::connect(addr).unwrap();
+    write!(hanging, "GET /hang HTTP/1.1\r\nHost: api.localhost\r\n\r\n").unwrap();
+    eventually("the hanging request is in flight", PATIENCE, || {
+        p.count_lines(|l| l.contains("REQ GET /hang")) == 1
+    });
+    p.signal(libc::SIGTERM);
+    p.expect("got SIGTERM");
+    let asked = Instant::now();
+    let (status, body) = get(addr, "api.localhost", "/").unwrap();
+    assert_ne!(status, 200, "{body}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "answered only after {:?}",
+        asked.elapsed()
+    );
+    p.wait(PATIENCE);
 }

@@ -19,6 +19,13 @@ parser.add_argument("--bind-elsewhere", action="store_true", help="ignore PORT, 
 parser.add_argument("--notify-ready", action="store_true", help="send READY=1 to NOTIFY_SOCKET")
 parser.add_argument("--exit-code", type=int, default=0, help="code for --exit-after exits")
 parser.add_argument("--bind-delay", type=float, default=0, help="env mode: wait before binding")
+parser.add_argument("--start-delay", type=float, default=0,
+                    help="take this long to start (before binding, serving and READY=1)")
+parser.add_argument("--graceful", action="store_true",
+                    help="on SIGTERM stop accepting, finish the requests in flight, then exit")
+parser.add_argument("--quiet", action="store_true", help="no REQ line per request")
+parser.add_argument("--version-file", help="report this file's text as the version; "
+                    "text starting with 'fail' makes the server exit 3 at once, saying so")
 parser.add_argument("--daemonize", action="store_true",
                     help="go to the background: fork, setsid, fork, the first two exit 0")
 parser.add_argument("--sick-while", metavar="FILE",
@@ -51,9 +58,39 @@ report = {
 }
 
 
+version = ""
+if args.version_file:
+    with open(args.version_file) as f:
+        version = f.read().strip()
+    if version.startswith("fail"):
+        print(f"cannot start: the version file says {version!r}", file=sys.stderr, flush=True)
+        sys.exit(3)
+
+servers = []
+stopping = False
+in_flight = 0
+in_flight_lock = threading.Lock()
+
+
+def graceful_exit():
+    global stopping
+    stopping = True
+    for server in servers:
+        server.shutdown()
+    while True:
+        with in_flight_lock:
+            if in_flight == 0:
+                break
+        threading.Event().wait(0.005)
+    print("finished the requests in flight; exiting", flush=True)
+    os._exit(0)
+
+
 def on_signal(signum, frame):
     print(f"got {signal.Signals(signum).name}", flush=True)
-    if signum != signal.SIGHUP:
+    if args.graceful and signum == signal.SIGTERM:
+        threading.Thread(target=graceful_exit, daemon=True).start()
+    elif signum != signal.SIGHUP:
         os._exit(0)
 
 
@@ -62,6 +99,8 @@ for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(sig, on_signal)
 
 print("REPORT " + json.dumps(report), flush=True)
+if args.start_delay:
+    threading.Event().wait(args.start_delay)
 
 count = 0
 lock = threading.Lock()
@@ -74,8 +113,19 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def do_GET(self):
+        global in_flight
+        with in_flight_lock:
+            in_flight += 1
+        try:
+            self.get()
+        finally:
+            with in_flight_lock:
+                in_flight -= 1
+
+    def get(self):
         global count
-        print(f"REQ {self.command} {self.path}", flush=True)
+        if not args.quiet:
+            print(f"REQ {self.command} {self.path}", flush=True)
         if self.path == "/hang":
             threading.Event().wait()
         if self.path.startswith("/big/"):
@@ -90,6 +140,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         body = json.dumps({
             "pid": os.getpid(),
+            "version": version,
             "socket": self.server.wharf_name,
             "path": self.path,
             "headers": {k.lower(): v for k, v in self.headers.items()},
@@ -97,8 +148,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
-        if args.exit_after:
+        if args.exit_after or stopping:
+            # Stopping: what it answers now is its last on this connection.
             self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(body)
         self.wfile.flush()
@@ -191,6 +244,7 @@ def serve(sock, name):
     server.daemon_threads = False  # server_close() waits for requests in flight
     server.socket = sock
     server.wharf_name = name
+    servers.append(server)
     server.serve_forever()
     server.server_close()
     os._exit(args.exit_code)
