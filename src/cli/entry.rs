@@ -204,6 +204,16 @@ fn stop_grace() -> anyhow::Result<Duration> {
     }
 }
 
+/// `$WHARF_RELOAD_TIMEOUT` (90, 90s, 2m): how long a reload's new version has to be ready.
+fn reload_timeout() -> anyhow::Result<Duration> {
+    match std::env::var("WHARF_RELOAD_TIMEOUT") {
+        Ok(v) if !v.is_empty() => {
+            crate::model::project::parse_duration_str(&v).context("$WHARF_RELOAD_TIMEOUT")
+        }
+        _ => Ok(supervise::DEFAULT_RELOAD_TIMEOUT),
+    }
+}
+
 fn run_args(
     filled: run::Filled,
     config: &config::Config,
@@ -253,6 +263,7 @@ fn run_args(
         quiet: cli.quiet,
         json: cli.json,
         stop_grace,
+        reload_timeout: reload_timeout()?,
         verbose: cli.verbose,
         replicas: cli.members.replicas.unwrap_or(1),
         join: cli.members.join,

@@ -35,17 +35,19 @@ pub(crate) struct Client {
     stopping: bool,
     /// The latest request counts the proxy sent for what this connection registered.
     requests: BTreeMap<Name, u64>,
-    /// `reload` events heard and not yet taken by `next_event` (one may come mid-call).
+    /// `reload` events heard (possibly mid-call) and not yet taken by `next_event`.
     reloads: VecDeque<u64>,
+    /// The line being read: kept here so that a read cancelled halfway (a `select!` that
+    /// chose another branch) loses nothing.
+    partial: Vec<u8>,
 }
 
-/// What a registration connection hears next (`Client::next_event`).
-#[cfg_attr(not(test), allow(dead_code))] // until the supervisor acts on reloads
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Event {
-    /// The connection ended, on purpose or not.
+/// What a registration connection brings unprompted (`Client::next_event`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Heard {
+    /// The connection ended, and how.
     Closed(Closed),
-    /// Start a new version and switch to it; answer with `Client::reloaded(number, …)`.
+    /// Start a new version; answer with `report_reloaded` and this number.
     Reload(u64),
 }
 
@@ -61,6 +63,7 @@ impl Client {
                     stopping: false,
                     requests: BTreeMap::new(),
                     reloads: VecDeque::new(),
+                    partial: Vec::new(),
                 }))
             }
             Err(e)
@@ -96,12 +99,15 @@ impl Client {
     }
 
     /// The next line as a response (`None` at the end); events are noted on the way.
+    /// Cancel-safe: a partial line stays in `partial` for the next call.
     async fn read_response(&mut self) -> Result<Option<Response>, ClientError> {
-        let mut answer = String::new();
-        if self.reader.read_line(&mut answer).await? == 0 {
+        self.reader.read_until(b'\n', &mut self.partial).await?;
+        if !self.partial.ends_with(b"\n") {
+            // The end of the stream (a last line without its newline is no answer either).
             return Ok(None);
         }
-        let response: Response = serde_json::from_str(&answer).map_err(ClientError::BadAnswer)?;
+        let answer = std::mem::take(&mut self.partial);
+        let response: Response = serde_json::from_slice(&answer).map_err(ClientError::BadAnswer)?;
         match response.event.as_deref() {
             Some("stopping") => self.stopping = true,
             Some("requests") => self.requests = response.requests.clone().unwrap_or_default(),
@@ -125,36 +131,35 @@ impl Client {
         }
     }
 
-    /// Resolves when the proxy closes the connection, saying whether it meant to. Reload
-    /// events heard meanwhile wait for `next_event`.
+    /// Resolves when the proxy closes the connection, saying whether it meant to (reloads
+    /// heard on the way are left for `next_event`).
+    #[allow(dead_code)]
     pub(crate) async fn closed(&mut self) -> Closed {
         while let Ok(Some(_)) = self.read_response().await {}
         self.how_closed()
     }
 
-    #[cfg_attr(not(test), allow(dead_code))] // until the supervisor acts on reloads
-    /// The next thing to act on: a `reload` event (one heard during a `call` first), or the
-    /// connection's end. Like `closed`, not to be cancelled mid-line: a line half read is lost.
-    pub(crate) async fn next_event(&mut self) -> Event {
+    /// The next reload asked for (one heard mid-call first), or the connection's end.
+    /// Cancel-safe, for a `select!`.
+    pub(crate) async fn next_event(&mut self) -> Heard {
         loop {
-            if let Some(reload) = self.reloads.pop_front() {
-                return Event::Reload(reload);
+            if let Some(id) = self.reloads.pop_front() {
+                return Heard::Reload(id);
             }
             if !matches!(self.read_response().await, Ok(Some(_))) {
-                return Event::Closed(self.how_closed());
+                return Heard::Closed(self.how_closed());
             }
         }
     }
 
-    #[cfg_attr(not(test), allow(dead_code))] // until the supervisor acts on reloads
-    /// Report on the `reload` event numbered `reload`: `error` (with the new version's last
-    /// output) when the new version did not take over and the old one kept serving.
-    pub(crate) async fn reloaded(
+    /// Answer the `reload` event numbered `id`: done, or why not (`error`).
+    pub(crate) async fn report_reloaded(
         &mut self,
-        reload: u64,
+        id: u64,
         error: Option<String>,
-    ) -> Result<Response, ClientError> {
-        self.call(&Request::Reloaded { reload, error }).await
+    ) -> Result<(), ClientError> {
+        let request = Request::Reloaded { reload: id, error };
+        self.call(&request).await.map(drop)
     }
 }
 

@@ -16,7 +16,7 @@ use super::children;
 use super::demand;
 use super::output::{Output, ran_for};
 use super::readiness::Expect;
-use super::registration::Registration;
+use super::registration::{Registration, RouteEvent};
 use super::restart::{GIVE_UP_AFTER, Next, Restarts};
 use super::start::Server;
 use super::stop::{self, Signals, Stop, StopWhy, Stopper};
@@ -50,6 +50,16 @@ pub(super) struct Supervisor {
     pub(super) declared: bool,
     /// Health checks while the server is ready.
     pub(super) health: Option<crate::model::project::Health>,
+    /// How long a reload's new version has to become ready.
+    pub(super) ready_timeout: Duration,
+    /// Bind fresh sockets for a reload's new version (recording them in the lease).
+    pub(super) rebind: Box<dyn Fn() -> anyhow::Result<super::ports::Allocated>>,
+    /// The lease on the instance's ports, and the ports it names now.
+    pub(super) lease: super::ports::LeaseGuard,
+    pub(super) leased: std::collections::BTreeMap<String, u16>,
+    /// Versions being stopped in the background after a reload (pid, task): waited for
+    /// before wharf exits (each stays in `children` until its task has reaped it).
+    pub(super) others: Vec<(i32, tokio::task::JoinHandle<()>)>,
 }
 
 /// How the server ended.
@@ -142,6 +152,9 @@ impl Supervisor {
             };
         };
         self.route.remove().await;
+        for (_, task) in self.others.drain(..) {
+            let _ = task.await;
+        }
         Ok(code)
     }
 
@@ -160,7 +173,15 @@ impl Supervisor {
                     return Ok(Phase::Running);
                 }
                 () = stop::stop_signal(&mut self.signals) => return Ok(Phase::Done { code: 0 }),
-                event = self.route.next_event() => self.route.on_event(event).await,
+                event = self.route.next_event() => match event {
+                    RouteEvent::Reload(id) => {
+                        self.out.say(
+                            "reload: idle, so the next connection starts the new version".to_string(),
+                        );
+                        self.route.reloaded(id, None).await;
+                    }
+                    event => self.route.on_event(event).await,
+                },
             }
         }
     }
@@ -315,7 +336,14 @@ impl Supervisor {
                         return Phase::Done { code: 0 };
                     }
                 }
-                event = self.route.next_event() => self.route.on_event(event).await,
+                event = self.route.next_event() => match event {
+                    RouteEvent::Reload(id) => {
+                        let why = "the server went to the background; wharf cannot start a \
+                                   new version beside it (run it in the foreground to reload)";
+                        self.route.reloaded(id, Some(why.to_string())).await;
+                    }
+                    event => self.route.on_event(event).await,
+                },
             }
         }
     }
@@ -368,7 +396,22 @@ impl Supervisor {
             tokio::select! {
                 () = until.as_mut() => return true,
                 () = stop::stop_signal(&mut self.signals) => return false,
-                event = self.route.next_event() => self.route.on_event(event).await,
+                event = self.route.next_event() => match event {
+                    // Restarting: the next start is the new version anyway.
+                    RouteEvent::Reload(id) if delay.is_some() => {
+                        self.out.say("reload: restarting already, as the new version".to_string());
+                        self.route.reloaded(id, None).await;
+                    }
+                    RouteEvent::Reload(id) => {
+                        let why = format!(
+                            "the server gave up after failing repeatedly; nothing runs to \
+                             reload (`wharf stop {}`, then start it again)",
+                            self.route.instance.name
+                        );
+                        self.route.reloaded(id, Some(why)).await;
+                    }
+                    event => self.route.on_event(event).await,
+                },
             }
         }
     }

@@ -19,6 +19,7 @@
 //! - `running`: while a server runs, the events waited for and what each does.
 //! - `readiness`: where the server listens and when it is ready.
 //! - `stop`: passing signals on, stopping and killing the server, how its exit reads.
+//! - `reload`: a new version started beside the running one, switched to once ready.
 //! - `restart`: the restart policy and its backoff.
 //! - `demand`: on demand, the connection that starts a server and the idle clock that stops it.
 //! - `output`: wharf's lines about the instance, on the terminal and in its log.
@@ -33,6 +34,8 @@ pub(crate) mod output;
 pub(crate) mod ports;
 mod readiness;
 pub(crate) mod registration;
+mod reload;
+pub(crate) use reload::DEFAULT_RELOAD_TIMEOUT;
 mod restart;
 mod running;
 mod start;
@@ -98,6 +101,8 @@ pub(crate) struct RunArgs {
     /// After a stop signal, how long the server has before it (and everything it started) is
     /// killed.
     pub(crate) stop_grace: Duration,
+    /// How long a reload's new version has to become ready before it is given up.
+    pub(crate) reload_timeout: Duration,
     /// Say every port tried and why it was not taken, not just the summary.
     pub(crate) verbose: bool,
     /// Members to run (`--replicas`, `replicas`): 1 is a plain instance, without member
@@ -165,13 +170,13 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         .map(|_| stop::catch_signals())
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut supervisors = Vec::new();
-    let mut leases = Vec::new();
     for ((member, out, a), signals) in allocated.into_iter().zip(signals) {
-        leases.push(a.lease);
         let member = Member {
             member,
             out,
             bound: a.sockets,
+            lease: a.lease,
+            rebind: rebinder(&args, &run, member, socket_names.clone(), &dirs.state),
             signals,
         };
         supervisors.push(supervisor(ctx, &args, &plan, source, &dirs, member, &log).await?);
@@ -186,15 +191,11 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
     }
     // A server that detaches itself stays ours to follow and stop (`lifecycle`).
     crate::sys::process::become_subreaper();
-    // Each member's lease goes when it ends: its ports are free again though others run on.
-    let members = supervisors.into_iter().zip(leases);
-    let mut ends = futures_util::future::join_all(members.map(|(s, lease)| {
+    // Each member's lease goes when it ends (with its supervisor): its ports are free again
+    // though others run on.
+    let mut ends = futures_util::future::join_all(supervisors.into_iter().map(|s| {
         let out = s.out.clone();
-        async move {
-            let end = s.run().await;
-            drop(lease);
-            (out, end)
-        }
+        async move { (out, s.run().await) }
     }))
     .await;
     if ends.len() == 1
@@ -237,6 +238,10 @@ struct Member {
     member: Option<u32>,
     out: Output,
     bound: Vec<crate::sys::socket::BoundSocket>,
+    /// The lease on its ports, given back when its supervisor ends.
+    lease: ports::LeaseGuard,
+    /// How a reload binds fresh sockets for it.
+    rebind: Box<dyn Fn() -> anyhow::Result<ports::Allocated>>,
     signals: stop::Signals,
 }
 
@@ -256,8 +261,11 @@ async fn supervisor(
         member,
         out,
         bound,
+        lease,
+        rebind,
         signals,
     } = member;
+    let leased = bound.iter().map(|b| (b.name.clone(), b.port)).collect();
     for b in &bound {
         out.event(
             "port",
@@ -289,13 +297,14 @@ async fn supervisor(
     );
     route.connect().await?;
     let url = route.url(bound[0].port);
-    let expect = Expect::new(
+    let mut expect = Expect::new(
         plan.mode,
         args.ready.clone(),
         bound[0].port,
         route.main_addr(),
         source,
     );
+    expect.notifies = start::offers_notify(args, plan);
     let notify_file = match member {
         None => format!("notify-{}.sock", std::process::id()),
         Some(k) => format!("notify-{}-{k}.sock", std::process::id()),
@@ -313,6 +322,11 @@ async fn supervisor(
     let server = start::Server::new(ctx, args, plan, argv, &bound, env, log.clone());
     Ok(Supervisor {
         stopper: stop::Stopper::new(&out, server.own_group, args.stop_grace),
+        ready_timeout: args.reload_timeout,
+        rebind,
+        lease,
+        leased,
+        others: Vec::new(),
         restarts: restart::Restarts::new(args.restart, args.on_demand),
         on_demand: args.on_demand,
         idle_limit: args
@@ -397,6 +411,41 @@ fn allocate(
         }
     }
     Ok(Ok(allocated))
+}
+
+/// How a reload binds fresh sockets for its new version: as at the first start (the range,
+/// the exclusions, this member's lease, which the new one replaces), on any free port of the
+/// range.
+fn rebinder(
+    args: &RunArgs,
+    run: &Run,
+    member: Option<u32>,
+    sockets: Vec<String>,
+    state_dir: &Path,
+) -> Box<dyn Fn() -> anyhow::Result<ports::Allocated>> {
+    let (name, range, exclude) = (args.name.clone(), args.range.clone(), args.exclude.clone());
+    let (run, state_dir, join) = (run.clone(), state_dir.to_path_buf(), args.join);
+    Box::new(move || {
+        let request = ports::Request {
+            name: &name,
+            sockets: &sockets,
+            prefer: None,
+            range: range.as_ref(),
+            exclude: &exclude,
+            force: false,
+            run: &run,
+            reuse: false,
+            // A joined member is not the name's first holder: `join: false` would find the
+            // name taken.
+            member,
+            join,
+        };
+        Ok(ports::allocate(
+            Store::new(&state_dir),
+            &request,
+            &mut |_| {},
+        )?)
+    })
 }
 
 /// The port to try first: `--port`, else a valid `PORT` inherited from our own environment

@@ -115,6 +115,60 @@ pub(crate) fn ran_for(d: Duration) -> String {
     }
 }
 
+/// How many of a new version's last output lines a failed reload shows.
+const TAIL_LINES: usize = 20;
+
+/// The last lines a server wrote (stdout and stderr together), for saying why it failed.
+#[derive(Clone, Default)]
+pub(crate) struct Tail(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>);
+
+impl Tail {
+    fn push(&self, line: &[u8]) {
+        let line = String::from_utf8_lossy(line).trim_end().to_string();
+        if let Ok(mut lines) = self.0.lock() {
+            if lines.len() == TAIL_LINES {
+                lines.pop_front();
+            }
+            lines.push_back(line);
+        }
+    }
+
+    /// The lines kept, oldest first.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Copy `stream` to `to` as it comes, keeping its last lines here.
+    pub(crate) async fn copy(
+        self,
+        mut stream: impl tokio::io::AsyncRead + Unpin,
+        mut to: impl FnMut(&[u8]),
+    ) {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut partial = Vec::new();
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            to(&buf[..n]);
+            partial.extend_from_slice(&buf[..n]);
+            while let Some(end) = partial.iter().position(|b| *b == b'\n') {
+                self.push(&partial[..end]);
+                partial.drain(..=end);
+            }
+            if partial.len() > buf.len() {
+                // A very long line: keep its start.
+                self.push(&partial);
+                partial.clear();
+            }
+        }
+        if !partial.is_empty() {
+            self.push(&partial);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +185,20 @@ mod tests {
         joining.set_member(4);
         assert_eq!(clone.who(), "api#4", "every clone learns it");
         assert_eq!(out.who(), "api", "not the one it came from");
+    }
+
+    #[tokio::test]
+    async fn a_tail_keeps_the_last_lines_and_passes_everything_on() {
+        let tail = Tail::default();
+        let text: String = (1..=25).map(|i| format!("line {i}\n")).collect::<String>() + "end";
+        let mut copied = Vec::new();
+        tail.clone()
+            .copy(text.as_bytes(), |b| copied.extend_from_slice(b))
+            .await;
+        assert_eq!(copied, text.as_bytes());
+        let lines = tail.lines();
+        assert_eq!(lines.len(), TAIL_LINES);
+        assert_eq!(lines[0], "line 7");
+        assert_eq!(lines.last().map(String::as_str), Some("end"));
     }
 }

@@ -109,11 +109,41 @@ pub(crate) struct LeaseGuard {
     name: Name,
     holder: ProcessId,
     member: Option<u32>,
+    /// Gives the lease back on drop (not a second guard on a lease an earlier one holds).
+    armed: bool,
+}
+
+impl LeaseGuard {
+    /// This guard came from allocating again for a name this process leases already (a
+    /// reload's fresh sockets): the lease is the same, and the first guard gives it back.
+    pub(crate) fn merge(mut self) {
+        self.armed = false;
+    }
+
+    /// The lease (and the ports the name prefers next time) are `ports` again: a reload that
+    /// failed returns to the sockets the running server has.
+    pub(crate) fn record(&self, ports: &BTreeMap<String, u16>) {
+        if let Ok(mut reg) = self.store.lock()
+            && let Some(lease) = reg.leases.get_mut(&self.name).and_then(|leases| {
+                leases
+                    .iter_mut()
+                    .find(|l| l.holder == self.holder && l.member == self.member)
+            })
+        {
+            lease.ports.clone_from(ports);
+            // Only a name's first member (or its only one) has a last port to prefer.
+            if self.member.is_none_or(|m| m == 1) {
+                reg.sticky.insert(self.name.clone(), ports.clone());
+            }
+            let _ = reg.commit();
+        }
+    }
 }
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
-        if let Ok(mut reg) = self.store.lock()
+        if self.armed
+            && let Ok(mut reg) = self.store.lock()
             && reg.remove_lease(&self.name, self.holder, self.member)
         {
             let _ = reg.commit();
@@ -319,6 +349,7 @@ pub(crate) fn allocate(
         name: req.name.clone(),
         holder: me,
         member: req.member,
+        armed: true,
     };
     Ok(Allocated {
         sockets: bound,

@@ -17,7 +17,9 @@ use crate::sys::netstat::{self, Guard, Listener, Verdict};
 use crate::sys::notify::Notice;
 use crate::sys::socket::BoundSocket;
 
-/// What the instance expects of every server it starts, fixed for its life.
+/// What the instance expects of every server it starts (a reload onto fresh sockets moves
+/// `port` and `handed`).
+#[derive(Clone)]
 pub(super) struct Expect {
     pub(super) mode: Mode,
     pub(super) ready: Option<Ready>,
@@ -27,6 +29,8 @@ pub(super) struct Expect {
     pub(super) handed: SocketAddr,
     /// How to fix a server that ignores the socket it was handed.
     pub(super) fix: String,
+    /// The server is given `NOTIFY_SOCKET` and is expected to send `READY=1`.
+    pub(super) notifies: bool,
 }
 
 impl Expect {
@@ -48,6 +52,7 @@ impl Expect {
             port,
             handed,
             fix,
+            notifies: false,
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::output::Output;
+use crate::control::client::Heard;
 use crate::control::launch;
 use crate::control::protocol::Closed;
 use crate::model::instance::{Front, Instance, State};
@@ -38,6 +39,8 @@ pub(crate) struct Registration {
 pub(crate) enum RouteEvent {
     Closed(Closed),
     RetryDue,
+    /// The proxy relays `wharf reload`: start a new version, then answer with `reloaded`.
+    Reload(u64),
 }
 
 /// Retry pace while the proxy is away: fast enough to be back within a second or two.
@@ -178,7 +181,10 @@ impl Registration {
     /// forever when there is neither (no proxy, none expected).
     pub(crate) async fn next_event(&mut self) -> RouteEvent {
         match (self.client.as_mut(), self.retry_at) {
-            (Some(client), _) => RouteEvent::Closed(client.closed().await),
+            (Some(client), _) => match client.next_event().await {
+                Heard::Closed(closed) => RouteEvent::Closed(closed),
+                Heard::Reload(id) => RouteEvent::Reload(id),
+            },
             (None, Some(at)) => {
                 tokio::time::sleep_until(at).await;
                 RouteEvent::RetryDue
@@ -187,10 +193,42 @@ impl Registration {
         }
     }
 
+    /// Act on an event about the route. A reload is the supervisor's to carry out (each phase
+    /// of its life answers it its own way); one that reaches here is refused.
     pub(crate) async fn on_event(&mut self, event: RouteEvent) {
         match event {
             RouteEvent::Closed(closed) => self.on_lost(closed),
             RouteEvent::RetryDue => self.reconnect().await,
+            RouteEvent::Reload(id) => {
+                let why = "this instance cannot reload now";
+                self.reloaded(id, Some(why.to_string())).await
+            }
+        }
+    }
+
+    /// Report on the reload numbered `id`: done (`None`) or why not.
+    pub(crate) async fn reloaded(&mut self, id: u64, error: Option<String>) {
+        if let Some(client) = self.client.as_mut()
+            && client.report_reloaded(id, error).await.is_err()
+        {
+            let closed = client.how_closed();
+            self.on_lost(closed);
+        }
+    }
+
+    /// A registration that reaches no proxy, with this one's instance: where a new version's
+    /// readiness is worked out before the route moves to it.
+    pub(crate) fn detached(&self) -> Registration {
+        Registration {
+            instance: self.instance.clone(),
+            out: self.out.clone(),
+            runtime: self.runtime.clone(),
+            self_exe: self.self_exe.clone(),
+            client: None,
+            front: self.front,
+            closed: Closed::Lost,
+            retry_at: None,
+            retry_pause: RETRY_FIRST,
         }
     }
 

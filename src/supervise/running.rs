@@ -13,6 +13,7 @@ use super::health::Checks;
 use super::lifecycle::{Exit, Supervisor};
 use super::readiness::{self, Finding, Readiness};
 use super::registration::RouteEvent;
+use super::reload::{Candidate, Found};
 use crate::model::mode::Mode;
 use crate::sys::netstat;
 use crate::sys::notify::Notice;
@@ -33,17 +34,26 @@ enum Event {
     IdleTick,
     /// A stop ran out of grace.
     KillDue,
-    /// The front proxy went away, or it is time to register with it again.
+    /// The front proxy went away, it is time to register with it again, or a reload is asked.
     Route(RouteEvent),
+    /// Something happened to the new version a reload started.
+    Candidate(Found),
+    /// The version a reload replaced is gone.
+    OldGone,
 }
 
 /// One server, started.
-struct Running {
-    child: Child,
-    pid: i32,
-    ready: Readiness,
-    idle: IdleClock,
-    health: Option<Checks>,
+pub(super) struct Running {
+    pub(super) child: Child,
+    pub(super) pid: i32,
+    pub(super) ready: Readiness,
+    pub(super) idle: IdleClock,
+    pub(super) health: Option<Checks>,
+    /// A new version starting beside this one (`reload`), until it takes over or is given up.
+    pub(super) candidate: Option<Candidate>,
+    /// A reload switched to this server and stops the old one: its number, and word of the
+    /// old one being gone (then the reload is reported done).
+    pub(super) switched: Option<(u64, tokio::sync::oneshot::Receiver<()>)>,
 }
 
 impl Supervisor {
@@ -69,11 +79,16 @@ impl Supervisor {
             ready,
             idle: IdleClock::new(self.idle_limit),
             health: self.health.as_ref().map(Checks::new),
+            candidate: None,
+            switched: None,
         };
         let status = self.until_exit(&mut server).await;
-        // Reaped (or never to be waited for again): the pid is no longer one of ours.
-        super::children::remove(pid);
+        // Reaped (or never to be waited for again): the pid is no longer one of ours. After a
+        // reload it is the new version's; the old one's went when it was reaped.
+        super::children::remove(server.pid);
         let status = status?;
+        // It served, though it went since; a stop closed the route (and so the report) first.
+        self.old_gone(&mut server).await;
         Ok(Exit {
             status,
             ran: started.elapsed(),
@@ -93,22 +108,51 @@ impl Supervisor {
 
     /// Wait for the next event; nothing is acted on here.
     async fn next_event(&mut self, server: &mut Running) -> Event {
-        let pid = server.pid;
-        let idle_watch = self.on_demand && !self.stopper.is_stopping();
-        let checking = server.health.is_some()
+        let Running {
+            child,
+            pid,
+            ready,
+            health,
+            candidate,
+            switched,
+            ..
+        } = server;
+        let switching = switched.is_some();
+        let pid = *pid;
+        let new_pid = candidate.as_ref().map(|c| c.pid);
+        let idle_watch = self.on_demand && !self.stopper.is_stopping() && new_pid.is_none();
+        let checking = health.is_some()
             && Checks::due_in(self.route.instance.state)
             && !self.stopper.is_stopping();
         let main = self.route.main_addr();
-        tokio::select! {
-            status = server.child.wait() => Event::Exited(status),
-            Some(info) = self.signals.next() => Event::Signal(info),
-            notices = self.notify.recv(|p| p.is_none_or(|p| crate::sys::process::in_tree(p, pid))) => {
-                Event::Notices(notices)
+        // Which tree a notice came from: the new version's goes to the reload.
+        let from_new = std::cell::Cell::new(false);
+        let accept = |p: Option<i32>| match (p, new_pid) {
+            (Some(p), Some(new)) if crate::sys::process::in_tree(p, new) => {
+                from_new.set(true);
+                true
             }
-            finding = server.ready.next(main) => Event::Readiness(finding),
-            Some(probe) = async { Some(server.health.as_mut()?.next(main).await) }, if checking => {
+            (p, _) => p.is_none_or(|p| crate::sys::process::in_tree(p, pid)),
+        };
+        tokio::select! {
+            status = child.wait() => Event::Exited(status),
+            Some(info) = self.signals.next() => Event::Signal(info),
+            notices = self.notify.recv(accept) => match from_new.get() {
+                true => Event::Candidate(Found::Notices(notices.unwrap_or_default())),
+                false => Event::Notices(notices),
+            },
+            finding = ready.next(main) => Event::Readiness(finding),
+            Some(probe) = async { Some(health.as_mut()?.next(main).await) }, if checking => {
                 Event::Health(probe)
             }
+            Some(found) = async { Some(candidate.as_mut()?.next().await) }, if new_pid.is_some() => {
+                Event::Candidate(found)
+            }
+            () = async {
+                if let Some((_, gone)) = switched.as_mut() {
+                    let _ = gone.await;
+                }
+            }, if switching => Event::OldGone,
             _ = tokio::time::sleep(demand::IDLE_TICK), if idle_watch => Event::IdleTick,
             () = self.stopper.kill_due(), if self.stopper.kill_pending() => Event::KillDue,
             event = self.route.next_event() => Event::Route(event),
@@ -123,12 +167,24 @@ impl Supervisor {
     ) -> anyhow::Result<Option<ExitStatus>> {
         let pid = server.pid;
         match event {
-            Event::Exited(status) => return status.context("waiting for the server").map(Some),
+            Event::Exited(status) => {
+                let status = status.context("waiting for the server")?;
+                let why = format!(
+                    "the running server {} while the new version started",
+                    super::stop::describe(status, None)
+                );
+                self.abandon(server, why).await;
+                return Ok(Some(status));
+            }
             Event::Signal(info) => {
-                if super::stop::is_stop(info.si_signo) && !self.stopper.asked() {
-                    // Out of rotation first: the proxy sends no new request while the server
-                    // finishes those it has.
-                    self.route.remove().await;
+                if super::stop::is_stop(info.si_signo) {
+                    if !self.stopper.asked() {
+                        // Out of rotation first: the proxy sends no new request while the
+                        // server finishes those it has.
+                        self.route.remove().await;
+                    }
+                    self.abandon(server, "wharf was asked to stop".to_string())
+                        .await;
                 }
                 self.stopper.on_signal(&info, pid)
             }
@@ -156,7 +212,29 @@ impl Supervisor {
                 }
             }
             Event::KillDue => self.stopper.kill(pid),
+            Event::Route(RouteEvent::Reload(id)) => {
+                let busy = if server.candidate.is_some() || server.switched.is_some() {
+                    Some("a reload is under way already")
+                } else if self.stopper.is_stopping() {
+                    Some("the server is stopping")
+                } else {
+                    None
+                };
+                let started = match busy {
+                    Some(why) => Err(why.to_string()),
+                    None => self.begin_reload(id).await,
+                };
+                match started {
+                    Ok(new) => server.candidate = Some(new),
+                    Err(why) => {
+                        self.out.say(format!("reload refused: {why}"));
+                        self.route.reloaded(id, Some(why)).await;
+                    }
+                }
+            }
             Event::Route(event) => self.route.on_event(event).await,
+            Event::Candidate(found) => self.on_candidate(found, server).await,
+            Event::OldGone => self.old_gone(server).await,
         }
         Ok(None)
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 
 use super::RunArgs;
-use super::output::Output;
+use super::output::{Output, Tail};
 use crate::model::mode::{self, Launch, Mode};
 use crate::model::ports::MAIN_SOCKET;
 use crate::model::project::Ready;
@@ -71,8 +71,11 @@ pub(super) fn plan(
 }
 
 /// How to start the server, as often as it takes: its command line, environment and sockets.
+#[derive(Clone)]
 pub(super) struct Server {
     self_exe: PathBuf,
+    /// The command line before its `{port}`/`{fd}` placeholders were filled in.
+    template: Vec<String>,
     argv: Vec<String>,
     env: Vec<(String, String)>,
     /// fd mode: the sockets handed over (fd 3, 4, …) with their names; empty in env mode.
@@ -98,7 +101,7 @@ pub(super) fn environment(
     let mut env = args.env.clone();
     env.push(("WHARF_NAME".to_string(), args.name.to_string()));
     env.push(("WHARF_URL".to_string(), url.to_string()));
-    if plan.notify || args.ready == Some(Ready::Notify) {
+    if offers_notify(args, plan) {
         env.push((
             "NOTIFY_SOCKET".to_string(),
             notify.path().display().to_string(),
@@ -113,6 +116,12 @@ pub(super) fn environment(
         env.push(("HOST".into(), "127.0.0.1".into()));
     }
     env
+}
+
+/// Whether the server is given `NOTIFY_SOCKET`: it is known to speak sd_notify, or
+/// `--ready notify` says it does.
+pub(super) fn offers_notify(args: &RunArgs, plan: &Launch) -> bool {
+    plan.notify || args.ready == Some(Ready::Notify)
 }
 
 /// What makes the server's own HTTPS clients trust wharf's CA (`ca::bundle`), made now if
@@ -177,6 +186,7 @@ impl Server {
         };
         Server {
             self_exe: ctx.self_exe.clone(),
+            template: plan.argv.clone(),
             argv,
             env,
             fds,
@@ -187,18 +197,80 @@ impl Server {
         }
     }
 
-    /// Start the server (through wharf's exec step, which hands the sockets over), its output
-    /// copied to the log if there is one.
-    pub(super) fn spawn(&self) -> anyhow::Result<tokio::process::Child> {
-        let handoff = Handoff {
+    /// The same server on other sockets (a reload's fresh ones): the placeholders, the port
+    /// variables and, in fd mode, the sockets handed over follow them.
+    pub(super) fn on_sockets(&self, bound: &[BoundSocket]) -> Server {
+        let ports: Vec<(String, u16)> = bound.iter().map(|b| (b.name.clone(), b.port)).collect();
+        let mut env = self.env.clone();
+        for b in bound {
+            let var = port_var(&b.name);
+            env.retain(|(k, _)| *k != var);
+            env.push((var, b.port.to_string()));
+        }
+        let fds = match self.fds.is_empty() {
+            true => Vec::new(),
+            false => bound
+                .iter()
+                .map(|b| (b.socket.as_raw_fd(), b.name.clone()))
+                .collect(),
+        };
+        Server {
+            argv: mode::substitute(&self.template, &ports),
+            env,
+            fds,
+            ..self.clone()
+        }
+    }
+
+    /// Start the server with its output passed on as `spawn` does (to the log, or wharf's own
+    /// stdout and stderr) through pipes, its last lines kept in `tail`; also the tasks that
+    /// copy, which end when the server's output does.
+    pub(super) fn spawn_tailed(
+        &self,
+        tail: &Tail,
+    ) -> anyhow::Result<(tokio::process::Child, Vec<tokio::task::JoinHandle<()>>)> {
+        use std::io::Write as _;
+        let mut command = self.handoff().command();
+        command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {}", self.argv.join(" ")))?;
+        let to = |stdout: bool| {
+            let log = self.log.clone();
+            let to_stdout = stdout && !self.stdout_to_stderr;
+            move |bytes: &[u8]| match &log {
+                Some(log) => log.write(bytes),
+                // Nobody reading any more must not take the supervisor down.
+                None if to_stdout => drop(std::io::stdout().lock().write_all(bytes)),
+                None => drop(std::io::stderr().lock().write_all(bytes)),
+            }
+        };
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let copiers = vec![
+            tokio::spawn(tail.clone().copy(stdout, to(true))),
+            tokio::spawn(tail.clone().copy(stderr, to(false))),
+        ];
+        Ok((child, copiers))
+    }
+
+    fn handoff(&self) -> Handoff<'_> {
+        Handoff {
             self_exe: &self.self_exe,
             argv: &self.argv,
             env: &self.env,
             fds: &self.fds,
             set_pid: self.set_pid,
             own_group: self.own_group,
-        };
-        let mut command = handoff.command();
+        }
+    }
+
+    /// Start the server (through wharf's exec step, which hands the sockets over), its output
+    /// copied to the log if there is one.
+    pub(super) fn spawn(&self) -> anyhow::Result<tokio::process::Child> {
+        let mut command = self.handoff().command();
         if self.log.is_some() {
             command
                 .stdout(std::process::Stdio::piped())

@@ -47,6 +47,13 @@ fn lowest_first(listeners: &mut [Listener]) {
     listeners.sort_by_key(|l| (l.connect.port(), l.connect.is_ipv6()));
 }
 
+/// Connections waiting in the accept queue of the socket listening on `port` (any process),
+/// or `None` where the platform cannot tell or nothing listens there: whether a server about
+/// to be stopped still has connections it has not taken.
+pub(crate) fn accept_queue(port: u16) -> Option<usize> {
+    imp::accept_queue(port)
+}
+
 /// Open TCP connections whose local port is one of `ports` (any process), or `None` where
 /// the platform cannot tell. Tells an idle on-demand instance from a busy one.
 pub(crate) fn established(ports: &[u16]) -> Option<usize> {
@@ -249,6 +256,28 @@ mod imp {
         Some(rows(|state, port| state == ESTABLISHED && ports.contains(&port)).len())
     }
 
+    /// For a listener, the rx_queue of `/proc/net/tcp` is its accept queue.
+    pub(crate) fn accept_queue(port: u16) -> Option<usize> {
+        let tables: Vec<String> = TABLES
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .collect();
+        let mut total = None;
+        for line in tables.iter().flat_map(|t| t.lines().skip(1)) {
+            let fields: Vec<&str> = line.split_ascii_whitespace().take(5).collect();
+            let [_, local, _, state, queues] = fields[..] else {
+                continue;
+            };
+            let local_port = local.rsplit(':').next().map(|p| u16::from_str_radix(p, 16));
+            if u8::from_str_radix(state, 16) != Ok(LISTEN) || local_port != Some(Ok(port)) {
+                continue;
+            }
+            let (_, rx) = queues.split_once(':')?;
+            *total.get_or_insert(0) += usize::from_str_radix(rx, 16).ok()?;
+        }
+        total
+    }
+
     pub(crate) fn listening(root: i32, _expected: u16) -> Vec<Listener> {
         let inodes = socket_inodes(root);
         if inodes.is_empty() {
@@ -417,6 +446,19 @@ mod imp {
         }
 
         #[test]
+        fn the_accept_queue_counts_connections_not_yet_accepted() {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            assert_eq!(super::super::accept_queue(port), Some(0));
+            let _waiting = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            assert_eq!(super::super::accept_queue(port), Some(1));
+            let _taken = listener.accept().unwrap();
+            assert_eq!(super::super::accept_queue(port), Some(0));
+            drop(listener);
+            assert_eq!(super::super::accept_queue(port), None);
+        }
+
+        #[test]
         fn the_holder_of_a_port_is_named() {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let port = listener.local_addr().unwrap().port();
@@ -528,6 +570,10 @@ mod imp {
     }
 
     pub(crate) fn established(_ports: &[u16]) -> Option<usize> {
+        None
+    }
+
+    pub(crate) fn accept_queue(_port: u16) -> Option<usize> {
         None
     }
 

@@ -17,6 +17,7 @@ mod pages;
 mod ports;
 mod proxy;
 mod replicas;
+mod reload;
 mod rules;
 mod run;
 mod service;
