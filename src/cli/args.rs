@@ -57,6 +57,9 @@ pub(crate) enum Command {
     Url(UrlCli),
     /// Wait until an instance is ready, then print its URL (exit 1 with the reason if it fails)
     Wait(WaitCli),
+    /// Start a new version of an instance beside the running one, switch once it is ready,
+    /// then stop the old one (exit 1 with the new version's last output if it fails)
+    Reload(ReloadCli),
     /// Serve the Model Context Protocol on stdin/stdout, for coding agents: list, ensure, logs,
     /// stop; what a session starts is stopped when it ends
     Mcp,
@@ -111,6 +114,14 @@ pub(crate) enum HostsCli {
 #[derive(Debug, Args)]
 pub(crate) struct UrlCli {
     pub(crate) name: Name,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReloadCli {
+    pub(crate) name: Name,
+    /// Only this member of a replicated name (default: each member in turn)
+    #[arg(long, value_name = "K")]
+    pub(crate) member: Option<u32>,
 }
 
 #[derive(Debug, Args)]

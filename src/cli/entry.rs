@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::cli::args::{Cli, Command, ProxyCli};
-use crate::cli::{commands, hosts, https, mcp, run, service, up};
+use crate::cli::{commands, hosts, https, mcp, reload, run, service, up};
 use crate::model::config;
 use crate::model::mode::Mode;
 use crate::model::project::{DEFAULT_HEALTH_FAILURES, DEFAULT_HEALTH_INTERVAL, Health, Restart};
@@ -122,6 +122,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Trust(args) => https::trust(&ctx, args.dry_run),
         Command::Untrust(args) => https::untrust(&ctx, args.dry_run),
         Command::Url(args) => current_thread()?.block_on(commands::url(&ctx, &args.name)),
+        Command::Reload(args) => {
+            current_thread()?.block_on(reload::reload(&ctx, args.name, args.member))
+        }
         Command::Wait(args) => {
             current_thread()?.block_on(commands::wait(&ctx, &args.name, args.timeout))
         }

@@ -11,6 +11,7 @@ pub mod entry;
 pub(crate) mod hosts;
 pub(crate) mod https;
 pub(crate) mod mcp;
+pub(crate) mod reload;
 pub(crate) mod run;
 pub(crate) mod service;
 pub(crate) mod up;
