@@ -255,6 +255,10 @@ fn five_reloads_refuse_nothing(mode_args: &[&str], same_socket: bool) {
         p.log()
     );
     assert!(seen.requests >= 2000);
+    eprintln!(
+        "{} requests, none failed; versions: {:?}",
+        seen.requests, seen.versions
+    );
     // Each version answered in turn, and only after the one before (v0 first, v5 last).
     let expected: Vec<String> = (0..=5).map(|v| format!("v{v}")).collect();
     assert_eq!(
@@ -441,6 +445,12 @@ fn reload_through_the_proxy(mode_args: &[&str]) {
         (!skipped).then_some(seen)
     });
     let Some(seen) = seen else { return };
+    eprintln!(
+        "{} requests, {} failed; versions: {:?}",
+        seen.requests,
+        seen.failures.len(),
+        seen.versions
+    );
     assert!(
         seen.failures.is_empty(),
         "{} of {} requests failed: {:?}\n{}",
