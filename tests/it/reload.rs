@@ -395,6 +395,71 @@ fn a_reload_not_ready_in_time_is_given_up() {
     p.expect("the new version (pid");
 }
 
+/// A second reload while one is under way is refused; a stop during a reload stops both
+/// versions (and whatever it left), and wharf exits.
+#[test]
+fn a_stop_during_a_reload_stops_both_versions() {
+    let sb = Sandbox::new();
+    let proxy = FakeProxy::start(&sb.runtime_dir());
+    let (py, script) = (python(), server_py());
+    let delay = sb.dir.path().join("delay");
+    std::fs::write(&delay, "0").unwrap();
+    let wrapper = format!(
+        "exec {} {} --notify-ready --start-delay $(cat {})",
+        path_str(&py),
+        path_str(&script),
+        path_str(&delay)
+    );
+    let mut p = sb.spawn(&[
+        "run", "--name", "api", "--port", "0", "--fd", "--ready", "notify", "--", "sh", "-c",
+        &wrapper,
+    ]);
+    proxy.wait_state("ready");
+    let old = p.report()["pid"].as_i64().unwrap() as i32;
+    std::fs::write(&delay, "30").unwrap();
+    proxy.reload(1);
+    eventually("the new version started", PATIENCE, || {
+        p.count_lines(|l| l.starts_with("REPORT ")) == 2
+    });
+    proxy.reload(2);
+    let refused = proxy.reloaded(2, PATIENCE).expect("refused");
+    assert!(
+        refused.contains("a reload is under way already"),
+        "{refused}"
+    );
+    let new: i32 = p
+        .lines()
+        .iter()
+        .filter_map(|l| l.strip_prefix("REPORT "))
+        .map(|r| {
+            serde_json::from_str::<serde_json::Value>(r).unwrap()["pid"]
+                .as_i64()
+                .unwrap() as i32
+        })
+        .find(|pid| *pid != old)
+        .unwrap();
+    p.signal(libc::SIGTERM);
+    let status = p.wait(PATIENCE);
+    assert!(status.success(), "{status:?}\n{}", p.log());
+    assert!(gone(old) && gone(new), "{}", p.log());
+}
+
+/// On demand and idle, there is nothing to replace: the reload is done, and the next
+/// connection starts the new version.
+#[test]
+fn a_reload_of_an_idle_instance_is_its_next_start() {
+    let sb = Sandbox::new();
+    let proxy = FakeProxy::start(&sb.runtime_dir());
+    let args = serve_args("api", &[]);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.insert(1, "--on-demand");
+    let p = sb.spawn(&args);
+    proxy.wait_state("idle");
+    proxy.reload(1);
+    assert_eq!(proxy.reloaded(1, PATIENCE), None, "{}", p.log());
+    p.expect("the next connection starts the new version");
+}
+
 /// `wharf reload` end to end through the proxy's relay. Until the relay is merged the proxy
 /// refuses reloads, and these say they are skipped.
 fn relay_missing(log: &str) -> bool {
