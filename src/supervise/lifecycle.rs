@@ -60,6 +60,8 @@ pub(super) struct Supervisor {
     /// Versions being stopped in the background after a reload (pid, task): waited for
     /// before wharf exits (each stays in `children` until its task has reaped it).
     pub(super) others: Vec<(i32, tokio::task::JoinHandle<()>)>,
+    /// A server of this instance sent `READY=1`: its next version will too (`reload`).
+    pub(super) sent_ready: bool,
 }
 
 /// How the server ended.

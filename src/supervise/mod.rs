@@ -327,6 +327,7 @@ async fn supervisor(
         lease,
         leased,
         others: Vec::new(),
+        sent_ready: false,
         restarts: restart::Restarts::new(args.restart, args.on_demand),
         on_demand: args.on_demand,
         idle_limit: args
@@ -415,7 +416,7 @@ fn allocate(
 
 /// How a reload binds fresh sockets for its new version: as at the first start (the range,
 /// the exclusions, this member's lease, which the new one replaces), on any free port of the
-/// range.
+/// range; with `--port 0`, on any free port the OS offers, as the first ones were.
 fn rebinder(
     args: &RunArgs,
     run: &Run,
@@ -424,12 +425,13 @@ fn rebinder(
     state_dir: &Path,
 ) -> Box<dyn Fn() -> anyhow::Result<ports::Allocated>> {
     let (name, range, exclude) = (args.name.clone(), args.range.clone(), args.exclude.clone());
+    let prefer = (args.port == Some(0)).then_some(0);
     let (run, state_dir, join) = (run.clone(), state_dir.to_path_buf(), args.join);
     Box::new(move || {
         let request = ports::Request {
             name: &name,
             sockets: &sockets,
-            prefer: None,
+            prefer,
             range: range.as_ref(),
             exclude: &exclude,
             force: false,

@@ -2,12 +2,14 @@
 //! connection) starts a new version of the server beside the running one, switches to it once
 //! it is ready, then stops the old one gracefully, so that no request is refused. Two ways:
 //!
-//! - **On the same socket** (fd mode, the server is given `NOTIFY_SOCKET`, and no `--ready
-//!   http:` probe; Linux, where a notice names its sender): the new version is handed the very
+//! - **On the same socket** (fd mode, and the server notifies: `--ready notify`, or the
+//!   running version sent `READY=1`; no `--ready http:` probe; Linux, where a notice names its
+//!   sender): the new version is handed the very
 //!   socket the old one accepts on, which wharf holds. Its own `READY=1` (sent from its process
 //!   tree) says it is ready; then the old one gets SIGTERM, stops accepting and finishes what it
 //!   took, while the connections still queued go to the new one. The route never changes.
-//! - **On fresh sockets** (env mode, or a server that does not notify: a probe on a shared
+//! - **On fresh sockets** (env mode, or a server that does not notify, as most do not though
+//!   they are offered `NOTIFY_SOCKET`: a probe on a shared
 //!   socket cannot tell which version answered): the new version gets new ports, bound and
 //!   leased as at a first start, and its readiness is watched there as at a first start. Once
 //!   it is ready the route moves to it (the proxy sends new requests there); wharf waits, at
@@ -139,8 +141,10 @@ enum Then {
 impl Supervisor {
     /// Whether a new version can share the running one's socket: see the top of this file.
     fn shares_socket(&self) -> bool {
+        let notifies = self.expect.ready == Some(Ready::Notify) || self.sent_ready;
         self.expect.mode == Mode::Fd
             && self.expect.notifies
+            && notifies
             && !matches!(self.expect.ready, Some(Ready::Http(_)))
             && cfg!(target_os = "linux")
     }

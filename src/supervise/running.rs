@@ -189,7 +189,9 @@ impl Supervisor {
                 self.stopper.on_signal(&info, pid)
             }
             Event::Notices(notices) => {
-                readiness::on_notices(notices.unwrap_or_default(), &mut self.route, &self.out).await
+                let notices = notices.unwrap_or_default();
+                self.sent_ready |= notices.contains(&Notice::Ready);
+                readiness::on_notices(notices, &mut self.route, &self.out).await
             }
             Event::Readiness(finding) => {
                 server

@@ -213,7 +213,7 @@ fn client_loop(
 /// Five reloads of a server that takes a second to start, under a client loop: nothing
 /// refused or failed, and the answers move to each new version in turn. `mode_args` picks the
 /// way (`--fd` with READY=1: the same socket; `--env`: fresh ports).
-fn five_reloads_refuse_nothing(mode_args: &[&str], same_socket: bool) {
+fn five_reloads_refuse_nothing(mode_args: &[&str], notifies: bool, same_socket: bool) {
     let sb = Sandbox::new();
     let proxy = FakeProxy::start(&sb.runtime_dir());
     let file = version_file(&sb, "v0");
@@ -227,10 +227,15 @@ fn five_reloads_refuse_nothing(mode_args: &[&str], same_socket: bool) {
         "--graceful",
         "--quiet",
     ]);
-    args.extend(["--start-delay", "1", "--notify-ready", "--version-file"]);
-    args.push(path_str(&file));
+    args.extend(["--start-delay", "1", "--version-file", path_str(&file)]);
+    if notifies {
+        args.push("--notify-ready");
+    }
     let p = sb.spawn(&args);
     proxy.wait_state("ready");
+    if notifies {
+        p.expect("ready (READY=1)");
+    }
     let first = proxy.route();
     let stop = AtomicBool::new(false);
     let seen = std::thread::scope(|s| {
@@ -292,14 +297,22 @@ fn five_reloads_refuse_nothing(mode_args: &[&str], same_socket: bool) {
     );
 }
 
+/// Fd mode, and the server sent READY=1 at its first start: the new one shares the socket.
 #[test]
 fn five_reloads_on_the_same_socket_refuse_nothing() {
-    five_reloads_refuse_nothing(&["--fd", "--ready", "notify"], true);
+    five_reloads_refuse_nothing(&["--fd"], true, true);
+}
+
+/// Fd mode, a server that does not notify (as most do not): fresh sockets, each version
+/// ready once it accepts on its own.
+#[test]
+fn five_reloads_of_a_server_that_does_not_notify_refuse_nothing() {
+    five_reloads_refuse_nothing(&["--fd"], false, false);
 }
 
 #[test]
-fn five_reloads_on_fresh_ports_refuse_nothing() {
-    five_reloads_refuse_nothing(&["--env"], false);
+fn five_reloads_in_env_mode_refuse_nothing() {
+    five_reloads_refuse_nothing(&["--env"], false, false);
 }
 
 /// A new version that exits at once: the old one keeps serving, the report carries the new
