@@ -90,6 +90,8 @@ struct Fresh {
 
 /// What can happen to a new version while it starts.
 pub(super) enum Found {
+    /// It was just started (`--ready connect` may have made it ready already).
+    Begun,
     Exited(std::io::Result<ExitStatus>),
     /// `READY=1` and the rest, from its own process tree.
     Notices(Vec<Notice>),
@@ -238,6 +240,7 @@ impl Supervisor {
                     ""
                 }
             )),
+            Found::Begun => Then::Wait,
             Found::Notices(notices) => {
                 readiness::on_notices(notices, &mut new.shadow, &self.out).await;
                 Then::Wait

@@ -227,7 +227,10 @@ impl Supervisor {
                     None => self.begin_reload(id).await,
                 };
                 match started {
-                    Ok(new) => server.candidate = Some(new),
+                    Ok(new) => {
+                        server.candidate = Some(new);
+                        self.on_candidate(Found::Begun, server).await;
+                    }
                     Err(why) => {
                         self.out.say(format!("reload refused: {why}"));
                         self.route.reloaded(id, Some(why)).await;
