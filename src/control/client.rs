@@ -205,3 +205,62 @@ pub(crate) fn list_blocking(path: &Path, limit: std::time::Duration) -> Option<V
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A client on one end of a socket pair; the test plays the proxy on the other.
+    fn pair() -> (Client, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (r, w) = ours.into_split();
+        let client = Client {
+            reader: BufReader::new(r),
+            writer: w,
+            stopping: false,
+            requests: BTreeMap::new(),
+            reloads: VecDeque::new(),
+            partial: Vec::new(),
+        };
+        (client, theirs)
+    }
+
+    #[tokio::test]
+    async fn a_reload_event_survives_a_select_that_chose_another_branch() {
+        let (mut client, mut proxy) = pair();
+        proxy
+            .write_all(br#"{"ok":true,"event":"rel"#)
+            .await
+            .unwrap();
+        tokio::select! {
+            heard = client.next_event() => panic!("heard {heard:?} from half a line"),
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        proxy.write_all(b"oad\",\"reload\":7}\n").await.unwrap();
+        assert_eq!(client.next_event().await, Heard::Reload(7));
+        drop(proxy);
+        assert_eq!(client.next_event().await, Heard::Closed(Closed::Lost));
+    }
+
+    #[tokio::test]
+    async fn a_reload_heard_during_a_call_waits_for_next_event() {
+        let (mut client, proxy) = pair();
+        let answering = tokio::spawn(async move {
+            let (r, mut w) = proxy.into_split();
+            let mut lines = BufReader::new(r).lines();
+            let request = lines.next_line().await.unwrap().unwrap();
+            assert!(
+                request.contains(r#""op":"reloaded","reload":3"#),
+                "{request}"
+            );
+            w.write_all(b"{\"ok\":true,\"event\":\"reload\",\"reload\":4}\n{\"ok\":true}\n")
+                .await
+                .unwrap();
+            w
+        });
+        client.report_reloaded(3, None).await.unwrap();
+        assert_eq!(client.next_event().await, Heard::Reload(4));
+        drop(answering.await.unwrap());
+    }
+}
