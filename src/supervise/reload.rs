@@ -4,21 +4,22 @@
 //!
 //! - **On the same socket** (fd mode, and the server notifies: `--ready notify`, or the
 //!   running version sent `READY=1`; no `--ready http:` probe; Linux, where a notice names its
-//!   sender): the new version is handed the very
-//!   socket the old one accepts on, which wharf holds. Its own `READY=1` (sent from its process
-//!   tree) says it is ready; then the old one gets SIGTERM, stops accepting and finishes what it
-//!   took, while the connections still queued go to the new one. The route never changes.
+//!   sender): the new version is handed the very socket the old one accepts on, which wharf
+//!   holds. Its own `READY=1` (sent from its process tree) says it is ready; then the old one
+//!   gets SIGTERM, stops accepting and finishes what it took, while the connections still
+//!   queued go to the new one. The route never changes.
 //! - **On fresh sockets** (env mode, or a server that does not notify, as most do not though
-//!   they are offered `NOTIFY_SOCKET`: a probe on a shared
-//!   socket cannot tell which version answered): the new version gets new ports, bound and
-//!   leased as at a first start, and its readiness is watched there as at a first start. Once
-//!   it is ready the route moves to it (the proxy sends new requests there); wharf waits, at
-//!   most `DRAIN_LIMIT`, until the old socket's accept queue is empty, then stops the old one,
-//!   and its ports go.
+//!   they are offered `NOTIFY_SOCKET`: a probe on a shared socket cannot tell which version
+//!   answered): the new version gets new ports, bound and leased as at a first start, and its
+//!   readiness is watched there as at a first start. Once it is ready the route moves to it
+//!   (the proxy sends new requests there); wharf waits, at most `DRAIN_LIMIT`, until the old
+//!   socket's accept queue is empty, then stops the old one, and its ports go.
 //!
-//! A new version that exits, cannot be reached, or is not ready within the ready deadline is
-//! stopped; the old one keeps serving, and the report says why with the new version's last
-//! output lines. A stop request or an exit of the old server during a reload abandons the new
+//! The reload is reported done once the old version is gone: from then on only the new one
+//! answers. A new version that exits, cannot be reached, or is not ready within the ready
+//! deadline is stopped; the old one keeps serving, and the report says why with the new
+//! version's last output lines (its output reaches the terminal or log through a pipe, to keep
+//! them). A stop request or an exit of the old server during a reload abandons the new
 //! version the same way (the restart policy then decides about the old one as usual).
 
 use std::collections::BTreeMap;
