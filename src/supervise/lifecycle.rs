@@ -62,6 +62,9 @@ pub(super) struct Supervisor {
     pub(super) others: Vec<(i32, tokio::task::JoinHandle<()>)>,
     /// A server of this instance sent `READY=1`: its next version will too (`reload`).
     pub(super) sent_ready: bool,
+    /// Set when wharf is asked to stop: versions being stopped after a reload stop waiting
+    /// for their socket to drain (the route is gone already).
+    pub(super) hurry: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How the server ended.

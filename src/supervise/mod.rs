@@ -328,6 +328,7 @@ async fn supervisor(
         leased,
         others: Vec::new(),
         sent_ready: false,
+        hurry: Default::default(),
         restarts: restart::Restarts::new(args.restart, args.on_demand),
         on_demand: args.on_demand,
         idle_limit: args

@@ -353,6 +353,10 @@ impl Supervisor {
         what: &'static str,
     ) -> oneshot::Receiver<()> {
         let (out, group, grace) = (self.out.clone(), self.server.own_group, self.stopper.grace);
+        let drain = Drain {
+            ports: drain,
+            hurry: self.hurry.clone(),
+        };
         let (done, gone) = oneshot::channel();
         self.others.retain(|(_, task)| !task.is_finished());
         let task = tokio::spawn(async move {
@@ -364,23 +368,37 @@ impl Supervisor {
     }
 }
 
+/// The ports whose accept queues must empty before a version is stopped, unless wharf is
+/// stopping (`hurry`).
+struct Drain {
+    ports: Vec<u16>,
+    hurry: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drain {
+    fn waiting(&self) -> bool {
+        !self.hurry.load(std::sync::atomic::Ordering::Relaxed)
+            && self
+                .ports
+                .iter()
+                .any(|p| netstat::accept_queue(*p).is_some_and(|n| n > 0))
+    }
+}
+
 async fn retire(
     mut child: Child,
     pid: i32,
     group: bool,
     grace: Duration,
-    drain: Vec<u16>,
+    drain: Drain,
     out: Output,
     what: &str,
 ) {
-    if !drain.is_empty() {
+    if !drain.ports.is_empty() {
         tokio::time::sleep(DRAIN_SETTLE).await;
     }
     let until = tokio::time::Instant::now() + DRAIN_LIMIT;
-    while drain
-        .iter()
-        .any(|p| netstat::accept_queue(*p).is_some_and(|n| n > 0))
-    {
+    while drain.waiting() {
         if tokio::time::Instant::now() >= until {
             out.say(format!(
                 "{what} still has connections waiting after {}; stopping it anyway",

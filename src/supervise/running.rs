@@ -178,6 +178,7 @@ impl Supervisor {
             }
             Event::Signal(info) => {
                 if super::stop::is_stop(info.si_signo) {
+                    self.hurry.store(true, std::sync::atomic::Ordering::Relaxed);
                     if !self.stopper.asked() {
                         // Out of rotation first: the proxy sends no new request while the
                         // server finishes those it has.
