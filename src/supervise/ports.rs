@@ -676,6 +676,55 @@ mod tests {
         assert_ne!(reg.sticky[&n][MAIN_SOCKET], second);
     }
 
+    /// A reload of member 2 allocates again: its lease moves to the new port (the first
+    /// member's stays, and so does the name's last port), a failed reload records the old
+    /// port back, and the first guard alone gives the lease back.
+    #[test]
+    fn a_members_reload_replaces_its_own_lease_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = free_run(6);
+        let range: PortRanges = format!("{base}-{}", base + 5).parse().unwrap();
+        let (n, sockets, exclude) = (
+            name("api"),
+            [MAIN_SOCKET.to_string()],
+            PortRanges::default(),
+        );
+        let run = Run {
+            command: vec!["srv".into()],
+            dir: "/".into(),
+        };
+        let request = |k| member_request(&n, &sockets, &range, &exclude, &run, Some(k), false);
+        let first = allocate(Store::new(tmp.path()), &request(1), &mut |_| {}).unwrap();
+        let second = allocate(Store::new(tmp.path()), &request(2), &mut |_| {}).unwrap();
+        let old = BTreeMap::from([(MAIN_SOCKET.to_string(), second.sockets[0].port)]);
+        let fresh = allocate(Store::new(tmp.path()), &request(2), &mut |_| {}).unwrap();
+        let new_port = fresh.sockets[0].port;
+        fresh.lease.merge();
+        let ports_of = |k| {
+            let reg = Store::new(tmp.path()).lock().unwrap();
+            let lease = reg.leases_of(&n).iter().find(|l| l.member == Some(k));
+            lease.map(|l| l.ports[MAIN_SOCKET])
+        };
+        assert_eq!(ports_of(2), Some(new_port), "the new version's port");
+        assert_eq!(ports_of(1), Some(first.sockets[0].port));
+        second.lease.record(&old);
+        assert_eq!(
+            ports_of(2),
+            Some(old[MAIN_SOCKET]),
+            "back to the running one's"
+        );
+        let reg = Store::new(tmp.path()).lock().unwrap();
+        assert_eq!(reg.leases_of(&n).len(), 2);
+        assert_eq!(
+            reg.sticky[&n][MAIN_SOCKET], first.sockets[0].port,
+            "member 2 is not the name's last port"
+        );
+        drop(reg);
+        drop(second);
+        assert_eq!(ports_of(2), None, "its first guard gave it back");
+        assert_eq!(ports_of(1), Some(first.sockets[0].port));
+    }
+
     /// `--join` needs the name to run, and then another process's lease is no conflict.
     #[test]
     fn a_join_needs_a_running_name_and_is_no_conflict_with_it() {
