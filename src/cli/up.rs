@@ -23,6 +23,9 @@ use crate::sys::trust::Trust;
 
 /// How long `up` waits for a started instance to register with the proxy.
 const REGISTER_PATIENCE: Duration = Duration::from_secs(15);
+/// How long a changed instance's new version has to be ready beside the old one (as long as
+/// a `wharf reload`'s).
+const SWAP_PATIENCE: Duration = crate::supervise::DEFAULT_RELOAD_TIMEOUT;
 
 /// The project file (`file`, else the nearest wharf.toml), read if `trust` allows it, and
 /// the instances `names` pick from it (all of them when `names` is empty).
@@ -98,7 +101,8 @@ fn declared_here(l: &Listed, project: &Project) -> bool {
 /// One line of the summary `up` ends with.
 struct Row {
     name: Name,
-    /// `started`, `restarted`, `unchanged`, `on demand` or `failed`.
+    /// `started`, `restarted`, `swapped`, `unchanged`, `on demand`, `kept old` (its new
+    /// version failed) or `failed`.
     outcome: &'static str,
 }
 
@@ -106,6 +110,11 @@ impl Row {
     /// Whether it runs (or waits for its first request): then its port and URL are shown.
     fn running(&self) -> bool {
         self.outcome != "failed"
+    }
+
+    /// Whether `up` did not bring it to what the file says (`up` then exits 1).
+    fn failed(&self) -> bool {
+        matches!(self.outcome, "failed" | "kept old")
     }
 }
 
@@ -145,7 +154,7 @@ pub(crate) async fn up(
     if names.is_empty() {
         for l in running.values().filter(|l| declared_here(l, &project)) {
             if !project.instances.iter().any(|d| d.name == l.instance.name) {
-                stop(&mut proxy.client, l).await;
+                stop(&mut proxy.client, &l.instance.name).await;
                 progress(format!(
                     "{:<12} removed (no longer in {})",
                     l.instance.name,
@@ -188,8 +197,50 @@ pub(crate) async fn up(
                 row(decl, "unchanged");
                 continue;
             }
-            Some(l) => {
-                stop(&mut proxy.client, l).await;
+            Some(l) if l.instance.state != State::Failed => {
+                progress(format!(
+                    "{:<12} changed: starting the new version beside the old one",
+                    decl.name
+                ));
+                let log = crate::state::logs::path(&state, &decl.name);
+                match swap(
+                    ctx,
+                    &mut proxy.client,
+                    decl,
+                    &project.path,
+                    &fingerprint,
+                    &log,
+                )
+                .await
+                {
+                    Swap::Done(how) => {
+                        progress(format!("{:<12} {how}", decl.name));
+                        row(decl, "swapped");
+                        continue;
+                    }
+                    Swap::Failed(why) => {
+                        crate::errln!(
+                            "wharf: {} ({}:{}): {why}",
+                            decl.name,
+                            project.path.display(),
+                            decl.line
+                        );
+                        row(decl, "kept old");
+                        continue;
+                    }
+                    Swap::CannotJoin(why) => {
+                        stop(&mut proxy.client, &decl.name).await;
+                        progress(format!(
+                            "{:<12} changed: restarting (the new version could not join the \
+                             old one: {why})",
+                            decl.name
+                        ));
+                        restarted.push(decl.name.clone());
+                    }
+                }
+            }
+            Some(_) => {
+                stop(&mut proxy.client, &decl.name).await;
                 progress(format!("{:<12} changed: restarting", decl.name));
                 restarted.push(decl.name.clone());
             }
@@ -253,7 +304,7 @@ pub(crate) async fn up(
         drop(child);
     }
     rows.sort_by_key(|r| selected.iter().position(|d| d.name == r.name));
-    let failed = rows.iter().any(|r| !r.running());
+    let failed = rows.iter().any(Row::failed);
     print_summary(ctx, &rows, front, json)?;
     Ok(i32::from(failed))
 }
@@ -388,7 +439,8 @@ pub(crate) fn supervisor(
     if let Some(ready) = &decl.ready {
         cmd.arg("--ready").arg(ready.to_string());
     }
-    if decl.replicas > 1 {
+    // A `--join` is one member (`swap` starts one per replica).
+    if decl.replicas > 1 && !extra.contains(&"--join") {
         cmd.arg("--replicas").arg(decl.replicas.to_string());
     }
     if decl.sticky {
@@ -421,21 +473,149 @@ pub(crate) fn supervisor(
     Ok(cmd)
 }
 
-/// Remove the route at once, then stop the instance: its supervisor and whatever its server
-/// started (`process::stop_instance`).
-async fn stop(client: &mut crate::control::client::Client, l: &Listed) {
-    let _ = client
-        .call(&Request::Stop {
-            name: l.instance.name.clone(),
-        })
-        .await;
-    if let Some(id) = ProcessId::of(l.instance.pid) {
-        let server = l.instance.child_pid;
-        let _ = tokio::task::spawn_blocking(move || {
-            crate::sys::process::stop_instance(id, server, crate::sys::process::STOP_GRACE)
-        })
-        .await;
+/// Remove the route at once, then stop the instance: every supervisor of its members and
+/// whatever their servers started (`process::stop_instance`).
+async fn stop(client: &mut crate::control::client::Client, name: &Name) {
+    let members = supervisors(client, name, &[]).await;
+    let _ = client.call(&Request::Stop { name: name.clone() }).await;
+    end(members).await;
+}
+
+/// The supervisors (`wharf run` pids, each with its server's pid) listed under `name`, but
+/// those in `except`, each once.
+async fn supervisors(
+    client: &mut crate::control::client::Client,
+    name: &Name,
+    except: &[i32],
+) -> Vec<(i32, Option<i32>)> {
+    let list = client.call(&Request::List).await.ok();
+    let mut found: Vec<(i32, Option<i32>)> = Vec::new();
+    let listed = list.and_then(|r| r.instances).unwrap_or_default();
+    for l in listed.iter().filter(|l| l.instance.name == *name) {
+        let pid = l.instance.pid;
+        if !except.contains(&pid) && !found.iter().any(|(p, _)| *p == pid) {
+            found.push((pid, l.instance.child_pid));
+        }
     }
+    found
+}
+
+/// SIGTERM to each supervisor, which takes its route out of rotation first and then stops
+/// its server (the grace, then SIGKILL); waits until they are gone.
+async fn end(supervisors: Vec<(i32, Option<i32>)>) {
+    let stops = supervisors.into_iter().filter_map(|(pid, server)| {
+        let id = ProcessId::of(pid)?;
+        Some(tokio::task::spawn_blocking(move || {
+            crate::sys::process::stop_instance(id, server, crate::sys::process::STOP_GRACE)
+        }))
+    });
+    futures_util::future::join_all(stops).await;
+}
+
+/// How a changed instance's swap went.
+enum Swap {
+    /// The new version serves; the old one was stopped. What was done.
+    Done(String),
+    /// The new version failed; it was stopped and the old one serves on. Why.
+    Failed(String),
+    /// The new version ended before it registered beside the old one (a proxy that holds one
+    /// server per name, a port it could not have): nothing changed, restart instead. Why.
+    CannotJoin(String),
+}
+
+/// A changed instance, without refusing a request: its new version is started beside the
+/// old one (`wharf run --join`, one per replica), and once every new member is ready the old
+/// supervisors are stopped (each takes its route out first, then drains). A new version that
+/// fails, or is not ready within `SWAP_PATIENCE`, is stopped and the old one keeps serving.
+async fn swap(
+    ctx: &Context,
+    client: &mut crate::control::client::Client,
+    decl: &Declared,
+    file: &Path,
+    fingerprint: &str,
+    log: &Path,
+) -> Swap {
+    let mut joiners = Vec::new();
+    for _ in 0..decl.replicas.max(1) {
+        match supervisor(ctx, decl, file, fingerprint, log, &["--join"]).and_then(|mut c| c.spawn())
+        {
+            Ok(child) => joiners.push(child),
+            Err(e) => {
+                end(pids_of(&joiners)).await;
+                let why = format!("cannot start the new version: {e}");
+                return Swap::Failed(format!("{why}; the old version keeps serving"));
+            }
+        }
+    }
+    let new = pids_of(&joiners);
+    let new_pids: Vec<i32> = new.iter().map(|(p, _)| *p).collect();
+    let deadline = Instant::now() + SWAP_PATIENCE;
+    let mut seen = Vec::new();
+    let failure = loop {
+        let listed = match client.call(&Request::List).await {
+            Ok(r) => r.instances.unwrap_or_default(),
+            Err(e) => break failed(format!("the proxy did not answer: {e}"), log),
+        };
+        let mine: Vec<&Listed> = listed
+            .iter()
+            .filter(|l| l.instance.name == decl.name && new_pids.contains(&l.instance.pid))
+            .collect();
+        seen.extend(mine.iter().map(|l| l.instance.pid));
+        if let Some(l) = mine.iter().find(|l| l.instance.state == State::Failed) {
+            let how = l.instance.last_exit.as_deref().unwrap_or("gave up");
+            break failed(format!("the new version failed ({how})"), log);
+        }
+        let up = |s| matches!(s, State::Ready | State::Idle | State::Running);
+        if mine.len() == joiners.len() && mine.iter().all(|l| up(l.instance.state)) {
+            let old = supervisors(client, &decl.name, &new_pids).await;
+            let stopped = old.len();
+            end(old).await;
+            return Swap::Done(format!(
+                "swapped: {} new member(s) serve; stopped the old version's {stopped} \
+                 supervisor(s)",
+                joiners.len()
+            ));
+        }
+        let exited = joiners
+            .iter_mut()
+            .find_map(|c| Some((c.id(), c.try_wait().ok()??)));
+        if let Some((pid, status)) = exited {
+            if pid.is_none_or(|p| seen.contains(&(p as i32))) {
+                break failed(format!("the new version ended ({status})"), log);
+            }
+            end(pids_of(&joiners)).await;
+            let tail = crate::state::logs::tail(log, 1).unwrap_or_default();
+            return Swap::CannotJoin(tail.trim().to_string());
+        }
+        if Instant::now() >= deadline {
+            let why = format!("the new version was not ready within {SWAP_PATIENCE:?}");
+            break failed(why, log);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    end(new).await;
+    failure
+}
+
+/// A failed swap: why, that the old version serves on, and the end of the instance's log
+/// (where the new version's output went).
+fn failed(why: String, log: &Path) -> Swap {
+    let mut said = format!("{why}; the old version keeps serving");
+    let tail = crate::state::logs::tail(log, 8).unwrap_or_default();
+    if !tail.trim().is_empty() {
+        said.push_str(&format!(
+            "; its log ({}) ends:\n{}",
+            log.display(),
+            tail.trim_end()
+        ));
+    }
+    Swap::Failed(said)
+}
+
+/// The supervisors `up` started and still knows the pid of.
+fn pids_of(children: &[tokio::process::Child]) -> Vec<(i32, Option<i32>)> {
+    let pids = children.iter().filter_map(tokio::process::Child::id);
+    pids.map(|p| (p as i32, None)).collect()
 }
 
 pub(crate) async fn down(
@@ -453,7 +633,7 @@ pub(crate) async fn down(
     for decl in selected {
         match running.get(&decl.name) {
             Some(l) if declared_here(l, &project) => {
-                stop(&mut proxy.client, l).await;
+                stop(&mut proxy.client, &l.instance.name).await;
                 crate::progressln!("{:<12} stopped", decl.name);
             }
             Some(_) => crate::progressln!(
