@@ -612,22 +612,53 @@ fn client_loop(port: u16, stop: &std::sync::atomic::AtomicBool) -> Loop {
 #[test]
 #[ignore = "needs h-px: the proxy routing two registrations of one name"]
 fn up_swaps_a_changed_instance_without_refusing() {
+    swap_without_refusing("", 1);
+}
+
+/// The same with `replicas = 2`: two joined members replace the two old ones.
+#[test]
+#[ignore = "needs h-px: the proxy routing two registrations of one name"]
+fn up_swaps_changed_replicas_without_refusing() {
+    swap_without_refusing("replicas = 2\n", 2);
+}
+
+fn swap_without_refusing(extra: &str, members: usize) {
     let sb = Sandbox::new();
-    versioned_project(&sb, "v1", "");
+    versioned_project(&sb, "v1", extra);
     let (status, log) = sb.output(&["up"]);
     assert!(status.success(), "{log}");
-    let before = instance(&sb.ls(), "web")["pid"].clone();
+    // `up` returns once the name is registered; the old version must serve before the swap.
+    let ready = || {
+        let list = sb.ls();
+        let web: Vec<_> = list.iter().filter(|l| l["name"] == "web").collect();
+        web.len() == members && web.iter().all(|l| l["state"] == "ready")
+    };
+    eventually(
+        "every member of v1 is ready",
+        Duration::from_secs(10),
+        ready,
+    );
+    let before: Vec<_> = sb
+        .ls()
+        .iter()
+        .filter(|l| l["name"] == "web")
+        .map(|l| l["pid"].clone())
+        .collect();
     let (_, port) = sb.proxy().unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (log, seen) = std::thread::scope(|s| {
         let client = s.spawn(|| client_loop(port, &stop));
-        versioned_project(&sb, "v2", "");
+        versioned_project(&sb, "v2", extra);
         let (status, log) = sb.output(&["up"]);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let seen = client.join().unwrap();
         assert!(status.success(), "{log}");
         (log, seen)
     });
+    eprintln!(
+        "{} requests during the swap, versions in turn: {:?}",
+        seen.requests, seen.versions
+    );
     assert!(
         seen.failures.is_empty(),
         "{} of {} requests failed: {:?}\n{log}",
@@ -635,12 +666,30 @@ fn up_swaps_a_changed_instance_without_refusing() {
         seen.requests,
         seen.failures
     );
-    assert_eq!(seen.versions, ["v1", "v2"], "{log}");
+    // While both serve the proxy balances between them; then the new one alone answers.
+    assert_eq!(
+        seen.versions.first().map(String::as_str),
+        Some("v1"),
+        "{log}"
+    );
+    assert_eq!(
+        seen.versions.last().map(String::as_str),
+        Some("v2"),
+        "{log}"
+    );
+    let (_, port) = sb.proxy().unwrap();
+    for _ in 0..20 {
+        let (status, body) = get_via(port, "web.localhost");
+        assert!(status == 200 && body.contains("\"v2\""), "{status} {body}");
+    }
     assert_eq!(summary_row(&log, "web")[1], "swapped", "{log}");
     let after = sb.ls();
     let web: Vec<_> = after.iter().filter(|l| l["name"] == "web").collect();
-    assert_eq!(web.len(), 1, "the old version is gone: {after:?}");
-    assert_ne!(web[0]["pid"], before, "{after:?}");
+    assert_eq!(web.len(), members, "the old version is gone: {after:?}");
+    assert!(
+        web.iter().all(|l| !before.contains(&l["pid"])),
+        "{before:?} {after:?}"
+    );
 }
 
 /// A changed instance whose new version fails: it is stopped, the old one serves on, and
