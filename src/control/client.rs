@@ -131,14 +131,6 @@ impl Client {
         }
     }
 
-    /// Resolves when the proxy closes the connection, saying whether it meant to (reloads
-    /// heard on the way are left for `next_event`).
-    #[allow(dead_code)]
-    pub(crate) async fn closed(&mut self) -> Closed {
-        while let Ok(Some(_)) = self.read_response().await {}
-        self.how_closed()
-    }
-
     /// The next reload asked for (one heard mid-call first), or the connection's end.
     /// Cancel-safe, for a `select!`.
     pub(crate) async fn next_event(&mut self) -> Heard {

@@ -663,7 +663,7 @@ async fn send(writer: &mut OwnedWriteHalf, response: &Response) -> io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::client::{Client, Event};
+    use crate::control::client::{Client, Heard};
     use std::collections::BTreeMap;
 
     /// A control plane serving a socket in a temporary directory.
@@ -718,13 +718,13 @@ mod tests {
         heard: Arc<std::sync::Mutex<Vec<u32>>>,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            while let Event::Reload(reload) = client.next_event().await {
+            while let Heard::Reload(reload) = client.next_event().await {
                 heard.lock().unwrap().push(number);
                 if error == Some("close") {
                     return;
                 }
                 client
-                    .reloaded(reload, error.map(String::from))
+                    .report_reloaded(reload, error.map(String::from))
                     .await
                     .unwrap();
             }
@@ -790,12 +790,7 @@ mod tests {
         assert_eq!(members, [Some(2)]);
         assert_eq!(reload(&path, None).await.unwrap().reload, Some(1));
         // A report nobody waits for is refused.
-        let error = c
-            .reloaded(99, None)
-            .await
-            .map(|_| ())
-            .unwrap_err()
-            .to_string();
+        let error = c.report_reloaded(99, None).await.unwrap_err().to_string();
         assert!(error.contains("no reload numbered 99"), "{error}");
         shutdown.cancel();
     }

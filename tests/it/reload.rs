@@ -473,16 +473,6 @@ fn a_reload_of_an_idle_instance_is_its_next_start() {
     p.expect("the next connection starts the new version");
 }
 
-/// `wharf reload` end to end through the proxy's relay. Until the relay is merged the proxy
-/// refuses reloads, and these say they are skipped.
-fn relay_missing(log: &str) -> bool {
-    let missing = log.contains("cannot reload instances yet");
-    if missing {
-        eprintln!("skipped: this proxy has no reload relay yet");
-    }
-    missing
-}
-
 /// The acceptance: 2,000 requests through the proxy (kept-alive and new connections)
 /// across five `wharf reload`s of a server that takes a second to start: none refused, no
 /// 5xx, and the answers move to the new version.
@@ -508,21 +498,14 @@ fn reload_through_the_proxy(mode_args: &[&str]) {
     let stop = AtomicBool::new(false);
     let seen = std::thread::scope(|s| {
         let client = s.spawn(|| client_loop("api", || proxy, &stop, 2000));
-        let mut skipped = false;
         for id in 1..=5u64 {
             std::fs::write(&file, format!("v{id}")).unwrap();
             let (status, log) = sb.output(&["reload", "api"]);
-            if id == 1 && relay_missing(&log) {
-                skipped = true;
-                break;
-            }
             assert!(status.success(), "reload {id}: {log}\n{}", p.log());
         }
         stop.store(true, Ordering::Relaxed);
-        let seen = client.join().unwrap();
-        (!skipped).then_some(seen)
+        client.join().unwrap()
     });
-    let Some(seen) = seen else { return };
     eprintln!(
         "{} requests, {} failed; versions: {:?}",
         seen.requests,
@@ -568,9 +551,6 @@ fn wharf_reload_of_a_version_that_exits_says_why_and_keeps_the_old() {
     let before = get_json(port, "api");
     std::fs::write(&file, "fail-now").unwrap();
     let (status, log) = sb.output(&["reload", "api"]);
-    if relay_missing(&log) {
-        return;
-    }
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(
         log.contains("cannot start: the version file says 'fail-now'"),
