@@ -279,23 +279,33 @@ mod imp {
 
     pub(crate) fn orphans(except: &[i32]) -> Vec<ProcessId> {
         let me = std::process::id() as i32;
-        let table = table();
-        let mut seeds = Vec::new();
-        for e in table
-            .iter()
-            .filter(|e| e.parent == me && !except.contains(&e.pid))
-        {
-            if e.zombie {
-                // Ours to reap; the server itself is tokio's, and never among them.
-                let _ = nix::sys::wait::waitpid(
-                    nix::unistd::Pid::from_raw(e.pid),
-                    Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-                );
-            } else {
-                seeds.push(e.pid);
+        // A zombie reaped here may have forked just before it exited (the middle of a double
+        // fork), and the table, read one pid at a time, can have missed that child, which
+        // came to us when its parent exited: look again after reaping, a few times at most.
+        for _ in 0..8 {
+            let table = table();
+            let mut seeds = Vec::new();
+            let mut reaped = false;
+            for e in table
+                .iter()
+                .filter(|e| e.parent == me && !except.contains(&e.pid))
+            {
+                if e.zombie {
+                    // Ours to reap; the server itself is tokio's, and never among them.
+                    let _ = nix::sys::wait::waitpid(
+                        nix::unistd::Pid::from_raw(e.pid),
+                        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                    );
+                    reaped = true;
+                } else {
+                    seeds.push(e.pid);
+                }
+            }
+            if !reaped || !seeds.is_empty() {
+                return living(seeds, &table);
             }
         }
-        living(seeds, &table)
+        Vec::new()
     }
 
     /// `seeds` and everything below them in `table` that has not exited.
