@@ -68,20 +68,36 @@ if args.version_file:
 
 servers = []
 stopping = False
-in_flight = 0
-in_flight_lock = threading.Lock()
+# Each open connection's state: "new" (accepted, no request read yet), "active" (a request
+# is being answered) or "idle" (kept alive between requests).
+connections = {}
+connections_lock = threading.Lock()
+# How long a graceful stop waits for accepted connections to send their request.
+NEW_CONNECTION_GRACE = 2.0
 
 
 def graceful_exit():
+    """Stop accepting, answer every request already sent or on its way (a connection the
+    listener accepted is one), close idle kept-alive connections, then exit: what a
+    graceful production server does on SIGTERM."""
     global stopping
     stopping = True
     for server in servers:
         server.shutdown()
+    waited = 0.0
     while True:
-        with in_flight_lock:
-            if in_flight == 0:
-                break
+        with connections_lock:
+            states = dict(connections)
+        for handler, state in states.items():
+            if state == "idle" or (state == "new" and waited >= NEW_CONNECTION_GRACE):
+                try:
+                    handler.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        if not states:
+            break
         threading.Event().wait(0.005)
+        waited += 0.005
     print("finished the requests in flight; exiting", flush=True)
     os._exit(0)
 
@@ -112,15 +128,36 @@ class Handler(BaseHTTPRequestHandler):
     # delayed ACK (40 ms) on every reused connection.
     disable_nagle_algorithm = True
 
+    def setup(self):
+        super().setup()
+        self.mark("new")
+
+    def finish(self):
+        with connections_lock:
+            connections.pop(self, None)
+        super().finish()
+
+    def mark(self, state):
+        with connections_lock:
+            connections[self] = state
+
+    def parse_request(self):
+        self.mark("active")
+        return super().parse_request()
+
+    def handle_one_request(self):
+        super().handle_one_request()
+        self.mark("idle")
+
+    def end_headers(self):
+        if stopping:
+            # Stopping: this answer is the connection's last, and says so.
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        super().end_headers()
+
     def do_GET(self):
-        global in_flight
-        with in_flight_lock:
-            in_flight += 1
-        try:
-            self.get()
-        finally:
-            with in_flight_lock:
-                in_flight -= 1
+        self.get()
 
     def get(self):
         global count
