@@ -475,8 +475,10 @@ fn a_reload_of_an_idle_instance_is_its_next_start() {
 
 /// The acceptance: 2,000 requests through the proxy (kept-alive and new connections)
 /// across five `wharf reload`s of a server that takes a second to start: none refused, no
-/// 5xx, and the answers move to the new version.
+/// 5xx, and the answers move to the new version. With `--replicas` among `mode_args` the
+/// members reload one after another (both versions answer meanwhile).
 fn reload_through_the_proxy(mode_args: &[&str]) {
+    let replicated = mode_args.contains(&"--replicas");
     let sb = Sandbox::new();
     let file = version_file(&sb, "v0");
     let (py, script) = (python(), server_py());
@@ -522,7 +524,17 @@ fn reload_through_the_proxy(mode_args: &[&str]) {
     );
     assert_eq!(seen.versions.last().map(String::as_str), Some("v5"));
     let distinct: BTreeSet<_> = seen.versions.iter().collect();
-    assert_eq!(distinct.len(), seen.versions.len(), "{:?}", seen.versions);
+    if replicated {
+        // Rolling: a member on the old version answers beside one on the new, so versions
+        // interleave; every one of them answered, and both members serve at the end.
+        let all: BTreeSet<String> = (0..=5).map(|v| format!("v{v}")).collect();
+        assert_eq!(distinct, all.iter().collect(), "{:?}", seen.versions);
+        let listed = sb.ls();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert!(listed.iter().all(|m| m["state"] == "ready"), "{listed:?}");
+    } else {
+        assert_eq!(distinct.len(), seen.versions.len(), "{:?}", seen.versions);
+    }
 }
 
 #[test]
@@ -533,6 +545,12 @@ fn wharf_reload_through_the_proxy_on_the_same_socket_refuses_nothing() {
 #[test]
 fn wharf_reload_through_the_proxy_on_fresh_ports_refuses_nothing() {
     reload_through_the_proxy(&["--env"]);
+}
+
+/// Two members reload in turn, each on its own socket: nothing refused meanwhile.
+#[test]
+fn wharf_reload_of_replicas_rolls_member_by_member_and_refuses_nothing() {
+    reload_through_the_proxy(&["--fd", "--ready", "notify", "--replicas", "2"]);
 }
 
 /// `wharf reload` to a version that exits at once: exit 1 with its last output; the old one
