@@ -55,17 +55,7 @@ impl Client {
     /// Connect to the proxy; `Ok(None)` when no proxy listens there.
     pub(crate) async fn connect(path: &Path) -> io::Result<Option<Client>> {
         match UnixStream::connect(path).await {
-            Ok(stream) => {
-                let (r, w) = stream.into_split();
-                Ok(Some(Client {
-                    reader: BufReader::new(r),
-                    writer: w,
-                    stopping: false,
-                    requests: BTreeMap::new(),
-                    reloads: VecDeque::new(),
-                    partial: Vec::new(),
-                }))
-            }
+            Ok(stream) => Ok(Some(Client::over(stream))),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -75,6 +65,19 @@ impl Client {
                 Ok(None)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// A client on a connected stream.
+    fn over(stream: UnixStream) -> Client {
+        let (r, w) = stream.into_split();
+        Client {
+            reader: BufReader::new(r),
+            writer: w,
+            stopping: false,
+            requests: BTreeMap::new(),
+            reloads: VecDeque::new(),
+            partial: Vec::new(),
         }
     }
 
@@ -206,16 +209,7 @@ mod tests {
     /// A client on one end of a socket pair; the test plays the proxy on the other.
     fn pair() -> (Client, UnixStream) {
         let (ours, theirs) = UnixStream::pair().unwrap();
-        let (r, w) = ours.into_split();
-        let client = Client {
-            reader: BufReader::new(r),
-            writer: w,
-            stopping: false,
-            requests: BTreeMap::new(),
-            reloads: VecDeque::new(),
-            partial: Vec::new(),
-        };
-        (client, theirs)
+        (Client::over(ours), theirs)
     }
 
     #[tokio::test]
