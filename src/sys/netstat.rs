@@ -234,6 +234,8 @@ mod imp {
         pub(crate) local: SocketAddr,
         pub(crate) remote: SocketAddr,
         pub(crate) state: u8,
+        /// Bytes received and not read; for a listener, connections not yet accepted.
+        pub(crate) rx_queue: usize,
         /// 0 for a connection still waiting in a listener's accept queue.
         pub(crate) inode: u64,
     }
@@ -256,26 +258,10 @@ mod imp {
         Some(rows(|state, port| state == ESTABLISHED && ports.contains(&port)).len())
     }
 
-    /// For a listener, the rx_queue of `/proc/net/tcp` is its accept queue.
+    /// For a listener, the receive queue of `/proc/net/tcp` is its accept queue.
     pub(crate) fn accept_queue(port: u16) -> Option<usize> {
-        let tables: Vec<String> = TABLES
-            .iter()
-            .filter_map(|path| std::fs::read_to_string(path).ok())
-            .collect();
-        let mut total = None;
-        for line in tables.iter().flat_map(|t| t.lines().skip(1)) {
-            let fields: Vec<&str> = line.split_ascii_whitespace().take(5).collect();
-            let [_, local, _, state, queues] = fields[..] else {
-                continue;
-            };
-            let local_port = local.rsplit(':').next().map(|p| u16::from_str_radix(p, 16));
-            if u8::from_str_radix(state, 16) != Ok(LISTEN) || local_port != Some(Ok(port)) {
-                continue;
-            }
-            let (_, rx) = queues.split_once(':')?;
-            *total.get_or_insert(0) += usize::from_str_radix(rx, 16).ok()?;
-        }
-        total
+        let listeners = rows(|state, p| state == LISTEN && p == port);
+        (!listeners.is_empty()).then(|| listeners.iter().map(|r| r.rx_queue).sum())
     }
 
     pub(crate) fn listening(root: i32, _expected: u16) -> Vec<Listener> {
@@ -402,12 +388,14 @@ mod imp {
                 if !keep(state, port) {
                     return None;
                 }
+                let (_, rx) = fields.next()?.split_once(':')?;
                 Some(Row {
                     local: parse_addr(local)?,
                     remote: parse_addr(remote)?,
                     state,
-                    // After the state: tx:rx, tr:when, retransmits, uid, timeout, inode.
-                    inode: fields.nth(5)?.parse().ok()?,
+                    rx_queue: usize::from_str_radix(rx, 16).ok()?,
+                    // After tx:rx: tr:when, retransmits, uid, timeout, inode.
+                    inode: fields.nth(4)?.parse().ok()?,
                 })
             })
             .collect()
@@ -545,6 +533,7 @@ mod imp {
                     local: "0.0.0.0:8080".parse().unwrap(),
                     remote: "0.0.0.0:0".parse().unwrap(),
                     state: LISTEN,
+                    rx_queue: 0,
                     inode: 42
                 }]
             );
