@@ -120,6 +120,31 @@ struct Known {
     /// integration failed … sd_notify gem" on every start unless that gem is installed. In fd
     /// mode, requests flow before readiness anyway; `--ready notify` offers it all the same.
     notify: bool,
+    /// Options only releases from the given one on, added in either mode when the installed
+    /// release is known to be that new (an older one refuses an option it does not know), and
+    /// why.
+    since: &'static [Since],
+}
+
+/// An option a known server accepts from release `version` on.
+struct Since {
+    version: Version,
+    opt: Opt,
+    why: &'static str,
+}
+
+/// A release, major and minor: `(8, 4)`.
+pub(crate) type Version = (u32, u32);
+
+/// The release a package.json `version` names: "8.4.0" and "8.4.0-beta.1" are `(8, 4)`.
+pub(crate) fn parse_version(version: &str) -> Option<Version> {
+    let mut parts = version.trim().trim_start_matches('v').splitn(3, '.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?;
+    let digits = minor
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(minor.len());
+    Some((major, minor[..digits].parse().ok()?))
 }
 
 const PORT_HOST: &[Opt] = &[
@@ -137,6 +162,7 @@ const KNOWN: &[Known] = &[
         },
         binds: &[opt(&["--bind", "-b"], &["--bind", "127.0.0.1:{port}"])],
         notify: true,
+        since: &[],
     },
     Known {
         program: "puma",
@@ -155,6 +181,7 @@ const KNOWN: &[Known] = &[
             &["--bind", "tcp://127.0.0.1:{port}"],
         )],
         notify: false,
+        since: &[],
     },
     Known {
         program: "uvicorn",
@@ -162,6 +189,7 @@ const KNOWN: &[Known] = &[
         takes: Takes::Named(&[opt(&["--fd"], &["--fd", "{fd}"])]),
         binds: PORT_HOST,
         notify: true,
+        since: &[],
     },
     Known {
         program: "hypercorn",
@@ -169,6 +197,7 @@ const KNOWN: &[Known] = &[
         takes: Takes::Named(&[opt(&["--bind", "-b"], &["--bind", "fd://{fd}"])]),
         binds: &[opt(&["--bind", "-b"], &["--bind", "127.0.0.1:{port}"])],
         notify: true,
+        since: &[],
     },
     Known {
         program: "vite",
@@ -180,6 +209,12 @@ const KNOWN: &[Known] = &[
             opt(&["--host"], &["--host", "127.0.0.1"]),
         ],
         notify: true,
+        since: &[Since {
+            version: (8, 4),
+            opt: opt(&["--bypass-lock"], &["--bypass-lock"]),
+            why: "vite 8.4 refuses a second dev server of the same project, and replicas, \
+                  reloads and `wharf up` run one beside the other",
+        }],
     },
     Known {
         program: "next",
@@ -190,6 +225,7 @@ const KNOWN: &[Known] = &[
             opt(&["--hostname", "-H"], &["--hostname", "127.0.0.1"]),
         ],
         notify: true,
+        since: &[],
     },
     Known {
         program: "astro",
@@ -197,6 +233,7 @@ const KNOWN: &[Known] = &[
         takes: Takes::Nothing,
         binds: PORT_HOST,
         notify: true,
+        since: &[],
     },
     Known {
         program: "webpack",
@@ -204,6 +241,7 @@ const KNOWN: &[Known] = &[
         takes: Takes::Nothing,
         binds: PORT_HOST,
         notify: true,
+        since: &[],
     },
     Known {
         program: "webpack-dev-server",
@@ -211,6 +249,7 @@ const KNOWN: &[Known] = &[
         takes: Takes::Nothing,
         binds: PORT_HOST,
         notify: true,
+        since: &[],
     },
     Known {
         program: "flask",
@@ -221,6 +260,7 @@ const KNOWN: &[Known] = &[
             opt(&["--host", "-h"], &["--host", "127.0.0.1"]),
         ],
         notify: true,
+        since: &[],
     },
     Known {
         program: "rails",
@@ -231,6 +271,7 @@ const KNOWN: &[Known] = &[
             opt(&["-b", "--binding"], &["-b", "127.0.0.1"]),
         ],
         notify: true,
+        since: &[],
     },
     Known {
         program: "manage.py",
@@ -238,6 +279,7 @@ const KNOWN: &[Known] = &[
         takes: Takes::Nothing,
         binds: &[opt(&[], &["127.0.0.1:{port}"])],
         notify: true,
+        since: &[],
     },
 ];
 
@@ -355,13 +397,16 @@ const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh"];
 
 /// Choose the mode for `argv`. `forced` is `--fd`/`--env` (or wharf.toml's `mode`),
 /// `on_demand` implies fd mode, `source` says where these came from; `scripts` are
-/// package.json's `scripts` of the working directory (empty if none).
+/// package.json's `scripts` of the working directory (empty if none); `installed` answers
+/// which release of a server is installed there, if known (asked only of servers with options
+/// newer releases alone accept).
 pub(crate) fn choose(
     forced: Option<Mode>,
     on_demand: bool,
     source: Source,
     argv: &[String],
     scripts: &BTreeMap<String, String>,
+    installed: &dyn Fn(&str) -> Option<Version>,
 ) -> Launch {
     let found = find_server(argv, scripts);
     let asked = match (forced, on_demand) {
@@ -462,7 +507,19 @@ pub(crate) fn choose(
             false,
         ),
     };
-    let (added, kept) = apply(opts, known, &found.args);
+    let release = (!known.since.is_empty())
+        .then(|| installed(program))
+        .flatten();
+    let newer: Vec<&Since> = known
+        .since
+        .iter()
+        .filter(|since| release.is_some_and(|have| have >= since.version))
+        .collect();
+    let (added, kept) = apply(
+        opts.iter().chain(newer.iter().map(|since| &since.opt)),
+        known,
+        &found.args,
+    );
     let mut out = argv.to_vec();
     if !added.is_empty() {
         match found.via {
@@ -482,6 +539,9 @@ pub(crate) fn choose(
     }
     if !kept.is_empty() {
         reason.push_str(&format!("; keeping the command's own {}", kept.join(" ")));
+    }
+    for since in newer {
+        reason.push_str(&format!(" ({}: {})", since.opt.add.join(" "), since.why));
     }
     if let Via::Script { .. } = found.via {
         reason.push_str(" (seen through the package.json script)");
@@ -526,7 +586,11 @@ fn takes_reason(program: &str, asked: &Option<(Mode, String)>, fork: Option<&str
 
 /// The words of `opts` the command does not already give (to add), and the names it does give
 /// (left alone).
-fn apply(opts: &[Opt], known: &Known, args: &[String]) -> (Vec<String>, Vec<&'static str>) {
+fn apply<'o>(
+    opts: impl IntoIterator<Item = &'o Opt>,
+    known: &Known,
+    args: &[String],
+) -> (Vec<String>, Vec<&'static str>) {
     let after_verb = if known.verbs.is_empty() {
         args
     } else {
@@ -767,8 +831,20 @@ mod tests {
         s.split_whitespace().map(String::from).collect()
     }
 
+    /// No release of anything is known to be installed.
+    fn none(_: &str) -> Option<Version> {
+        None
+    }
+
     fn choose_as(forced: Option<Mode>, on_demand: bool, source: Source, s: &str) -> Launch {
-        choose(forced, on_demand, source, &words(s), &BTreeMap::new())
+        choose(
+            forced,
+            on_demand,
+            source,
+            &words(s),
+            &BTreeMap::new(),
+            &none,
+        )
     }
 
     fn choose_str(s: &str) -> Launch {
@@ -881,7 +957,14 @@ mod tests {
             "-c".to_string(),
             "cd backend && DEBUG=1 gunicorn app:app".to_string(),
         ];
-        let plan = choose(None, false, Source::CommandLine, &argv, &BTreeMap::new());
+        let plan = choose(
+            None,
+            false,
+            Source::CommandLine,
+            &argv,
+            &BTreeMap::new(),
+            &none,
+        );
         assert_eq!(plan.mode, Mode::Fd);
         assert_eq!(
             plan.argv[2],
@@ -889,13 +972,27 @@ mod tests {
         );
         assert!(!plan.listen_pid);
         let argv = vec!["sh".into(), "-c".into(), "exec gunicorn app:app".into()];
-        let plan = choose(None, false, Source::CommandLine, &argv, &BTreeMap::new());
+        let plan = choose(
+            None,
+            false,
+            Source::CommandLine,
+            &argv,
+            &BTreeMap::new(),
+            &none,
+        );
         assert_eq!(
             (plan.argv[2].as_str(), plan.listen_pid),
             ("exec gunicorn app:app", true)
         );
         let argv = vec!["sh".into(), "-c".into(), "vite | tee log".into()];
-        let plan = choose(None, false, Source::CommandLine, &argv, &BTreeMap::new());
+        let plan = choose(
+            None,
+            false,
+            Source::CommandLine,
+            &argv,
+            &BTreeMap::new(),
+            &none,
+        );
         assert_eq!(
             plan.argv[2], "vite | tee log",
             "a pipe: options would not reach vite"
@@ -926,23 +1023,23 @@ mod tests {
     fn package_scripts_are_looked_into() {
         let scripts = BTreeMap::from([("dev".to_string(), "NODE_ENV=dev vite --open".to_string())]);
         let cli = Source::CommandLine;
-        let plan = choose(None, false, cli, &words("npm run dev"), &scripts);
+        let plan = choose(None, false, cli, &words("npm run dev"), &scripts, &none);
         assert_eq!(
             plan.argv,
             words("npm run dev -- --port {port} --strictPort --host 127.0.0.1")
         );
         assert!(plan.reason.contains("package.json"), "{}", plan.reason);
-        let plan = choose(None, false, cli, &words("pnpm dev"), &scripts);
+        let plan = choose(None, false, cli, &words("pnpm dev"), &scripts, &none);
         assert_eq!(
             plan.argv,
             words("pnpm dev --port {port} --strictPort --host 127.0.0.1")
         );
         assert_eq!(
-            choose(None, false, cli, &words("npm run build"), &scripts).mode,
+            choose(None, false, cli, &words("npm run build"), &scripts, &none).mode,
             Mode::Env
         );
         let scripts = BTreeMap::from([("start".to_string(), "gunicorn app:app".to_string())]);
-        let plan = choose(None, false, cli, &words("npm start"), &scripts);
+        let plan = choose(None, false, cli, &words("npm start"), &scripts, &none);
         assert_eq!(plan.argv, words("npm start -- --bind fd://{fd}"));
     }
 
@@ -961,18 +1058,25 @@ mod tests {
         let scripts = BTreeMap::from([("dev".to_string(), "vite".to_string())]);
         let cli = Source::CommandLine;
         let sh = |s: &str| vec!["sh".to_string(), "-c".to_string(), s.to_string()];
-        let plan = choose(None, false, cli, &sh("npm run dev"), &scripts);
+        let plan = choose(None, false, cli, &sh("npm run dev"), &scripts, &none);
         assert_eq!(plan.mode, Mode::Env);
         assert_eq!(
             plan.argv[2],
             "npm run dev -- --port {port} --strictPort --host 127.0.0.1"
         );
-        let plan = choose(None, false, cli, &sh("exec pnpm dev"), &scripts);
+        let plan = choose(None, false, cli, &sh("exec pnpm dev"), &scripts, &none);
         assert_eq!(
             plan.argv[2],
             "exec pnpm dev --port {port} --strictPort --host 127.0.0.1"
         );
-        let plan = choose(None, false, cli, &sh("npm run dev -- --open"), &scripts);
+        let plan = choose(
+            None,
+            false,
+            cli,
+            &sh("npm run dev -- --open"),
+            &scripts,
+            &none,
+        );
         assert_eq!(
             plan.argv[2],
             "npm run dev -- --open --port {port} --strictPort --host 127.0.0.1"
@@ -1015,5 +1119,72 @@ mod tests {
             substitute(&argv, &sockets),
             words("srv --fd 3 --admin-fd 4 --port=4001 --admin 4002")
         );
+    }
+
+    #[test]
+    fn options_of_newer_releases_only_when_that_release_is_installed() {
+        let scripts = BTreeMap::from([("dev".to_string(), "vite".to_string())]);
+        let cli = Source::CommandLine;
+        let vite = |release: Version| move |program: &str| (program == "vite").then_some(release);
+        let plan = choose(
+            None,
+            false,
+            cli,
+            &words("npm run dev"),
+            &scripts,
+            &vite((8, 4)),
+        );
+        assert_eq!(
+            plan.argv,
+            words("npm run dev -- --port {port} --strictPort --host 127.0.0.1 --bypass-lock")
+        );
+        assert!(
+            plan.reason
+                .contains("(--bypass-lock: vite 8.4 refuses a second dev server"),
+            "{}",
+            plan.reason
+        );
+        // Older releases refuse options they do not know: `Unknown option --bypassLock`.
+        for older in [(8, 3), (5, 4)] {
+            let plan = choose(None, false, cli, &words("npx vite"), &scripts, &vite(older));
+            assert_eq!(
+                plan.argv,
+                words("npx vite --port {port} --strictPort --host 127.0.0.1")
+            );
+        }
+        // fd mode (wharf follows where vite listens) needs it all the same; given, it is kept.
+        let fd = choose(
+            Some(Mode::Fd),
+            false,
+            cli,
+            &words("vite --bypass-lock"),
+            &scripts,
+            &vite((9, 0)),
+        );
+        assert_eq!(fd.argv, words("vite --bypass-lock"));
+        assert!(
+            fd.reason
+                .contains("keeping the command's own --bypass-lock"),
+            "{}",
+            fd.reason
+        );
+        let fd = choose(
+            Some(Mode::Fd),
+            false,
+            cli,
+            &words("vite"),
+            &scripts,
+            &vite((9, 0)),
+        );
+        assert_eq!(fd.argv, words("vite --bypass-lock"));
+    }
+
+    #[test]
+    fn releases_read_from_package_versions() {
+        assert_eq!(parse_version("8.4.0"), Some((8, 4)));
+        assert_eq!(parse_version("8.10.2-beta.1"), Some((8, 10)));
+        assert_eq!(parse_version("v9.0.0"), Some((9, 0)));
+        assert_eq!(parse_version("8"), None);
+        assert_eq!(parse_version("latest"), None);
     }
 }

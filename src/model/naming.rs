@@ -213,11 +213,13 @@ fn dir_name(dir: &Path) -> Option<Name> {
     Name::suggest(&canonical(dir).file_name()?.to_string_lossy())
 }
 
-/// What wharf reads of a `package.json`: its name and scripts.
+/// What wharf reads of a `package.json`: its name, version and scripts.
 #[derive(Debug, Default, serde::Deserialize)]
 pub(crate) struct Package {
     #[serde(default)]
     pub(crate) name: Option<String>,
+    #[serde(default)]
+    pub(crate) version: Option<String>,
     #[serde(default)]
     pub(crate) scripts: BTreeMap<String, String>,
 }

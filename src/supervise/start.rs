@@ -32,6 +32,7 @@ pub(super) fn plan(
         source,
         &args.command,
         &package_scripts(&ctx.cwd),
+        &|program| installed(&ctx.cwd, program),
     );
     out.say(format!("{} mode: {}", plan.mode, plan.reason));
     if args.on_demand && plan.mode != Mode::Fd {
@@ -298,6 +299,17 @@ fn port_var(socket: &str) -> String {
         MAIN_SOCKET => "PORT".to_string(),
         sub => format!("PORT_{}", sub.to_ascii_uppercase().replace('-', "_")),
     }
+}
+
+/// The release of `program`'s npm package that runs in `dir`: from the nearest
+/// node_modules/PROGRAM/package.json upward, as Node resolves it.
+fn installed(dir: &Path, program: &str) -> Option<mode::Version> {
+    let package = dir.ancestors().find_map(|d| {
+        crate::model::naming::Package::read(
+            &d.join("node_modules").join(program).join("package.json"),
+        )
+    })?;
+    mode::parse_version(package.version.as_deref()?)
 }
 
 /// `scripts` of ./package.json, for seeing through `npm run dev`; empty if there is none.

@@ -165,27 +165,6 @@ fn chromium_trusting_the_ca_in_its_nss_database_loads_a_page_over_h2() {
     assert!(page.dom.contains(r#"<p id="protocol">h2</p>"#), "{page}");
 }
 
-/// A program from the npm packages tests/run.sh installs into target/test-node (see
-/// tests/node/package.json), or `None` after saying the test is skipped. Under CI nothing may
-/// skip.
-fn need_npm(program: &str) -> Option<PathBuf> {
-    let path = repo()
-        .join("target/test-node/node_modules/.bin")
-        .join(program);
-    if path.exists() {
-        return Some(path);
-    }
-    let msg = format!(
-        "skipped: no {} (bash tests/run.sh installs it)",
-        path.display()
-    );
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg}; CI must not skip");
-    }
-    eprintln!("{msg}");
-    None
-}
-
 /// A real dev server behind the proxy: Vite's page over HTTP/2, and its HMR WebSocket opened by
 /// Chromium on that connection (extended CONNECT, RFC 8441), through the proxy to Vite and back.
 #[test]

@@ -4,6 +4,8 @@
 //! failed checks and puts it back when one passes. The proxy's side (balancing, ejection,
 //! stickiness) is tested in `replicas`.
 
+use std::time::Duration;
+
 use super::util::*;
 
 /// The members of `name` that `wharf ls --json` lists, by member number.
@@ -283,4 +285,87 @@ fn up_runs_the_declared_replicas_with_their_health_checks() {
     eventually("health checks reach the servers", PATIENCE, || {
         sb.output(&["logs", "api"]).1.contains("REQ GET /")
     });
+}
+
+/// A real dev server through the wrapper people use: two Vite replicas by `npm run dev`. Vite 8.4
+/// refuses a second dev server of the same project unless given `--bypass-lock`, which wharf
+/// adds when the installed release takes it; both members then serve, and a rolling `wharf
+/// reload` replaces each with a new server while the name keeps answering.
+#[test]
+fn two_vite_replicas_through_npm_run_dev_serve_and_reload() {
+    let (Some(_npm), Some(vite)) = (need("npm"), need_npm("vite")) else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let site = sb.dir.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    std::fs::write(
+        site.join("package.json"),
+        r#"{"name": "site", "private": true, "scripts": {"dev": "vite"}}"#,
+    )
+    .unwrap();
+    std::fs::write(site.join("index.html"), "<h1>a page from vite</h1>\n").unwrap();
+    // node_modules/.bin/vite → the installed packages.
+    let modules = vite.parent().unwrap().parent().unwrap();
+    std::os::unix::fs::symlink(modules, site.join("node_modules")).unwrap();
+    let mut run = sb.wharf(&[
+        "run",
+        "--name",
+        "web",
+        "--port",
+        "0",
+        "--replicas",
+        "2",
+        "--",
+        "npm",
+        "run",
+        "dev",
+    ]);
+    run.current_dir(&site);
+    let p = Proc::spawn(run, "wharf run --name web --replicas 2 -- npm run dev");
+    let port = p.url_port();
+    p.expect("--bypass-lock");
+    let ready = |sb: &Sandbox| {
+        let listed = members(sb, "web");
+        listed.len() == 2 && listed.iter().all(|l| l["state"] == "ready")
+    };
+    eventually("both vite members ready", Duration::from_secs(60), || {
+        ready(&sb)
+    });
+    let before: Vec<_> = members(&sb, "web")
+        .iter()
+        .map(|l| l["server_pid"].clone())
+        .collect();
+    for _ in 0..4 {
+        let (status, body) = get(([127, 0, 0, 1], port).into(), "web.localhost", "/").unwrap();
+        assert_eq!(status, 200, "{body}\n{}", p.log());
+        assert!(body.contains("a page from vite"), "{body}");
+    }
+    let served: Vec<_> = members(&sb, "web")
+        .iter()
+        .map(|l| l["requests"].as_u64().unwrap_or(0))
+        .collect();
+    assert!(
+        served.iter().all(|&n| n > 0),
+        "both members answer: {served:?}"
+    );
+
+    let (status, log) = sb.output(&["reload", "web"]);
+    assert!(status.success(), "{log}\n{}", p.log());
+    assert!(log.contains("reloaded 2 members of web"), "{log}");
+    eventually(
+        "both new vite members ready",
+        Duration::from_secs(60),
+        || ready(&sb),
+    );
+    let after: Vec<_> = members(&sb, "web")
+        .iter()
+        .map(|l| l["server_pid"].clone())
+        .collect();
+    assert!(
+        after.iter().all(|pid| !before.contains(pid)),
+        "new servers: {before:?} → {after:?}"
+    );
+    let (status, body) = get(([127, 0, 0, 1], port).into(), "web.localhost", "/").unwrap();
+    assert_eq!(status, 200, "{body}\n{}", p.log());
 }

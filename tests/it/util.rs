@@ -50,6 +50,27 @@ pub fn need(tool: &str) -> Option<PathBuf> {
     found
 }
 
+/// A program from the npm packages tests/run.sh installs into target/test-node (see
+/// tests/node/package.json), or `None` after saying the test is skipped. Under CI nothing may
+/// skip.
+pub fn need_npm(program: &str) -> Option<PathBuf> {
+    let path = repo()
+        .join("target/test-node/node_modules/.bin")
+        .join(program);
+    if path.exists() {
+        return Some(path);
+    }
+    let msg = format!(
+        "skipped: no {} (bash tests/run.sh installs it)",
+        path.display()
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}; CI must not skip");
+    }
+    eprintln!("{msg}");
+    None
+}
+
 /// The test venv's Python (with websockets and grpcio), or `None` after saying the test is
 /// skipped. Under CI nothing may skip.
 pub fn need_venv() -> Option<PathBuf> {
