@@ -197,6 +197,19 @@ pub(crate) async fn up(
                 row(decl, "unchanged");
                 continue;
             }
+            Some(l) if l.instance.own_port => {
+                stop(&mut proxy.client, &decl.name).await;
+                progress(format!(
+                    "{:<12} changed: restarting (its server listens on {}, a port of its own \
+                     choosing, so a new version cannot start beside it)",
+                    decl.name,
+                    l.instance
+                        .sockets
+                        .get(MAIN_SOCKET)
+                        .map_or_else(String::new, |a| a.to_string())
+                ));
+                restarted.push(decl.name.clone());
+            }
             Some(l) if l.instance.state != State::Failed => {
                 progress(format!(
                     "{:<12} changed: starting the new version beside the old one",

@@ -164,6 +164,7 @@ mod tests {
             sockets: BTreeMap::from([("http".to_string(), "127.0.0.1:4001".parse().unwrap())]),
             last_exit: None,
             exposed: None,
+            own_port: false,
             declared: None,
             started_at: None,
             requests_before: None,

@@ -74,6 +74,11 @@ pub(crate) struct Instance {
     /// that `ls` and the dashboard warn that the network reaches it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) exposed: Option<SocketAddr>,
+    /// Set when its server listens on a port of its own choosing, not the one wharf gave it
+    /// (wharf routes there): a second version cannot listen beside it, so a reload is refused
+    /// and `wharf up` restarts it instead of swapping.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) own_port: bool,
     /// The last exit of its server, described (`exited with code 3`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) last_exit: Option<String>,
@@ -130,6 +135,7 @@ impl Instance {
             sockets,
             last_exit: None,
             exposed: None,
+            own_port: false,
             declared: None,
             started_at: None,
             requests_before: None,

@@ -385,6 +385,7 @@ mod tests {
                 state: crate::model::instance::State::Ready,
                 sockets: [("http".to_string(), "127.0.0.1:4001".parse().unwrap())].into(),
                 exposed: None,
+                own_port: false,
                 last_exit: None,
                 declared: None,
                 started_at: None,

@@ -172,7 +172,8 @@ impl Readiness {
                     l.bound
                 ));
             }
-            follow(route, out, l, self.probing.is_some()).await;
+            let own = l.connect.port() != expected;
+            follow(route, out, l, self.probing.is_some(), own).await;
         }
         if let Some(mut g) = self.guard.take() {
             // Reading /proc can take a while on a busy machine: off the supervisor's loop,
@@ -223,6 +224,7 @@ impl Readiness {
                     state => state,
                 };
                 if route.main_addr() != handed || state != route.instance.state {
+                    route.instance.own_port = false;
                     route.set_main_addr(handed);
                     route.set_state(state).await;
                 }
@@ -234,7 +236,7 @@ impl Readiness {
                     "does not accept on the socket it was handed"
                 };
                 // Routed first, said second: whoever waits for the line finds the route in place.
-                follow(route, out, listener, probing).await;
+                follow(route, out, listener, probing, true).await;
                 out.say(format!(
                     "the server {what} ({handed}) and listens on {} instead; routing there ({fix})",
                     listener.bound
@@ -284,9 +286,17 @@ fn pick_listener(found: &[Listener], expected: u16) -> Option<Listener> {
 }
 
 /// Route to `listener` from now on, and say so loudly if the whole network reaches it.
-/// `probing`: an `--ready http:` probe decides readiness, so listening is not enough.
-async fn follow(route: &mut Registration, out: &Output, listener: Listener, probing: bool) {
+/// `probing`: an `--ready http:` probe decides readiness, so listening is not enough; `own`:
+/// the server chose that port itself, instead of the one wharf gave it.
+async fn follow(
+    route: &mut Registration,
+    out: &Output,
+    listener: Listener,
+    probing: bool,
+    own: bool,
+) {
     route.instance.exposed = listener.is_exposed().then_some(listener.bound);
+    route.instance.own_port = own;
     route.set_main_addr(listener.connect);
     let state = if probing {
         State::Starting

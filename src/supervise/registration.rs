@@ -73,6 +73,7 @@ impl Registration {
                 sockets: bound.iter().map(|b| (b.name.clone(), b.addr())).collect(),
                 last_exit: None,
                 exposed: None,
+                own_port: false,
                 declared: None,
                 started_at: Some(crate::state::registry::unix_now()),
                 requests_before: None,

@@ -154,6 +154,15 @@ impl Supervisor {
 
     /// Start the new version for the reload numbered `id`; why not, if it cannot start.
     pub(super) async fn begin_reload(&mut self, id: u64) -> Result<Candidate, String> {
+        if self.route.instance.own_port {
+            return Err(format!(
+                "the server listens on {}, a port of its own choosing, so a new version \
+                 cannot listen beside it: restart it instead (`wharf stop {}`, then start it \
+                 again), or have it listen where wharf says (`$PORT`, or fd 3)",
+                self.route.main_addr(),
+                self.route.instance.name
+            ));
+        }
         let tail = Tail::default();
         let mut shadow = self.route.detached();
         shadow.instance.state = State::Starting;

@@ -716,3 +716,71 @@ fn up_keeps_the_old_version_when_the_new_one_fails() {
     assert_eq!(web.len(), 1, "the new version is gone: {after:?}");
     assert_eq!(web[0]["pid"], before, "{after:?}");
 }
+
+/// A server that listens on a port of its own choosing, whatever `$PORT` says (as a
+/// hard-coded `app.listen(3000)` does): a second version could not listen beside it, so a
+/// changed one is restarted rather than swapped, and `wharf reload` says why it cannot.
+#[test]
+fn a_server_on_a_port_of_its_own_is_restarted_by_up_and_not_reloaded() {
+    let sb = Sandbox::new();
+    let code = "import http.server as h\n\
+                s = h.HTTPServer(('127.0.0.1', 0), h.SimpleHTTPRequestHandler)\n\
+                s.serve_forever()";
+    let project = |version: &str| {
+        write_project(
+            &sb,
+            &format!(
+                "[instances.own]\ncommand = [\"{}\", \"-c\", \"{}\"]\nmode = \"env\"\n\
+                 env = {{ VERSION = \"{version}\" }}\n",
+                python().display(),
+                code.replace('\n', "\\n")
+            ),
+        )
+    };
+    project("1");
+    let (status, log) = sb.output(&["up"]);
+    assert!(status.success(), "{log}");
+    let ready = |sb: &Sandbox| {
+        let list = sb.ls();
+        let own = instance(&list, "own");
+        (own["state"] == "ready").then(|| own.clone())
+    };
+    let mut before = None;
+    eventually("own ready", PATIENCE, || {
+        before = ready(&sb);
+        before.is_some()
+    });
+    let before = before.unwrap();
+    assert_eq!(before["own_port"], true, "{before}");
+
+    project("2");
+    let (status, log) = sb.output(&["up"]);
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("changed: restarting (its server listens on 127.0.0.1:")
+            && log.contains("a port of its own choosing"),
+        "{log}"
+    );
+    assert_eq!(summary_row(&log, "own")[1], "restarted", "{log}");
+    let mut after = None;
+    eventually("own ready again", PATIENCE, || {
+        after = ready(&sb);
+        after.is_some()
+    });
+    let after = after.unwrap();
+    assert_ne!(after["pid"], before["pid"], "{after}");
+    let (_, port) = sb.proxy().unwrap();
+    assert_eq!(get_via(port, "own.localhost").0, 200);
+
+    let (status, log) = sb.output(&["reload", "own"]);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("a port of its own choosing, so a new version cannot listen beside it"),
+        "{log}"
+    );
+    assert_eq!(
+        instance(&sb.ls(), "own")["pid"],
+        after["pid"],
+        "nothing changed"
+    );
+}
