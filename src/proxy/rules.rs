@@ -168,6 +168,20 @@ pub(crate) fn forwarded_for<'a>(
     out.extend_from_slice(peer);
 }
 
+/// A client's address as `X-Forwarded-For` gives it (IPv4-mapped IPv6 as IPv4). Every client
+/// is local: the two usual addresses cost no formatting and no allocation, which on a new
+/// connection's first request was about 5 % of its instructions.
+pub(crate) fn peer_text(ip: std::net::IpAddr) -> std::borrow::Cow<'static, str> {
+    let ip = ip.to_canonical();
+    if ip == std::net::Ipv4Addr::LOCALHOST {
+        "127.0.0.1".into()
+    } else if ip == std::net::Ipv6Addr::LOCALHOST {
+        "::1".into()
+    } else {
+        ip.to_string().into()
+    }
+}
+
 /// Who sent a request: its address, and whether it came over TLS (then
 /// `X-Forwarded-Proto: https`).
 #[derive(Clone, Copy, Debug)]
@@ -387,6 +401,20 @@ mod tests {
             let mut read = Connection::default();
             read.read(value.as_bytes());
             assert_eq!(read, *expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn a_peer_is_written_as_its_ip_v4_mapped_ones_as_v4() {
+        for (ip, text) in [
+            ("127.0.0.1", "127.0.0.1"),
+            ("::1", "::1"),
+            ("::ffff:127.0.0.1", "127.0.0.1"),
+            ("::ffff:10.1.2.3", "10.1.2.3"),
+            ("127.0.0.2", "127.0.0.2"),
+            ("fe80::1", "fe80::1"),
+        ] {
+            assert_eq!(peer_text(ip.parse().unwrap()), text, "{ip}");
         }
     }
 

@@ -797,15 +797,7 @@ fn forward_request_headers(headers: &mut HeaderMap, peer: SocketAddr) -> HeaderV
 
 /// The `X-Forwarded-For` value (`rules::forwarded_for`) for these prior hops and `peer`.
 fn forwarded_for(prior: &[&[u8]], peer: SocketAddr) -> HeaderValue {
-    let ip = peer.ip().to_canonical();
-    // Every client is local: spare the formatting for the two usual addresses.
-    let peer: std::borrow::Cow<'static, str> = if ip == std::net::Ipv4Addr::LOCALHOST {
-        "127.0.0.1".into()
-    } else if ip == std::net::Ipv6Addr::LOCALHOST {
-        "::1".into()
-    } else {
-        ip.to_string().into()
-    };
+    let peer = rules::peer_text(peer.ip());
     if prior.is_empty()
         && let std::borrow::Cow::Borrowed(peer) = peer
     {

@@ -88,7 +88,7 @@ pub(crate) async fn serve<C: Client>(
     let mut lane = Lane {
         client,
         // Rendered once: every request's X-Forwarded-For carries it.
-        peer: peer.ip().to_canonical().to_string(),
+        peer: rules::peer_text(peer.ip()),
         forwarder,
         timer: Timer::default(),
         inbuf: BytesMut::with_capacity(HEAD_BUF),
@@ -122,7 +122,7 @@ pub(crate) async fn serve<C: Client>(
 struct Lane<'f, C> {
     client: C,
     /// The client's address, as X-Forwarded-For gives it.
-    peer: String,
+    peer: std::borrow::Cow<'static, str>,
     forwarder: &'f Forwarder,
     /// The one timer behind the waits for a request head and for a response head.
     timer: Timer,
