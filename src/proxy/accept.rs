@@ -40,6 +40,7 @@ pub(crate) async fn serve(
     let loops: Vec<_> = listeners
         .into_iter()
         .map(|listener| {
+            nodelay_for_all(&listener);
             let ctx = Accept {
                 forwarder: forwarder.clone(),
                 connections: connections.clone(),
@@ -60,15 +61,32 @@ pub(crate) async fn serve(
     }
 }
 
+/// Nagle's algorithm off for every connection `listener` accepts. On Linux an accepted socket
+/// inherits `TCP_NODELAY` from its listener, so it is set once here instead of with a system
+/// call per connection; elsewhere `connection` sets it on each.
+fn nodelay_for_all(listener: &TcpListener) {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = socket2::SockRef::from(listener).set_tcp_nodelay(true) {
+        eprintln!("wharf proxy: cannot turn Nagle's algorithm off on the listener: {e}");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = listener;
+}
+
 struct Accept {
     forwarder: Arc<Forwarder>,
     connections: TaskTracker,
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Accept, shutdown: CancellationToken) {
+    // Waited for once, not once per accept (each wait joins and leaves the token's list of
+    // waiters under its lock); shared with each connection behind an `Arc`, as cloning the
+    // token takes that lock too.
+    let shutdown = Arc::new(shutdown);
+    let mut cancelled = std::pin::pin!(shutdown.cancelled());
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = cancelled.as_mut() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -111,8 +129,9 @@ async fn connection(
     fds: Fds,
     peer: SocketAddr,
     forwarder: Arc<Forwarder>,
-    shutdown: CancellationToken,
+    shutdown: Arc<CancellationToken>,
 ) {
+    #[cfg(not(target_os = "linux"))]
     let _ = stream.set_nodelay(true);
     // Where a connection chooses its path: the express lane first, hyper for what it hands
     // over. The lane also keeps the first-byte and header deadlines until it hands over.
@@ -128,10 +147,10 @@ async fn connection(
         tls: false,
     };
     match protocol {
-        Protocol::Http1 => serve_hyper(io, Alpn::Http1, peer, forwarder, shutdown).await,
-        Protocol::Http2 => serve_hyper(io, Alpn::Http2, peer, forwarder, shutdown).await,
+        Protocol::Http1 => serve_hyper(io, Alpn::Http1, peer, forwarder, &shutdown).await,
+        Protocol::Http2 => serve_hyper(io, Alpn::Http2, peer, forwarder, &shutdown).await,
         // Boxed: a TLS session's state is large, and plain connections should not carry it.
-        Protocol::Tls => Box::pin(serve_tls(io, peer, forwarder, shutdown)).await,
+        Protocol::Tls => Box::pin(serve_tls(io, peer, forwarder, &shutdown)).await,
     }
 }
 
@@ -141,7 +160,7 @@ async fn serve_tls(
     io: Held<Replay<TcpStream>>,
     peer: Peer,
     forwarder: Arc<Forwarder>,
-    shutdown: CancellationToken,
+    shutdown: &CancellationToken,
 ) {
     // `[proxy] https = false`: nothing to say to a TLS client in plain text.
     let Some(tls) = forwarder.tls() else { return };
@@ -153,7 +172,7 @@ async fn serve_tls(
     if alpn == Alpn::Http2 {
         return serve_hyper(io, alpn, peer, forwarder, shutdown).await;
     }
-    match lane::serve(io, peer.addr, &forwarder, &shutdown).await {
+    match lane::serve(io, peer.addr, &forwarder, shutdown).await {
         Outcome::Closed => {}
         // ALPN said HTTP/1.1 (or nothing): hyper speaks it whatever the lane saw (an HTTP/2
         // preface is then a bad request, as it always was).
@@ -170,7 +189,7 @@ async fn serve_hyper<I>(
     protocol: Alpn,
     peer: Peer,
     forwarder: Arc<Forwarder>,
-    shutdown: CancellationToken,
+    shutdown: &CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -178,7 +197,7 @@ async fn serve_hyper<I>(
     let (io, exempt) = WriteDeadline::new(io, limits.write_stall);
     let (header_read, max_head) = (limits.header_read, limits.max_head);
     if protocol == Alpn::Http2 {
-        return crate::proxy::http2::serve(io, peer, forwarder, &shutdown).await;
+        return crate::proxy::http2::serve(io, peer, forwarder, shutdown).await;
     }
     let service = service_fn(move |req| {
         let forwarder = forwarder.clone();
@@ -209,6 +228,21 @@ async fn serve_hyper<I>(
 mod tests {
     use super::*;
 
+    /// What `nodelay_for_all` relies on: the kernel gives an accepted socket its listener's
+    /// `TCP_NODELAY`.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn an_accepted_connection_has_nagle_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        nodelay_for_all(&listener);
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap());
+        drop(client);
+    }
+
     /// A connection's future holds its state across awaits; a buffer kept there (an 8 KiB
     /// array once made it 19 KB) is copied with it on every connection, for every one.
     #[tokio::test]
@@ -223,7 +257,8 @@ mod tests {
             crate::proxy::budget::Budget::new(64),
         ));
         let fds = forwarder.budget().client().unwrap();
-        let state = connection(client, fds, addr, forwarder, CancellationToken::new());
+        let shutdown = Arc::new(CancellationToken::new());
+        let state = connection(client, fds, addr, forwarder, shutdown);
         let size = std::mem::size_of_val(&state);
         assert!(size <= 4096, "{size} bytes: move buffers to the heap");
     }
