@@ -14,13 +14,24 @@ use crate::proxy::deadline::{self, CLIENT_STALLED};
 use crate::proxy::lane::client::socket_gone;
 use crate::proxy::lane::went_away;
 
-/// Bytes moved per splice: the default pipe capacity.
-const CHUNK: usize = 64 * 1024;
+/// The pipe capacity asked for: a 1 MiB body in one round (Linux's `fs.pipe-max-size` for
+/// unprivileged users, by default). A 64 KiB pipe (the default) takes 17 rounds of two splices
+/// and a wait each; the kernel then keeps what the client has not taken yet in the pipe, as it
+/// would in the socket buffers. Only the pages the body fills are used, for as long as the
+/// body lasts; a pipe that cannot grow (over the user's `fs.pipe-user-pages-soft`) keeps its
+/// size.
+#[cfg(target_os = "linux")]
+const WANTED: i32 = 1024 * 1024;
+/// A pipe's capacity unless told otherwise.
+#[cfg(target_os = "linux")]
+const DEFAULT: usize = 64 * 1024;
 
 /// A pipe, opened for one body.
 pub(crate) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// Bytes it holds at most.
+    capacity: usize,
     /// Its two descriptors' share of the budget (dropped after them).
     _fds: Fds,
 }
@@ -32,10 +43,16 @@ impl Pipe {
         {
             use nix::fcntl::OFlag;
             let fds = budget.take(2).ok()?;
+            use nix::fcntl::{FcntlArg, fcntl};
             let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).ok()?;
+            let capacity = fcntl(&write, FcntlArg::F_SETPIPE_SZ(WANTED))
+                .ok()
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(DEFAULT);
             Some(Pipe {
                 read,
                 write,
+                capacity,
                 _fds: fds,
             })
         }
@@ -56,7 +73,9 @@ impl Pipe {
         stall: std::time::Duration,
     ) -> io::Result<bool> {
         while len > 0 {
-            let want = usize::try_from(len).unwrap_or(usize::MAX).min(CHUNK);
+            let want = usize::try_from(len)
+                .unwrap_or(usize::MAX)
+                .min(self.capacity);
             let filled = tokio::select! {
                 biased;
                 n = io_op(from, Interest::READABLE, || splice(from, &self.write, want)) => n?,
