@@ -728,6 +728,28 @@ h1test!(
 );
 
 h1test!(
+    a_long_request_body_that_stalls_gets_408_and_what_came_reaches_the_server,
+    |sb: Sandbox| {
+        // Past 64 KiB the lane splices the body through a pipe: the same deadline holds.
+        let sb = sb.limited("body_idle=3");
+        let p = sb.serve("slowpost", &[]);
+        let port = p.url_port();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s.write_all(
+            b"POST / HTTP/1.1\r\nHost: slowpost.localhost\r\nContent-Length: 1048576\r\n\r\n",
+        )
+        .unwrap();
+        s.write_all(&vec![b'x'; 200 * 1024]).unwrap();
+        let started = Instant::now();
+        let (head, _) = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+        p.expect("BODY ended early at 204800");
+    }
+);
+
+h1test!(
     a_client_that_stops_reading_is_dropped_after_the_write_deadline,
     |sb: Sandbox| {
         // A minute by default; shrunk to 4 s here.

@@ -1,8 +1,8 @@
 //! The client side of a lane connection: a plain TCP stream, or the TLS stream `proxy::tls`
 //! made of one. The lane is generic over it (monomorphised: the plain path pays nothing for
 //! TLS), and asks it three things beyond reading and writing: whether it is TLS (for
-//! `X-Forwarded-Proto` and the redirect), the socket a long body may be spliced into (plain
-//! only: over TLS the bytes must pass through rustls), and whether the client has gone away.
+//! `X-Forwarded-Proto` and the redirect), the socket a long body may be spliced into and out
+//! of (plain only: over TLS the bytes must pass through rustls), and whether the client has gone away.
 
 use std::future::Future;
 use std::io;
@@ -24,7 +24,7 @@ pub(crate) trait Client: AsyncRead + AsyncWrite + Unpin + Send {
     /// Requests arrive over TLS (`https`).
     const TLS: bool;
 
-    /// The socket a response body may be spliced into, when the bytes go to it unchanged.
+    /// The socket bodies may be spliced into and out of, when the bytes pass it unchanged.
     fn splice_target(&self) -> Option<&TcpStream>;
 
     /// Resolves once the client has closed its connection (or it failed). Bytes it sent

@@ -28,7 +28,8 @@ pub(super) enum BodyFailure {
 
 impl<C: Client> Lane<'_, C> {
     /// Send the request head and its body: what the head read brought, then the rest from the
-    /// client, each read within `Limits::body_idle`, each write within the upstream timeout.
+    /// client (spliced when long), each read within `Limits::body_idle`, each write within the
+    /// upstream timeout.
     pub(super) async fn send_with_body(&mut self, up: &mut Upstream) -> Result<(), BodyFailure> {
         let (patience, body_idle) = (
             self.forwarder.limits.upstream_head,
@@ -51,6 +52,26 @@ impl<C: Client> Lane<'_, C> {
                 self.unread -= take as u64;
             }
             if self.unread == 0 {
+                return Ok(());
+            }
+            // The buffer holds no more of the body: a long rest goes through a pipe.
+            if self.unread > BODY_BUF as u64
+                && let Some(from) = self.client.splice_target()
+                && let Some(pipe) = Pipe::open(&self.forwarder.budget)
+            {
+                while self.unread > 0 {
+                    let filled =
+                        match tokio::time::timeout(body_idle, pipe.fill(from, self.unread)).await {
+                            Err(_) => return Err(BodyFailure::Stalled),
+                            Ok(Ok(0) | Err(_)) => return Err(BodyFailure::ClientGone),
+                            Ok(Ok(n)) => n,
+                        };
+                    let what = "the server stopped reading the request";
+                    pipe.drain(&up.stream, filled, patience, what)
+                        .await
+                        .map_err(BodyFailure::Upstream)?;
+                    self.unread -= filled as u64;
+                }
                 return Ok(());
             }
             self.inbuf.reserve(BODY_BUF);

@@ -1,7 +1,8 @@
-//! Relaying a large body of known length from an instance to the client through a pipe with
-//! splice(2): the kernel moves the pages, so the bytes never pass through wharf's memory (two
-//! copies of every byte saved). Linux only; elsewhere, or without two descriptors to spare in
-//! the budget for the pipe, the lane copies through its buffer instead.
+//! Relaying a large body of known length through a pipe with splice(2), from an instance to the
+//! client and from the client to the instance: the kernel moves the pages, so the bytes never
+//! pass through wharf's memory (two copies of every byte saved). Linux only, plain TCP only;
+//! elsewhere, over TLS, or without two descriptors to spare in the budget for the pipe, the
+//! lane copies through its buffer instead.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -14,12 +15,12 @@ use crate::proxy::deadline::{self, CLIENT_STALLED};
 use crate::proxy::lane::client::socket_gone;
 use crate::proxy::lane::went_away;
 
-/// The pipe capacity asked for: a 1 MiB body in one round (Linux's `fs.pipe-max-size` for
-/// unprivileged users, by default). A 64 KiB pipe (the default) takes 17 rounds of two splices
-/// and a wait each; the kernel then keeps what the client has not taken yet in the pipe, as it
-/// would in the socket buffers. Only the pages the body fills are used, for as long as the
-/// body lasts; a pipe that cannot grow (over the user's `fs.pipe-user-pages-soft`) keeps its
-/// size.
+/// The pipe capacity asked for (Linux's `fs.pipe-max-size` for unprivileged users, by
+/// default): what has arrived of a 1 MiB body moves in one round, 2-3 rounds in all on
+/// loopback, where the default 64 KiB pipe took 17 rounds of two splices and a wait each. Only
+/// the pages the body fills are used, while it passes; the size counts against the user's
+/// `fs.pipe-user-pages-soft` (64 MiB by default) while the pipe is open, so past 64 bodies at
+/// once the next pipes stay small, which is slower, never wrong.
 #[cfg(target_os = "linux")]
 const WANTED: i32 = 1024 * 1024;
 /// A pipe's capacity unless told otherwise.
@@ -45,7 +46,9 @@ impl Pipe {
             let fds = budget.take(2).ok()?;
             use nix::fcntl::{FcntlArg, fcntl};
             let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).ok()?;
+            // Refused past the user's `fs.pipe-user-pages-soft`: then it is smaller still.
             let capacity = fcntl(&write, FcntlArg::F_SETPIPE_SZ(WANTED))
+                .or_else(|_| fcntl(&write, FcntlArg::F_GETPIPE_SZ))
                 .ok()
                 .and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(DEFAULT);
@@ -73,25 +76,43 @@ impl Pipe {
         stall: std::time::Duration,
     ) -> io::Result<bool> {
         while len > 0 {
-            let want = usize::try_from(len)
-                .unwrap_or(usize::MAX)
-                .min(self.capacity);
             let filled = tokio::select! {
                 biased;
-                n = io_op(from, Interest::READABLE, || splice(from, &self.write, want)) => n?,
+                n = self.fill(from, len) => n?,
                 () = socket_gone(to) => return Err(went_away()),
             };
             if filled == 0 {
                 return Ok(false);
             }
             len -= filled as u64;
-            let mut held = filled;
-            while held > 0 {
-                let drain = io_op(to, Interest::WRITABLE, || splice(&self.read, to, held));
-                held -= deadline::within(stall, CLIENT_STALLED, drain).await?;
-            }
+            self.drain(to, filled, stall, CLIENT_STALLED).await?;
         }
         Ok(true)
+    }
+
+    /// Take what `from` has (at most `len` bytes, and what the pipe holds) into the empty
+    /// pipe, once it has any; 0 at its end.
+    pub(crate) async fn fill(&self, from: &TcpStream, len: u64) -> io::Result<usize> {
+        let want = usize::try_from(len)
+            .unwrap_or(usize::MAX)
+            .min(self.capacity);
+        io_op(from, Interest::READABLE, || splice(from, &self.write, want)).await
+    }
+
+    /// Pass the `held` bytes the pipe holds on to `to`; each write must go within `limit`,
+    /// or this fails saying `what` stalled.
+    pub(crate) async fn drain(
+        &self,
+        to: &TcpStream,
+        mut held: usize,
+        limit: std::time::Duration,
+        what: &'static str,
+    ) -> io::Result<()> {
+        while held > 0 {
+            let drain = io_op(to, Interest::WRITABLE, || splice(&self.read, to, held));
+            held -= deadline::within(limit, what, drain).await?;
+        }
+        Ok(())
     }
 }
 
