@@ -2,7 +2,8 @@
 //! made of one. The lane is generic over it (monomorphised: the plain path pays nothing for
 //! TLS), and asks it three things beyond reading and writing: whether it is TLS (for
 //! `X-Forwarded-Proto` and the redirect), the socket a long body may be spliced into and out
-//! of (plain only: over TLS the bytes must pass through rustls), and whether the client has gone away.
+//! of (plain only: over TLS the bytes must pass through rustls), and whether the client has
+//! gone away.
 
 use std::future::Future;
 use std::io;

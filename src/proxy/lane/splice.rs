@@ -42,9 +42,8 @@ impl Pipe {
     pub(crate) fn open(budget: &Budget) -> Option<Pipe> {
         #[cfg(target_os = "linux")]
         {
-            use nix::fcntl::OFlag;
+            use nix::fcntl::{FcntlArg, OFlag, fcntl};
             let fds = budget.take(2).ok()?;
-            use nix::fcntl::{FcntlArg, fcntl};
             let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).ok()?;
             // Refused past the user's `fs.pipe-user-pages-soft`: then it is smaller still.
             let capacity = fcntl(&write, FcntlArg::F_SETPIPE_SZ(WANTED))
