@@ -49,6 +49,13 @@ for fd in range(0, 64):
     except OSError:
         pass
 
+def say(line):
+    """One line to stdout in one write: members of a replicated name share wharf's stdout,
+    and print() may write the line and its newline apart, merging lines of two servers."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 report = {
     "fds": open_fds,
     "pid": os.getpid(),
@@ -98,12 +105,12 @@ def graceful_exit():
             break
         threading.Event().wait(0.005)
         waited += 0.005
-    print("finished the requests in flight; exiting", flush=True)
+    say("finished the requests in flight; exiting")
     os._exit(0)
 
 
 def on_signal(signum, frame):
-    print(f"got {signal.Signals(signum).name}", flush=True)
+    say(f"got {signal.Signals(signum).name}")
     if args.graceful and signum == signal.SIGTERM:
         threading.Thread(target=graceful_exit, daemon=True).start()
     elif signum != signal.SIGHUP:
@@ -114,7 +121,7 @@ def on_signal(signum, frame):
 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(sig, on_signal)
 
-print("REPORT " + json.dumps(report), flush=True)
+say("REPORT " + json.dumps(report))
 if args.start_delay:
     threading.Event().wait(args.start_delay)
 
@@ -162,7 +169,7 @@ class Handler(BaseHTTPRequestHandler):
     def get(self):
         global count
         if not args.quiet:
-            print(f"REQ {self.command} {self.path}", flush=True)
+            say(f"REQ {self.command} {self.path}")
         if self.path == "/hang":
             threading.Event().wait()
         if self.path.startswith("/big/"):
@@ -237,10 +244,10 @@ document.body.insertAdjacentHTML('beforeend', `<p id="protocol">${{nav.nextHopPr
             for _ in range(mib):
                 self.wfile.write(chunk)
         except OSError:
-            print("BIG aborted", flush=True)
+            say("BIG aborted")
 
     def do_POST(self):
-        print(f"REQ {self.command} {self.path}", flush=True)
+        say(f"REQ {self.command} {self.path}")
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             return self.chunked_body()
         length = int(self.headers.get("Content-Length", "0"))
@@ -248,7 +255,7 @@ document.body.insertAdjacentHTML('beforeend', `<p id="protocol">${{nav.nextHopPr
         while received < length:
             chunk = self.rfile.read1(min(65536, length - received))
             if not chunk:
-                print(f"BODY ended early at {received}", flush=True)
+                say(f"BODY ended early at {received}")
                 return
             received += len(chunk)
         body = json.dumps({"received": received}).encode()
@@ -302,7 +309,7 @@ else:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((os.environ.get("HOST", "127.0.0.1"), port))
     sock.listen(128)
-    print(f"BOUND {sock.getsockname()[1]}", flush=True)
+    say(f"BOUND {sock.getsockname()[1]}")
     sockets.append((sock, "http"))
 
 if args.notify_ready and os.environ.get("NOTIFY_SOCKET"):
