@@ -33,6 +33,14 @@ pub(crate) trait Client: AsyncRead + AsyncWrite + Unpin + Send {
     /// close: then this never resolves, and the next read finds out what they are.
     fn gone(&self) -> impl Future<Output = ()> + Send + '_;
 
+    /// Whether the client has sent something not read yet (or closed), as far as is known
+    /// without a system call; over TLS, always (rustls buffers what it read, and the lane
+    /// keeps its buffers there: a TLS session's own are larger).
+    fn readable_now(&self) -> bool;
+
+    /// Resolves once `readable_now` would say so.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+
     /// Read what the client sent next into `buf`; 0 at its end.
     fn read_into(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
 
@@ -54,6 +62,15 @@ impl Client for TcpStream {
 
     fn gone(&self) -> impl Future<Output = ()> + Send + '_ {
         socket_gone(self)
+    }
+
+    fn readable_now(&self) -> bool {
+        self.poll_read_ready(&mut Context::from_waker(Waker::noop()))
+            .is_ready()
+    }
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        TcpStream::readable(self)
     }
 
     async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
@@ -98,6 +115,14 @@ impl Client for TlsClient {
             }
             socket_gone(socket).await;
         }
+    }
+
+    fn readable_now(&self) -> bool {
+        true
+    }
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        std::future::ready(Ok(()))
     }
 
     async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {

@@ -23,6 +23,7 @@ mod lines;
 mod relay;
 mod request;
 mod response;
+mod spare;
 mod splice;
 
 use client::Client;
@@ -91,7 +92,8 @@ pub(crate) async fn serve<C: Client>(
         peer: rules::peer_text(peer.ip()),
         forwarder,
         timer: Timer::default(),
-        inbuf: BytesMut::with_capacity(HEAD_BUF),
+        // None yet: the first read waits for the client's bytes without them.
+        inbuf: BytesMut::new(),
         upbuf: BytesMut::new(),
         request: Vec::new(),
         out: Vec::new(),
@@ -114,6 +116,7 @@ pub(crate) async fn serve<C: Client>(
                 let stall = forwarder.limits.write_stall;
                 let _ = tokio::time::timeout(stall, lane.client.shutdown()).await;
             }
+            lane.park();
             Outcome::Closed
         }
     }
@@ -146,6 +149,20 @@ enum Next {
     Request(Plan),
     Handoff(Protocol),
     Close,
+}
+
+/// Read what the client sent into `inbuf`; or, `lean`, wait until it has sent something
+/// (None), reading nothing.
+async fn read_or_wait<C: Client>(
+    client: &mut C,
+    inbuf: &mut BytesMut,
+    lean: bool,
+) -> io::Result<Option<usize>> {
+    if lean {
+        client.readable().await?;
+        return Ok(None);
+    }
+    client.read_into(inbuf).await.map(Some)
 }
 
 fn unreachable(plan: &Plan, e: io::Error, reused: bool, answered: bool) -> ProxyError {
@@ -208,7 +225,13 @@ impl<C: Client> Lane<'_, C> {
                     _ => return Next::Handoff(Protocol::Http1),
                 }
             }
-            self.inbuf.reserve(HEAD_BUF);
+            // Nothing to read yet and none of it buffered: wait without buffers (`spare`).
+            let lean = self.inbuf.is_empty() && !self.client.readable_now();
+            if lean {
+                self.park();
+            } else {
+                self.inbuf.reserve(HEAD_BUF);
+            }
             // The kept upstream connection is closed once idle for `max_idle`, as pooled
             // ones are, so an on-demand instance sees no connection and may go idle; the
             // same timer serves both waits.
@@ -219,7 +242,15 @@ impl<C: Client> Lane<'_, C> {
                 .filter(|at| *at < deadline);
             let read = tokio::select! {
                 biased;
-                read = self.client.read_into(&mut self.inbuf) => Some(read),
+                read = read_or_wait(&mut self.client, &mut self.inbuf, lean) => match read {
+                    // The client's bytes are here: buffers again, then read them.
+                    Ok(None) => {
+                        self.unpark();
+                        continue;
+                    }
+                    Ok(Some(n)) => Some(Ok(n)),
+                    Err(e) => Some(Err(e)),
+                },
                 () = self.timer.until(release.unwrap_or(deadline)) => None,
                 _ = cancelled.as_mut(), if self.inbuf.is_empty() => return Next::Close,
             };
@@ -238,6 +269,23 @@ impl<C: Client> Lane<'_, C> {
                 _ => return Next::Close,
             }
         }
+    }
+
+    /// Give the buffers to `spare` for the wait.
+    fn park(&mut self) {
+        spare::give(spare::Buffers {
+            inbuf: std::mem::take(&mut self.inbuf),
+            upbuf: std::mem::take(&mut self.upbuf),
+            request: std::mem::take(&mut self.request),
+            out: std::mem::take(&mut self.out),
+        });
+    }
+
+    /// Buffers again, after a wait.
+    fn unpark(&mut self) {
+        let bufs = spare::take();
+        (self.inbuf, self.upbuf) = (bufs.inbuf, bufs.upbuf);
+        (self.request, self.out) = (bufs.request, bufs.out);
     }
 
     /// Forward one request and its response. True when both connections are fit for the
