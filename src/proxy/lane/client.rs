@@ -70,7 +70,9 @@ impl Client for TcpStream {
     }
 
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        TcpStream::readable(self)
+        // The reader's waker slot, as a read that waits uses: `TcpStream::readable` queues a
+        // waiter in a list instead, which cost 400 instructions per keep-alive request more.
+        std::future::poll_fn(|cx| self.poll_read_ready(cx))
     }
 
     async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {

@@ -109,7 +109,7 @@ impl<C: Client> Lane<'_, C> {
                     && let Some(pipe) = Pipe::open(&self.forwarder.budget)
                 {
                     let stall = self.forwarder.limits.write_stall;
-                    return pipe.relay(&up.stream, to, left, stall).await;
+                    return Box::pin(pipe.relay(&up.stream, to, left, stall)).await;
                 }
                 if left > 0 {
                     up.ack_now();
