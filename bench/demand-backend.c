@@ -1,0 +1,143 @@
+/* The backend bench/demand.sh measures wharf against: a tiny HTTP server that writes, for
+ * each request it answers, when its process started (main), when it was ready to accept, when
+ * it had the request in hand and when it had answered, on CLOCK_MONOTONIC (the clock the
+ * client reads too), so that its own start-up can be taken out of what a client waits.
+ *
+ *   demand-backend LOG           serve: fd 3 with LISTEN_FDS, else bind 127.0.0.1:$PORT;
+ *                                sleep $STARTUP_MS first, send READY=1 to $NOTIFY_SOCKET if
+ *                                set; GET /exit is answered, then the server exits 0.
+ *   demand-backend --exec N      fork+exec this program N times: the median ns from before
+ *                                fork to the child's main (what any launcher pays).
+ *
+ * LOG lines: "req PID MAIN READY REQ RESP" per request and "exit PID T" before exiting.
+ * Connections that close without a request (wharf checking that the server accepts on the
+ * socket it was handed) are not requests. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static long long now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static int cmp(const void *a, const void *b) {
+  long long x = *(const long long *)a, y = *(const long long *)b;
+  return (x > y) - (x < y);
+}
+
+static void say(int log, const char *line) {
+  if (write(log, line, strlen(line)) < 0) _exit(3);
+}
+
+int main(int argc, char **argv) {
+  long long t_main = now();
+  if (argc == 2 && strcmp(argv[1], "--main-time") == 0) {
+    /* The child of --exec: its main's time on stdout. */
+    printf("%lld\n", t_main);
+    return 0;
+  }
+  if (argc == 3 && strcmp(argv[1], "--exec") == 0) {
+    int n = atoi(argv[2]);
+    long long *d = calloc(n, sizeof *d);
+    for (int i = 0; i < n; i++) {
+      int p[2];
+      if (pipe(p)) return 1;
+      long long t0 = now();
+      pid_t pid = fork();
+      if (pid == 0) {
+        dup2(p[1], 1);
+        execl("/proc/self/exe", argv[0], "--main-time", (char *)0);
+        _exit(127);
+      }
+      close(p[1]);
+      char buf[64] = {0};
+      ssize_t r = read(p[0], buf, sizeof buf - 1);
+      close(p[0]);
+      waitpid(pid, 0, 0);
+      d[i] = r > 0 ? atoll(buf) - t0 : 0;
+    }
+    qsort(d, n, sizeof *d, cmp);
+    printf("%lld\n", d[n / 2]);
+    return 0;
+  }
+  if (argc != 2) {
+    fprintf(stderr, "usage: demand-backend LOG | --exec N\n");
+    return 2;
+  }
+  int log = open(argv[1], O_WRONLY | O_APPEND | O_CREAT, 0600);
+  if (log < 0) { perror(argv[1]); return 1; }
+  const char *ms = getenv("STARTUP_MS");
+  if (ms && atoi(ms) > 0) usleep(atoi(ms) * 1000);
+  int lfd;
+  const char *fds = getenv("LISTEN_FDS");
+  if (fds && atoi(fds) >= 1) {
+    lfd = 3;
+  } else {
+    const char *port = getenv("PORT");
+    if (!port) { fprintf(stderr, "neither LISTEN_FDS nor PORT\n"); return 1; }
+    lfd = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(port))};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(lfd, (struct sockaddr *)&a, sizeof a) || listen(lfd, 128)) { perror("bind"); return 1; }
+  }
+  const char *notify = getenv("NOTIFY_SOCKET");
+  if (notify && *notify) {
+    int u = socket(AF_UNIX, SOCK_DGRAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    strncpy(a.sun_path, notify, sizeof a.sun_path - 1);
+    if (a.sun_path[0] == '@') a.sun_path[0] = 0;
+    sendto(u, "READY=1", 7, 0, (struct sockaddr *)&a, sizeof a);
+    close(u);
+  }
+  long long t_ready = now();
+  for (;;) {
+    int c = accept(lfd, 0, 0);
+    if (c < 0) continue;
+    int one = 1;
+    setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    char req[8192];
+    size_t got = 0;
+    while (got < sizeof req - 1) {
+      ssize_t r = read(c, req + got, sizeof req - 1 - got);
+      if (r <= 0) break;
+      got += r;
+      req[got] = 0;
+      if (strstr(req, "\r\n\r\n")) break;
+    }
+    req[got] = 0;
+    long long t_req = now();
+    if (strncmp(req, "GET ", 4) != 0) { /* wharf's own probe of the socket: no request */
+      close(c);
+      continue;
+    }
+    int quit = strncmp(req, "GET /exit", 9) == 0;
+    static const char answer[] =
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+    if (write(c, answer, sizeof answer - 1) < 0) { /* the client went */ }
+    long long t_resp = now();
+    char line[200];
+    snprintf(line, sizeof line, "req %d %lld %lld %lld %lld\n", getpid(), t_main, t_ready, t_req,
+             t_resp);
+    say(log, line);
+    close(c);
+    if (quit) {
+      snprintf(line, sizeof line, "exit %d %lld\n", getpid(), now());
+      say(log, line);
+      return 0;
+    }
+  }
+}
