@@ -1,6 +1,5 @@
-//! Where the `wharf` binary starts (`main.rs` only calls `main` here): handles the exec step,
-//! reads inherited sockets, parses arguments, builds the runtime, dispatches, and prints
-//! errors.
+//! Where the `wharf` binary starts (`main.rs` only calls `main` here): reads inherited
+//! sockets, parses arguments, builds the runtime, dispatches, and prints errors.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,18 +11,12 @@ use crate::model::mode::Mode;
 use crate::model::project::{DEFAULT_HEALTH_FAILURES, DEFAULT_HEALTH_INTERVAL, Health, Restart};
 use crate::proxy::listeners;
 use crate::state::context::Context;
-use crate::sys::{handoff, stdio};
+use crate::sys::stdio;
 use crate::{proxy, supervise};
 use anyhow::Context as _;
 use clap::Parser;
 
 pub fn main() -> ExitCode {
-    // The exec step between wharf and a server runs before anything else, single-threaded.
-    let mut args = std::env::args_os();
-    if args.nth(1).is_some_and(|a| a == handoff::HELPER_ARG) {
-        let rest: Vec<_> = args.skip_while(|a| a != "--").skip(1).collect();
-        return exit(handoff::exec_step(&rest));
-    }
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => exit(code),

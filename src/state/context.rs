@@ -4,8 +4,8 @@
 //! real environment and every command takes it; `main` also reads `WHARF_LISTEN`,
 //! `WHARF_STOP_TIMEOUT` and `PORT` itself, and `cli::https::places` the test seam
 //! `WHARF_SYSTEM_TRUST_ROOT`. Below `main`, only the service-manager protocols
-//! read the environment, where they are spoken: `sys::handoff::exec_step` (`WHARF_EXEC_FDS`,
-//! `WHARF_EXEC_SET_PID`), `proxy::listeners::inherited` (`LISTEN_FDS`, `LISTEN_PID`,
+//! read the environment, where they are spoken: `sys::handoff` (the server's environment is
+//! ours with its variables set), `proxy::listeners::inherited` (`LISTEN_FDS`, `LISTEN_PID`,
 //! `LISTEN_FDNAMES`, then unset), and the proxy's `sd_notify` calls (`NOTIFY_SOCKET`,
 //! `WATCHDOG_USEC`, `WATCHDOG_PID`).
 
@@ -21,7 +21,7 @@ pub(crate) const HOSTS_ENV: &str = "WHARF_HOSTS_FILE";
 #[derive(Clone)]
 pub(crate) struct Context {
     pub(crate) dirs: Dirs,
-    /// This binary, to run the exec step, the background proxy and supervisors.
+    /// This binary, to run the background proxy and supervisors.
     pub(crate) self_exe: PathBuf,
     pub(crate) cwd: PathBuf,
     pub(crate) path_var: Option<OsString>,

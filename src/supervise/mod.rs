@@ -319,7 +319,7 @@ async fn supervisor(
     }
     start::say_handoff(&out, plan.mode, &bound);
     out.url(&url);
-    let server = start::Server::new(ctx, args, plan, argv, &bound, env, log.clone());
+    let server = start::Server::new(args, plan, argv, &bound, env, log.clone());
     Ok(Supervisor {
         stopper: stop::Stopper::new(&out, server.own_group, args.stop_grace),
         ready_timeout: args.reload_timeout,

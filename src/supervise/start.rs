@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, bail};
 
@@ -74,7 +74,6 @@ pub(super) fn plan(
 /// How to start the server, as often as it takes: its command line, environment and sockets.
 #[derive(Clone)]
 pub(super) struct Server {
-    self_exe: PathBuf,
     /// The command line before its `{port}`/`{fd}` placeholders were filled in.
     template: Vec<String>,
     argv: Vec<String>,
@@ -170,7 +169,6 @@ pub(super) fn say_handoff(out: &Output, mode: Mode, bound: &[BoundSocket]) {
 
 impl Server {
     pub(super) fn new(
-        ctx: &Context,
         args: &RunArgs,
         plan: &Launch,
         argv: Vec<String>,
@@ -186,7 +184,6 @@ impl Server {
             Mode::Env => Vec::new(),
         };
         Server {
-            self_exe: ctx.self_exe.clone(),
             template: plan.argv.clone(),
             argv,
             env,
@@ -231,7 +228,10 @@ impl Server {
         tail: &Tail,
     ) -> anyhow::Result<(tokio::process::Child, Vec<tokio::task::JoinHandle<()>>)> {
         use std::io::Write as _;
-        let mut command = self.handoff().command();
+        let mut command = self
+            .handoff()
+            .command()
+            .context("preparing the server's start")?;
         command
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
@@ -259,7 +259,6 @@ impl Server {
 
     fn handoff(&self) -> Handoff<'_> {
         Handoff {
-            self_exe: &self.self_exe,
             argv: &self.argv,
             env: &self.env,
             fds: &self.fds,
@@ -268,10 +267,13 @@ impl Server {
         }
     }
 
-    /// Start the server (through wharf's exec step, which hands the sockets over), its output
+    /// Start the server (the child hands the sockets over before it execs), its output
     /// copied to the log if there is one.
     pub(super) fn spawn(&self) -> anyhow::Result<tokio::process::Child> {
-        let mut command = self.handoff().command();
+        let mut command = self
+            .handoff()
+            .command()
+            .context("preparing the server's start")?;
         if self.log.is_some() {
             command
                 .stdout(std::process::Stdio::piped())
