@@ -231,6 +231,16 @@ mod imp {
     /// `root`'s tree plus the members of the process group numbered `root`, and their trees;
     /// zombies and processes gone meanwhile left out. One look at each process's stat.
     pub(crate) fn family(root: i32) -> Vec<ProcessId> {
+        // The usual case after a server exited, told by two signals instead of a read of
+        // every process's stat: `root` is gone and its group is empty (its tree, if any, came
+        // to us and is `orphans`').
+        let gone = |pid: i32| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                == Err(nix::errno::Errno::ESRCH)
+        };
+        if root > 1 && gone(root) && gone(-root) {
+            return Vec::new();
+        }
         let table = table();
         let mut seeds = vec![root];
         seeds.extend(
@@ -240,6 +250,20 @@ mod imp {
                 .map(|p| p.pid),
         );
         living(seeds, &table)
+    }
+
+    /// Our children (zombies included), from each thread's `children` list; `None` where the
+    /// kernel keeps none.
+    fn children() -> Option<Vec<i32>> {
+        let mut all = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let list = std::fs::read_to_string(task.path().join("children")).ok()?;
+            all.extend(
+                list.split_ascii_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+        Some(all)
     }
 
     /// One process, as its stat says.
@@ -278,6 +302,11 @@ mod imp {
     }
 
     pub(crate) fn orphans(except: &[i32]) -> Vec<ProcessId> {
+        // The usual case, told by our threads' lists of children instead of a read of every
+        // process's stat: no child but `except`.
+        if children().is_some_and(|c| c.iter().all(|p| except.contains(p))) {
+            return Vec::new();
+        }
         let me = std::process::id() as i32;
         // A zombie reaped here may have forked just before it exited (the middle of a double
         // fork), and the table, read one pid at a time, can have missed that child, which
