@@ -3,8 +3,9 @@
 //! finding moves the route (its address and state) and is said.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::demand::{self, Probe};
@@ -16,6 +17,14 @@ use crate::model::project::Ready;
 use crate::sys::netstat::{self, Guard, Listener, Verdict};
 use crate::sys::notify::Notice;
 use crate::sys::socket::BoundSocket;
+
+/// Env mode: how often the expected port is glanced at while the server starts (one kernel
+/// query, off the supervisor's loop), so that requests waiting for the server go through
+/// within a fraction of a millisecond of its listening. The full look (which process listens,
+/// on which port) keeps its slower pace, and runs at once when a glance finds the port taken.
+const GLANCE_EVERY: Duration = Duration::from_micros(250);
+/// Glancing stops after this; the looks go on.
+const GLANCE_FOR: Duration = Duration::from_secs(10);
 
 /// What the instance expects of every server it starts (a reload onto fresh sockets moves
 /// `port` and `handed`).
@@ -69,6 +78,8 @@ pub(super) struct Readiness {
     looking: bool,
     /// Pause before the next look (or guard check), doubling up to half a second.
     look_pause: Duration,
+    /// Env mode: word that the expected port is listened on (see `GLANCE_EVERY`).
+    glance: Option<oneshot::Receiver<()>>,
     /// Fd mode: does the server serve on the socket it was handed? Absent while a check runs
     /// and once that is settled.
     guard: Option<Guard>,
@@ -82,6 +93,8 @@ pub(super) struct Readiness {
 pub(super) enum Finding {
     /// Time to look for the listener again (and to run the guard's next check).
     LookDue,
+    /// Something listens on the expected port now: look at once.
+    Glanced,
     /// The guard's check ended.
     Checked(Guard, Verdict),
     Probed(Probe),
@@ -114,6 +127,9 @@ impl Readiness {
             fix: expect.fix.clone(),
             looking: expect.mode == Mode::Env,
             look_pause: Duration::from_millis(20),
+            glance: (expect.mode == Mode::Env)
+                .then(|| glance(expect.port))
+                .flatten(),
             guard,
             checking: None,
             probing,
@@ -126,6 +142,7 @@ impl Readiness {
     pub(super) async fn next(&mut self, main: SocketAddr) -> Finding {
         tokio::select! {
             _ = tokio::time::sleep(self.look_pause), if self.looking || self.guard.is_some() => Finding::LookDue,
+            Some(()) = async { self.glance.as_mut()?.await.ok() }, if self.glance.is_some() => Finding::Glanced,
             Some((g, verdict)) = async { self.checking.as_mut()?.await.ok() }, if self.checking.is_some() => {
                 Finding::Checked(g, verdict)
             }
@@ -146,6 +163,10 @@ impl Readiness {
     ) {
         match finding {
             Finding::LookDue => self.look(child, route, out).await,
+            Finding::Glanced => {
+                self.glance = None;
+                self.look(child, route, out).await;
+            }
             Finding::Checked(g, verdict) => {
                 self.checking = None;
                 if verdict == Verdict::Watching {
@@ -164,6 +185,7 @@ impl Readiness {
             && let Some(l) = pick_listener(&netstat::listening(child, expected), expected)
         {
             self.looking = false;
+            self.glance = None;
             if l.connect.port() == expected {
                 out.say(format!("listening on {}", l.bound));
             } else {
@@ -259,6 +281,30 @@ impl Readiness {
             }
         }
     }
+}
+
+/// Glance at `port` every `GLANCE_EVERY` on a thread of its own until something listens
+/// there (then the receiver hears), the receiver is dropped, or `GLANCE_FOR` passed. `None`
+/// where the platform cannot tell cheaply.
+fn glance(port: u16) -> Option<oneshot::Receiver<()>> {
+    netstat::quickly_listened_on(port)?;
+    let (tx, rx) = oneshot::channel();
+    let until = Instant::now() + GLANCE_FOR;
+    let watch = move || {
+        while !tx.is_closed() && Instant::now() < until {
+            if netstat::quickly_listened_on(port) == Some(true) {
+                let _ = tx.send(());
+                return;
+            }
+            std::thread::sleep(GLANCE_EVERY);
+        }
+    };
+    // A thread, not a blocking task: the runtime never waits for it at shutdown.
+    std::thread::Builder::new()
+        .name("wharf-glance".into())
+        .spawn(watch)
+        .ok()?;
+    Some(rx)
 }
 
 /// `READY=1` and the other notices the server sent to `NOTIFY_SOCKET`.
