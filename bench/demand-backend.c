@@ -5,7 +5,9 @@
  *
  *   demand-backend LOG           serve: fd 3 with LISTEN_FDS, else bind 127.0.0.1:$PORT;
  *                                sleep $STARTUP_MS first, send READY=1 to $NOTIFY_SOCKET if
- *                                set; GET /exit is answered, then the server exits 0.
+ *                                set (and $NO_READY is not: a server that does not speak
+ *                                sd_notify, as most dev servers); GET /exit is answered,
+ *                                then the server exits 0.
  *   demand-backend --exec N      fork+exec this program N times: the median ns from before
  *                                fork to the child's main (what any launcher pays).
  *
@@ -95,7 +97,7 @@ int main(int argc, char **argv) {
     if (bind(lfd, (struct sockaddr *)&a, sizeof a) || listen(lfd, 128)) { perror("bind"); return 1; }
   }
   const char *notify = getenv("NOTIFY_SOCKET");
-  if (notify && *notify) {
+  if (notify && *notify && !getenv("NO_READY")) {
     int u = socket(AF_UNIX, SOCK_DGRAM, 0);
     struct sockaddr_un a = {.sun_family = AF_UNIX};
     strncpy(a.sun_path, notify, sizeof a.sun_path - 1);

@@ -4,7 +4,8 @@
 #   on-demand     `wharf run --on-demand`: the first request to an idle instance starts it
 #   restart fd    `wharf run --restart --fd`: the server exits, a request arrives while wharf
 #                 starts it again on the socket it holds
-#   restart env   the same with --env: the server binds PORT itself each time
+#   restart env   the same with --env: the server binds PORT itself each time, and sends no
+#                 READY=1 (wharf notices it listening)
 # The backend (bench/demand-backend.c) writes when its main ran, when it was ready, when it had
 # the request and when it had answered; the client notes when it sent and when the answer was
 # in. The proxy's share is the total minus the server's own time: its start-up (main → ready,
@@ -164,6 +165,9 @@ echo "fork+exec of the backend (paid by any launcher, counted as the server's): 
 
 run_case() { # CASE NAME ROUNDS WHARF-RUN-OPTIONS...
   local case=$1 name=$2 n=$3; shift 3
+  # In env mode wharf finds the server by the port it listens on, unless it sends READY=1:
+  # measured without, as most dev servers do not.
+  [[ $case == "restart env" ]] && export NO_READY=1
   "$wharf" run --name "$name" "$@" -- "$work/backend" "$work/$name.log" >"$work/$name.out" 2>&1 & pids+=($!)
   python3 "$work/measure.py" "$case" "$proxy" "$name.localhost" "$work/$name.log" "$work/$name.out" "$n" "$exec_ns" \
     || { cat "$work/$name.out" >&2; exit 1; }

@@ -283,18 +283,24 @@ impl Readiness {
     }
 }
 
-/// Glance at `port` every `GLANCE_EVERY` on a thread of its own until something listens
-/// there (then the receiver hears), the receiver is dropped, or `GLANCE_FOR` passed. `None`
-/// where the platform cannot tell cheaply.
+/// Glance at `port` every `GLANCE_EVERY` on a thread of its own until something starts to
+/// listen there (then the receiver hears), the receiver is dropped, or `GLANCE_FOR` passed.
+/// Only a start counts, seen free first: until the child has exec'd it still holds wharf's
+/// socket on the port. `None` where the platform cannot tell cheaply.
 fn glance(port: u16) -> Option<oneshot::Receiver<()>> {
     netstat::quickly_listened_on(port)?;
     let (tx, rx) = oneshot::channel();
     let until = Instant::now() + GLANCE_FOR;
     let watch = move || {
+        let mut free = false;
         while !tx.is_closed() && Instant::now() < until {
-            if netstat::quickly_listened_on(port) == Some(true) {
-                let _ = tx.send(());
-                return;
+            match netstat::quickly_listened_on(port) {
+                Some(true) if free => {
+                    let _ = tx.send(());
+                    return;
+                }
+                Some(false) => free = true,
+                _ => {}
             }
             std::thread::sleep(GLANCE_EVERY);
         }

@@ -507,6 +507,15 @@ mod imp {
         use super::*;
 
         #[test]
+        fn the_kernel_tells_quickly_whether_a_port_is_listened_on() {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            assert_eq!(super::super::quickly_listened_on(port), Some(true));
+            drop(listener);
+            assert_eq!(super::super::quickly_listened_on(port), Some(false));
+        }
+
+        #[test]
         fn finds_our_own_listener_and_not_a_closed_one() {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
