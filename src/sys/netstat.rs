@@ -270,12 +270,21 @@ mod imp {
         (!listeners.is_empty()).then(|| listeners.iter().map(|r| r.rx_queue).sum())
     }
 
-    pub(crate) fn listening(root: i32, _expected: u16) -> Vec<Listener> {
+    pub(crate) fn listening(root: i32, expected: u16) -> Vec<Listener> {
+        let rows = rows(|state, _| state == LISTEN);
+        // The usual case first: the server itself listens on the port it was given. Its own
+        // fds answer that without a walk of every process on the machine for its tree; the
+        // expected port is what `pick_listener` takes when it is there.
+        let own: HashSet<u64> = process_sockets(root).into_iter().collect();
+        let (mine, _) = tree_listeners(&rows, &own, &[]);
+        if mine.iter().any(|l| l.connect.port() == expected) {
+            return mine;
+        }
         let inodes = socket_inodes(root);
         if inodes.is_empty() {
             return Vec::new();
         }
-        tree_listeners(&rows(|state, _| state == LISTEN), &inodes, &[]).0
+        tree_listeners(&rows, &inodes, &[]).0
     }
 
     pub(crate) fn survey(rows: &[Row], root: i32, handed: &[u64]) -> Survey {
