@@ -18,11 +18,14 @@ use crate::sys::netstat::{self, Guard, Listener, Verdict};
 use crate::sys::notify::Notice;
 use crate::sys::socket::BoundSocket;
 
-/// Env mode: how often the expected port is glanced at while the server starts (one kernel
-/// query, off the supervisor's loop), so that requests waiting for the server go through
-/// within a fraction of a millisecond of its listening. The full look (which process listens,
+/// Env mode: how soon the expected port is first glanced at while the server starts (one
+/// kernel query, off the supervisor's loop), so that requests waiting for the server go
+/// through within a millisecond of its listening. The full look (which process listens,
 /// on which port) keeps its slower pace, and runs at once when a glance finds the port taken.
 const GLANCE_EVERY: Duration = Duration::from_micros(250);
+/// The pause between glances doubles up to this, so a server that takes seconds to start
+/// costs a thousand small queries a second, not four thousand.
+const GLANCE_AT_MOST: Duration = Duration::from_millis(1);
 /// Glancing stops after this; the looks go on.
 const GLANCE_FOR: Duration = Duration::from_secs(10);
 
@@ -283,7 +286,7 @@ impl Readiness {
     }
 }
 
-/// Glance at `port` every `GLANCE_EVERY` on a thread of its own until something starts to
+/// Glance at `port` (after `GLANCE_EVERY`, then at most every `GLANCE_AT_MOST`) on a thread of its own until something starts to
 /// listen there (then the receiver hears), the receiver is dropped, or `GLANCE_FOR` passed.
 /// Only a start counts, seen free first: until the child has exec'd it still holds wharf's
 /// socket on the port. `None` where the platform cannot tell cheaply.
@@ -293,6 +296,7 @@ fn glance(port: u16) -> Option<oneshot::Receiver<()>> {
     let until = Instant::now() + GLANCE_FOR;
     let watch = move || {
         let mut free = false;
+        let mut pause = GLANCE_EVERY;
         while !tx.is_closed() && Instant::now() < until {
             match netstat::quickly_listened_on(port) {
                 Some(true) if free => {
@@ -302,7 +306,8 @@ fn glance(port: u16) -> Option<oneshot::Receiver<()>> {
                 Some(false) => free = true,
                 _ => {}
             }
-            std::thread::sleep(GLANCE_EVERY);
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(GLANCE_AT_MOST);
         }
     };
     // A thread, not a blocking task: the runtime never waits for it at shutdown.
