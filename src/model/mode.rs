@@ -847,6 +847,17 @@ mod tests {
         )
     }
 
+    fn choose_argv(argv: &[String]) -> Launch {
+        choose(
+            None,
+            false,
+            Source::CommandLine,
+            argv,
+            &BTreeMap::new(),
+            &none,
+        )
+    }
+
     fn choose_str(s: &str) -> Launch {
         choose_as(None, false, Source::CommandLine, s)
     }
@@ -957,14 +968,7 @@ mod tests {
             "-c".to_string(),
             "cd backend && DEBUG=1 gunicorn app:app".to_string(),
         ];
-        let plan = choose(
-            None,
-            false,
-            Source::CommandLine,
-            &argv,
-            &BTreeMap::new(),
-            &none,
-        );
+        let plan = choose_argv(&argv);
         assert_eq!(plan.mode, Mode::Fd);
         assert_eq!(
             plan.argv[2],
@@ -972,27 +976,13 @@ mod tests {
         );
         assert!(!plan.listen_pid);
         let argv = vec!["sh".into(), "-c".into(), "exec gunicorn app:app".into()];
-        let plan = choose(
-            None,
-            false,
-            Source::CommandLine,
-            &argv,
-            &BTreeMap::new(),
-            &none,
-        );
+        let plan = choose_argv(&argv);
         assert_eq!(
             (plan.argv[2].as_str(), plan.listen_pid),
             ("exec gunicorn app:app", true)
         );
         let argv = vec!["sh".into(), "-c".into(), "vite | tee log".into()];
-        let plan = choose(
-            None,
-            false,
-            Source::CommandLine,
-            &argv,
-            &BTreeMap::new(),
-            &none,
-        );
+        let plan = choose_argv(&argv);
         assert_eq!(
             plan.argv[2], "vite | tee log",
             "a pipe: options would not reach vite"
@@ -1153,30 +1143,26 @@ mod tests {
             );
         }
         // fd mode (wharf follows where vite listens) needs it all the same; given, it is kept.
-        let fd = choose(
-            Some(Mode::Fd),
-            false,
-            cli,
-            &words("vite --bypass-lock"),
-            &scripts,
-            &vite((9, 0)),
-        );
-        assert_eq!(fd.argv, words("vite --bypass-lock"));
+        let fd = |command: &str| {
+            choose(
+                Some(Mode::Fd),
+                false,
+                cli,
+                &words(command),
+                &scripts,
+                &vite((9, 0)),
+            )
+        };
+        let given = fd("vite --bypass-lock");
+        assert_eq!(given.argv, words("vite --bypass-lock"));
         assert!(
-            fd.reason
+            given
+                .reason
                 .contains("keeping the command's own --bypass-lock"),
             "{}",
-            fd.reason
+            given.reason
         );
-        let fd = choose(
-            Some(Mode::Fd),
-            false,
-            cli,
-            &words("vite"),
-            &scripts,
-            &vite((9, 0)),
-        );
-        assert_eq!(fd.argv, words("vite --bypass-lock"));
+        assert_eq!(fd("vite").argv, words("vite --bypass-lock"));
     }
 
     #[test]

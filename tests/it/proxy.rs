@@ -702,51 +702,38 @@ h1test!(
     }
 );
 
-h1test!(
-    a_stalled_request_body_gets_408_after_the_body_deadline,
-    |sb: Sandbox| {
-        // A minute by default; shrunk to 3 s here.
-        let sb = sb.limited("body_idle=3");
-        let p = sb.serve("slowpost", &[]);
-        let port = p.url_port();
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        s.write_all(
-            b"POST / HTTP/1.1\r\nHost: slowpost.localhost\r\nContent-Length: 100\r\n\r\n0123456789",
-        )
-        .unwrap();
-        let started = Instant::now();
-        let (head, _) = read_response(&mut s);
-        let waited = started.elapsed();
-        assert!(head.starts_with("HTTP/1.1 408"), "{head}");
-        assert!(
-            waited >= Duration::from_secs(2) && waited < Duration::from_secs(30),
-            "{waited:?}"
-        );
-        p.expect("BODY ended early at 10");
-    }
-);
+/// A POST whose body stops after `sent` of its `length` bytes: a 408 once `body_idle` (shrunk
+/// to 3 s from a minute) passes, and the server got what came.
+fn a_stalled_body_gets_408(sb: Sandbox, length: usize, sent: usize) {
+    let sb = sb.limited("body_idle=3");
+    let p = sb.serve("slowpost", &[]);
+    let port = p.url_port();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head =
+        format!("POST / HTTP/1.1\r\nHost: slowpost.localhost\r\nContent-Length: {length}\r\n\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&vec![b'x'; sent]).unwrap();
+    let started = Instant::now();
+    let (head, _) = read_response(&mut s);
+    let waited = started.elapsed();
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(30),
+        "{waited:?}"
+    );
+    p.expect(&format!("BODY ended early at {sent}"));
+}
 
 h1test!(
+    a_stalled_request_body_gets_408_after_the_body_deadline,
+    |sb: Sandbox| a_stalled_body_gets_408(sb, 100, 10)
+);
+
+// Past 64 KiB the lane splices the body through a pipe: the same deadline holds.
+h1test!(
     a_long_request_body_that_stalls_gets_408_and_what_came_reaches_the_server,
-    |sb: Sandbox| {
-        // Past 64 KiB the lane splices the body through a pipe: the same deadline holds.
-        let sb = sb.limited("body_idle=3");
-        let p = sb.serve("slowpost", &[]);
-        let port = p.url_port();
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        s.write_all(
-            b"POST / HTTP/1.1\r\nHost: slowpost.localhost\r\nContent-Length: 1048576\r\n\r\n",
-        )
-        .unwrap();
-        s.write_all(&vec![b'x'; 200 * 1024]).unwrap();
-        let started = Instant::now();
-        let (head, _) = read_response(&mut s);
-        assert!(head.starts_with("HTTP/1.1 408"), "{head}");
-        assert!(started.elapsed() < Duration::from_secs(30));
-        p.expect("BODY ended early at 204800");
-    }
+    |sb: Sandbox| a_stalled_body_gets_408(sb, 1024 * 1024, 200 * 1024)
 );
 
 h1test!(
