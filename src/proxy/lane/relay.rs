@@ -26,6 +26,32 @@ pub(super) enum BodyFailure {
     ClientGone,
 }
 
+/// The rest of a long request body, `unread` bytes, from the client's socket through `pipe`
+/// to the instance: each read within `body_idle`, each write within `patience`. Boxed by its
+/// caller: long bodies are rare, and idle connections should not carry room for this state.
+async fn splice_rest(
+    pipe: Pipe,
+    from: &tokio::net::TcpStream,
+    to: &tokio::net::TcpStream,
+    unread: &mut u64,
+    body_idle: Duration,
+    patience: Duration,
+) -> Result<(), BodyFailure> {
+    while *unread > 0 {
+        let filled = match tokio::time::timeout(body_idle, pipe.fill(from, *unread)).await {
+            Err(_) => return Err(BodyFailure::Stalled),
+            Ok(Ok(0) | Err(_)) => return Err(BodyFailure::ClientGone),
+            Ok(Ok(n)) => n,
+        };
+        let what = "the server stopped reading the request";
+        pipe.drain(to, filled, patience, what)
+            .await
+            .map_err(BodyFailure::Upstream)?;
+        *unread -= filled as u64;
+    }
+    Ok(())
+}
+
 impl<C: Client> Lane<'_, C> {
     /// Send the request head and its body: what the head read brought, then the rest from the
     /// client (spliced when long), each read within `Limits::body_idle`, each write within the
@@ -59,20 +85,9 @@ impl<C: Client> Lane<'_, C> {
                 && let Some(from) = self.client.splice_target()
                 && let Some(pipe) = Pipe::open(&self.forwarder.budget)
             {
-                while self.unread > 0 {
-                    let filled =
-                        match tokio::time::timeout(body_idle, pipe.fill(from, self.unread)).await {
-                            Err(_) => return Err(BodyFailure::Stalled),
-                            Ok(Ok(0) | Err(_)) => return Err(BodyFailure::ClientGone),
-                            Ok(Ok(n)) => n,
-                        };
-                    let what = "the server stopped reading the request";
-                    pipe.drain(&up.stream, filled, patience, what)
-                        .await
-                        .map_err(BodyFailure::Upstream)?;
-                    self.unread -= filled as u64;
-                }
-                return Ok(());
+                let to = &up.stream;
+                let rest = splice_rest(pipe, from, to, &mut self.unread, body_idle, patience);
+                return Box::pin(rest).await;
             }
             self.inbuf.reserve(BODY_BUF);
             match tokio::time::timeout(body_idle, self.client.read_into(&mut self.inbuf)).await {
