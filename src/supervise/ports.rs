@@ -635,27 +635,54 @@ mod tests {
         }
     }
 
+    /// Scratch state for members of `api` leasing from a free run of six ports.
+    struct Members {
+        tmp: tempfile::TempDir,
+        range: PortRanges,
+        n: Name,
+        sockets: [String; 1],
+        exclude: PortRanges,
+        run: Run,
+    }
+
+    impl Members {
+        fn new() -> Members {
+            let base = free_run(6);
+            Members {
+                tmp: tempfile::tempdir().unwrap(),
+                range: format!("{base}-{}", base + 5).parse().unwrap(),
+                n: name("api"),
+                sockets: [MAIN_SOCKET.to_string()],
+                exclude: PortRanges::default(),
+                run: Run {
+                    command: vec!["srv".into()],
+                    dir: "/".into(),
+                },
+            }
+        }
+
+        /// Member `k`'s request (from the process that runs the replicas, not a join).
+        fn request(&self, k: u32) -> Request<'_> {
+            let Members {
+                range,
+                n,
+                sockets,
+                exclude,
+                run,
+                ..
+            } = self;
+            member_request(n, sockets, range, exclude, run, Some(k), false)
+        }
+    }
+
     /// `--replicas`: one process leases a port per member under one name; the first
     /// member's port is the name's last port, tried first next time.
     #[test]
     fn members_of_one_process_each_get_a_port_and_the_first_keeps_the_last_port() {
-        let tmp = tempfile::tempdir().unwrap();
-        let base = free_run(6);
-        let range: PortRanges = format!("{base}-{}", base + 5).parse().unwrap();
-        let (n, sockets, exclude) = (
-            name("api"),
-            [MAIN_SOCKET.to_string()],
-            PortRanges::default(),
-        );
-        let run = Run {
-            command: vec!["srv".into()],
-            dir: "/".into(),
-        };
+        let f = Members::new();
+        let (tmp, n) = (&f.tmp, f.n.clone());
         let members: Vec<Allocated> = (1..=3)
-            .map(|k| {
-                let req = member_request(&n, &sockets, &range, &exclude, &run, Some(k), false);
-                allocate(Store::new(tmp.path()), &req, &mut |_| {}).unwrap()
-            })
+            .map(|k| allocate(Store::new(tmp.path()), &f.request(k), &mut |_| {}).unwrap())
             .collect();
         let ports: BTreeSet<u16> = members.iter().map(|a| a.sockets[0].port).collect();
         assert_eq!(ports.len(), 3, "{ports:?}");
@@ -681,19 +708,9 @@ mod tests {
     /// port back, and the first guard alone gives the lease back.
     #[test]
     fn a_members_reload_replaces_its_own_lease_only() {
-        let tmp = tempfile::tempdir().unwrap();
-        let base = free_run(6);
-        let range: PortRanges = format!("{base}-{}", base + 5).parse().unwrap();
-        let (n, sockets, exclude) = (
-            name("api"),
-            [MAIN_SOCKET.to_string()],
-            PortRanges::default(),
-        );
-        let run = Run {
-            command: vec!["srv".into()],
-            dir: "/".into(),
-        };
-        let request = |k| member_request(&n, &sockets, &range, &exclude, &run, Some(k), false);
+        let f = Members::new();
+        let (tmp, n) = (&f.tmp, f.n.clone());
+        let request = |k| f.request(k);
         let first = allocate(Store::new(tmp.path()), &request(1), &mut |_| {}).unwrap();
         let second = allocate(Store::new(tmp.path()), &request(2), &mut |_| {}).unwrap();
         let old = BTreeMap::from([(MAIN_SOCKET.to_string(), second.sockets[0].port)]);
