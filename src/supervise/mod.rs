@@ -198,6 +198,7 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<i32> {
         async move { (out, s.run().await) }
     }))
     .await;
+    start::logs_copied().await;
     if ends.len() == 1
         && let Some((_, end)) = ends.pop()
     {

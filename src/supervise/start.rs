@@ -288,11 +288,36 @@ impl Server {
             .spawn()
             .with_context(|| format!("starting {}", self.argv.join(" ")))?;
         if let Some(log) = &self.log {
-            tokio::spawn(log.clone().copy_from(child.stdout.take().expect("piped")));
-            tokio::spawn(log.clone().copy_from(child.stderr.take().expect("piped")));
+            let copiers = [
+                tokio::spawn(log.clone().copy_from(child.stdout.take().expect("piped"))),
+                tokio::spawn(log.clone().copy_from(child.stderr.take().expect("piped"))),
+            ];
+            if let Ok(mut all) = LOG_COPIERS.lock() {
+                all.retain(|c| !c.is_finished());
+                all.extend(copiers);
+            }
         }
         Ok(child)
     }
+}
+
+/// The tasks copying servers' output to their logs: a supervisor that ends lets them finish
+/// first ([`logs_copied`]), so that a server's last lines (why it failed) are in its log by
+/// the time anyone who saw the supervisor end reads it.
+static LOG_COPIERS: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// How long an ending supervisor waits for its servers' output (what they started may hold
+/// the pipes open).
+const LOG_COPY_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Wait, at most `LOG_COPY_WAIT`, until every server's output is in its log.
+pub(super) async fn logs_copied() {
+    let copiers = LOG_COPIERS
+        .lock()
+        .map(|mut all| std::mem::take(&mut *all))
+        .unwrap_or_default();
+    let _ = tokio::time::timeout(LOG_COPY_WAIT, futures_util::future::join_all(copiers)).await;
 }
 
 /// The environment variable that carries a socket's port in env mode: PORT, PORT_SUB.
