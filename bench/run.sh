@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# wharf's proxy side by side with a direct connection and nginx (add more peers with
-# BENCH_TARGETS, e.g. direct,nginx,caddy,portless,socket-proxyd,wharf), on loopback, with
+# wharf's proxy side by side with a direct connection, nginx and HAProxy (choose peers with
+# BENCH_TARGETS, e.g. direct,nginx,haproxy,caddy,portless,socket-proxyd,wharf), on loopback, with
 # ../shared/bench/run.sh: wrk for keep-alive small responses, one connection per request,
 # 1 MiB bodies and a single connection; alternating rounds; medians, spread and ratios.
 # Extra arguments go to ../shared/bench/run.sh (--rounds, --duration, --cases, ...).
@@ -14,14 +14,14 @@ shared=$root/../shared/bench
 [[ -x $shared/run.sh ]] || { echo "bench/run.sh: needs ../shared/bench beside the repository" >&2; exit 1; }
 
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-command -v wrk >/dev/null && command -v nginx >/dev/null || "$shared/install.sh"
+command -v wrk >/dev/null && command -v nginx >/dev/null && command -v haproxy >/dev/null || "$shared/install.sh"
 
 wharf=$root/target/release/wharf
 # Each run gets private state in the harness's scratch dir ({dir}); the route is an alias, so
 # the proxy forwards exactly as it does for `wharf run` instances.
 env="WHARF_STATE_DIR={dir}/state WHARF_RUNTIME_DIR={dir}/run"
 "$shared/run.sh" \
-  --targets "${BENCH_TARGETS:-direct,nginx,wharf}" \
+  --targets "${BENCH_TARGETS:-direct,nginx,haproxy,wharf}" \
   --out "$root/bench/results/$(date +%Y%m%d-%H%M%S)" \
   --target wharf \
   --cmd "$env exec $wharf proxy --listen 127.0.0.1:{port}" \
