@@ -232,6 +232,12 @@ impl<C: Client> Lane<'_, C> {
             if lean {
                 self.park();
             } else {
+                // A new connection whose first bytes are already there (most are) takes a
+                // kept set as a woken one does, instead of allocating four buffers that its
+                // close then frees.
+                if self.bare() {
+                    self.unpark();
+                }
                 self.inbuf.reserve(HEAD_BUF);
             }
             // The kept upstream connection is closed once idle for `max_idle`, as pooled
@@ -281,6 +287,14 @@ impl<C: Client> Lane<'_, C> {
             request: std::mem::take(&mut self.request),
             out: std::mem::take(&mut self.out),
         });
+    }
+
+    /// Holds no buffers: new, or parked.
+    fn bare(&self) -> bool {
+        self.inbuf.capacity() == 0
+            && self.upbuf.capacity() == 0
+            && self.request.capacity() == 0
+            && self.out.capacity() == 0
     }
 
     /// Buffers again, after a wait.
@@ -603,5 +617,48 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connection with something to read when it starts reads it into a kept set of
+    /// buffers, and gives that set back at its close, for the next connection: none allocated.
+    #[tokio::test]
+    async fn a_new_connection_with_bytes_ready_uses_a_kept_set() {
+        while spare::take().inbuf.capacity() > 0 {}
+        let kept = BytesMut::with_capacity(HEAD_BUF);
+        let at = kept.as_ptr();
+        spare::give(spare::Buffers {
+            inbuf: kept,
+            ..spare::Buffers::default()
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        // Its end is what it sends first (a head would need an instance): the lane closes.
+        client.shutdown().await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        stream.readable().await.unwrap();
+        let forwarder = Forwarder::new(
+            Arc::default(),
+            Box::new(Vec::new),
+            Limits::default(),
+            crate::proxy::budget::Budget::new(64),
+        );
+        let shutdown = CancellationToken::new();
+        let outcome = serve(stream, peer, &forwarder, &shutdown).await;
+        assert!(matches!(outcome, Outcome::Closed));
+        let back = spare::take();
+        assert_eq!(back.inbuf.as_ptr(), at, "the kept set, not a new one");
+        assert_eq!(
+            spare::take().inbuf.capacity(),
+            0,
+            "one set, given back once"
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! The buffers of connections waiting for their next request. An idle keep-alive connection
 //! holds none (nginx frees its header buffer so too): when the lane's next read would wait, it
 //! gives its four buffers here and waits for the client's bytes without them (`Client::readable`),
-//! then takes a set back. A few sets are kept per thread, so that a busy connection's round
-//! trip through the wait costs no allocation; more are freed.
+//! then takes a set back; a new connection with bytes to read at once takes one too. A few sets
+//! are kept per thread, so that a busy connection's round trip through the wait, and a new
+//! connection from its first read to its close, cost no allocation; more are freed.
 
 use std::cell::RefCell;
 
