@@ -91,6 +91,30 @@ impl Name {
         }
     }
 
+    /// `s` as a name if it is one, checked in one pass over its bytes, with no error to
+    /// explain (`from_str` says why a name is not one): for the Host of every request.
+    pub fn checked(s: &str) -> Option<Name> {
+        if s.is_empty() || s.len() > MAX_LEN {
+            return None;
+        }
+        // The current label's length so far, and the byte before this one.
+        let (mut label, mut last) = (0usize, b'.');
+        for &b in s.as_bytes() {
+            match b {
+                b'a'..=b'z' | b'0'..=b'9' => label += 1,
+                // Not at a label's start, nor (below) at its end.
+                b'-' if label > 0 => label += 1,
+                b'.' if label > 0 && last != b'-' => label = 0,
+                _ => return None,
+            }
+            if label > 63 {
+                return None;
+            }
+            last = b;
+        }
+        (label > 0 && last != b'-').then(|| Name(s.to_string()))
+    }
+
     /// One label, no dot.
     pub fn is_label(&self) -> bool {
         !self.0.contains('.')
@@ -355,6 +379,42 @@ mod tests {
                     && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
                 "{v}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// `checked` takes exactly the names `from_str` takes.
+        #[test]
+        fn checked_agrees_with_from_str(s in "[a-z0-9.A_-]{0,70}") {
+            proptest::prop_assert_eq!(Name::checked(&s), s.parse::<Name>().ok());
+        }
+    }
+
+    #[test]
+    fn checked_refuses_what_from_str_refuses() {
+        let long_label = "a".repeat(64);
+        let long = ["a"; 123].join(".");
+        for s in [
+            "",
+            "-a",
+            "a-",
+            "a.-b",
+            "a-.b",
+            ".a",
+            "a.",
+            "a..b",
+            "A",
+            "a_b",
+            "é",
+            &long_label,
+            &long,
+        ] {
+            assert_eq!(Name::checked(s), None, "{s:?}");
+            assert!(s.parse::<Name>().is_err(), "{s:?}");
+        }
+        let longest_label = "a".repeat(63);
+        for s in ["a", "a-b", "a.b-c.d", "0", &longest_label] {
+            assert_eq!(Name::checked(s), Some(s.parse().unwrap()), "{s:?}");
         }
     }
 }
