@@ -158,6 +158,7 @@ mod tests {
             pid: 10,
             member: None,
             sticky: false,
+            restarts: false,
             child_pid: Some(11),
             mode: Mode::Fd,
             state: State::Starting,

@@ -63,6 +63,10 @@ pub(crate) struct Instance {
     /// `sticky = true`; a name is sticky when any of its members asks.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) sticky: bool,
+    /// Its supervisor starts the server again when it exits (`--restart`): in env mode, a
+    /// connection refused while the server is down waits for the route's next change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) restarts: bool,
     /// The server's pid, when one runs (`SERVER PID` in `ls`).
     #[serde(default, rename = "server_pid", alias = "child_pid")]
     pub(crate) child_pid: Option<i32>,
@@ -129,6 +133,7 @@ impl Instance {
             pid,
             member: None,
             sticky: false,
+            restarts: false,
             child_pid: None,
             mode: Mode::Fd,
             state,

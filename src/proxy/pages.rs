@@ -380,6 +380,7 @@ mod tests {
                 pid: 10,
                 member: None,
                 sticky: false,
+                restarts: false,
                 child_pid: Some(11),
                 mode: crate::model::mode::Mode::Env,
                 state: crate::model::instance::State::Ready,

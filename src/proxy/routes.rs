@@ -93,6 +93,13 @@ impl Route {
         self.instance.state == State::Failed
     }
 
+    /// An env-mode server its supervisor starts again: a connection it refuses means it went
+    /// down (its supervisor has yet to say so), and its next registration is worth waiting
+    /// for. In fd mode the held socket queues connections, so none is refused.
+    pub(crate) fn comes_back(&self) -> bool {
+        self.instance.mode == Mode::Env && self.instance.restarts && !self.failed()
+    }
+
     /// Not listening yet, but on its way (not failed, not failing its health check): worth
     /// waiting for.
     pub(crate) fn coming(&self) -> bool {

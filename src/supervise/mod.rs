@@ -286,6 +286,7 @@ async fn supervisor(
     );
     route.instance.member = member;
     route.instance.sticky = args.sticky;
+    route.instance.restarts = args.restart != Restart::No;
     route.instance.declared = args.declared.clone();
     if args.on_demand {
         // Registered as what it is until its first connection: not starting, waiting.

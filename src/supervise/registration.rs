@@ -67,6 +67,7 @@ impl Registration {
                 pid: std::process::id() as i32,
                 member: None,
                 sticky: false,
+                restarts: false,
                 child_pid: None,
                 mode,
                 state: State::Starting,

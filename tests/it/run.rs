@@ -332,6 +332,54 @@ fn restart_keeps_the_socket_and_refuses_no_connection() {
 }
 
 #[test]
+fn env_restart_holds_a_request_that_comes_while_the_server_is_down() {
+    // In env mode wharf holds no socket while the server is down: a request that came after
+    // the server stopped listening and before its supervisor saw it exit was answered 502.
+    // Each server here answers one request, closes its socket and exits 0.3 s later, so the
+    // next request always comes in that gap, through the proxy's express lane and hyper's path.
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let mut args = vec![
+        "run",
+        "--name",
+        "comeback",
+        "--env",
+        "--restart",
+        "--port",
+        "0",
+    ];
+    args.extend(py_server(
+        &["--exit-after", "1", "--linger", "0.3", "--quiet"],
+        path_str(&py),
+        path_str(&script),
+    ));
+    let p = sb.spawn(&args);
+    let addr: SocketAddr = ([127, 0, 0, 1], p.url_port()).into();
+    let mut pids = BTreeSet::new();
+    for (i, version) in ["1.1", "1.0", "1.1", "1.0"].into_iter().enumerate() {
+        // HTTP/1.0 is hyper's to forward; 1.1 the lane's.
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        let request = format!(
+            "GET / HTTP/{version}\r\nHost: comeback.localhost\r\nConnection: close\r\n\r\n"
+        );
+        std::io::Write::write_all(&mut s, request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+        assert_eq!(
+            answer.split(' ').nth(1),
+            Some("200"),
+            "request {i} (HTTP/{version}): {answer}\n{}",
+            p.log()
+        );
+        let body = answer.split_once("\r\n\r\n").unwrap().1;
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        pids.insert(body["pid"].as_i64().unwrap());
+    }
+    assert_eq!(pids.len(), 4, "a new server for each request: {pids:?}");
+}
+
+#[test]
 fn restart_gives_up_after_fast_crashes_route_first_then_socket() {
     let sb = Sandbox::new();
     let mut p = sb.spawn(&[

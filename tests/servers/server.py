@@ -23,6 +23,8 @@ parser.add_argument("--start-delay", type=float, default=0,
                     help="take this long to start (before binding, serving and READY=1)")
 parser.add_argument("--graceful", action="store_true",
                     help="on SIGTERM stop accepting, finish the requests in flight, then exit")
+parser.add_argument("--linger", type=float, default=0,
+                    help="after --exit-after closed the sockets, stay this long before exiting")
 parser.add_argument("--quiet", action="store_true", help="no REQ line per request")
 parser.add_argument("--version-file", help="report this file's text as the version; "
                     "text starting with 'fail' makes the server exit 3 at once, saying so")
@@ -291,6 +293,9 @@ def serve(sock, name):
     servers.append(server)
     server.serve_forever()
     server.server_close()
+    if args.linger:
+        # Down but not gone: what wharf cannot see yet.
+        threading.Event().wait(args.linger)
     os._exit(args.exit_code)
 
 

@@ -397,6 +397,7 @@ impl Forwarder {
         let mut request = Box::new(build(parts.method, uri, version, headers, body));
         let mut connection = Connection::Any;
         let mut tried = Vec::new();
+        let mut comeback = None;
         let mut response = loop {
             let unsent = match self.send(*request, &name, addr, connection).await {
                 Ok(response) => break response,
@@ -433,10 +434,19 @@ impl Forwarder {
             }
             let next = match balance::choose(&members, None, &tried) {
                 Choice::Member(next) => next,
-                _ => {
-                    balance::eject(member.route(), &e, &members);
-                    return Err(balance::exhausted(&members, e));
-                }
+                _ => match self
+                    .after_refusal(&name, member.route(), &e, &mut comeback)
+                    .await
+                {
+                    Some((now, next)) => {
+                        members = now;
+                        next
+                    }
+                    None => {
+                        balance::eject(member.route(), &e, &members);
+                        return Err(balance::exhausted(&members, e));
+                    }
+                },
             };
             addr = socket(&next)?.0;
             balance::refused(std::mem::replace(&mut member, next), &e, &members);
@@ -552,6 +562,52 @@ impl Forwarder {
                 .routes
                 .get(name)
                 .ok_or_else(|| ProxyError::Unknown(name.clone()))?;
+        }
+    }
+
+    /// `refused`, a registration of `name`, did not take a request that can go again (`e`:
+    /// refused, or closed unanswered) and no other member can. An env-mode server that
+    /// restarts has gone down and its supervisor has yet to say so (wharf holds no socket to
+    /// queue the request on): wait for the name's registration to move on from `refused`,
+    /// then for a member as a first request does, all within `Limits::starting_wait` of the
+    /// first such wait (`since`). None: not such a server, or it did not come back in time.
+    pub(crate) async fn after_refusal(
+        &self,
+        name: &Name,
+        refused: &Arc<Route>,
+        e: &ProxyError,
+        since: &mut Option<tokio::time::Instant>,
+    ) -> Option<(Arc<Members>, Busy)> {
+        if !matches!(
+            e,
+            ProxyError::Unreachable {
+                answered: false,
+                ..
+            }
+        ) || !refused.comes_back()
+        {
+            return None;
+        }
+        let deadline =
+            *since.get_or_insert_with(tokio::time::Instant::now) + self.limits.starting_wait;
+        // Subscribed before the table is read: a change after the read is not missed.
+        let mut changes = self.routes.subscribe();
+        loop {
+            let now = self.routes.get(name)?;
+            if now
+                .by_owner(refused.owner)
+                .is_none_or(|r| !Arc::ptr_eq(r, refused))
+            {
+                let patience = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let pick = tokio::time::timeout(patience, self.member(name, now, None));
+                return pick.await.ok()?.ok();
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, changes.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return None;
+            }
         }
     }
 

@@ -367,6 +367,7 @@ impl<C: Client> Lane<'_, C> {
     ) -> io::Result<Result<(Upstream, Answer), ProxyError>> {
         let mut fresh_only = false;
         let mut tried = Vec::new();
+        let mut comeback = None;
         loop {
             // After a failure the kept connection is gone, and only a new one will do.
             let (mut up, reused) = match self.upstream.take() {
@@ -391,7 +392,8 @@ impl<C: Client> Lane<'_, C> {
                                 Ok(up) => (up, false),
                                 Err(e) => {
                                     let e = unreachable(plan, e, false, false);
-                                    match self.next_member(plan, &mut tried, e) {
+                                    match self.next_member(plan, &mut tried, &mut comeback, e).await
+                                    {
                                         Ok(()) => {
                                             fresh_only = false;
                                             continue;
@@ -465,7 +467,7 @@ impl<C: Client> Lane<'_, C> {
                 // again, as nginx's `proxy_next_upstream error` does.
                 Some(Err(Failure::Silent(e))) if plan.idempotent => {
                     let e = unreachable(plan, e, reused, false);
-                    match self.next_member(plan, &mut tried, e) {
+                    match self.next_member(plan, &mut tried, &mut comeback, e).await {
                         Ok(()) => fresh_only = false,
                         Err(e) => return Ok(Err(e)),
                     }
@@ -488,11 +490,13 @@ impl<C: Client> Lane<'_, C> {
     /// The member `plan` went to could not be reached (`e`): take it out of rotation and
     /// switch to the next one in rotation, by the name's members as they are now (the same
     /// member, if it has registered a new socket since); `e` (or, for a replicated name, what
-    /// each member is up to) when none is left.
-    fn next_member(
+    /// each member is up to) when none is left. An env-mode server that restarts is waited
+    /// for (`Forwarder::after_refusal`; `comeback`: since when).
+    async fn next_member(
         &self,
         plan: &mut Plan,
         tried: &mut Vec<Arc<Route>>,
+        comeback: &mut Option<Instant>,
         e: ProxyError,
     ) -> Result<(), ProxyError> {
         if matches!(e, ProxyError::OutOfFds(_)) {
@@ -506,6 +510,16 @@ impl<C: Client> Lane<'_, C> {
             && plan.switch(next, &e)
         {
             return Ok(());
+        }
+        let name = plan.members.name().clone();
+        let back = self
+            .forwarder
+            .after_refusal(&name, plan.route(), &e, comeback);
+        if let Some((now, next)) = Box::pin(back).await {
+            plan.members = now;
+            if plan.switch(next, &e) {
+                return Ok(());
+            }
         }
         balance::eject(plan.route(), &e, &plan.members);
         Err(balance::exhausted(&plan.members, e))
