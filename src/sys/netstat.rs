@@ -266,12 +266,13 @@ mod imp {
 
     /// For a listener, the receive queue of `/proc/net/tcp` is its accept queue.
     pub(crate) fn accept_queue(port: u16) -> Option<usize> {
-        let listeners = rows(|state, p| state == LISTEN && p == port);
+        let mut listeners = listener_rows();
+        listeners.retain(|r| r.local.port() == port);
         (!listeners.is_empty()).then(|| listeners.iter().map(|r| r.rx_queue).sum())
     }
 
     pub(crate) fn listening(root: i32, expected: u16) -> Vec<Listener> {
-        let rows = rows(|state, _| state == LISTEN);
+        let rows = listener_rows();
         // The usual case first: the server itself listens on the port it was given. Its own
         // fds answer that without a walk of every process on the machine for its tree; the
         // expected port is what `pick_listener` takes when it is there.
@@ -366,11 +367,44 @@ mod imp {
     /// (`sock_diag`): a dump of the listeners alone, no walk of every connection and no text to
     /// parse, cheap enough to ask every fraction of a millisecond. `None` if netlink refuses.
     pub(crate) fn quickly_listened_on(port: u16) -> Option<bool> {
+        let mut found = false;
+        each_listener(|row| {
+            found = row.local.port() == port;
+            found
+        })?;
+        Some(found)
+    }
+
+    /// Every listening TCP socket, from the socket diagnostics (as `quickly_listened_on`):
+    /// what `/proc/net/tcp{,6}` says of them without reading (the kernel writing) a line for
+    /// every connection on the machine. `None` if netlink refuses.
+    fn quick_listeners() -> Option<Vec<Row>> {
+        let mut rows = Vec::new();
+        each_listener(|row| {
+            rows.push(row);
+            false
+        })?;
+        Some(rows)
+    }
+
+    /// The listening rows: from the socket diagnostics, else from `/proc/net/tcp{,6}`.
+    fn listener_rows() -> Vec<Row> {
+        quick_listeners().unwrap_or_else(|| rows(|state, _| state == LISTEN))
+    }
+
+    /// Each listening TCP socket (IPv4, then IPv6) to `stop`, one `sock_diag` dump per
+    /// family, until `stop` says so. `None` if netlink refuses or answers what cannot be read.
+    fn each_listener(mut stop: impl FnMut(Row) -> bool) -> Option<()> {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         const NETLINK_SOCK_DIAG: libc::c_int = 4;
         const SOCK_DIAG_BY_FAMILY: u16 = 20;
         const TCP_LISTEN: u32 = 10;
         const HEADER: usize = 16;
+        // inet_diag_msg: family, state, timer, retrans, then the socket id (source port and
+        // destination port, big-endian; source and destination address, 16 bytes each;
+        // interface; cookie), then expires, rqueue (a listener's accept queue), wqueue, uid,
+        // inode.
+        const MSG: usize = 72;
         // SAFETY: a plain socket call; the fd is owned at once.
         let fd = unsafe {
             libc::socket(
@@ -385,6 +419,9 @@ mod imp {
         // SAFETY: a new fd nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut buf = vec![0u8; 32 * 1024];
+        let word = |b: &[u8], at: usize| -> Option<u32> {
+            Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+        };
         for family in [libc::AF_INET, libc::AF_INET6] {
             // nlmsghdr (length, type, flags, seq, pid), then inet_diag_req_v2 (family,
             // protocol, ext, pad, states, and a socket id left zero: a dump ignores it).
@@ -410,7 +447,7 @@ mod imp {
                 };
                 let mut at = 0;
                 while at + HEADER <= got {
-                    let len = u32::from_ne_bytes(buf[at..at + 4].try_into().ok()?) as usize;
+                    let len = word(&buf, at)? as usize;
                     let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().ok()?);
                     if len < HEADER || at + len > got {
                         return None;
@@ -418,13 +455,32 @@ mod imp {
                     match kind as libc::c_int {
                         libc::NLMSG_DONE => break 'dump,
                         libc::NLMSG_ERROR => return None,
-                        // inet_diag_msg: family, state, timer, retrans, then the socket id,
-                        // whose first field is the source port (big-endian).
-                        _ if len >= HEADER + 6 => {
-                            let sport =
-                                u16::from_be_bytes([buf[at + HEADER + 4], buf[at + HEADER + 5]]);
-                            if sport == port {
-                                return Some(true);
+                        _ if len >= HEADER + MSG => {
+                            let m = &buf[at + HEADER..at + HEADER + MSG];
+                            let port = u16::from_be_bytes([m[4], m[5]]);
+                            let ip: std::net::IpAddr = match m[0] as libc::c_int {
+                                libc::AF_INET => <[u8; 4]>::try_from(&m[8..12]).ok()?.into(),
+                                _ => <[u8; 16]>::try_from(&m[8..24]).ok()?.into(),
+                            };
+                            let row = Row {
+                                local: SocketAddr::new(ip, port),
+                                remote: SocketAddr::new(
+                                    match ip {
+                                        std::net::IpAddr::V4(_) => {
+                                            std::net::Ipv4Addr::UNSPECIFIED.into()
+                                        }
+                                        std::net::IpAddr::V6(_) => {
+                                            std::net::Ipv6Addr::UNSPECIFIED.into()
+                                        }
+                                    },
+                                    0,
+                                ),
+                                state: LISTEN,
+                                rx_queue: word(m, 56)? as usize,
+                                inode: u64::from(word(m, 68)?),
+                            };
+                            if stop(row) {
+                                return Some(());
                             }
                         }
                         _ => {}
@@ -436,15 +492,15 @@ mod imp {
                 }
             }
         }
-        Some(false)
+        Some(())
     }
 
     pub(crate) fn holders(ports: &[u16]) -> std::collections::BTreeMap<u16, Holder> {
-        let mut wanted: std::collections::HashMap<u64, u16> =
-            rows(|state, p| state == LISTEN && ports.contains(&p))
-                .into_iter()
-                .map(|r| (r.inode, r.local.port()))
-                .collect();
+        let mut wanted: std::collections::HashMap<u64, u16> = listener_rows()
+            .into_iter()
+            .filter(|r| ports.contains(&r.local.port()))
+            .map(|r| (r.inode, r.local.port()))
+            .collect();
         let mut found = std::collections::BTreeMap::new();
         let Ok(procs) = std::fs::read_dir("/proc") else {
             return found;
@@ -522,6 +578,26 @@ mod imp {
             assert_eq!(super::super::quickly_listened_on(port), Some(true));
             drop(listener);
             assert_eq!(super::super::quickly_listened_on(port), Some(false));
+        }
+
+        #[test]
+        fn the_kernel_lists_listeners_as_the_tables_do() {
+            let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let v6 = std::net::TcpListener::bind("[::1]:0");
+            let _waiting = std::net::TcpStream::connect(v4.local_addr().unwrap()).unwrap();
+            let quick = quick_listeners().expect("sock_diag answers");
+            let slow = rows(|state, _| state == LISTEN);
+            let ours = [Some(&v4), v6.as_ref().ok()];
+            for l in ours.into_iter().flatten() {
+                let addr = l.local_addr().unwrap();
+                let pick = |rows: &[Row]| {
+                    rows.iter()
+                        .find(|r| r.local == addr)
+                        .map(|r| (r.inode, r.rx_queue, r.remote))
+                };
+                assert!(pick(&quick).is_some(), "{addr} in {quick:?}");
+                assert_eq!(pick(&quick), pick(&slow), "{addr}");
+            }
         }
 
         #[test]
