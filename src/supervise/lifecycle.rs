@@ -18,7 +18,7 @@ use super::output::{Output, ran_for};
 use super::readiness::Expect;
 use super::registration::{Registration, RouteEvent};
 use super::restart::{GIVE_UP_AFTER, Next, Restarts};
-use super::start::Server;
+use super::start::{Prepared, Server};
 use super::stop::{self, Signals, Stop, StopWhy, Stopper};
 use crate::model::instance::State;
 use crate::sys::notify::NotifySocket;
@@ -35,6 +35,9 @@ pub(super) struct Supervisor {
     pub(super) signals: Signals,
     pub(super) notify: NotifySocket,
     pub(super) server: Server,
+    /// The next start of `server`, built while waiting for it (`Server::prepare`); dropped
+    /// whenever `server` changes.
+    pub(super) prepared: Option<Prepared>,
     pub(super) expect: Expect,
     /// Our copy of the sockets: kept for the instance's life in fd mode (restarts reuse them),
     /// dropped at the first start in env mode.
@@ -168,6 +171,10 @@ impl Supervisor {
         if self.route.instance.state != State::Idle {
             self.route.set_state(State::Idle).await;
         }
+        if self.prepared.is_none() {
+            // An error here is met again, and said, when the start is due.
+            self.prepared = self.server.prepare().ok();
+        }
         let sockets = self.held.as_ref().expect("on-demand keeps its sockets");
         // While idle the route must outlive a proxy restart like a running one.
         loop {
@@ -274,6 +281,18 @@ impl Supervisor {
                     out.say("route removed".to_string());
                     Phase::Done { code }
                 }
+            }
+            Outcome::RestartAfter(delay) if delay.is_zero() && !self.on_demand => {
+                out.say(format!(
+                    "server {how} (ran {}); restarting on the same socket",
+                    ran_for(ran)
+                ));
+                // At once: the proxy hears of it with the new server's start (`started`), so
+                // no round trip to it (nor a timer's tick) comes before the fork. Meanwhile
+                // fd mode's held socket queues connections, and in env mode a refused one
+                // waits for that registration.
+                self.route.instance.state = State::Restarting;
+                Phase::Running
             }
             Outcome::RestartAfter(delay) => {
                 out.say(format!(

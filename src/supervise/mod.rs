@@ -329,6 +329,7 @@ async fn supervisor(
         lease,
         leased,
         others: Vec::new(),
+        prepared: None,
         sent_ready: false,
         hurry: Default::default(),
         restarts: restart::Restarts::new(args.restart, args.on_demand),

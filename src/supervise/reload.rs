@@ -292,6 +292,7 @@ impl Supervisor {
             drain = std::mem::take(&mut self.ports);
             self.ports = fresh.leased.values().copied().collect();
             self.server = fresh.server;
+            self.prepared = None;
             self.expect = fresh.expect;
             self.held = fresh.held;
             self.leased = fresh.leased;

@@ -60,8 +60,9 @@ impl Supervisor {
     /// Start the server and supervise it until it exits.
     pub(super) async fn run_server(&mut self) -> anyhow::Result<Exit> {
         let started = Instant::now();
+        let prepared = self.prepared.take();
         let (child, pid) = super::children::spawn(|| {
-            let child = self.server.spawn()?;
+            let child = self.server.spawn(prepared)?;
             let pid = child
                 .id()
                 .context("the server exited before it could be followed")?;
@@ -73,6 +74,9 @@ impl Supervisor {
         }
         self.route.started(pid).await;
         let ready = Readiness::begin(&self.expect, self.held.as_deref(), &mut self.route).await;
+        // The next start (a restart, on demand the next connection), built while this one
+        // runs; an error is met again, and said, when that start is due.
+        self.prepared = self.server.prepare().ok();
         let mut server = Running {
             child,
             pid,

@@ -267,9 +267,10 @@ impl Server {
         }
     }
 
-    /// Start the server (the child hands the sockets over before it execs), its output
-    /// copied to the log if there is one.
-    pub(super) fn spawn(&self) -> anyhow::Result<tokio::process::Child> {
+    /// Everything a start needs but the fork: the environment, the command line, the exec
+    /// step. Built while the supervisor waits (for a connection, for the server to exit), so
+    /// that a start, once due, forks at once.
+    pub(super) fn prepare(&self) -> anyhow::Result<Prepared> {
         let mut command = self
             .handoff()
             .command()
@@ -284,6 +285,20 @@ impl Server {
                 .context("passing stderr to the server as its stdout")?;
             command.stdout(std::process::Stdio::from(stderr));
         }
+        Ok(Prepared(command))
+    }
+
+    /// Start the server (the child hands the sockets over before it execs), its output
+    /// copied to the log if there is one; `prepared` (by `prepare` from this same `Server`)
+    /// saves building the start now.
+    pub(super) fn spawn(
+        &self,
+        prepared: Option<Prepared>,
+    ) -> anyhow::Result<tokio::process::Child> {
+        let Prepared(mut command) = match prepared {
+            Some(prepared) => prepared,
+            None => self.prepare()?,
+        };
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", self.argv.join(" ")))?;
@@ -300,6 +315,9 @@ impl Server {
         Ok(child)
     }
 }
+
+/// A start of the server, built ahead (`Server::prepare`); a spawn uses it up.
+pub(super) struct Prepared(tokio::process::Command);
 
 /// The tasks copying servers' output to their logs: a supervisor that ends lets them finish
 /// first ([`logs_copied`]), so that a server's last lines (why it failed) are in its log by
