@@ -108,9 +108,10 @@ for i in range(rounds):
         time.sleep(2.1)
         get("/exit") or sys.exit(f"demand.sh: {case}: no 200 OK")
         if case == "restart env":
-            # wharf cannot hold a socket the server binds itself: until the supervisor has
-            # seen the exit, a request is refused (counted below). Sent once it has, the
-            # request waits in the proxy for the new server to listen.
+            # wharf cannot hold a socket the server binds itself: a request that comes before
+            # the supervisor has seen the exit waits in the proxy for the route to move (it
+            # used to be refused, counted below). Sent after that line, as it always was, the
+            # request waits for the new server to listen.
             wait_for(out, "on the same socket", i + 1)
             time.sleep(0.002)
         answered = get("/")

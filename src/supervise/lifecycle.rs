@@ -203,8 +203,11 @@ impl Supervisor {
         let Exit { status, ran, pid } = exit;
         let code = stop::exit_code(status);
         let stop = self.stopper.take_stop();
+        // Looked for once: the same look tells whether the server went to the background and
+        // what it left behind.
+        let orphans = children::orphans();
         if stop.is_none() && status.success() && !self.on_demand {
-            let procs = self.left_behind(pid);
+            let procs = self.left_behind(pid, orphans.clone());
             if let Some(first) = procs.first() {
                 self.out.say(format!(
                     "the server went to the background (pid {}, {} process(es)); following it",
@@ -218,7 +221,6 @@ impl Supervisor {
                 return Phase::Detached { procs };
             }
         }
-        let orphans = children::orphans();
         stop::end_leftovers(&self.out, pid, stop.as_ref(), self.stopper.grace, orphans).await;
         let how = stop::describe(status, stop.as_ref());
         self.route.instance.last_exit = Some(how.clone());
@@ -316,13 +318,13 @@ impl Supervisor {
     }
 
     /// What a server that exited left running: its process group and tree, and (Linux, as the
-    /// subreaper) the orphans that came to us, the proxies we started excepted.
-    fn left_behind(&self, server: i32) -> Vec<ProcessId> {
+    /// subreaper) `orphans`, those that came to us, the proxies we started excepted.
+    fn left_behind(&self, server: i32, orphans: Vec<ProcessId>) -> Vec<ProcessId> {
         let mine = process::family_of(server)
             .into_iter()
             .filter(|p| p.pid != server)
             .collect();
-        process::union(mine, children::orphans())
+        process::union(mine, orphans)
     }
 
     /// The server went to the background: follow `procs` (and what they start) until they are
