@@ -380,6 +380,32 @@ fn env_restart_holds_a_request_that_comes_while_the_server_is_down() {
 }
 
 #[test]
+fn env_restart_does_not_hold_a_request_for_a_server_that_lives_on_without_listening() {
+    // The server closes its socket and lives on (10 s here): its supervisor has nothing to
+    // say, so a refused request gets its 502 after a short wait, as it would without restarts.
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let mut args = vec!["run", "--name", "deaf", "--env", "--restart", "--port", "0"];
+    args.extend(py_server(
+        &["--exit-after", "1", "--linger", "10", "--quiet"],
+        path_str(&py),
+        path_str(&script),
+    ));
+    let p = sb.spawn(&args);
+    let addr: SocketAddr = ([127, 0, 0, 1], p.url_port()).into();
+    let (status, _) = get(addr, "deaf.localhost", "/").unwrap();
+    assert_eq!(status, 200, "{}", p.log());
+    let asked = std::time::Instant::now();
+    let (status, page) = get(addr, "deaf.localhost", "/").unwrap();
+    assert_eq!(status, 502, "{page}");
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(8),
+        "answered after {:?}, not when the server exited",
+        asked.elapsed()
+    );
+}
+
+#[test]
 fn restart_gives_up_after_fast_crashes_route_first_then_socket() {
     let sb = Sandbox::new();
     let mut p = sb.spawn(&[

@@ -33,6 +33,12 @@ use crate::proxy::tunnel;
 use crate::proxy::upstream::{self, idle};
 use http1::Connection;
 
+/// How long a request an env-mode server refused waits for its supervisor to say the server
+/// went down (`after_refusal`): it notices an exit at once, but a server may close its socket
+/// a little before it exits (finishing what it accepted). A server that lives on without
+/// listening gets its 502 after this.
+const DOWN_NOTICE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The client's request body failed (invalid chunked framing, a reset): its error, as the
 /// upstream client reports it, must not read as the instance's.
 #[derive(Debug, thiserror::Error)]
@@ -568,9 +574,11 @@ impl Forwarder {
     /// `refused`, a registration of `name`, did not take a request that can go again (`e`:
     /// refused, or closed unanswered) and no other member can. An env-mode server that
     /// restarts has gone down and its supervisor has yet to say so (wharf holds no socket to
-    /// queue the request on): wait for the name's registration to move on from `refused`,
-    /// then for a member as a first request does, all within `Limits::starting_wait` of the
-    /// first such wait (`since`). None: not such a server, or it did not come back in time.
+    /// queue the request on): wait (`DOWN_NOTICE` at most) for the name's registration to
+    /// move on from `refused`, then for a member as a first request does, all within
+    /// `Limits::starting_wait` of the first such wait (`since`). None: not such a server,
+    /// its supervisor said nothing (the server lives on, and stopped listening), or it did
+    /// not come back in time.
     pub(crate) async fn after_refusal(
         &self,
         name: &Name,
@@ -590,6 +598,7 @@ impl Forwarder {
         }
         let deadline =
             *since.get_or_insert_with(tokio::time::Instant::now) + self.limits.starting_wait;
+        let noticed_by = deadline.min(tokio::time::Instant::now() + DOWN_NOTICE);
         // Subscribed before the table is read: a change after the read is not missed.
         let mut changes = self.routes.subscribe();
         loop {
@@ -603,7 +612,7 @@ impl Forwarder {
                 return pick.await.ok()?.ok();
             }
             if !matches!(
-                tokio::time::timeout_at(deadline, changes.changed()).await,
+                tokio::time::timeout_at(noticed_by, changes.changed()).await,
                 Ok(Ok(()))
             ) {
                 return None;
