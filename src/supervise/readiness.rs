@@ -96,10 +96,11 @@ pub(super) struct Readiness {
 pub(super) enum Finding {
     /// Time to look for the listener again (and to run the guard's next check).
     LookDue,
-    /// Something listens on the expected port now: look at once.
-    Glanced,
-    /// The guard's check ended.
-    Checked(Guard, Verdict),
+    /// Something listens on the expected port now (true: look at once), or the glance ended
+    /// without seeing it (its 10 s are over; the looks go on).
+    Glanced(bool),
+    /// The guard's check ended (`None`: it failed, and the guard with it).
+    Checked(Option<(Guard, Verdict)>),
     Probed(Probe),
 }
 
@@ -145,9 +146,11 @@ impl Readiness {
     pub(super) async fn next(&mut self, main: SocketAddr) -> Finding {
         tokio::select! {
             _ = tokio::time::sleep(self.look_pause), if self.looking || self.guard.is_some() => Finding::LookDue,
-            Some(()) = async { self.glance.as_mut()?.await.ok() }, if self.glance.is_some() => Finding::Glanced,
-            Some((g, verdict)) = async { self.checking.as_mut()?.await.ok() }, if self.checking.is_some() => {
-                Finding::Checked(g, verdict)
+            // Each ends its branch for good (a finished receiver or task must not be polled
+            // again), whatever it ended with.
+            seen = async { self.glance.as_mut()?.await.ok() }, if self.glance.is_some() => Finding::Glanced(seen.is_some()),
+            checked = async { self.checking.as_mut()?.await.ok() }, if self.checking.is_some() => {
+                Finding::Checked(checked)
             }
             Some(probe) = async { Some(self.probing.as_mut()?.next(main).await) }, if self.probing.is_some() => {
                 Finding::Probed(probe)
@@ -166,12 +169,15 @@ impl Readiness {
     ) {
         match finding {
             Finding::LookDue => self.look(child, route, out).await,
-            Finding::Glanced => {
+            Finding::Glanced(seen) => {
                 self.glance = None;
-                self.look(child, route, out).await;
+                if seen {
+                    self.look(child, route, out).await;
+                }
             }
-            Finding::Checked(g, verdict) => {
+            Finding::Checked(checked) => {
                 self.checking = None;
+                let Some((g, verdict)) = checked else { return };
                 if verdict == Verdict::Watching {
                     self.guard = Some(g);
                 }

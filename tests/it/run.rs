@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::util::*;
 
@@ -403,6 +404,26 @@ fn env_restart_does_not_hold_a_request_for_a_server_that_lives_on_without_listen
         "answered after {:?}, not when the server exited",
         asked.elapsed()
     );
+}
+
+#[test]
+fn an_env_server_that_binds_after_the_glance_ended_is_still_found() {
+    // The glance at an env-mode port lasts 10 s; a slower server is found by the looks
+    // after it (the supervisor once panicked, polling the glance's finished channel).
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let mut args = vec!["run", "--name", "slow", "--env", "--port", "0"];
+    args.extend(py_server(
+        &["--bind-delay", "10.5", "--quiet"],
+        path_str(&py),
+        path_str(&script),
+    ));
+    let p = sb.spawn(&args);
+    let line = |l: &str| l.contains("listening on");
+    p.expect_line_within(line, "the server found", Duration::from_secs(40));
+    let addr: SocketAddr = ([127, 0, 0, 1], p.url_port()).into();
+    let (status, _) = get(addr, "slow.localhost", "/").unwrap();
+    assert_eq!(status, 200, "{}", p.log());
 }
 
 #[test]
