@@ -813,3 +813,62 @@ print(got.split(b"\r\n\r\n", 1)[1].decode())
         assert_eq!(String::from_utf8_lossy(&out.stdout), "until the close\n");
     }
 );
+
+h1test!(
+    an_answer_that_ends_its_connection_brings_the_close_notify_over_tls,
+    |sb: Sandbox| {
+        // Counted in TCP segments carrying data that a TLS 1.3 client receives (Linux's
+        // `tcpi_data_segs_in`), a `Connection: close` exchange takes as many as a keep-alive
+        // one on the express lane: the close_notify goes in the answer's write, so the client
+        // wakes once for both.
+        if !cfg!(target_os = "linux") {
+            eprintln!("skipped: counts with Linux's TCP_INFO");
+            return;
+        }
+        let backend =
+            Scripted::start(|_, _| Reply::Send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+        let port = alias(&sb, "tls", backend.port);
+        const SEGMENTS: &str = r#"
+import socket, ssl, struct, sys
+host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+ctx.set_alpn_protocols(["http/1.1"])
+def segments(close):
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=20),
+                        server_hostname=host)
+    extra = "Connection: close\r\n" if close else ""
+    s.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
+    got = b""
+    while not got.endswith(b"\r\n\r\nok"):
+        chunk = s.recv(65536)
+        assert chunk, got
+        got += chunk
+    if close:
+        assert s.recv(65536) == b""
+    # struct tcp_info's tcpi_data_segs_in (Linux 4.6 on), at byte 152.
+    n = struct.unpack_from("I", s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256), 152)[0]
+    s.close()
+    return n
+print(segments(False), segments(True))
+"#;
+        let out = Command::new(python())
+            .args(["-c", SEGMENTS, "tls.localhost", &port.to_string(), &ca(&sb)])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let counts: Vec<u32> = stdout
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        // hyper's path writes the close_notify on its own, at the shutdown.
+        let extra = if sb.engine() == Engine::Lane { 0 } else { 1 };
+        assert_eq!(
+            counts[1],
+            counts[0] + extra,
+            "keep-alive, then closing: {stdout}"
+        );
+    }
+);

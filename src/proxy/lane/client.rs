@@ -6,7 +6,7 @@
 //! gone away.
 
 use std::future::Future;
-use std::io;
+use std::io::{self, Write as _};
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -45,11 +45,13 @@ pub(crate) trait Client: AsyncRead + AsyncWrite + Unpin + Send {
     fn read_into(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
 
     /// Write all of `bytes` (and, over TLS, the records they make); what the socket does not
-    /// take at once must go within `stall`.
+    /// take at once must go within `stall`. `last`: nothing more will be written, and over
+    /// TLS the close_notify goes in the same write (the shutdown then has nothing to send).
     fn send(
         &mut self,
         bytes: &[u8],
         stall: Duration,
+        last: bool,
     ) -> impl Future<Output = io::Result<()>> + Send;
 }
 
@@ -79,7 +81,7 @@ impl Client for TcpStream {
         self.read_buf(buf).await
     }
 
-    async fn send(&mut self, bytes: &[u8], stall: Duration) -> io::Result<()> {
+    async fn send(&mut self, bytes: &[u8], stall: Duration, _last: bool) -> io::Result<()> {
         // Usually the socket takes it all at once, and no timer is needed.
         let sent = match self.try_write(bytes) {
             Ok(n) => n,
@@ -141,7 +143,18 @@ impl Client for TlsClient {
         .await
     }
 
-    async fn send(&mut self, bytes: &[u8], stall: Duration) -> io::Result<()> {
+    async fn send(&mut self, mut bytes: &[u8], stall: Duration, last: bool) -> io::Result<()> {
+        if last {
+            // The records and the close_notify after them, queued in the session (no I/O)
+            // and written together by the flush below; what does not fit its buffer (a long
+            // body) is written as usual, and the shutdown sends the close_notify.
+            let session = self.get_mut().1;
+            let queued = session.writer().write(bytes)?;
+            if queued == bytes.len() {
+                session.send_close_notify();
+            }
+            bytes = &bytes[queued..];
+        }
         // rustls encrypts into its own buffer and writes what the socket takes; the flush
         // sends the rest. Tried once without a timer: usually the socket takes it all.
         let mut write = pin!(async {

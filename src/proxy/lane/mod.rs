@@ -330,7 +330,10 @@ impl<C: Client> Lane<'_, C> {
             self.out.extend_from_slice(b"\r\n");
         }
         // On any error the connection is dropped here, mid-response: never kept or pooled.
-        let complete = self.relay_body(&mut up, answer.framing).await?;
+        // Only TLS has something to say at the end (its close_notify): on plain TCP the
+        // flag is a constant, and the checks for it fold away.
+        let closing = C::TLS && !plan.keep_alive;
+        let complete = self.relay_body(&mut up, answer.framing, closing).await?;
         if self.unread > 0 {
             // An early answer: the request body was cut short on both connections.
             linger(&mut self.client, self.forwarder.limits.linger).await;
@@ -559,7 +562,9 @@ impl<C: Client> Lane<'_, C> {
         )
         .await;
         let stall = self.forwarder.limits.write_stall;
-        self.client.send(&self.out, stall).await
+        self.client
+            .send(&self.out, stall, C::TLS && !keep_alive)
+            .await
     }
 }
 

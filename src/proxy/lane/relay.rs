@@ -99,16 +99,18 @@ impl<C: Client> Lane<'_, C> {
     }
 
     /// Send the head in `out` and the body after it. False if the body ended early (the
-    /// client connection must close so the client sees the truncation).
+    /// client connection must close so the client sees the truncation). `closing`: the
+    /// connection closes after this response (its last write says so).
     pub(super) async fn relay_body(
         &mut self,
         up: &mut Upstream,
         framing: Framing,
+        closing: bool,
     ) -> io::Result<bool> {
         match framing {
             Framing::Empty => self
                 .client
-                .send(&self.out, self.forwarder.limits.write_stall)
+                .send(&self.out, self.forwarder.limits.write_stall, closing)
                 .await
                 .map(|()| true),
             Framing::Length(mut left) => {
@@ -117,7 +119,11 @@ impl<C: Client> Lane<'_, C> {
                 self.upbuf.advance(take);
                 left -= take as u64;
                 self.client
-                    .send(&self.out, self.forwarder.limits.write_stall)
+                    .send(
+                        &self.out,
+                        self.forwarder.limits.write_stall,
+                        closing && left == 0,
+                    )
                     .await?;
                 if left > BODY_BUF as u64
                     && let Some(to) = self.client.splice_target()
@@ -134,8 +140,9 @@ impl<C: Client> Lane<'_, C> {
                         return Ok(false);
                     }
                     let take = body_part(self.upbuf.len(), left);
+                    let last = closing && left == take as u64;
                     self.client
-                        .send(&self.upbuf[..take], self.forwarder.limits.write_stall)
+                        .send(&self.upbuf[..take], self.forwarder.limits.write_stall, last)
                         .await?;
                     self.upbuf.advance(take);
                     left -= take as u64;
@@ -155,7 +162,7 @@ impl<C: Client> Lane<'_, C> {
                     let Ok(used) = decoded else {
                         // Pass on the head and what was valid; closing tells the rest.
                         self.client
-                            .send(&self.out, self.forwarder.limits.write_stall)
+                            .send(&self.out, self.forwarder.limits.write_stall, false)
                             .await?;
                         return Ok(false);
                     };
@@ -164,8 +171,9 @@ impl<C: Client> Lane<'_, C> {
                         self.out.extend_from_slice(b"0\r\n\r\n");
                     }
                     if !self.out.is_empty() {
+                        let last = closing && decoder.is_done();
                         self.client
-                            .send(&self.out, self.forwarder.limits.write_stall)
+                            .send(&self.out, self.forwarder.limits.write_stall, last)
                             .await?;
                         self.out.clear();
                     }
@@ -185,7 +193,7 @@ impl<C: Client> Lane<'_, C> {
                 self.out.extend_from_slice(&self.upbuf);
                 self.upbuf.clear();
                 self.client
-                    .send(&self.out, self.forwarder.limits.write_stall)
+                    .send(&self.out, self.forwarder.limits.write_stall, false)
                     .await?;
                 up.ack_now();
                 loop {
@@ -193,7 +201,7 @@ impl<C: Client> Lane<'_, C> {
                         return Ok(true);
                     }
                     self.client
-                        .send(&self.upbuf, self.forwarder.limits.write_stall)
+                        .send(&self.upbuf, self.forwarder.limits.write_stall, false)
                         .await?;
                     self.upbuf.clear();
                 }
