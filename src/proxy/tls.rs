@@ -12,19 +12,29 @@
 //!
 //! The CA and the server configuration are made on the first ClientHello, not at start: a
 //! proxy nobody asks for HTTPS never touches them.
+//!
+//! A TLS 1.3 server sends its session tickets once the client's Finished is in, a write of
+//! their own that the client wakes for. `Wire` holds them back until the first answer, and
+//! they go in its write.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use rustls::ServerConfig;
 use rustls::server::{Accepted, Acceptor, ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_rustls::StartHandshake;
 use tokio_rustls::server::TlsStream;
 
 use crate::ca::leaves::Leaves;
 use crate::model::host::{self, Target};
+use crate::proxy::budget::Held;
+use crate::proxy::lane::Replay;
 use crate::proxy::routes::{Resolved, Routes};
 
 /// A fatal `unrecognized_name` alert (RFC 6066 §3), as a TLS record.
@@ -32,6 +42,13 @@ const UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 112];
 /// A fatal `internal_error` alert: the name is fine, but there is no CA to vouch for it (its
 /// reason is in the proxy's log).
 const INTERNAL_ERROR: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 80];
+
+/// The first byte of an application-data record. In TLS 1.3 everything encrypted goes out as
+/// one (RFC 8446 §5.2), but a server's handshake flight starts with its plaintext ServerHello
+/// (or HelloRetryRequest), and in TLS 1.2 no such record comes before the handshake's end: one
+/// written while the handshake runs is what the server sends after its Finished, the tickets
+/// (or an alert).
+const APPLICATION_DATA: u8 = 0x17;
 
 /// What ALPN settled on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,12 +91,17 @@ impl Tls {
         io: I,
         routes: &Routes,
         within: Duration,
-    ) -> Option<(TlsStream<I>, Alpn)>
+    ) -> Option<(TlsStream<Wire<I>>, Alpn)>
     where
-        I: AsyncRead + AsyncWrite + Unpin,
+        I: AsyncRead + AsyncWrite + OnSocket + Unpin,
     {
         let handshake = async {
-            let mut io = io;
+            let mut io = Wire {
+                inner: io,
+                held: Vec::new(),
+                // Where the ACK can be sent without them (TCP_QUICKACK).
+                handshaking: cfg!(target_os = "linux"),
+            };
             let hello = read_hello(&mut io).await?;
             let known = knows(hello.client_hello().server_name(), routes);
             let refusal = match (known, self.config()) {
@@ -95,10 +117,26 @@ impl Tls {
                     return None;
                 }
             };
-            let stream = StartHandshake::from_parts(hello, io)
+            let mut stream = match StartHandshake::from_parts(hello, io)
                 .into_stream(config)
+                .into_fallible()
                 .await
-                .ok()?;
+            {
+                Ok(stream) => stream,
+                Err((_, mut io)) => {
+                    // The alert that says why, if rustls wrote one (held, if encrypted).
+                    let _ = io.shutdown().await;
+                    return None;
+                }
+            };
+            let wire = &mut stream.get_mut().0;
+            wire.handshaking = false;
+            if !wire.held.is_empty() {
+                // The tickets carried the ACK of the client's Finished; without them it would
+                // wait for the answer, and a client with Nagle's algorithm on holds its
+                // request until it comes (a delayed ACK, 40 ms).
+                ack_now(wire.inner.socket());
+            }
             let alpn = match stream.get_ref().1.alpn_protocol() {
                 Some(b"h2") => Alpn::Http2,
                 _ => Alpn::Http1,
@@ -106,6 +144,135 @@ impl Tls {
             Some((stream, alpn))
         };
         tokio::time::timeout(within, handshake).await.ok().flatten()
+    }
+}
+
+/// The socket under a TLS session: it passes everything through, but what the session writes
+/// after its side of the handshake while the handshake runs (TLS 1.3's session tickets, queued
+/// by rustls when the client's Finished is in and written by tokio-rustls before the handshake
+/// resolves) is held and goes in front of the next write (the first answer, or HTTP/2's
+/// SETTINGS), in the same system call, or else with the shutdown. Nothing the client waits
+/// for is held: it needs no ticket to send its request, and the handshake's own records (all
+/// of TLS 1.2's, and TLS 1.3's flight, which starts with a plaintext ServerHello) pass. Only
+/// on Linux, where the ACK the tickets carried can go without them (the client's Finished
+/// is ACKed at once instead).
+pub(crate) struct Wire<I> {
+    inner: I,
+    /// Records held back, in order; every later write goes after them.
+    held: Vec<u8>,
+    /// The handshake is running, and application-data records are held (never where no ACK
+    /// can be sent without them).
+    handshaking: bool,
+}
+
+/// ACK what `socket` has read, now (`Wire` holds nothing where this cannot).
+fn ack_now(socket: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    let _ = socket2::SockRef::from(socket).set_tcp_quickack(true);
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
+}
+
+/// The TCP socket under a stream, for what only it can do (an ACK at once).
+pub(crate) trait OnSocket {
+    fn socket(&self) -> &TcpStream;
+}
+
+impl OnSocket for Held<Replay<TcpStream>> {
+    fn socket(&self) -> &TcpStream {
+        self.get_ref().get_ref()
+    }
+}
+
+impl<I> Wire<I> {
+    pub(crate) fn get_ref(&self) -> &I {
+        &self.inner
+    }
+}
+
+impl<I: AsyncWrite + Unpin> Wire<I> {
+    /// Write out what is held.
+    fn poll_release(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.held.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.held))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.held.drain(..n);
+        }
+        self.held = Vec::new();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Wire<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Wire<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        let first = bufs.iter().find_map(|b| b.first());
+        if this.handshaking && first == Some(&APPLICATION_DATA) {
+            for b in bufs {
+                this.held.extend_from_slice(b);
+            }
+            return Poll::Ready(Ok(len));
+        }
+        // What is held goes first, in the same write when the stream takes several buffers.
+        while !this.held.is_empty() && len > 0 {
+            let mut all = Vec::with_capacity(bufs.len() + 1);
+            all.push(io::IoSlice::new(&this.held));
+            all.extend(bufs.iter().map(|b| io::IoSlice::new(b)));
+            let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, &all))?;
+            if n == 0 {
+                return Poll::Ready(Ok(0));
+            }
+            if n < this.held.len() {
+                this.held.drain(..n);
+                continue;
+            }
+            let past = n - this.held.len();
+            this.held = Vec::new();
+            if past > 0 {
+                return Poll::Ready(Ok(past));
+            }
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // What is held waits for a write even so: tokio-rustls flushes after the handshake,
+        // and hyper flushes before it has written anything.
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_release(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -19,6 +19,7 @@ use tokio_rustls::server::TlsStream;
 use crate::proxy::budget::Held;
 use crate::proxy::deadline::{self, CLIENT_STALLED};
 use crate::proxy::lane::Replay;
+use crate::proxy::tls::Wire;
 
 /// A client connection the lane serves.
 pub(crate) trait Client: AsyncRead + AsyncWrite + Unpin + Send {
@@ -97,7 +98,7 @@ impl Client for TcpStream {
 
 /// HTTPS after the handshake: what `proxy::accept` hands `proxy::tls`, a TCP stream behind
 /// the bytes the lane read before it saw a ClientHello, holding its share of the budget.
-type TlsClient = TlsStream<Held<Replay<TcpStream>>>;
+type TlsClient = TlsStream<Wire<Held<Replay<TcpStream>>>>;
 
 impl Client for TlsClient {
     const TLS: bool = true;
@@ -110,7 +111,7 @@ impl Client for TlsClient {
         // rustls may hold records or plaintext it has read already; those were bytes ahead
         // on the socket, as a plain client's pipelined request in the lane's buffer is, and
         // are not a close either. What the socket says next decides, as for plain TCP.
-        let replay = self.get_ref().0.get_ref();
+        let replay = self.get_ref().0.get_ref().get_ref();
         let ahead = replay.has_buffered();
         let socket = replay.get_ref();
         async move {
