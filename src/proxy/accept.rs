@@ -4,6 +4,8 @@
 //! deadlines); what the lane does not serve goes to hyper (`http2`, or HTTP/1.1 here). HTTPS
 //! connections (`tls`) start in the lane again once their handshake chose HTTP/1.1. What
 //! happens to each request is `lane`'s and `forward`'s job, by one rulebook, `rules`.
+//! A plain-HTTP connection idle in the lane goes to the park (`park`) without its task, and
+//! comes back here, to a task of its own again, when its client sends something.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,8 +22,9 @@ use tokio_util::task::TaskTracker;
 use crate::proxy::budget::{Fds, Held};
 use crate::proxy::deadline::WriteDeadline;
 use crate::proxy::forward::Forwarder;
-use crate::proxy::lane::{self, Outcome, Protocol, Replay};
+use crate::proxy::lane::{self, Outcome, Protocol, Replay, Wait};
 use crate::proxy::limits::Limits;
+use crate::proxy::park::{Idle, Park, Parked};
 use crate::proxy::rules::Peer;
 use crate::proxy::tls::Alpn;
 
@@ -37,6 +40,38 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
+    let park = match Park::new() {
+        Ok(park) => Some(park),
+        Err(e) => {
+            #[cfg(target_os = "linux")]
+            eprintln!("wharf proxy: idle connections keep their tasks (no park for them: {e})");
+            #[cfg(not(target_os = "linux"))]
+            let _ = e;
+            None
+        }
+    };
+    // Shared with each connection behind an `Arc`, as cloning the token takes its lock.
+    let shared = Arc::new(Shared { shutdown, park });
+    let parking = shared.park.is_some().then(|| {
+        let (shared, forwarder) = (shared.clone(), forwarder.clone());
+        let connections = connections.clone();
+        tokio::spawn(async move {
+            let Some(park) = &shared.park else { return };
+            // A client sent something: back to a task, where its wait stood.
+            let wake = |conn: Parked| {
+                let Ok(stream) = TcpStream::from_std(conn.stream) else {
+                    return;
+                };
+                let (forwarder, shared) = (forwarder.clone(), shared.clone());
+                let resumed = Some(conn.idle);
+                connections.spawn(async move {
+                    let (fds, peer) = (conn.fds, conn.peer);
+                    Box::pin(connection(stream, fds, peer, forwarder, shared, resumed)).await;
+                });
+            };
+            park.run(&shared.shutdown, wake).await;
+        })
+    });
     let loops: Vec<_> = listeners
         .into_iter()
         .map(|listener| {
@@ -45,11 +80,14 @@ pub(crate) async fn serve(
                 forwarder: forwarder.clone(),
                 connections: connections.clone(),
             };
-            tokio::spawn(accept_loop(listener, ctx, shutdown.clone()))
+            tokio::spawn(accept_loop(listener, ctx, shared.clone()))
         })
         .collect();
     for l in loops {
         let _ = l.await;
+    }
+    if let Some(parking) = parking {
+        let _ = parking.await;
     }
     connections.close();
     let drain = forwarder.limits().drain;
@@ -78,12 +116,17 @@ struct Accept {
     connections: TaskTracker,
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Accept, shutdown: CancellationToken) {
+/// What every connection of one `serve` shares.
+struct Shared {
+    shutdown: CancellationToken,
+    /// Where idle plain-HTTP connections wait; None where there is none (`Park::new`).
+    park: Option<Park>,
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Accept, shared: Arc<Shared>) {
     // Waited for once, not once per accept (each wait joins and leaves the token's list of
-    // waiters under its lock); shared with each connection behind an `Arc`, as cloning the
-    // token takes that lock too.
-    let shutdown = Arc::new(shutdown);
-    let mut cancelled = std::pin::pin!(shutdown.cancelled());
+    // waiters under its lock).
+    let mut cancelled = std::pin::pin!(shared.shutdown.cancelled());
     loop {
         let accepted = tokio::select! {
             _ = cancelled.as_mut() => return,
@@ -98,11 +141,11 @@ async fn accept_loop(listener: TcpListener, ctx: Accept, shutdown: CancellationT
                     continue;
                 };
                 let forwarder = ctx.forwarder.clone();
-                let shutdown = shutdown.clone();
+                let shared = shared.clone();
                 ctx.connections.spawn(async move {
                     // Boxed, the connection's state (kilobytes) is written once; spawning moves
                     // the task's future several times, and each move copies all of it.
-                    Box::pin(connection(stream, fds, peer, forwarder, shutdown)).await;
+                    Box::pin(connection(stream, fds, peer, forwarder, shared, None)).await;
                 });
             }
             Err(e) => {
@@ -124,19 +167,38 @@ async fn refuse(mut stream: TcpStream, _refusal: Fds, within: Duration) {
     let _ = tokio::time::timeout(within, tell).await;
 }
 
+/// Serve one client connection: a new one (`resumed` None) or one back from the park.
 async fn connection(
     stream: TcpStream,
     fds: Fds,
     peer: SocketAddr,
     forwarder: Arc<Forwarder>,
-    shutdown: Arc<CancellationToken>,
+    shared: Arc<Shared>,
+    resumed: Option<Idle>,
 ) {
     #[cfg(not(target_os = "linux"))]
     let _ = stream.set_nodelay(true);
+    let shutdown = &shared.shutdown;
+    let wait = Wait {
+        resumed,
+        may_park: shared.park.as_ref().is_some_and(Park::is_open),
+    };
     // Where a connection chooses its path: the express lane first, hyper for what it hands
     // over. The lane also keeps the first-byte and header deadlines until it hands over.
-    let (protocol, io) = match lane::serve(stream, peer, &forwarder, &shutdown).await {
+    let (protocol, io) = match lane::serve(stream, peer, &forwarder, shutdown, wait).await {
         Outcome::Closed => return,
+        // Idle: the task ends here, and the park keeps the socket (out of tokio's hands).
+        Outcome::Park(stream, idle) => {
+            if let (Some(park), Ok(stream)) = (&shared.park, stream.into_std()) {
+                park.park(Parked {
+                    stream,
+                    fds,
+                    peer,
+                    idle,
+                });
+            }
+            return;
+        }
         // The client's share of the budget goes with its stream, into a tunnel if it becomes one.
         Outcome::Handoff(protocol, stream, read) => {
             (protocol, Held::new(Replay::new(read, stream), fds))
@@ -149,10 +211,10 @@ async fn connection(
     match protocol {
         // Boxed as TLS is: hyper's connection state is kilobytes, and the lane's idle
         // connections should not carry room for it.
-        Protocol::Http1 => Box::pin(serve_hyper(io, Alpn::Http1, peer, forwarder, &shutdown)).await,
-        Protocol::Http2 => Box::pin(serve_hyper(io, Alpn::Http2, peer, forwarder, &shutdown)).await,
+        Protocol::Http1 => Box::pin(serve_hyper(io, Alpn::Http1, peer, forwarder, shutdown)).await,
+        Protocol::Http2 => Box::pin(serve_hyper(io, Alpn::Http2, peer, forwarder, shutdown)).await,
         // Boxed: a TLS session's state is large, and plain connections should not carry it.
-        Protocol::Tls => Box::pin(serve_tls(io, peer, forwarder, &shutdown)).await,
+        Protocol::Tls => Box::pin(serve_tls(io, peer, forwarder, shutdown)).await,
     }
 }
 
@@ -174,8 +236,14 @@ async fn serve_tls(
     if alpn == Alpn::Http2 {
         return serve_hyper(io, alpn, peer, forwarder, shutdown).await;
     }
-    match lane::serve(io, peer.addr, &forwarder, shutdown).await {
-        Outcome::Closed => {}
+    // Not parked: the TLS session's state would have to be kept anyway.
+    let wait = Wait {
+        resumed: None,
+        may_park: false,
+    };
+    match lane::serve(io, peer.addr, &forwarder, shutdown, wait).await {
+        // `Park` only comes when asked for.
+        Outcome::Closed | Outcome::Park(..) => {}
         // ALPN said HTTP/1.1 (or nothing): hyper speaks it whatever the lane saw (an HTTP/2
         // preface is then a bad request, as it always was).
         Outcome::Handoff(_, io, read) => {
@@ -260,8 +328,11 @@ mod tests {
             crate::proxy::budget::Budget::new(64),
         ));
         let fds = forwarder.budget().client().unwrap();
-        let shutdown = Arc::new(CancellationToken::new());
-        let state = connection(client, fds, addr, forwarder, shutdown);
+        let shared = Arc::new(Shared {
+            shutdown: CancellationToken::new(),
+            park: None,
+        });
+        let state = connection(client, fds, addr, forwarder, shared, None);
         let size = std::mem::size_of_val(&state);
         assert!(
             size <= 2560,

@@ -16,6 +16,12 @@ pub(crate) struct Limits {
     /// The whole request head, the idle time between keep-alive requests, and an HTTP/2
     /// connection with no stream open.
     pub(crate) header_read: Duration,
+    /// A plain-HTTP client connection waiting this long for its next request (or its first)
+    /// leaves its task for the park (`proxy::park`), where waiting costs a hundred bytes
+    /// instead of kilobytes; its deadlines stay as they were. Short enough that a burst of
+    /// new connections does not pile up waiting tasks, longer than a busy client's pause
+    /// between requests, which then pays nothing for it.
+    pub(crate) park_after: Duration,
     /// A client that stops reading our response for this long is dropped.
     pub(crate) write_stall: Duration,
     /// A request body that sends nothing for this long is abandoned with 408.
@@ -101,6 +107,7 @@ impl Limits {
             let slot = match field.trim() {
                 "first_byte" => &mut self.first_byte,
                 "header_read" => &mut self.header_read,
+                "park_after" => &mut self.park_after,
                 "write_stall" => &mut self.write_stall,
                 "body_idle" => &mut self.body_idle,
                 other => return Err(format!("{other:?} is not a limit tests may set")),
@@ -117,6 +124,7 @@ impl Default for Limits {
         Limits {
             first_byte: secs(10),
             header_read: secs(15),
+            park_after: Duration::from_millis(100),
             write_stall: secs(60),
             body_idle: secs(60),
             max_head: 64 * 1024,

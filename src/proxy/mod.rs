@@ -28,6 +28,7 @@ pub(crate) mod lane;
 pub(crate) mod limits;
 pub(crate) mod listeners;
 pub(crate) mod pages;
+pub(crate) mod park;
 pub(crate) mod routes;
 pub(crate) mod rules;
 pub(crate) mod tls;

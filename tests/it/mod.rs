@@ -14,6 +14,8 @@ mod mcp;
 mod members;
 mod names;
 mod pages;
+#[cfg(target_os = "linux")]
+mod park;
 mod ports;
 mod proxy;
 mod reload;

@@ -16,6 +16,10 @@
 //! serves the connection (over TLS, the TLS stream) to its end and gives the answers and
 //! errors it always gave. With `[proxy] express = false` every request is handed over so: the
 //! lane only keeps the first request's deadlines and tells HTTP/2 from HTTP/1.1 and TLS.
+//!
+//! A plain-HTTP connection that has waited `Limits::park_after` for its next request (or its
+//! first) leaves the lane for the park (`proxy::park`), with where its wait stood (`Idle`); it
+//! comes back through `serve` again, with that `Idle`, when its client sends something.
 
 pub(crate) mod chunked;
 mod client;
@@ -47,6 +51,7 @@ use crate::proxy::lane::relay::{BodyFailure, went_away};
 use crate::proxy::lane::request::{Plan, plan};
 use crate::proxy::lane::response::{Answer, Failure, Framing, exchange_heads, page_bytes};
 use crate::proxy::limits::Limits;
+use crate::proxy::park::Idle;
 use crate::proxy::routes::Route;
 use crate::proxy::rules;
 use crate::proxy::upstream::Upstream;
@@ -67,6 +72,18 @@ pub(crate) enum Outcome<C> {
     /// hyper serves the rest, in this protocol: the connection and what was read from it but
     /// not used.
     Handoff(Protocol, C, BytesMut),
+    /// Idle for `Limits::park_after`: the connection is for the park (only when `Wait` said it
+    /// may be). It holds no buffers, and its connection to an instance went to the pool.
+    Park(C, Idle),
+}
+
+/// How the lane starts waiting for a connection's first request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wait {
+    /// Where the wait stood, for a connection back from the park; None for a new one.
+    pub(crate) resumed: Option<Idle>,
+    /// Whether the connection may go to the park once idle (`Outcome::Park`).
+    pub(crate) may_park: bool,
 }
 
 /// What hyper is to speak on a connection the lane hands over.
@@ -85,6 +102,7 @@ pub(crate) async fn serve<C: Client>(
     peer: SocketAddr,
     forwarder: &Forwarder,
     shutdown: &CancellationToken,
+    wait: Wait,
 ) -> Outcome<C> {
     let mut lane = Lane {
         client,
@@ -100,16 +118,19 @@ pub(crate) async fn serve<C: Client>(
         upstream: None,
         // Over TLS the handshake was the first byte; the head has `header_read`, and a
         // record of its own is no ClientHello.
-        fresh: !C::TLS,
+        fresh: wait.resumed.map_or(!C::TLS, |idle| idle.fresh),
+        resumed: wait.resumed.map(|idle| idle.deadline),
+        may_park: wait.may_park,
         unread: 0,
     };
-    let handoff = lane.run(shutdown).await;
+    let ended = lane.run(shutdown).await;
     if let Some(up) = lane.upstream.take() {
         forwarder.pool.put(up.addr, up);
     }
-    match handoff {
-        Some(protocol) => Outcome::Handoff(protocol, lane.client, lane.inbuf),
-        None => {
+    match ended {
+        Next::Handoff(protocol) => Outcome::Handoff(protocol, lane.client, lane.inbuf),
+        Next::Park(idle) => Outcome::Park(lane.client, idle),
+        Next::Request(_) | Next::Close => {
             if C::TLS {
                 // close_notify: how a TLS client tells the end of an answer that runs until
                 // the close from a cut (OpenSSL reports a close without one as an error).
@@ -141,6 +162,10 @@ struct Lane<'f, C> {
     upstream: Option<Upstream>,
     /// Nothing has been read from the client yet.
     fresh: bool,
+    /// The deadline of the wait a connection back from the park was in.
+    resumed: Option<Instant>,
+    /// The connection may go to the park (`Outcome::Park`) once idle.
+    may_park: bool,
     /// Bytes of the current request's body not yet sent upstream.
     unread: u64,
 }
@@ -149,6 +174,7 @@ enum Next {
     Request(Plan),
     Handoff(Protocol),
     Close,
+    Park(Idle),
 }
 
 /// Read what the client sent into `inbuf`; or, `lean`, wait until it has sent something
@@ -171,25 +197,26 @@ fn unreachable(plan: &Plan, e: io::Error, reused: bool, answered: bool) -> Proxy
 }
 
 impl<C: Client> Lane<'_, C> {
-    /// Serve requests until the connection ends (None) or must go to hyper.
-    async fn run(&mut self, shutdown: &CancellationToken) -> Option<Protocol> {
+    /// Serve requests until the connection ends (`Close`), must go to hyper (`Handoff`) or
+    /// to the park (`Park`).
+    async fn run(&mut self, shutdown: &CancellationToken) -> Next {
         let mut cancelled = std::pin::pin!(shutdown.cancelled());
         loop {
             let mut plan = match self.next_request(cancelled.as_mut()).await {
                 Next::Request(plan) => plan,
-                Next::Handoff(protocol) => return Some(protocol),
-                Next::Close => return None,
+                other => return other,
             };
             // Not boxed: an exchange's state (over a kilobyte, past glibc's per-thread cache)
             // cost 600 instructions per request to allocate; its big, rare parts are boxed.
             match self.exchange(&mut plan).await {
                 Ok(true) if plan.keep_alive => {}
-                _ => return None,
+                _ => return Next::Close,
             }
         }
     }
 
-    /// Read the next request head (within `Limits::header_read`) and plan it.
+    /// Read the next request head (within `Limits::header_read`) and plan it; or, once idle
+    /// for `Limits::park_after` with nothing read, leave for the park.
     async fn next_request(
         &mut self,
         mut cancelled: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
@@ -201,7 +228,10 @@ impl<C: Client> Lane<'_, C> {
         } else {
             limits.header_read
         };
-        let mut deadline = Instant::now() + first;
+        let now = Instant::now();
+        // Back from the park: the wait goes on to the deadline it had.
+        let mut deadline = self.resumed.take().unwrap_or(now + first);
+        let park_at = now + limits.park_after;
         loop {
             // HTTP/2's preface goes to hyper whole, however it was split (httparse stops at
             // its version, half-way).
@@ -240,14 +270,19 @@ impl<C: Client> Lane<'_, C> {
                 }
                 self.inbuf.reserve(HEAD_BUF);
             }
+            // Idle with nothing read: the park, unless the deadline comes first. (Not only
+            // `lean`: a new socket is readable as far as tokio knows until a read finds
+            // nothing, and that read then waits holding a buffer.)
+            let idle = self.inbuf.is_empty() && self.may_park;
+            let park = (idle && park_at < deadline).then_some(park_at);
             // The kept upstream connection is closed once idle for `max_idle`, as pooled
             // ones are, so an on-demand instance sees no connection and may go idle; the
-            // same timer serves both waits.
+            // same timer serves all three waits (parking gives it to the pool).
             let release = self
                 .upstream
                 .as_ref()
                 .map(|up| up.idle_since + up.max_idle)
-                .filter(|at| *at < deadline);
+                .filter(|at| *at < park.unwrap_or(deadline));
             let read = tokio::select! {
                 biased;
                 read = read_or_wait(&mut self.client, &mut self.inbuf, lean) => match read {
@@ -259,7 +294,7 @@ impl<C: Client> Lane<'_, C> {
                     Ok(Some(n)) => Some(Ok(n)),
                     Err(e) => Some(Err(e)),
                 },
-                () = self.timer.until(release.unwrap_or(deadline)) => None,
+                () = self.timer.until(release.or(park).unwrap_or(deadline)) => None,
                 _ = cancelled.as_mut(), if self.inbuf.is_empty() => return Next::Close,
             };
             match read {
@@ -273,6 +308,13 @@ impl<C: Client> Lane<'_, C> {
                     }
                 }
                 None if release.is_some() => self.upstream = None,
+                None if park.is_some() => {
+                    if !lean {
+                        self.park();
+                    }
+                    let fresh = self.fresh;
+                    return Next::Park(Idle { fresh, deadline });
+                }
                 // Closed, failed, or too slow: nothing to answer.
                 _ => return Next::Close,
             }
