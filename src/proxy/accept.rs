@@ -40,37 +40,14 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
-    let park = match Park::new() {
-        Ok(park) => Some(park),
-        Err(e) => {
-            #[cfg(target_os = "linux")]
-            eprintln!("wharf proxy: idle connections keep their tasks (no park for them: {e})");
-            #[cfg(not(target_os = "linux"))]
-            let _ = e;
-            None
-        }
-    };
     // Shared with each connection behind an `Arc`, as cloning the token takes its lock.
-    let shared = Arc::new(Shared { shutdown, park });
+    let shared = Arc::new(Shared {
+        shutdown,
+        park: open_park(),
+    });
     let parking = shared.park.is_some().then(|| {
-        let (shared, forwarder) = (shared.clone(), forwarder.clone());
-        let connections = connections.clone();
-        tokio::spawn(async move {
-            let Some(park) = &shared.park else { return };
-            // A client sent something: back to a task, where its wait stood.
-            let wake = |conn: Parked| {
-                let Ok(stream) = TcpStream::from_std(conn.stream) else {
-                    return;
-                };
-                let (forwarder, shared) = (forwarder.clone(), shared.clone());
-                let resumed = Some(conn.idle);
-                connections.spawn(async move {
-                    let (fds, peer) = (conn.fds, conn.peer);
-                    Box::pin(connection(stream, fds, peer, forwarder, shared, resumed)).await;
-                });
-            };
-            park.run(&shared.shutdown, wake).await;
-        })
+        let run = run_park(shared.clone(), forwarder.clone(), connections.clone());
+        tokio::spawn(run)
     });
     let loops: Vec<_> = listeners
         .into_iter()
@@ -109,6 +86,37 @@ fn nodelay_for_all(listener: &TcpListener) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = listener;
+}
+
+/// The park for this proxy's idle connections, where there can be one.
+fn open_park() -> Option<Park> {
+    match Park::new() {
+        Ok(park) => Some(park),
+        Err(e) => {
+            #[cfg(target_os = "linux")]
+            eprintln!("wharf proxy: idle connections keep their tasks (no park for them: {e})");
+            #[cfg(not(target_os = "linux"))]
+            let _ = e;
+            None
+        }
+    }
+}
+
+/// Serve the park until shutdown: a connection whose client sent something goes back to a
+/// task of its own, where its wait stood.
+async fn run_park(shared: Arc<Shared>, forwarder: Arc<Forwarder>, connections: TaskTracker) {
+    let Some(park) = &shared.park else { return };
+    let wake = |conn: Parked| {
+        let Ok(stream) = TcpStream::from_std(conn.stream) else {
+            return;
+        };
+        let (forwarder, shared) = (forwarder.clone(), shared.clone());
+        let (fds, peer, resumed) = (conn.fds, conn.peer, Some(conn.idle));
+        connections.spawn(async move {
+            Box::pin(connection(stream, fds, peer, forwarder, shared, resumed)).await;
+        });
+    };
+    park.run(&shared.shutdown, wake).await;
 }
 
 struct Accept {

@@ -273,8 +273,8 @@ impl<C: Client> Lane<'_, C> {
             // Idle with nothing read: the park, unless the deadline comes first. (Not only
             // `lean`: a new socket is readable as far as tokio knows until a read finds
             // nothing, and that read then waits holding a buffer.)
-            let idle = self.inbuf.is_empty() && self.may_park;
-            let park = (idle && park_at < deadline).then_some(park_at);
+            let park = self.may_park && self.inbuf.is_empty() && park_at < deadline;
+            let until = if park { park_at } else { deadline };
             // The kept upstream connection is closed once idle for `max_idle`, as pooled
             // ones are, so an on-demand instance sees no connection and may go idle; the
             // same timer serves all three waits (parking gives it to the pool).
@@ -282,7 +282,7 @@ impl<C: Client> Lane<'_, C> {
                 .upstream
                 .as_ref()
                 .map(|up| up.idle_since + up.max_idle)
-                .filter(|at| *at < park.unwrap_or(deadline));
+                .filter(|at| *at < until);
             let read = tokio::select! {
                 biased;
                 read = read_or_wait(&mut self.client, &mut self.inbuf, lean) => match read {
@@ -294,7 +294,7 @@ impl<C: Client> Lane<'_, C> {
                     Ok(Some(n)) => Some(Ok(n)),
                     Err(e) => Some(Err(e)),
                 },
-                () = self.timer.until(release.or(park).unwrap_or(deadline)) => None,
+                () = self.timer.until(release.unwrap_or(until)) => None,
                 _ = cancelled.as_mut(), if self.inbuf.is_empty() => return Next::Close,
             };
             match read {
@@ -308,7 +308,7 @@ impl<C: Client> Lane<'_, C> {
                     }
                 }
                 None if release.is_some() => self.upstream = None,
-                None if park.is_some() => {
+                None if park => {
                     if !lean {
                         self.park();
                     }
@@ -712,7 +712,11 @@ mod tests {
             crate::proxy::budget::Budget::new(64),
         );
         let shutdown = CancellationToken::new();
-        let outcome = serve(stream, peer, &forwarder, &shutdown).await;
+        let wait = Wait {
+            resumed: None,
+            may_park: false,
+        };
+        let outcome = serve(stream, peer, &forwarder, &shutdown, wait).await;
         assert!(matches!(outcome, Outcome::Closed));
         let back = spare::take();
         assert_eq!(back.inbuf.as_ptr(), at, "the kept set, not a new one");
