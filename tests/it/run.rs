@@ -396,6 +396,14 @@ fn env_restart_does_not_hold_a_request_for_a_server_that_lives_on_without_listen
     let addr: SocketAddr = ([127, 0, 0, 1], p.url_port()).into();
     let (status, _) = get(addr, "deaf.localhost", "/").unwrap();
     assert_eq!(status, 200, "{}", p.log());
+    // The server stops accepting once its poll loop sees the shutdown (up to 0.5 s later):
+    // until then it would answer the next request itself.
+    let own: SocketAddr = ([127, 0, 0, 1], p.instance_port()).into();
+    eventually(
+        "the server to close its socket",
+        Duration::from_secs(5),
+        || std::net::TcpStream::connect(own).is_err(),
+    );
     let asked = std::time::Instant::now();
     let (status, page) = get(addr, "deaf.localhost", "/").unwrap();
     assert_eq!(status, 502, "{page}");
