@@ -133,26 +133,9 @@ fn a_parked_connection_closes_at_its_deadline() {
 /// gives its place back without waiting for its deadline.
 #[test]
 fn a_client_closing_while_parked_frees_its_slot() {
-    use std::os::unix::process::CommandExt;
     let sb = Sandbox::with_limits("park_after=50ms");
-    let mut cmd = sb.wharf(&["proxy", "--listen", "127.0.0.1:0"]);
-    // SAFETY: setrlimit is async-signal-safe. 64 fds → a budget of 48 (16 in reserve), a cap
-    // of 24 connections.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 64,
-                rlim_max: 64,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let proxy = Proc::spawn(cmd, "wharf proxy with 64 fds");
-    let line = proxy.expect(" serving http://127.0.0.1:");
-    let port = port_after(&line, "127.0.0.1:");
+    // 64 fds → a budget of 48 (16 in reserve), a cap of 24 connections.
+    let (proxy, port) = proxy_with_fds(&sb, 64);
     let mut held: Vec<TcpStream> = (0..24).map(|_| connect(port)).collect();
     eventually("24 connections are parked", PATIENCE, || {
         parked(proxy.pid()) == 24

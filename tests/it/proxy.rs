@@ -585,25 +585,8 @@ h1test!(
 h1test!(
     connections_over_the_cap_get_503_and_others_still_work,
     |sb: Sandbox| {
-        use std::os::unix::process::CommandExt;
-        let mut cmd = sb.wharf(&["proxy", "--listen", "127.0.0.1:0"]);
-        // SAFETY: setrlimit is async-signal-safe. 64 fds → a budget of 48 (16 in reserve), a
-        // cap of 24 connections.
-        unsafe {
-            cmd.pre_exec(|| {
-                let lim = libc::rlimit {
-                    rlim_cur: 64,
-                    rlim_max: 64,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let proxy = Proc::spawn(cmd, "wharf proxy with 64 fds");
-        let line = proxy.expect(" serving http://127.0.0.1:");
-        let port = port_after(&line, "127.0.0.1:");
+        // 64 fds → a budget of 48 (16 in reserve), a cap of 24 connections.
+        let (_proxy, port) = proxy_with_fds(&sb, 64);
         let mut held = Vec::new();
         for _ in 0..24 {
             let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();

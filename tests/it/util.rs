@@ -617,6 +617,30 @@ pub fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// `wharf proxy` on a port of the OS's choosing with an open-file limit of `fds`, which sets
+/// its descriptor budget and so its client cap; and the port.
+pub fn proxy_with_fds(sb: &Sandbox, fds: u64) -> (Proc, u16) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = sb.wharf(&["proxy", "--listen", "127.0.0.1:0"]);
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: fds,
+                rlim_max: fds,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let proxy = Proc::spawn(cmd, &format!("wharf proxy with {fds} fds"));
+    let line = proxy.expect(" serving http://127.0.0.1:");
+    let port = port_after(&line, "127.0.0.1:");
+    (proxy, port)
+}
+
 /// A port nobody listens on right now, from the OS (bind port 0). Held while the guard lives.
 pub fn os_port() -> (u16, std::net::TcpListener) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
