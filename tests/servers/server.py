@@ -199,15 +199,19 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
-        self.wfile.write(body)
-        self.wfile.flush()
         with lock:
             count += 1
             done = args.exit_after and count >= args.exit_after
         if done:
             self.close_connection = True
             # Exit like a well-behaved server: stop accepting, finish what was accepted.
-            # Connections still queued wait for the next server.
+            # Connections still queued wait for the next server. The loop is told before
+            # the answer goes out: told after, it could take a connection the client made
+            # on reading the answer (its select returns at once), and answer a request more.
+            self.server._BaseServer__shutdown_request = True
+        self.wfile.write(body)
+        self.wfile.flush()
+        if done:
             threading.Thread(target=self.server.shutdown).start()
 
     def page(self):
