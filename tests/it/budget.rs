@@ -20,26 +20,8 @@ const NOFILE: u64 = 256;
 
 /// `wharf proxy` with `nofile` descriptors at most and `config` as its config.toml; its port.
 fn proxy_with(sb: &Sandbox, nofile: u64, config: &str) -> (Proc, u16) {
-    use std::os::unix::process::CommandExt;
     sb.config(config);
-    let mut cmd = sb.wharf(&["proxy", "--listen", "127.0.0.1:0"]);
-    // SAFETY: setrlimit is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: nofile,
-                rlim_max: nofile,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let proxy = Proc::spawn(cmd, &format!("wharf proxy with {nofile} fds"));
-    let line = proxy.expect(" serving http://127.0.0.1:");
-    let port = port_after(&line, "127.0.0.1:");
-    (proxy, port)
+    proxy_with_fds(sb, nofile)
 }
 
 fn alias(sb: &Sandbox, name: &str, port: u16) {
