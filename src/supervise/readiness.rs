@@ -28,6 +28,15 @@ const GLANCE_EVERY: Duration = Duration::from_micros(250);
 const GLANCE_AT_MOST: Duration = Duration::from_millis(1);
 /// Glancing stops after this; the looks go on.
 const GLANCE_FOR: Duration = Duration::from_secs(10);
+/// Env mode: a listener counts once a second look, this much later, finds the very socket
+/// still listening. Servers check a port before they bind it: Vite listens on `0.0.0.0` and
+/// `[::]` for a moment, closes both, then binds `127.0.0.1`; a route to such a check's socket
+/// leads nowhere.
+const CONFIRM_AFTER: Duration = Duration::from_millis(1);
+/// Env mode: the listener routed to is watched this long. If it goes away while the server
+/// lives (a check that outlived the confirming look, a server that binds again), the looks
+/// start over and the route follows.
+const SETTLE_FOR: Duration = Duration::from_secs(10);
 
 /// What the instance expects of every server it starts (a reload onto fresh sockets moves
 /// `port` and `handed`).
@@ -79,6 +88,12 @@ pub(super) struct Readiness {
     fix: String,
     /// Env mode: the port the server listens on is not found yet.
     looking: bool,
+    /// Env mode: a listener seen once, routed to if the next look finds it again.
+    sighted: Option<Listener>,
+    /// Env mode: the listener routed to, watched until the instant (see `SETTLE_FOR`).
+    settling: Option<(Listener, Instant)>,
+    /// Env mode: where the server listened before that socket closed while settling.
+    left: Option<SocketAddr>,
     /// Pause before the next look (or guard check), doubling up to half a second.
     look_pause: Duration,
     /// Env mode: word that the expected port is listened on (see `GLANCE_EVERY`).
@@ -130,6 +145,9 @@ impl Readiness {
             says_ready: expect.ready.is_none(),
             fix: expect.fix.clone(),
             looking: expect.mode == Mode::Env,
+            sighted: None,
+            settling: None,
+            left: None,
             look_pause: Duration::from_millis(20),
             glance: (expect.mode == Mode::Env)
                 .then(|| glance(expect.port))
@@ -145,7 +163,7 @@ impl Readiness {
     /// route points now (what a probe asks).
     pub(super) async fn next(&mut self, main: SocketAddr) -> Finding {
         tokio::select! {
-            _ = tokio::time::sleep(self.look_pause), if self.looking || self.guard.is_some() => Finding::LookDue,
+            _ = tokio::time::sleep(self.look_pause), if self.looking || self.settling.is_some() || self.guard.is_some() => Finding::LookDue,
             // Each ends its branch for good (a finished receiver or task must not be polled
             // again), whatever it ended with.
             seen = async { self.glance.as_mut()?.await.ok() }, if self.glance.is_some() => Finding::Glanced(seen.is_some()),
@@ -187,24 +205,46 @@ impl Readiness {
         }
     }
 
-    /// Look for the port an env-mode server listens on, and start the guard's next check.
+    /// Look for the port an env-mode server listens on (or check that the one routed to still
+    /// listens), and start the guard's next check.
     async fn look(&mut self, child: i32, route: &mut Registration, out: &Output) {
         let expected = self.expected;
-        if self.looking
-            && let Some(l) = pick_listener(&netstat::listening(child, expected), expected)
-        {
-            self.looking = false;
-            self.glance = None;
-            if l.connect.port() == expected {
-                out.say(format!("listening on {}", l.bound));
-            } else {
-                out.say(format!(
-                    "listens on {}, not on port {expected} as asked; routing there",
-                    l.bound
-                ));
+        if let Some((l, until)) = self.settling {
+            if Instant::now() >= until {
+                self.settling = None;
+            } else if netstat::still_listening(&l) == Some(false) {
+                self.settling = None;
+                self.looking = true;
+                self.left = Some(l.bound);
             }
-            let own = l.connect.port() != expected;
-            follow(route, out, l, self.probing.is_some(), own).await;
+        }
+        let mut confirming = false;
+        if self.looking {
+            match pick_listener(&netstat::listening(child, expected), expected) {
+                Some(l) if self.sighted == Some(l) => {
+                    self.looking = false;
+                    self.glance = None;
+                    self.sighted = None;
+                    self.settling = Some((l, Instant::now() + SETTLE_FOR));
+                    let moved = self.left.take().map_or(String::new(), |was| {
+                        format!(" now (it closed the socket on {was})")
+                    });
+                    let own = l.connect.port() != expected;
+                    let line = if own {
+                        format!(
+                            "listens on {}{moved}, not on port {expected} as asked; routing there",
+                            l.bound
+                        )
+                    } else {
+                        format!("listening on {}{moved}", l.bound)
+                    };
+                    follow(route, out, l, self.probing.is_some(), own, line).await;
+                }
+                sighted => {
+                    confirming = sighted.is_some();
+                    self.sighted = sighted;
+                }
+            }
         }
         if let Some(mut g) = self.guard.take() {
             // Reading /proc can take a while on a busy machine: off the supervisor's loop,
@@ -214,7 +254,11 @@ impl Readiness {
                 (g, verdict)
             }));
         }
-        self.look_pause = (self.look_pause * 2).min(Duration::from_millis(500));
+        self.look_pause = if confirming {
+            CONFIRM_AFTER
+        } else {
+            (self.look_pause * 2).min(Duration::from_millis(500))
+        };
     }
 
     async fn on_probe(&mut self, probe: Probe, route: &mut Registration, out: &Output) {
@@ -266,12 +310,11 @@ impl Readiness {
                 } else {
                     "does not accept on the socket it was handed"
                 };
-                // Routed first, said second: whoever waits for the line finds the route in place.
-                follow(route, out, listener, probing, true).await;
-                out.say(format!(
+                let line = format!(
                     "the server {what} ({handed}) and listens on {} instead; routing there ({fix})",
                     listener.bound
-                ));
+                );
+                follow(route, out, listener, probing, true, line).await;
             }
             Verdict::Nowhere { unreachable } => {
                 let listens = match unreachable.as_slice() {
@@ -348,7 +391,8 @@ fn pick_listener(found: &[Listener], expected: u16) -> Option<Listener> {
         .copied()
 }
 
-/// Route to `listener` from now on, and say so loudly if the whole network reaches it.
+/// Route to `listener` from now on, then say `line`, and say loudly if the whole network
+/// reaches it. Routed first, said second: whoever waits for the line finds the route in place.
 /// `probing`: an `--ready http:` probe decides readiness, so listening is not enough; `own`:
 /// the server chose that port itself, instead of the one wharf gave it.
 async fn follow(
@@ -357,6 +401,7 @@ async fn follow(
     listener: Listener,
     probing: bool,
     own: bool,
+    line: String,
 ) {
     route.instance.exposed = listener.is_exposed().then_some(listener.bound);
     route.instance.own_port = own;
@@ -367,6 +412,7 @@ async fn follow(
         State::Ready
     };
     route.set_state(state).await;
+    out.say(line);
     if listener.is_exposed() {
         out.say(format!(
             "warning: {}",

@@ -15,6 +15,9 @@ pub(crate) struct Listener {
     pub(crate) bound: SocketAddr,
     /// Where to connect to reach it over loopback.
     pub(crate) connect: SocketAddr,
+    /// The kernel's name for the very socket (its inode; 0 where the platform has none): tells
+    /// it from a later socket on the same address, such as a port check's that came and went.
+    pub(crate) id: u64,
 }
 
 impl Listener {
@@ -91,6 +94,12 @@ pub(crate) fn is_listened_on(port: u16) -> Option<bool> {
 /// cheaply (one kernel query, no walk of `/proc`); `None` elsewhere. For asking often.
 pub(crate) fn quickly_listened_on(port: u16) -> Option<bool> {
     imp::quickly_listened_on(port)
+}
+
+/// Whether `listener`, the very socket and not only its address, still listens; `None` where
+/// the platform cannot tell cheaply.
+pub(crate) fn still_listening(listener: &Listener) -> Option<bool> {
+    imp::still_listening(listener)
 }
 
 /// How long a server may hold the socket it was handed, listen elsewhere and leave a
@@ -316,6 +325,7 @@ mod imp {
                 Some(connect) => reached.push(Listener {
                     bound: r.local,
                     connect,
+                    id: r.inode,
                 }),
                 None => unreachable.push(r.local),
             }
@@ -370,6 +380,15 @@ mod imp {
         let mut found = false;
         each_listener(|row| {
             found = row.local.port() == port;
+            found
+        })?;
+        Some(found)
+    }
+
+    pub(crate) fn still_listening(listener: &Listener) -> Option<bool> {
+        let mut found = false;
+        each_listener(|row| {
+            found = row.inode == listener.id;
             found
         })?;
         Some(found)
@@ -756,6 +775,10 @@ mod imp {
         None
     }
 
+    pub(crate) fn still_listening(_listener: &Listener) -> Option<bool> {
+        None
+    }
+
     pub(crate) fn listening(_root: i32, expected: u16) -> Vec<Listener> {
         [
             IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -767,6 +790,7 @@ mod imp {
         .map(|a| Listener {
             bound: a,
             connect: a,
+            id: 0,
         })
         .collect()
     }

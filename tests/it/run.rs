@@ -435,6 +435,32 @@ fn an_env_server_that_binds_after_the_glance_ended_is_still_found() {
 }
 
 #[test]
+fn the_route_follows_an_env_server_past_the_socket_it_checked_the_port_with() {
+    // Vite listens on [::]:PORT a moment to see that the port is free, closes it, then binds
+    // 127.0.0.1:PORT. A look that lands in that moment found the check's socket, routed to
+    // [::1]:PORT and stayed there: every request failed (a CI run of the Vite browser test).
+    // Here the check lasts a second, so the route surely goes there first and must follow.
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let mut args = vec!["run", "--name", "vitelike", "--env", "--port", "0"];
+    args.extend(py_server(
+        &["--check-port", "1", "--quiet"],
+        path_str(&py),
+        path_str(&script),
+    ));
+    let p = sb.spawn(&args);
+    p.expect("vitelike: listening on [::]:");
+    let moved = |l: &str| {
+        l.contains("vitelike: listening on 127.0.0.1:")
+            && l.contains("now (it closed the socket on [::]:")
+    };
+    p.expect_line_within(moved, "the route moved to the real listener", PATIENCE);
+    let addr: SocketAddr = ([127, 0, 0, 1], p.url_port()).into();
+    let (status, body) = get(addr, "vitelike.localhost", "/").unwrap();
+    assert_eq!(status, 200, "{body}\n{}", p.log());
+}
+
+#[test]
 fn restart_gives_up_after_fast_crashes_route_first_then_socket() {
     let sb = Sandbox::new();
     let mut p = sb.spawn(&[

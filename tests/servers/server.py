@@ -19,6 +19,9 @@ parser.add_argument("--bind-elsewhere", action="store_true", help="ignore PORT, 
 parser.add_argument("--notify-ready", action="store_true", help="send READY=1 to NOTIFY_SOCKET")
 parser.add_argument("--exit-code", type=int, default=0, help="code for --exit-after exits")
 parser.add_argument("--bind-delay", type=float, default=0, help="env mode: wait before binding")
+parser.add_argument("--check-port", type=float, default=0,
+                    help="env mode: first listen on [::]:PORT this long and close it, the way "
+                         "Vite checks that a port is free before it binds HOST:PORT")
 parser.add_argument("--start-delay", type=float, default=0,
                     help="take this long to start (before binding, serving and READY=1)")
 parser.add_argument("--graceful", action="store_true",
@@ -314,6 +317,13 @@ else:
         import time
         time.sleep(args.bind_delay)
     port = 0 if args.bind_elsewhere else int(os.environ["PORT"])
+    if args.check_port:
+        import time
+        check = socket.socket(socket.AF_INET6)
+        check.bind(("::", port))
+        check.listen(1)
+        time.sleep(args.check_port)
+        check.close()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((os.environ.get("HOST", "127.0.0.1"), port))
