@@ -18,8 +18,11 @@
 #                    and CPU per request is CPU per full handshake
 # In both handshake cases handshakes/s = req/s.
 #   h2 32x10         h2load, 32 connections x 10 streams
-# Per run: req/s, p99 (from h2load's per-request log), and the proxy's CPU time per request
-# (utime+stime of its processes from /proc/PID/stat, before and after). Rounds rotate the
+# Per run: req/s, p99 (from h2load's per-request log), the proxy's CPU time per request
+# (utime+stime of its processes from /proc/PID/stat, before and after), and how often per
+# request it went to sleep for want of events (the voluntary context switches of all its
+# threads, /proc/PID/task/*/status): the next writer to a sleeping proxy, h2load or the
+# backend, pays on the first CPU for waking it (bench/wakeups.sh). Rounds rotate the
 # order of the targets; medians are reported. h2load and the backend run on the first CPU,
 # the proxies on the second (one worker each: nginx worker_processes 1, Caddy's Go runtime
 # sees one CPU). Everything listens on 127.0.0.1, on ports the OS picks. nginx is told to send
@@ -126,6 +129,8 @@ done
 
 # ticks PIDS...: their utime+stime, in clock ticks (a process's own line counts all its threads).
 ticks() { local t=0 p; for p in "$@"; do t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}'))); done; echo $t; }
+# sleeps PIDS...: the voluntary context switches of all their threads.
+sleeps() { local p; for p in "$@"; do cat /proc/"$p"/task/*/status; done | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s + 0}'; }
 
 # CASE: name|requests|h2load arguments (URL added by run). Request counts, not durations:
 # h2load's timed mode (-D) stalls once servers close connections (1.52).
@@ -135,23 +140,25 @@ cases=("h1 keep-alive, 32 conns|60000|--h1 -c 32 -m 1"
   "h2, 32 conns x 10 streams|100000|-c 32 -m 10")
 # busy0: CPU 0's busy and total jiffies, from /proc/stat (as bench/cpus.sh reads them).
 busy0() { awk '/^cpu0 / {t=0; for (i=2;i<=9;i++) t+=$i; printf "%d %d", t-$5-$6, t}' /proc/stat; }
-# run TARGET ARGS: one measurement, "req/s p99-µs cpu-µs/req cpu0-busy-%".
+# run TARGET ARGS: one measurement, "req/s p99-µs cpu-µs/req cpu0-busy-% sleeps/req".
 run() {
-  local t=$1 out before after cpu0
-  before=$(ticks ${procs[$t]}) cpu0=$(busy0)
+  local t=$1 out before after cpu0 slept
+  # shellcheck disable=SC2086
+  before=$(ticks ${procs[$t]}) cpu0=$(busy0) slept=$(sleeps ${procs[$t]})
   rm -f "$work/h2load.log"
   # shellcheck disable=SC2086
   out=$(taskset -c $client_cpu h2load $2 --log-file "$work/h2load.log" \
     --connect-to "127.0.0.1:${port[$t]}" "https://$host:${port[$t]}/" 2>&1) || true
-  after=$(ticks ${procs[$t]}) cpu0="$cpu0 $(busy0)"
+  # shellcheck disable=SC2086
+  after=$(ticks ${procs[$t]}) cpu0="$cpu0 $(busy0)" slept=$(($(sleeps ${procs[$t]}) - slept))
   grep -q ", 0 failed, 0 errored" <<<"$out" && grep -q "status codes: [1-9][0-9]* 2xx, 0 3xx, 0 4xx, 0 5xx" <<<"$out" ||
     { echo "bench/https.sh: $t failed requests ($2):" >&2; echo "$out" >&2; exit 1; }
   # h2load's log: start µs, status, µs until the end of the response.
   local p99
   p99=$(cut -f3 "$work/h2load.log" | sort -n | awk '{a[NR] = $1} END {i = int(NR * 0.99); if (i < 1) i = 1; print a[i]}')
-  awk -v p99="$p99" -v d="$((after - before))" -v hz="$(getconf CLK_TCK)" -v c="$cpu0" '
+  awk -v p99="$p99" -v d="$((after - before))" -v hz="$(getconf CLK_TCK)" -v c="$cpu0" -v s="$slept" '
     /^requests:/ {n = $8} /^finished in/ {rps = $4}
-    END {split(c, x, " "); printf "%.0f %d %.1f %.0f\n", rps, p99, d / hz * 1e6 / n, 100 * (x[3] - x[1]) / (x[4] - x[2])}' <<<"$out"
+    END {split(c, x, " "); printf "%.0f %d %.1f %.0f %.3f\n", rps, p99, d / hz * 1e6 / n, 100 * (x[3] - x[1]) / (x[4] - x[2]), s / n}' <<<"$out"
 }
 
 echo "h2load $(h2load --version | awk '{print $2}'), nginx $(nginx -v 2>&1 | sed 's/.*\///'), caddy $("$caddy" version | awk '{print $1}'), $rounds rounds; h2load and backend on cpu $client_cpu, proxies on cpu $proxy_cpu"
@@ -166,7 +173,7 @@ for round in $(seq "$rounds"); do
       t=${targets[$(((k + round - 1) % 3))]}
       line=$(run "$t" "$args")
       runs[$name|$t]+=$line$'\n'
-      echo "round $round, $name, $t: req/s p99-µs cpu-µs/req cpu0-% = $line" >&2
+      echo "round $round, $name, $t: req/s p99-µs cpu-µs/req cpu0-% sleeps/req = $line" >&2
     done
   done
 done
@@ -174,15 +181,15 @@ done
 # median COLUMN: the median of one column of a target's runs.
 median() { awk -v c="$1" 'NF {print $c}' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 span() { awk 'NF {print $1}' | sort -g | sed -n '1p;$p' | paste -sd- ; }
-printf '\n| case | target | req/s | / nginx | spread req/s | p99 µs | proxy CPU µs/req | proxy CPU busy | cpu 0 busy (h2load, backend) |\n|---|---|---:|---:|---|---:|---:|---:|---:|\n'
+printf '\n| case | target | req/s | / nginx | spread req/s | p99 µs | proxy CPU µs/req | proxy CPU busy | cpu 0 busy (h2load, backend) | proxy sleeps/req |\n|---|---|---:|---:|---|---:|---:|---:|---:|---:|\n'
 for c in "${cases[@]}"; do
   name=${c%%|*}
   n=$(median 1 <<<"${runs[$name|nginx]}")
   for t in wharf nginx caddy; do
     r=${runs[$name|$t]}
-    printf '| %s | %s | %.0f | %.2f | %s | %.0f | %.1f | %.0f %% | %.0f %% |\n' "$name" "$t" "$(median 1 <<<"$r")" \
+    printf '| %s | %s | %.0f | %.2f | %s | %.0f | %.1f | %.0f %% | %.0f %% | %.3f |\n' "$name" "$t" "$(median 1 <<<"$r")" \
       "$(echo "$(median 1 <<<"$r") / $n" | bc -l)" "$(span <<<"$r")" "$(median 2 <<<"$r")" "$(median 3 <<<"$r")" \
-      "$(echo "$(median 1 <<<"$r") * $(median 3 <<<"$r") / 10000" | bc -l)" "$(median 4 <<<"$r")"
+      "$(echo "$(median 1 <<<"$r") * $(median 3 <<<"$r") / 10000" | bc -l)" "$(median 4 <<<"$r")" "$(median 5 <<<"$r")"
   done
 done
 echo
