@@ -28,9 +28,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use crate::sys::child::Child;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::process::Child;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

@@ -4,9 +4,9 @@
 use std::process::ExitStatus;
 use std::time::Instant;
 
+use crate::sys::child::Child;
 use anyhow::Context as _;
 use futures_util::StreamExt;
-use tokio::process::Child;
 
 use super::demand::{self, IdleClock, Probe};
 use super::health::Checks;

@@ -14,7 +14,8 @@ use crate::model::ports::MAIN_SOCKET;
 use crate::model::project::Ready;
 use crate::state::context::Context;
 use crate::state::logs::Log;
-use crate::sys::handoff::{self, Handoff};
+use crate::sys::child::Child;
+use crate::sys::handoff::{self, Handoff, Out};
 use crate::sys::notify::NotifySocket;
 use crate::sys::socket::BoundSocket;
 
@@ -226,16 +227,12 @@ impl Server {
     pub(super) fn spawn_tailed(
         &self,
         tail: &Tail,
-    ) -> anyhow::Result<(tokio::process::Child, Vec<tokio::task::JoinHandle<()>>)> {
+    ) -> anyhow::Result<(Child, Vec<tokio::task::JoinHandle<()>>)> {
         use std::io::Write as _;
-        let mut command = self
+        let spawned = self
             .handoff()
-            .command()
-            .context("preparing the server's start")?;
-        command
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = command
+            .start(Out::Pipe, Out::Pipe)
+            .context("preparing the server's start")?
             .spawn()
             .with_context(|| format!("starting {}", self.argv.join(" ")))?;
         let to = |stdout: bool| {
@@ -248,13 +245,11 @@ impl Server {
                 None => drop(std::io::stderr().lock().write_all(bytes)),
             }
         };
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
-        let copiers = vec![
-            tokio::spawn(tail.clone().copy(stdout, to(true))),
-            tokio::spawn(tail.clone().copy(stderr, to(false))),
-        ];
-        Ok((child, copiers))
+        let copiers = [(spawned.stdout, true), (spawned.stderr, false)]
+            .into_iter()
+            .filter_map(|(pipe, stdout)| Some(tokio::spawn(tail.clone().copy(pipe?, to(stdout)))))
+            .collect();
+        Ok((spawned.child, copiers))
     }
 
     fn handoff(&self) -> Handoff<'_> {
@@ -267,57 +262,55 @@ impl Server {
         }
     }
 
-    /// Everything a start needs but the fork: the environment, the command line, the exec
-    /// step. Built while the supervisor waits (for a connection, for the server to exit), so
-    /// that a start, once due, forks at once.
+    /// Everything a start needs but the fork: the environment, the command line, where its
+    /// output goes. Built while the supervisor waits (for a connection, for the server to
+    /// exit), so that a start, once due, forks at once.
     pub(super) fn prepare(&self) -> anyhow::Result<Prepared> {
-        let mut command = self
-            .handoff()
-            .command()
-            .context("preparing the server's start")?;
-        if self.log.is_some() {
-            command
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
+        let (stdout, stderr) = if self.log.is_some() {
+            (Out::Pipe, Out::Pipe)
         } else if self.stdout_to_stderr {
             let stderr = std::os::fd::AsFd::as_fd(&std::io::stderr())
                 .try_clone_to_owned()
                 .context("passing stderr to the server as its stdout")?;
-            command.stdout(std::process::Stdio::from(stderr));
-        }
-        Ok(Prepared(command))
+            (Out::Fd(stderr), Out::Inherit)
+        } else {
+            (Out::Inherit, Out::Inherit)
+        };
+        let start = self
+            .handoff()
+            .start(stdout, stderr)
+            .context("preparing the server's start")?;
+        Ok(Prepared(start))
     }
 
     /// Start the server (the child hands the sockets over before it execs), its output
     /// copied to the log if there is one; `prepared` (by `prepare` from this same `Server`)
     /// saves building the start now.
-    pub(super) fn spawn(
-        &self,
-        prepared: Option<Prepared>,
-    ) -> anyhow::Result<tokio::process::Child> {
-        let Prepared(mut command) = match prepared {
+    pub(super) fn spawn(&self, prepared: Option<Prepared>) -> anyhow::Result<Child> {
+        let Prepared(start) = match prepared {
             Some(prepared) => prepared,
             None => self.prepare()?,
         };
-        let mut child = command
+        let spawned = start
             .spawn()
             .with_context(|| format!("starting {}", self.argv.join(" ")))?;
-        if let Some(log) = &self.log {
+        if let (Some(log), Some(stdout), Some(stderr)) = (&self.log, spawned.stdout, spawned.stderr)
+        {
             let copiers = [
-                tokio::spawn(log.clone().copy_from(child.stdout.take().expect("piped"))),
-                tokio::spawn(log.clone().copy_from(child.stderr.take().expect("piped"))),
+                tokio::spawn(log.clone().copy_from(stdout)),
+                tokio::spawn(log.clone().copy_from(stderr)),
             ];
             if let Ok(mut all) = LOG_COPIERS.lock() {
                 all.retain(|c| !c.is_finished());
                 all.extend(copiers);
             }
         }
-        Ok(child)
+        Ok(spawned.child)
     }
 }
 
 /// A start of the server, built ahead (`Server::prepare`); a spawn uses it up.
-pub(super) struct Prepared(tokio::process::Command);
+pub(super) struct Prepared(handoff::Start);
 
 /// The tasks copying servers' output to their logs: a supervisor that ends lets them finish
 /// first ([`logs_copied`]), so that a server's last lines (why it failed) are in its log by

@@ -3,13 +3,15 @@
 //! pid into `LISTEN_PID` and execs the command itself: one exec, nothing between wharf and the
 //! server (a self-exec step cost a second exec of wharf's large binary on every start). The
 //! child of a multi-threaded process may not allocate, so everything it uses is built before
-//! the fork ([`Exec`]).
+//! the fork ([`Exec`]). On Linux the "fork" is a vfork ([`Start::spawn`]).
 
 use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+use super::child::Child;
 
 /// Variables that describe *our* service manager, never the child's.
 pub(crate) const SCRUBBED: &[&str] = &[
@@ -38,19 +40,90 @@ pub(crate) struct Handoff<'a> {
 }
 
 impl Handoff<'_> {
-    /// The child's command: it execs the user's command from the forked child, sockets in
-    /// place. A command that cannot be run is said on the child's stderr, which exits 127
-    /// (not found) or 126 (found, not runnable), as shells do.
-    pub(crate) fn command(&self) -> io::Result<tokio::process::Command> {
-        let mut exec = Exec::new(self)?;
-        let mut cmd = tokio::process::Command::new(&self.argv[0]);
-        cmd.args(&self.argv[1..]);
+    /// Everything a start needs but the fork, built ahead: [`Start::spawn`] then forks at once.
+    pub(crate) fn start(&self, stdout: Out, stderr: Out) -> io::Result<Start> {
+        Ok(Start {
+            exec: Exec::new(self)?,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+/// Where a child's stdout or stderr goes.
+pub(crate) enum Out {
+    /// Where wharf's goes.
+    Inherit,
+    /// To a pipe wharf reads ([`Spawned`]).
+    Pipe,
+    /// To this file.
+    Fd(OwnedFd),
+}
+
+/// One start of a child, built ahead ([`Handoff::start`]).
+pub(crate) struct Start {
+    exec: Exec,
+    stdout: Out,
+    stderr: Out,
+}
+
+/// What reads a child's output from its pipe.
+pub(crate) type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
+/// A started child and, where its output goes to pipes, their reading ends.
+pub(crate) struct Spawned {
+    pub(crate) child: Child,
+    pub(crate) stdout: Option<Reader>,
+    pub(crate) stderr: Option<Reader>,
+}
+
+impl Start {
+    /// Start the child. On Linux the child shares wharf's memory until it execs (a vfork,
+    /// as `posix_spawn` does): a fork would copy the page tables of wharf's whole address
+    /// space only for the exec to throw them away, which on this path costs more than the
+    /// rest of the start together. Elsewhere, or without pidfds (Linux before 5.2), a fork.
+    pub(crate) fn spawn(self) -> io::Result<Spawned> {
+        #[cfg(target_os = "linux")]
+        let mut this = self;
+        #[cfg(target_os = "linux")]
+        if let Some(spawned) = vfork::spawn(&mut this) {
+            return spawned;
+        }
+        #[cfg(not(target_os = "linux"))]
+        let this = self;
+        this.spawn_forked()
+    }
+
+    /// Through tokio's `Command`: a fork, the exec from `Exec::run`.
+    fn spawn_forked(self) -> io::Result<Spawned> {
+        let Start {
+            mut exec,
+            stdout,
+            stderr,
+        } = self;
+        let named = exec.argv_ptrs[0];
+        // SAFETY: argv[0] points into `exec._argv`, a NUL-terminated string it owns.
+        let named = unsafe { std::ffi::CStr::from_ptr(named) };
+        let mut cmd = tokio::process::Command::new(std::ffi::OsStr::from_bytes(named.to_bytes()));
+        let stdio = |out: Out| match out {
+            Out::Inherit => std::process::Stdio::inherit(),
+            Out::Pipe => std::process::Stdio::piped(),
+            Out::Fd(fd) => std::process::Stdio::from(fd),
+        };
+        cmd.stdout(stdio(stdout)).stderr(stdio(stderr));
         // SAFETY: runs between fork and exec; `Exec::run` uses only async-signal-safe calls
         // and does not allocate (it was built before the fork).
         unsafe {
             cmd.pre_exec(move || exec.run());
         }
-        Ok(cmd)
+        let mut child = cmd.spawn()?;
+        let stdout = child.stdout.take().map(|r| Box::new(r) as Reader);
+        let stderr = child.stderr.take().map(|r| Box::new(r) as Reader);
+        Ok(Spawned {
+            child: Child::from_tokio(child),
+            stdout,
+            stderr,
+        })
     }
 }
 
@@ -366,6 +439,166 @@ mod imp {
     }
 }
 
+/// Linux: the child runs in wharf's memory, wharf's thread waiting, until it execs or exits
+/// (`CLONE_VM | CLONE_VFORK`, as glibc's `posix_spawn`), and comes with a pidfd to follow it.
+#[cfg(target_os = "linux")]
+mod vfork {
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+    use super::{Exec, Out, Reader, Spawned, Start};
+    use crate::sys::child::Child;
+
+    /// The child's stack: `Exec::run` and the libc calls it makes need a few KiB.
+    const STACK: usize = 256 * 1024;
+
+    /// What the child gets, on the stack of the thread that waits for it.
+    struct Job<'a> {
+        exec: &'a mut Exec,
+        /// fds for the child's stdout and stderr, -1: wharf's.
+        stdio: [RawFd; 2],
+        /// Why the child could not reach its exec (errno), 0 if it did.
+        failed: i32,
+    }
+
+    /// Start `start`'s child; `None` if this kernel cannot (no `CLONE_PIDFD`), for the
+    /// caller to fork instead.
+    pub(super) fn spawn(start: &mut Start) -> Option<io::Result<Spawned>> {
+        let mut out = [None, None];
+        let mut stdio = [-1; 2];
+        for (i, how) in [&mut start.stdout, &mut start.stderr]
+            .into_iter()
+            .enumerate()
+        {
+            match how {
+                Out::Inherit => {}
+                Out::Fd(fd) => stdio[i] = fd.as_raw_fd(),
+                Out::Pipe => match pipe() {
+                    Ok((read, write)) => {
+                        stdio[i] = write.as_raw_fd();
+                        out[i] = Some((read, write));
+                    }
+                    Err(e) => return Some(Err(e)),
+                },
+            }
+        }
+        let mut job = Job {
+            exec: &mut start.exec,
+            stdio,
+            failed: 0,
+        };
+        let mut stack = vec![0u128; STACK / 16];
+        // SAFETY: one past the end of `stack`, 16-byte aligned; the stack grows down.
+        let top = unsafe { stack.as_mut_ptr().add(stack.len()) }.cast::<libc::c_void>();
+        let mut pidfd: libc::c_int = -1;
+        // SAFETY: every signal blocked for this thread while the child shares it memory (no
+        // handler of wharf's may run in the child); the old mask is restored below.
+        let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        unsafe {
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        }
+        // SAFETY: with CLONE_VFORK this thread waits until the child has exec'd or exited, so
+        // `job` and `stack` outlive its use of them; `child` only makes async-signal-safe
+        // calls and does not allocate. The pidfd is written to `pidfd`.
+        let pid = unsafe {
+            libc::clone(
+                child,
+                top,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+                (&raw mut job).cast(),
+                &raw mut pidfd,
+            )
+        };
+        let clone_error = io::Error::last_os_error();
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        drop(stack);
+        let failed = job.failed;
+        if pid == -1 {
+            return match clone_error.raw_os_error() {
+                // Before Linux 5.2 (no CLONE_PIDFD), or a sandbox that refuses it.
+                Some(libc::EINVAL | libc::ENOSYS | libc::EPERM) => None,
+                _ => Some(Err(clone_error)),
+            };
+        }
+        // SAFETY: the kernel put a new pidfd there, ours alone.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        if failed != 0 {
+            // It exited before its exec: reap it, say why.
+            let mut status = 0;
+            // SAFETY: waitpid on our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            return Some(Err(io::Error::from_raw_os_error(failed)));
+        }
+        let reader = |pair: Option<(OwnedFd, OwnedFd)>| -> io::Result<Option<Reader>> {
+            let Some((read, _write)) = pair else {
+                return Ok(None);
+            };
+            let read = tokio::net::unix::pipe::Receiver::from_owned_fd(read)?;
+            Ok(Some(Box::new(read) as Reader))
+        };
+        let [stdout, stderr] = out;
+        Some((|| {
+            Ok(Spawned {
+                child: Child::from_pidfd(pid, pidfd)?,
+                stdout: reader(stdout)?,
+                stderr: reader(stderr)?,
+            })
+        })())
+    }
+
+    /// A pipe, both ends close-on-exec (the child's end is moved to 1 or 2 by `dup2`).
+    fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+        let mut fds = [-1; 2];
+        // SAFETY: pipe2 fills the two fds it is given.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: two new fds, ours alone.
+        Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    }
+
+    /// The child, in wharf's memory on its own stack: the signal state a new process starts
+    /// with (as std's spawn leaves it: default handlers, SIGPIPE too, nothing blocked), its
+    /// stdout and stderr, then `Exec::run`, which execs. Only async-signal-safe calls.
+    extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `Job` the waiting parent thread keeps alive.
+        let job = unsafe { &mut *arg.cast::<Job<'_>>() };
+        // SAFETY: sigaction, dup2, fcntl, sigprocmask on this process's own state.
+        unsafe {
+            let mut dfl: libc::sigaction = std::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            for signal in 1..=libc::SIGRTMAX() {
+                let mut was: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(signal, std::ptr::null(), &mut was) == 0
+                    && (was.sa_sigaction != libc::SIG_IGN || signal == libc::SIGPIPE)
+                    && was.sa_sigaction != libc::SIG_DFL
+                {
+                    libc::sigaction(signal, &dfl, std::ptr::null_mut());
+                }
+            }
+            for (i, &fd) in job.stdio.iter().enumerate() {
+                let target = 1 + i as RawFd;
+                if fd == target {
+                    libc::fcntl(fd, libc::F_SETFD, 0);
+                } else if fd >= 0 && libc::dup2(fd, target) == -1 {
+                    job.failed = super::errno();
+                    libc::_exit(127);
+                }
+            }
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            if let Err(e) = job.exec.run() {
+                job.failed = e.raw_os_error().unwrap_or(libc::EINVAL);
+            }
+            libc::_exit(127)
+        }
+    }
+}
+
 #[cfg(not(target_os = "linux"))]
 mod imp {
     use std::io;
@@ -406,14 +639,41 @@ mod tests {
             set_pid: true,
             own_group: false,
         };
-        let mut cmd = handoff.command().unwrap();
-        cmd.stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let child = cmd.spawn().unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output())
-            .await
-            .unwrap()
-            .unwrap()
+        let start = handoff.start(Out::Pipe, Out::Pipe).unwrap();
+        let forked = run_start(start.spawn_forked().unwrap()).await;
+        let start = handoff.start(Out::Pipe, Out::Pipe).unwrap();
+        let spawned = run_start(start.spawn().unwrap()).await;
+        assert_eq!(
+            (spawned.status, &spawned.stderr),
+            (forked.status, &forked.stderr),
+            "a fork and a spawn start the same"
+        );
+        spawned
+    }
+
+    /// Everything the child wrote, once it exited.
+    async fn run_start(spawned: Spawned) -> std::process::Output {
+        use tokio::io::AsyncReadExt;
+        let Spawned {
+            mut child,
+            stdout,
+            stderr,
+        } = spawned;
+        let read = |r: Option<Reader>| async move {
+            let mut all = Vec::new();
+            r.unwrap().read_to_end(&mut all).await.unwrap();
+            all
+        };
+        let all = async { tokio::join!(child.wait(), read(stdout), read(stderr)) };
+        let (status, stdout, stderr) =
+            tokio::time::timeout(std::time::Duration::from_secs(20), all)
+                .await
+                .unwrap();
+        std::process::Output {
+            status: status.unwrap(),
+            stdout,
+            stderr,
+        }
     }
 
     #[cfg(target_os = "linux")]
@@ -443,6 +703,21 @@ mod tests {
         let open: Vec<&str> = lines.collect();
         assert!(!open.contains(&leaked.to_string().as_str()), "{stdout}");
         assert!(out.status.success(), "{out:?}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_server_starts_with_no_signal_blocked_and_sigpipe_not_ignored() {
+        // wharf ignores SIGPIPE (as every Rust program) and blocks every signal while it
+        // starts a child: neither may reach the server.
+        let out = run(&["cat", "/proc/self/status"], &[]).await;
+        let status = String::from_utf8_lossy(&out.stdout);
+        let mask = |field: &str| {
+            let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+            u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+        };
+        assert_eq!(mask("SigBlk:"), 0, "{status}");
+        assert_eq!(mask("SigIgn:") & (1 << (libc::SIGPIPE - 1)), 0, "{status}");
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 //! to change (`sysfile`), and what `git` says of a checkout. Knows nothing of names, routes or
 //! HTTP.
 
+pub(crate) mod child;
 pub(crate) mod git;
 pub(crate) mod handoff;
 pub(crate) mod netstat;
