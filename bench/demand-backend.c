@@ -8,8 +8,11 @@
  *                                set (and $NO_READY is not: a server that does not speak
  *                                sd_notify, as most dev servers); GET /exit is answered,
  *                                then the server exits 0.
- *   demand-backend --exec N      fork+exec this program N times: the median ns from before
- *                                fork to the child's main (what any launcher pays).
+ *   demand-backend --exec N [MS] fork+exec this program N times: the median ns from before
+ *                                fork to the child's main (what any launcher pays), each
+ *                                after MS milliseconds of doing nothing (default 0): a start
+ *                                after a pause, as a server's start on demand comes, finds
+ *                                the CPU's caches cold and its CPU halted, and takes longer.
  *
  * LOG lines: "req PID MAIN READY REQ RESP" per request and "exit PID T" before exiting.
  * Connections that close without a request (wharf checking that the server accepts on the
@@ -50,12 +53,14 @@ int main(int argc, char **argv) {
     printf("%lld\n", t_main);
     return 0;
   }
-  if (argc == 3 && strcmp(argv[1], "--exec") == 0) {
+  if ((argc == 3 || argc == 4) && strcmp(argv[1], "--exec") == 0) {
     int n = atoi(argv[2]);
+    int pause_ms = argc == 4 ? atoi(argv[3]) : 0;
     long long *d = calloc(n, sizeof *d);
     for (int i = 0; i < n; i++) {
       int p[2];
       if (pipe(p)) return 1;
+      if (pause_ms > 0) usleep(pause_ms * 1000);
       long long t0 = now();
       pid_t pid = fork();
       if (pid == 0) {
@@ -75,7 +80,7 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (argc != 2) {
-    fprintf(stderr, "usage: demand-backend LOG | --exec N\n");
+    fprintf(stderr, "usage: demand-backend LOG | --exec N [MS]\n");
     return 2;
   }
   int log = open(argv[1], O_WRONLY | O_APPEND | O_CREAT, 0600);
