@@ -159,6 +159,10 @@ impl Guard {
             // for the server's whole life.
             self.probe = connect_probe(self.main);
         }
+        if self.probe.as_ref().is_some_and(answered_eof) {
+            self.probe = None;
+            return Verdict::Serving;
+        }
         let main_port = self.main.port();
         let rows = imp::rows(|state, port| state == imp::LISTEN || port == main_port);
         if let Some(probe) = &self.probe
@@ -205,8 +209,22 @@ impl Guard {
 }
 
 /// The guard's own connection to the handed socket (`None` if it could not connect now).
+/// The guard's connection to the handed socket, its sending side shut at once: a server that
+/// takes connections one at a time and accepts it reads its end at once and goes on to the
+/// next, rather than wait for a request until the guard's next look (up to 20 ms, more later)
+/// while a client's request waits behind it (as a restart's first one often does).
 fn connect_probe(main: SocketAddr) -> Option<TcpStream> {
-    TcpStream::connect_timeout(&main, Duration::from_millis(200)).ok()
+    let probe = TcpStream::connect_timeout(&main, Duration::from_millis(200)).ok()?;
+    probe.shutdown(std::net::Shutdown::Write).ok()?;
+    probe.set_nonblocking(true).ok()?;
+    Some(probe)
+}
+
+/// Whether the server closed the guard's connection: only a server that accepted it does (one
+/// still queued gets nothing, or a reset if the socket is closed).
+fn answered_eof(probe: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(probe.peek(&mut byte), Ok(0))
 }
 
 /// The address to connect to for a socket bound at `addr`, if it is reachable over loopback.
@@ -696,6 +714,40 @@ mod imp {
             assert_eq!(guard.check(me), Verdict::Watching, "the probe waits");
             let _accepted = bound[0].socket.accept().unwrap();
             assert_eq!(guard.check(me), Verdict::Serving);
+        }
+
+        #[test]
+        fn a_server_taking_one_connection_at_a_time_is_not_held_up_by_the_probe() {
+            use std::io::Read;
+            let socket = crate::sys::socket::bind_loopback(0).unwrap();
+            let port = crate::sys::socket::local_port(&socket).unwrap();
+            let bound = [BoundSocket {
+                name: "http".into(),
+                port,
+                socket,
+            }];
+            let mut guard = Guard::new(&bound).unwrap();
+            // A client's request queued behind the probe, as on a restart.
+            let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            std::io::Write::write_all(&mut client, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            let (mut first, _) = bound[0].socket.accept().unwrap();
+            first
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let mut got = Vec::new();
+            // The probe's end: nothing to read, and no wait for a request that never comes.
+            assert_eq!(first.read_to_end(&mut got).unwrap(), 0);
+            drop(first);
+            let me = std::process::id() as i32;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while guard.check(me) != Verdict::Serving {
+                assert!(std::time::Instant::now() < deadline, "the close is seen");
+                std::thread::yield_now();
+            }
+            let (mut second, _) = bound[0].socket.accept().unwrap();
+            let mut request = [0u8; 5];
+            second.read_exact(&mut request).unwrap();
+            assert_eq!(&request, b"GET /");
         }
 
         #[test]
