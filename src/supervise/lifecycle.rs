@@ -38,6 +38,9 @@ pub(super) struct Supervisor {
     /// The next start of `server`, built while waiting for it (`Server::prepare`); dropped
     /// whenever `server` changes.
     pub(super) prepared: Option<Prepared>,
+    /// Why the next start comes, said once it has forked: a line written before would be
+    /// on the start's path.
+    pub(super) starting_because: Option<String>,
     pub(super) expect: Expect,
     /// Our copy of the sockets: kept for the instance's life in fd mode (restarts reuse them),
     /// dropped at the first start in env mode.
@@ -181,7 +184,8 @@ impl Supervisor {
             tokio::select! {
                 waiting = demand::connection_waiting(sockets) => {
                     waiting.context("watching the instance's sockets")?;
-                    self.out.say("a connection is waiting; starting the server".to_string());
+                    self.starting_because =
+                        Some("a connection is waiting; starting the server".to_string());
                     return Ok(Phase::Running);
                 }
                 () = stop::stop_signal(&mut self.signals) => return Ok(Phase::Done { code: 0 }),
@@ -285,7 +289,7 @@ impl Supervisor {
                 }
             }
             Outcome::RestartAfter(delay) if delay.is_zero() && !self.on_demand => {
-                out.say(format!(
+                self.starting_because = Some(format!(
                     "server {how} (ran {}); restarting on the same socket",
                     ran_for(ran)
                 ));

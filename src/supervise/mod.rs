@@ -330,6 +330,7 @@ async fn supervisor(
         leased,
         others: Vec::new(),
         prepared: None,
+        starting_because: None,
         sent_ready: false,
         hurry: Default::default(),
         restarts: restart::Restarts::new(args.restart, args.on_demand),

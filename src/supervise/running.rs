@@ -61,13 +61,17 @@ impl Supervisor {
     pub(super) async fn run_server(&mut self) -> anyhow::Result<Exit> {
         let started = Instant::now();
         let prepared = self.prepared.take();
-        let (child, pid) = super::children::spawn(|| {
+        let spawned = super::children::spawn(|| {
             let child = self.server.spawn(prepared)?;
             let pid = child
                 .id()
                 .context("the server exited before it could be followed")?;
             Ok((child, pid as i32))
-        })?;
+        });
+        if let Some(why) = self.starting_because.take() {
+            self.out.say(why);
+        }
+        let (child, pid) = spawned?;
         if self.expect.mode == Mode::Env {
             // Held until this moment so that nobody else could take the port.
             self.held = None;
