@@ -450,7 +450,7 @@ mod vfork {
     use crate::sys::child::Child;
 
     /// The child's stack: `Exec::run` and the libc calls it makes need a few KiB.
-    const STACK: usize = 256 * 1024;
+    const STACK: usize = 64 * 1024;
 
     /// What the child gets, on the stack of the thread that waits for it.
     struct Job<'a> {
@@ -487,9 +487,10 @@ mod vfork {
             stdio,
             failed: 0,
         };
-        let mut stack = vec![0u128; STACK / 16];
-        // SAFETY: one past the end of `stack`, 16-byte aligned; the stack grows down.
-        let top = unsafe { stack.as_mut_ptr().add(stack.len()) }.cast::<libc::c_void>();
+        // Not zeroed: the child writes before it reads, and only the pages it uses are touched.
+        let mut stack: Vec<u128> = Vec::with_capacity(STACK / 16);
+        // SAFETY: one past the end of `stack`'s buffer, 16-byte aligned; the stack grows down.
+        let top = unsafe { stack.as_mut_ptr().add(STACK / 16) }.cast::<libc::c_void>();
         let mut pidfd: libc::c_int = -1;
         // SAFETY: every signal blocked for this thread while the child shares it memory (no
         // handler of wharf's may run in the child); the old mask is restored below.
