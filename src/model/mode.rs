@@ -152,6 +152,14 @@ const PORT_HOST: &[Opt] = &[
     opt(&["--host"], &["--host", "127.0.0.1"]),
 ];
 
+/// Vite's options for its port and host, `--strictPort` so that it fails rather than take
+/// another port when the one it is given is taken.
+const VITE_BINDS: &[Opt] = &[
+    opt(&["--port"], &["--port", "{port}"]),
+    opt(&["--strictPort", "--strict-port"], &["--strictPort"]),
+    opt(&["--host"], &["--host", "127.0.0.1"]),
+];
+
 const KNOWN: &[Known] = &[
     Known {
         program: "gunicorn",
@@ -203,11 +211,7 @@ const KNOWN: &[Known] = &[
         program: "vite",
         verbs: &[],
         takes: Takes::Nothing,
-        binds: &[
-            opt(&["--port"], &["--port", "{port}"]),
-            opt(&["--strictPort", "--strict-port"], &["--strictPort"]),
-            opt(&["--host"], &["--host", "127.0.0.1"]),
-        ],
+        binds: VITE_BINDS,
         notify: true,
         since: &[Since {
             version: (8, 4),
@@ -215,6 +219,24 @@ const KNOWN: &[Known] = &[
             why: "vite 8.4 refuses a second dev server of the same project, and replicas, \
                   reloads and `wharf up` run one beside the other",
         }],
+    },
+    // Vite's dev server behind a framework's own command, which ignores PORT (5173 unless
+    // told) and passes Vite's options on.
+    Known {
+        program: "react-router",
+        verbs: &["dev"],
+        takes: Takes::Nothing,
+        binds: VITE_BINDS,
+        notify: true,
+        since: &[],
+    },
+    Known {
+        program: "remix",
+        verbs: &["vite:dev"],
+        takes: Takes::Nothing,
+        binds: VITE_BINDS,
+        notify: true,
+        since: &[],
     },
     Known {
         program: "next",
@@ -1007,6 +1029,36 @@ mod tests {
         );
         let plan = choose_str("python manage.py runserver 8000");
         assert_eq!(plan.argv, words("python manage.py runserver 8000"));
+    }
+
+    #[test]
+    fn frameworks_on_vite_get_vites_options() {
+        // `react-router dev` ignores PORT and listens on 5173: routed, but as a server on a
+        // port of its own choosing (no `wharf reload`, a second checkout on 5174).
+        let scripts = BTreeMap::from([("dev".to_string(), "react-router dev".to_string())]);
+        let plan = choose(
+            None,
+            false,
+            Source::CommandLine,
+            &words("npm run dev"),
+            &scripts,
+            &none,
+        );
+        assert_eq!(plan.mode, Mode::Env);
+        assert_eq!(
+            plan.argv,
+            words("npm run dev -- --port {port} --strictPort --host 127.0.0.1")
+        );
+        let plan = choose_str("npx remix vite:dev --port 3000");
+        assert_eq!(
+            plan.argv,
+            words("npx remix vite:dev --port 3000 --strictPort --host 127.0.0.1")
+        );
+        assert!(
+            choose_str("react-router build")
+                .reason
+                .contains("not a server")
+        );
     }
 
     #[test]
