@@ -226,9 +226,13 @@ impl Readiness {
                     self.glance = None;
                     self.sighted = None;
                     self.settling = Some((l, Instant::now() + SETTLE_FOR));
-                    let moved = self.left.take().map_or(String::new(), |was| {
-                        format!(" now (it closed the socket on {was})")
-                    });
+                    // A reloader (Django's runserver) closes its socket and opens another on
+                    // the same address: the route stays, and "now" would say it moved.
+                    let moved = match self.left.take() {
+                        None => String::new(),
+                        Some(was) if was == l.bound => " again (on a new socket)".to_string(),
+                        Some(was) => format!(" now (it closed the socket on {was})"),
+                    };
                     let own = l.connect.port() != expected;
                     let line = if own {
                         format!(

@@ -461,6 +461,31 @@ fn the_route_follows_an_env_server_past_the_socket_it_checked_the_port_with() {
 }
 
 #[test]
+fn an_env_server_that_opens_its_socket_again_on_the_same_address_is_not_said_to_move() {
+    // Django's runserver reloads by closing its socket and listening on the same address
+    // again. Within the first 10 s the route follows; the line said it moved
+    // ("listening on 127.0.0.1:P now (it closed the socket on 127.0.0.1:P)").
+    let sb = Sandbox::new();
+    let (py, script) = (python(), server_py());
+    let mut args = vec!["run", "--name", "reloader", "--env", "--port", "0"];
+    args.extend(py_server(
+        &["--rebind", "1", "--quiet"],
+        path_str(&py),
+        path_str(&script),
+    ));
+    let p = sb.spawn(&args);
+    p.expect("reloader: listening on 127.0.0.1:");
+    let again = |l: &str| {
+        l.contains("reloader: listening on 127.0.0.1:") && l.contains(" again (on a new socket)")
+    };
+    p.expect_line_within(again, "the same address, said as such", PATIENCE);
+    assert!(!p.log().contains("now (it closed"), "{}", p.log());
+    let addr: SocketAddr = ([127, 0, 0, 1], p.url_port()).into();
+    let (status, body) = get(addr, "reloader.localhost", "/").unwrap();
+    assert_eq!(status, 200, "{body}\n{}", p.log());
+}
+
+#[test]
 fn restart_gives_up_after_fast_crashes_route_first_then_socket() {
     let sb = Sandbox::new();
     let mut p = sb.spawn(&[

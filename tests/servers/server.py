@@ -22,6 +22,9 @@ parser.add_argument("--bind-delay", type=float, default=0, help="env mode: wait 
 parser.add_argument("--check-port", type=float, default=0,
                     help="env mode: first listen on [::]:PORT this long and close it, the way "
                          "Vite checks that a port is free before it binds HOST:PORT")
+parser.add_argument("--rebind", type=float, default=0,
+                    help="env mode: listen this long without accepting, then close the socket "
+                         "and listen on the same address again, the way Django's reloader does")
 parser.add_argument("--start-delay", type=float, default=0,
                     help="take this long to start (before binding, serving and READY=1)")
 parser.add_argument("--graceful", action="store_true",
@@ -329,6 +332,16 @@ else:
     sock.bind((os.environ.get("HOST", "127.0.0.1"), port))
     sock.listen(128)
     say(f"BOUND {sock.getsockname()[1]}")
+    if args.rebind:
+        import time
+        time.sleep(args.rebind)
+        addr = sock.getsockname()
+        sock.close()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+        say(f"BOUND {sock.getsockname()[1]} again")
     sockets.append((sock, "http"))
 
 if args.notify_ready and os.environ.get("NOTIFY_SOCKET"):
