@@ -100,6 +100,13 @@ impl Route {
         self.instance.mode == Mode::Env && self.instance.restarts && !self.failed()
     }
 
+    /// An env-mode server that was serving: a connection it refuses may mean it is opening its
+    /// socket again while it lives on (Django's runserver closes it for a second or two after
+    /// each code change), and the same address is worth waiting for.
+    pub(crate) fn may_reopen(&self) -> bool {
+        self.instance.mode == Mode::Env && self.instance.state == State::Ready
+    }
+
     /// Not listening yet, but on its way (not failed, not failing its health check): worth
     /// waiting for.
     pub(crate) fn coming(&self) -> bool {

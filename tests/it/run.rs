@@ -380,6 +380,30 @@ fn env_restart_holds_a_request_that_comes_while_the_server_is_down() {
     assert_eq!(pids.len(), 4, "a new server for each request: {pids:?}");
 }
 
+h1test!(
+    a_request_waits_while_an_env_server_opens_its_socket_again,
+    |sb: Sandbox| {
+        // Django's runserver closes its socket for a second or two after each code change and
+        // lives on: a request in that gap waits for the same address (it got a 502 before),
+        // through the express lane and through hyper's path alike.
+        let (py, script) = (python(), server_py());
+        let mut args = vec!["run", "--name", "django", "--env", "--port", "0"];
+        args.extend(py_server(
+            &["--reload-gap", "1", "--quiet"],
+            path_str(&py),
+            path_str(&script),
+        ));
+        let p = sb.spawn(&args);
+        p.expect("django: listening on");
+        let addr: SocketAddr = ([127, 0, 0, 1], p.url_port()).into();
+        let (status, page) = get(addr, "django.localhost", "/reload").unwrap();
+        assert_eq!((status, page.as_str()), (200, "reloading"), "{}", p.log());
+        p.expect("REOPENING");
+        let (status, page) = get(addr, "django.localhost", "/").unwrap();
+        assert_eq!(status, 200, "{page}\n{}", p.log());
+    }
+);
+
 #[test]
 fn env_restart_does_not_hold_a_request_for_a_server_that_lives_on_without_listening() {
     // The server closes its socket and lives on (10 s here): its supervisor has nothing to

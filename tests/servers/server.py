@@ -25,6 +25,10 @@ parser.add_argument("--check-port", type=float, default=0,
 parser.add_argument("--rebind", type=float, default=0,
                     help="env mode: listen this long without accepting, then close the socket "
                          "and listen on the same address again, the way Django's reloader does")
+parser.add_argument("--reload-gap", type=float, default=0,
+                    help="GET /reload: answer, close the listening socket, say REOPENING, wait "
+                         "this long and listen on the same address again, the way Django's "
+                         "runserver reloads after a code change")
 parser.add_argument("--start-delay", type=float, default=0,
                     help="take this long to start (before binding, serving and READY=1)")
 parser.add_argument("--graceful", action="store_true",
@@ -186,6 +190,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.page()
         if self.path == "/health" and args.sick_while:
             return self.health()
+        if self.path == "/reload" and args.reload_gap:
+            return self.reload()
         if self.path == "/unasked-101":
             self.send_response(101)
             self.end_headers()
@@ -219,6 +225,19 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         if done:
             threading.Thread(target=self.server.shutdown).start()
+
+    def reload(self):
+        """The answer, then the listening socket closes (`serve` opens it again)."""
+        body = b"reloading"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        self.end_headers()
+        reopening.set()
+        self.wfile.write(body)
+        self.wfile.flush()
+        threading.Thread(target=self.server.shutdown).start()
 
     def page(self):
         """An HTML page for browsers: who served it, and its own script's word on the protocol
@@ -295,13 +314,31 @@ document.body.insertAdjacentHTML('beforeend', `<p id="protocol">${{nav.nextHopPr
         pass
 
 
+reopening = threading.Event()
+
+
 def serve(sock, name):
-    server = ThreadingHTTPServer(sock.getsockname(), Handler, bind_and_activate=False)
-    server.daemon_threads = False  # server_close() waits for requests in flight
-    server.socket = sock
-    server.wharf_name = name
-    servers.append(server)
-    server.serve_forever()
+    while True:
+        server = ThreadingHTTPServer(sock.getsockname(), Handler, bind_and_activate=False)
+        server.daemon_threads = False  # server_close() waits for requests in flight
+        server.socket = sock
+        server.wharf_name = name
+        servers.append(server)
+        server.serve_forever()
+        if not reopening.is_set():
+            break
+        # --reload-gap: the same address on a new socket, after a while without one.
+        reopening.clear()
+        servers.remove(server)
+        addr = sock.getsockname()
+        sock.close()
+        say("REOPENING")
+        threading.Event().wait(args.reload_gap)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+        say(f"BOUND {addr[1]} again")
     server.server_close()
     if args.linger:
         # Down but not gone: what wharf cannot see yet.

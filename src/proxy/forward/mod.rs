@@ -38,6 +38,18 @@ use http1::Connection;
 /// a little before it exits (finishing what it accepted). A server that lives on without
 /// listening gets its 502 after this.
 const DOWN_NOTICE: std::time::Duration = std::time::Duration::from_secs(3);
+/// How often a request an env-mode server refused looks whether something listens on its
+/// address again (`after_refusal`).
+const REOPEN_LOOK: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Whether something listens on `addr` again: one kernel query where the platform has one,
+/// else a connection (closed at once).
+async fn listens_again(addr: std::net::SocketAddr) -> bool {
+    match crate::sys::netstat::quickly_listened_on(addr.port()) {
+        Some(listens) => listens,
+        None => tokio::net::TcpStream::connect(addr).await.is_ok(),
+    }
+}
 
 /// The client's request body failed (invalid chunked framing, a reset): its error, as the
 /// upstream client reports it, must not read as the instance's.
@@ -572,13 +584,13 @@ impl Forwarder {
     }
 
     /// `refused`, a registration of `name`, did not take a request that can go again (`e`:
-    /// refused, or closed unanswered) and no other member can. An env-mode server that
-    /// restarts has gone down and its supervisor has yet to say so (wharf holds no socket to
-    /// queue the request on): wait (`DOWN_NOTICE` at most) for the name's registration to
-    /// move on from `refused`, then for a member as a first request does, all within
-    /// `Limits::starting_wait` of the first such wait (`since`). None: not such a server,
-    /// its supervisor said nothing (the server lives on, and stopped listening), or it did
-    /// not come back in time.
+    /// refused, or closed unanswered) and no other member can. An env-mode server may be
+    /// between two sockets (wharf holds none to queue the request on): one that restarts has
+    /// gone down and its supervisor has yet to say so, one that lives on may be opening its
+    /// socket again. Wait (`DOWN_NOTICE` at most) for the name's registration to move on from
+    /// `refused`, or for something to listen on the refused address again, then for a member
+    /// as a first request does, all within `Limits::starting_wait` of the first such wait
+    /// (`since`). None: not such a server, or it did not come back in time.
     pub(crate) async fn after_refusal(
         &self,
         name: &Name,
@@ -586,14 +598,15 @@ impl Forwarder {
         e: &ProxyError,
         since: &mut Option<tokio::time::Instant>,
     ) -> Option<(Arc<Members>, Busy)> {
-        if !matches!(
-            e,
-            ProxyError::Unreachable {
-                answered: false,
-                ..
-            }
-        ) || !refused.comes_back()
-        {
+        let ProxyError::Unreachable {
+            answered: false,
+            addr,
+            ..
+        } = e
+        else {
+            return None;
+        };
+        if !refused.comes_back() && !refused.may_reopen() {
             return None;
         }
         let deadline =
@@ -603,19 +616,21 @@ impl Forwarder {
         let mut changes = self.routes.subscribe();
         loop {
             let now = self.routes.get(name)?;
-            if now
+            let moved_on = now
                 .by_owner(refused.owner)
-                .is_none_or(|r| !Arc::ptr_eq(r, refused))
-            {
+                .is_none_or(|r| !Arc::ptr_eq(r, refused));
+            if moved_on || listens_again(*addr).await {
                 let patience = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let pick = tokio::time::timeout(patience, self.member(name, now, None));
                 return pick.await.ok()?.ok();
             }
-            if !matches!(
-                tokio::time::timeout_at(noticed_by, changes.changed()).await,
-                Ok(Ok(()))
-            ) {
-                return None;
+            // Nobody says when a socket opens: look again every `REOPEN_LOOK`.
+            let look_by = noticed_by.min(tokio::time::Instant::now() + REOPEN_LOOK);
+            match tokio::time::timeout_at(look_by, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return None,
+                Err(_) if look_by >= noticed_by => return None,
+                Err(_) => {}
             }
         }
     }
