@@ -102,9 +102,12 @@ impl Route {
 
     /// An env-mode server that was serving: a connection it refuses may mean it is opening its
     /// socket again while it lives on (Django's runserver closes it for a second or two after
-    /// each code change), and the same address is worth waiting for.
+    /// each code change), and the same address is worth waiting for. Not a replica's member:
+    /// with every member down, a name answers 503 at once.
     pub(crate) fn may_reopen(&self) -> bool {
-        self.instance.mode == Mode::Env && self.instance.state == State::Ready
+        self.instance.mode == Mode::Env
+            && self.instance.state == State::Ready
+            && self.instance.member.is_none()
     }
 
     /// Not listening yet, but on its way (not failed, not failing its health check): worth
