@@ -7,6 +7,7 @@
 //! A plain-HTTP connection idle in the lane goes to the park (`park`) without its task, and
 //! comes back here, to a task of its own again, when its client sends something.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,8 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::proxy::budget::{Fds, Held};
 use crate::proxy::deadline::WriteDeadline;
 use crate::proxy::forward::Forwarder;
-use crate::proxy::lane::{self, Outcome, Protocol, Replay, Wait};
+use crate::proxy::lane::{self, Outcome, Protocol, Replay, Socket, Wait};
 use crate::proxy::limits::Limits;
 use crate::proxy::park::{Idle, Park, Parked};
 use crate::proxy::rules::Peer;
@@ -78,7 +80,7 @@ pub(crate) async fn serve(
 
 /// Nagle's algorithm off for every connection `listener` accepts. On Linux an accepted socket
 /// inherits `TCP_NODELAY` from its listener, so it is set once here instead of with a system
-/// call per connection; elsewhere `connection` sets it on each.
+/// call per connection; elsewhere `accept_now` sets it on each.
 fn nodelay_for_all(listener: &TcpListener) {
     #[cfg(target_os = "linux")]
     if let Err(e) = socket2::SockRef::from(listener).set_tcp_nodelay(true) {
@@ -107,9 +109,8 @@ fn open_park() -> Option<Park> {
 async fn run_park(shared: Arc<Shared>, forwarder: Arc<Forwarder>, connections: TaskTracker) {
     let Some(park) = &shared.park else { return };
     let wake = |conn: Parked| {
-        let Ok(stream) = TcpStream::from_std(conn.stream) else {
-            return;
-        };
+        // Not registered with tokio: its request is there, and may be served without waiting.
+        let stream = Socket::new(conn.stream);
         let (forwarder, shared) = (forwarder.clone(), shared.clone());
         let (fds, peer, resumed) = (conn.fds, conn.peer, Some(conn.idle));
         connections.spawn(async move {
@@ -132,22 +133,39 @@ struct Shared {
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Accept, shared: Arc<Shared>) {
+    // Accepted by hand, so that a connection is not registered with tokio before it has to
+    // wait (`lane::Socket`); the listener itself is, to wait for connections.
+    // SAFETY: the std listener owns its descriptor and the `AsyncFd` owns the listener, so
+    // the descriptor stays open, the same one, for as long as it is registered.
+    let listener = match listener
+        .into_std()
+        .and_then(|l| Ok(unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }?))
+    {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("wharf proxy: cannot accept connections on a listener: {e}");
+            return;
+        }
+    };
     // Waited for once, not once per accept (each wait joins and leaves the token's list of
     // waiters under its lock).
     let mut cancelled = std::pin::pin!(shared.shutdown.cancelled());
     loop {
         let accepted = tokio::select! {
             _ = cancelled.as_mut() => return,
-            accepted = listener.accept() => accepted,
+            accepted = accept(&listener) => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
                 let Some(fds) = ctx.forwarder.budget().client() else {
-                    if let Some(refusal) = ctx.forwarder.budget().refusal() {
+                    if let Some(refusal) = ctx.forwarder.budget().refusal()
+                        && let Ok(stream) = TcpStream::from_std(stream)
+                    {
                         tokio::spawn(refuse(stream, refusal, ctx.forwarder.limits().refusal));
                     }
                     continue;
                 };
+                let stream = Socket::new(stream);
                 let forwarder = ctx.forwarder.clone();
                 let shared = shared.clone();
                 ctx.connections.spawn(async move {
@@ -165,6 +183,43 @@ async fn accept_loop(listener: TcpListener, ctx: Accept, shared: Arc<Shared>) {
     }
 }
 
+/// The next connection on `listener`: non-blocking, close-on-exec, Nagle off.
+async fn accept(
+    listener: &AsyncFd<std::net::TcpListener>,
+) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        // The reader's waker slot, as `Client::readable` uses (not a list of waiters).
+        let mut ready = std::future::poll_fn(|cx| listener.poll_read_ready(cx)).await?;
+        // None waiting: readiness is cleared, and the next wait is for the next connection.
+        if let Ok(accepted) = ready.try_io(|l| accept_now(l.get_ref())) {
+            return accepted;
+        }
+    }
+}
+
+/// `accept` without waiting. On Linux one system call gives the socket its flags, and the
+/// listener's `TCP_NODELAY` (`nodelay_for_all`).
+#[cfg(target_os = "linux")]
+fn accept_now(listener: &std::net::TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    let flags = libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+    let (socket, addr) = socket2::SockRef::from(listener).accept4(flags)?;
+    Ok((socket.into(), peer_of(&addr)?))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn accept_now(listener: &std::net::TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    let (stream, peer) = listener.accept()?;
+    stream.set_nonblocking(true)?;
+    let _ = stream.set_nodelay(true);
+    Ok((stream, peer))
+}
+
+#[cfg(target_os = "linux")]
+fn peer_of(addr: &socket2::SockAddr) -> io::Result<SocketAddr> {
+    addr.as_socket()
+        .ok_or_else(|| io::Error::other("accepted a connection without an IP address"))
+}
+
 /// Tell a client over the budget 503, and close.
 async fn refuse(mut stream: TcpStream, _refusal: Fds, within: Duration) {
     let tell = async {
@@ -177,15 +232,13 @@ async fn refuse(mut stream: TcpStream, _refusal: Fds, within: Duration) {
 
 /// Serve one client connection: a new one (`resumed` None) or one back from the park.
 async fn connection(
-    stream: TcpStream,
+    stream: Socket,
     fds: Fds,
     peer: SocketAddr,
     forwarder: Arc<Forwarder>,
     shared: Arc<Shared>,
     resumed: Option<Idle>,
 ) {
-    #[cfg(not(target_os = "linux"))]
-    let _ = stream.set_nodelay(true);
     let shutdown = &shared.shutdown;
     let wait = Wait {
         resumed,
@@ -209,6 +262,9 @@ async fn connection(
         }
         // The client's share of the budget goes with its stream, into a tunnel if it becomes one.
         Outcome::Handoff(protocol, stream, read) => {
+            let Ok(stream) = stream.into_tokio() else {
+                return;
+            };
             (protocol, Held::new(Replay::new(read, stream), fds))
         }
     };
@@ -342,6 +398,7 @@ mod tests {
             shutdown: CancellationToken::new(),
             park: None,
         });
+        let client = Socket::new(client.into_std().unwrap());
         let state = connection(client, fds, addr, forwarder, shared, None);
         let size = std::mem::size_of_val(&state);
         assert!(

@@ -1,9 +1,10 @@
-//! The client side of a lane connection: a plain TCP stream, or the TLS stream `proxy::tls`
-//! made of one. The lane is generic over it (monomorphised: the plain path pays nothing for
-//! TLS), and asks it three things beyond reading and writing: whether it is TLS (for
-//! `X-Forwarded-Proto` and the redirect), the socket a long body may be spliced into and out
-//! of (plain only: over TLS the bytes must pass through rustls), and whether the client has
-//! gone away.
+//! The client side of a lane connection: a plain TCP socket (`Socket`, registered with
+//! tokio only once something must wait for it), or the TLS stream `proxy::tls` made of one.
+//! The lane is generic over it (monomorphised: the plain path pays nothing for TLS), and asks
+//! it a few things beyond reading and writing: whether it is TLS (for `X-Forwarded-Proto` and
+//! the redirect), the socket a long body may be spliced into and out of (plain only: over TLS
+//! the bytes must pass through rustls), whether the client has gone away, and whether waiting
+//! for that would first register the socket (`is_watched`).
 
 use std::future::Future;
 use std::io::{self, Write as _};
@@ -12,13 +13,14 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use crate::proxy::budget::Held;
 use crate::proxy::deadline::{self, CLIENT_STALLED};
 use crate::proxy::lane::Replay;
+use crate::proxy::lane::socket::Socket;
 use crate::proxy::tls::Wire;
 
 /// A client connection the lane serves.
@@ -29,10 +31,21 @@ pub(crate) trait Client: AsyncRead + AsyncWrite + Unpin + Send {
     /// The socket bodies may be spliced into and out of, when the bytes pass it unchanged.
     fn splice_target(&self) -> Option<&TcpStream>;
 
+    /// Whether a wait for the client (`gone`, `readable`) would not first have to register
+    /// its socket with tokio (`Socket`): always, over TLS.
+    fn is_watched(&self) -> bool {
+        true
+    }
+
+    /// Register the socket with tokio now, if it is not (before a splice, which waits on it).
+    fn watch(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Resolves once the client has closed its connection (or it failed). Bytes it sent
     /// ahead — a pipelined request, or over TLS any record (a close_notify too) — are not a
     /// close: then this never resolves, and the next read finds out what they are.
-    fn gone(&self) -> impl Future<Output = ()> + Send + '_;
+    fn gone(&mut self) -> impl Future<Output = ()> + Send + '_;
 
     /// Whether the client has sent something not read yet (or closed), as far as is known
     /// without a system call; over TLS, always (rustls buffers what it read, and the lane
@@ -40,7 +53,7 @@ pub(crate) trait Client: AsyncRead + AsyncWrite + Unpin + Send {
     fn readable_now(&self) -> bool;
 
     /// Resolves once `readable_now` would say so.
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+    fn readable(&mut self) -> impl Future<Output = io::Result<()>> + Send + '_;
 
     /// Read what the client sent next into `buf`; 0 at its end.
     fn read_into(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
@@ -56,43 +69,54 @@ pub(crate) trait Client: AsyncRead + AsyncWrite + Unpin + Send {
     ) -> impl Future<Output = io::Result<()>> + Send;
 }
 
-impl Client for TcpStream {
+impl Client for Socket {
     const TLS: bool = false;
 
     fn splice_target(&self) -> Option<&TcpStream> {
-        Some(self)
+        self.registered()
     }
 
-    fn gone(&self) -> impl Future<Output = ()> + Send + '_ {
-        socket_gone(self)
+    fn is_watched(&self) -> bool {
+        self.is_registered()
+    }
+
+    fn watch(&mut self) -> io::Result<()> {
+        self.stream().map(|_| ())
+    }
+
+    async fn gone(&mut self) {
+        // Not registered, it cannot be waited for: registered now (a failure is a close).
+        if let Ok(stream) = self.stream() {
+            socket_gone(stream).await;
+        }
     }
 
     fn readable_now(&self) -> bool {
-        self.poll_read_ready(&mut Context::from_waker(Waker::noop()))
-            .is_ready()
+        Socket::readable_now(self)
     }
 
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+    fn readable(&mut self) -> impl Future<Output = io::Result<()>> + Send + '_ {
         // The reader's waker slot, as a read that waits uses: `TcpStream::readable` queues a
         // waiter in a list instead, which cost 400 instructions per keep-alive request more.
-        std::future::poll_fn(|cx| self.poll_read_ready(cx))
+        let stream = self.stream();
+        async move {
+            let stream = stream?;
+            std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await
+        }
     }
 
-    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        self.read_buf(buf).await
+    fn read_into(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send {
+        std::future::poll_fn(move |cx| self.poll_read_into(cx, buf))
     }
 
     async fn send(&mut self, bytes: &[u8], stall: Duration, _last: bool) -> io::Result<()> {
-        // Usually the socket takes it all at once, and no timer is needed.
-        let sent = match self.try_write(bytes) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) => return Err(e),
-        };
+        // Usually the socket takes it all at once: no timer, and no registration.
+        let sent = self.try_write(bytes)?;
         if sent == bytes.len() {
             return Ok(());
         }
-        deadline::within(stall, CLIENT_STALLED, self.write_all(&bytes[sent..])).await
+        let stream = self.stream()?;
+        deadline::within(stall, CLIENT_STALLED, stream.write_all(&bytes[sent..])).await
     }
 }
 
@@ -107,7 +131,7 @@ impl Client for TlsClient {
         None
     }
 
-    fn gone(&self) -> impl Future<Output = ()> + Send + '_ {
+    fn gone(&mut self) -> impl Future<Output = ()> + Send + '_ {
         // rustls may hold records or plaintext it has read already; those were bytes ahead
         // on the socket, as a plain client's pipelined request in the lane's buffer is, and
         // are not a close either. What the socket says next decides, as for plain TCP.
@@ -126,7 +150,7 @@ impl Client for TlsClient {
         true
     }
 
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+    fn readable(&mut self) -> impl Future<Output = io::Result<()>> + Send + '_ {
         std::future::ready(Ok(()))
     }
 

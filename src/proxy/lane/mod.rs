@@ -27,11 +27,13 @@ mod lines;
 mod relay;
 mod request;
 mod response;
+mod socket;
 mod spare;
 mod splice;
 
 use client::Client;
 pub(crate) use relay::linger;
+pub(crate) use socket::Socket;
 
 use std::io;
 use std::net::SocketAddr;
@@ -60,6 +62,10 @@ use std::sync::Arc;
 /// Read size for heads, and for bodies.
 const HEAD_BUF: usize = 8 * 1024;
 const BODY_BUF: usize = 64 * 1024;
+/// How long an answer may take before a client connection not registered with tokio yet
+/// (`Client::is_watched`) is registered to notice its hang-up: most answers come sooner, and
+/// the connection never pays for the registration; a slow one is abandoned this much later.
+const WATCH_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
 /// What a client speaking HTTP/2 with prior knowledge sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The first byte of a TLS handshake record (a ClientHello).
@@ -189,6 +195,25 @@ async fn read_or_wait<C: Client>(
         return Ok(None);
     }
     client.read_into(inbuf).await.map(Some)
+}
+
+/// Wait for an answer's `deadline` (false), or for the client's hang-up (true). A client
+/// connection not registered with tokio yet is watched only once the answer is slow
+/// (`WATCH_AFTER`): most answers come sooner, and it is never registered.
+async fn answer_wait<C: Client>(
+    timer: &mut Timer,
+    client: &mut C,
+    patience: std::time::Duration,
+    deadline: Instant,
+) -> bool {
+    if !client.is_watched() && WATCH_AFTER < patience {
+        timer.until(deadline - (patience - WATCH_AFTER)).await;
+    }
+    tokio::select! {
+        biased;
+        () = timer.until(deadline) => false,
+        () = client.gone() => true,
+    }
 }
 
 fn unreachable(plan: &Plan, e: io::Error, reused: bool, answered: bool) -> ProxyError {
@@ -473,7 +498,8 @@ impl<C: Client> Lane<'_, C> {
                 }
             }
             // The answer's clock starts once the request is all out.
-            let deadline = Instant::now() + self.forwarder.limits.upstream_head;
+            let patience = self.forwarder.limits.upstream_head;
+            let deadline = Instant::now() + patience;
             self.upbuf.clear();
             let exchange = exchange_heads(
                 &mut up,
@@ -483,12 +509,17 @@ impl<C: Client> Lane<'_, C> {
                 plan,
                 plan.keep_alive,
             );
+            let (timer, client) = (&mut self.timer, &mut self.client);
             let result = tokio::select! {
                 biased;
                 result = exchange => Some(result),
-                () = self.timer.until(deadline) => None,
-                // Nobody is left to answer: drop the request (and its connection).
-                () = self.client.gone() => return Err(went_away()),
+                gone = answer_wait(timer, client, patience, deadline) => {
+                    // Nobody is left to answer: drop the request (and its connection).
+                    if gone {
+                        return Err(went_away());
+                    }
+                    None
+                }
             };
             match result {
                 Some(Ok(answer)) => {
@@ -705,6 +736,7 @@ mod tests {
         client.shutdown().await.unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
         stream.readable().await.unwrap();
+        let stream = Socket::new(stream.into_std().unwrap());
         let forwarder = Forwarder::new(
             Arc::default(),
             Box::new(Vec::new),

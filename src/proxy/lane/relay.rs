@@ -82,6 +82,7 @@ impl<C: Client> Lane<'_, C> {
             }
             // The buffer holds no more of the body: a long rest goes through a pipe.
             if self.unread > BODY_BUF as u64
+                && self.client.watch().is_ok()
                 && let Some(from) = self.client.splice_target()
                 && let Some(pipe) = Pipe::open(&self.forwarder.budget)
             {
@@ -126,6 +127,7 @@ impl<C: Client> Lane<'_, C> {
                     )
                     .await?;
                 if left > BODY_BUF as u64
+                    && self.client.watch().is_ok()
                     && let Some(to) = self.client.splice_target()
                     && let Some(pipe) = Pipe::open(&self.forwarder.budget)
                 {
@@ -136,7 +138,7 @@ impl<C: Client> Lane<'_, C> {
                     up.ack_now();
                 }
                 while left > 0 {
-                    if read_upstream(up, &mut self.upbuf, &self.client).await? == 0 {
+                    if read_upstream(up, &mut self.upbuf, &mut self.client).await? == 0 {
                         return Ok(false);
                     }
                     let take = body_part(self.upbuf.len(), left);
@@ -184,7 +186,7 @@ impl<C: Client> Lane<'_, C> {
                         up.ack_now();
                         first_read = false;
                     }
-                    if read_upstream(up, &mut self.upbuf, &self.client).await? == 0 {
+                    if read_upstream(up, &mut self.upbuf, &mut self.client).await? == 0 {
                         return Ok(false);
                     }
                 }
@@ -197,7 +199,7 @@ impl<C: Client> Lane<'_, C> {
                     .await?;
                 up.ack_now();
                 loop {
-                    if read_upstream(up, &mut self.upbuf, &self.client).await? == 0 {
+                    if read_upstream(up, &mut self.upbuf, &mut self.client).await? == 0 {
                         return Ok(true);
                     }
                     self.client
@@ -214,7 +216,7 @@ impl<C: Client> Lane<'_, C> {
 pub(super) async fn read_upstream(
     up: &mut Upstream,
     buf: &mut BytesMut,
-    client: &impl Client,
+    client: &mut impl Client,
 ) -> io::Result<usize> {
     buf.reserve(BODY_BUF);
     tokio::select! {
