@@ -28,10 +28,10 @@ const GLANCE_EVERY: Duration = Duration::from_micros(250);
 const GLANCE_AT_MOST: Duration = Duration::from_millis(1);
 /// Glancing stops after this; the looks go on.
 const GLANCE_FOR: Duration = Duration::from_secs(10);
-/// Env mode: a listener counts once a second look, this much later, finds the very socket
-/// still listening. Servers check a port before they bind it: Vite listens on `0.0.0.0` and
-/// `[::]` for a moment, closes both, then binds `127.0.0.1`; a route to such a check's socket
-/// leads nowhere.
+/// Env mode: a listener elsewhere than the address the server was given counts once a second
+/// look, this much later, finds the very socket still listening. Servers check a port before
+/// they bind it: Vite listens on `0.0.0.0` and `[::]` for a moment, closes both, then binds
+/// `127.0.0.1`; a route to such a check's socket leads nowhere.
 const CONFIRM_AFTER: Duration = Duration::from_millis(1);
 /// Env mode: the listener routed to is watched this long. If it goes away while the server
 /// lives (a check that outlived the confirming look, a server that binds again), the looks
@@ -221,7 +221,9 @@ impl Readiness {
         let mut confirming = false;
         if self.looking {
             match pick_listener(&netstat::listening(child, expected), expected) {
-                Some(l) if self.sighted == Some(l) => {
+                // The very address the server was given counts at once: the checks seen so
+                // far listen on every interface, and the watch below catches the rest.
+                Some(l) if self.sighted == Some(l) || l.bound == self.handed => {
                     self.looking = false;
                     self.glance = None;
                     self.sighted = None;
