@@ -209,14 +209,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_queued_connection_is_noticed_and_left_for_the_server() {
-        let socket = crate::sys::socket::bind_loopback(0).unwrap();
-        let port = crate::sys::socket::local_port(&socket).unwrap();
-        let bound = [BoundSocket {
-            name: "http".into(),
-            port,
-            socket,
-        }];
-        let early = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let bound = [BoundSocket::for_test()];
+        let early = std::net::TcpStream::connect(bound[0].addr()).unwrap();
         tokio::time::timeout(Duration::from_secs(5), connection_waiting(&bound))
             .await
             .unwrap()

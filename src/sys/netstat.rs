@@ -719,16 +719,10 @@ mod imp {
         #[test]
         fn a_server_taking_one_connection_at_a_time_is_not_held_up_by_the_probe() {
             use std::io::Read;
-            let socket = crate::sys::socket::bind_loopback(0).unwrap();
-            let port = crate::sys::socket::local_port(&socket).unwrap();
-            let bound = [BoundSocket {
-                name: "http".into(),
-                port,
-                socket,
-            }];
+            let bound = [BoundSocket::for_test()];
             let mut guard = Guard::new(&bound).unwrap();
             // A client's request queued behind the probe, as on a restart.
-            let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let mut client = std::net::TcpStream::connect(bound[0].addr()).unwrap();
             std::io::Write::write_all(&mut client, b"GET / HTTP/1.1\r\n\r\n").unwrap();
             let (mut first, _) = bound[0].socket.accept().unwrap();
             first
@@ -752,13 +746,7 @@ mod imp {
 
         #[test]
         fn guard_connects_again_when_its_first_probe_failed() {
-            let socket = crate::sys::socket::bind_loopback(0).unwrap();
-            let port = crate::sys::socket::local_port(&socket).unwrap();
-            let bound = [BoundSocket {
-                name: "http".into(),
-                port,
-                socket,
-            }];
+            let bound = [BoundSocket::for_test()];
             // Every accept here finds a connection already queued, or fails at once.
             bound[0].socket.set_nonblocking(true).unwrap();
             let mut guard = Guard::new(&bound).unwrap();

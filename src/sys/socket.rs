@@ -18,6 +18,18 @@ impl BoundSocket {
     pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port))
     }
+
+    /// A socket named `http` on a port the OS picks, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test() -> BoundSocket {
+        let socket = bind_loopback(0).unwrap();
+        let port = local_port(&socket).unwrap();
+        BoundSocket {
+            name: "http".into(),
+            port,
+            socket,
+        }
+    }
 }
 
 /// Bind and listen on 127.0.0.1:`port` with the full backlog. The socket is blocking (as systemd
