@@ -395,18 +395,19 @@ mod imp {
     /// (`sock_diag`): a dump of the listeners alone, no walk of every connection and no text to
     /// parse, cheap enough to ask every fraction of a millisecond. `None` if netlink refuses.
     pub(crate) fn quickly_listened_on(port: u16) -> Option<bool> {
-        let mut found = false;
-        each_listener(|row| {
-            found = row.local.port() == port;
-            found
-        })?;
-        Some(found)
+        any_listener(|row| row.local.port() == port)
     }
 
     pub(crate) fn still_listening(listener: &Listener) -> Option<bool> {
+        any_listener(|row| row.inode == listener.id)
+    }
+
+    /// Whether any listening TCP socket is `wanted`, from the socket diagnostics (stops at the
+    /// first). `None` if netlink refuses.
+    fn any_listener(wanted: impl Fn(&Row) -> bool) -> Option<bool> {
         let mut found = false;
         each_listener(|row| {
-            found = row.inode == listener.id;
+            found = wanted(&row);
             found
         })?;
         Some(found)
