@@ -170,6 +170,13 @@ enum Counted {
     Refusal,
 }
 
+impl Fds {
+    /// Whether this share is of `budget` (not another proxy's, as tests run several).
+    pub(crate) fn is_of(&self, budget: &Budget) -> bool {
+        Arc::ptr_eq(&self.budget.0, &budget.0)
+    }
+}
+
 impl Drop for Fds {
     fn drop(&mut self) {
         let counts = &*self.budget.0;

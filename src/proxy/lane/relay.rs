@@ -49,6 +49,7 @@ async fn splice_rest(
             .map_err(BodyFailure::Upstream)?;
         *unread -= filled as u64;
     }
+    pipe.keep();
     Ok(())
 }
 

@@ -3,7 +3,12 @@
 //! pass through wharf's memory (two copies of every byte saved). Linux only, plain TCP only;
 //! elsewhere, over TLS, or without two descriptors to spare in the budget for the pipe, the
 //! lane copies through its buffer instead.
+//!
+//! A pipe that has passed its whole body is empty and is kept for the next one (a few per
+//! thread, as HAProxy keeps a pool of pipes): opening one and setting its size, then closing
+//! both ends, is four system calls and about 5 µs of the kernel's time per large body.
 
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
 
@@ -26,20 +31,49 @@ const WANTED: i32 = 1024 * 1024;
 /// A pipe's capacity unless told otherwise.
 #[cfg(target_os = "linux")]
 const DEFAULT: usize = 64 * 1024;
+/// Empty pipes kept per thread: the large bodies one thread has in flight at once, in the
+/// usual case. Each keeps its two descriptors' share of the budget, and its size's share of
+/// the user's `fs.pipe-user-pages-soft` (8 MiB of 64 for eight).
+const KEPT: usize = 8;
 
-/// A pipe, opened for one body.
+thread_local! {
+    static KEPT_PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A pipe, for one body at a time.
 pub(crate) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     /// Bytes it holds at most.
     capacity: usize,
     /// Its two descriptors' share of the budget (dropped after them).
-    _fds: Fds,
+    fds: Fds,
 }
 
 impl Pipe {
-    /// None when no pipe can be had (no two descriptors to spare, or not Linux): copy instead.
+    /// A kept empty pipe, or a new one. None when no pipe can be had (no two descriptors to
+    /// spare, or not Linux): copy instead.
     pub(crate) fn open(budget: &Budget) -> Option<Pipe> {
+        let kept = KEPT_PIPES.try_with(|kept| {
+            let mut kept = kept.try_borrow_mut().ok()?;
+            let at = kept.iter().rposition(|pipe| pipe.fds.is_of(budget))?;
+            Some(kept.swap_remove(at))
+        });
+        kept.ok().flatten().or_else(|| Pipe::new(budget))
+    }
+
+    /// Keep this pipe, which must be empty, for the next body, if the thread has room.
+    pub(crate) fn keep(self) {
+        let _ = KEPT_PIPES.try_with(|kept| {
+            if let Ok(mut kept) = kept.try_borrow_mut()
+                && kept.len() < KEPT
+            {
+                kept.push(self);
+            }
+        });
+    }
+
+    fn new(budget: &Budget) -> Option<Pipe> {
         #[cfg(target_os = "linux")]
         {
             use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -55,7 +89,7 @@ impl Pipe {
                 read,
                 write,
                 capacity,
-                _fds: fds,
+                fds,
             })
         }
         #[cfg(not(target_os = "linux"))]
@@ -66,9 +100,10 @@ impl Pipe {
     }
 
     /// Move `len` bytes from `from` to `to`. False when `from` ended first. Fails when the
-    /// client goes away, or stops reading for `stall` (`Limits::write_stall`).
+    /// client goes away, or stops reading for `stall` (`Limits::write_stall`). The pipe is
+    /// kept when it is left empty, and closed when not.
     pub(crate) async fn relay(
-        &self,
+        self,
         from: &TcpStream,
         to: &TcpStream,
         mut len: u64,
@@ -81,11 +116,13 @@ impl Pipe {
                 () = socket_gone(to) => return Err(went_away()),
             };
             if filled == 0 {
+                self.keep();
                 return Ok(false);
             }
             len -= filled as u64;
             self.drain(to, filled, stall, CLIENT_STALLED).await?;
         }
+        self.keep();
         Ok(true)
     }
 
@@ -145,4 +182,71 @@ fn splice(
 #[cfg(not(target_os = "linux"))]
 fn splice(_: impl std::os::fd::AsFd, _: impl std::os::fd::AsFd, _: usize) -> io::Result<usize> {
     Err(io::ErrorKind::Unsupported.into())
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use std::time::Duration;
+
+    /// Two connected loopback streams.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap());
+        let (near, far) = tokio::join!(near, listener.accept());
+        (near.unwrap(), far.unwrap().0)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pipe_left_empty_serves_the_next_body_and_only_its_own_budgets() {
+        let budget = Budget::new(64);
+        let (mut writer, from) = pair().await;
+        let (to, mut reader) = pair().await;
+        let body = vec![7u8; 300_000];
+        let pipe = Pipe::open(&budget).unwrap();
+        let fd = pipe.read.as_raw_fd();
+        let send = async {
+            writer.write_all(&body).await.unwrap();
+        };
+        let relay = pipe.relay(&from, &to, body.len() as u64, Duration::from_secs(5));
+        let mut got = vec![0u8; body.len()];
+        let (_, relayed, read) = tokio::join!(send, relay, reader.read_exact(&mut got));
+        assert!(relayed.unwrap());
+        read.unwrap();
+        assert_eq!(got, body);
+        // Kept, with its share of the budget, and handed out again.
+        assert_eq!(budget.in_use(), 2);
+        let again = Pipe::open(&budget).unwrap();
+        assert_eq!(again.read.as_raw_fd(), fd);
+        // Another proxy's budget never gets this one's pipe.
+        again.keep();
+        let other = Budget::new(64);
+        let theirs = Pipe::open(&other).unwrap();
+        assert_ne!(theirs.read.as_raw_fd(), fd);
+        assert_eq!((budget.in_use(), other.in_use()), (2, 2));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pipe_that_failed_with_bytes_in_it_is_closed() {
+        let budget = Budget::new(64);
+        let (mut writer, from) = pair().await;
+        // Nobody reads what reaches `to`: once the socket buffers are full, the drain stalls.
+        let (to, _reader) = pair().await;
+        let len = 64 << 20;
+        let send = tokio::spawn(async move {
+            let _ = writer.write_all(&vec![1u8; len]).await;
+        });
+        let pipe = Pipe::open(&budget).unwrap();
+        let relayed = pipe
+            .relay(&from, &to, len as u64, Duration::from_millis(100))
+            .await;
+        assert!(relayed.is_err());
+        assert_eq!(budget.in_use(), 0, "the pipe was closed, not kept");
+        send.abort();
+    }
 }
