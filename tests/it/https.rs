@@ -490,6 +490,54 @@ fn env_prints_the_ca_variables_instances_get() {
     );
 }
 
+/// Session tickets as OpenSSL's s_client counts them: two after a full TLS 1.3 handshake (one
+/// to spare, for a second connection opened at once), one after a resumption, in place of the
+/// one it spent (as OpenSSL's own servers do: each costs the client a session to make).
+#[test]
+fn a_returning_client_gets_one_ticket_for_the_one_it_spent() {
+    let Some(openssl) = need("openssl") else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let app = sb.serve("app", &[]);
+    let port = app.url_port();
+    let ca = ca(&sb);
+    let dir = tempfile::tempdir().unwrap();
+    let request = dir.path().join("request");
+    std::fs::write(
+        &request,
+        "GET / HTTP/1.1\r\nHost: app.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let session = dir.path().join("session.pem");
+    // One connection, to the answer and the close: "New" or "Reused", and the tickets.
+    let connect = |resume: bool| {
+        let mut cmd = Command::new(&openssl);
+        cmd.args(["s_client", "-tls1_3", "-msg", "-ign_eof"])
+            .args(["-servername", "app.localhost", "-CAfile", &ca])
+            .arg("-connect")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-sess_out")
+            .arg(&session)
+            .stdin(std::fs::File::open(&request).unwrap());
+        if resume {
+            cmd.arg("-sess_in").arg(&session);
+        }
+        let mut client = Proc::spawn(cmd, "openssl s_client");
+        assert!(client.wait(PATIENCE).success(), "{}", client.log());
+        client.expect("HTTP/1.1 200");
+        let kind = client.expect_line(
+            |l| l.starts_with("New, ") || l.starts_with("Reused, "),
+            "saying New or Reused",
+        );
+        let tickets = client.count_lines(|l| l.ends_with("NewSessionTicket"));
+        (kind.split(',').next().unwrap().to_string(), tickets)
+    };
+    assert_eq!(connect(false), ("New".to_string(), 2));
+    assert_eq!(connect(true), ("Reused".to_string(), 1));
+    assert_eq!(connect(true), ("Reused".to_string(), 1));
+}
+
 /// A client asking to renegotiate a TLS 1.2 session is refused (rustls does not renegotiate),
 /// and the connection ends; the instance saw nothing.
 #[test]
