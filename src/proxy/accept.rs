@@ -55,6 +55,7 @@ pub(crate) async fn serve(
         .into_iter()
         .map(|listener| {
             nodelay_for_all(&listener);
+            accept_once_spoken(&listener);
             let ctx = Accept {
                 forwarder: forwarder.clone(),
                 connections: connections.clone(),
@@ -85,6 +86,37 @@ fn nodelay_for_all(listener: &TcpListener) {
     #[cfg(target_os = "linux")]
     if let Err(e) = socket2::SockRef::from(listener).set_tcp_nodelay(true) {
         eprintln!("wharf proxy: cannot turn Nagle's algorithm off on the listener: {e}");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = listener;
+}
+
+/// Connections come out of `listener` once their client has sent something (a request line
+/// or a ClientHello), not when the TCP handshake is done (Linux's `TCP_DEFER_ACCEPT`): the
+/// proxy wakes once for a new connection and reads what it came with, where it would wake for
+/// the connection and again for its first bytes, and each wake of a sleeping proxy is paid by
+/// the client that woke it. Clients of an HTTP proxy speak first; one that does not is
+/// accepted after about a second anyway (when the kernel sends its SYN-ACK again), and then
+/// has `first_byte`.
+fn accept_once_spoken(listener: &TcpListener) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd as _;
+        let seconds: libc::c_int = 1;
+        // SAFETY: a valid descriptor, and a value of the size passed, alive for the call.
+        let set = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&raw const seconds).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set != 0 {
+            let e = io::Error::last_os_error();
+            eprintln!("wharf proxy: new connections wake the proxy twice (TCP_DEFER_ACCEPT: {e})");
+        }
     }
     #[cfg(not(target_os = "linux"))]
     let _ = listener;

@@ -11,7 +11,9 @@ use crate::model::config::Config;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Limits {
     // The client's side.
-    /// A client that connects and sends nothing is dropped after this.
+    /// A client that connects and sends nothing is dropped after this (on Linux counted from
+    /// about a second after its connection, when the kernel hands over one that has not spoken:
+    /// `accept::accept_once_spoken`).
     pub(crate) first_byte: Duration,
     /// The whole request head, the idle time between keep-alive requests, and an HTTP/2
     /// connection with no stream open.

@@ -61,6 +61,40 @@ h1test!(
     }
 );
 
+// A connection whose client has said nothing is not the proxy's yet (Linux's
+// TCP_DEFER_ACCEPT: it wakes once for a new connection, with its first bytes): a hundred such
+// hold none of its descriptors, and each is served as soon as it speaks.
+h1test!(
+    connections_that_have_not_spoken_hold_no_descriptor,
+    |sb: Sandbox| {
+        if !cfg!(target_os = "linux") {
+            eprintln!("skipped: TCP_DEFER_ACCEPT is Linux's");
+            return;
+        }
+        let p = sb.serve("quiet", &[]);
+        let port = p.url_port();
+        let (proxy_pid, _) = sb.proxy().unwrap();
+        let addr = ([127, 0, 0, 1], port).into();
+        assert_eq!(get(addr, "quiet.localhost", "/").unwrap().0, 200);
+        let baseline = open_fds(proxy_pid);
+        let mut silent: Vec<TcpStream> = (0..100)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        // One that speaks after them is served at once, and they are still not the proxy's
+        // (a proxy that accepted at the handshake would have taken them first).
+        assert_eq!(get(addr, "quiet.localhost", "/").unwrap().0, 200);
+        let held = open_fds(proxy_pid);
+        assert!(held < baseline + 10, "{baseline} → {held} descriptors");
+        for s in &mut silent[..10] {
+            s.set_read_timeout(Some(PATIENCE)).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: quiet.localhost\r\n\r\n")
+                .unwrap();
+            let (head, _) = read_response(s);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        }
+    }
+);
+
 h1test!(
     file_descriptors_return_to_baseline_after_ten_thousand_connections,
     |sb: Sandbox| {
