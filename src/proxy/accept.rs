@@ -54,6 +54,7 @@ pub(crate) async fn serve(
     let loops: Vec<_> = listeners
         .into_iter()
         .map(|listener| {
+            acks_ride_on_answers(&listener);
             nodelay_for_all(&listener);
             accept_once_spoken(&listener);
             let ctx = Accept {
@@ -77,6 +78,22 @@ pub(crate) async fn serve(
     {
         eprintln!("wharf proxy: requests still open after {drain:?}; closing them");
     }
+}
+
+/// Delayed ACKs from the first request on, for every connection `listener` accepts
+/// (`TCP_QUICKACK` off, as HAProxy sets it; on Linux an accepted socket inherits it from its
+/// listener). Linux acknowledges a new connection's first bytes at once, in a segment of its
+/// own, though the answer that follows carries that ACK, as it does on a connection past its
+/// first exchange: a `Connection: close` request costs the client a segment less to take in.
+/// Whoever waits for more of a request acknowledges what came first (`lane`'s `read_more`,
+/// and its handoff to hyper), so a client with Nagle's algorithm on, which holds its next
+/// write until that ACK, is not kept waiting 40 ms.
+fn acks_ride_on_answers(listener: &TcpListener) {
+    // Only a segment per connection at stake: no word if it fails.
+    #[cfg(target_os = "linux")]
+    let _ = socket2::SockRef::from(listener).set_tcp_quickack(false);
+    #[cfg(not(target_os = "linux"))]
+    let _ = listener;
 }
 
 /// Nagle's algorithm off for every connection `listener` accepts. On Linux an accepted socket
@@ -437,5 +454,20 @@ mod tests {
             size <= 2688,
             "{size} bytes: box what idle connections need not hold"
         );
+    }
+
+    /// What `acks_ride_on_answers` relies on: the kernel gives an accepted socket its
+    /// listener's `TCP_QUICKACK`.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn an_accepted_connection_delays_its_acks() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        acks_ride_on_answers(&listener);
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(!socket2::SockRef::from(&accepted).tcp_quickack().unwrap());
+        drop(client);
     }
 }

@@ -611,3 +611,108 @@ h1test!(
         assert_eq!(p.count_lines(|l| l.contains("/hidden")), 0, "{}", p.log());
     }
 );
+
+/// A client's view of its exchanges: for `Connection: close` requests, the TCP segments it
+/// took in (Linux's `tcpi_segs_in`); for requests whose body it writes after the head with
+/// Nagle's algorithm on, the time each took, in ms.
+const CLIENT_VIEW: &str = r#"
+import socket, struct, sys, time
+port, quick, slow, kept = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+def connect():
+    # Nagle's algorithm stays on: a write waits for the ACK of the one before.
+    return socket.create_connection(("127.0.0.1", port), timeout=20)
+def answer(s):
+    got = b""
+    while b"\r\n\r\n" not in got:
+        chunk = s.recv(65536)
+        assert chunk, got
+        got += chunk
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    length = [l for l in head.lower().split(b"\r\n") if l.startswith(b"content-length:")]
+    while len(body) < int(length[0].split(b":")[1]):
+        chunk = s.recv(65536)
+        assert chunk, body
+        body += chunk
+def segments_in():
+    s = connect()
+    s.sendall(f"GET / HTTP/1.1\r\nHost: {quick}\r\nConnection: close\r\n\r\n".encode())
+    answer(s)
+    assert s.recv(1) == b""
+    # struct tcp_info's tcpi_segs_in (Linux 4.2 on), at byte 140.
+    n = struct.unpack_from("I", s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256), 140)[0]
+    s.close()
+    return n
+def split(s, chunked):
+    start = time.monotonic()
+    if chunked:
+        s.sendall(f"POST / HTTP/1.1\r\nHost: {slow}\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        s.sendall(b"2\r\nhi\r\n0\r\n\r\n")
+    else:
+        s.sendall(f"POST / HTTP/1.1\r\nHost: {slow}\r\nContent-Length: 2\r\n\r\n".encode())
+        s.sendall(b"hi")
+    answer(s)
+    return (time.monotonic() - start) * 1000
+took = {"length": [], "chunked": [], "kept": []}
+for _ in range(3):
+    s = connect()
+    took["length"].append(split(s, False))
+    if kept:
+        took["kept"].append(split(s, False))
+    s.close()
+    s = connect()
+    took["chunked"].append(split(s, True))
+    s.close()
+print(min(segments_in() for _ in range(3)))
+print(" ".join(f"{k}={round(min(v))}" for k, v in took.items() if v))
+"#;
+
+h1test!(
+    a_new_connection_acks_with_its_answer_yet_keeps_no_client_waiting_for_an_ack,
+    |sb: Sandbox| {
+        // The proxy's side of a new connection delays its ACKs, for the answer to carry them
+        // (as HAProxy does): a `Connection: close` client takes in the SYN-ACK, the answer and
+        // the FIN, no bare ACK of its request (4 segments otherwise). Where the rest of a
+        // request must be waited for, what came is ACKed at once: a client with Nagle's
+        // algorithm on sends a body written after the head only once the head is ACKed, and
+        // must not wait for a delayed ACK (40 ms). On the lane that holds for a kept
+        // connection's next request too; hyper's path, once a request and answer have gone
+        // by, delays that ACK (Linux's ping-pong mode), as it always has.
+        if !cfg!(target_os = "linux") {
+            eprintln!("skipped: counts with Linux's TCP_INFO");
+            return;
+        }
+        let backend =
+            Scripted::start(|_, _| Reply::Send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+        let port = alias(&sb, "quick", backend.port);
+        let server = sb.serve("slow", &[]);
+        assert_eq!(server.url_port(), port);
+        let kept = if sb.engine() == Engine::Lane {
+            "1"
+        } else {
+            "0"
+        };
+        let out = std::process::Command::new(python())
+            .args([
+                "-c",
+                CLIENT_VIEW,
+                &port.to_string(),
+                "quick.localhost",
+                "slow.localhost",
+                kept,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut lines = stdout.lines();
+        assert_eq!(lines.next(), Some("3"), "SYN-ACK, answer, FIN: {stdout}");
+        for took in lines.next().unwrap_or_default().split(' ') {
+            let (what, ms) = took.split_once('=').unwrap();
+            let ms: u32 = ms.parse().unwrap();
+            // The quickest of three, in ms: no delayed ACK's 40 ms in it.
+            assert!(ms < 30, "{what}: {stdout}");
+        }
+    }
+);

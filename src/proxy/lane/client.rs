@@ -56,7 +56,15 @@ pub(crate) trait Client: AsyncRead + AsyncWrite + Unpin + Send {
     fn readable(&mut self) -> impl Future<Output = io::Result<()>> + Send + '_;
 
     /// Read what the client sent next into `buf`; 0 at its end.
-    fn read_into(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>>;
+
+    /// Acknowledge at once what the client sent so far: before waiting for the rest of a
+    /// request, which a client with Nagle's algorithm on holds back until that ACK.
+    fn ack_now(&self);
 
     /// Write all of `bytes` (and, over TLS, the records they make); what the socket does not
     /// take at once must go within `stall`. `last`: nothing more will be written, and over
@@ -105,8 +113,16 @@ impl Client for Socket {
         }
     }
 
-    fn read_into(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send {
-        std::future::poll_fn(move |cx| self.poll_read_into(cx, buf))
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        Socket::poll_read_into(self, cx, buf)
+    }
+
+    fn ack_now(&self) {
+        Socket::ack_now(self);
     }
 
     async fn send(&mut self, bytes: &[u8], stall: Duration, _last: bool) -> io::Result<()> {
@@ -154,18 +170,27 @@ impl Client for TlsClient {
         std::future::ready(Ok(()))
     }
 
-    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        std::future::poll_fn(|cx| {
-            let read = tokio_util::io::poll_read_buf(Pin::new(&mut *self), cx, buf);
-            // What rustls answers on its own while reading (a `no_renegotiation` alert, a
-            // TLS 1.3 key update) waits in its buffer for a write; none may come, so it goes
-            // now. A failure shows on the next read.
-            if self.get_ref().1.wants_write() {
-                let _ = Pin::new(&mut *self).poll_flush(cx);
-            }
-            read
-        })
-        .await
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut *self), cx, buf);
+        // What rustls answers on its own while reading (a `no_renegotiation` alert, a TLS 1.3
+        // key update) waits in its buffer for a write; none may come, so it goes now. A
+        // failure shows on the next read.
+        if self.get_ref().1.wants_write() {
+            let _ = Pin::new(&mut *self).poll_flush(cx);
+        }
+        read
+    }
+
+    fn ack_now(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            let socket = self.get_ref().0.get_ref().get_ref().get_ref();
+            let _ = socket2::SockRef::from(socket).set_tcp_quickack(true);
+        }
     }
 
     async fn send(&mut self, mut bytes: &[u8], stall: Duration, last: bool) -> io::Result<()> {

@@ -194,7 +194,27 @@ async fn read_or_wait<C: Client>(
         client.readable().await?;
         return Ok(None);
     }
-    client.read_into(inbuf).await.map(Some)
+    // Part of a head read already: the rest is more of a request.
+    let more = !inbuf.is_empty();
+    read_more(client, inbuf, more).await.map(Some)
+}
+
+/// Read what the client sent next into `buf` (0 at its end); `more`: it is more of a request
+/// than came so far, and a read that must wait for it first acknowledges what came
+/// (`Client::ack_now`). A client with Nagle's algorithm on holds the rest back until then,
+/// and the connection delays its ACKs for an answer to carry them
+/// (`accept::acks_ride_on_answers`).
+async fn read_more<C: Client>(client: &mut C, buf: &mut BytesMut, more: bool) -> io::Result<usize> {
+    let mut ack = more;
+    std::future::poll_fn(|cx| {
+        let read = client.poll_read_into(cx, buf);
+        if ack && read.is_pending() {
+            client.ack_now();
+            ack = false;
+        }
+        read
+    })
+    .await
 }
 
 /// Wait for an answer's `deadline` (false), or for the client's hang-up (true). A client
@@ -214,6 +234,14 @@ async fn answer_wait<C: Client>(
         () = timer.until(deadline) => false,
         () = client.gone() => true,
     }
+}
+
+/// Whether a request head says a body follows.
+fn announces_body(req: &httparse::Request) -> bool {
+    req.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            || (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0")
+    })
 }
 
 fn unreachable(plan: &Plan, e: io::Error, reused: bool, answered: bool) -> ProxyError {
@@ -272,6 +300,12 @@ impl<C: Client> Lane<'_, C> {
                         let (forwarder, peer) = (self.forwarder, &self.peer);
                         let plan = plan(&req, forwarder, peer, C::TLS, &mut self.request);
                         let Some(plan) = plan else {
+                            // hyper waits for the body without acknowledging the head first
+                            // (`read_more`): it is done here, and the connection acknowledges
+                            // at once until it has exchanged a request and answer again.
+                            if announces_body(&req) {
+                                self.client.ack_now();
+                            }
                             return Next::Handoff(Protocol::Http1);
                         };
                         self.inbuf.advance(len);

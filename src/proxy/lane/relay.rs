@@ -13,7 +13,7 @@ use crate::proxy::lane::chunked::Decoder;
 use crate::proxy::lane::client::Client;
 use crate::proxy::lane::response::Framing;
 use crate::proxy::lane::splice::Pipe;
-use crate::proxy::lane::{BODY_BUF, Lane};
+use crate::proxy::lane::{BODY_BUF, Lane, read_more};
 use crate::proxy::upstream::Upstream;
 
 /// Why a request body did not get through.
@@ -92,7 +92,12 @@ impl<C: Client> Lane<'_, C> {
                 return Box::pin(rest).await;
             }
             self.inbuf.reserve(BODY_BUF);
-            match tokio::time::timeout(body_idle, self.client.read_into(&mut self.inbuf)).await {
+            match tokio::time::timeout(
+                body_idle,
+                read_more(&mut self.client, &mut self.inbuf, true),
+            )
+            .await
+            {
                 Err(_) => return Err(BodyFailure::Stalled),
                 Ok(Ok(0) | Err(_)) => return Err(BodyFailure::ClientGone),
                 Ok(Ok(_)) => {}

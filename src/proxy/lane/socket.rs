@@ -119,6 +119,22 @@ impl Socket {
         }
     }
 
+    /// Acknowledge at once what the client sent so far (and go on acknowledging at once until
+    /// a request and its answer have been exchanged): for when the rest of a request must be
+    /// waited for, which a client with Nagle's algorithm on holds back until that ACK
+    /// (`accept::acks_ride_on_answers` delays it otherwise).
+    pub(crate) fn ack_now(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            let stream = match &self.0 {
+                State::Raw { stream, .. } => socket2::SockRef::from(stream),
+                State::Watched(stream) => socket2::SockRef::from(stream),
+                State::Lost => return,
+            };
+            let _ = stream.set_tcp_quickack(true);
+        }
+    }
+
     /// Write what the socket takes of `bytes` now, without waiting: how many it took.
     pub(crate) fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
         let written = match &self.0 {
