@@ -67,8 +67,9 @@ pub(crate) trait Client: AsyncRead + AsyncWrite + Unpin + Send {
     fn ack_now(&self);
 
     /// Write all of `bytes` (and, over TLS, the records they make); what the socket does not
-    /// take at once must go within `stall`. `last`: nothing more will be written, and over
-    /// TLS the close_notify goes in the same write (the shutdown then has nothing to send).
+    /// take at once must go within `stall`. `last`: nothing more will be written, and the
+    /// end goes in the same write: over TLS the close_notify (the shutdown then has nothing
+    /// to send), on plain TCP the FIN.
     fn send(
         &mut self,
         bytes: &[u8],
@@ -125,14 +126,19 @@ impl Client for Socket {
         Socket::ack_now(self);
     }
 
-    async fn send(&mut self, bytes: &[u8], stall: Duration, _last: bool) -> io::Result<()> {
+    async fn send(&mut self, bytes: &[u8], stall: Duration, last: bool) -> io::Result<()> {
         // Usually the socket takes it all at once: no timer, and no registration.
-        let sent = self.try_write(bytes)?;
-        if sent == bytes.len() {
-            return Ok(());
+        let sent = self.try_write(bytes, last)?;
+        if sent < bytes.len() {
+            let stream = self.stream()?;
+            deadline::within(stall, CLIENT_STALLED, stream.write_all(&bytes[sent..])).await?;
         }
-        let stream = self.stream()?;
-        deadline::within(stall, CLIENT_STALLED, stream.write_all(&bytes[sent..])).await
+        // The FIN in the same segment as the answer's end: the client takes in one segment
+        // less (and acknowledges both at once).
+        if last {
+            self.finish();
+        }
+        Ok(())
     }
 }
 

@@ -431,9 +431,9 @@ impl<C: Client> Lane<'_, C> {
             self.out.extend_from_slice(b"\r\n");
         }
         // On any error the connection is dropped here, mid-response: never kept or pooled.
-        // Only TLS has something to say at the end (its close_notify): on plain TCP the
-        // flag is a constant, and the checks for it fold away.
-        let closing = C::TLS && !plan.keep_alive;
+        // The last write of an answer that ends the connection says so: over TLS with the
+        // close_notify, on plain TCP with the FIN in the same segment (`Client::send`).
+        let closing = !plan.keep_alive;
         let complete = self.relay_body(&mut up, answer.framing, closing).await?;
         if self.unread > 0 {
             // An early answer: the request body was cut short on both connections.

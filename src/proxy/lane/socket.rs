@@ -7,12 +7,12 @@
 //! non-blocking system calls, as nginx and HAProxy do, and is registered (`stream`) the first
 //! time a read or write would block, or when something must wait for it (a hang-up, a splice).
 
-use std::io::{self, Write as _};
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A plain-TCP client connection, registered with tokio or not yet.
@@ -135,17 +135,44 @@ impl Socket {
         }
     }
 
-    /// Write what the socket takes of `bytes` now, without waiting: how many it took.
-    pub(crate) fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+    /// Write what the socket takes of `bytes` now, without waiting: how many it took. `last`:
+    /// nothing follows but the FIN (`finish`), and on Linux the socket holds the bytes for it
+    /// (`MSG_MORE`), so that both leave in one segment.
+    pub(crate) fn try_write(&self, bytes: &[u8], last: bool) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        let flags = if last { libc::MSG_MORE } else { 0 };
+        #[cfg(not(target_os = "linux"))]
+        let flags = {
+            let _ = last;
+            0
+        };
         let written = match &self.0 {
-            State::Raw { stream, .. } => (&*stream).write(bytes),
-            State::Watched(stream) => stream.try_write(bytes),
+            State::Raw { stream, .. } => {
+                socket2::SockRef::from(stream).send_with_flags(bytes, flags)
+            }
+            State::Watched(stream) if flags == 0 => stream.try_write(bytes),
+            State::Watched(stream) => stream.try_io(Interest::WRITABLE, || {
+                socket2::SockRef::from(stream).send_with_flags(bytes, flags)
+            }),
             State::Lost => return Err(lost()),
         };
         match written {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
             other => other,
         }
+    }
+
+    /// Send the FIN now, after what was written: the connection is done with (and with
+    /// `try_write`'s `last`, the FIN goes with the last bytes). A failure is left to the
+    /// close that follows.
+    pub(crate) fn finish(&self) {
+        let _ = match &self.0 {
+            State::Raw { stream, .. } => stream.shutdown(std::net::Shutdown::Write),
+            State::Watched(stream) => {
+                socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write)
+            }
+            State::Lost => return,
+        };
     }
 
     /// The socket as tokio's stream, registered (for hyper, or TLS).
@@ -236,7 +263,7 @@ mod tests {
         // which this test allows (it checks what follows).
         assert_eq!(read_into(&mut socket, &mut buf).await.unwrap(), 4);
         assert_eq!(&buf[..], b"ping");
-        assert_eq!(socket.try_write(b"pong").unwrap(), 4);
+        assert_eq!(socket.try_write(b"pong", false).unwrap(), 4);
         let mut got = [0u8; 4];
         client.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"pong");
@@ -251,5 +278,17 @@ mod tests {
         drop(client);
         buf.clear();
         assert_eq!(read_into(&mut socket, &mut buf).await.unwrap(), 0);
+    }
+
+    /// A last write is held for the FIN (`MSG_MORE`), and `finish` sends both: nothing of it
+    /// stays behind.
+    #[test]
+    fn the_last_write_goes_out_with_the_fin() {
+        let (mut client, socket) = pair();
+        assert_eq!(socket.try_write(b"bye", true).unwrap(), 3);
+        socket.finish();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"bye");
     }
 }
