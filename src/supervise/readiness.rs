@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::demand::{self, Probe};
@@ -14,18 +13,24 @@ use super::registration::Registration;
 use crate::model::instance::State;
 use crate::model::mode::{self, Mode};
 use crate::model::project::Ready;
-use crate::sys::netstat::{self, Guard, Listener, Verdict};
+use crate::sys::netstat::{self, Guard, Listener, PortWatch, Verdict};
 use crate::sys::notify::Notice;
 use crate::sys::socket::BoundSocket;
+use crate::sys::ticker::Ticker;
 
-/// Env mode: how soon the expected port is first glanced at while the server starts (one
-/// kernel query, off the supervisor's loop), so that requests waiting for the server go
-/// through within a millisecond of its listening. The full look (which process listens,
-/// on which port) keeps its slower pace, and runs at once when a glance finds the port taken.
+/// Env mode: how often the expected port is glanced at in the first `GLANCE_FAST_FOR` of a
+/// start, so that requests waiting for the server go through within a fraction of a
+/// millisecond of its listening. A glance is one or two lookups of the port in the kernel's
+/// listening table (`netstat::PortWatch`, 3 µs of CPU) on the supervisor's own loop, woken by
+/// a `timerfd` (`Ticker`), so no thread has to hand the finding over. With the wake-up, about
+/// 34 µs of CPU a glance on a busy 2-CPU VM: 13 % of one CPU for that first second, then 3.5 %
+/// (the thread it replaced, one glance a millisecond, took 7 %). The full look (which process
+/// listens, on which port) keeps its slower pace, and runs at once when a glance finds the
+/// port taken.
 const GLANCE_EVERY: Duration = Duration::from_micros(250);
-/// The pause between glances doubles up to this, so a server that takes seconds to start
-/// costs a thousand small queries a second, not four thousand.
-const GLANCE_AT_MOST: Duration = Duration::from_millis(1);
+const GLANCE_FAST_FOR: Duration = Duration::from_secs(1);
+/// After that, a server slow to start is glanced at this often.
+const GLANCE_LATER: Duration = Duration::from_millis(1);
 /// Glancing stops after this; the looks go on.
 const GLANCE_FOR: Duration = Duration::from_secs(10);
 /// Env mode: a listener elsewhere than the address the server was given counts once a second
@@ -96,8 +101,8 @@ pub(super) struct Readiness {
     left: Option<SocketAddr>,
     /// Pause before the next look (or guard check), doubling up to half a second.
     look_pause: Duration,
-    /// Env mode: word that the expected port is listened on (see `GLANCE_EVERY`).
-    glance: Option<oneshot::Receiver<()>>,
+    /// Env mode: watching the expected port until it is listened on (see `GLANCE_EVERY`).
+    glance: Option<Glance>,
     /// Fd mode: does the server serve on the socket it was handed? Absent while a check runs
     /// and once that is settled.
     guard: Option<Guard>,
@@ -150,7 +155,7 @@ impl Readiness {
             left: None,
             look_pause: Duration::from_millis(20),
             glance: (expect.mode == Mode::Env)
-                .then(|| glance(expect.port))
+                .then(|| Glance::new(expect.port))
                 .flatten(),
             guard,
             checking: None,
@@ -166,7 +171,9 @@ impl Readiness {
             _ = tokio::time::sleep(self.look_pause), if self.looking || self.settling.is_some() || self.guard.is_some() => Finding::LookDue,
             // Each ends its branch for good (a finished receiver or task must not be polled
             // again), whatever it ended with.
-            seen = async { self.glance.as_mut()?.await.ok() }, if self.glance.is_some() => Finding::Glanced(seen.is_some()),
+            seen = async { Some(self.glance.as_mut()?.seen().await) }, if self.glance.is_some() => {
+                Finding::Glanced(seen == Some(true))
+            }
             checked = async { self.checking.as_mut()?.await.ok() }, if self.checking.is_some() => {
                 Finding::Checked(checked)
             }
@@ -341,36 +348,67 @@ impl Readiness {
     }
 }
 
-/// Glance at `port` (after `GLANCE_EVERY`, then at most every `GLANCE_AT_MOST`) on a thread of its own until something starts to
-/// listen there (then the receiver hears), the receiver is dropped, or `GLANCE_FOR` passed.
-/// Only a start counts, seen free first: until the child has exec'd it still holds wharf's
-/// socket on the port. `None` where the platform cannot tell cheaply.
-fn glance(port: u16) -> Option<oneshot::Receiver<()>> {
-    netstat::quickly_listened_on(port)?;
-    let (tx, rx) = oneshot::channel();
-    let until = Instant::now() + GLANCE_FOR;
-    let watch = move || {
-        let mut free = false;
-        let mut pause = GLANCE_EVERY;
-        while !tx.is_closed() && Instant::now() < until {
-            match netstat::quickly_listened_on(port) {
-                Some(true) if free => {
-                    let _ = tx.send(());
-                    return;
-                }
-                Some(false) => free = true,
-                _ => {}
+/// Env mode: the expected port, glanced at every `GLANCE_EVERY`, then every `GLANCE_LATER`,
+/// for `GLANCE_FOR`.
+struct Glance {
+    ticks: Ticker,
+    port: PortWatch,
+    /// Seen free: only a start counts (until the child has exec'd it still holds wharf's
+    /// socket on the port).
+    free: bool,
+    /// When the glances slow down (`None` once they have), and when they stop.
+    fast_until: Option<Instant>,
+    until: Instant,
+}
+
+impl Glance {
+    /// `None` where the platform cannot tell cheaply.
+    fn new(port: u16) -> Option<Glance> {
+        let now = Instant::now();
+        Some(Glance {
+            port: PortWatch::new(port)?,
+            ticks: Ticker::new(GLANCE_EVERY)?,
+            free: false,
+            fast_until: Some(now + GLANCE_FAST_FOR),
+            until: now + GLANCE_FOR,
+        })
+    }
+
+    /// True once something listens on the port after it was seen free; false once
+    /// `GLANCE_FOR` has passed (or the timer failed). Cancel-safe.
+    async fn seen(&mut self) -> bool {
+        loop {
+            let now = Instant::now();
+            if now >= self.until {
+                return false;
             }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(GLANCE_AT_MOST);
+            if self.fast_until.is_some_and(|t| now >= t) {
+                self.fast_until = None;
+                match Ticker::new(GLANCE_LATER) {
+                    Some(slower) => self.ticks = slower,
+                    None => return false,
+                }
+            }
+            if self.ticks.tick().await.is_err() {
+                return false;
+            }
+            if self.started(self.port.listened()) {
+                return true;
+            }
         }
-    };
-    // A thread, not a blocking task: the runtime never waits for it at shutdown.
-    std::thread::Builder::new()
-        .name("wharf-glance".into())
-        .spawn(watch)
-        .ok()?;
-    Some(rx)
+    }
+
+    /// Take one glance's answer (`None`: the kernel would not say): true if it is a start.
+    fn started(&mut self, listened: Option<bool>) -> bool {
+        match listened {
+            Some(true) => self.free,
+            Some(false) => {
+                self.free = true;
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 /// `READY=1` and the other notices the server sent to `NOTIFY_SOCKET`.
@@ -424,5 +462,39 @@ async fn follow(
             "warning: {}",
             netstat::exposed_warning(listener.bound)
         ));
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[tokio::test]
+    async fn a_glance_counts_a_listener_that_starts_not_one_that_was_there() {
+        let before = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = before.local_addr().unwrap().port();
+        let mut glance = Glance::new(port).expect("sock_diag and timerfd on Linux");
+        // wharf's own socket, still there at the first glances: not the server's start.
+        assert!(!glance.started(glance.port.listened()));
+        drop(before);
+        assert!(!glance.started(glance.port.listened()), "free");
+        let server = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        assert!(glance.started(glance.port.listened()), "the server's");
+        drop(server);
+    }
+
+    #[tokio::test]
+    async fn a_glance_wakes_its_waiter_when_the_port_is_listened_on() {
+        let free = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = free.local_addr().unwrap().port();
+        drop(free);
+        let mut glance = Glance::new(port).expect("sock_diag and timerfd on Linux");
+        assert!(!glance.started(glance.port.listened()), "free");
+        let _server = TcpListener::bind(("[::]", port))
+            .or_else(|_| TcpListener::bind(("127.0.0.1", port)))
+            .unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(10), glance.seen()).await;
+        assert_eq!(seen.ok(), Some(true));
     }
 }

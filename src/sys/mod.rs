@@ -13,4 +13,5 @@ pub(crate) mod process;
 pub(crate) mod socket;
 pub(crate) mod stdio;
 pub(crate) mod sysfile;
+pub(crate) mod ticker;
 pub(crate) mod trust;

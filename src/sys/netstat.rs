@@ -96,6 +96,26 @@ pub(crate) fn quickly_listened_on(port: u16) -> Option<bool> {
     imp::quickly_listened_on(port)
 }
 
+/// A port watched for a listener that loopback reaches, asked often: a kernel socket kept open
+/// for the watch, and per look one lookup of `127.0.0.1:PORT` and one of `[::1]:PORT` (each
+/// also finds a socket bound to every interface), the way an incoming connection finds its
+/// listener, rather than a dump of every listener (`quickly_listened_on` walks the kernel's
+/// whole listening table, some 30 µs of CPU here; a lookup takes a few).
+pub(crate) struct PortWatch(imp::PortWatch);
+
+impl PortWatch {
+    /// `None` where the platform cannot tell cheaply.
+    pub(crate) fn new(port: u16) -> Option<PortWatch> {
+        imp::PortWatch::new(port).map(PortWatch)
+    }
+
+    /// Whether a socket that loopback reaches listens on the port now; `None` if the kernel
+    /// would not say.
+    pub(crate) fn listened(&self) -> Option<bool> {
+        self.0.listened()
+    }
+}
+
 /// Whether `listener`, the very socket and not only its address, still listens; `None` where
 /// the platform cannot tell cheaply.
 pub(crate) fn still_listening(listener: &Listener) -> Option<bool> {
@@ -402,6 +422,97 @@ mod imp {
         any_listener(|row| row.inode == listener.id)
     }
 
+    /// A `sock_diag` socket kept for lookups of one port (see `super::PortWatch`).
+    pub(crate) struct PortWatch {
+        fd: std::os::fd::OwnedFd,
+        port: u16,
+    }
+
+    impl PortWatch {
+        pub(crate) fn new(port: u16) -> Option<PortWatch> {
+            let watch = PortWatch {
+                fd: sock_diag()?,
+                port,
+            };
+            watch.listened()?;
+            Some(watch)
+        }
+
+        pub(crate) fn listened(&self) -> Option<bool> {
+            let v4 = self.lookup(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
+            // A machine without IPv6 answers that lookup with an error: nothing listens there.
+            Some(v4 || self.lookup(IpAddr::V6(Ipv6Addr::LOCALHOST)) == Some(true))
+        }
+
+        /// One lookup of `ip`:port, as a connection from loopback would find its listener (a
+        /// socket on that address or on every interface). `None` if the kernel said other
+        /// than found or not found.
+        fn lookup(&self, ip: IpAddr) -> Option<bool> {
+            use std::os::fd::AsRawFd;
+            const SOCK_DIAG_BY_FAMILY: u16 = 20;
+            const HEADER: usize = 16;
+            // nlmsghdr, then inet_diag_req_v2: family, protocol, ext, pad, states, then the
+            // socket id: source port (big-endian), destination port, source and destination
+            // address (16 bytes each), interface, cookie (all ones: none).
+            let mut req = [0u8; HEADER + 56];
+            req[0..4].copy_from_slice(&((HEADER + 56) as u32).to_ne_bytes());
+            req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+            req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+            let id = HEADER + 8;
+            req[HEADER] = match ip {
+                IpAddr::V4(_) => libc::AF_INET as u8,
+                IpAddr::V6(_) => libc::AF_INET6 as u8,
+            };
+            req[HEADER + 1] = libc::IPPROTO_TCP as u8;
+            req[HEADER + 4..HEADER + 8].copy_from_slice(&u32::MAX.to_ne_bytes());
+            req[id..id + 2].copy_from_slice(&self.port.to_be_bytes());
+            match ip {
+                IpAddr::V4(v4) => req[id + 4..id + 8].copy_from_slice(&v4.octets()),
+                IpAddr::V6(v6) => req[id + 4..id + 20].copy_from_slice(&v6.octets()),
+            }
+            req[id + 40..id + 48].copy_from_slice(&[0xff; 8]);
+            let fd = self.fd.as_raw_fd();
+            // SAFETY: sends `req`, which lives across the call.
+            let sent = unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) };
+            if sent != req.len() as isize {
+                return None;
+            }
+            // One answer: the socket found (its inet_diag_msg), or an error (ENOENT: none).
+            let mut buf = [0u8; 512];
+            // SAFETY: receives into `buf`, within its length.
+            let got = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let got = usize::try_from(got).ok()?;
+            if got < HEADER + 4 {
+                return None;
+            }
+            match u16::from_ne_bytes([buf[4], buf[5]]) as libc::c_int {
+                libc::NLMSG_ERROR => {
+                    let error = i32::from_ne_bytes(buf[HEADER..HEADER + 4].try_into().ok()?);
+                    (error == -libc::ENOENT).then_some(false)
+                }
+                // The lookup finds a listener or a connection's own four addresses; with no
+                // remote address given, only a listener.
+                _ => Some(buf[HEADER + 1] == LISTEN),
+            }
+        }
+    }
+
+    /// A new `sock_diag` netlink socket; `None` if the kernel refuses one.
+    fn sock_diag() -> Option<std::os::fd::OwnedFd> {
+        use std::os::fd::FromRawFd;
+        const NETLINK_SOCK_DIAG: libc::c_int = 4;
+        // SAFETY: a plain socket call; the fd is owned at once.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                NETLINK_SOCK_DIAG,
+            )
+        };
+        // SAFETY: a new fd nothing else owns.
+        (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    }
+
     /// Whether any listening TCP socket is `wanted`, from the socket diagnostics (stops at the
     /// first). `None` if netlink refuses.
     fn any_listener(wanted: impl Fn(&Row) -> bool) -> Option<bool> {
@@ -433,8 +544,7 @@ mod imp {
     /// Each listening TCP socket (IPv4, then IPv6) to `stop`, one `sock_diag` dump per
     /// family, until `stop` says so. `None` if netlink refuses or answers what cannot be read.
     fn each_listener(mut stop: impl FnMut(Row) -> bool) -> Option<()> {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        const NETLINK_SOCK_DIAG: libc::c_int = 4;
+        use std::os::fd::AsRawFd;
         const SOCK_DIAG_BY_FAMILY: u16 = 20;
         const TCP_LISTEN: u32 = 10;
         const HEADER: usize = 16;
@@ -443,19 +553,7 @@ mod imp {
         // interface; cookie), then expires, rqueue (a listener's accept queue), wqueue, uid,
         // inode.
         const MSG: usize = 72;
-        // SAFETY: a plain socket call; the fd is owned at once.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                NETLINK_SOCK_DIAG,
-            )
-        };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: a new fd nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = sock_diag()?;
         let mut buf = vec![0u8; 32 * 1024];
         let word = |b: &[u8], at: usize| -> Option<u32> {
             Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
@@ -616,6 +714,34 @@ mod imp {
             assert_eq!(super::super::quickly_listened_on(port), Some(true));
             drop(listener);
             assert_eq!(super::super::quickly_listened_on(port), Some(false));
+        }
+
+        #[test]
+        fn a_port_watch_sees_what_loopback_reaches_on_its_port() {
+            use std::net::TcpListener;
+            // A port of our own first, then each kind of socket on it in turn.
+            let first = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = first.local_addr().unwrap().port();
+            let watch = super::super::PortWatch::new(port).expect("sock_diag on Linux");
+            assert_eq!(watch.listened(), Some(true), "127.0.0.1");
+            drop(first);
+            assert_eq!(watch.listened(), Some(false), "closed");
+            for addr in ["0.0.0.0", "[::1]", "[::]"] {
+                let Ok(l) = TcpListener::bind(format!("{addr}:{port}")) else {
+                    // No IPv6 here, or the port was taken meanwhile: nothing to say.
+                    continue;
+                };
+                assert_eq!(watch.listened(), Some(true), "{addr}");
+                drop(l);
+                assert_eq!(watch.listened(), Some(false), "{addr} closed");
+            }
+            // A socket bound and not listening is not a listener.
+            let bound =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            bound
+                .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into())
+                .unwrap();
+            assert_eq!(watch.listened(), Some(false), "bound, not listening");
         }
 
         #[test]
@@ -818,6 +944,18 @@ mod imp {
 
     pub(crate) fn still_listening(_listener: &Listener) -> Option<bool> {
         None
+    }
+
+    pub(crate) struct PortWatch;
+
+    impl PortWatch {
+        pub(crate) fn new(_port: u16) -> Option<PortWatch> {
+            None
+        }
+
+        pub(crate) fn listened(&self) -> Option<bool> {
+            None
+        }
     }
 
     pub(crate) fn listening(_root: i32, expected: u16) -> Vec<Listener> {
