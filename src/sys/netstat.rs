@@ -106,7 +106,9 @@ pub(crate) struct PortWatch(imp::PortWatch);
 impl PortWatch {
     /// `None` where the platform cannot tell cheaply.
     pub(crate) fn new(port: u16) -> Option<PortWatch> {
-        imp::PortWatch::new(port).map(PortWatch)
+        let watch = imp::PortWatch::new(port)?;
+        watch.listened()?;
+        Some(PortWatch(watch))
     }
 
     /// Whether a socket that loopback reaches listens on the port now; `None` if the kernel
@@ -319,11 +321,18 @@ mod imp {
     }
 
     pub(crate) fn listening(root: i32, expected: u16) -> Vec<Listener> {
-        let rows = listener_rows();
         // The usual case first: the server itself listens on the port it was given. Its own
-        // fds answer that without a walk of every process on the machine for its tree; the
-        // expected port is what `pick_listener` takes when it is there.
+        // fds and the kernel's lookup of that port answer that without a walk of every
+        // process on the machine for its tree, or of every listener; the expected port is
+        // what `pick_listener` takes when it is there.
         let own: HashSet<u64> = process_sockets(root).into_iter().collect();
+        if let Some(rows) = PortWatch::new(expected).and_then(|w| w.listeners()) {
+            let (mine, _) = tree_listeners(&rows, &own, &[]);
+            if !mine.is_empty() {
+                return mine;
+            }
+        }
+        let rows = listener_rows();
         let (mine, _) = tree_listeners(&rows, &own, &[]);
         if mine.iter().any(|l| l.connect.port() == expected) {
             return mine;
@@ -430,24 +439,42 @@ mod imp {
 
     impl PortWatch {
         pub(crate) fn new(port: u16) -> Option<PortWatch> {
-            let watch = PortWatch {
+            Some(PortWatch {
                 fd: sock_diag()?,
                 port,
-            };
-            watch.listened()?;
-            Some(watch)
+            })
         }
 
         pub(crate) fn listened(&self) -> Option<bool> {
-            let v4 = self.lookup(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
+            if self.lookup(IpAddr::V4(Ipv4Addr::LOCALHOST))?.is_some() {
+                return Some(true);
+            }
             // A machine without IPv6 answers that lookup with an error: nothing listens there.
-            Some(v4 || self.lookup(IpAddr::V6(Ipv6Addr::LOCALHOST)) == Some(true))
+            Some(matches!(
+                self.lookup(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+                Some(Some(_))
+            ))
+        }
+
+        /// The listeners that loopback reaches on the port: the one `127.0.0.1` finds, then
+        /// the one `[::1]` finds if it is another. `None` if the kernel would not say.
+        pub(crate) fn listeners(&self) -> Option<Vec<Row>> {
+            let mut rows: Vec<Row> = self
+                .lookup(IpAddr::V4(Ipv4Addr::LOCALHOST))?
+                .into_iter()
+                .collect();
+            if let Some(Some(v6)) = self.lookup(IpAddr::V6(Ipv6Addr::LOCALHOST))
+                && !rows.iter().any(|r| r.inode == v6.inode)
+            {
+                rows.push(v6);
+            }
+            Some(rows)
         }
 
         /// One lookup of `ip`:port, as a connection from loopback would find its listener (a
-        /// socket on that address or on every interface). `None` if the kernel said other
-        /// than found or not found.
-        fn lookup(&self, ip: IpAddr) -> Option<bool> {
+        /// socket on that address or on every interface): the listener, or none. `None` if
+        /// the kernel said other than found or not found.
+        fn lookup(&self, ip: IpAddr) -> Option<Option<Row>> {
             use std::os::fd::AsRawFd;
             const SOCK_DIAG_BY_FAMILY: u16 = 20;
             const HEADER: usize = 16;
@@ -488,13 +515,48 @@ mod imp {
             match u16::from_ne_bytes([buf[4], buf[5]]) as libc::c_int {
                 libc::NLMSG_ERROR => {
                     let error = i32::from_ne_bytes(buf[HEADER..HEADER + 4].try_into().ok()?);
-                    (error == -libc::ENOENT).then_some(false)
+                    (error == -libc::ENOENT).then_some(None)
                 }
                 // The lookup finds a listener or a connection's own four addresses; with no
                 // remote address given, only a listener.
-                _ => Some(buf[HEADER + 1] == LISTEN),
+                _ => {
+                    let row = diag_row(buf.get(HEADER..HEADER + DIAG_MSG)?)?;
+                    Some((row.state == LISTEN).then_some(row))
+                }
             }
         }
+    }
+
+    /// The length of an `inet_diag_msg`: family, state, timer, retrans, then the socket id
+    /// (source port and destination port, big-endian; source and destination address, 16
+    /// bytes each; interface; cookie), then expires, rqueue (a listener's accept queue),
+    /// wqueue, uid, inode.
+    const DIAG_MSG: usize = 72;
+
+    /// The row an `inet_diag_msg` (`m`, `DIAG_MSG` bytes) describes (no remote address: a
+    /// listener's).
+    fn diag_row(m: &[u8]) -> Option<Row> {
+        let word = |at: usize| -> Option<u32> {
+            Some(u32::from_ne_bytes(m.get(at..at + 4)?.try_into().ok()?))
+        };
+        let port = u16::from_be_bytes([*m.get(4)?, *m.get(5)?]);
+        let (ip, any): (IpAddr, IpAddr) = match i32::from(*m.first()?) {
+            libc::AF_INET => (
+                <[u8; 4]>::try_from(m.get(8..12)?).ok()?.into(),
+                Ipv4Addr::UNSPECIFIED.into(),
+            ),
+            _ => (
+                <[u8; 16]>::try_from(m.get(8..24)?).ok()?.into(),
+                Ipv6Addr::UNSPECIFIED.into(),
+            ),
+        };
+        Some(Row {
+            local: SocketAddr::new(ip, port),
+            remote: SocketAddr::new(any, 0),
+            state: *m.get(1)?,
+            rx_queue: word(56)? as usize,
+            inode: u64::from(word(68)?),
+        })
     }
 
     /// A new `sock_diag` netlink socket; `None` if the kernel refuses one.
@@ -548,11 +610,6 @@ mod imp {
         const SOCK_DIAG_BY_FAMILY: u16 = 20;
         const TCP_LISTEN: u32 = 10;
         const HEADER: usize = 16;
-        // inet_diag_msg: family, state, timer, retrans, then the socket id (source port and
-        // destination port, big-endian; source and destination address, 16 bytes each;
-        // interface; cookie), then expires, rqueue (a listener's accept queue), wqueue, uid,
-        // inode.
-        const MSG: usize = 72;
         let fd = sock_diag()?;
         let mut buf = vec![0u8; 32 * 1024];
         let word = |b: &[u8], at: usize| -> Option<u32> {
@@ -591,30 +648,8 @@ mod imp {
                     match kind as libc::c_int {
                         libc::NLMSG_DONE => break 'dump,
                         libc::NLMSG_ERROR => return None,
-                        _ if len >= HEADER + MSG => {
-                            let m = &buf[at + HEADER..at + HEADER + MSG];
-                            let port = u16::from_be_bytes([m[4], m[5]]);
-                            let ip: std::net::IpAddr = match m[0] as libc::c_int {
-                                libc::AF_INET => <[u8; 4]>::try_from(&m[8..12]).ok()?.into(),
-                                _ => <[u8; 16]>::try_from(&m[8..24]).ok()?.into(),
-                            };
-                            let row = Row {
-                                local: SocketAddr::new(ip, port),
-                                remote: SocketAddr::new(
-                                    match ip {
-                                        std::net::IpAddr::V4(_) => {
-                                            std::net::Ipv4Addr::UNSPECIFIED.into()
-                                        }
-                                        std::net::IpAddr::V6(_) => {
-                                            std::net::Ipv6Addr::UNSPECIFIED.into()
-                                        }
-                                    },
-                                    0,
-                                ),
-                                state: LISTEN,
-                                rx_queue: word(m, 56)? as usize,
-                                inode: u64::from(word(m, 68)?),
-                            };
+                        _ if len >= HEADER + DIAG_MSG => {
+                            let row = diag_row(&buf[at + HEADER..at + HEADER + DIAG_MSG])?;
                             if stop(row) {
                                 return Some(());
                             }
@@ -808,6 +843,24 @@ mod imp {
             let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
             let (_server, _) = listener.accept().unwrap();
             assert_eq!(super::super::established(&[port]), Some(1));
+        }
+
+        #[test]
+        fn the_server_on_its_expected_port_is_found_by_lookup_as_by_the_tables() {
+            let v4 = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+            let port = v4.local_addr().unwrap().port();
+            let me = std::process::id() as i32;
+            let found = super::super::listening(me, port);
+            let first = found.first().expect("found");
+            assert_eq!(first.bound, SocketAddr::from(([0, 0, 0, 0], port)));
+            assert_eq!(first.connect, SocketAddr::from(([127, 0, 0, 1], port)));
+            assert_eq!(first.id, nix::sys::stat::fstat(&v4).unwrap().st_ino);
+            // Both families on the port: both, IPv4 first, as the tables list them.
+            if let Ok(v6) = std::net::TcpListener::bind(("::1", port)) {
+                let found = super::super::listening(me, port);
+                let bound: Vec<_> = found.iter().map(|l| l.bound).collect();
+                assert_eq!(bound, [v4.local_addr().unwrap(), v6.local_addr().unwrap()]);
+            }
         }
 
         #[test]
