@@ -223,9 +223,42 @@ mod imp {
         false
     }
 
-    /// Every process whose ancestry reaches `root`, `root` included.
+    /// Every process whose ancestry reaches `root`, `root` included. From each thread's
+    /// `children` list down the tree (a few reads for a server that starts nothing), else
+    /// from every process's stat.
     pub(crate) fn tree(root: i32) -> Vec<i32> {
+        tree_by_children(root).unwrap_or_else(|| tree_by_stat(root))
+    }
+
+    /// `root` and the processes below it, from every process's stat.
+    pub(super) fn tree_by_stat(root: i32) -> Vec<i32> {
         descendants(vec![root], &table())
+    }
+
+    /// `root` and the processes below it, from their threads' `children` lists; `None` where
+    /// the kernel keeps none.
+    fn tree_by_children(root: i32) -> Option<Vec<i32>> {
+        if !std::path::Path::new("/proc/thread-self/children").exists() {
+            return None;
+        }
+        let mut out = vec![root];
+        let mut i = 0;
+        while i < out.len() {
+            // A process gone meanwhile has no tasks left to read.
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", out[i]));
+            for task in tasks.into_iter().flatten().flatten() {
+                let Ok(list) = std::fs::read_to_string(task.path().join("children")) else {
+                    continue;
+                };
+                for kid in list.split_ascii_whitespace().filter_map(|p| p.parse().ok()) {
+                    if !out.contains(&kid) {
+                        out.push(kid);
+                    }
+                }
+            }
+            i += 1;
+        }
+        Some(out)
     }
 
     /// `root`'s tree plus the members of the process group numbered `root`, and their trees;
@@ -421,6 +454,41 @@ mod tests {
             };
             assert!(!other.is_alive());
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_tree_read_from_children_lists_is_the_tree_read_from_every_stat() {
+        use std::io::BufRead;
+        // A shell with a child of its own, below this process: it names the child once forked.
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let sh_pid = sh.id() as i32;
+        let mut line = String::new();
+        std::io::BufReader::new(sh.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let sleep_pid: i32 = line.trim().parse().unwrap();
+        let by_stat = |root| {
+            let mut t = imp::tree_by_stat(root);
+            t.sort();
+            t
+        };
+        let mut quick = imp::tree(sh_pid);
+        quick.sort();
+        assert_eq!(quick, by_stat(sh_pid));
+        assert_eq!(quick.len(), 2, "the shell and its sleep");
+        let me = std::process::id() as i32;
+        assert!(imp::tree(me).contains(&sh_pid));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(sleep_pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = sh.kill();
+        let _ = sh.wait();
     }
 
     #[test]
