@@ -23,8 +23,8 @@ use crate::sys::ticker::Ticker;
 /// millisecond of its listening. A glance is one or two lookups of the port in the kernel's
 /// listening table (`netstat::PortWatch`, 3 µs of CPU) on the supervisor's own loop, woken by
 /// a `timerfd` (`Ticker`), so no thread has to hand the finding over. With the wake-up, about
-/// 34 µs of CPU a glance on a busy 2-CPU VM: 13 % of one CPU for that first second, then 3.5 %
-/// (the thread it replaced, one glance a millisecond, took 7 %). The full look (which process
+/// 34-44 µs of CPU a glance on a busy 2-CPU VM: 13-18 % of one CPU for that first second,
+/// then 3.5-4.5 % (the thread it replaced, one glance a millisecond, took 7 %). The full look (which process
 /// listens, on which port) keeps its slower pace, and runs at once when a glance finds the
 /// port taken.
 const GLANCE_EVERY: Duration = Duration::from_micros(250);
