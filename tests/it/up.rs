@@ -554,6 +554,25 @@ fn a_config_toml_another_user_could_have_written_is_refused_unless_allowed() {
 
 /// `[instances.web]`: the test server reporting the version in `version` (a file in the
 /// sandbox), taking a second to start, finishing what it took when stopped.
+/// Ports of this sandbox's own for its instances, away from the 4000s every other test's
+/// instances are given: an env-mode server binds its port itself, a second after wharf chose
+/// it (`--start-delay`), and another test choosing the same free port meanwhile made the new
+/// version fail with "Address already in use".
+fn own_ports(sb: &Sandbox) {
+    static TRIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..2000 {
+        let k = TRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = 15_000 + u16::try_from(start.wrapping_add(k * 8) % 15_000).unwrap();
+        let free = (base..base + 8).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            sb.config(&format!("[defaults]\nrange = \"{base}-{}\"\n", base + 7));
+            return;
+        }
+    }
+    panic!("no 8 free ports in a row in 15000-29999");
+}
+
 fn versioned_project(sb: &Sandbox, version: &str, extra: &str) {
     let file = sb.dir.path().join(version);
     std::fs::write(&file, version).unwrap();
@@ -622,6 +641,7 @@ fn up_swaps_changed_replicas_without_refusing() {
 
 fn swap_without_refusing(extra: &str, members: usize) {
     let sb = Sandbox::new();
+    own_ports(&sb);
     versioned_project(&sb, "v1", extra);
     let (status, log) = sb.output(&["up"]);
     assert!(status.success(), "{log}");
@@ -695,6 +715,7 @@ fn swap_without_refusing(extra: &str, members: usize) {
 #[test]
 fn up_keeps_the_old_version_when_the_new_one_fails() {
     let sb = Sandbox::new();
+    own_ports(&sb);
     versioned_project(&sb, "v1", "restart = \"no\"\n");
     let (status, log) = sb.output(&["up"]);
     assert!(status.success(), "{log}");
