@@ -192,11 +192,7 @@ impl Client for TlsClient {
     }
 
     fn ack_now(&self) {
-        #[cfg(target_os = "linux")]
-        {
-            let socket = self.get_ref().0.get_ref().get_ref().get_ref();
-            let _ = socket2::SockRef::from(socket).set_tcp_quickack(true);
-        }
+        crate::sys::socket::ack_now(self.get_ref().0.get_ref().get_ref().get_ref());
     }
 
     async fn send(&mut self, mut bytes: &[u8], stall: Duration, last: bool) -> io::Result<()> {

@@ -124,14 +124,8 @@ impl Socket {
     /// waited for, which a client with Nagle's algorithm on holds back until that ACK
     /// (`accept::acks_ride_on_answers` delays it otherwise).
     pub(crate) fn ack_now(&self) {
-        #[cfg(target_os = "linux")]
-        {
-            let stream = match &self.0 {
-                State::Raw { stream, .. } => socket2::SockRef::from(stream),
-                State::Watched(stream) => socket2::SockRef::from(stream),
-                State::Lost => return,
-            };
-            let _ = stream.set_tcp_quickack(true);
+        if let Some(socket) = self.socket() {
+            crate::sys::socket::ack_now(&*socket);
         }
     }
 
@@ -166,13 +160,19 @@ impl Socket {
     /// `try_write`'s `last`, the FIN goes with the last bytes). A failure is left to the
     /// close that follows.
     pub(crate) fn finish(&self) {
-        let _ = match &self.0 {
-            State::Raw { stream, .. } => stream.shutdown(std::net::Shutdown::Write),
-            State::Watched(stream) => {
-                socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write)
-            }
-            State::Lost => return,
-        };
+        if let Some(socket) = self.socket() {
+            let _ = socket.shutdown(std::net::Shutdown::Write);
+        }
+    }
+
+    /// The socket itself, registered or not, for its options and system calls that need no
+    /// wait; `None` once lost.
+    fn socket(&self) -> Option<socket2::SockRef<'_>> {
+        match &self.0 {
+            State::Raw { stream, .. } => Some(socket2::SockRef::from(stream)),
+            State::Watched(stream) => Some(socket2::SockRef::from(stream)),
+            State::Lost => None,
+        }
     }
 
     /// The socket as tokio's stream, registered (for hyper, or TLS).

@@ -87,8 +87,7 @@ impl Upstream {
     /// http.server) holds the body until that ACK, and on a reused connection Linux delays it:
     /// 40 ms on every response. Called only when a response did not arrive in one read.
     pub(crate) fn ack_now(&self) {
-        #[cfg(target_os = "linux")]
-        let _ = socket2::SockRef::from(&self.stream).set_tcp_quickack(true);
+        crate::sys::socket::ack_now(&self.stream);
     }
 
     /// Fit to carry another request: not idle too long, and nothing (no EOF, no stray bytes)
