@@ -4,8 +4,11 @@
 //! then takes a set back; a new connection with bytes to read at once takes one too. A few sets
 //! are kept per thread, so that a busy connection's round trip through the wait, and a new
 //! connection from its first read to its close, cost no allocation; more are freed.
+//!
+//! `keep` and `take_kept` are the per-thread lists themselves, for the splice pipes too.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use bytes::BytesMut;
 
@@ -41,22 +44,37 @@ pub(super) fn give(mut bufs: Buffers) {
     bufs.upbuf.clear();
     bufs.request.clear();
     bufs.out.clear();
-    let _ = SPARE.try_with(|spare| {
-        if let Ok(mut spare) = spare.try_borrow_mut()
-            && spare.len() < KEPT
-        {
-            spare.push(bufs);
-        }
-    });
+    keep(&SPARE, bufs, KEPT);
 }
 
 /// A kept set, or new empty buffers (they grow as they are used).
 pub(super) fn take() -> Buffers {
-    SPARE
-        .try_with(|spare| spare.try_borrow_mut().ok().and_then(|mut s| s.pop()))
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    take_kept(&SPARE, |_| true).unwrap_or_default()
+}
+
+/// Keep `item` in this thread's `list` if it holds fewer than `most`; drop it otherwise.
+pub(super) fn keep<T>(list: &'static LocalKey<RefCell<Vec<T>>>, item: T, most: usize) {
+    let _ = list.try_with(|kept| {
+        if let Ok(mut kept) = kept.try_borrow_mut()
+            && kept.len() < most
+        {
+            kept.push(item);
+        }
+    });
+}
+
+/// The item kept last in this thread's `list` of those that `fit`, taken out of it.
+pub(super) fn take_kept<T>(
+    list: &'static LocalKey<RefCell<Vec<T>>>,
+    fit: impl Fn(&T) -> bool,
+) -> Option<T> {
+    list.try_with(|kept| {
+        let mut kept = kept.try_borrow_mut().ok()?;
+        let at = kept.iter().rposition(fit)?;
+        Some(kept.swap_remove(at))
+    })
+    .ok()
+    .flatten()
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use crate::proxy::budget::{Budget, Fds};
 use crate::proxy::deadline::{self, CLIENT_STALLED};
 use crate::proxy::lane::client::socket_gone;
+use crate::proxy::lane::spare;
 use crate::proxy::lane::went_away;
 
 /// The pipe capacity asked for (Linux's `fs.pipe-max-size` for unprivileged users, by
@@ -54,23 +55,12 @@ impl Pipe {
     /// A kept empty pipe, or a new one. None when no pipe can be had (no two descriptors to
     /// spare, or not Linux): copy instead.
     pub(crate) fn open(budget: &Budget) -> Option<Pipe> {
-        let kept = KEPT_PIPES.try_with(|kept| {
-            let mut kept = kept.try_borrow_mut().ok()?;
-            let at = kept.iter().rposition(|pipe| pipe.fds.is_of(budget))?;
-            Some(kept.swap_remove(at))
-        });
-        kept.ok().flatten().or_else(|| Pipe::new(budget))
+        spare::take_kept(&KEPT_PIPES, |pipe| pipe.fds.is_of(budget)).or_else(|| Pipe::new(budget))
     }
 
     /// Keep this pipe, which must be empty, for the next body, if the thread has room.
     pub(crate) fn keep(self) {
-        let _ = KEPT_PIPES.try_with(|kept| {
-            if let Ok(mut kept) = kept.try_borrow_mut()
-                && kept.len() < KEPT
-            {
-                kept.push(self);
-            }
-        });
+        spare::keep(&KEPT_PIPES, self, KEPT);
     }
 
     fn new(budget: &Budget) -> Option<Pipe> {
