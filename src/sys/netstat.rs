@@ -277,6 +277,7 @@ struct Survey {
 #[cfg(target_os = "linux")]
 mod imp {
     use super::*;
+    use nix::sys::socket::MsgFlags;
     use std::collections::HashSet;
 
     pub(crate) const LISTEN: u8 = 0x0A;
@@ -476,39 +477,14 @@ mod imp {
         /// the kernel said other than found or not found.
         fn lookup(&self, ip: IpAddr) -> Option<Option<Row>> {
             use std::os::fd::AsRawFd;
-            const SOCK_DIAG_BY_FAMILY: u16 = 20;
-            const HEADER: usize = 16;
-            // nlmsghdr, then inet_diag_req_v2: family, protocol, ext, pad, states, then the
-            // socket id: source port (big-endian), destination port, source and destination
-            // address (16 bytes each), interface, cookie (all ones: none).
-            let mut req = [0u8; HEADER + 56];
-            req[0..4].copy_from_slice(&((HEADER + 56) as u32).to_ne_bytes());
-            req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-            req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
-            let id = HEADER + 8;
-            req[HEADER] = match ip {
-                IpAddr::V4(_) => libc::AF_INET as u8,
-                IpAddr::V6(_) => libc::AF_INET6 as u8,
-            };
-            req[HEADER + 1] = libc::IPPROTO_TCP as u8;
-            req[HEADER + 4..HEADER + 8].copy_from_slice(&u32::MAX.to_ne_bytes());
-            req[id..id + 2].copy_from_slice(&self.port.to_be_bytes());
-            match ip {
-                IpAddr::V4(v4) => req[id + 4..id + 8].copy_from_slice(&v4.octets()),
-                IpAddr::V6(v6) => req[id + 4..id + 20].copy_from_slice(&v6.octets()),
-            }
-            req[id + 40..id + 48].copy_from_slice(&[0xff; 8]);
-            let fd = self.fd.as_raw_fd();
-            // SAFETY: sends `req`, which lives across the call.
-            let sent = unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) };
-            if sent != req.len() as isize {
+            let wanted = Diag::Lookup(SocketAddr::new(ip, self.port));
+            if !send_diag_request(&self.fd, wanted) {
                 return None;
             }
             // One answer: the socket found (its inet_diag_msg), or an error (ENOENT: none).
             let mut buf = [0u8; 512];
-            // SAFETY: receives into `buf`, within its length.
-            let got = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            let got = usize::try_from(got).ok()?;
+            let got =
+                nix::sys::socket::recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty()).ok()?;
             if got < HEADER + 4 {
                 return None;
             }
@@ -559,6 +535,57 @@ mod imp {
         })
     }
 
+    /// A netlink message's header (`nlmsghdr`: length, type, flags, sequence, port id).
+    const HEADER: usize = 16;
+
+    /// What a `sock_diag` request asks for, of TCP sockets.
+    enum Diag {
+        /// A dump of every listener of one family.
+        Listeners { v6: bool },
+        /// The one listener a connection to this address would find (a socket on that
+        /// address or on every interface).
+        Lookup(SocketAddr),
+    }
+
+    /// Send `fd` (a `sock_diag` socket) the request for `wanted`; false if it did not take it.
+    fn send_diag_request(fd: &std::os::fd::OwnedFd, wanted: Diag) -> bool {
+        use std::os::fd::AsRawFd;
+        const SOCK_DIAG_BY_FAMILY: u16 = 20;
+        // nlmsghdr, then inet_diag_req_v2: family, protocol, ext, pad, states (a bit per TCP
+        // state), then the socket id: source port (big-endian), destination port, source and
+        // destination address (16 bytes each), interface, cookie.
+        let mut req = [0u8; HEADER + 56];
+        req[0..4].copy_from_slice(&((HEADER + 56) as u32).to_ne_bytes());
+        req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        req[HEADER + 1] = libc::IPPROTO_TCP as u8;
+        let id = HEADER + 8;
+        let (flags, v6) = match wanted {
+            // A dump ignores the socket id; the states keep it to listeners.
+            Diag::Listeners { v6 } => {
+                let states = 1u32 << LISTEN;
+                req[HEADER + 4..HEADER + 8].copy_from_slice(&states.to_ne_bytes());
+                (libc::NLM_F_REQUEST | libc::NLM_F_DUMP, v6)
+            }
+            // A lookup in any state: with no remote address given, only a listener matches.
+            // The cookie, all ones, is none.
+            Diag::Lookup(addr) => {
+                req[HEADER + 4..HEADER + 8].copy_from_slice(&u32::MAX.to_ne_bytes());
+                req[id..id + 2].copy_from_slice(&addr.port().to_be_bytes());
+                match addr.ip() {
+                    IpAddr::V4(v4) => req[id + 4..id + 8].copy_from_slice(&v4.octets()),
+                    IpAddr::V6(v6) => req[id + 4..id + 20].copy_from_slice(&v6.octets()),
+                }
+                req[id + 40..id + 48].copy_from_slice(&[0xff; 8]);
+                (libc::NLM_F_REQUEST, addr.is_ipv6())
+            }
+        };
+        req[6..8].copy_from_slice(&(flags as u16).to_ne_bytes());
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+        req[HEADER] = family as u8;
+        let sent = nix::sys::socket::send(fd.as_raw_fd(), &req, MsgFlags::empty());
+        sent == Ok(req.len())
+    }
+
     /// A new `sock_diag` netlink socket; `None` if the kernel refuses one.
     fn sock_diag() -> Option<std::os::fd::OwnedFd> {
         use std::os::fd::FromRawFd;
@@ -607,37 +634,18 @@ mod imp {
     /// family, until `stop` says so. `None` if netlink refuses or answers what cannot be read.
     fn each_listener(mut stop: impl FnMut(Row) -> bool) -> Option<()> {
         use std::os::fd::AsRawFd;
-        const SOCK_DIAG_BY_FAMILY: u16 = 20;
-        const TCP_LISTEN: u32 = 10;
-        const HEADER: usize = 16;
         let fd = sock_diag()?;
         let mut buf = vec![0u8; 32 * 1024];
         let word = |b: &[u8], at: usize| -> Option<u32> {
             Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
         };
-        for family in [libc::AF_INET, libc::AF_INET6] {
-            // nlmsghdr (length, type, flags, seq, pid), then inet_diag_req_v2 (family,
-            // protocol, ext, pad, states, and a socket id left zero: a dump ignores it).
-            let mut req = [0u8; HEADER + 56];
-            req[0..4].copy_from_slice(&((HEADER + 56) as u32).to_ne_bytes());
-            req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-            let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-            req[6..8].copy_from_slice(&flags.to_ne_bytes());
-            req[HEADER] = family as u8;
-            req[HEADER + 1] = libc::IPPROTO_TCP as u8;
-            req[HEADER + 4..HEADER + 8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
-            // SAFETY: sends `req`, which lives across the call.
-            let sent = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-            if sent != req.len() as isize {
+        for v6 in [false, true] {
+            if !send_diag_request(&fd, Diag::Listeners { v6 }) {
                 return None;
             }
             'dump: loop {
-                // SAFETY: receives into `buf`, within its length.
                 let got =
-                    unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-                let Ok(got) = usize::try_from(got) else {
-                    return None;
-                };
+                    nix::sys::socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).ok()?;
                 let mut at = 0;
                 while at + HEADER <= got {
                     let len = word(&buf, at)? as usize;
