@@ -384,9 +384,8 @@ impl Glance {
             }
             if self.fast_until.is_some_and(|t| now >= t) {
                 self.fast_until = None;
-                match Ticker::new(GLANCE_LATER) {
-                    Some(slower) => self.ticks = slower,
-                    None => return false,
+                if self.ticks.every(GLANCE_LATER).is_err() {
+                    return false;
                 }
             }
             if self.ticks.tick().await.is_err() {

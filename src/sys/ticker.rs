@@ -15,6 +15,11 @@ impl Ticker {
         imp::Ticker::new(every).map(Ticker)
     }
 
+    /// Tick `every` so long from now on, instead.
+    pub(crate) fn every(&mut self, every: Duration) -> std::io::Result<()> {
+        self.0.every(every)
+    }
+
     /// The next tick (ticks missed while nobody waited count as one). Cancel-safe.
     pub(crate) async fn tick(&mut self) -> std::io::Result<()> {
         self.0.tick().await
@@ -23,60 +28,46 @@ impl Ticker {
 
 #[cfg(target_os = "linux")]
 mod imp {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsFd, AsRawFd, RawFd};
     use std::time::Duration;
 
+    use nix::sys::time::TimeSpec;
+    use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
     use tokio::io::Interest;
     use tokio::io::unix::AsyncFd;
 
-    pub(crate) struct Ticker(AsyncFd<OwnedFd>);
+    pub(crate) struct Ticker(AsyncFd<Timer>);
+
+    /// A `timerfd`, as tokio's reactor takes a descriptor.
+    struct Timer(TimerFd);
+
+    impl AsRawFd for Timer {
+        fn as_raw_fd(&self) -> RawFd {
+            self.0.as_fd().as_raw_fd()
+        }
+    }
 
     impl Ticker {
         pub(crate) fn new(every: Duration) -> Option<Ticker> {
-            // SAFETY: a plain timerfd_create; the fd is owned at once.
-            let fd = unsafe {
-                libc::timerfd_create(
-                    libc::CLOCK_MONOTONIC,
-                    libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-                )
-            };
-            if fd < 0 {
-                return None;
-            }
-            // SAFETY: a new fd nothing else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let period = libc::timespec {
-                tv_sec: every.as_secs() as libc::time_t,
-                tv_nsec: every.subsec_nanos() as libc::c_long,
-            };
-            let spec = libc::itimerspec {
-                it_interval: period,
-                it_value: period,
-            };
-            // SAFETY: sets the timer of our own fd from `spec`, which lives across the call.
-            if unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } != 0
-            {
-                return None;
-            }
-            // SAFETY: the AsyncFd owns `fd`, so it stays open and the same for its lifetime.
-            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+            let flags = TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC;
+            let timer = TimerFd::new(ClockId::CLOCK_MONOTONIC, flags).ok()?;
+            arm(&timer, every).ok()?;
+            // SAFETY: the AsyncFd owns the timer, so its descriptor stays open and the same
+            // for as long as it is registered.
+            unsafe { AsyncFd::register_with_interest(Timer(timer), Interest::READABLE) }
                 .ok()
                 .map(Ticker)
+        }
+
+        pub(crate) fn every(&mut self, every: Duration) -> std::io::Result<()> {
+            arm(&self.0.get_ref().0, every)
         }
 
         pub(crate) async fn tick(&mut self) -> std::io::Result<()> {
             loop {
                 let mut ready = self.0.readable().await?;
-                let read = ready.try_io(|fd| {
-                    let mut expirations = [0u8; 8];
-                    // SAFETY: reads 8 bytes into `expirations`, as a timerfd answers.
-                    let n =
-                        unsafe { libc::read(fd.as_raw_fd(), expirations.as_mut_ptr().cast(), 8) };
-                    match n {
-                        8 => Ok(()),
-                        _ => Err(std::io::Error::last_os_error()),
-                    }
-                });
+                // The count of expiries since the last read; none yet: `WouldBlock`.
+                let read = ready.try_io(|timer| Ok(timer.get_ref().0.wait()?));
                 match read {
                     Ok(result) => {
                         // Read to the end: no need to find that out with one more read at the
@@ -90,6 +81,12 @@ mod imp {
             }
         }
     }
+
+    /// Expire every `every` from now on.
+    fn arm(timer: &TimerFd, every: Duration) -> std::io::Result<()> {
+        let period = Expiration::Interval(TimeSpec::from_duration(every));
+        Ok(timer.set(period, TimerSetTimeFlags::empty())?)
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -101,6 +98,10 @@ mod imp {
     impl Ticker {
         pub(crate) fn new(_every: Duration) -> Option<Ticker> {
             None
+        }
+
+        pub(crate) fn every(&mut self, _every: Duration) -> std::io::Result<()> {
+            Ok(())
         }
 
         pub(crate) async fn tick(&mut self) -> std::io::Result<()> {
