@@ -21,37 +21,9 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 shared=$root/../shared/bench
 n=${1:-2000}
 proxies=${2:-wharf,nginx,haproxy}
-for tool in strace python3 nginx taskset; do
-  command -v $tool >/dev/null || { echo "bench/syscalls.sh: needs $tool (apt-get install strace nginx haproxy)" >&2; exit 1; }
-done
-[[ -d $shared/lib ]] || { echo "bench/syscalls.sh: needs ../shared/bench beside the repository" >&2; exit 1; }
-if [[ -z ${WHARF_BIN:-} && $proxies == *wharf* ]]; then
-  cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-fi
-wharf=${WHARF_BIN:-$root/target/release/wharf}
-
-# shellcheck source=/dev/null
-source "$shared/lib/common.sh"
-# shellcheck source=/dev/null
-source "$shared/lib/backend.sh"
-BENCH_WORK=$(mktemp -d)
-trap 'bench_stop_all; rm -rf "$BENCH_WORK"' EXIT
-mkdir -p "$BENCH_WORK/logs"
-export BENCH_WORK BENCH_HOST=bench.localhost BENCH_BACKEND_ADDR=127.0.0.1
-export BENCH_PROXY_CPUS=1 BENCH_BACKEND_CPUS=0 BENCH_PROXY_NCPU=1
-BENCH_BACKEND_PORT=$(bench_free_port)
-export BENCH_BACKEND_PORT
-backend_start "$BENCH_BACKEND_PORT"
-
-target_wharf_start() {
-  local port=$1 dir="$BENCH_WORK/t-wharf"
-  mkdir -p "$dir"
-  bench_spawn "$BENCH_GROUP" proxy env WHARF_STATE_DIR="$dir/state" WHARF_RUNTIME_DIR="$dir/run" \
-    "$wharf" proxy --listen "127.0.0.1:$port"
-  bench_wait_port "$port" 30 "$BENCH_GROUP"
-  WHARF_STATE_DIR="$dir/state" WHARF_RUNTIME_DIR="$dir/run" \
-    "$wharf" alias "${BENCH_HOST%.localhost}" "127.0.0.1:$BENCH_BACKEND_PORT" >/dev/null
-}
+me=bench/syscalls.sh tools="strace python3 nginx taskset" apt="strace nginx haproxy"
+# shellcheck source=bench/side-by-side.sh
+source "$root/bench/side-by-side.sh"
 
 # requests PORT N: N requests, each on its own connection, one at a time; fails on any answer
 # but 200.
