@@ -71,7 +71,12 @@ pub(super) fn take_kept<T>(
     list.try_with(|kept| {
         let mut kept = kept.try_borrow_mut().ok()?;
         let at = kept.iter().rposition(fit)?;
-        Some(kept.swap_remove(at))
+        // The last one, usually: popped, not copied over itself as `swap_remove` would.
+        if at + 1 == kept.len() {
+            kept.pop()
+        } else {
+            Some(kept.swap_remove(at))
+        }
     })
     .ok()
     .flatten()
