@@ -35,11 +35,7 @@ group_pids() {
 
 IFS=, read -ra list <<<"$proxies"
 for proxy in "${list[@]}"; do
-  [[ $proxy == wharf ]] || source "$shared/targets/$proxy.sh"
-  BENCH_GROUP=$proxy
-  port=$(bench_free_port)
-  "target_${proxy}_start" "$port"
-  bench_wait_port "$port" 30 "$BENCH_GROUP"
+  start_target "$proxy"
   echo "## $proxy"
   python3 "$root/bench/peers.py" --port "$port" --backend-port "$BENCH_BACKEND_PORT" \
     --host "$BENCH_HOST" --packets "$packets" --seconds "$secs" --work "$BENCH_WORK" \

@@ -1,10 +1,10 @@
 # Sourced by bench/syscalls.sh and bench/peers.sh, which set `me` (the script's name), `tools`
 # (the commands it needs, with `apt` the packages that bring them), `root`, `shared` and
-# `proxies` first. Starts ../shared/bench's backend and loads its proxies' start functions,
-# placed as in its runs (proxy on CPU 1, backend on CPU 0, one worker or thread), and defines
-# target_wharf_start for wharf as bench/run.sh runs it (an alias to the backend): $WHARF_BIN, or
-# this repository's release build, built now when `proxies` names wharf. BENCH_WORK is a scratch
-# directory removed on exit, with everything started there stopped.
+# `proxies` first. Starts ../shared/bench's backend, placed as in its runs (proxy on CPU 1,
+# backend on CPU 0, one worker or thread), and defines start_target to start each proxy; wharf
+# runs as bench/run.sh runs it (an alias to the backend): $WHARF_BIN, or this repository's
+# release build, built now when `proxies` names wharf. BENCH_WORK is a scratch directory removed
+# on exit, with everything started there stopped.
 
 for tool in $tools; do
   command -v "$tool" >/dev/null || { echo "$me: needs $tool (apt-get install $apt)" >&2; exit 1; }
@@ -36,4 +36,14 @@ target_wharf_start() {
   bench_wait_port "$port" 30 "$BENCH_GROUP"
   WHARF_STATE_DIR="$dir/state" WHARF_RUNTIME_DIR="$dir/run" \
     "$wharf" alias "${BENCH_HOST%.localhost}" "127.0.0.1:$BENCH_BACKEND_PORT" >/dev/null
+}
+
+# start_target PROXY: start PROXY (wharf, or one of ../shared/bench/targets) in a group of its
+# own, BENCH_GROUP, and wait for it; its port in `port`.
+start_target() {
+  [[ $1 == wharf ]] || source "$shared/targets/$1.sh"
+  BENCH_GROUP=$1
+  port=$(bench_free_port)
+  "target_$1_start" "$port"
+  bench_wait_port "$port" 30 "$BENCH_GROUP"
 }

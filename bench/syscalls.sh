@@ -87,11 +87,7 @@ traced() {
 
 IFS=, read -ra list <<<"$proxies"
 for proxy in "${list[@]}"; do
-  [[ $proxy == wharf ]] || source "$shared/targets/$proxy.sh"
-  BENCH_GROUP=$proxy
-  port=$(bench_free_port)
-  "target_${proxy}_start" "$port"
-  bench_wait_port "$port" 30 "$BENCH_GROUP"
+  start_target "$proxy"
   requests "$port" 200
   traced "$BENCH_WORK/$proxy.count" -c -- load "$port" "$n"
   done=$(cat "$BENCH_WORK/done")
