@@ -510,8 +510,7 @@ h1test!(
 h1test!(
     an_error_page_for_head_has_no_body_and_the_connection_stays_in_step,
     |sb: Sandbox| {
-        let (dead, held) = os_port();
-        drop(held);
+        let (dead, _dead) = dead_port();
         let port = alias(&sb, "down", dead);
         let mut s = connect(port);
         write!(s, "HEAD / HTTP/1.1\r\nHost: down.localhost\r\n\r\n").unwrap();
@@ -585,8 +584,7 @@ h1test!(
 
         // An instance that is down answers before the body is read: the connection closes
         // rather than read the body as a request to another instance.
-        let (dead, held) = os_port();
-        drop(held);
+        let (dead, _dead) = dead_port();
         alias(&sb, "down", dead);
         let mut s = connect(port);
         write!(

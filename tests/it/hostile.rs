@@ -364,8 +364,7 @@ h1test!(
     |sb: Sandbox| {
         let p = sb.serve("fuzz", &[]);
         let port = p.url_port();
-        let (dead, held) = os_port();
-        drop(held);
+        let (dead, _dead) = dead_port();
         let (status, log) = sb.output(&["alias", "gone", &dead.to_string()]);
         assert!(status.success(), "{log}");
         let mut cases = Cases(0x9e37_79b9_7f4a_7c15);

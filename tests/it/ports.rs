@@ -229,8 +229,7 @@ fn alias_says_when_there_is_nothing_to_remove_or_nothing_listening() {
     assert!(log.contains("no alias named 'nosuch'"), "{log}");
     assert!(!log.contains("removed"), "{log}");
 
-    let (port, listener) = os_port();
-    drop(listener);
+    let (port, _dead) = dead_port();
     let (status, log) = sb.output(&["alias", "later", &port.to_string()]);
     assert!(
         status.success(),

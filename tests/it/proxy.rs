@@ -234,9 +234,8 @@ h1test!(
 h1test!(
     a_dead_backend_is_a_clear_502_within_two_seconds,
     |sb: Sandbox| {
-        let (dead_port, listener) = os_port();
-        drop(listener);
-        let (status, log) = sb.output(&["alias", "gone", &dead_port.to_string()]);
+        let (dead, _dead) = dead_port();
+        let (status, log) = sb.output(&["alias", "gone", &dead.to_string()]);
         assert!(status.success(), "{log}");
         let (_, port) = sb.proxy().unwrap();
         let started = Instant::now();

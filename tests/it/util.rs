@@ -647,6 +647,19 @@ pub fn os_port() -> (u16, std::net::TcpListener) {
     (l.local_addr().unwrap().port(), l)
 }
 
+/// A port on 127.0.0.1 where nothing listens, and nothing will while the socket returned is
+/// kept: it is bound there but not listening, so connections are refused, and no other test
+/// can bind the port or get it from the OS (a listener bound and dropped leaves the port free
+/// for the next test that asks the OS for one, which made such tests flaky).
+pub fn dead_port() -> (u16, socket2::Socket) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    socket.bind(&any.into()).unwrap();
+    let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+    (port, socket)
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
