@@ -13,6 +13,12 @@
  *                                after MS milliseconds of doing nothing (default 0): a start
  *                                after a pause, as a server's start on demand comes, finds
  *                                the CPU's caches cold and its CPU halted, and takes longer.
+ *   demand-backend --wake N MS   a process asleep in read(2) is sent a byte N times, each
+ *                                after MS milliseconds of doing nothing: the median ns from the
+ *                                write to the sleeper back from its read, with the sleeper on
+ *                                the writer's CPU, then on another (-1 with one CPU). Each
+ *                                hand-off between processes on a request's way (client,
+ *                                proxy, supervisor, server) costs one such wake.
  *
  * LOG lines: "req PID MAIN READY REQ RESP" per request and "exit PID T" before exiting.
  * Connections that close without a request (wharf checking that the server accepts on the
@@ -25,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -44,6 +51,50 @@ static int cmp(const void *a, const void *b) {
 
 static void say(int log, const char *line) {
   if (write(log, line, strlen(line)) < 0) _exit(3);
+}
+
+/* Pin the calling process to CPU `cpu`. */
+static void pin(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  sched_setaffinity(0, sizeof set, &set);
+}
+
+/* --wake: the median ns from a write on CPU 0 to a process asleep in read(2) on CPU
+ * `sleeper_cpu` being back from its read, each write after `pause_ms` of doing nothing. */
+static long long wake_median(int n, int pause_ms, int sleeper_cpu) {
+  int to[2], back[2];
+  if (pipe(to) || pipe(back)) exit(1);
+  pin(0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    char c;
+    close(to[1]);
+    close(back[0]);
+    pin(sleeper_cpu);
+    while (read(to[0], &c, 1) == 1) {
+      long long t = now();
+      if (write(back[1], &t, sizeof t) != sizeof t) _exit(1);
+    }
+    _exit(0);
+  }
+  close(to[0]);
+  close(back[1]);
+  long long *d = calloc(n, sizeof *d);
+  for (int i = 0; i < n; i++) {
+    usleep(pause_ms * 1000);
+    long long t0 = now(), t1 = 0;
+    if (write(to[1], "x", 1) != 1 || read(back[0], &t1, sizeof t1) != sizeof t1) exit(1);
+    d[i] = t1 - t0;
+  }
+  close(to[1]);
+  close(back[0]);
+  waitpid(pid, 0, 0);
+  qsort(d, n, sizeof *d, cmp);
+  long long median = d[n / 2];
+  free(d);
+  return median;
 }
 
 int main(int argc, char **argv) {
@@ -79,8 +130,15 @@ int main(int argc, char **argv) {
     printf("%lld\n", d[n / 2]);
     return 0;
   }
+  if (argc == 4 && strcmp(argv[1], "--wake") == 0) {
+    int n = atoi(argv[2]), pause_ms = atoi(argv[3]);
+    if (n < 1) return 2;
+    int other = sysconf(_SC_NPROCESSORS_ONLN) > 1;
+    printf("%lld %lld\n", wake_median(n, pause_ms, 0), other ? wake_median(n, pause_ms, 1) : -1);
+    return 0;
+  }
   if (argc != 2) {
-    fprintf(stderr, "usage: demand-backend LOG | --exec N [MS]\n");
+    fprintf(stderr, "usage: demand-backend LOG | --exec N [MS] | --wake N MS\n");
     return 2;
   }
   int log = open(argv[1], O_WRONLY | O_APPEND | O_CREAT, 0600);

@@ -170,6 +170,12 @@ exec_ns=$("$work/backend" --exec 50 100)
 ms() { awk "BEGIN{printf \"%.3f\", $1/1e6}"; }
 echo "fork+exec of the backend (paid by any launcher, counted as the server's): $(ms "$exec_ns") ms" \
   "after 0.1 s of nothing, as a start here comes (median of 50; back to back: $(ms "$hot_ns") ms)"
+# What the machine charges for each hand-off between processes after a pause; counted in the
+# proxy's share, which holds at least two: the proxy woken by the request (and, on demand, the
+# supervisor by the proxy), and the proxy woken by the answer.
+read -r wake_same wake_other < <("$work/backend" --wake 50 100)
+echo "a process asleep in read(2), woken after 0.1 s of nothing: $(ms "$wake_same") ms on the" \
+  "writer's CPU, $(ms "$wake_other") ms on the other (median of 50)"
 
 run_case() { # CASE NAME ROUNDS WHARF-RUN-OPTIONS...
   local case=$1 name=$2 n=$3; shift 3
