@@ -485,6 +485,8 @@ struct Recorder {
     port: u16,
     seen: mpsc::Receiver<Received>,
     script: Arc<Mutex<Option<Vec<u8>>>>,
+    /// A message for each connection closed after a scripted answer.
+    closed: mpsc::Receiver<()>,
 }
 
 impl Recorder {
@@ -492,16 +494,34 @@ impl Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, seen) = mpsc::channel();
+        let (closing, closed) = mpsc::channel();
         let script: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
         let scripted = script.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
-                let (tx, scripted) = (tx.clone(), scripted.clone());
-                std::thread::spawn(move || record(stream, &tx, &scripted));
+                let (tx, closing) = (tx.clone(), closing.clone());
+                let scripted = scripted.clone();
+                std::thread::spawn(move || record(stream, &tx, &scripted, &closing));
             }
         });
-        Recorder { port, seen, script }
+        Recorder {
+            port,
+            seen,
+            script,
+            closed,
+        }
+    }
+
+    /// Wait (`ANSWER` at most each) until the connections that carried `n` scripted answers
+    /// are closed, and so the proxy's ends have their FIN. A connection this backend closes
+    /// just after answering could otherwise still look idle and open in the proxy's pool, and
+    /// carry the next case's priming request, which cannot go again: the case would then fail
+    /// for a reason of its predecessor's.
+    fn scripted_closed(&self, n: usize) {
+        for _ in 0..n {
+            let _ = self.closed.recv_timeout(ANSWER);
+        }
     }
 
     /// Everything received since the last call (it has all arrived once its answer has).
@@ -510,7 +530,12 @@ impl Recorder {
     }
 }
 
-fn record(mut stream: TcpStream, tx: &mpsc::Sender<Received>, script: &Mutex<Option<Vec<u8>>>) {
+fn record(
+    mut stream: TcpStream,
+    tx: &mpsc::Sender<Received>,
+    script: &Mutex<Option<Vec<u8>>>,
+    closing: &mpsc::Sender<()>,
+) {
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut buf = Vec::new();
     loop {
@@ -580,6 +605,8 @@ fn record(mut stream: TcpStream, tx: &mpsc::Sender<Received>, script: &Mutex<Opt
         let _ = tx.send(received);
         if let Some(answer) = script.lock().unwrap().clone().filter(|_| scripted) {
             let _ = stream.write_all(&answer);
+            drop(stream);
+            let _ = closing.send(());
             return;
         }
         if stream
@@ -1035,6 +1062,7 @@ fn fuzz_response_heads_agree_with_the_hyper_path() {
                 .filter(|r| r.line.starts_with("GET /r "))
                 .count();
             bench.backend.script.lock().unwrap().take();
+            bench.backend.scripted_closed(asked);
             // 502 and no answer at all are the same verdict: not forwarded.
             (got.filter(|g| g.0 != 502), asked)
         };
