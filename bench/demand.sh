@@ -174,8 +174,10 @@ echo "fork+exec of the backend (paid by any launcher, counted as the server's): 
 # proxy's share, which holds at least two: the proxy woken by the request (and, on demand, the
 # supervisor by the proxy), and the proxy woken by the answer.
 read -r wake_same wake_other < <("$work/backend" --wake 50 100)
+other="$(ms "$wake_other") ms on the other"
+((wake_other >= 0)) || other="no other CPU"
 echo "a process asleep in read(2), woken after 0.1 s of nothing: $(ms "$wake_same") ms on the" \
-  "writer's CPU, $(ms "$wake_other") ms on the other (median of 50)"
+  "writer's CPU, $other (median of 50)"
 
 run_case() { # CASE NAME ROUNDS WHARF-RUN-OPTIONS...
   local case=$1 name=$2 n=$3; shift 3
