@@ -49,6 +49,14 @@ static int cmp(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
+/* The median of the `n` samples in `d`, which it sorts and frees. */
+static long long median(long long *d, int n) {
+  qsort(d, n, sizeof *d, cmp);
+  long long m = d[n / 2];
+  free(d);
+  return m;
+}
+
 static void say(int log, const char *line) {
   if (write(log, line, strlen(line)) < 0) _exit(3);
 }
@@ -91,10 +99,7 @@ static long long wake_median(int n, int pause_ms, int sleeper_cpu) {
   close(to[1]);
   close(back[0]);
   waitpid(pid, 0, 0);
-  qsort(d, n, sizeof *d, cmp);
-  long long median = d[n / 2];
-  free(d);
-  return median;
+  return median(d, n);
 }
 
 int main(int argc, char **argv) {
@@ -126,8 +131,7 @@ int main(int argc, char **argv) {
       waitpid(pid, 0, 0);
       d[i] = r > 0 ? atoll(buf) - t0 : 0;
     }
-    qsort(d, n, sizeof *d, cmp);
-    printf("%lld\n", d[n / 2]);
+    printf("%lld\n", median(d, n));
     return 0;
   }
   if (argc == 4 && strcmp(argv[1], "--wake") == 0) {
