@@ -654,8 +654,8 @@ pub fn os_port() -> (u16, std::net::TcpListener) {
 pub fn dead_port() -> (u16, socket2::Socket) {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    socket.bind(&any.into()).unwrap();
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    socket.bind(&loopback.into()).unwrap();
     let port = socket.local_addr().unwrap().as_socket().unwrap().port();
     (port, socket)
 }
